@@ -1,0 +1,120 @@
+"""Builds the components from settings; start, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+
+import grpc
+
+from engine.batching.batcher import Batcher
+from engine.codec.validate import Limits
+from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
+from engine.monitor.export import MetricsServer, render
+from engine.pipeline import Pipeline
+from engine.runtime.registry import Registry, Served
+from engine.runtime.session import OnnxModel
+from engine.settings import Settings
+
+log = logging.getLogger("scorewire")
+
+
+def _announce(text: str) -> None:
+    """Lines on stdout that people and tests read ("listening on", "ready")."""
+    print(f"scorewire: {text}", flush=True)
+
+
+class App:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = Registry()
+        self.pipeline = Pipeline(self.registry)
+        self.requests_by_code: collections.Counter = collections.Counter()
+        self.servicer: InferenceServicer | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = None
+        self.metrics: MetricsServer | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+
+    def load_models(self) -> None:
+        for ms in self.settings.models:
+            model = OnnxModel(ms)
+            if ms.warmup:
+                model.warm_up()
+            batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances)
+            limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
+            self.registry.add(Served(model, batcher, limits))
+            _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s))")
+
+    async def start(self) -> None:
+        server_settings = self.settings.server
+        await asyncio.get_running_loop().run_in_executor(None, self.load_models)
+        for served in self.registry.all():
+            served.batcher.start()
+        limit = server_settings.max_message_bytes
+        self.server = grpc.aio.server(
+            options=[
+                # Twice the limit: requests in between are read only to be refused with a
+                # message naming the limit (INVALID_ARGUMENT); beyond it the transport refuses.
+                ("grpc.max_receive_message_length", min(2 * limit, 2**31 - 1)),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_concurrent_streams", server_settings.max_concurrent_streams),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.servicer = InferenceServicer(
+            self.pipeline, limit, server_settings.stream_max_in_flight, count=self._count
+        )
+        self.server.add_generic_rpc_handlers((self.servicer.handler(),))
+        self.health = build_health()
+        add_health(self.server, self.health)
+        address = f"{server_settings.host}:{server_settings.grpc_port}"
+        self.grpc_port = self.server.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise RuntimeError(f"cannot bind gRPC to {address}")
+        await self.server.start()
+        self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
+                                     lambda: render(self.registry, self.requests_by_code))
+        self.metrics_port = await self.metrics.start()
+        self.servicer.ready = True
+        await set_health(self.health, True, [s.name for s in self.registry.all()])
+        _announce(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
+        _announce(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
+        _announce("ready")
+
+    def _count(self, model: str, code: str) -> None:
+        # Only served names become labels: a client cannot grow the counter without bound.
+        if not self.registry.versions(model):
+            model = "(unknown)"
+        self.requests_by_code[(model, code)] += 1
+
+    async def drain(self) -> None:
+        """Stop accepting, finish in-flight requests and batches, then stop."""
+        _announce("draining")
+        if self.servicer is not None:
+            self.servicer.ready = False
+        if self.health is not None:
+            await set_health(self.health, False, [s.name for s in self.registry.all()])
+        if self.server is not None:
+            await self.server.stop(grace=self.settings.server.drain_timeout_s)
+        for served in self.registry.all():
+            await served.batcher.close()
+            served.model.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        _announce("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    await app.drain()

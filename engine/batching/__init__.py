@@ -1,0 +1,1 @@
+"""Dynamic batching: requests (counted by rows) into batches, results split back."""

@@ -1,0 +1,223 @@
+"""The dynamic batcher: one per model version, on the event loop.
+
+Triton's model. A request waits at most `max_queue_delay_us` for others; a batch closes at
+`max_batch_size` rows (requests count by rows and are never split). At most `max_in_flight`
+batches run at once; while all are busy, waiting requests keep joining the next batch.
+The queue is bounded in rows: past `queue_capacity` the caller gets RESOURCE_EXHAUSTED.
+A request whose deadline (monotonic ns) has passed when its batch closes is not scored.
+One future per request; a failing batch is retried member by member so that one bad
+request never fails its batch-mates; if the batcher itself dies, every pending future fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.batching.batch import Batch
+from engine.errors import EngineError, ErrorCode
+from engine.settings import BatchingSettings
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Batch], Awaitable[dict[str, np.ndarray]]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future
+    deadline_ns: int | None
+    enqueued_ns: int
+
+
+@dataclass(slots=True)
+class BatcherStats:
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    expired: int = 0
+    rejected_full: int = 0
+    retried_batches: int = 0
+
+
+class Batcher:
+    def __init__(self, label: str, settings: BatchingSettings, run: RunBatch, max_in_flight: int):
+        self.label = label
+        self.max_batch_size = settings.max_batch_size
+        self.delay_ns = settings.max_queue_delay_us * 1000
+        self.capacity = settings.queue_capacity
+        self._run = run
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_rows = 0
+        self._in_flight: set[asyncio.Task] = set()
+        self._waiter: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.stats = BatcherStats()
+
+    # -- public --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.label}")
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline_ns: int | None = None) -> asyncio.Future:
+        """Queue one validated request; its future gets the request's own output rows."""
+        if self._closing:
+            raise EngineError(ErrorCode.UNAVAILABLE, f"model {self.label} is shutting down")
+        if self._queued_rows + rows > self.capacity:
+            self.stats.rejected_full += 1
+            raise EngineError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"model {self.label}: queue full ({self._queued_rows} rows waiting, "
+                f"queue_capacity = {self.capacity}); retry later",
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns()))
+        self._queued_rows += rows
+        if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
+            self._wake()
+        return future
+
+    async def close(self) -> None:
+        """Stop taking requests, score everything queued, wait for batches in flight."""
+        self._closing = True
+        self._wake()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout_ns: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        handle = loop.call_later(timeout_ns / 1e9, self._wake) if timeout_ns is not None else None
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    await self._wait(None)
+                    continue
+                close_at = self._queue[0].enqueued_ns + self.delay_ns
+                while self._queued_rows < self.max_batch_size and not self._closing:
+                    remaining = close_at - time.monotonic_ns()
+                    if remaining <= 0:
+                        break
+                    await self._wait(remaining)
+                await self._slots.acquire()
+                members = self._take()
+                if not members:
+                    self._slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run_batch(members))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        except BaseException as exc:
+            self._fail_all(exc)
+            raise
+
+    def _take(self) -> list[_Pending]:
+        """Pop the next batch's members; fail expired and skip cancelled ones."""
+        members: list[_Pending] = []
+        rows = 0
+        now = time.monotonic_ns()
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            if members and rows + item.rows > self.max_batch_size:
+                break
+            queue.popleft()
+            self._queued_rows -= item.rows
+            if item.future.done():  # the caller went away
+                continue
+            if item.deadline_ns is not None and item.deadline_ns <= now:
+                self.stats.expired += 1
+                item.future.set_exception(
+                    EngineError(ErrorCode.DEADLINE_EXCEEDED, f"model {self.label}: deadline passed before scoring")
+                )
+                continue
+            members.append(item)
+            rows += item.rows
+        return members
+
+    async def _run_batch(self, members: list[_Pending]) -> None:
+        try:
+            try:
+                parts = await self._score(members)
+            except Exception as exc:
+                if len(members) == 1:
+                    raise
+                # Isolate the member that breaks the model: score each one alone.
+                self.stats.retried_batches += 1
+                log.warning("model %s: batch of %d requests failed (%s); retrying them one by one",
+                            self.label, len(members), exc)
+                for item in members:
+                    try:
+                        (part,) = await self._score([item])
+                    except Exception as one_exc:
+                        _set_exception(item.future, one_exc, self.label)
+                    else:
+                        _set_result(item.future, part)
+                return
+            for item, part in zip(members, parts):
+                _set_result(item.future, part)
+        except Exception as exc:
+            for item in members:
+                _set_exception(item.future, exc, self.label)
+        finally:
+            self._slots.release()
+
+    async def _score(self, members: list[_Pending]) -> list[dict[str, np.ndarray]]:
+        batch = Batch.concat([m.inputs for m in members])
+        outputs = await self._run(batch)
+        self.stats.batches += 1
+        self.stats.requests += len(members)
+        self.stats.rows += batch.rows
+        return batch.split(outputs)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        error = EngineError(ErrorCode.INTERNAL, f"model {self.label}: batcher stopped ({exc!r})")
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._queued_rows = 0
+
+
+def _set_result(future: asyncio.Future, value) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException, label: str) -> None:
+    if future.done():
+        return
+    if not isinstance(exc, EngineError):
+        exc = EngineError(ErrorCode.INTERNAL, f"model {label} failed: {exc}")
+    future.set_exception(exc)

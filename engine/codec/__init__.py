@@ -1,0 +1,1 @@
+"""Wire formats <-> numpy arrays, and validation against a model's schema."""

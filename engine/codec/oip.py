@@ -1,0 +1,128 @@
+"""Open Inference Protocol messages <-> numpy arrays.
+
+Decoding only translates: raw contents become arrays through `np.frombuffer` (no copy),
+typed contents through one `np.asarray` per tensor. Whether the arrays fit the model is
+`validate.py`'s job. Every failure is an EngineError(INVALID_ARGUMENT) naming the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.codec.dtypes import CONTENTS_FIELD, NUMPY_TO_OIP, OIP_TO_NUMPY
+from engine.errors import EngineError, ErrorCode
+from engine.ingress._pb import open_inference_grpc_pb2 as pb
+
+_MAX_ELEMENTS = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRequest:
+    """A ModelInferRequest as arrays."""
+
+    model_name: str
+    model_version: str
+    request_id: str
+    inputs: dict[str, np.ndarray]
+    requested_outputs: tuple[str, ...]  # empty: all
+    parameters: dict[str, object] = field(default_factory=dict)
+
+
+def _invalid(message: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def parameter_value(param: pb.InferParameter) -> object:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def _element_count(name: str, shape) -> int:
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise _invalid(f"input '{name}': shape {list(shape)} has a negative dimension")
+        count *= dim
+        if count > _MAX_ELEMENTS:
+            raise _invalid(f"input '{name}': shape {list(shape)} is too large")
+    return count
+
+
+def decode_request(request: pb.ModelInferRequest) -> DecodedRequest:
+    """Turn a ModelInferRequest into named numpy arrays (views on the message's bytes)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise _invalid(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one per input, in the order of `inputs`"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise _invalid(f"input '{name}' is given twice")
+        dtype = OIP_TO_NUMPY.get(tensor.datatype)
+        if dtype is None:
+            raise _invalid(
+                f"input '{name}': datatype '{tensor.datatype}' is not supported "
+                f"(use one of {', '.join(OIP_TO_NUMPY)})"
+            )
+        shape = tuple(tensor.shape)
+        count = _element_count(name, shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise _invalid(f"input '{name}': has typed contents while raw_input_contents is used")
+            data = raw[i]
+            expected = count * dtype.itemsize
+            if len(data) != expected:
+                raise _invalid(
+                    f"input '{name}': raw contents are {len(data)} bytes, but shape {list(shape)} "
+                    f"of {tensor.datatype} needs {expected}"
+                )
+            array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        else:
+            field_name = CONTENTS_FIELD.get(tensor.datatype)
+            if field_name is None:
+                raise _invalid(f"input '{name}': {tensor.datatype} can only be sent in raw_input_contents")
+            values = getattr(tensor.contents, field_name)
+            if len(values) != count:
+                raise _invalid(
+                    f"input '{name}': {field_name} has {len(values)} values, but shape {list(shape)} needs {count}"
+                )
+            try:
+                array = np.asarray(values, dtype=dtype).reshape(shape)
+            except OverflowError:
+                raise _invalid(f"input '{name}': a value in {field_name} does not fit {tensor.datatype}") from None
+            if tensor.datatype in ("INT8", "INT16", "UINT8", "UINT16"):
+                wide = np.asarray(values, dtype=np.int64)
+                if not np.array_equal(wide.reshape(shape), array):
+                    raise _invalid(f"input '{name}': a value in {field_name} does not fit {tensor.datatype}")
+        inputs[name] = array
+    return DecodedRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        request_id=request.id,
+        inputs=inputs,
+        requested_outputs=tuple(o.name for o in request.outputs),
+        parameters={k: parameter_value(v) for k, v in request.parameters.items()},
+    )
+
+
+def encode_response(
+    model_name: str, model_version: str, request_id: str, outputs: dict[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    """Build a ModelInferResponse with raw_output_contents, in the order of `outputs`."""
+    tensors = []
+    raws = []
+    for name, array in outputs.items():
+        array = np.ascontiguousarray(array)
+        datatype = NUMPY_TO_OIP.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
+        if datatype is None:
+            raise EngineError(ErrorCode.INTERNAL, f"output '{name}' has dtype {array.dtype}, not an OIP tensor type")
+        tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape))
+        raws.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id, outputs=tensors, raw_output_contents=raws
+    )

@@ -1,0 +1,1 @@
+"""Ingresses translate a transport's messages to Pipeline.submit() calls and back."""

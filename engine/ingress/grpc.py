@@ -1,0 +1,240 @@
+"""Open Inference Protocol gRPC servicer (grpc.aio) and the standard health service.
+
+Translation only: protobuf -> arrays (codec), Pipeline.submit(), arrays -> protobuf, and
+ErrorCode -> grpc.StatusCode. Requests larger than `max_message_bytes` are answered with
+INVALID_ARGUMENT before they are parsed (the deserializer only measures them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import engine
+from engine.codec.oip import decode_request, encode_response
+from engine.errors import EngineError, ErrorCode
+from engine.ingress._pb import open_inference_grpc_pb2 as pb
+from engine.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+
+STATUS = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+class _Oversize:
+    """Stands in for a request that was too large to parse."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def _param(value) -> pb.InferParameter:
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=value)
+    return pb.InferParameter(string_param=str(value))
+
+
+class InferenceServicer:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        max_message_bytes: int,
+        stream_max_in_flight: int,
+        count: Callable[[str, str], None] = lambda model, code: None,
+    ):
+        self.pipeline = pipeline
+        self.count = count  # (model name, status code name) of every inference request
+        self.registry = pipeline.registry
+        self.max_message_bytes = max_message_bytes
+        self.stream_max_in_flight = stream_max_in_flight
+        self.ready = False  # set once every model is loaded and warm; cleared on drain
+
+    # -- wiring --------------------------------------------------------------------------
+    def _parse_infer(self, data: bytes):
+        if len(data) > self.max_message_bytes:
+            return _Oversize(len(data))
+        return pb.ModelInferRequest.FromString(data)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn, req_type, resp_type):
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req_type.FromString, response_serializer=resp_type.SerializeToString
+            )
+
+        methods = {
+            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                self.model_infer,
+                request_deserializer=self._parse_infer,
+                response_serializer=pb.ModelInferResponse.SerializeToString,
+            ),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self.model_stream_infer,
+                request_deserializer=self._parse_infer,
+                response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    # -- health and metadata -------------------------------------------------------------
+    async def server_live(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request, context):
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def model_ready(self, request, context):
+        try:
+            self.registry.get(request.name, request.version)
+        except EngineError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self.ready)
+
+    async def server_metadata(self, request, context):
+        return pb.ServerMetadataResponse(name="scorewire", version=engine.__version__, extensions=[])
+
+    async def model_metadata(self, request, context):
+        try:
+            served = self.registry.get(request.name, request.version)
+        except EngineError as exc:
+            await context.abort(STATUS[exc.code], exc.message)
+        model = served.model
+        meta = pb.ModelMetadataResponse.TensorMetadata
+        batching = model.settings.batching
+        params = {
+            "execution_provider": model.provider,
+            "instances": model.settings.instances,
+            "max_batch_size": batching.max_batch_size,
+            "max_queue_delay_us": batching.max_queue_delay_us,
+            "max_rows_per_request": served.limits.max_rows,
+        }
+        return pb.ModelMetadataResponse(
+            name=served.name,
+            versions=[served.version],
+            platform="onnxruntime_onnx",
+            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.schema.inputs],
+            outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.schema.outputs],
+            parameters={k: _param(v) for k, v in params.items()},
+        )
+
+    # -- inference -----------------------------------------------------------------------
+    def _oversize_error(self, request: _Oversize) -> EngineError:
+        return EngineError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"request is {request.size} bytes, more than server.max_message_bytes = {self.max_message_bytes}",
+        )
+
+    async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
+        if isinstance(request, _Oversize):
+            self.count("", ErrorCode.INVALID_ARGUMENT.name)
+            raise self._oversize_error(request)
+        try:
+            response = await self._infer_parsed(request, deadline_ns)
+        except EngineError as exc:
+            self.count(request.model_name, exc.code.name)
+            raise
+        self.count(request.model_name, "OK")
+        return response
+
+    async def _infer_parsed(self, request: pb.ModelInferRequest, deadline_ns: int | None) -> pb.ModelInferResponse:
+        decoded = decode_request(request)
+        timeout_us = decoded.parameters.get("timeout")
+        if isinstance(timeout_us, int) and timeout_us > 0:  # Triton's per-request timeout, in us
+            own = time.monotonic_ns() + timeout_us * 1000
+            deadline_ns = own if deadline_ns is None else min(deadline_ns, own)
+        served, outputs = await self.pipeline.submit(
+            decoded.model_name, decoded.model_version, decoded.inputs, decoded.requested_outputs, deadline_ns
+        )
+        return encode_response(served.name, served.version, decoded.request_id, outputs)
+
+    async def model_infer(self, request, context: grpc.aio.ServicerContext):
+        remaining = context.time_remaining()
+        deadline_ns = None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
+        try:
+            return await self._infer(request, deadline_ns)
+        except EngineError as exc:
+            await context.abort(STATUS[exc.code], exc.message)
+
+    async def model_stream_infer(self, request_iterator, context: grpc.aio.ServicerContext):
+        """Requests of a stream are scored concurrently (up to stream_max_in_flight); each
+        response carries its request's id; an error is a message, and the stream goes on."""
+        slots = asyncio.Semaphore(self.stream_max_in_flight)
+        done: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def one(request) -> None:
+            try:
+                response = await self._infer(request, None)
+                done.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as exc:
+                rid = "" if isinstance(request, _Oversize) else request.id
+                message = exc.message if isinstance(exc, EngineError) else f"internal error: {exc}"
+                code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"
+                echo = pb.ModelInferResponse(id=rid)
+                if not isinstance(request, _Oversize):
+                    echo.model_name, echo.model_version = request.model_name, request.model_version
+                done.put_nowait(
+                    pb.ModelStreamInferResponse(error_message=f"[{code}] request '{rid}': {message}", infer_response=echo)
+                )
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.get_running_loop().create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                done.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                item = await done.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+def build_health() -> health.aio.HealthServicer:
+    return health.aio.HealthServicer()
+
+
+async def set_health(servicer: health.aio.HealthServicer, serving: bool, names: list[str]) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", SERVICE, *names]:
+        await servicer.set(name, status)
+
+
+def add_health(server: grpc.aio.Server, servicer) -> None:
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

@@ -1,0 +1,1 @@
+"""Monitoring state and its export (Prometheus)."""

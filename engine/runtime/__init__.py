@@ -1,0 +1,1 @@
+"""ONNX Runtime sessions: providers, warm-up, instances; the registry of served models."""

@@ -1,0 +1,148 @@
+"""TOML config -> validated, typed settings.
+
+Every field is documented and bounded; unknown keys are errors. `load_settings` raises
+`SettingsError` whose message names the file, the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds to. Tests and the demo use 127.0.0.1."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """gRPC port. 0 picks a free port; the chosen one is printed on startup."""
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    """Port of the Prometheus /metrics endpoint (0: a free port, printed on startup)."""
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
+    """Largest ModelInferRequest accepted. Larger ones (up to 2x) get INVALID_ARGUMENT naming
+    the limit; beyond 2x the transport refuses them with RESOURCE_EXHAUSTED before reading."""
+    max_concurrent_streams: int = Field(1024, gt=0, le=65536)
+    """HTTP/2 streams per connection."""
+    stream_max_in_flight: int = Field(256, gt=0, le=65536)
+    """Requests of one ModelStreamInfer stream being scored at once; the stream reads no
+    further messages until one completes."""
+    drain_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """On SIGTERM: how long in-flight requests may take before the server stops anyway."""
+
+
+class BatchingSettings(_Strict):
+    max_batch_size: int = Field(64, gt=0, le=1_000_000)
+    """A batch closes when it holds this many rows. Requests count by their rows; a request
+    is never split, and one larger than this runs as a batch of its own."""
+    max_queue_delay_us: int = Field(500, ge=0, le=10_000_000)
+    """Longest time the first request of a batch waits for others (microseconds)."""
+    queue_capacity: int = Field(4096, gt=0, le=100_000_000)
+    """Rows waiting to be batched. A request that would exceed it gets RESOURCE_EXHAUSTED."""
+
+
+class ModelSettings(_Strict):
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.\-]+$")
+    """Model name clients use."""
+    path: Path
+    """ONNX file, relative to the config file's folder."""
+    version: str = Field("1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    """Version label. Several [[models]] may share a name with different versions; a request
+    without a version gets the highest (numeric order when all are numbers)."""
+    providers: list[Literal["CUDAExecutionProvider", "CPUExecutionProvider"]] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"], min_length=1
+    )
+    """ONNX Runtime execution providers in order of preference. Those not available on the
+    machine are skipped with a log line; CPU is always the last resort."""
+    instances: int = Field(1, gt=0, le=64)
+    """ONNX Runtime sessions for this model; batches run on them concurrently."""
+    intra_op_threads: int = Field(1, ge=0, le=256)
+    """Threads one session uses inside an operator (0: ONNX Runtime's default, all cores)."""
+    inter_op_threads: int = Field(1, ge=0, le=256)
+    """Threads one session uses across operators (0: ONNX Runtime's default)."""
+    max_rows_per_request: int = Field(65536, gt=0, le=100_000_000)
+    """Rows one request may carry; more is INVALID_ARGUMENT."""
+    allow_non_finite: bool = False
+    """Accept NaN and +-inf in floating-point inputs. When false they are INVALID_ARGUMENT."""
+    warmup: bool = True
+    """Run a batch of 1 and of max_batch_size rows through each session before serving."""
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+
+    @field_validator("providers")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a provider twice")
+        return value
+
+
+class Settings(_Strict):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    models: list[ModelSettings] = Field(min_length=1)
+    """One entry per model version served."""
+
+    @model_validator(mode="after")
+    def _unique_versions(self) -> "Settings":
+        seen = set()
+        for model in self.models:
+            key = (model.name, model.version)
+            if key in seen:
+                raise ValueError(f"model {model.name!r} version {model.version!r} is configured twice")
+            seen.add(key)
+        return self
+
+
+class SettingsError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+def _field_path(loc: tuple, data: dict) -> str:
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) else None
+            parts[-1] = f"{parts[-1]}[{item}]" + (f" (name={name!r})" if name else "")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def parse_settings(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Settings:
+    """Validate a config mapping; relative model paths are resolved against `base_dir`."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = _field_path(tuple(err["loc"]), data)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check its spelling; see configs/example.toml for every key)"
+            lines.append(f"{source}: {field}: {msg}")
+        raise SettingsError("\n".join(lines)) from None
+    if base_dir is not None:
+        models = [m.model_copy(update={"path": (base_dir / m.path).resolve()}) for m in settings.models]
+        settings = settings.model_copy(update={"models": models})
+    return settings
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    return parse_settings(data, str(path), path.parent.resolve())

@@ -1,0 +1,1 @@
+"""Numba kernels for streaming statistics (numpy + numba only; never imports `engine`)."""
