@@ -5,6 +5,9 @@
 
 Needs grpcio-tools (in the `test` extra, pinned so the output is reproducible).
 protoc writes `import x_pb2`; the stubs live in a package, so that line is made relative.
+The messages are registered in a private descriptor pool, not protobuf's default one: the
+`inference` package is also defined by tritonclient, MLServer and others, and two definitions
+of one name in the default pool cannot be imported into one process.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def generate(out: Path) -> list[Path]:
         for path in (out / f"{stem}_pb2.py", out / f"{stem}_pb2_grpc.py"):
             text = path.read_text()
             text = re.sub(rf"^import {stem}_pb2 as", f"from . import {stem}_pb2 as", text, flags=re.M)
+            text = text.replace("_descriptor_pool.Default().AddSerializedFile(",
+                                "_descriptor_pool.DescriptorPool().AddSerializedFile(")
             path.write_text(text)
             written.append(path)
     return written

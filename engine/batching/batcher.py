@@ -44,6 +44,7 @@ class BatcherStats:
     rows: int = 0
     requests: int = 0
     expired: int = 0
+    cancelled: int = 0
     rejected_full: int = 0
     retried_batches: int = 0
 
@@ -154,7 +155,8 @@ class Batcher:
                 break
             queue.popleft()
             self._queued_rows -= item.rows
-            if item.future.done():  # the caller went away
+            if item.future.done():  # the caller went away (cancelled, or its gRPC deadline passed)
+                self.stats.cancelled += 1
                 continue
             if item.deadline_ns is not None and item.deadline_ns <= now:
                 self.stats.expired += 1

@@ -41,6 +41,8 @@ def render(registry: Registry, requests_by_code: dict[tuple[str, str], int]) -> 
            [(_labels(model=s.name, version=s.version), s.batcher.queued_rows) for s in served])
     family("scorewire_expired_total", "counter", "Requests not scored because their deadline passed.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.expired) for s in served])
+    family("scorewire_cancelled_total", "counter", "Requests not scored because the caller went away first.",
+           [(_labels(model=s.name, version=s.version), s.batcher.stats.cancelled) for s in served])
     family("scorewire_rejected_total", "counter", "Requests refused because the queue was full.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.rejected_full) for s in served])
     return "\n".join(lines) + "\n"

@@ -1,0 +1,179 @@
+"""Batching seen from clients: own rows back under concurrency, bounded queue, deadlines,
+and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from engine.demo import N_FEATURES
+from tests.conftest import launch
+from tests.models import DTYPES, WIDTH
+
+
+def _identity_inputs(tags: np.ndarray) -> list:
+    inputs = []
+    for dt in DTYPES:
+        array = tags if dt == "FP32" else np.zeros(tags.shape, triton_to_np_dtype(dt))
+        inp = aioclient.InferInput(f"in_{dt}", list(array.shape), dt)
+        inp.set_data_from_numpy(array)
+        inputs.append(inp)
+    return inputs
+
+
+def test_64_clients_get_exactly_their_own_rows(server, rng):
+    """64 concurrent clients x 50 requests of 1-16 rows. Even clients use the identity
+    model with rows tagged by (client, request, row); odd clients use the MLP, checked
+    against in-process onnxruntime on the same rows."""
+    session = ort.InferenceSession(str(server.dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    sizes = rng.integers(1, 17, size=(64, 50))
+    features = rng.normal(size=(64, 50, 16, N_FEATURES)).astype(np.float32)
+    failures: list[str] = []
+
+    async def one_client(c: int) -> int:
+        client = aioclient.InferenceServerClient(server.url)
+        checked = 0
+        try:
+            for r in range(50):
+                n = int(sizes[c, r])
+                if c % 2 == 0:
+                    tags = ((c * 50 + r) * 16 + np.arange(n * WIDTH).reshape(n, WIDTH)).astype(np.float32)
+                    result = await client.infer("identity", _identity_inputs(tags), request_id=f"{c}-{r}")
+                    if not np.array_equal(result.as_numpy("out_FP32"), tags):
+                        failures.append(f"client {c} request {r}: identity rows differ")
+                    if not np.array_equal(result.as_numpy("doubled"), tags * 2):
+                        failures.append(f"client {c} request {r}: doubled differs")
+                else:
+                    rows = features[c, r, :n]
+                    inp = aioclient.InferInput("float_input", [n, N_FEATURES], "FP32")
+                    inp.set_data_from_numpy(rows)
+                    result = await client.infer("mlp", [inp], model_version="1", request_id=f"{c}-{r}")
+                    expected = session.run(["probabilities"], {"float_input": rows})[0]
+                    if not np.allclose(result.as_numpy("probabilities"), expected, rtol=1e-6):
+                        failures.append(f"client {c} request {r}: probabilities differ")
+                if result.get_response().id != f"{c}-{r}":
+                    failures.append(f"client {c} request {r}: id {result.get_response().id}")
+                checked += 1
+        finally:
+            await client.close()
+        return checked
+
+    async def main():
+        return await asyncio.gather(*(one_client(c) for c in range(64)))
+
+    batches_before = server.metrics()['scorewire_batches_total{model="identity",version="1"}']
+    counts = asyncio.run(main())
+    assert failures == []
+    assert sum(counts) == 64 * 50
+    # Requests were actually batched together: fewer batches than requests.
+    batches = server.metrics()['scorewire_batches_total{model="identity",version="1"}'] - batches_before
+    assert batches < 32 * 50
+
+
+def _one_row_input() -> grpcclient.InferInput:
+    inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+    inp.set_data_from_numpy(np.ones((1, N_FEATURES), np.float32))
+    return inp
+
+
+def test_queue_overflow_is_resource_exhausted(server):
+    """`slow` holds 8 rows at most and waits 1.5 s: the 9th row is refused at once."""
+    client = grpcclient.InferenceServerClient(server.url)
+    done: list = []
+    lock = threading.Lock()
+
+    def callback(result, error):
+        with lock:
+            done.append((result, error))
+
+    for _ in range(8):
+        client.async_infer("slow", [_one_row_input()], callback)
+    time.sleep(0.4)
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("slow", [_one_row_input()])
+    assert time.monotonic() - started < 1.0  # refused, not queued
+    assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "queue full (8 rows waiting, queue_capacity = 8)" in info.value.message()
+    deadline = time.monotonic() + 10
+    while len(done) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(done) == 8 and all(error is None for _, error in done)
+    assert server.metrics()['scorewire_rejected_total{model="slow",version="1"}'] >= 1
+    client.close()
+
+
+def test_expired_deadline_is_not_scored(server):
+    """A request whose deadline passes while it waits is not scored: the client gets
+    DEADLINE_EXCEEDED and the model's row counter does not move."""
+    client = grpcclient.InferenceServerClient(server.url)
+    before = server.metrics()
+    # gRPC deadline (client_timeout, seconds) and Triton's request parameter (timeout, us).
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("slow", [_one_row_input()], client_timeout=0.3)
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("slow", [_one_row_input()], timeout=300_000)
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert "deadline passed before scoring" in info.value.message()
+    time.sleep(0.5)
+    after = server.metrics()
+    key = '{model="slow",version="1"}'
+    # The gRPC deadline cancels the call (the server sees the caller leave); the request
+    # parameter expires in the batcher. Neither request is scored.
+    assert after["scorewire_cancelled_total" + key] - before["scorewire_cancelled_total" + key] == 1
+    assert after["scorewire_expired_total" + key] - before["scorewire_expired_total" + key] == 1
+    assert after["scorewire_rows_total" + key] == before["scorewire_rows_total" + key]
+    client.close()
+
+
+SIGTERM_CONFIG = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+[models.batching]
+max_batch_size = 1000
+max_queue_delay_us = 1000000   # requests are in flight for ~1 s
+"""
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
+    srv = launch(model_dir, SIGTERM_CONFIG, name="sigterm.toml")
+    client = grpcclient.InferenceServerClient(srv.url)
+    results: list = []
+    lock = threading.Lock()
+
+    def callback(result, error):
+        with lock:
+            results.append((result, error))
+
+    try:
+        for _ in range(6):
+            client.async_infer("mlp", [_one_row_input()], callback)
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(timeout=60)
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+    assert code == 0
+    assert len(results) == 6
+    assert all(error is None for _, error in results), [str(e) for _, e in results if e]
+    assert all(r.as_numpy("probabilities").shape == (1, 2) for r, _ in results)
+    rest = srv.proc.stdout.read()
+    assert "scorewire: draining" in rest and "scorewire: stopped" in rest
+    client.close()
