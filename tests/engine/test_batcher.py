@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from engine.batching.batch import Batch
+from engine.batching.batcher import Batcher
+from engine.errors import EngineError, ErrorCode
+from engine.settings import BatchingSettings
+
+
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=30), st.integers(1, 5))
+@hsettings(max_examples=200, deadline=None)
+def test_concat_then_split_returns_each_members_rows(sizes, width):
+    members, start = [], 0
+    for n in sizes:
+        x = np.arange(start * width, (start + n) * width, dtype=np.float32).reshape(n, width)
+        members.append({"x": x, "k": np.arange(start, start + n)})
+        start += n
+    batch = Batch.concat(members)
+    assert batch.rows == sum(sizes) and batch.members == len(sizes)
+    parts = batch.split({"y": batch.inputs["x"] * 2, "k": batch.inputs["k"]})
+    for member, part in zip(members, parts):
+        np.testing.assert_array_equal(part["y"], member["x"] * 2)
+        np.testing.assert_array_equal(part["k"], member["k"])
+
+
+def test_split_refuses_outputs_without_a_row_per_input_row():
+    batch = Batch.concat([{"x": np.zeros((2, 1))}, {"x": np.zeros((3, 1))}])
+    with pytest.raises(ValueError, match="expected 5 rows"):
+        batch.split({"y": np.zeros(4)})
+
+
+class Recorder:
+    """A stand-in runner: records batch sizes and concurrency, returns x * 10."""
+
+    def __init__(self, delay_s: float = 0.0, fail_if=None):
+        self.sizes: list[int] = []
+        self.running = 0
+        self.peak = 0
+        self.delay_s = delay_s
+        self.fail_if = fail_if
+
+    async def __call__(self, batch: Batch) -> dict[str, np.ndarray]:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.fail_if is not None and self.fail_if(batch.inputs["x"]):
+                raise RuntimeError("model exploded")
+            self.sizes.append(batch.rows)
+            return {"y": batch.inputs["x"] * 10}
+        finally:
+            self.running -= 1
+
+
+def make(run, max_batch_size=8, delay_us=20_000, capacity=1000, in_flight=1) -> Batcher:
+    settings = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=delay_us, queue_capacity=capacity)
+    batcher = Batcher("m:1", settings, run, max_in_flight=in_flight)
+    batcher.start()
+    return batcher
+
+
+def rows(start: int, n: int) -> dict[str, np.ndarray]:
+    return {"x": np.arange(start, start + n, dtype=np.float64)[:, None]}
+
+
+def test_rows_not_requests_fill_a_batch_and_results_go_back_to_their_requests(rng):
+    async def main():
+        run = Recorder(delay_s=0.01)
+        batcher = make(run, max_batch_size=8)
+        sizes = rng.integers(1, 6, size=40)
+        futures, start = [], 0
+        for n in sizes:
+            futures.append((start, n, batcher.submit(rows(start, n), int(n))))
+            start += n
+        for s, n, fut in futures:
+            np.testing.assert_array_equal((await fut)["y"][:, 0], np.arange(s, s + n) * 10)
+        await batcher.close()
+        return run, sizes
+
+    run, sizes = asyncio.run(main())
+    assert sum(run.sizes) == sizes.sum()
+    assert max(run.sizes) <= 8
+    assert len(run.sizes) < len(sizes)  # batched
+
+
+def test_a_request_larger_than_max_batch_size_runs_alone():
+    async def main():
+        run = Recorder()
+        batcher = make(run, max_batch_size=4)
+        out = await batcher.submit(rows(0, 10), 10)
+        await batcher.close()
+        return run, out
+
+    run, out = asyncio.run(main())
+    assert run.sizes == [10] and out["y"].shape == (10, 1)
+
+
+def test_first_request_waits_at_most_the_queue_delay():
+    async def main():
+        batcher = make(Recorder(), max_batch_size=100, delay_us=50_000)
+        start = time.monotonic()
+        await batcher.submit(rows(0, 1), 1)
+        waited = time.monotonic() - start
+        await batcher.close()
+        return waited
+
+    waited = asyncio.run(main())
+    assert 0.045 <= waited < 0.5
+
+
+def test_full_batch_closes_without_waiting_for_the_delay():
+    async def main():
+        batcher = make(Recorder(), max_batch_size=4, delay_us=5_000_000)
+        start = time.monotonic()
+        futures = [batcher.submit(rows(i, 1), 1) for i in range(4)]
+        await asyncio.gather(*futures)
+        waited = time.monotonic() - start
+        await batcher.close()
+        return waited
+
+    assert asyncio.run(main()) < 1.0
+
+
+def test_queue_capacity_in_rows_is_enforced():
+    async def main():
+        batcher = make(Recorder(), max_batch_size=100, delay_us=200_000, capacity=10)
+        first = batcher.submit(rows(0, 6), 6)
+        with pytest.raises(EngineError) as info:
+            batcher.submit(rows(6, 5), 5)
+        second = batcher.submit(rows(6, 4), 4)  # exactly fills it
+        await asyncio.gather(first, second)
+        await batcher.close()
+        return info.value, batcher.stats.rejected_full
+
+    error, rejected = asyncio.run(main())
+    assert error.code is ErrorCode.RESOURCE_EXHAUSTED and rejected == 1
+
+
+def test_expired_deadline_is_not_scored():
+    async def main():
+        run = Recorder()
+        batcher = make(run, max_batch_size=100, delay_us=30_000)
+        expired = batcher.submit(rows(0, 3), 3, deadline_ns=time.monotonic_ns() + 1_000_000)
+        alive = batcher.submit(rows(3, 2), 2, deadline_ns=time.monotonic_ns() + 10_000_000_000)
+        with pytest.raises(EngineError) as info:
+            await expired
+        await alive
+        await batcher.close()
+        return run.sizes, info.value
+
+    sizes, error = asyncio.run(main())
+    assert error.code is ErrorCode.DEADLINE_EXCEEDED
+    assert sizes == [2]
+
+
+def test_batches_in_flight_are_capped():
+    async def main():
+        run = Recorder(delay_s=0.02)
+        batcher = make(run, max_batch_size=2, delay_us=0, in_flight=3)
+        await asyncio.gather(*(batcher.submit(rows(i, 1), 1) for i in range(40)))
+        await batcher.close()
+        return run.peak
+
+    assert asyncio.run(main()) == 3
+
+
+def test_failing_batch_is_retried_member_by_member():
+    async def main():
+        run = Recorder(fail_if=lambda x: (x < 0).any())
+        batcher = make(run, max_batch_size=100, delay_us=20_000)
+        good1 = batcher.submit(rows(0, 2), 2)
+        bad = batcher.submit({"x": -np.ones((1, 1))}, 1)
+        good2 = batcher.submit(rows(5, 3), 3)
+        results = await asyncio.gather(good1, bad, good2, return_exceptions=True)
+        await batcher.close()
+        return results, batcher.stats.retried_batches
+
+    (g1, bad, g2), retried = asyncio.run(main())
+    np.testing.assert_array_equal(g1["y"][:, 0], [0, 10])
+    np.testing.assert_array_equal(g2["y"][:, 0], [50, 60, 70])
+    assert isinstance(bad, EngineError) and bad.code is ErrorCode.INTERNAL and "model exploded" in bad.message
+    assert retried == 1
+
+
+def test_close_scores_what_is_queued_then_refuses():
+    async def main():
+        batcher = make(Recorder(), max_batch_size=100, delay_us=5_000_000)
+        pending = batcher.submit(rows(0, 1), 1)
+        await batcher.close()
+        assert pending.done() and pending.result()["y"][0, 0] == 0
+        with pytest.raises(EngineError) as info:
+            batcher.submit(rows(0, 1), 1)
+        return info.value
+
+    assert asyncio.run(main()).code is ErrorCode.UNAVAILABLE
+
+
+def test_pending_requests_fail_if_the_batcher_dies():
+    async def main():
+        batcher = make(Recorder(), max_batch_size=100, delay_us=5_000_000)
+        pending = batcher.submit(rows(0, 1), 1)
+        await asyncio.sleep(0.01)
+        batcher._task.cancel()
+        with pytest.raises(EngineError) as info:
+            await pending
+        return info.value
+
+    error = asyncio.run(main())
+    assert error.code is ErrorCode.INTERNAL and "batcher stopped" in error.message

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from engine.settings import SettingsError, load_settings
+
+GOOD = """
+[server]
+grpc_port = 0
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+version = "3"
+[models.batching]
+max_batch_size = 32
+"""
+
+
+def test_good_config_resolves_paths_against_its_folder(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD)
+    settings = load_settings(config)
+    model = settings.models[0]
+    assert model.path == (tmp_path / "models" / "mlp.onnx").resolve()
+    assert model.batching.max_batch_size == 32
+    assert model.batching.queue_capacity == 4096  # default
+    assert settings.server.grpc_port == 0
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda t: t.replace("max_batch_size = 32", "max_batch_sise = 32"),
+         "models[0] (name='mlp').batching.max_batch_sise: unknown key"),
+        (lambda t: t.replace("max_batch_size = 32", "max_batch_size = 0"),
+         "models[0] (name='mlp').batching.max_batch_size: Input should be greater than 0"),
+        (lambda t: t.replace("grpc_port = 0", "grpc_port = 70000"), "server.grpc_port: Input should be less than"),
+        (lambda t: t.replace('version = "3"', 'version = "3"\nproviders = ["TPU"]'), "models[0] (name='mlp').providers"),
+        (lambda t: t + t.split("[server]")[0] + '[[models]]\nname = "mlp"\npath = "x.onnx"\nversion = "3"\n',
+         "model 'mlp' version '3' is configured twice"),
+        (lambda t: t.replace('path = "models/mlp.onnx"\n', ""), "models[0] (name='mlp').path: Field required"),
+        (lambda t: "[server]\ngrpc_port = 1\n", "models: Field required"),
+    ],
+)
+def test_bad_config_names_file_and_field(tmp_path, mutate, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(mutate(GOOD))
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    assert str(config) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    config = tmp_path / "broken.toml"
+    config.write_text("[server\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(config)
+    with pytest.raises(SettingsError, match="no such config file"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    from engine.settings import parse_settings
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.toml"))
+    assert files
+    for path in files:
+        parse_settings(tomllib.loads(path.read_text()), str(path))
+
+
+def test_example_config_documents_every_key():
+    from pathlib import Path
+
+    from engine.settings import BatchingSettings, ModelSettings, ServerSettings
+
+    text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
+    for model in (ServerSettings, ModelSettings, BatchingSettings):
+        for name in model.model_fields:
+            if name != "batching":
+                assert f"\n{name} =" in text, f"configs/example.toml does not show `{name}`"
