@@ -87,7 +87,7 @@ class App:
 
     def _count(self, model: str, code: str) -> None:
         # Only served names become labels: a client cannot grow the counter without bound.
-        if not self.registry.versions(model):
+        if model not in self.registry:
             model = "(unknown)"
         self.requests_by_code[(model, code)] += 1
 

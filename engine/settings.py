@@ -73,6 +73,14 @@ class ModelSettings(_Strict):
     """Accept NaN and +-inf in floating-point inputs. When false they are INVALID_ARGUMENT."""
     warmup: bool = True
     """Run a batch of 1 and of max_batch_size rows through each session before serving."""
+    execution: Literal["auto", "inline", "threads"] = "auto"
+    """Where batches run. "threads": on a pool of `instances` threads (onnxruntime releases
+    the GIL, so inference overlaps request handling). "inline": on the event loop itself,
+    saving the thread hand-off (tens of microseconds) but pausing I/O while the model runs.
+    "auto": inline when there is one instance and warm-up shows a full batch takes under
+    inline_threshold_us; threads otherwise (and when warmup is off)."""
+    inline_threshold_us: int = Field(300, ge=0, le=100_000)
+    """With execution = "auto": the longest full-batch run time that still runs inline."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
 
     @field_validator("providers")

@@ -129,6 +129,7 @@ class InferenceServicer:
             "max_batch_size": batching.max_batch_size,
             "max_queue_delay_us": batching.max_queue_delay_us,
             "max_rows_per_request": served.limits.max_rows,
+            "execution": "inline" if model.inline else "threads",
         }
         return pb.ModelMetadataResponse(
             name=served.name,

@@ -41,6 +41,9 @@ class Registry:
     def all(self) -> list[Served]:
         return [s for versions in self._by_name.values() for s in versions.values()]
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
     def versions(self, name: str) -> list[str]:
         return sorted(self._by_name.get(name, {}), key=_version_key)
 

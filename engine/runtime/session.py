@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,10 +112,13 @@ class OnnxModel:
         self._output_names = list(self.schema.output_names)
         self._free = list(self.sessions)
         self._pool = ThreadPoolExecutor(max_workers=settings.instances, thread_name_prefix=f"ort-{settings.name}")
+        self.inline = settings.execution == "inline"
+        self.full_batch_us: float | None = None  # measured by warm_up
         log.info("%s: loaded %s on %s x%d", self.label, path.name, self.provider, settings.instances)
 
     def warm_up(self) -> None:
-        """Run a batch of 1 and of max_batch_size zero rows through every session."""
+        """Run a batch of 1 and of max_batch_size zero rows through every session; time the
+        full batch, which decides where batches run when execution = "auto"."""
         for rows in sorted({1, self.settings.batching.max_batch_size}):
             feed = {
                 t.name: np.zeros((rows, *[d if d >= 0 else 1 for d in t.shape[1:]]), dtype=t.dtype)
@@ -122,6 +126,18 @@ class OnnxModel:
             }
             for session in self.sessions:
                 session.run(self._output_names, feed)
+            if rows == self.settings.batching.max_batch_size:
+                timings = []
+                for _ in range(5):
+                    start = time.perf_counter_ns()
+                    self.sessions[0].run(self._output_names, feed)
+                    timings.append((time.perf_counter_ns() - start) / 1000)
+                self.full_batch_us = float(np.median(timings))
+        s = self.settings
+        if s.execution == "auto":
+            self.inline = s.instances == 1 and self.full_batch_us <= s.inline_threshold_us
+        log.info("%s: a full batch (%d rows) takes %.0f us; batches run %s", self.label,
+                 s.batching.max_batch_size, self.full_batch_us, "inline on the event loop" if self.inline else "on threads")
 
     def run_sync(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = session.run(self._output_names, inputs)
@@ -131,6 +147,8 @@ class OnnxModel:
         """Score a batch on a free session (the batcher never has more in flight than instances)."""
         session = self._free.pop()
         try:
+            if self.inline:
+                return self.run_sync(session, batch.inputs)
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.run_sync, session, batch.inputs)
         except EngineError:
             raise

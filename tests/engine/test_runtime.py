@@ -63,3 +63,27 @@ def test_runs_batches_and_warms_up(tmp_path):
     assert len(model._free) == 2
     model.close()
     assert ort.get_available_providers()  # the installed onnxruntime lists its providers
+
+
+@pytest.mark.parametrize(
+    "overrides, inline",
+    [
+        ({"execution": "auto", "inline_threshold_us": 100_000}, True),
+        ({"execution": "auto", "inline_threshold_us": 0}, False),
+        ({"execution": "auto", "inline_threshold_us": 100_000, "instances": 2}, False),
+        ({"execution": "threads"}, False),
+        ({"execution": "inline"}, True),
+    ],
+)
+def test_where_batches_run(tmp_path, overrides, inline):
+    import asyncio
+
+    path = gather_model(tmp_path / "g.onnx")
+    model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"], **overrides))
+    model.warm_up()
+    assert model.full_batch_us is not None and model.full_batch_us > 0
+    assert model.inline is inline
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = asyncio.run(model.run(Batch.concat([{"data": data, "idx": np.array([[0], [1], [2]], np.int64)}])))
+    np.testing.assert_array_equal(out["out"][:, 0], [0, 5, 10])
+    model.close()

@@ -1,0 +1,66 @@
+"""A null Open Inference Protocol server: answers ModelInfer at once with a canned response
+shaped like the demo models' (label INT64[1], probabilities FP32[1, 2]), doing no work.
+
+It measures what the load generator and Python gRPC cost on this machine: no real server
+can beat it with the same client, so it is the ceiling printed next to scorewire's numbers.
+
+    python -m bench.null_server [--port N]     # prints "null server on 127.0.0.1:PORT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+
+def canned_response() -> bytes:
+    response = pb.ModelInferResponse(model_name="null", model_version="1")
+    response.outputs.add(name="label", datatype="INT64", shape=[1])
+    response.raw_output_contents.append(np.zeros(1, np.int64).tobytes())
+    response.outputs.add(name="probabilities", datatype="FP32", shape=[1, 2])
+    response.raw_output_contents.append(np.zeros(2, np.float32).tobytes())
+    return response.SerializeToString()
+
+
+async def serve(port: int) -> None:
+    answer = canned_response()
+
+    async def infer(request: bytes, context) -> bytes:
+        return answer
+
+    async def metadata(request, context):
+        return pb.ServerMetadataResponse(name="null-oip-server", version="0")
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            infer, request_deserializer=lambda b: b, response_serializer=lambda b: b),
+        "ServerMetadata": grpc.unary_unary_rpc_method_handler(
+            metadata, request_deserializer=pb.ServerMetadataRequest.FromString,
+            response_serializer=pb.ServerMetadataResponse.SerializeToString),
+    }),))
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"null server on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        import uvloop  # the same event loop scorewire uses, for a like-for-like ceiling
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()
