@@ -177,6 +177,9 @@ class InferenceServicer:
             return await self._infer(request, deadline_ns)
         except EngineError as exc:
             await context.abort(STATUS[exc.code], exc.message)
+        except Exception as exc:  # a bug, not bad input: keep the traceback in the server log
+            log.exception("ModelInfer failed unexpectedly")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
 
     async def model_stream_infer(self, request_iterator, context: grpc.aio.ServicerContext):
         """Requests of a stream are scored concurrently (up to stream_max_in_flight); each

@@ -79,6 +79,24 @@ def test_64_clients_get_exactly_their_own_rows(server, rng):
     assert batches < 32 * 50
 
 
+class Collector:
+    """Callback target for tritonclient's async_infer: keeps (result, error) pairs."""
+
+    def __init__(self):
+        self.items: list = []
+        self._lock = threading.Lock()
+
+    def __call__(self, result, error):
+        with self._lock:
+            self.items.append((result, error))
+
+    def wait(self, n: int, timeout_s: float = 10) -> list:
+        deadline = time.monotonic() + timeout_s
+        while len(self.items) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.items
+
+
 def _one_row_input() -> grpcclient.InferInput:
     inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
     inp.set_data_from_numpy(np.ones((1, N_FEATURES), np.float32))
@@ -88,15 +106,9 @@ def _one_row_input() -> grpcclient.InferInput:
 def test_queue_overflow_is_resource_exhausted(server):
     """`slow` holds 8 rows at most and waits 1.5 s: the 9th row is refused at once."""
     client = grpcclient.InferenceServerClient(server.url)
-    done: list = []
-    lock = threading.Lock()
-
-    def callback(result, error):
-        with lock:
-            done.append((result, error))
-
+    collector = Collector()
     for _ in range(8):
-        client.async_infer("slow", [_one_row_input()], callback)
+        client.async_infer("slow", [_one_row_input()], collector)
     time.sleep(0.4)
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as info:
@@ -104,9 +116,7 @@ def test_queue_overflow_is_resource_exhausted(server):
     assert time.monotonic() - started < 1.0  # refused, not queued
     assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert "queue full (8 rows waiting, queue_capacity = 8)" in info.value.message()
-    deadline = time.monotonic() + 10
-    while len(done) < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    done = collector.wait(8)
     assert len(done) == 8 and all(error is None for _, error in done)
     assert server.metrics()['scorewire_rejected_total{model="slow",version="1"}'] >= 1
     client.close()
@@ -154,16 +164,10 @@ max_queue_delay_us = 1000000   # requests are in flight for ~1 s
 def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
     srv = launch(model_dir, SIGTERM_CONFIG, name="sigterm.toml")
     client = grpcclient.InferenceServerClient(srv.url)
-    results: list = []
-    lock = threading.Lock()
-
-    def callback(result, error):
-        with lock:
-            results.append((result, error))
-
+    collector = Collector()
     try:
         for _ in range(6):
-            client.async_infer("mlp", [_one_row_input()], callback)
+            client.async_infer("mlp", [_one_row_input()], collector)
         time.sleep(0.3)
         srv.proc.send_signal(signal.SIGTERM)
         code = srv.proc.wait(timeout=60)
@@ -171,6 +175,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
         if srv.proc.poll() is None:
             srv.proc.kill()
     assert code == 0
+    results = collector.wait(6)
     assert len(results) == 6
     assert all(error is None for _, error in results), [str(e) for _, e in results if e]
     assert all(r.as_numpy("probabilities").shape == (1, 2) for r, _ in results)
