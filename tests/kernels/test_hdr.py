@@ -1,0 +1,112 @@
+"""kernels.HdrHistogram against the `hdrhistogram` package (hdrh), the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hdrh.histogram import HdrHistogram as Reference
+from hypothesis import given, settings, strategies as st
+
+from kernels import HdrHistogram
+
+PERCENTILES = [0, 0.1, 1, 10, 25, 50, 75, 90, 99, 99.9, 99.99, 100]
+# The reference scans its counts in pure Python: keep layouts to tens of thousands of
+# counters (5 significant figures over 2**62 would be millions per example).
+layouts = st.one_of(
+    st.tuples(st.sampled_from([1, 3, 1000]), st.sampled_from([10**6, 3_600_000_000, 2**62]), st.integers(1, 3)),
+    st.tuples(st.sampled_from([1, 1000]), st.just(10**6), st.integers(4, 5)),
+)
+values = st.lists(st.integers(-5, 2**45), min_size=0, max_size=300)
+
+
+def both(layout, vals):
+    lowest, highest, sigfigs = layout
+    ours, ref = HdrHistogram(lowest, highest, sigfigs), Reference(lowest, highest, sigfigs)
+    ours.record_values(np.array(vals, dtype=np.int64))
+    rejected = sum(not ref.record_value(v) for v in vals)
+    return ours, ref, rejected
+
+
+@given(layouts, values)
+@settings(max_examples=80, deadline=None)
+def test_same_answers_as_the_reference(layout, vals):
+    ours, ref, rejected = both(layout, vals)
+    assert ours.total_count == ref.get_total_count()
+    assert ours.out_of_range == rejected  # never silently dropped: counted
+    table = ref.get_percentile_to_value_dict(PERCENTILES)  # one pass in the reference too
+    assert ours.percentiles(PERCENTILES).tolist() == [table.get(p, 0) for p in PERCENTILES]
+    assert ours.value_at_percentile(99.0) == ref.get_value_at_percentile(99.0)
+    if ref.counts_len <= 20_000:  # the reference's mean walks every counter in Python
+        assert ours.mean() == pytest.approx(ref.get_mean_value(), rel=1e-12)
+    assert ours.max() == ref.get_max_value()
+    if ours.total_count:
+        assert ours.min() == ref.get_min_value()
+
+
+@given(layouts, values)
+@settings(max_examples=60, deadline=None)
+def test_encoding_round_trips_both_ways(layout, vals):
+    ours, ref, _ = both(layout, vals)
+    theirs_from_ours = Reference.decode(ours.encode())
+    ours_from_theirs = HdrHistogram.decode(ref.encode())
+    assert theirs_from_ours.get_total_count() == ours.total_count
+    table = theirs_from_ours.get_percentile_to_value_dict(PERCENTILES)
+    assert [table.get(p, 0) for p in PERCENTILES] == ours.percentiles(PERCENTILES).tolist()
+    assert np.array_equal(ours_from_theirs.counts, ours.counts)
+    assert ours_from_theirs.percentiles(PERCENTILES).tolist() == ours.percentiles(PERCENTILES).tolist()
+    assert HdrHistogram.decode(ours.encode()).max() == ours.max()
+
+
+@given(st.lists(st.integers(0, 10**7), max_size=100), st.integers(0, 10**6))
+@settings(max_examples=100, deadline=None)
+def test_coordinated_omission_correction_matches(vals, interval):
+    ours, ref = HdrHistogram(1, 10**9, 3), Reference(1, 10**9, 3)
+    ours.record_corrected_values(np.array(vals, dtype=np.int64), interval)
+    for v in vals:
+        ref.record_corrected_value(v, interval)
+    assert ours.total_count == ref.get_total_count()
+    table = ref.get_percentile_to_value_dict(PERCENTILES)
+    assert ours.percentiles(PERCENTILES).tolist() == [table.get(p, 0) for p in PERCENTILES]
+
+
+@pytest.mark.parametrize("layout", [(1, 3_600_000_000, 3), (1000, 2**62, 2), (1, 10**6, 5)])
+def test_mean_matches_the_reference_on_large_layouts(rng, layout):
+    vals = rng.lognormal(9, 2.5, 2000).astype(np.int64)
+    ours, ref, _ = both(layout, vals.tolist())
+    assert ours.mean() == pytest.approx(ref.get_mean_value(), rel=1e-12)
+
+
+def test_merge_equals_recording_everything(rng):
+    a, b, both_ = (HdrHistogram(1, 10**9, 3) for _ in range(3))
+    x, y = rng.integers(0, 10**8, 5000), rng.integers(0, 10**5, 3000)
+    a.record_values(x), b.record_values(y), both_.record_values(np.concatenate([x, y]))
+    a.merge(b)
+    assert np.array_equal(a.counts, both_.counts) and a.max() == both_.max() and a.min() == both_.min()
+    other_layout = HdrHistogram(1, 10**6, 2)
+    other_layout.record_values(y)
+    c = HdrHistogram(1, 10**9, 3)
+    c.merge(other_layout)
+    assert c.total_count == 3000
+
+
+def test_reset_and_empty():
+    h = HdrHistogram(1, 1000, 2)
+    assert h.percentiles([50, 99]).tolist() == [0, 0] and h.mean() == 0.0 and h.max() == 0
+    h.record_values(np.array([5, 7, 10_000_000]))
+    assert h.total_count == 2 and h.out_of_range == 1
+    h.reset()
+    assert h.total_count == 0 and h.out_of_range == 0 and not h.counts.any()
+
+
+def test_bad_calls_say_how_to_fix():
+    h = HdrHistogram(1, 1000, 2)
+    with pytest.raises(TypeError, match="np.rint"):
+        h.record_values(np.array([1.5]))
+    with pytest.raises(ValueError, match="significant_figures"):
+        HdrHistogram(1, 1000, 6)
+    with pytest.raises(ValueError, match="highest must be"):
+        HdrHistogram(10, 15, 2)
+    with pytest.raises(ValueError, match="percentiles"):
+        h.percentiles([np.nan])
+    with pytest.raises(ValueError, match="cookie"):
+        HdrHistogram.decode(__import__("base64").b64encode(b"\0" * 16))
