@@ -1,0 +1,111 @@
+"""KS kernels against SciPy: statistic to 1e-12, p-values to 1e-6 relative (1e-10 absolute
+when tiny), on drawn samples with ties, different sizes, and both exact and asymp regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings, strategies as st
+
+from kernels import SlidingKS, ks_2samp, ks_2samp_nan, kstwo_sf
+
+
+def close_p(ours: float, ref: float) -> bool:
+    return abs(ours - ref) <= max(1e-6 * abs(ref), 1e-10)
+
+
+samples = st.lists(st.one_of(st.integers(-5, 5).map(float), st.floats(-1e6, 1e6)), min_size=1, max_size=120)
+
+
+@given(samples, samples)
+@settings(max_examples=300, deadline=None)
+def test_ks_2samp_equals_scipy(a, b):
+    ours = ks_2samp(np.array(a), np.array(b))
+    ref = scipy.stats.ks_2samp(a, b)
+    assert ours[0] == pytest.approx(ref.statistic, rel=1e-12, abs=1e-15)
+    assert close_p(ours[1], ref.pvalue), (ours, ref)
+
+
+@pytest.mark.parametrize("n, m, shift", [(2000, 3000, 0.0), (2000, 3000, 0.2), (10000, 10000, 0.05),
+                                          (1000, 10000, 0.1), (12000, 500, 0.1), (15000, 20000, 0.03),
+                                          (40000, 40000, 0.0), (1, 10001, 0.0), (10001, 3, 2.0)])
+def test_ks_2samp_large_and_asymptotic(rng, n, m, shift):
+    a, b = rng.normal(size=n), rng.normal(shift, size=m)
+    ours, ref = ks_2samp(a, b), scipy.stats.ks_2samp(a, b)
+    assert ours[0] == pytest.approx(ref.statistic, rel=1e-12)
+    assert close_p(ours[1], ref.pvalue), (ours, ref)
+
+
+@given(st.integers(1, 200_000), st.floats(0, 1))
+@settings(max_examples=300, deadline=None)
+def test_kstwo_sf_equals_scipy(n, x):
+    assert close_p(kstwo_sf(x, n), scipy.stats.kstwo.sf(x, n))
+
+
+def test_nans_are_counted_and_excluded(rng):
+    a, b = rng.normal(size=50), rng.normal(size=40)
+    a_nan = np.concatenate([a, [np.nan, np.nan]])
+    stat, p, nans = ks_2samp_nan(a_nan, b)
+    ref = scipy.stats.ks_2samp(a, b)
+    assert nans == 2 and stat == pytest.approx(ref.statistic) and close_p(p, ref.pvalue)
+    with pytest.raises(ValueError, match="at least one non-NaN"):
+        ks_2samp([np.nan], [1.0])
+
+
+def test_edge_cases():
+    assert ks_2samp([1.0, 1.0, 1.0], [1.0, 1.0]) == (0.0, 1.0)  # all equal
+    assert ks_2samp([0.0], [1.0])[0] == 1.0  # samples of one
+    assert ks_2samp(np.array([1, 2, 3]), np.array([4, 5]))[0] == 1.0  # integer input
+    ref = scipy.stats.ks_2samp([-np.inf, 0.0, np.inf], [1.0, 2.0])
+    assert ks_2samp([-np.inf, 0.0, np.inf], [1.0, 2.0]) == pytest.approx((ref.statistic, ref.pvalue))
+
+
+@given(
+    st.lists(st.integers(-20, 20).map(float), min_size=1, max_size=200),
+    st.lists(st.one_of(st.integers(-25, 25).map(float), st.just(np.nan)), max_size=600),
+    st.integers(1, 150),
+)
+@settings(max_examples=200, deadline=None)
+def test_sliding_ks_equals_scipy_on_the_window(reference, stream, window):
+    """Ties with the reference, values outside it, NaNs, a window still filling."""
+    s = SlidingKS(np.array(reference), window)
+    data = np.array(stream)
+    for chunk in np.array_split(data, 5):
+        s.update(chunk)
+    clean = data[~np.isnan(data)]
+    last = clean[-window:]
+    assert s.nan_count == int(np.isnan(data).sum())
+    assert s.n == len(last)
+    if len(last) == 0:
+        assert s.statistic == 0.0 and s.pvalue() == 1.0
+        return
+    ref = scipy.stats.ks_2samp(last, reference)
+    assert s.statistic == pytest.approx(ref.statistic, rel=1e-12, abs=1e-15)
+    assert close_p(s.pvalue(), ref.pvalue)
+
+
+def test_sliding_ks_long_stream_with_a_shift(rng):
+    ref = rng.normal(size=10_000)
+    s = SlidingKS(ref, 1000)
+    data = np.concatenate([rng.normal(size=20_000), rng.normal(0.3, size=3_000)])
+    end = 0
+    for chunk in np.split(data, 23):
+        s.update(chunk)
+        end += chunk.size
+        window = data[max(0, end - 1000):end]
+        assert s.statistic == pytest.approx(scipy.stats.ks_2samp(window, ref).statistic, rel=1e-12)
+    last = data[-1000:]
+    ref_result = scipy.stats.ks_2samp(last, ref)
+    assert s.statistic == pytest.approx(ref_result.statistic, rel=1e-12)
+    assert close_p(s.pvalue(), ref_result.pvalue)
+    assert s.pvalue() < 1e-6  # the shift is seen
+
+
+def test_bad_calls():
+    with pytest.raises(ValueError, match="window"):
+        SlidingKS([1.0], 0)
+    with pytest.raises(ValueError, match="non-NaN"):
+        SlidingKS([np.nan], 3)
+    with pytest.raises(TypeError):
+        SlidingKS([1.0], 3).update(np.array(["a"]))
