@@ -89,6 +89,10 @@ def _outside_inside_method(m, n, g, h):
     size = min(2 * maxj + 2, n + 1)
     A = np.ones(size)
     A[minj:maxj] = 0.0
+    inv = np.empty(m + n + 1)  # 1/(i + j): a multiply in the dependency chain, not a divide
+    inv[0] = 0.0
+    for q in range(1, m + n + 1):
+        inv[q] = 1.0 / q
     for i in range(1, m + 1):
         lastminj = minj
         lastlen = curlen
@@ -100,7 +104,7 @@ def _outside_inside_method(m, n, g, h):
         val = 0.0 if minj == 0 else 1.0
         for jj in range(maxj - minj):
             j = jj + minj
-            val = (A[jj + minj - lastminj] * i + val * j) / (i + j)
+            val = (A[jj + minj - lastminj] * i + val * j) * inv[i + j]
             A[jj] = val
         curlen = maxj - minj
         if lastlen > curlen:
@@ -272,6 +276,7 @@ class SlidingKS:
         self._ring = np.zeros(self.window, dtype=np.int64)
         self._state = np.zeros(3, dtype=np.int64)
         self._pcache: dict[tuple[int, int], float] = {}
+        self._critical: dict[float, int] = {}
 
     def update(self, values) -> None:
         """Slide the window over `values` (a whole array, one jitted call)."""
@@ -303,11 +308,7 @@ class SlidingKS:
         n = self.n
         return 0.0 if n == 0 else self._h() / (n * self.m)
 
-    def pvalue(self) -> float:
-        n = self.n
-        if n == 0:
-            return 1.0
-        h = self._h() // math.gcd(n, self.m)  # in units of 1/lcm
+    def _p(self, n: int, h: int) -> float:
         key = (n, h)
         p = self._pcache.get(key)
         if p is None:
@@ -315,3 +316,43 @@ class SlidingKS:
                 self._pcache.clear()
             p = self._pcache[key] = float(_pvalue(n, self.m, h))
         return p
+
+    def pvalue(self) -> float:
+        n = self.n
+        if n == 0:
+            return 1.0
+        return self._p(n, self._h() // math.gcd(n, self.m))  # h in units of 1/lcm
+
+    def critical_statistic(self, alpha: float) -> float:
+        """The smallest statistic whose p-value is <= alpha for a full window (exact, by
+        bisection over the values D can take; computed once per alpha, then remembered)."""
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        h = self._critical.get(alpha)
+        if h is None:
+            h = self._critical[alpha] = _critical_h(self.window, self.m, alpha,
+                                                    lambda x: self._p(self.window, x))
+        g = math.gcd(self.window, self.m)
+        return h / ((self.window // g) * self.m)
+
+    def significant(self, alpha: float) -> bool:
+        """p-value <= alpha, decided in O(1) against the critical statistic once the
+        window is full (by the p-value itself while it fills)."""
+        if self.n < self.window:
+            return self.pvalue() <= alpha
+        self.critical_statistic(alpha)
+        return self._h() // math.gcd(self.window, self.m) >= self._critical[alpha]
+
+
+def _critical_h(n: int, m: int, alpha: float, pvalue_of) -> int:
+    """Smallest h (in units of 1/lcm) whose p-value is <= alpha; lcm + 1 if none.
+    p(h) is non-increasing in h, so a bisection over [1, lcm] finds it."""
+    g = math.gcd(n, m)
+    lo, hi = 1, (n // g) * m + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid <= (n // g) * m and pvalue_of(mid) <= alpha:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -109,3 +109,21 @@ def test_bad_calls():
         SlidingKS([np.nan], 3)
     with pytest.raises(TypeError):
         SlidingKS([1.0], 3).update(np.array(["a"]))
+
+
+@pytest.mark.parametrize("window, m", [(50, 80), (64, 64), (30, 500)])
+def test_critical_statistic_is_the_exact_threshold(rng, window, m):
+    ref = rng.normal(size=m)
+    s = SlidingKS(ref, window)
+    for alpha in (0.05, 1e-3):
+        d = s.critical_statistic(alpha)
+        # just at the threshold the p-value is <= alpha, one step below it is not
+        g = np.gcd(window, m)
+        lcm = window // g * m
+        h = round(d * lcm)
+        from kernels.ks import _pvalue
+
+        assert _pvalue(window, m, h) <= alpha < _pvalue(window, m, h - 1)
+    data = rng.normal(0.8, size=window)
+    s.update(data)
+    assert s.significant(0.05) == (scipy.stats.ks_2samp(data, ref).pvalue <= 0.05)
