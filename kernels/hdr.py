@@ -385,5 +385,8 @@ class HdrHistogram:
         if total:
             histogram._state[TOTAL] = total
             histogram._state[MIN] = histogram._value_from_index(lo)
+            # The encoding keeps counts per bucket only: like the reference decoder, take the
+            # top of the highest non-empty bucket (a histogram of only 0s in a bucket wider
+            # than 1 decodes with that bucket's top as its max).
             histogram._state[MAX] = histogram.highest_equivalent(histogram._value_from_index(hi))
         return histogram

@@ -22,8 +22,31 @@ _MAX_ITER = 100_000
 
 
 @jit
+def _log1pmx(t):
+    """log(1 + t) - t without cancellation for small |t|."""
+    if abs(t) >= 0.5:
+        return math.log1p(t) - t
+    term = t
+    total = 0.0
+    for k in range(2, 200):
+        term *= -t
+        piece = term / k
+        total += piece
+        if abs(piece) <= 1e-17 * abs(total):
+            break
+    return total
+
+
+@jit
 def _log_prefactor(a, x):
-    return a * math.log(x) - x - math.lgamma(a)
+    """log(x^a e^-x / Gamma(a)). For large a, a*log(x) - x - lgamma(a) cancels badly;
+    write it as a*log1pmx((x-a)/a) + log(a / 2pi)/2 - (Stirling remainder of lgamma(a))."""
+    if a < 10.0:
+        return a * math.log(x) - x - math.lgamma(a)
+    inv = 1.0 / a
+    inv2 = inv * inv
+    stirling = inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 * (1.0 / 1260 - inv2 * (1.0 / 1680 - inv2 / 1188))))
+    return a * _log1pmx((x - a) / a) + 0.5 * math.log(a / (2.0 * math.pi)) - stirling
 
 
 @jit
