@@ -113,6 +113,85 @@ def _outside_inside_method(m, n, g, h):
 
 
 @jit
+def _outside_inside_block(m, n, g, h0, lanes):
+    """P(D >= h/lcm) for h = h0 .. h0+lanes-1 in one pass over the columns (m != n):
+    the same recursion as _outside_inside_method (bitwise the same results), lanes side by
+    side so their independent chains overlap in the CPU; about 3x cheaper per value.
+    Indexing is absolute in j, so cells above a band stay 1 ("outside") by construction."""
+    if m < n:
+        m, n = n, m
+    mg = m // g
+    ng = n // g
+    out = np.ones(lanes)
+    A = np.ones((n + 1, lanes))
+    minj = np.zeros(lanes, dtype=np.int64)
+    maxj = np.zeros(lanes, dtype=np.int64)
+    alive = np.ones(lanes, dtype=np.bool_)
+    val = np.zeros(lanes)
+    for l in range(lanes):
+        h = h0 + l
+        if h <= 0:
+            alive[l] = False
+            continue
+        top = min(int(math.ceil(h / mg)), n + 1)
+        for j in range(top):
+            A[j, l] = 0.0
+    inv = np.empty(m + n + 1)
+    inv[0] = 0.0
+    for q in range(1, m + n + 1):
+        inv[q] = 1.0 / q
+    for i in range(1, m + 1):
+        jlo = n + 1
+        jhi = 0
+        any_alive = False
+        for l in range(lanes):
+            if not alive[l]:
+                continue
+            h = h0 + l
+            lo = min(max(int(math.floor((ng * i - h) / mg)) + 1, 0), n)
+            hi = min(int(math.ceil((ng * i + h) / mg)), n + 1)
+            if hi <= lo:
+                alive[l] = False
+                out[l] = 1.0
+                continue
+            any_alive = True
+            minj[l] = lo
+            maxj[l] = hi
+            val[l] = 0.0 if lo == 0 else 1.0
+            if lo < jlo:
+                jlo = lo
+            if hi > jhi:
+                jhi = hi
+        if not any_alive:
+            break
+        for j in range(jlo, jhi):
+            c = inv[i + j]
+            for l in range(lanes):
+                if alive[l] and minj[l] <= j and j < maxj[l]:
+                    v = (A[j, l] * i + val[l] * j) * c
+                    A[j, l] = v
+                    val[l] = v
+    for l in range(lanes):
+        if alive[l]:
+            out[l] = A[n, l]
+    return out
+
+
+BLOCK = 16  # p-values computed together on a cache miss (unequal exact sizes)
+
+
+def pvalue_block(n: int, m: int, h: int) -> dict[int, float]:
+    """p-values of the aligned block of statistic values around h (units of 1/lcm), as
+    {h: p}; the whole block for unequal sizes in the exact region, else just h."""
+    if n != m and max(n, m) <= MAX_EXACT_N:
+        h0 = (h // BLOCK) * BLOCK
+        ps = _outside_inside_block(n, m, math.gcd(n, m), h0, BLOCK)
+        if np.all((ps >= 0.0) & (ps <= 1.0)):
+            return {h0 + i: float(p) for i, p in enumerate(ps)}
+    return {h: float(_pvalue(n, m, h))}
+
+
+@jit
 def _pvalue(n, m, h):
     """SciPy 'auto' two-sided p-value of D = h / lcm(n, m)."""
     g = _gcd(n, m)
@@ -258,7 +337,9 @@ class SlidingKS:
     _pcache: dict[tuple[int, int, int], float] = {}
     _CACHE_LIMIT = 1 << 18
 
-    def __init__(self, reference, window: int):
+    def __init__(self, reference, window: int, alphas=()):
+        """`alphas`: significance levels whose exact critical statistics are computed now,
+        so that `significant(alpha)` never computes a p-value on the alarm path."""
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         ref, self.reference_nan_count = _clean("reference", reference)
@@ -281,6 +362,8 @@ class SlidingKS:
         self._ring = np.zeros(self.window, dtype=np.int64)
         self._state = np.zeros(3, dtype=np.int64)
         self._critical: dict[float, int] = {}
+        for alpha in alphas:
+            self.critical_statistic(alpha)
 
     def update(self, values) -> None:
         """Slide the window over `values` (a whole array, one jitted call)."""
@@ -319,7 +402,9 @@ class SlidingKS:
         if p is None:
             if len(cache) >= self._CACHE_LIMIT:
                 cache.clear()
-            p = cache[key] = float(_pvalue(n, self.m, h))
+            for hh, pp in pvalue_block(n, self.m, h).items():
+                cache[(n, self.m, hh)] = pp
+            p = cache[key]
         return p
 
     def pvalue(self) -> float:

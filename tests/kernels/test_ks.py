@@ -114,7 +114,8 @@ def test_bad_calls():
 @pytest.mark.parametrize("window, m", [(50, 80), (64, 64), (30, 500)])
 def test_critical_statistic_is_the_exact_threshold(rng, window, m):
     ref = rng.normal(size=m)
-    s = SlidingKS(ref, window)
+    s = SlidingKS(ref, window, alphas=(0.05, 1e-3))
+    assert set(s._critical) == {0.05, 1e-3}
     for alpha in (0.05, 1e-3):
         d = s.critical_statistic(alpha)
         # just at the threshold the p-value is <= alpha, one step below it is not
@@ -127,3 +128,15 @@ def test_critical_statistic_is_the_exact_threshold(rng, window, m):
     data = rng.normal(0.8, size=window)
     s.update(data)
     assert s.significant(0.05) == (scipy.stats.ks_2samp(data, ref).pvalue <= 0.05)
+
+
+@pytest.mark.parametrize("n, m", [(7, 13), (30, 500), (999, 10000), (13, 7)])
+def test_block_of_pvalues_equals_one_at_a_time(n, m):
+    from kernels.ks import BLOCK, _pvalue, pvalue_block
+
+    lcm = n // np.gcd(n, m) * m
+    for h in (0, 1, 17, lcm // 7, lcm - 3):
+        block = pvalue_block(n, m, h)
+        assert h in block and len(block) in (1, BLOCK)
+        for hh, p in block.items():
+            assert p == _pvalue(n, m, hh)
