@@ -8,11 +8,15 @@ import logging
 import signal
 
 import grpc
+import numpy as np
 
 from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
+from engine.monitor.drift import DriftEvent, DriftMonitor, load_reference
 from engine.monitor.export import MetricsServer, render
+from engine.monitor.latency import LatencyMonitor
+from engine.monitor.tap import MonitorTap, ScoredBatch
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import OnnxModel
@@ -38,13 +42,45 @@ class App:
         self.metrics: MetricsServer | None = None
         self.grpc_port = 0
         self.metrics_port = 0
+        self.latency = LatencyMonitor()
+        self.drift: dict[tuple[str, str], DriftMonitor] = {}
+        self.drift_events: collections.deque[DriftEvent] = collections.deque(maxlen=1000)
+        capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
+        self.tap = MonitorTap(self._monitor, capacity)
+
+    def _monitor(self, batch: ScoredBatch) -> None:
+        """On the monitor thread: latency histograms, then drift."""
+        self.latency.record(batch.model, batch.role, "queue", batch.queue_us)
+        self.latency.record(batch.model, batch.role, "total", batch.total_us)
+        self.latency.record(batch.model, batch.role, "inference", np.array([batch.inference_us]))
+        self.latency.record_batch(batch.model, batch.rows)
+        monitor = self.drift.get((batch.model, batch.version))
+        if monitor is not None:
+            for event in monitor.observe(batch.inputs, batch.outputs):
+                self.drift_events.append(event)
+                log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
+                            event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,
+                            event.events)
+
+    def _on_scored(self, name: str, version: str):
+        tap = self.tap
+
+        def on_scored(batch, outputs, enqueued, start, end) -> None:
+            tap.put(ScoredBatch(name, version, "champion", batch.inputs, outputs, (start - enqueued) // 1000,
+                                (end - enqueued) // 1000, (end - start) // 1000, batch.rows))
+
+        return on_scored
 
     def load_models(self) -> None:
         for ms in self.settings.models:
             model = OnnxModel(ms)
             if ms.warmup:
                 model.warm_up()
-            batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances)
+            if ms.monitor is not None:
+                self.drift[(ms.name, ms.version)] = DriftMonitor(
+                    model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+            batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
+                              on_scored=self._on_scored(ms.name, ms.version))
             limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
             self.registry.add(Served(model, batcher, limits))
             _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s))")
@@ -77,7 +113,7 @@ class App:
             raise RuntimeError(f"cannot bind gRPC to {address}")
         await self.server.start()
         self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
-                                     lambda: render(self.registry, self.requests_by_code))
+                                     lambda: render(self.registry, self.requests_by_code, self))
         self.metrics_port = await self.metrics.start()
         self.servicer.ready = True
         await set_health(self.health, True, [s.name for s in self.registry.all()])
@@ -103,6 +139,7 @@ class App:
         for served in self.registry.all():
             await served.batcher.close()
             served.model.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.tap.close)
         if self.metrics is not None:
             await self.metrics.stop()
         _announce("stopped")

@@ -48,6 +48,43 @@ class BatchingSettings(_Strict):
     """Rows waiting to be batched. A request that would exceed it gets RESOURCE_EXHAUSTED."""
 
 
+class MonitorSettings(_Strict):
+    features: list[str] = Field(min_length=1)
+    """Names of the monitored input tensor's columns, in order (the tensor is [rows, len(features)])."""
+    input: str | None = None
+    """The input tensor the features are columns of (default: the model's first input)."""
+    categorical: list[str] = Field(default_factory=list)
+    """Features tested with chi-squared on integer category codes; the rest with two-sample KS."""
+    outputs: list[str] = Field(default_factory=list)
+    """Prediction drift: output columns as "name" (a [rows] output) or "name:column" (column of
+    a [rows, k] output), e.g. "probabilities:1". The reference file has a column of each name."""
+    reference: Path
+    """Parquet or NPZ file (relative to the config file) with one column per feature/output."""
+    window: int = Field(10_000, gt=0, le=10_000_000)
+    """Sliding window, events (rows)."""
+    every: int = Field(1_000, gt=0, le=10_000_000)
+    """Evaluate drift every this many events, once the window is full."""
+    alpha: float = Field(0.001, gt=0, lt=1)
+    """Family-wise significance level of one evaluation over all monitored columns."""
+    correction: Literal["bonferroni", "bh"] = "bonferroni"
+    """Multiple-testing correction across columns: Bonferroni (family-wise) or Benjamini-Hochberg."""
+    min_effect: float = Field(0.1, ge=0, le=10)
+    """Effect size needed besides significance: KS D (continuous) or PSI (categorical)."""
+    consecutive: int = Field(3, gt=0, le=1000)
+    """Hysteresis: raise after this many consecutive drifting evaluations, clear after as many clean ones."""
+    queue_batches: int = Field(1024, gt=0, le=1_000_000)
+    """Scored batches waiting for the monitor thread; when full, batches are dropped and counted."""
+
+    @model_validator(mode="after")
+    def _categorical_are_features(self) -> "MonitorSettings":
+        unknown = [c for c in self.categorical if c not in self.features]
+        if unknown:
+            raise ValueError(f"categorical lists {unknown}, which are not in features")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("features lists a name twice")
+        return self
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.\-]+$")
     """Model name clients use."""
@@ -82,6 +119,8 @@ class ModelSettings(_Strict):
     inline_threshold_us: int = Field(300, ge=0, le=100_000)
     """With execution = "auto": the longest full-batch run time that still runs inline."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    monitor: MonitorSettings | None = None
+    """Drift monitoring of this model's inputs (and outputs); latency is always monitored."""
 
     @field_validator("providers")
     @classmethod
@@ -139,7 +178,12 @@ def parse_settings(data: dict, source: str = "<config>", base_dir: Path | None =
             lines.append(f"{source}: {field}: {msg}")
         raise SettingsError("\n".join(lines)) from None
     if base_dir is not None:
-        models = [m.model_copy(update={"path": (base_dir / m.path).resolve()}) for m in settings.models]
+        models = []
+        for m in settings.models:
+            update: dict = {"path": (base_dir / m.path).resolve()}
+            if m.monitor is not None:
+                update["monitor"] = m.monitor.model_copy(update={"reference": (base_dir / m.monitor.reference).resolve()})
+            models.append(m.model_copy(update=update))
         settings = settings.model_copy(update={"models": models})
     return settings
 

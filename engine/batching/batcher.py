@@ -27,6 +27,8 @@ from engine.settings import BatchingSettings
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Batch], Awaitable[dict[str, np.ndarray]]]
+# (batch, its outputs, members' enqueue times, run start, run end), monotonic ns
+OnScored = Callable[[Batch, dict[str, np.ndarray], np.ndarray, int, int], None]
 
 
 @dataclass(slots=True)
@@ -50,8 +52,10 @@ class BatcherStats:
 
 
 class Batcher:
-    def __init__(self, label: str, settings: BatchingSettings, run: RunBatch, max_in_flight: int):
+    def __init__(self, label: str, settings: BatchingSettings, run: RunBatch, max_in_flight: int,
+                 on_scored: OnScored | None = None):
         self.label = label
+        self._on_scored = on_scored  # must not block: monitoring takes it off the request path
         self.max_batch_size = settings.max_batch_size
         self.delay_ns = settings.max_queue_delay_us * 1000
         self.capacity = settings.queue_capacity
@@ -197,11 +201,17 @@ class Batcher:
 
     async def _score(self, members: list[_Pending]) -> list[dict[str, np.ndarray]]:
         batch = Batch.concat([m.inputs for m in members])
+        start = time.monotonic_ns()
         outputs = await self._run(batch)
+        end = time.monotonic_ns()
+        parts = batch.split(outputs)
         self.stats.batches += 1
         self.stats.requests += len(members)
         self.stats.rows += batch.rows
-        return batch.split(outputs)
+        if self._on_scored is not None:
+            enqueued = np.fromiter((m.enqueued_ns for m in members), dtype=np.int64, count=len(members))
+            self._on_scored(batch, outputs, enqueued, start, end)
+        return parts
 
     def _fail_all(self, exc: BaseException) -> None:
         error = EngineError(ErrorCode.INTERNAL, f"model {self.label}: batcher stopped ({exc!r})")

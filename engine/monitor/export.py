@@ -20,7 +20,7 @@ def _labels(**labels: str) -> str:
     return "{" + inner + "}"
 
 
-def render(registry: Registry, requests_by_code: dict[tuple[str, str], int]) -> str:
+def render(registry: Registry, requests_by_code: dict[tuple[str, str], int], app=None) -> str:
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -45,7 +45,48 @@ def render(registry: Registry, requests_by_code: dict[tuple[str, str], int]) -> 
            [(_labels(model=s.name, version=s.version), s.batcher.stats.cancelled) for s in served])
     family("scorewire_rejected_total", "counter", "Requests refused because the queue was full.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.rejected_full) for s in served])
+    if app is not None:
+        _monitoring(app, family)
     return "\n".join(lines) + "\n"
+
+
+def _monitoring(app, family) -> None:
+    from engine.monitor.latency import QUANTILES
+
+    drift = [(m, c) for m in app.drift.values() for c in m.columns]
+    name_of = {id(m): m.model.split(":")[0] for m in app.drift.values()}
+    for metric, attr, help_text in (
+        ("scorewire_drift_statistic", "statistic", "Last evaluated drift statistic (KS D or chi-squared) per column."),
+        ("scorewire_drift_pvalue", "pvalue", "Last evaluated drift p-value per column (before correction)."),
+        ("scorewire_drift_effect", "effect", "Last evaluated effect size per column (KS D or PSI)."),
+        ("scorewire_drift_alert", "alert", "1 while a drift alert is raised for the column."),
+    ):
+        family(metric, "gauge", help_text,
+               [(_labels(model=name_of[id(m)], feature=c.name), float(getattr(m.state[c.name], attr))) for m, c in drift])
+    family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
+           [(_labels(model=name_of[id(m)]), m.events) for m in app.drift.values()])
+    samples = []
+    for (model, role, stage), h in app.latency.items():
+        if h.total_count:
+            values = h.percentiles([q * 100 for q in QUANTILES])
+            samples.extend((_labels(model=model, role=role, stage=stage, quantile=str(q)), int(v))
+                           for q, v in zip(QUANTILES, values))
+    family("scorewire_latency_us", "gauge", "Latency percentiles in microseconds by model, role and stage "
+           "(queue: waiting to be batched; inference: the batch run; total: both).", samples)
+    lines = []
+    for model, counts in sorted(app.latency.batch_rows.items()):
+        cumulative = 0
+        for b in range(32):
+            cumulative += int(counts[b])
+            if counts[b:].any() or b == 0:
+                lines.append((_labels(model=model, le=str(1 << b)), cumulative))
+        lines.append((_labels(model=model, le="+Inf"), cumulative))
+    sums = [("_sum" + _labels(model=m), app.latency.batch_rows_sum.get(m, 0)) for m in sorted(app.latency.batch_rows)]
+    counts = [("_count" + _labels(model=m), int(c.sum())) for m, c in sorted(app.latency.batch_rows.items())]
+    family("scorewire_batch_rows", "histogram", "Rows per scored batch.",
+           [(("_bucket" + lbl), v) for lbl, v in lines] + sums + counts)
+    family("scorewire_monitor_dropped_batches_total", "counter",
+           "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
 
 
 class MetricsServer:

@@ -140,3 +140,16 @@ def test_block_of_pvalues_equals_one_at_a_time(n, m):
         assert h in block and len(block) in (1, BLOCK)
         for hh, p in block.items():
             assert p == _pvalue(n, m, hh)
+
+
+def test_far_tail_of_unequal_sizes_is_cheap_and_within_tolerance(rng):
+    import time
+
+    from kernels.ks import TAIL, _outside_inside_method, _pvalue
+
+    n, m = 2000, 10000
+    h = 6000  # D = 0.6: astronomically small
+    start = time.perf_counter()
+    p = _pvalue(n, m, h)
+    assert time.perf_counter() - start < 0.05
+    assert p < TAIL and abs(p - _outside_inside_method(n, m, 2000, h)) < 1e-11

@@ -1,0 +1,198 @@
+"""Drift state per model and column; the statistics themselves are the kernels'.
+
+Each monitored column (an input feature, or an output column for prediction drift) has a
+sliding window of its last `window` values: two-sample KS against the reference for
+continuous columns (kernels.SlidingKS), chi-squared on integer category codes for
+categorical ones (kernels.SlidingChi2; NaN and codes the reference never saw fall in its
+"other" bin). Every `every` events, once the window is full, all columns are evaluated
+together: p-values corrected across columns (Bonferroni, family-wise alpha; or
+Benjamini-Hochberg), and a column drifts when it is significant AND its effect size
+(KS D, or PSI) reaches `min_effect` -- on large windows tiny shifts are "significant".
+Hysteresis: an alert is raised after `consecutive` drifting evaluations in a row and
+cleared after as many clean ones; each raise and clear is a DriftEvent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.codec.validate import ModelSchema
+from engine.settings import MonitorSettings
+from kernels import SlidingChi2, SlidingKS
+
+log = logging.getLogger(__name__)
+
+
+class MonitorConfigError(ValueError):
+    """A monitor that cannot be built; the message names the model and the problem."""
+
+
+def load_reference(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a Parquet or NPZ reference file, by name (NPZ is read without pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MonitorConfigError(f"reference file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {name: np.asarray(data[name]) for name in data.files}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+@dataclass
+class Column:
+    name: str
+    categorical: bool
+    tensor: str
+    index: int | None  # column of a 2-D tensor, or None for a 1-D one
+    from_output: bool
+    kernel: object = None
+
+    def values(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
+        array = (outputs if self.from_output else inputs)[self.tensor]
+        column = array if self.index is None else array[:, self.index]
+        if self.categorical:
+            return np.where(np.isfinite(column), np.rint(column), -1).astype(np.int64) if column.dtype.kind == "f" \
+                else column.astype(np.int64, copy=False)
+        return column
+
+
+@dataclass
+class ColumnState:
+    statistic: float = 0.0
+    pvalue: float = 1.0
+    effect: float = 0.0
+    drifting: bool = False
+    alert: bool = False
+    streak: int = 0  # consecutive evaluations disagreeing with the alert state
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    kind: str  # "raise" or "clear"
+    model: str
+    feature: str
+    statistic: float
+    pvalue: float
+    effect: float
+    events: int  # rows observed by the monitor when it happened
+    time_ns: int = field(default_factory=time.time_ns)
+
+
+def corrected_significance(pvalues: np.ndarray, alpha: float, method: str) -> np.ndarray:
+    """Which p-values are significant at family-wise (Bonferroni) or false-discovery (BH) level alpha."""
+    k = len(pvalues)
+    if method == "bonferroni":
+        return pvalues <= alpha / k
+    order = np.argsort(pvalues, kind="stable")
+    thresholds = alpha * np.arange(1, k + 1) / k
+    passed = np.flatnonzero(pvalues[order] <= thresholds)
+    significant = np.zeros(k, dtype=bool)
+    if passed.size:
+        significant[order[: passed[-1] + 1]] = True
+    return significant
+
+
+class DriftMonitor:
+    def __init__(self, model: str, settings: MonitorSettings, schema: ModelSchema, reference: dict[str, np.ndarray]):
+        self.model = model
+        self.settings = settings
+        self.columns = self._columns(schema)
+        missing = [c.name for c in self.columns if c.name not in reference]
+        if missing:
+            raise MonitorConfigError(f"model {model}: reference has no column {missing} (it has {sorted(reference)})")
+        for column in self.columns:
+            ref = np.asarray(reference[column.name])
+            if column.categorical:
+                codes = ref.astype(np.int64) if ref.dtype.kind in "iub" else np.rint(ref).astype(np.int64)
+                if codes.min() < 0:
+                    raise MonitorConfigError(f"model {model}: categorical reference '{column.name}' has negative codes")
+                column.kernel = SlidingChi2(codes, settings.window)
+            else:
+                column.kernel = SlidingKS(ref.astype(np.float64), settings.window)
+        self.state = {c.name: ColumnState() for c in self.columns}
+        self.events = 0
+        self.evaluations = 0
+        self._since = 0
+
+    def _columns(self, schema: ModelSchema) -> list[Column]:
+        s = self.settings
+        inputs = {t.name: t for t in schema.inputs}
+        outputs = {t.name: t for t in schema.outputs}
+        tensor = s.input or schema.inputs[0].name
+        if tensor not in inputs:
+            raise MonitorConfigError(f"model {self.model}: monitor.input '{tensor}' is not an input ({list(inputs)})")
+        spec = inputs[tensor]
+        width = spec.shape[1] if len(spec.shape) == 2 else (1 if len(spec.shape) == 1 else None)
+        if width is None or (width >= 0 and width != len(s.features)):
+            raise MonitorConfigError(
+                f"model {self.model}: monitor.features names {len(s.features)} columns, but input '{tensor}' "
+                f"has shape {list(spec.shape)}"
+            )
+        columns = [
+            Column(name, name in s.categorical, tensor, None if len(spec.shape) == 1 else i, False)
+            for i, name in enumerate(s.features)
+        ]
+        for entry in s.outputs:
+            name, _, col = entry.partition(":")
+            if name not in outputs:
+                raise MonitorConfigError(f"model {self.model}: monitor.outputs '{entry}': no output '{name}' ({list(outputs)})")
+            shape = outputs[name].shape
+            index = int(col) if col else None
+            if (index is None) != (len(shape) == 1):
+                raise MonitorConfigError(
+                    f"model {self.model}: monitor.outputs '{entry}': output '{name}' has shape {list(shape)}; "
+                    "use 'name' for a [rows] output and 'name:column' for a [rows, k] one"
+                )
+            columns.append(Column(entry, outputs[name].datatype in ("INT64", "INT32", "BOOL"), name, index, True))
+        return columns
+
+    @property
+    def full(self) -> bool:
+        return self.columns[0].kernel.n == self.settings.window
+
+    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
+        """Update every column with a scored batch; evaluate at each `every` boundary."""
+        values = [c.values(inputs, outputs) for c in self.columns]
+        rows = len(values[0])
+        events: list[DriftEvent] = []
+        position = 0
+        while position < rows:
+            take = min(rows - position, self.settings.every - self._since)
+            for column, v in zip(self.columns, values):
+                column.kernel.update(v[position : position + take])
+            position += take
+            self._since += take
+            self.events += take
+            if self._since == self.settings.every:
+                self._since = 0
+                if self.full:
+                    events.extend(self.evaluate())
+        return events
+
+    def evaluate(self) -> list[DriftEvent]:
+        s = self.settings
+        self.evaluations += 1
+        pvalues = np.array([c.kernel.pvalue() for c in self.columns])
+        effects = np.array([c.kernel.psi() if c.categorical else c.kernel.statistic for c in self.columns])
+        statistics = np.array([c.kernel.statistic for c in self.columns])
+        drifting = corrected_significance(pvalues, s.alpha, s.correction) & (effects >= s.min_effect)
+        events = []
+        for column, p, effect, stat, drift in zip(self.columns, pvalues, effects, statistics, drifting):
+            st = self.state[column.name]
+            st.statistic, st.pvalue, st.effect, st.drifting = float(stat), float(p), float(effect), bool(drift)
+            st.streak = st.streak + 1 if drift != st.alert else 0
+            if st.streak >= s.consecutive:
+                st.alert = not st.alert
+                st.streak = 0
+                event = DriftEvent("raise" if st.alert else "clear", self.model, column.name, float(stat), float(p),
+                                   float(effect), self.events)
+                events.append(event)
+        return events

@@ -1,0 +1,63 @@
+"""The monitor tap: scored batches go onto a bounded queue and are handled on a thread of
+their own, never on the request path. When the queue is full the batch is dropped and
+counted: monitoring never slows or fails a response."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    model: str  # name
+    version: str
+    role: str  # "champion" (routing adds others later)
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    queue_us: np.ndarray  # per request
+    total_us: np.ndarray  # per request
+    inference_us: int  # the batch's run
+    rows: int
+
+
+class MonitorTap:
+    def __init__(self, handle: Callable[[ScoredBatch], None], capacity: int):
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self.dropped = 0
+        self.handled = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="scorewire-monitor", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: ScoredBatch) -> None:
+        """Never blocks: a full queue drops the batch (counted)."""
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._handle(item)
+                self.handled += 1
+            except Exception:  # a monitoring bug must not stop monitoring, nor scoring
+                self.failed += 1
+                log.exception("monitor failed on a batch of model %s", item.model)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Handle what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)

@@ -1,0 +1,113 @@
+"""DriftMonitor on synthetic streams: a known shift is caught within one window, nothing
+else alerts; a long stationary stream stays within the family-wise alpha."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.codec.validate import ModelSchema, TensorSpec
+from engine.monitor.drift import DriftMonitor, MonitorConfigError, corrected_significance
+from engine.settings import MonitorSettings
+
+FEATURES = [f"f{i}" for i in range(8)]
+SCHEMA = ModelSchema(
+    inputs=(TensorSpec("x", "FP32", np.dtype("<f4"), (-1, 8)),),
+    outputs=(TensorSpec("label", "INT64", np.dtype("<i8"), (-1,)), TensorSpec("proba", "FP32", np.dtype("<f4"), (-1, 2))),
+)
+
+
+def stream(rng, rows: int, shift_from: int | None = None, shifted=(2, 5), shift=0.25):
+    """8 features: 7 continuous N(0,1), f7 categorical 0..4; after `shift_from` the mean of
+    the `shifted` columns moves by `shift` standard deviations."""
+    x = rng.normal(size=(rows, 8)).astype(np.float32)
+    x[:, 7] = rng.integers(0, 5, rows)
+    if shift_from is not None:
+        for c in shifted:
+            x[shift_from:, c] += shift
+    return x
+
+
+def make(rng, **overrides) -> DriftMonitor:
+    reference = stream(rng, 10_000)
+    ref = {name: reference[:, i] for i, name in enumerate(FEATURES)}
+    options = dict(window=10_000, every=1_000, alpha=0.001, min_effect=0.05, consecutive=2)
+    settings = MonitorSettings(features=FEATURES, categorical=["f7"], reference="unused.parquet",
+                               **{**options, **overrides})
+    return DriftMonitor("m:1", settings, SCHEMA, ref)
+
+
+def feed(monitor: DriftMonitor, x: np.ndarray, batch: int = 256):
+    events = []
+    for start in range(0, len(x), batch):
+        events += monitor.observe({"x": x[start : start + batch]}, {})
+    return events
+
+
+def test_a_mean_shift_in_two_features_alerts_within_one_window(rng):
+    monitor = make(rng)
+    onset = 30_000
+    events = feed(monitor, stream(rng, 60_000, shift_from=onset))
+    raised = {e.feature: e for e in events if e.kind == "raise"}
+    assert set(raised) == {"f2", "f5"}, [(e.kind, e.feature, e.events) for e in events]
+    for e in raised.values():
+        assert onset < e.events <= onset + 10_000  # within one window of the onset
+        assert e.effect >= 0.05 and e.pvalue <= 0.001 / 8
+    assert monitor.state["f2"].alert and monitor.state["f5"].alert
+    assert not any(monitor.state[f].alert for f in FEATURES if f not in ("f2", "f5"))
+
+
+def test_alert_clears_after_the_stream_returns(rng):
+    monitor = make(rng)
+    x = stream(rng, 60_000, shift_from=20_000)
+    x[40_000:, [2, 5]] -= 0.25  # back to the reference distribution
+    events = feed(monitor, x)
+    kinds = [(e.feature, e.kind) for e in events]
+    assert ("f2", "raise") in kinds and ("f2", "clear") in kinds
+    assert not monitor.state["f2"].alert
+
+
+@pytest.mark.slow
+def test_stationary_million_events_stay_within_family_wise_alpha(rng):
+    """1,000 evaluations at family-wise alpha 0.001 (Bonferroni over 8 columns): about 1
+    falsely drifting evaluation is expected, and an alert needs 2 in a row."""
+    monitor = make(rng, min_effect=0.0)
+    significant = 0
+    events = []
+    for _ in range(10):
+        x = stream(rng, 100_000)
+        for start in range(0, len(x), 1000):
+            events += monitor.observe({"x": x[start : start + 1000]}, {})
+            significant += sum(st.drifting for st in monitor.state.values()) if monitor.full else 0
+    assert monitor.events == 1_000_000 and monitor.evaluations == 991
+    assert significant <= 991 * 0.001 + 3 * np.sqrt(991 * 0.001) + 1
+    assert len([e for e in events if e.kind == "raise"]) <= 1
+
+
+def test_prediction_drift_on_outputs(rng):
+    reference = stream(rng, 10_000)
+    ref = {name: reference[:, i] for i, name in enumerate(FEATURES)}
+    ref["proba:1"] = rng.uniform(size=10_000)
+    settings = MonitorSettings(features=FEATURES, categorical=["f7"], outputs=["proba:1"], reference="r.parquet",
+                               window=2_000, every=500, consecutive=1, min_effect=0.05)
+    monitor = DriftMonitor("m:1", settings, SCHEMA, ref)
+    x = stream(rng, 6_000)
+    proba = np.stack([1 - rng.uniform(size=6_000) ** 3, rng.uniform(size=6_000) ** 3], axis=1)  # skewed
+    events = monitor.observe({"x": x}, {"proba": proba})
+    assert [e.feature for e in events if e.kind == "raise"] == ["proba:1"]
+
+
+def test_benjamini_hochberg_and_bonferroni():
+    p = np.array([0.0001, 0.004, 0.02, 0.3])
+    assert corrected_significance(p, 0.05, "bonferroni").tolist() == [True, True, False, False]
+    assert corrected_significance(p, 0.05, "bh").tolist() == [True, True, True, False]
+
+
+def test_config_errors_name_the_problem(rng):
+    ref = {name: np.zeros(10) for name in FEATURES}
+    with pytest.raises(MonitorConfigError, match="names 3 columns, but input 'x' has shape"):
+        DriftMonitor("m:1", MonitorSettings(features=["a", "b", "c"], reference="r"), SCHEMA, ref)
+    with pytest.raises(MonitorConfigError, match="reference has no column"):
+        DriftMonitor("m:1", MonitorSettings(features=FEATURES, reference="r"), SCHEMA, {"f0": np.zeros(3)})
+    with pytest.raises(MonitorConfigError, match="use 'name' for a \\[rows\\] output"):
+        DriftMonitor("m:1", MonitorSettings(features=FEATURES, outputs=["proba"], reference="r"), SCHEMA, ref)
