@@ -48,15 +48,26 @@ class App:
         capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
         self.tap = MonitorTap(self._monitor, capacity)
 
-    def _monitor(self, batch: ScoredBatch) -> None:
-        """On the monitor thread: latency histograms, then drift."""
-        self.latency.record(batch.model, batch.role, "queue", batch.queue_us)
-        self.latency.record(batch.model, batch.role, "total", batch.total_us)
-        self.latency.record(batch.model, batch.role, "inference", np.array([batch.inference_us]))
-        self.latency.record_batch(batch.model, batch.rows)
-        monitor = self.drift.get((batch.model, batch.version))
-        if monitor is not None:
-            for event in monitor.observe(batch.inputs, batch.outputs):
+    def _monitor(self, batches: list[ScoredBatch]) -> None:
+        """On the monitor thread: latency histograms, then drift, per model version on the
+        concatenation of the batches queued (in their order)."""
+        groups: dict[tuple[str, str, str], list[ScoredBatch]] = {}
+        for batch in batches:
+            groups.setdefault((batch.model, batch.version, batch.role), []).append(batch)
+            self.latency.record_batch(batch.model, batch.rows)
+        for (model, version, role), group in groups.items():
+            self.latency.record(model, role, "queue", np.concatenate([b.queue_us for b in group]))
+            self.latency.record(model, role, "total", np.concatenate([b.total_us for b in group]))
+            self.latency.record(model, role, "inference", np.array([b.inference_us for b in group]))
+            monitor = self.drift.get((model, version))
+            if monitor is None:
+                continue
+            if len(group) == 1:
+                inputs, outputs = group[0].inputs, group[0].outputs
+            else:
+                inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in group[0].inputs}
+                outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in group[0].outputs}
+            for event in monitor.observe(inputs, outputs):
                 self.drift_events.append(event)
                 log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
                             event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,

@@ -48,6 +48,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run(Path(args.dir), args.prepare_only)
 
 
+def _reference(args: argparse.Namespace) -> int:
+    from engine.monitor.reference import make_reference
+
+    rows = make_reference(Path(args.source), Path(args.out), args.sample, args.seed)
+    print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from engine.monitor.status import status
+
+    print(status(args.target, timeout_s=args.timeout))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scorewire", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="scorewire-demo", help="folder for the models and config (default ./scorewire-demo)")
     demo.add_argument("--prepare-only", action="store_true", help="only write the models and the config")
     demo.set_defaults(func=_demo)
+    reference = sub.add_parser("reference", help="write a drift reference sample from training data",
+                               description="Sample rows of a training Parquet file (uniformly, without "
+                               "replacement, seeded) into a reference Parquet file for [models.monitor].")
+    reference.add_argument("--from", dest="source", required=True, help="training data (Parquet)")
+    reference.add_argument("--out", required=True, help="reference file to write (Parquet)")
+    reference.add_argument("--sample", type=int, default=10_000, help="rows to keep (default 10,000; all if fewer)")
+    reference.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    reference.set_defaults(func=_reference)
+
+    stat = sub.add_parser("status", help="drift per feature and latency percentiles of a running server",
+                          description="Read a running server's /metrics (its metrics port) and print drift per "
+                          "feature and latency percentiles as tables.")
+    stat.add_argument("--target", required=True, help="HOST:PORT of the server's metrics endpoint")
+    stat.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
+    stat.set_defaults(func=_status)
     return parser
 
 

@@ -293,13 +293,15 @@ def _tree_set(sums, maxp, minp, leaf, value, size):
 
 
 @jit
-def _slide(values, uniq, ring, state, counts, ref_slot, sums, maxp, minp, size, m, window):
-    """Insert values (evicting the oldest once full); state = [filled, head, nans].
-    Leaf s of the tree holds m*c_s - window*r_s; prefix sums of the leaves are
-    m*C(s) - window*R(s), whose extremes give the statistic once the window is full."""
+def _slide(values, uniq, ring, state, counts, pending, window):
+    """Insert values (evicting the oldest once full); state = [filled, head, nans, pending].
+    Only the slot counts change here; the slots touched are noted in `pending` (or, once it
+    overflows, state[3] = -1: rebuild) for the tree to catch up when the statistic is asked."""
     k = uniq.shape[0]
     filled = state[0]
     head = state[1]
+    npend = state[3]
+    cap = pending.shape[0]
     for t in range(values.shape[0]):
         v = values[t]
         if v != v:
@@ -313,15 +315,85 @@ def _slide(values, uniq, ring, state, counts, ref_slot, sums, maxp, minp, size, 
                 head = head + 1 if head + 1 < window else 0
                 continue
             counts[old] -= 1
-            _tree_set(sums, maxp, minp, old, m * counts[old] - window * ref_slot[old], size)
+            if npend >= 0:
+                if npend < cap:
+                    pending[npend] = old
+                    npend += 1
+                else:
+                    npend = -1
         else:
             filled += 1
         ring[head] = slot
         counts[slot] += 1
-        _tree_set(sums, maxp, minp, slot, m * counts[slot] - window * ref_slot[slot], size)
+        if npend >= 0:
+            if npend < cap:
+                pending[npend] = slot
+                npend += 1
+            else:
+                npend = -1
         head = head + 1 if head + 1 < window else 0
     state[0] = filled
     state[1] = head
+    state[3] = npend
+    state[4] += values.shape[0]
+
+
+@jit
+def _sync_tree(state, counts, ref_slot, pending, sums, maxp, minp, size, m, window):
+    """Bring the tree up to date with the counts: replay the pending slots, or rebuild it
+    bottom-up in O(slots) when that is cheaper (or the pending list overflowed)."""
+    npend = state[3]
+    if npend == 0:
+        return
+    levels = 1
+    while (1 << levels) < size:
+        levels += 1
+    if npend < 0 or npend * levels > size:
+        for s in range(counts.shape[0]):
+            v = m * counts[s] - window * ref_slot[s]
+            sums[size + s] = v
+            maxp[size + s] = v
+            minp[size + s] = v
+        for i in range(size - 1, 0, -1):
+            left = 2 * i
+            right = left + 1
+            sums[i] = sums[left] + sums[right]
+            a = sums[left] + maxp[right]
+            maxp[i] = maxp[left] if maxp[left] > a else a
+            b = sums[left] + minp[right]
+            minp[i] = minp[left] if minp[left] < b else b
+    else:
+        for q in range(npend):
+            s = pending[q]
+            _tree_set(sums, maxp, minp, s, m * counts[s] - window * ref_slot[s], size)
+    state[3] = 0
+
+
+@jit
+def _full_h(state, counts, ref_slot, pending, sums, maxp, minp, size, m, window):
+    """The statistic (times n*m) of a full window, by the cheapest exact route: replay the
+    few slots changed since the last query through the tree; or, when many changed, scan
+    the counts in O(K) and let the tree go stale -- rebuilding it only once queries are
+    frequent again."""
+    levels = 1
+    while (1 << levels) < size:
+        levels += 1
+    slots = counts.shape[0]
+    since = state[4]
+    state[4] = 0
+    npend = state[3]
+    if npend >= 0 and npend * levels <= slots:
+        _sync_tree(state, counts, ref_slot, pending, sums, maxp, minp, size, m, window)
+    elif since * levels * 4 <= slots:
+        state[3] = -1
+        _sync_tree(state, counts, ref_slot, pending, sums, maxp, minp, size, m, window)  # rebuild
+    else:
+        state[3] = -1
+        return _scan_h(counts, ref_slot, m, window)
+    a = maxp[1]
+    b = -minp[1]
+    best = a if a > b else b
+    return best if best > 0 else 0
 
 
 @jit
@@ -347,8 +419,11 @@ class SlidingKS:
     The reference is sorted once. Each new value is placed among the reference's distinct
     values by binary search -- a value equal to a reference value has a slot of its own,
     one between two of them the gap slot there -- and a segment tree over the 2K+1 slots
-    keeps m*C - n*R prefix extremes in integers: O(log K) per insert and evict, and the
-    exact statistic in O(1) once the window is full (O(K) while it is still filling).
+    keeps m*C - n*R prefix extremes in integers. The tree is lazy: an update costs a binary
+    search and two counter changes, and a query replays the slots changed since the last
+    one (O(log K) each) or rebuilds the tree in O(K), whichever is cheaper -- so frequent
+    queries cost O(log K) per event and rare ones O(1) per event plus O(K) per query.
+    The statistic is exact in both cases (O(K) scan while the window is still filling).
 
     `statistic` and `pvalue()` equal scipy.stats.ks_2samp(window, reference). p-values
     are cached per statistic value (D only takes values h/lcm(n, m)), in a cache shared by
@@ -387,8 +462,10 @@ class SlidingKS:
         for s in np.flatnonzero(self._ref_slot):
             _tree_set(self._sums, self._maxp, self._minp, int(s), -self.window * int(self._ref_slot[s]), self._size)
         self._ring = np.zeros(self.window, dtype=np.int64)
-        self._state = np.zeros(3, dtype=np.int64)
+        self._state = np.zeros(5, dtype=np.int64)  # filled, head, nans, pending (-1: tree stale), since query
+        self._pending = np.zeros(max(64, self._size // 8), dtype=np.int64)
         self._critical: dict[float, int] = {}
+        self._h_now: int | None = None
         for alpha in alphas:
             self.critical_statistic(alpha)
 
@@ -400,7 +477,8 @@ class SlidingKS:
         if array.ndim != 1 or array.dtype.kind not in "fiub":
             raise TypeError(f"values must be a 1-D numeric array, got {array.dtype} {array.shape}")
         _slide(np.ascontiguousarray(array, dtype=np.float64), self._uniq, self._ring, self._state, self._counts,
-               self._ref_slot, self._sums, self._maxp, self._minp, self._size, self.m, self.window)
+               self._pending, self.window)
+        self._h_now = None
 
     @property
     def n(self) -> int:
@@ -411,10 +489,16 @@ class SlidingKS:
         return int(self._state[2])
 
     def _h(self) -> int:
-        """The statistic times n*m (an integer)."""
+        """The statistic times n*m (an integer); computed once per update."""
+        if self._h_now is None:
+            self._h_now = self._compute_h()
+        return self._h_now
+
+    def _compute_h(self) -> int:
         n = self.n
         if n == self.window:
-            return int(max(self._maxp[1], -self._minp[1], 0))
+            return int(_full_h(self._state, self._counts, self._ref_slot, self._pending, self._sums, self._maxp,
+                               self._minp, self._size, self.m, self.window))
         return int(_scan_h(self._counts, self._ref_slot, self.m, n))
 
     @property

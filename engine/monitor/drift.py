@@ -55,9 +55,17 @@ class Column:
     from_output: bool
     kernel: object = None
 
-    def values(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
+    def values(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+               transposed: dict[str, np.ndarray]) -> np.ndarray:
         array = (outputs if self.from_output else inputs)[self.tensor]
-        column = array if self.index is None else array[:, self.index]
+        if self.index is None:
+            column = array
+        else:
+            key = ("out:" if self.from_output else "in:") + self.tensor
+            t = transposed.get(key)
+            if t is None:  # one contiguous float64 copy per tensor, not one per column
+                t = transposed[key] = np.ascontiguousarray(array.T, dtype=np.float64)
+            column = t[self.index]
         if self.categorical:
             return np.where(np.isfinite(column), np.rint(column), -1).astype(np.int64) if column.dtype.kind == "f" \
                 else column.astype(np.int64, copy=False)
@@ -160,7 +168,8 @@ class DriftMonitor:
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
         """Update every column with a scored batch; evaluate at each `every` boundary."""
-        values = [c.values(inputs, outputs) for c in self.columns]
+        transposed: dict[str, np.ndarray] = {}
+        values = [c.values(inputs, outputs, transposed) for c in self.columns]
         rows = len(values[0])
         events: list[DriftEvent] = []
         position = 0

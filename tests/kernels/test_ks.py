@@ -153,3 +153,17 @@ def test_far_tail_of_unequal_sizes_is_cheap_and_within_tolerance(rng):
     p = _pvalue(n, m, h)
     assert time.perf_counter() - start < 0.05
     assert p < TAIL and abs(p - _outside_inside_method(n, m, 2000, h)) < 1e-11
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 400, 5000])
+def test_lazy_tree_is_exact_however_often_it_is_asked(rng, chunk):
+    """A query after every event replays few slots; after large chunks the tree is rebuilt
+    (or the pending list overflows): the statistic is SciPy's every time."""
+    ref = np.round(rng.normal(size=3000), 1)  # ties with the reference
+    s = SlidingKS(ref, 500)
+    data = np.round(rng.normal(0.05, size=12_000), 1)
+    for end in range(chunk, len(data) + 1, chunk):
+        s.update(data[end - chunk : end])
+        if end >= 500 and (chunk >= 400 or end % 97 == 0):
+            window = data[end - 500 : end]
+            assert s.statistic == pytest.approx(scipy.stats.ks_2samp(window, ref).statistic, rel=1e-12)

@@ -1,0 +1,101 @@
+"""Scoring throughput with drift + latency monitoring on vs off, measured in one run.
+
+    python -m bench.monitor_bench [--duration S] [--json FILE]
+
+Two `scorewire serve` processes on the demo MLP: one monitors its 32 input features and
+its prediction (window 10,000, every 1,000) against a reference drawn from the training
+distribution, the other monitors nothing but latency. The same closed-loop tritonclient
+load (32 callers, 16 rows per request) runs against each, alternating off/on/off/on, and
+the report gives rows/s of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.grpc_bench import run_load
+
+FEATURES = [f"f{i}" for i in range(32)]
+BASE = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+[models.batching]
+max_batch_size = 256
+"""
+MONITOR = """\
+[models.monitor]
+features = [{features}]
+outputs = ["probabilities:1"]
+reference = "ref.npz"
+window = 10000
+every = 1000
+"""
+
+
+def _serve(config: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config",
+                             str(config)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    port = None
+    for line in proc.stdout:
+        if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
+            port = m.group(1)
+        if line.strip() == "scorewire: ready":
+            return proc, f"127.0.0.1:{port}"
+    raise SystemExit(f"{config} did not start")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="scorewire-monitor-bench-"))
+    subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--dir", str(work), "--prepare-only"], check=True,
+                   stdout=subprocess.DEVNULL)
+    # reference: N(0, 1) columns like the load's rows (the drift work is the same whether
+    # or not anything alerts)
+    rng = np.random.default_rng(7)
+    np.savez(work / "ref.npz", **{f: rng.normal(size=10_000) for f in FEATURES},
+             **{"probabilities:1": rng.uniform(size=10_000)})
+    (work / "off.toml").write_text(BASE)
+    (work / "on.toml").write_text(BASE + MONITOR.format(features=", ".join(f'"{f}"' for f in FEATURES)))
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    for mode in ("off", "on", "off", "on"):
+        proc, url = _serve(work / f"{mode}.toml")
+        try:
+            r = run_load(url, "mlp", 32, 2, 16, 2.0, args.duration)
+            results[mode].append(r["rows_per_s"])
+            print(f"monitoring {mode:3}: {r['rows_per_s']:,.0f} rows/s  p99 {r['p99_ms']:.2f} ms", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    off, on = float(np.mean(results["off"])), float(np.mean(results["on"]))
+    summary = {"rows_per_s_off": off, "rows_per_s_on": on, "retained": on / off, "runs": results,
+               "load": "closed loop, 32 callers, 16 rows/request, tritonclient.grpc.aio in 2 processes",
+               "duration_s": args.duration}
+    print(f"\n| monitoring | rows/s (mean of 2) |\n|---|---|\n| off | {off:,.0f} |\n| on (32 features + 1 output, "
+          f"window 10,000, every 1,000) | {on:,.0f} |\n\nretained: {on / off:.1%}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Monitoring end to end: `scorewire reference` makes the reference, `scorewire serve`
+scores drifted traffic, /metrics (parsed with prometheus_client) and `scorewire status`
+show the two shifted features alerting and latency percentiles per stage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tritonclient.grpc as grpcclient
+
+from engine.demo import N_FEATURES, demo_data
+from engine.monitor.status import scrape
+from tests.conftest import launch
+
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+SHIFTED = ("f3", "f10")
+
+CONFIG = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+[models.batching]
+max_batch_size = 256
+[models.monitor]
+features = [{features}]
+outputs = ["probabilities:1"]
+reference = "ref.parquet"
+window = 2000
+every = 500
+alpha = 0.001
+min_effect = 0.1
+consecutive = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def monitored(model_dir):
+    x, _ = demo_data(30_000, seed=0)
+    session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    train = x[:20_000]
+    columns = {name: train[:, i] for i, name in enumerate(FEATURES)}
+    columns["probabilities:1"] = session.run(["probabilities"], {"float_input": train})[0][:, 1]
+    pq.write_table(pa.table(columns), model_dir / "train.parquet")
+    made = subprocess.run([sys.executable, "-m", "engine.cli", "reference", "--from", str(model_dir / "train.parquet"),
+                           "--out", str(model_dir / "ref.parquet"), "--sample", "5000"],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert pq.read_metadata(model_dir / "ref.parquet").num_rows == 5000
+    srv = launch(model_dir, CONFIG.format(features=", ".join(f'"{f}"' for f in FEATURES)), name="monitored.toml")
+    live = x[20_000:].copy()
+    for name in SHIFTED:
+        live[4000:, FEATURES.index(name)] += 2.0  # onset after 4,000 live rows
+    yield srv, live
+    srv.stop()
+
+
+def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
+    srv, live = monitored
+    client = grpcclient.InferenceServerClient(srv.url)
+    for start in range(0, len(live), 100):
+        rows = live[start : start + 100]
+        inp = grpcclient.InferInput("float_input", list(rows.shape), "FP32")
+        inp.set_data_from_numpy(rows)
+        client.infer("mlp", [inp])
+    client.close()
+    target = f"127.0.0.1:{srv.metrics_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the monitor works off the request path: let it catch up
+        families = scrape(target)
+        observed = [s.value for s in families["scorewire_drift_events_observed"] if s.labels["model"] == "mlp"]
+        if observed and observed[0] >= len(live):
+            break
+        time.sleep(0.2)
+    assert observed[0] == len(live)
+
+    alerts = {s.labels["feature"]: s.value for s in families["scorewire_drift_alert"]}
+    assert set(alerts) == set(FEATURES) | {"probabilities:1"}
+    assert {f for f in FEATURES if alerts[f] == 1.0} == set(SHIFTED)
+    pvalues = {s.labels["feature"]: s.value for s in families["scorewire_drift_pvalue"]}
+    assert all(pvalues[f] < 1e-6 for f in SHIFTED)
+
+    quantiles = {(s.labels["stage"], s.labels["quantile"]): s.value for s in families["scorewire_latency_us"]
+                 if s.labels["model"] == "mlp" and s.labels["role"] == "champion"}
+    for stage in ("queue", "inference", "total"):
+        assert quantiles[(stage, "0.5")] <= quantiles[(stage, "0.99")]
+    assert quantiles[("total", "0.5")] >= quantiles[("inference", "0.5")]
+    batch_rows = {s.name: s.value for s in families["scorewire_batch_rows"] if s.labels.get("model") == "mlp"}
+    assert batch_rows["scorewire_batch_rows_sum"] == len(live)
+
+    shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target", target],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    drift_lines = [line for line in shown.stdout.splitlines() if "DRIFT" in line]
+    assert {line.split()[1] for line in drift_lines} - {"probabilities:1"} == set(SHIFTED)
+    assert "p99.9 ms" in shown.stdout and "champion" in shown.stdout
+
+
+def test_metrics_parse_with_prometheus_client(monitored):
+    srv, _ = monitored
+    families = scrape(f"127.0.0.1:{srv.metrics_port}")
+    for name in ("scorewire_requests", "scorewire_batches", "scorewire_rows", "scorewire_queue_rows",
+                 "scorewire_model_info", "scorewire_drift_statistic", "scorewire_drift_alert",
+                 "scorewire_monitor_dropped_batches", "scorewire_batch_rows"):
+        assert name in families, name
