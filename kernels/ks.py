@@ -293,7 +293,25 @@ def _tree_set(sums, maxp, minp, leaf, value, size):
 
 
 @jit
-def _slide(values, uniq, ring, state, counts, pending, window):
+def _position(uniq, v, bstart, lo, scale):
+    """np.searchsorted(uniq, v), narrowed by a bucket index over [uniq[0], uniq[-1]]; the
+    answer is verified and a full search is the fallback (float rounding at bucket edges)."""
+    k = uniq.shape[0]
+    nb = bstart.shape[0] - 1
+    if nb > 0 and v >= lo and v <= uniq[k - 1]:
+        b = int((v - lo) * scale)
+        if b >= nb:
+            b = nb - 1
+        a = bstart[b]
+        e = bstart[b + 1]
+        pos = a + np.searchsorted(uniq[a:e], v)
+        if (pos == 0 or uniq[pos - 1] < v) and (pos == k or uniq[pos] >= v):
+            return pos
+    return np.searchsorted(uniq, v)
+
+
+@jit
+def _slide(values, uniq, ring, state, counts, pending, window, bstart, lo, scale):
     """Insert values (evicting the oldest once full); state = [filled, head, nans, pending].
     Only the slot counts change here; the slots touched are noted in `pending` (or, once it
     overflows, state[3] = -1: rebuild) for the tree to catch up when the statistic is asked."""
@@ -307,7 +325,7 @@ def _slide(values, uniq, ring, state, counts, pending, window):
         if v != v:
             state[2] += 1
             continue
-        pos = np.searchsorted(uniq, v)
+        pos = _position(uniq, v, bstart, lo, scale)
         slot = 2 * pos + 1 if pos < k and uniq[pos] == v else 2 * pos
         if filled == window:
             old = ring[head]
@@ -451,6 +469,17 @@ class SlidingKS:
         self.m = int(ref.size)
         uniq, ref_counts = np.unique(ref, return_counts=True)
         self._uniq = uniq
+        # bucket index for placing values: ~2 reference values per bucket, on the finite range
+        finite = uniq[np.isfinite(uniq)]
+        self._lo, self._scale = 0.0, 0.0
+        self._bstart = np.zeros(1, dtype=np.int64)
+        if finite.size >= 2 and finite[-1] > finite[0] and np.isfinite(finite[-1] - finite[0]):
+            buckets = int(min(max(finite.size // 2, 1), 1 << 16))
+            self._lo = float(finite[0])
+            self._scale = buckets / float(finite[-1] - finite[0])
+            edges = self._lo + np.arange(buckets + 1) / self._scale
+            self._bstart = np.searchsorted(uniq, edges).astype(np.int64)
+            self._bstart[-1] = uniq.size
         slots = 2 * uniq.size + 1
         self._ref_slot = np.zeros(slots, dtype=np.int64)
         self._ref_slot[1::2] = ref_counts
@@ -477,7 +506,7 @@ class SlidingKS:
         if array.ndim != 1 or array.dtype.kind not in "fiub":
             raise TypeError(f"values must be a 1-D numeric array, got {array.dtype} {array.shape}")
         _slide(np.ascontiguousarray(array, dtype=np.float64), self._uniq, self._ring, self._state, self._counts,
-               self._pending, self.window)
+               self._pending, self.window, self._bstart, self._lo, self._scale)
         self._h_now = None
 
     @property
