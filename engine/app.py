@@ -14,6 +14,7 @@ from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
 from engine.monitor.drift import DriftEvent, DriftMonitor, load_reference
+from engine.monitor.events import write_events
 from engine.monitor.export import MetricsServer, render
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.tap import MonitorTap, ScoredBatch
@@ -67,7 +68,13 @@ class App:
             else:
                 inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in group[0].inputs}
                 outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in group[0].outputs}
-            for event in monitor.observe(inputs, outputs):
+            events = monitor.observe(inputs, outputs)
+            if events and self.settings.monitoring.events_dir is not None:
+                try:
+                    write_events(self.settings.monitoring.events_dir, events)
+                except OSError:
+                    log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
+            for event in events:
                 self.drift_events.append(event)
                 log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
                             event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,

@@ -130,8 +130,15 @@ class ModelSettings(_Strict):
         return value
 
 
+class MonitoringSettings(_Strict):
+    events_dir: Path | None = None
+    """Folder (relative to the config file) for drift events as Parquet, Hive-partitioned
+    kind=drift/model=/date=. None: drift events go to the server log only."""
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     models: list[ModelSettings] = Field(min_length=1)
     """One entry per model version served."""
 
@@ -184,6 +191,9 @@ def parse_settings(data: dict, source: str = "<config>", base_dir: Path | None =
             if m.monitor is not None:
                 update["monitor"] = m.monitor.model_copy(update={"reference": (base_dir / m.monitor.reference).resolve()})
             models.append(m.model_copy(update=update))
+        if settings.monitoring.events_dir is not None:
+            events_dir = (base_dir / settings.monitoring.events_dir).resolve()
+            settings = settings.model_copy(update={"monitoring": MonitoringSettings(events_dir=events_dir)})
         settings = settings.model_copy(update={"models": models})
     return settings
 

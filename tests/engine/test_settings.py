@@ -76,10 +76,10 @@ def test_example_configs_are_valid():
 def test_example_config_documents_every_key():
     from pathlib import Path
 
-    from engine.settings import BatchingSettings, ModelSettings, ServerSettings
+    from engine.settings import BatchingSettings, ModelSettings, MonitoringSettings, MonitorSettings, ServerSettings
 
     text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
-    for model in (ServerSettings, ModelSettings, BatchingSettings):
+    for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, MonitoringSettings):
         for name in model.model_fields:
-            if name != "batching":
+            if name not in ("batching", "monitor"):
                 assert f"\n{name} =" in text, f"configs/example.toml does not show `{name}`"

@@ -28,6 +28,9 @@ host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
 
+[monitoring]
+events_dir = "drift-events"
+
 [[models]]
 name = "mlp"
 path = "models/mlp.onnx"
@@ -105,6 +108,18 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
     drift_lines = [line for line in shown.stdout.splitlines() if "DRIFT" in line]
     assert {line.split()[1] for line in drift_lines} - {"probabilities:1"} == set(SHIFTED)
     assert "p99.9 ms" in shown.stdout and "champion" in shown.stdout
+
+    # drift events as their own kind of Parquet record, readable by DuckDB
+    import duckdb
+
+    rows = duckdb.sql(
+        f"select kind, model, event, feature, pvalue from read_parquet('{srv.dir}/drift-events/**/*.parquet', "
+        "hive_partitioning = 1) order by time"
+    ).fetchall()
+    raised = {r[3] for r in rows if r[2] == "raise"}
+    assert {r[0] for r in rows} == {"drift"} and {r[1] for r in rows} == {"mlp"}
+    assert raised - {"probabilities:1"} == set(SHIFTED)
+    assert not list((srv.dir / "drift-events").rglob(".*.tmp"))
 
 
 def test_metrics_parse_with_prometheus_client(monitored):
