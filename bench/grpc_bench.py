@@ -177,14 +177,10 @@ def run_in_process(model_path: Path, rows: int, duration_s: float) -> dict:
 
 
 # -- server under test --------------------------------------------------------------------
-def start_scorewire(directory: Path) -> tuple[subprocess.Popen, str]:
-    subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--dir", str(directory), "--prepare-only"],
-        check=True, stdout=subprocess.DEVNULL,
-    )
+def serve(config: Path) -> tuple[subprocess.Popen, str]:
+    """`scorewire serve --config CONFIG` as a subprocess, once it says "ready"; its gRPC address."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config",
-         str(directory / "scorewire.toml")],
+        [sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     port = None
@@ -192,10 +188,18 @@ def start_scorewire(directory: Path) -> tuple[subprocess.Popen, str]:
         if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
             port = int(m.group(1))
         if line.strip() == "scorewire: ready":
-            break
-    if port is None:
-        raise SystemExit("scorewire serve did not start")
-    return proc, f"127.0.0.1:{port}"
+            return proc, f"127.0.0.1:{port}"
+    raise SystemExit(f"scorewire serve --config {config} did not start")
+
+
+def prepare_demo(directory: Path) -> None:
+    subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--dir", str(directory), "--prepare-only"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def start_scorewire(directory: Path) -> tuple[subprocess.Popen, str]:
+    prepare_demo(directory)
+    return serve(directory / "scorewire.toml")
 
 
 def server_name(url: str) -> str:

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import run_load
+from bench.grpc_bench import prepare_demo, run_load, serve
 
 FEATURES = [f"f{i}" for i in range(32)]
 BASE = """\
@@ -48,26 +45,13 @@ every = 1000
 """
 
 
-def _serve(config: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config",
-                             str(config)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    port = None
-    for line in proc.stdout:
-        if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
-            port = m.group(1)
-        if line.strip() == "scorewire: ready":
-            return proc, f"127.0.0.1:{port}"
-    raise SystemExit(f"{config} did not start")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="scorewire-monitor-bench-"))
-    subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--dir", str(work), "--prepare-only"], check=True,
-                   stdout=subprocess.DEVNULL)
+    prepare_demo(work)
     # reference: N(0, 1) columns like the load's rows (the drift work is the same whether
     # or not anything alerts)
     rng = np.random.default_rng(7)
@@ -77,7 +61,7 @@ def main(argv=None) -> int:
     (work / "on.toml").write_text(BASE + MONITOR.format(features=", ".join(f'"{f}"' for f in FEATURES)))
     results: dict[str, list[float]] = {"off": [], "on": []}
     for mode in ("off", "on", "off", "on"):
-        proc, url = _serve(work / f"{mode}.toml")
+        proc, url = serve(work / f"{mode}.toml")
         try:
             r = run_load(url, "mlp", 32, 2, 16, 2.0, args.duration)
             results[mode].append(r["rows_per_s"])

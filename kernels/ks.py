@@ -275,6 +275,18 @@ def ks_2samp(a, b) -> tuple[float, float]:
 
 # -- streaming ------------------------------------------------------------------------------
 @jit
+def _combine(sums, maxp, minp, i):
+    """Node i from its children: total, and the max / min over prefixes."""
+    left = 2 * i
+    right = left + 1
+    sums[i] = sums[left] + sums[right]
+    a = sums[left] + maxp[right]
+    maxp[i] = maxp[left] if maxp[left] > a else a
+    b = sums[left] + minp[right]
+    minp[i] = minp[left] if minp[left] < b else b
+
+
+@jit
 def _tree_set(sums, maxp, minp, leaf, value, size):
     i = size + leaf
     sums[i] = value
@@ -282,13 +294,7 @@ def _tree_set(sums, maxp, minp, leaf, value, size):
     minp[i] = value
     i >>= 1
     while i >= 1:
-        left = 2 * i
-        right = left + 1
-        sums[i] = sums[left] + sums[right]
-        a = sums[left] + maxp[right]
-        maxp[i] = maxp[left] if maxp[left] > a else a
-        b = sums[left] + minp[right]
-        minp[i] = minp[left] if minp[left] < b else b
+        _combine(sums, maxp, minp, i)
         i >>= 1
 
 
@@ -373,13 +379,7 @@ def _sync_tree(state, counts, ref_slot, pending, sums, maxp, minp, size, m, wind
             maxp[size + s] = v
             minp[size + s] = v
         for i in range(size - 1, 0, -1):
-            left = 2 * i
-            right = left + 1
-            sums[i] = sums[left] + sums[right]
-            a = sums[left] + maxp[right]
-            maxp[i] = maxp[left] if maxp[left] > a else a
-            b = sums[left] + minp[right]
-            minp[i] = minp[left] if minp[left] < b else b
+            _combine(sums, maxp, minp, i)
     else:
         for q in range(npend):
             s = pending[q]
