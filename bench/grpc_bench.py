@@ -43,10 +43,10 @@ def _rows(n: int, seed: int) -> np.ndarray:
 
 
 # -- load workers ------------------------------------------------------------------------
-async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed, stream):
+async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed, stream, pool=1024):
     import tritonclient.grpc.aio as aio
 
-    data = _rows(1024, seed)
+    data = _rows(max(pool, rows + 1), seed)
     hist = _histogram()
     done = [0]
     client = aio.InferenceServerClient(url)
@@ -119,14 +119,16 @@ def _worker(args, out):
     out.send(asyncio.run(_worker_main(*args)))
 
 
-def run_load(url, model, concurrency, procs, rows, warmup_s, duration_s, stream=False) -> dict:
+def run_load(url, model, concurrency, procs, rows, warmup_s, duration_s, stream=False, pool=1024) -> dict:
+    """Closed-loop load; each worker cycles through `pool` distinct random rows."""
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     ctx = mp.get_context("spawn")
     pipes, workers = [], []
     for i, share in enumerate(shares):
         parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=((url, model, share, rows, warmup_s, duration_s, 1000 + i, stream), child))
+        p = ctx.Process(target=_worker, args=((url, model, share, rows, warmup_s, duration_s, 1000 + i, stream, pool),
+                                              child))
         p.start()
         pipes.append(parent)
         workers.append(p)

@@ -308,9 +308,15 @@ def _position(uniq, v, bstart, lo, scale):
         b = int((v - lo) * scale)
         if b >= nb:
             b = nb - 1
-        a = bstart[b]
-        e = bstart[b + 1]
-        pos = a + np.searchsorted(uniq[a:e], v)
+        lo_i = bstart[b]
+        hi_i = bstart[b + 1]
+        while lo_i < hi_i:  # first index in [bstart[b], bstart[b+1]) with uniq >= v
+            mid = (lo_i + hi_i) >> 1
+            if uniq[mid] < v:
+                lo_i = mid + 1
+            else:
+                hi_i = mid
+        pos = lo_i
         if (pos == 0 or uniq[pos - 1] < v) and (pos == k or uniq[pos] >= v):
             return pos
     return np.searchsorted(uniq, v)
@@ -481,18 +487,20 @@ class SlidingKS:
             self._bstart = np.searchsorted(uniq, edges).astype(np.int64)
             self._bstart[-1] = uniq.size
         slots = 2 * uniq.size + 1
-        self._ref_slot = np.zeros(slots, dtype=np.int64)
+        # int32 where values stay small (counts, slot indices): half the memory traffic of
+        # the per-event path; the tree holds m*C - n*R and stays int64
+        self._ref_slot = np.zeros(slots, dtype=np.int32)
         self._ref_slot[1::2] = ref_counts
-        self._counts = np.zeros(slots, dtype=np.int64)
+        self._counts = np.zeros(slots, dtype=np.int32)
         self._size = 1 << max(1, (slots - 1).bit_length())
         self._sums = np.zeros(2 * self._size, dtype=np.int64)
         self._maxp = np.zeros(2 * self._size, dtype=np.int64)
         self._minp = np.zeros(2 * self._size, dtype=np.int64)
         for s in np.flatnonzero(self._ref_slot):
             _tree_set(self._sums, self._maxp, self._minp, int(s), -self.window * int(self._ref_slot[s]), self._size)
-        self._ring = np.zeros(self.window, dtype=np.int64)
+        self._ring = np.zeros(self.window, dtype=np.int32)
         self._state = np.zeros(5, dtype=np.int64)  # filled, head, nans, pending (-1: tree stale), since query
-        self._pending = np.zeros(max(64, self._size // 8), dtype=np.int64)
+        self._pending = np.zeros(max(64, self._size // 8), dtype=np.int32)
         self._critical: dict[float, int] = {}
         self._h_now: int | None = None
         for alpha in alphas:

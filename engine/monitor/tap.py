@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,8 +33,13 @@ class MonitorTap:
     """`handle` gets lists of batches: everything queued at that moment, so that a busy
     server's many small batches cost the monitor a few large calls instead of many small ones."""
 
-    def __init__(self, handle: Callable[[list[ScoredBatch]], None], capacity: int):
+    def __init__(self, handle: Callable[[list[ScoredBatch]], None], capacity: int,
+                 min_rows: int = 1024, linger_s: float = 0.05):
         self._handle = handle
+        # Gather up to min_rows (waiting at most linger_s) before a call: the monitor's
+        # Python work, which holds the GIL against the event loop, is per call, not per row.
+        self.min_rows = min_rows
+        self.linger_s = linger_s
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
         self.dropped = 0
         self.handled = 0
@@ -52,11 +58,21 @@ class MonitorTap:
         stop = False
         while not stop:
             items = [self._queue.get()]
-            while len(items) < 4096:
+            rows = items[0].rows if items[0] is not None else 0
+            deadline = time.monotonic() + self.linger_s
+            while items[-1] is not None and len(items) < 4096:
                 try:
-                    items.append(self._queue.get_nowait())
+                    if rows >= self.min_rows:
+                        items.append(self._queue.get_nowait())
+                    else:
+                        wait = deadline - time.monotonic()
+                        if wait <= 0:
+                            break
+                        items.append(self._queue.get(timeout=wait))
                 except queue.Empty:
                     break
+                if items[-1] is not None:
+                    rows += items[-1].rows
             if items[-1] is None:
                 stop = True
                 items.pop()
