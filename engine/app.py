@@ -13,7 +13,7 @@ import numpy as np
 from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
-from engine.monitor.drift import DriftEvent, DriftMonitor, load_reference
+from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_events
 from engine.monitor.export import MetricsServer, render
 from engine.monitor.latency import LatencyMonitor
@@ -45,7 +45,6 @@ class App:
         self.metrics_port = 0
         self.latency = LatencyMonitor()
         self.drift: dict[tuple[str, str], DriftMonitor] = {}
-        self.drift_events: collections.deque[DriftEvent] = collections.deque(maxlen=1000)
         capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
         self.tap = MonitorTap(self._monitor, capacity)
 
@@ -75,7 +74,6 @@ class App:
                 except OSError:
                     log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
             for event in events:
-                self.drift_events.append(event)
                 log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
                             event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,
                             event.events)

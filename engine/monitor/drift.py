@@ -14,7 +14,6 @@ cleared after as many clean ones; each raise and clear is a DriftEvent.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,6 @@ import numpy as np
 from engine.codec.validate import ModelSchema
 from engine.settings import MonitorSettings
 from kernels import SlidingChi2, SlidingKS
-
-log = logging.getLogger(__name__)
 
 
 class MonitorConfigError(ValueError):

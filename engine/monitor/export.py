@@ -7,12 +7,9 @@ counters the components already keep, so scraping never touches the request path
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from engine.runtime.registry import Registry
-
-log = logging.getLogger(__name__)
 
 
 def _labels(**labels: str) -> str:
@@ -53,8 +50,7 @@ def render(registry: Registry, requests_by_code: dict[tuple[str, str], int], app
 def _monitoring(app, family) -> None:
     from engine.monitor.latency import QUANTILES
 
-    drift = [(m, c) for m in app.drift.values() for c in m.columns]
-    name_of = {id(m): m.model.split(":")[0] for m in app.drift.values()}
+    drift = [(name, m, c) for (name, _version), m in app.drift.items() for c in m.columns]
     for metric, attr, help_text in (
         ("scorewire_drift_statistic", "statistic", "Last evaluated drift statistic (KS D or chi-squared) per column."),
         ("scorewire_drift_pvalue", "pvalue", "Last evaluated drift p-value per column (before correction)."),
@@ -62,9 +58,9 @@ def _monitoring(app, family) -> None:
         ("scorewire_drift_alert", "alert", "1 while a drift alert is raised for the column."),
     ):
         family(metric, "gauge", help_text,
-               [(_labels(model=name_of[id(m)], feature=c.name), float(getattr(m.state[c.name], attr))) for m, c in drift])
+               [(_labels(model=name, feature=c.name), float(getattr(m.state[c.name], attr))) for name, m, c in drift])
     family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
-           [(_labels(model=name_of[id(m)]), m.events) for m in app.drift.values()])
+           [(_labels(model=name), m.events) for (name, _version), m in app.drift.items()])
     samples = []
     for (model, role, stage), h in app.latency.items():
         if h.total_count:
@@ -73,18 +69,18 @@ def _monitoring(app, family) -> None:
                            for q, v in zip(QUANTILES, values))
     family("scorewire_latency_us", "gauge", "Latency percentiles in microseconds by model, role and stage "
            "(queue: waiting to be batched; inference: the batch run; total: both).", samples)
-    lines = []
+    buckets = []
     for model, counts in sorted(app.latency.batch_rows.items()):
         cumulative = 0
         for b in range(32):
             cumulative += int(counts[b])
             if counts[b:].any() or b == 0:
-                lines.append((_labels(model=model, le=str(1 << b)), cumulative))
-        lines.append((_labels(model=model, le="+Inf"), cumulative))
+                buckets.append((_labels(model=model, le=str(1 << b)), cumulative))
+        buckets.append((_labels(model=model, le="+Inf"), cumulative))
     sums = [("_sum" + _labels(model=m), app.latency.batch_rows_sum.get(m, 0)) for m in sorted(app.latency.batch_rows)]
     counts = [("_count" + _labels(model=m), int(c.sum())) for m, c in sorted(app.latency.batch_rows.items())]
     family("scorewire_batch_rows", "histogram", "Rows per scored batch.",
-           [(("_bucket" + lbl), v) for lbl, v in lines] + sums + counts)
+           [(("_bucket" + lbl), v) for lbl, v in buckets] + sums + counts)
     family("scorewire_monitor_dropped_batches_total", "counter",
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
 

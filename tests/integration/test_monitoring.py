@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
