@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits
+from engine.ingress.kafka import KafkaStream
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
 from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_events
@@ -45,6 +46,7 @@ class App:
         self.metrics_port = 0
         self.latency = LatencyMonitor()
         self.drift: dict[tuple[str, str], DriftMonitor] = {}
+        self.streams: list[KafkaStream] = []
         capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
         self.tap = MonitorTap(self._monitor, capacity)
 
@@ -88,6 +90,7 @@ class App:
         return on_scored
 
     def load_models(self) -> None:
+        self.latency.warm_up()
         for ms in self.settings.models:
             model = OnnxModel(ms)
             if ms.warmup:
@@ -135,6 +138,13 @@ class App:
         await set_health(self.health, True, [s.name for s in self.registry.all()])
         _announce(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
         _announce(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
+        for stream_settings in self.settings.streams:
+            stream = KafkaStream(stream_settings, self.pipeline,
+                                 self.registry.get(stream_settings.model, stream_settings.version))
+            await stream.start()
+            self.streams.append(stream)
+            _announce(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
+                      f"from {stream_settings.bootstrap_servers}")
         _announce("ready")
 
     def _count(self, model: str, code: str) -> None:
@@ -150,8 +160,10 @@ class App:
             self.servicer.ready = False
         if self.health is not None:
             await set_health(self.health, False, [s.name for s in self.registry.all()])
+        stopping = [stream.stop() for stream in self.streams]
         if self.server is not None:
-            await self.server.stop(grace=self.settings.server.drain_timeout_s)
+            stopping.append(self.server.stop(grace=self.settings.server.drain_timeout_s))
+        await asyncio.gather(*stopping)
         for served in self.registry.all():
             await served.batcher.close()
             served.model.close()

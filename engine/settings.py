@@ -136,11 +136,68 @@ class MonitoringSettings(_Strict):
     kind=drift/model=/date=. None: drift events go to the server log only."""
 
 
+KafkaValue = str | int | float | bool
+
+# librdkafka settings the stream worker owns: setting them would break its delivery guarantees.
+KAFKA_OWNED = ("bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store",
+               "enable.partition.eof", "on_commit", "error_cb", "transactional.id")
+
+
+class StreamSettings(_Strict):
+    model: str = Field(min_length=1, max_length=256)
+    """Model (name) that scores this stream."""
+    version: str = ""
+    """Model version; empty: the highest version served."""
+    bootstrap_servers: str = Field(min_length=1)
+    """Kafka bootstrap servers, "host:port[,host:port...]"."""
+    group_id: str = Field("scorewire", min_length=1)
+    """Consumer group. Workers sharing it split the input topic's partitions."""
+    input_topic: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._\-]+$")
+    output_topic: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._\-]+$")
+    """Results, one JSON message per scored input, keyed like the input."""
+    dead_letter_topic: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._\-]+$")
+    """Messages that cannot be scored: the raw bytes and key, with headers scorewire.error,
+    scorewire.source ("topic/partition/offset") and scorewire.model."""
+    format: Literal["json", "binary"] = "json"
+    """Input message format: "json" ({"id": ..., "<input>": row, ...}) or "binary" (the row's
+    inputs as raw little-endian bytes in the model's input order; the key is the id)."""
+    max_message_bytes: int = Field(1024 * 1024, gt=0, le=256 * 1024 * 1024)
+    """Larger input messages go to the dead-letter topic."""
+    consume_batch: int = Field(4096, gt=0, le=1_000_000)
+    """Messages taken per consume() call."""
+    max_in_flight: int = Field(32768, gt=0, le=10_000_000)
+    """Events consumed but not yet settled (scored, produced, acknowledged). Above it the
+    worker pauses its partitions; it resumes below half."""
+    settle_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """On rebalance or shutdown: how long in-flight events may take to settle before the
+    worker commits only what was delivered and lets go."""
+    kafka: dict[str, KafkaValue] = Field(default_factory=dict)
+    """librdkafka settings for both the consumer and the producer (security.protocol, sasl.*,
+    ssl.*, client.id, ...)."""
+    consumer: dict[str, KafkaValue] = Field(default_factory=dict)
+    """librdkafka settings for the consumer only (session.timeout.ms, auto.offset.reset, ...)."""
+    producer: dict[str, KafkaValue] = Field(default_factory=dict)
+    """librdkafka settings for the producer only (linger.ms, compression.type, acks, ...)."""
+
+    @model_validator(mode="after")
+    def _not_owned(self) -> "StreamSettings":
+        for table in ("kafka", "consumer", "producer"):
+            owned = [k for k in getattr(self, table) if k in KAFKA_OWNED]
+            if owned:
+                raise ValueError(f"{table} sets {owned}, which scorewire controls (use the stream's own keys: "
+                                 "bootstrap_servers, group_id; offsets are committed by the worker)")
+        if len({self.input_topic, self.output_topic, self.dead_letter_topic}) != 3:
+            raise ValueError("input_topic, output_topic and dead_letter_topic must be three different topics")
+        return self
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     models: list[ModelSettings] = Field(min_length=1)
     """One entry per model version served."""
+    streams: list[StreamSettings] = Field(default_factory=list)
+    """Kafka streams scored by models of this config (none: gRPC only)."""
 
     @model_validator(mode="after")
     def _unique_versions(self) -> "Settings":
@@ -150,6 +207,14 @@ class Settings(_Strict):
             if key in seen:
                 raise ValueError(f"model {model.name!r} version {model.version!r} is configured twice")
             seen.add(key)
+        for stream in self.streams:
+            versions = [m.version for m in self.models if m.name == stream.model]
+            if not versions:
+                raise ValueError(f"a stream reads {stream.input_topic!r} for model {stream.model!r}, which is not "
+                                 "configured in [[models]]")
+            if stream.version and stream.version not in versions:
+                raise ValueError(f"a stream asks for model {stream.model!r} version {stream.version!r}; "
+                                 f"configured: {versions}")
         return self
 
 

@@ -83,6 +83,38 @@ def _monitoring(app, family) -> None:
            [(("_bucket" + lbl), v) for lbl, v in buckets] + sums + counts)
     family("scorewire_monitor_dropped_batches_total", "counter",
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
+    _streams(app.streams, family)
+
+
+_STREAM_COUNTERS = (
+    ("consumed", "Input messages consumed."),
+    ("scored", "Input messages scored; their results were produced."),
+    ("dead_lettered", "Input messages sent to the dead-letter topic."),
+    ("delivered", "Input messages settled: their result or dead letter acknowledged by the broker."),
+    ("delivery_errors", "Failed deliveries of results or dead letters (each is retried)."),
+    ("commits", "Offset commits."),
+    ("commit_errors", "Offset commits that failed (the next one covers them)."),
+    ("pauses", "Times the worker paused its partitions because too many events were in flight."),
+    ("rebalances", "Partition assignments received."),
+    ("abandoned", "Consumed messages not scored because the engine was stopping (consumed again later)."),
+)
+
+
+def _streams(streams, family) -> None:
+    if not streams:
+        return
+    for name, help_text in _STREAM_COUNTERS:
+        family(f"scorewire_stream_{name}_total", "counter", help_text,
+               [(_labels(stream=st.name, model=st.model), getattr(st.stats, name)) for st in streams])
+    family("scorewire_stream_in_flight", "gauge", "Events consumed and not yet settled.",
+           [(_labels(stream=st.name, model=st.model), st.in_flight) for st in streams])
+    family("scorewire_stream_assigned_partitions", "gauge", "Input partitions assigned to this worker.",
+           [(_labels(stream=st.name, model=st.model), len(st.lag)) for st in streams])
+    family("scorewire_stream_lag_events", "gauge",
+           "Per input partition: the broker's high watermark minus this worker's committed offset "
+           "(events not yet settled, in flight included; refreshed every second).",
+           [(_labels(stream=st.name, model=st.model, partition=str(p)), lag)
+            for st in streams for p, lag in sorted(st.lag.items())])
 
 
 class MetricsServer:

@@ -24,6 +24,14 @@ class LatencyMonitor:
             h = self._histograms[key] = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
         return h
 
+    @staticmethod
+    def warm_up() -> None:
+        """Load the histogram kernels (Numba's cache) now rather than on the first scored batch."""
+        h = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+        h.record_values(np.array([1, 10, 100], dtype=np.int64))
+        h.percentiles(np.array([50.0]))
+        h.mean()
+
     def record(self, model: str, role: str, stage: str, microseconds: np.ndarray) -> None:
         self.histogram(model, role, stage).record_values(microseconds)
 

@@ -1,0 +1,266 @@
+"""Kafka event scoring benchmark: end-to-end events/s, in one run, on one broker and one data set.
+
+    python -m bench.kafka_bench [--events 200000] [--partitions 32] [--json OUT]
+
+Contenders, each a separate process reading the same input topic with its own consumer group
+and writing its own output topic:
+- naive:   the loop a user would write: poll() one message, orjson.loads, a one-row
+           session.run, orjson.dumps a result, produce() it (auto-commit).
+- batched: the same by hand in batches: consume(1000), parse each, one session.run per batch,
+           produce each result (auto-commit).
+- scorewire (JSON and binary input): `scorewire serve` with a [[streams]] table (decoding
+  kernel, dynamic batcher, ordered produce, commits after delivery).
+The broker is librdkafka's built-in cluster (engine.mock_kafka) in this process. Events/s is
+measured on the output topic's high watermarks (acknowledged results), polled every 20 ms,
+from the first result to the last, so start-up and group join are left out for everyone.
+Also: in-process onnxruntime on batches of the model's max_batch_size (the ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from engine.demo import build_models, demo_data, start_server
+from engine.mock_kafka import MockCluster
+
+MAX_BATCH = 256
+
+CONFIG = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+
+[[models]]
+name = "mlp"
+path = "{model}"
+[models.batching]
+max_batch_size = {max_batch}
+max_queue_delay_us = 500
+queue_capacity = 8192
+
+[[streams]]
+model = "mlp"
+bootstrap_servers = "{bootstrap}"
+group_id = "scorewire-{fmt}"
+input_topic = "{topic}"
+output_topic = "scores-scorewire-{fmt}"
+dead_letter_topic = "dlq-{fmt}"
+format = "{fmt}"
+"""
+
+# -- the hand-written contenders (run as `python -m bench.kafka_bench --loop ...`) -------------
+
+
+def naive_loop(bootstrap: str, topic: str, out: str, model: str) -> None:
+    import onnxruntime as ort
+    from confluent_kafka import Consumer, Producer
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "naive", "auto.offset.reset": "earliest"})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    consumer.subscribe([topic])
+    while True:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error():
+            continue
+        doc = orjson.loads(msg.value())
+        x = np.array([doc["float_input"]], dtype=np.float32)
+        label, probabilities = session.run(None, {"float_input": x})
+        result = {"id": doc.get("id"), "source": f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
+                  "outputs": {"label": int(label[0]), "probabilities": probabilities[0].tolist()}}
+        producer.produce(out, orjson.dumps(result), msg.key())
+        producer.poll(0)
+
+
+def batched_loop(bootstrap: str, topic: str, out: str, model: str) -> None:
+    import onnxruntime as ort
+    from confluent_kafka import Consumer, Producer
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "batched", "auto.offset.reset": "earliest"})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+    consumer.subscribe([topic])
+    while True:
+        messages = [m for m in consumer.consume(1000, 1.0) if m.error() is None]
+        if not messages:
+            continue
+        docs = [orjson.loads(m.value()) for m in messages]
+        x = np.array([d["float_input"] for d in docs], dtype=np.float32)
+        labels, probabilities = session.run(None, {"float_input": x})
+        labels, probabilities = labels.tolist(), probabilities.tolist()
+        for m, d, label, p in zip(messages, docs, labels, probabilities):
+            result = {"id": d.get("id"), "source": f"{m.topic()}/{m.partition()}/{m.offset()}",
+                      "outputs": {"label": label, "probabilities": p}}
+            producer.produce(out, orjson.dumps(result), m.key())
+        producer.poll(0)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def _watermark_sum(consumer, topic: str, partitions: int) -> int:
+    from confluent_kafka import TopicPartition
+
+    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in range(partitions))
+
+
+def measure(bootstrap: str, topic: str, partitions: int, events: int, timeout_s: float) -> dict:
+    """Wait for `events` results on `topic`; events/s from the first result to the last."""
+    from confluent_kafka import Consumer
+
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    try:
+        start = time.monotonic()
+        first_t = first_n = None
+        n = 0
+        while time.monotonic() - start < timeout_s:
+            n = _watermark_sum(probe, topic, partitions)
+            now = time.monotonic()
+            if first_t is None and n > 0:
+                first_t, first_n = now, n
+            if n >= events:
+                break
+            time.sleep(0.02)
+        else:
+            raise SystemExit(f"only {n} of {events} results on {topic} after {timeout_s:.0f} s")
+        seconds = now - first_t
+        return {"events": events, "seconds": round(seconds, 3), "events_per_s": round((n - first_n) / seconds)}
+    finally:
+        probe.close()
+
+
+def in_process(model: str, rows: int, x: np.ndarray, seconds: float = 2.0) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    batch = x[:rows]
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"float_input": batch})
+        n += 1
+    return {"rows_per_batch": rows, "rows_per_s": round(n * rows / (time.perf_counter() - start))}
+
+
+def _produce_inputs(cluster: MockCluster, x: np.ndarray, partitions: int) -> None:
+    from confluent_kafka import Producer
+
+    for name in ("events-json", "events-binary"):
+        cluster.create_topic(name, partitions)
+    for name in ("scores-naive", "scores-batched", "scores-scorewire-json", "scores-scorewire-binary",
+                 "dlq-json", "dlq-binary"):
+        cluster.create_topic(name, partitions)
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 100, "batch.num.messages": 10000,
+                         "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 2_000_000})
+    dumps, numpy_option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    for i in range(len(x)):
+        key = b"%d" % i
+        producer.produce("events-json", dumps({"id": f"e{i}", "float_input": x[i]}, option=numpy_option), key)
+        producer.produce("events-binary", x[i].tobytes(), key)
+        if i % 20000 == 0:
+            producer.poll(0)
+    producer.flush()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(events: int, partitions: int, timeout_s: float, skip_naive: bool) -> dict:
+    x, _ = demo_data(events, seed=11)
+    directory = Path(tempfile.mkdtemp(prefix="scorewire-kafka-bench-"))
+    model = str(build_models(directory)["mlp"])
+    results: dict = {"events": events, "partitions": partitions, "machine": f"{platform.machine()}, "
+                     f"{os.cpu_count()} cores, Python {platform.python_version()}", "rows": {}}
+    with MockCluster() as cluster:
+        _produce_inputs(cluster, x, partitions)
+        loops = [("batched", "batched_loop")] + ([] if skip_naive else [("naive", "naive_loop")])
+        for name, loop in loops:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.kafka_bench", "--loop", loop, cluster.bootstrap,
+                                     "events-json", f"scores-{name}", model])
+            try:
+                results["rows"][name] = measure(cluster.bootstrap, f"scores-{name}", partitions, events, timeout_s)
+            finally:
+                _stop(proc)
+            print(name, results["rows"][name], flush=True)
+        for fmt in ("json", "binary"):
+            config = directory / f"scorewire-{fmt}.toml"
+            config.write_text(CONFIG.format(model=model, max_batch=MAX_BATCH, bootstrap=cluster.bootstrap, fmt=fmt,
+                                            topic=f"events-{fmt}"))
+            proc, _, _ = start_server(config, log_level="WARNING")
+            try:
+                results["rows"][f"scorewire-{fmt}"] = measure(cluster.bootstrap, f"scores-scorewire-{fmt}",
+                                                              partitions, events, timeout_s)
+            finally:
+                _stop(proc)
+            print(f"scorewire-{fmt}", results["rows"][f"scorewire-{fmt}"], flush=True)
+    results["in_process"] = in_process(model, MAX_BATCH, x)
+    return results
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    base = rows.get("naive", {}).get("events_per_s")
+    batched = rows["batched"]["events_per_s"]
+    ceiling = results["in_process"]["rows_per_s"]
+    lines = [
+        f"Kafka scoring, {results['events']:,} events over {results['partitions']} partitions, mlp (32 features), "
+        f"{results['machine']}; broker: librdkafka mock cluster in the bench process.",
+        "",
+        "| contender | events/s | vs naive | vs hand-batched | share of in-process ORT |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        eps = r["events_per_s"]
+        vs_naive = f"{eps / base:.2f}x" if base else "-"
+        lines.append(f"| {name} | {eps:,} | {vs_naive} | {eps / batched:.2f}x | {eps / ceiling:.1%} |")
+    lines.append("")
+    lines.append(f"In-process onnxruntime, {results['in_process']['rows_per_batch']} rows per run: "
+                 f"{ceiling:,} rows/s (1 thread).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kafka_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the (slow) naive loop")
+    parser.add_argument("--json", type=Path, help="write the results here (and a .md next to it)")
+    parser.add_argument("--loop", nargs=4, metavar=("NAME", "BOOTSTRAP", "TOPIC", "OUT"), help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    if args.loop:
+        name, bootstrap, topic, out = args.loop
+        {"naive_loop": naive_loop, "batched_loop": batched_loop}[name](bootstrap, topic, out, rest[0])
+        return 0
+    results = run(args.events, args.partitions, args.timeout, args.skip_naive)
+    text = markdown(results)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

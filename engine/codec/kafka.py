@@ -1,0 +1,330 @@
+"""Kafka payloads <-> numpy, a whole consumed batch at a time.
+
+Input formats (per stream, `format`):
+- "json": one JSON object per message mapping each model input to ONE row (a number for a
+  [-1] input, a list of numbers for [-1, k], nested lists beyond), plus an optional "id"
+  (string or number), e.g. {"id": "a1", "float_input": [0.1, 0.2, ...]}.
+  Numbers only (true/false/strings are errors). The batch is scanned by a Numba kernel
+  (kernels/jsonrows.py) straight into arrays; a message it is unsure of is parsed alone with
+  orjson, which is also how errors are found and explained.
+- "binary": the row's inputs as raw little-endian bytes, one input after the other in the
+  model's input order (every dimension but the first must be fixed), e.g. 32 float32 = 128
+  bytes for the demo. The message key (UTF-8) is the id. No parsing at all: np.frombuffer.
+
+Results are JSON, one per scored message, built from per-output byte tokens (orjson writes
+whole numpy arrays; float32 values in their shortest round-trip form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from kernels.jsonrows import HARD, KIND_FLOAT32, KIND_FLOAT64, KIND_INT, RowSchema, scan_rows
+from engine.codec.validate import ModelSchema, TensorSpec
+
+_NUMBER_TYPES = (int, float)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A consumed batch after decoding: arrays for the good messages, errors for the rest."""
+
+    inputs: dict[str, np.ndarray]  # rows = len(good)
+    good: np.ndarray  # int64 indices (into the consumed batch) of the decoded messages
+    ids: list[bytes]  # JSON token of each good message's id (b"null" when none)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (index, why), index order
+
+
+class DecodeError(ValueError):
+    pass
+
+
+def _row_shape(spec: TensorSpec) -> tuple[int, ...]:
+    return tuple(spec.shape[1:])
+
+
+class StreamCodec:
+    def __init__(self, schema: ModelSchema, fmt: str, max_message_bytes: int, allow_non_finite: bool):
+        if fmt not in ("json", "binary"):
+            raise ValueError(f"unknown stream format {fmt!r}; use 'json' or 'binary'")
+        self.schema = schema
+        self.format = fmt
+        self.max_message_bytes = max_message_bytes
+        self.allow_non_finite = allow_non_finite
+        self.inputs = schema.inputs
+        fixed = all(all(d >= 0 for d in _row_shape(s)) for s in self.inputs)
+        if fmt == "binary":
+            if not fixed:
+                raise ValueError("the binary format needs every input dimension but the first to be fixed; "
+                                 f"the model takes {', '.join(s.describe() for s in self.inputs)}")
+            self._record = np.dtype([(s.name, s.dtype.newbyteorder("<"), _row_shape(s)) for s in self.inputs])
+        self._row_schema = None
+        if fmt == "json" and fixed and all(len(_row_shape(s)) <= 1 for s in self.inputs) and "id" not in schema.input_names:
+            kinds = []
+            for s in self.inputs:
+                if s.dtype == np.float32:
+                    kinds.append(KIND_FLOAT32)
+                elif s.dtype == np.float64:
+                    kinds.append(KIND_FLOAT64)
+                elif s.dtype.kind in "iu":
+                    kinds.append(KIND_INT)
+                else:
+                    break
+            else:
+                sizes = [(_row_shape(s) or (0,))[0] for s in self.inputs]
+                if all(size > 0 or not _row_shape(s) for size, s in zip(sizes, self.inputs)):
+                    self._row_schema = RowSchema(list(schema.input_names), sizes, kinds)
+
+    def warm_up(self) -> None:
+        """Load the decoding kernel (Numba's cache) before the first batch arrives."""
+        self.decode([b"{}"], [None])
+
+    def describe_row(self) -> str:
+        return ", ".join(f"'{s.name}' {s.datatype}{list(_row_shape(s))}" for s in self.inputs)
+
+    # -- decoding ----------------------------------------------------------------------------
+    def decode(self, values: list[bytes | None], keys: list[bytes | None]) -> Decoded:
+        n = len(values)
+        if None in values:
+            values = [b"" if v is None else v for v in values]
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        too_big = lengths > self.max_message_bytes
+        if self.format == "binary":
+            return self._decode_binary(values, keys, lengths, too_big)
+        return self._decode_json(values, lengths, too_big)
+
+    def _oversize(self, length: int) -> str:
+        return f"message of {length} bytes is larger than max_message_bytes = {self.max_message_bytes}"
+
+    def _decode_binary(self, values, keys, lengths, too_big) -> Decoded:
+        width = self._record.itemsize
+        ok = (lengths == width) & ~too_big
+        errors: dict[int, str] = {}
+        for i in np.flatnonzero(~ok).tolist():
+            errors[i] = self._oversize(int(lengths[i])) if too_big[i] else (
+                f"binary message of {int(lengths[i])} bytes; this model's row is {width} bytes ({self.describe_row()}, "
+                "little-endian, in that order)")
+        good = np.flatnonzero(ok)
+        joined = b"".join(values) if ok.all() else b"".join([values[i] for i in good.tolist()])
+        records = np.frombuffer(joined, dtype=self._record)
+        inputs = {s.name: np.ascontiguousarray(records[s.name]).astype(s.dtype, copy=False) for s in self.inputs}
+        good, inputs = self._drop_non_finite(good, inputs, errors)
+        return Decoded(inputs, good, _key_ids(keys, good), sorted(errors.items()))
+
+    def _decode_json(self, values, lengths, too_big) -> Decoded:
+        n = len(values)
+        errors: dict[int, str] = {i: self._oversize(int(lengths[i])) for i in np.flatnonzero(too_big).tolist()}
+        joined = b"".join(values)
+        bounds = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        columns: dict[str, np.ndarray] = {}
+        if self._row_schema is not None:
+            matrix, spans, status = scan_rows(np.frombuffer(joined, dtype=np.uint8), bounds, self._row_schema)
+            hard = status == HARD
+            hard[too_big] = False
+            matrix[hard | too_big] = 0
+            for spec, start, size in zip(self.inputs, self._row_schema.columns.tolist(), self._row_schema.sizes.tolist()):
+                block = matrix[:, start:start + max(size, 1)]
+                if not size:
+                    block = block[:, 0]
+                if spec.dtype.kind in "iu":
+                    info = np.iinfo(spec.dtype)
+                    bad_rows = ((block < info.min) | (block > info.max)).reshape(n, -1).any(axis=1)
+                    for i in np.flatnonzero(bad_rows).tolist():
+                        errors.setdefault(i, f"input '{spec.name}': integer out of range for {spec.datatype}")
+                    block = np.where(bad_rows.reshape((n,) + (1,) * (block.ndim - 1)), 0, block)
+                columns[spec.name] = block.astype(spec.dtype)
+        else:
+            hard = ~too_big
+            spans = None
+            for spec in self.inputs:
+                columns[spec.name] = np.zeros((n,) + tuple(max(d, 0) for d in _row_shape(spec)), dtype=spec.dtype)
+        id_tokens: list[bytes | None] = [None] * n
+        for i in np.flatnonzero(hard).tolist():
+            try:
+                row, id_token = self._decode_one(values[i])
+            except DecodeError as exc:
+                errors[i] = str(exc)
+                continue
+            for name, value in row.items():
+                column = columns[name]
+                if column.shape[1:] != value.shape:  # variable dimensions: widen the column
+                    columns[name] = column = _fit(column, value.shape)
+                    if column is None:
+                        errors[i] = (f"input '{name}': a row of shape {list(value.shape)} does not fit the other "
+                                     "rows of this batch")
+                        break
+                column[(i,) + tuple(slice(0, d) for d in value.shape)] = value
+            id_tokens[i] = id_token
+        ok = np.ones(n, dtype=bool)
+        if errors:
+            ok[list(errors)] = False
+        good = np.flatnonzero(ok)
+        inputs = {name: column[good] if len(good) < n else column for name, column in columns.items()}
+        good, inputs = self._drop_non_finite(good, inputs, errors)
+        picked = good.tolist()
+        if spans is None:
+            ids = [id_tokens[i] for i in picked]
+        else:
+            starts, stops = spans[good, 0].tolist(), spans[good, 1].tolist()
+            ids = [joined[a:b] if a >= 0 else b"null" for a, b in zip(starts, stops)]
+            if hard.any():  # messages parsed alone carry their own token
+                ids = [id_tokens[i] or token for i, token in zip(picked, ids)]
+        return Decoded(inputs, good, ids, sorted(errors.items()))
+
+    def _drop_non_finite(self, good, inputs, errors):
+        if self.allow_non_finite or not len(good):
+            return good, inputs
+        bad = np.zeros(len(good), dtype=bool)
+        for spec in self.inputs:
+            if spec.dtype.kind == "f":
+                column = inputs[spec.name]
+                row_bad = ~np.isfinite(column.reshape(len(good), -1)).all(axis=1)
+                for r in np.flatnonzero(row_bad & ~bad).tolist():
+                    errors[int(good[r])] = (f"input '{spec.name}': non-finite value (NaN, infinity, or beyond "
+                                            f"{spec.datatype} range); this model has allow_non_finite = false")
+                bad |= row_bad
+        if not bad.any():
+            return good, inputs
+        keep = ~bad
+        return good[keep], {name: column[keep] for name, column in inputs.items()}
+
+    def _decode_one(self, value: bytes) -> tuple[dict[str, np.ndarray], bytes]:
+        """The general path for one JSON message: its row arrays and id token, or DecodeError."""
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"invalid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise DecodeError(f"a message must be a JSON object mapping input names to one row ({self.describe_row()}); "
+                              f"got a JSON {type(doc).__name__}")
+        names = self.schema.input_names
+        missing = [n for n in names if n not in doc]
+        if missing:
+            raise DecodeError(f"missing input {', '.join(repr(n) for n in missing)}; the model takes {self.describe_row()}")
+        extra = [k for k in doc if k not in names and k != "id"]
+        if extra:
+            raise DecodeError(f"unexpected key {', '.join(repr(k) for k in extra)}; a message holds "
+                              f"{', '.join(repr(n) for n in names)} and optionally 'id'")
+        id_value = doc.get("id")
+        if id_value is not None and (type(id_value) not in (str, int, float)):
+            raise DecodeError(f"'id' must be a string or a number, not a JSON {type(id_value).__name__}")
+        row = {spec.name: _row_array(spec, doc[spec.name]) for spec in self.inputs}
+        return row, orjson.dumps(id_value)
+
+    # -- encoding ----------------------------------------------------------------------------
+    def result_template(self, model: str, version: str, topic: str, output_names: list[str],
+                        matrix_outputs: set[str], timings: dict[str, int]) -> bytes:
+        """A bytes %-template with slots: id, partition, offset, then one token per output."""
+        parts = []
+        for name in output_names:
+            slot = b"[%b]" if name in matrix_outputs else b"%b"
+            parts.append(orjson.dumps(name).replace(b"%", b"%%") + b":" + slot)
+        head = b'{"id":%b,"source":' + orjson.dumps(f"{topic}/").replace(b"%", b"%%")[:-1] + b'%d/%d",'
+        fixed = orjson.dumps({"model": model, "version": version})[1:-1].replace(b"%", b"%%")
+        tail = b',"timings":' + orjson.dumps(timings).replace(b"%", b"%%") + b"}"
+        return head + fixed + b',"outputs":{' + b",".join(parts) + b"}" + tail
+
+
+def encode_results(template: bytes, ids: list[bytes], partitions: list[int], offsets: list[int],
+                   outputs: list[np.ndarray]) -> list[bytes]:
+    """One JSON result per row (see StreamCodec.result_template)."""
+    tokens = [row_tokens(array) for array in outputs]
+    return [template % row for row in zip(ids, partitions, offsets, *tokens)]
+
+
+def is_matrix(array: np.ndarray) -> bool:
+    """Outputs whose rows are written as '[' + token + ']' by row_tokens (2-D numbers)."""
+    return array.ndim == 2 and array.shape[1] > 0 and array.dtype.kind in "biuf" and array.dtype != np.float16
+
+
+def row_tokens(array: np.ndarray) -> list[bytes]:
+    """The JSON text of each row of `array` (for a 2-D numeric array, without the brackets)."""
+    rows = array.shape[0]
+    if rows == 0:
+        return []
+    numeric = array.dtype.kind in "biuf" and array.dtype != np.float16
+    if numeric and array.ndim == 1:
+        text = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
+        return text[1:-1].split(b",")
+    if is_matrix(array):
+        text = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
+        return text[2:-2].split(b"],[")
+    dumps = orjson.dumps
+    return [dumps(row, default=str) for row in array.tolist()]
+
+
+_PLAIN = np.zeros(256, dtype=bool)
+_PLAIN[0x20:0x7F] = True
+_PLAIN[[ord('"'), ord("\\")]] = False
+
+
+def _key_ids(keys: list[bytes | None], good: np.ndarray) -> list[bytes]:
+    """JSON string tokens of the message keys (the binary format's ids)."""
+    picked = keys if len(good) == len(keys) else [keys[i] for i in good.tolist()]
+    if None not in picked and _PLAIN[np.frombuffer(b"".join(picked), dtype=np.uint8)].all():
+        return list(map(b'"%b"'.__mod__, picked))  # printable ASCII without quotes: already JSON
+    dumps = orjson.dumps
+    return [b"null" if k is None else dumps(k.decode("utf-8", "replace")) for k in picked]
+
+
+def _row_array(spec: TensorSpec, value) -> np.ndarray:
+    shape = _row_shape(spec)
+    flat: list = []
+    got_shape = _walk(value, flat, 0)
+    if got_shape is None:
+        raise DecodeError(f"input '{spec.name}': a row must be {_expect(spec)}; got ragged nested lists")
+    if len(got_shape) != len(shape) or any(w >= 0 and w != g for w, g in zip(shape, got_shape)):
+        raise DecodeError(f"input '{spec.name}': a row must be {_expect(spec)}; got shape {list(got_shape)}")
+    if spec.dtype == np.bool_:
+        if not all(type(v) is bool for v in flat):
+            raise DecodeError(f"input '{spec.name}': {spec.datatype} values must be true or false")
+    else:
+        wrong = next((v for v in flat if type(v) not in _NUMBER_TYPES), _MISSING)
+        if wrong is not _MISSING:
+            raise DecodeError(f"input '{spec.name}': values must be JSON numbers, got {orjson.dumps(wrong).decode()[:40]}")
+        if spec.dtype.kind in "iu":
+            if any(type(v) is float for v in flat):
+                raise DecodeError(f"input '{spec.name}': {spec.datatype} values must be integers")
+            info = np.iinfo(spec.dtype)
+            if any(v < info.min or v > info.max for v in flat):
+                raise DecodeError(f"input '{spec.name}': integer out of range for {spec.datatype}")
+    with np.errstate(over="ignore"):
+        return np.array(flat, dtype=spec.dtype).reshape(got_shape)
+
+
+_MISSING = object()
+
+
+def _walk(value, flat: list, depth: int) -> tuple[int, ...] | None:
+    """Shape of nested lists (None when ragged), appending the leaves to `flat`."""
+    if type(value) is not list:
+        flat.append(value)
+        return ()
+    if depth > 32:
+        return None
+    shapes = {_walk(item, flat, depth + 1) for item in value}
+    if len(shapes) > 1 or None in shapes:
+        return None
+    inner = shapes.pop() if shapes else ()
+    return (len(value),) + inner
+
+
+def _expect(spec: TensorSpec) -> str:
+    shape = _row_shape(spec)
+    if not shape:
+        return f"one {spec.datatype} number"
+    return f"{spec.datatype} {list(shape)} (nested lists)" if len(shape) > 1 else f"a list of {shape[0]} {spec.datatype} numbers"
+
+
+def _fit(column: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Variable row dimensions: rows of one batch must agree; grow a zero column to fit."""
+    if len(shape) != column.ndim - 1:
+        return None
+    if all(c == 0 for c in column.shape[1:]) or column.shape[1:] == shape:
+        out = np.zeros((column.shape[0],) + shape, dtype=column.dtype)
+        return out
+    return None

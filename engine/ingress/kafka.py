@@ -1,0 +1,540 @@
+"""Kafka ingress: a consumer-group worker scoring an input topic into an output topic.
+
+Threads. The blocking consumer lives on its own thread (the reader): it consumes batches,
+decodes them (the JSON kernel releases the GIL), pauses and resumes partitions, commits
+offsets and runs the rebalance callbacks. Scoring, producing and delivery reports run on the
+event loop, through the same `Pipeline.submit()` as gRPC requests.
+
+At-least-once. Every consumed batch (a chunk) is scored, its results and dead letters are
+produced in consume order, and the chunk is settled when the broker has acknowledged every
+one of them. A partition's offset is committed only up to the end of the longest prefix of
+its settled chunks. On revoke the reader waits (settle_timeout_s) for the chunks holding the
+revoked partitions, commits what they delivered and lets go; on shutdown likewise for all.
+A chunk that cannot be scored because the engine is stopping is never committed: it is
+consumed again after restart. Results carry their source (topic/partition/offset), so a
+consumer can drop the duplicates a crash causes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import threading
+import time
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from engine.codec.kafka import Decoded, StreamCodec, encode_results, is_matrix
+from engine.errors import EngineError, ErrorCode
+from engine.pipeline import Pipeline
+from engine.runtime.registry import Served
+from engine.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+_CONSUME_TIMEOUT_S = 0.1
+PAUSE_AFTER_S = 1.0
+LAG_EVERY_S = 1.0
+
+
+class _Chunk:
+    """One consume() call's messages, from decoding to the broker's acknowledgements."""
+
+    __slots__ = ("size", "consumed_ns", "values", "keys", "partitions", "offsets", "decoded", "ends", "ready",
+                 "abandoned", "settled", "pending", "results", "dead")
+
+    def __init__(self, values, keys, partitions, offsets, consumed_ns):
+        self.size = len(values)
+        self.values = values
+        self.keys = keys
+        self.partitions = partitions
+        self.offsets = offsets
+        self.consumed_ns = consumed_ns
+        self.decoded: Decoded | None = None
+        self.ends: dict[int, int] = {}  # partition -> offset after its last message here
+        for p, o in zip(partitions, offsets):
+            self.ends[p] = o + 1
+        self.ready = False  # scored and encoded
+        self.abandoned = False  # not scored (engine stopping): never committed
+        self.settled = False  # every result and dead letter acknowledged
+        self.pending = 0
+        self.results: list[tuple[bytes | None, bytes]] = []
+        self.dead: list[tuple[bytes | None, bytes, list]] = []
+
+
+class StreamStats:
+    __slots__ = ("consumed", "chunks", "scored", "dead_lettered", "delivered", "delivery_errors", "commits",
+                 "commit_errors", "pauses", "rebalances", "abandoned", "consumer_errors")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class KafkaStream:
+    def __init__(self, settings: StreamSettings, pipeline: Pipeline, served: Served):
+        self.settings = settings
+        self.pipeline = pipeline
+        self.model = served.name
+        self.version = served.version
+        self.name = f"{settings.input_topic}->{settings.output_topic}"
+        self.label = f"{self.name} ({served.model.label})"
+        self.lag: dict[int, int] = {}  # assigned partition -> high watermark - committed (the reader replaces it)
+        self._committed: dict[int, int] = {}  # partition -> last offset this worker committed (reader only)
+        self._lag_at = 0.0
+        self.codec = StreamCodec(served.model.schema, settings.format, settings.max_message_bytes,
+                                 served.limits.allow_non_finite)
+        self.output_names = list(served.model.schema.output_names)
+        self.piece_rows = max(1, min(served.batcher.max_batch_size, served.limits.max_rows))
+        # Rows this stream keeps queued in the model's batcher: leaves room for gRPC callers.
+        self.piece_slots = max(2, min(16, served.batcher.capacity // (2 * self.piece_rows)))
+        self.stats = StreamStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._room = threading.Event()  # set by the loop when in-flight events drop to half the bound
+        self._lock = threading.Lock()
+        self._commit_ready: dict[int, int] = {}  # partition -> offset to commit (loop writes, reader takes)
+        self._finished = 0  # events settled or abandoned (loop writes; the reader reads)
+        self._consumed = 0  # events consumed (the reader writes)
+        self._paused = False
+        self._order: collections.deque[_Chunk] = collections.deque()  # chunks not yet produced, consume order
+        self._by_partition: dict[int, collections.deque[_Chunk]] = {}  # unsettled chunks per partition
+        self._tasks: set[asyncio.Task] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._retry: list[tuple[str, bytes | None, bytes | None, list | None, _Chunk]] = []
+        self._poller: asyncio.Task | None = None
+        self._last_error_log = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def client_configs(self) -> tuple[dict, dict]:
+        s = self.settings
+        common = {"bootstrap.servers": s.bootstrap_servers, "error_cb": self._client_error, **s.kafka}
+        consumer = {
+            "group.id": s.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "queued.max.messages.kbytes": 65536,
+            **common,
+            **s.consumer,
+        }
+        producer = {
+            "enable.idempotence": True,  # per-partition order survives retries
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
+            "partitioner": "murmur2_random",  # Java clients' partitioner: same key, same partition
+            **common,
+            **s.producer,
+        }
+        return consumer, producer
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.piece_slots)
+        await self._loop.run_in_executor(None, self.codec.warm_up)
+        consumer_conf, producer_conf = self.client_configs()
+        self._producer = Producer(producer_conf)
+        self._consumer = Consumer(consumer_conf)
+        self._consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._poller = self._loop.create_task(self._poll_deliveries(), name=f"kafka-deliveries:{self.label}")
+        self._reader = threading.Thread(target=self._read, name=f"kafka:{self.settings.input_topic}", daemon=True)
+        self._reader.start()
+
+    async def stop(self) -> None:
+        """Stop consuming, settle what is in flight, commit, leave the group."""
+        self._stop.set()
+        loop = asyncio.get_running_loop()
+        if self._reader is not None:
+            await loop.run_in_executor(None, self._reader.join)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._producer is not None:
+            await loop.run_in_executor(None, self._producer.flush, self.settings.settle_timeout_s)
+        log.info("stream %s stopped: %s", self.label,
+                 ", ".join(f"{name} {getattr(self.stats, name)}" for name in self.stats.__slots__))
+
+    @property
+    def in_flight(self) -> int:
+        return self._consumed - self._finished
+
+    # -- the reader thread ---------------------------------------------------------------------
+    def _read(self) -> None:
+        consumer = self._consumer
+        try:
+            while not self._stop.is_set():
+                self._commit(asynchronous=True)
+                self._update_lag()
+                timeout = self._flow_control()
+                # consume(n, t) waits until n messages or t: take what is there now, and
+                # when nothing is, wait for the first message only.
+                messages = consumer.consume(self.settings.consume_batch, 0)
+                if not messages and timeout:
+                    first = consumer.poll(timeout)
+                    if first is not None:
+                        messages = [first] + consumer.consume(self.settings.consume_batch - 1, 0)
+                if messages:
+                    self._take(messages)
+            self._settle_and_commit(None)
+        except Exception:
+            log.exception("stream %s: the reader stopped", self.label)
+        finally:
+            try:
+                consumer.close()  # leaves the group; the revoke callback settles (nothing left)
+            except Exception:
+                log.exception("stream %s: closing the consumer failed", self.label)
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        consumer = self._consumer
+        lag = {}
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                done = self._committed.get(tp.partition, tp.offset)
+                lag[tp.partition] = max(0, high - done) if high >= 0 and done >= 0 else 0
+        except KafkaException as exc:
+            log.debug("stream %s: lag not updated: %s", self.label, exc)
+            return
+        self.lag = lag
+
+    def _take(self, messages) -> None:
+        consumed_ns = time.monotonic_ns()
+        if any(m.error() is not None for m in messages):
+            for m in messages:
+                if m.error() is not None:
+                    self.stats.consumer_errors += 1
+                    log.warning("stream %s: consumer error: %s", self.label, m.error())
+            messages = [m for m in messages if m.error() is None]
+            if not messages:
+                return
+        chunk = _Chunk([m.value() for m in messages], [m.key() for m in messages],
+                       [m.partition() for m in messages], [m.offset() for m in messages], consumed_ns)
+        chunk.decoded = self.codec.decode(chunk.values, chunk.keys)
+        self._consumed += chunk.size
+        self.stats.consumed += chunk.size
+        self.stats.chunks += 1
+        self._loop.call_soon_threadsafe(self._accept, chunk)
+
+    def _flow_control(self) -> float:
+        """Bound the events in flight; returns the timeout for the next consume().
+
+        At the bound the reader first waits (librdkafka keeps prefetching into its own bounded
+        queue, and a pause would throw that away); if there is still no room after
+        PAUSE_AFTER_S, it pauses its partitions until in-flight work is down to half."""
+        limit = self.settings.max_in_flight
+        if not self._paused:
+            if self.in_flight < limit:
+                return _CONSUME_TIMEOUT_S
+            self._room.clear()
+            if self.in_flight < limit or self._room.wait(PAUSE_AFTER_S):
+                return _CONSUME_TIMEOUT_S
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+            self.stats.pauses += 1
+            log.info("stream %s: %d events in flight; partitions paused", self.label, self.in_flight)
+        if self.in_flight <= limit // 2:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+            log.info("stream %s: partitions resumed", self.label)
+            return _CONSUME_TIMEOUT_S
+        self._room.clear()
+        if self.in_flight > limit // 2:
+            self._room.wait(_CONSUME_TIMEOUT_S)
+        return 0.0  # keep serving rebalances and heartbeats while paused
+
+    def _commit(self, asynchronous: bool, only: set[int] | None = None) -> None:
+        with self._lock:
+            if only is None:
+                ready, self._commit_ready = self._commit_ready, {}
+            else:
+                ready = {p: self._commit_ready.pop(p) for p in list(self._commit_ready) if p in only}
+        if not ready:
+            return
+        topic = self.settings.input_topic
+        try:
+            self._consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in ready.items()],
+                                  asynchronous=asynchronous)
+            self.stats.commits += 1
+            self._committed.update(ready)
+        except KafkaException as exc:
+            self.stats.commit_errors += 1
+            log.warning("stream %s: commit of %s failed: %s", self.label, ready, exc)
+
+    def _settle_and_commit(self, partitions: set[int] | None) -> None:
+        """On the reader: wait for the loop to settle chunks of `partitions` (None: all), then
+        commit what they delivered, synchronously."""
+        future = asyncio.run_coroutine_threadsafe(self._settle(partitions), self._loop)
+        try:
+            future.result(self.settings.settle_timeout_s + 5)
+        except Exception as exc:
+            log.warning("stream %s: settling in-flight events failed (%r); committing what was delivered",
+                        self.label, exc)
+        self._commit(asynchronous=False, only=partitions)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self.stats.rebalances += 1
+        self._paused = False  # newly assigned partitions start unpaused; flow control re-pauses
+        self._lag_at = 0.0
+        log.info("stream %s: assigned partitions %s", self.label, sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        revoked = {p.partition for p in partitions}
+        log.info("stream %s: partitions %s revoked; settling their in-flight events", self.label, sorted(revoked))
+        self._settle_and_commit(revoked)
+        self._let_go(revoked)
+
+    def _let_go(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._committed.pop(p, None)
+        self.lag = {p: n for p, n in self.lag.items() if p not in partitions}
+        self._lag_at = 0.0
+
+    def _on_lost(self, consumer, partitions) -> None:
+        lost = {p.partition for p in partitions}
+        log.warning("stream %s: partitions %s lost; their in-flight results may be produced again by another "
+                    "worker", self.label, sorted(lost))
+        with self._lock:
+            for p in lost:
+                self._commit_ready.pop(p, None)
+        self._let_go(lost)
+        self._loop.call_soon_threadsafe(self._forget, lost)
+
+    def _client_error(self, error: KafkaError) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log > 5 or error.fatal():
+            self._last_error_log = now
+            log.warning("stream %s: kafka: %s", self.label, error)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _accept(self, chunk: _Chunk) -> None:
+        for p in chunk.ends:
+            self._by_partition.setdefault(p, collections.deque()).append(chunk)
+        self._order.append(chunk)
+        task = self._loop.create_task(self._score(chunk))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _score(self, chunk: _Chunk) -> None:
+        decoded = chunk.decoded
+        try:
+            started = time.monotonic_ns()
+            scored_rows, outputs, failures = await self._run(decoded.inputs)
+            scored_ns = time.monotonic_ns()
+            rows = decoded.good[scored_rows] if len(scored_rows) != len(decoded.good) else decoded.good
+            index = rows.tolist()
+            keys = chunk.keys
+            if len(index):
+                ids = decoded.ids if len(scored_rows) == len(decoded.good) else [decoded.ids[r] for r in scored_rows.tolist()]
+                timings = {"wait_us": (started - chunk.consumed_ns) // 1000, "score_us": (scored_ns - started) // 1000}
+                arrays = [outputs[name] for name in self.output_names]
+                template = self.codec.result_template(
+                    self.model, self.version, self.settings.input_topic, self.output_names,
+                    {name for name, a in zip(self.output_names, arrays) if is_matrix(a)}, timings)
+                partitions, offsets = chunk.partitions, chunk.offsets
+                values = encode_results(template, ids, [partitions[i] for i in index], [offsets[i] for i in index],
+                                        arrays)
+                chunk.results = list(zip([keys[i] for i in index], values))
+            errors = decoded.errors + [(int(decoded.good[r]), message) for r, message in failures]
+            for i, message in errors:
+                chunk.dead.append((keys[i], chunk.values[i], self._dead_headers(chunk, i, message)))
+            self.stats.scored += len(index)
+            self.stats.dead_lettered += len(errors)
+        except EngineError as exc:
+            chunk.abandoned = True
+            log.warning("stream %s: %d events not scored (%s); they will be consumed again", self.label, chunk.size,
+                        exc.message)
+        except Exception:
+            chunk.abandoned = True
+            log.exception("stream %s: %d events not scored; they will be consumed again", self.label, chunk.size)
+        chunk.ready = True
+        chunk.values = chunk.decoded = None
+        while self._order and self._order[0].ready:
+            self._produce(self._order.popleft())
+
+    def _dead_headers(self, chunk: _Chunk, i: int, message: str) -> list:
+        source = f"{self.settings.input_topic}/{chunk.partitions[i]}/{chunk.offsets[i]}"
+        return [("scorewire.error", message.encode()), ("scorewire.source", source.encode()),
+                ("scorewire.model", f"{self.model}:{self.version}".encode())]
+
+    async def _run(self, inputs: dict[str, np.ndarray]):
+        """Score rows in pieces of at most max_batch_size rows; returns (indices of the rows
+        scored, their outputs, [(row, error)] for rows that made the model fail)."""
+        first = next(iter(inputs.values()))
+        rows = first.shape[0]
+        if rows == 0:
+            return np.zeros(0, np.int64), {}, []
+        step = self.piece_rows
+        pieces = [(a, min(a + step, rows)) for a in range(0, rows, step)]
+        results = await asyncio.gather(*(self._piece(inputs, a, b) for a, b in pieces))
+        done_rows: list[np.ndarray] = []
+        parts: list[dict[str, np.ndarray]] = []
+        failures: list[tuple[int, str]] = []
+        for part_rows, outputs, errors in results:
+            done_rows.extend(part_rows)
+            parts.extend(outputs)
+            failures.extend(errors)
+        if not parts:
+            return np.zeros(0, np.int64), {}, failures
+        index = np.concatenate(done_rows)
+        if len(parts) == 1:
+            return index, parts[0], failures
+        return index, {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, failures
+
+    async def _piece(self, inputs, a: int, b: int):
+        piece = {name: array[a:b] for name, array in inputs.items()}
+        try:
+            outputs = await self._submit(piece)
+            return [np.arange(a, b)], [outputs], []
+        except EngineError as exc:
+            if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_FOUND):
+                raise
+            if b - a == 1:
+                return [], [], [(a, f"{exc.code.value}: {exc.message}")]
+        # One of these rows breaks the model: score them one by one so only the culprit fails.
+        done, outs, errors = [], [], []
+        for r in range(a, b):
+            sub_rows, sub_outs, sub_errors = await self._piece(inputs, r, r + 1)
+            done += sub_rows
+            outs += sub_outs
+            errors += sub_errors
+        return done, outs, errors
+
+    async def _submit(self, piece):
+        async with self._slots:
+            while True:
+                try:
+                    _, outputs = await self.pipeline.submit(self.model, self.version, piece)
+                    return outputs
+                except EngineError as exc:
+                    if exc.code is not ErrorCode.RESOURCE_EXHAUSTED:
+                        raise
+                await asyncio.sleep(0.001)  # the model's queue is full (gRPC traffic): wait our turn
+
+    def _produce(self, chunk: _Chunk) -> None:
+        if chunk.abandoned:
+            self._finished += chunk.size
+            self.stats.abandoned += chunk.size
+            self._signal_room()
+            return
+        chunk.pending = len(chunk.results) + len(chunk.dead)
+        if chunk.pending == 0:
+            self._settled(chunk)
+            return
+        produce = self._producer.produce
+        topic = self.settings.output_topic
+        on_delivery = functools.partial(self._delivered, chunk)
+        for key, value in chunk.results:
+            self._send(produce, topic, value, key, None, on_delivery, chunk)
+        dead_topic = self.settings.dead_letter_topic
+        for key, raw, headers in chunk.dead:
+            self._send(produce, dead_topic, raw, key, headers, functools.partial(self._delivered_dead, chunk, headers),
+                       chunk)
+        chunk.results = chunk.dead = None
+        self._producer.poll(0)
+
+    def _send(self, produce, topic, value, key, headers, on_delivery, chunk) -> None:
+        try:
+            if headers is None:
+                produce(topic, value, key, on_delivery=on_delivery)
+            else:
+                produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+        except BufferError:  # the producer's queue is full: keep it for the retry pass
+            self._retry.append((topic, value, key, headers, chunk))
+
+    def _delivered(self, chunk: _Chunk, err, msg) -> None:
+        if err is not None:
+            self._failed(chunk, err, msg, None)
+            return
+        chunk.pending -= 1
+        if chunk.pending == 0:
+            self._settled(chunk)
+
+    def _delivered_dead(self, chunk: _Chunk, headers, err, msg) -> None:
+        if err is not None:
+            self._failed(chunk, err, msg, headers)
+            return
+        chunk.pending -= 1
+        if chunk.pending == 0:
+            self._settled(chunk)
+
+    def _failed(self, chunk: _Chunk, err, msg, headers) -> None:
+        self.stats.delivery_errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 5:
+            self._last_error_log = now
+            log.warning("stream %s: delivery to %s failed (%s); retrying", self.label, msg.topic(), err)
+        self._retry.append((msg.topic(), msg.value(), msg.key(), headers, chunk))
+
+    def _signal_room(self) -> None:
+        if self.in_flight <= self.settings.max_in_flight // 2 and not self._room.is_set():
+            self._room.set()
+
+    def _settled(self, chunk: _Chunk) -> None:
+        chunk.settled = True
+        self._finished += chunk.size
+        self._signal_room()
+        self.stats.delivered += chunk.size
+        for p in chunk.ends:
+            queue = self._by_partition.get(p)
+            end = None
+            while queue and queue[0].settled:
+                end = queue.popleft().ends[p]
+            if end is not None:
+                with self._lock:
+                    self._commit_ready[p] = end
+
+    async def _poll_deliveries(self) -> None:
+        """Delivery reports (and retries of failed deliveries) on the loop."""
+        while True:
+            try:
+                self._producer.poll(0)
+                if self._retry:
+                    retry, self._retry = self._retry, []
+                    for topic, value, key, headers, chunk in retry:
+                        callback = (functools.partial(self._delivered, chunk) if headers is None
+                                    else functools.partial(self._delivered_dead, chunk, headers))
+                        self._send(self._producer.produce, topic, value, key, headers, callback, chunk)
+                    await asyncio.sleep(0.1)  # back off before the next retry pass
+            except Exception:
+                log.exception("stream %s: delivery polling failed", self.label)
+            await asyncio.sleep(0.002 if self.in_flight else 0.02)
+
+    async def _settle(self, partitions: set[int] | None) -> None:
+        """Wait until every chunk holding `partitions` (None: any) is settled or abandoned."""
+        deadline = time.monotonic() + self.settings.settle_timeout_s
+
+        def busy() -> bool:
+            if partitions is None:
+                if self._tasks or self._order:
+                    return True
+                queues = list(self._by_partition.values())
+            else:
+                queues = [self._by_partition.get(p, ()) for p in partitions]
+            return any(not c.abandoned for q in queues for c in q)
+
+        while busy():
+            if time.monotonic() > deadline:
+                log.warning("stream %s: in-flight events not settled after %.0f s; committing what was delivered",
+                            self.label, self.settings.settle_timeout_s)
+                break
+            self._producer.poll(0)
+            await asyncio.sleep(0.005)
+        self._forget(partitions)
+
+    def _forget(self, partitions: set[int] | None) -> None:
+        for p in list(self._by_partition) if partitions is None else partitions:
+            self._by_partition.pop(p, None)

@@ -1,0 +1,135 @@
+"""Producing, reading and checking topics on the loopback mock cluster (engine.mock_kafka)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from tests.conftest import Server, launch
+
+STREAM = """
+[[streams]]
+model = "mlp"
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+input_topic = "{topic}"
+output_topic = "{output}"
+dead_letter_topic = "{dlq}"
+format = "{fmt}"
+max_message_bytes = 4096
+settle_timeout_s = 10
+[streams.consumer]
+"session.timeout.ms" = 3000
+"heartbeat.interval.ms" = 500
+[streams.producer]
+"linger.ms" = {linger_ms}
+"message.timeout.ms" = 120000
+"""
+
+WORKER = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+[models.batching]
+max_batch_size = 128
+max_queue_delay_us = 1000
+""" + STREAM
+
+
+def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", group: str = "scorewire",
+                 topic: str = "events", output: str = "scores", dlq: str = "scores-dlq", fmt: str = "json",
+                 linger_ms: int = 2) -> Server:
+    return launch(directory, WORKER.format(bootstrap=bootstrap, group=group, topic=topic, output=output, dlq=dlq,
+                                           fmt=fmt, linger_ms=linger_ms), name)
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    """(key, value) pairs, in order; waits until the broker has them all."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 5000,
+                         "queue.buffering.max.messages": 1_000_000})
+    failures = []
+    for i, (key, value) in enumerate(messages):
+        producer.produce(topic, value, key, on_delivery=lambda err, msg: err and failures.append(err))
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    assert not failures, failures[:3]
+
+
+def json_events(x: np.ndarray, first_id: int = 0) -> list[tuple[bytes, bytes]]:
+    option = orjson.OPT_SERIALIZE_NUMPY
+    return [(b"k%d" % (first_id + i), orjson.dumps({"id": first_id + i, "float_input": row}, option=option))
+            for i, row in enumerate(x)]
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0, linger_s: float = 1.0) -> list:
+    """Every message of `topic` once `expected` are there (plus `linger_s` for late duplicates)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out = []
+    deadline = time.monotonic() + timeout_s
+    done_at = None
+    try:
+        while time.monotonic() < deadline:
+            for m in consumer.consume(10_000, 0.2):
+                if m.error() is None:
+                    out.append(m)
+            if len(out) >= expected and done_at is None:
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() - done_at >= linger_s:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def results_by_source(messages) -> dict[str, list[dict]]:
+    by_source: dict[str, list[dict]] = {}
+    for m in messages:
+        r = orjson.loads(m.value())
+        by_source.setdefault(r["source"], []).append(r)
+    return by_source
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (-1001 where none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def input_sources(bootstrap: str, topic: str, expected: int) -> dict[str, bytes]:
+    """'topic/partition/offset' -> value of every input message."""
+    return {f"{m.topic()}/{m.partition()}/{m.offset()}": m.value() for m in read_all(bootstrap, topic, expected,
+                                                                                        linger_s=0.2)}
+
+
+def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,256 @@
+"""Kafka streams against a real Kafka-protocol broker on loopback (librdkafka's mock cluster),
+with `scorewire serve` workers as subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from engine.mock_kafka import MockCluster
+from tests.integration.kafka_helpers import (
+    committed,
+    end_offsets,
+    input_sources,
+    json_events,
+    produce,
+    read_all,
+    results_by_source,
+    start_worker,
+    wait_for,
+)
+
+PARTITIONS = 16
+
+
+@pytest.fixture
+def cluster():
+    with MockCluster() as c:
+        for topic in ("events", "scores", "scores-dlq"):
+            c.create_topic(topic, PARTITIONS)
+        yield c
+
+
+def reference(model_dir, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    label, probabilities = session.run(None, {"float_input": x})
+    return label, probabilities
+
+
+def outputs_of(results: list[dict], n: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.full(n, -1, dtype=np.int64)
+    probabilities = np.full((n, 2), np.nan, dtype=np.float32)
+    for r in results:
+        labels[r["id"]] = r["outputs"]["label"]
+        probabilities[r["id"]] = r["outputs"]["probabilities"]
+    return labels, probabilities
+
+
+def total(offsets: dict[int, int]) -> int:
+    return sum(max(o, 0) for o in offsets.values())
+
+
+def produce_over(bootstrap: str, messages, seconds: float) -> threading.Thread:
+    """Produce `messages` in 20 slices spread over `seconds`, on a thread."""
+
+    def run():
+        step = max(1, len(messages) // 20)
+        for i in range(0, len(messages), step):
+            produce(bootstrap, "events", messages[i:i + step])
+            time.sleep(seconds / 20)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_100k_events_each_scored_once_equal_to_onnxruntime(cluster, model_dir, rng):
+    n = 100_000
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    produce(cluster.bootstrap, "events", json_events(x))
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        messages = read_all(cluster.bootstrap, "scores", n)
+        by_source = results_by_source(messages)
+        assert len(messages) == n, f"{len(messages)} results for {n} events"
+        assert all(len(v) == 1 for v in by_source.values())
+        assert len(by_source) == n
+        results = [v[0] for v in by_source.values()]
+        assert sorted(r["id"] for r in results) == list(range(n))
+        assert {r["model"] for r in results} == {"mlp"} and {r["version"] for r in results} == {"1"}
+        # keyed like the input
+        assert all(m.key() == b"k%d" % orjson.loads(m.value())["id"] for m in messages[:1000])
+        labels, probabilities = outputs_of(results, n)
+        want_labels, want_probabilities = reference(model_dir, x)
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-5, atol=1e-6)
+        # every offset committed, and only after its result: the group is at the end
+        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 30,
+                 what="commits to reach the end offsets")
+        assert read_all(cluster.bootstrap, "scores-dlq", 0, timeout_s=1, linger_s=0.5) == []
+        metrics = worker.metrics()
+        assert metrics['scorewire_stream_scored_total{stream="events->scores",model="mlp"}'] == n
+        assert metrics['scorewire_stream_assigned_partitions{stream="events->scores",model="mlp"}'] == PARTITIONS
+    finally:
+        assert worker.stop() == 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stream_then_restart_loses_nothing(cluster, model_dir, rng):
+    n = 60_000
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    feeder = produce_over(cluster.bootstrap, json_events(x), seconds=4.0)
+    # Results linger 300 ms in the producer: at the kill, many are consumed but not delivered.
+    worker = start_worker(model_dir, cluster.bootstrap, linger_ms=300)
+    wait_for(lambda: total(committed(cluster.bootstrap, "scorewire", "events", PARTITIONS)) >= 10_000, 60,
+             what="10k committed offsets before the kill")
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.proc.wait(30)
+    assert not feeder.join(0) and feeder.is_alive(), "the kill came after the input was all produced"
+    # No committed offset is ahead of a delivered result.
+    offsets = committed(cluster.bootstrap, "scorewire", "events", PARTITIONS)
+    produced = results_by_source(read_all(cluster.bootstrap, "scores", 0, timeout_s=3, linger_s=2))
+    for p, offset in offsets.items():
+        missing = [o for o in range(max(offset, 0)) if f"events/{p}/{o}" not in produced]
+        assert not missing, f"partition {p}: committed {offset} but offsets {missing[:5]}... have no result"
+    feeder.join(60)
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        inputs = input_sources(cluster.bootstrap, "events", n)
+        assert len(inputs) == n
+        wait_for(lambda: total(committed(cluster.bootstrap, "scorewire", "events", PARTITIONS)) == n, 90,
+                 what="the restarted worker to commit everything")
+        by_source = results_by_source(read_all(cluster.bootstrap, "scores", n))
+        assert set(inputs) <= set(by_source), f"{len(set(inputs) - set(by_source))} inputs have no result"
+        ids = {r["id"] for results in by_source.values() for r in results}
+        assert ids == set(range(n))
+    finally:
+        assert worker.stop() == 0
+
+
+@pytest.mark.slow
+def test_two_workers_split_partitions_and_one_stopping_loses_nothing(cluster, model_dir, rng):
+    n = 40_000
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    a = start_worker(model_dir, cluster.bootstrap, name="a.toml")
+    b = start_worker(model_dir, cluster.bootstrap, name="b.toml")
+    key = 'scorewire_stream_assigned_partitions{stream="events->scores",model="mlp"}'
+    try:
+        wait_for(lambda: a.metrics()[key] + b.metrics()[key] == PARTITIONS and a.metrics()[key] > 0
+                 and b.metrics()[key] > 0, 60, what="both workers to hold partitions")
+        feeder = produce_over(cluster.bootstrap, json_events(x), seconds=4.0)
+        consumed = 'scorewire_stream_consumed_total{stream="events->scores",model="mlp"}'
+        wait_for(lambda: a.metrics()[consumed] > 0 and b.metrics()[consumed] > 0, 60, what="both to consume")
+        assert a.stop() == 0  # mid-stream: its partitions move to b
+        wait_for(lambda: b.metrics()[key] == PARTITIONS, 60, what="b to take every partition")
+        feeder.join(60)
+        by_source = results_by_source(read_all(cluster.bootstrap, "scores", n))
+        ids = sorted(r["id"] for results in by_source.values() for r in results)
+        assert ids == list(range(n)), "a clean hand-over loses nothing and scores nothing twice"
+        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 30,
+                 what="commits to reach the end offsets")
+    finally:
+        a.stop()
+        assert b.stop() == 0
+
+
+@pytest.mark.slow
+def test_broker_down_and_back_the_stream_resumes(cluster, model_dir, rng):
+    n = 30_000
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        feeder = produce_over(cluster.bootstrap, json_events(x), seconds=6.0)
+        wait_for(lambda: total(end_offsets(cluster.bootstrap, "scores", PARTITIONS)) > 0, 60, what="first results")
+        cluster.all_down()
+        time.sleep(3.0)
+        cluster.all_up()
+        feeder.join(120)
+        by_source = results_by_source(read_all(cluster.bootstrap, "scores", n, timeout_s=180))
+        ids = {r["id"] for results in by_source.values() for r in results}
+        assert ids == set(range(n))
+        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 60,
+                 what="commits to reach the end offsets")
+    finally:
+        assert worker.stop() == 0
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic_and_neighbours_are_scored(cluster, model_dir, rng):
+    x = rng.normal(size=(200, 32)).astype(np.float32)
+    good = json_events(x)
+    row = [0.5] * 32
+    bad = [
+        b"not json {",
+        b'{"id": "b1"}',
+        b"[1, 2, 3]",
+        orjson.dumps({"id": "b3", "float_input": row, "extra": 1}),
+        orjson.dumps({"id": "b4", "float_input": row[:-1] + ["0.5"]}),
+        orjson.dumps({"id": "b5", "float_input": row[:-1]}),
+        orjson.dumps({"id": "b6", "float_input": row, "pad": "x" * 5000}),
+        orjson.dumps({"id": "b7", "float_input": row[:-1] + [1e39]}),
+        b"",
+    ]
+    expected = ["invalid JSON", "missing input 'float_input'", "must be a JSON object", "unexpected key 'extra'",
+                "values must be JSON numbers", "a list of 32 FP32 numbers; got shape [31]",
+                "larger than max_message_bytes = 4096", "non-finite value", "invalid JSON"]
+    messages = []
+    for i, item in enumerate(good):
+        messages.append(item)
+        if i % 20 == 5 and i // 20 < len(bad):
+            messages.append((b"bad%d" % (i // 20), bad[i // 20]))
+    produce(cluster.bootstrap, "events", messages)
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        dead = read_all(cluster.bootstrap, "scores-dlq", len(bad))
+        assert len(dead) == len(bad)
+        by_key = {m.key(): m for m in dead}
+        for j, (raw, why) in enumerate(zip(bad, expected)):
+            m = by_key[b"bad%d" % j]
+            assert (m.value() or b"") == raw  # the raw bytes, for replay
+            headers = dict(m.headers())
+            assert why in headers["scorewire.error"].decode(), (why, headers["scorewire.error"])
+            assert headers["scorewire.source"].decode().startswith("events/")
+            assert headers["scorewire.model"] == b"mlp:1"
+        results = read_all(cluster.bootstrap, "scores", len(good))
+        labels, probabilities = outputs_of([orjson.loads(m.value()) for m in results], len(good))
+        want_labels, want_probabilities = reference(model_dir, x)
+        assert len(results) == len(good)
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-5, atol=1e-6)
+        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 30,
+                 what="commits past the dead letters")
+        metrics = worker.metrics()
+        assert metrics['scorewire_stream_dead_lettered_total{stream="events->scores",model="mlp"}'] == len(bad)
+    finally:
+        assert worker.stop() == 0
+
+
+def test_binary_format_scores_raw_rows_and_the_key_is_the_id(cluster, model_dir, rng):
+    x = rng.normal(size=(500, 32)).astype(np.float32)
+    messages = [(b"r%d" % i, row.tobytes()) for i, row in enumerate(x)] + [(b"short", x[0].tobytes()[:-4])]
+    produce(cluster.bootstrap, "events", messages)
+    worker = start_worker(model_dir, cluster.bootstrap, fmt="binary")
+    try:
+        results = [orjson.loads(m.value()) for m in read_all(cluster.bootstrap, "scores", len(x))]
+        assert len(results) == len(x)
+        order = np.array([int(r["id"][1:]) for r in results])
+        labels = np.array([r["outputs"]["label"] for r in results])
+        probabilities = np.array([r["outputs"]["probabilities"] for r in results], dtype=np.float32)
+        want_labels, want_probabilities = reference(model_dir, x[order])
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-5, atol=1e-6)
+        (dead,) = read_all(cluster.bootstrap, "scores-dlq", 1)
+        assert dead.key() == b"short"
+        assert b"124 bytes; this model's row is 128 bytes" in dict(dead.headers())["scorewire.error"]
+    finally:
+        assert worker.stop() == 0
