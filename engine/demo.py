@@ -185,6 +185,51 @@ def _traffic(url: str, directory: Path) -> None:
     client.close()
 
 
+KAFKA_STREAM = """
+[[streams]]                      # written by the demo: librdkafka's built-in broker, gone when the demo ends
+model = "mlp"
+bootstrap_servers = "{bootstrap}"
+group_id = "scorewire-demo"
+input_topic = "events"
+output_topic = "scores"
+dead_letter_topic = "scores-dlq"
+"""
+
+
+def _kafka(bootstrap: str, n: int = 20_000) -> None:
+    import orjson
+    from confluent_kafka import Consumer, Producer
+
+    x, _ = demo_data(n, seed=9)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    option = orjson.OPT_SERIALIZE_NUMPY
+    for i in range(n):
+        producer.produce("events", orjson.dumps({"id": f"ev-{i}", "float_input": x[i]}, option=option), b"user-%d" % (i % 500))
+        if i == n // 2:
+            producer.produce("events", b'{"id": "broken", "float_input": [1, 2, 3]}', b"user-x")
+            producer.produce("events", b"not json at all", b"user-y")
+    producer.flush(30)
+    print(f"\nKafka: produced {n:,} JSON events (+2 malformed) to topic 'events' on librdkafka's built-in broker "
+          f"({bootstrap})")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-reader", "auto.offset.reset": "earliest"})
+    consumer.subscribe(["scores", "scores-dlq"])
+    results, dead = [], []
+    start = time.monotonic()
+    while len(results) + len(dead) < n + 2 and time.monotonic() - start < 60:
+        for m in consumer.consume(5000, 0.2):
+            if m.error() is None:
+                (dead if m.topic() == "scores-dlq" else results).append(m)
+    seconds = time.monotonic() - start
+    consumer.close()
+    print(f"  {len(results):,} results on 'scores' and {len(dead)} dead letters on 'scores-dlq' in {seconds:.1f} s")
+    if results:
+        print(f"  a result (key {results[0].key().decode()}): {results[0].value().decode()}")
+    for m in dead:
+        headers = dict(m.headers() or [])
+        print(f"  dead letter {m.value()[:40]!r}: {headers.get('scorewire.error', b'').decode()} "
+              f"(from {headers.get('scorewire.source', b'').decode()})")
+
+
 def run(directory: Path, prepare_only: bool) -> int:
     directory = directory.resolve()
     print(f"scorewire demo: building two models (MLP, gradient-boosted trees; 32 features) in {directory}")
@@ -192,14 +237,23 @@ def run(directory: Path, prepare_only: bool) -> int:
     print(f"wrote {config} and {directory / 'models'}/{{mlp,gbt}}.onnx")
     if prepare_only:
         return 0
-    print("starting: scorewire serve --config", config)
-    proc, port, metrics_port = start_server(config, log_level="WARNING")
+    from engine.mock_kafka import MockCluster
+
+    cluster = MockCluster()
+    for topic in ("events", "scores", "scores-dlq"):
+        cluster.create_topic(topic, 8)
+    kafka_config = directory / "scorewire-kafka.toml"
+    kafka_config.write_text(config.read_text() + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
+    print("starting: scorewire serve --config", kafka_config, "(gRPC, and a Kafka stream: events -> scores)")
+    proc, port, metrics_port = start_server(kafka_config, log_level="WARNING")
     try:
         _traffic(f"127.0.0.1:{port}", directory)
+        _kafka(cluster.bootstrap)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
         print(f"\nserver drained and exited with code {code} after SIGTERM")
+        cluster.close()
     print(textwrap.dedent(f"""
         what to try next:
           scorewire serve --config {config}      # ports 0 = free ports, printed at start
@@ -209,6 +263,9 @@ def run(directory: Path, prepare_only: bool) -> int:
           i = g.InferInput("float_input", [4, 32], "FP32"); i.set_data_from_numpy(np.random.rand(4, 32).astype("float32"))
           print(c.infer("gbt", [i]).as_numpy("probabilities"))
           # metrics: curl http://127.0.0.1:METRICS_PORT/metrics
-          # config reference: configs/example.toml; benchmark: python -m bench.grpc_bench
+          # Kafka: python -m engine.mock_kafka --topic events:8 --topic scores:8 --topic scores-dlq:8
+          #   prints a bootstrap address; add a [[streams]] table (see {kafka_config}) and serve
+          # config reference: configs/example.toml
+          # benchmarks: python -m bench.grpc_bench; python -m bench.kafka_bench
         """))
     return 0

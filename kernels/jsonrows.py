@@ -112,7 +112,7 @@ def _number(buf, p, end, kind, pow10):
         e = 0
         while p < end and _ZERO <= buf[p] <= _NINE:
             if e < 100_000:
-                e = e * 10 + (buf[p] - _ZERO)
+                e = e * 10 + int(buf[p] - _ZERO)
             p += 1
         exponent += -e if exp_negative else e
     if kind == KIND_INT:

@@ -51,6 +51,46 @@ def test_bad_config_names_file_and_field(tmp_path, mutate, expected):
     assert expected in str(info.value)
 
 
+STREAM = """
+[[streams]]
+model = "mlp"
+bootstrap_servers = "127.0.0.1:9092"
+input_topic = "events"
+output_topic = "scores"
+dead_letter_topic = "scores-dlq"
+[streams.kafka]
+"security.protocol" = "SASL_SSL"
+"""
+
+
+def test_stream_config_with_pass_through_kafka_settings(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD + STREAM)
+    (stream,) = load_settings(config).streams
+    assert stream.group_id == "scorewire" and stream.format == "json"
+    assert stream.kafka == {"security.protocol": "SASL_SSL"}
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda t: t.replace('model = "mlp"', 'model = "nope"'), "for model 'nope', which is not configured"),
+        (lambda t: t.replace('model = "mlp"', 'model = "mlp"\nversion = "9"'), "version '9'; configured: ['3']"),
+        (lambda t: t.replace('output_topic = "scores"', 'output_topic = "events"'), "three different topics"),
+        (lambda t: t + '"enable.auto.commit" = true\n', "kafka sets ['enable.auto.commit'], which scorewire controls"),
+        (lambda t: t.replace('format = "json"', "") .replace('input_topic = "events"', 'input_topic = "events"\nformat = "avro"'),
+         "streams[0].format: Input should be 'json' or 'binary'"),
+        (lambda t: t.replace('input_topic = "events"', 'input_topic = "ev ents"'), "streams[0].input_topic"),
+    ],
+)
+def test_bad_stream_config_names_the_field(tmp_path, mutate, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(mutate(GOOD + STREAM))
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    assert expected in str(info.value)
+
+
 def test_not_toml_and_missing_file(tmp_path):
     config = tmp_path / "broken.toml"
     config.write_text("[server\n")
@@ -76,10 +116,13 @@ def test_example_configs_are_valid():
 def test_example_config_documents_every_key():
     from pathlib import Path
 
-    from engine.settings import BatchingSettings, ModelSettings, MonitoringSettings, MonitorSettings, ServerSettings
+    from engine.settings import (BatchingSettings, ModelSettings, MonitoringSettings, MonitorSettings, ServerSettings,
+                                 StreamSettings)
 
     text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
-    for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, MonitoringSettings):
+    for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, MonitoringSettings, StreamSettings):
         for name in model.model_fields:
-            if name not in ("batching", "monitor"):
+            if name in ("kafka", "consumer", "producer"):
+                assert f"[streams.{name}]" in text, f"configs/example.toml does not show [streams.{name}]"
+            elif name not in ("batching", "monitor"):
                 assert f"\n{name} =" in text, f"configs/example.toml does not show `{name}`"

@@ -12,12 +12,19 @@ import sys
 PROBE = r"""
 import json, numpy as np
 from kernels import HdrHistogram, SlidingChi2, SlidingKS, chisquare, ks_2samp, kstwo_sf
+from kernels.jsonrows import RowSchema, scan_rows, KIND_FLOAT32, KIND_FLOAT64, KIND_INT
 rng = np.random.default_rng(3)
 a, b = rng.normal(size=40), rng.normal(0.3, size=55)
 s = SlidingKS(np.round(rng.normal(size=300), 1), 50); s.update(np.round(rng.normal(size=170), 1))
 c = SlidingChi2(rng.integers(0, 6, 200), 60); c.update(rng.integers(0, 8, 150))
 h = HdrHistogram(1, 10**6, 3); h.record_values(rng.integers(0, 10**7, 500))
+texts = [b'{"id":"a","x":[1.5,-2e-3,0.1,3],"n":7}', b'{"x":[1e30,2.5E+2,-0.0,123456789.123],"n":-3}',
+         b'{"x":[1,2,3],"n":1}', b' {"n":2, "id":12, "x":[0.333333343,7,8,9e-40]} ']
+buf = np.frombuffer(b"".join(texts), np.uint8)
+bounds = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
+values, ids, status = scan_rows(buf, bounds, RowSchema(["x", "n"], [4, 0], [KIND_FLOAT32, KIND_INT]))
 print(json.dumps({
+    "json": values[status == 0].ravel().tolist() + ids.ravel().tolist() + status.tolist(),
     "ks": ks_2samp(a, b), "ks_big": ks_2samp(rng.normal(size=120), rng.normal(size=10_050)),
     "kstwo": [kstwo_sf(x, n) for x, n in ((0.05, 50), (0.3, 200), (0.02, 5000))],
     "sliding_ks": [s.statistic, s.pvalue()], "chi2": chisquare([10, 20, 30, 40]),
