@@ -100,6 +100,7 @@ class KafkaStream:
         self._room = threading.Event()  # set by the loop when in-flight events drop to half the bound
         self._lock = threading.Lock()
         self._commit_ready: dict[int, int] = {}  # partition -> offset to commit (loop writes, reader takes)
+        self._settled_upto: dict[int, int] = {}  # partition -> end of its settled prefix (loop writes)
         self._finished = 0  # events settled or abandoned (loop writes; the reader reads)
         self._consumed = 0  # events consumed (the reader writes)
         self._paused = False
@@ -121,6 +122,10 @@ class KafkaStream:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "queued.max.messages.kbytes": 65536,
+            # Incremental rebalancing: a worker joining or leaving moves only the partitions that
+            # change owner; the others keep flowing and keep their in-flight work (with eager
+            # rebalancing every partition is revoked and commits race the rebalance).
+            "partition.assignment.strategy": "cooperative-sticky",
             **common,
             **s.consumer,
         }
@@ -257,11 +262,15 @@ class KafkaStream:
         return 0.0  # keep serving rebalances and heartbeats while paused
 
     def _commit(self, asynchronous: bool, only: set[int] | None = None) -> None:
+        """Commit what is ready. Synchronous (rebalance, shutdown): every settled offset of
+        `only`, again, since an asynchronous commit still in flight may fail in the rebalance."""
         with self._lock:
-            if only is None:
+            if asynchronous:
                 ready, self._commit_ready = self._commit_ready, {}
             else:
-                ready = {p: self._commit_ready.pop(p) for p in list(self._commit_ready) if p in only}
+                ready = {p: o for p, o in self._settled_upto.items() if only is None or p in only}
+                for p in ready:
+                    self._commit_ready.pop(p, None)
         if not ready:
             return
         topic = self.settings.input_topic
@@ -286,10 +295,14 @@ class KafkaStream:
         self._commit(asynchronous=False, only=partitions)
 
     def _on_assign(self, consumer, partitions) -> None:
+        """Partitions added (cooperative rebalancing: the ones held before stay held)."""
         self.stats.rebalances += 1
-        self._paused = False  # newly assigned partitions start unpaused; flow control re-pauses
+        if self._paused:  # start over: flow control pauses everything again if still needed
+            consumer.resume(consumer.assignment())
+            self._paused = False
         self._lag_at = 0.0
-        log.info("stream %s: assigned partitions %s", self.label, sorted(p.partition for p in partitions))
+        if partitions:
+            log.info("stream %s: assigned partitions %s", self.label, sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
         revoked = {p.partition for p in partitions}
@@ -298,6 +311,10 @@ class KafkaStream:
         self._let_go(revoked)
 
     def _let_go(self, partitions: set[int]) -> None:
+        with self._lock:
+            for p in partitions:
+                self._settled_upto.pop(p, None)
+                self._commit_ready.pop(p, None)
         for p in partitions:
             self._committed.pop(p, None)
         self.lag = {p: n for p, n in self.lag.items() if p not in partitions}
@@ -307,9 +324,6 @@ class KafkaStream:
         lost = {p.partition for p in partitions}
         log.warning("stream %s: partitions %s lost; their in-flight results may be produced again by another "
                     "worker", self.label, sorted(lost))
-        with self._lock:
-            for p in lost:
-                self._commit_ready.pop(p, None)
         self._let_go(lost)
         self._loop.call_soon_threadsafe(self._forget, lost)
 
@@ -496,6 +510,7 @@ class KafkaStream:
             if end is not None:
                 with self._lock:
                     self._commit_ready[p] = end
+                    self._settled_upto[p] = end
 
     async def _poll_deliveries(self) -> None:
         """Delivery reports (and retries of failed deliveries) on the loop."""
