@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import signal
 
@@ -107,6 +108,7 @@ class App:
     async def start(self) -> None:
         server_settings = self.settings.server
         await asyncio.get_running_loop().run_in_executor(None, self.load_models)
+        _tune_gc()
         for served in self.registry.all():
             served.batcher.start()
         limit = server_settings.max_message_bytes
@@ -171,6 +173,15 @@ class App:
         if self.metrics is not None:
             await self.metrics.stop()
         _announce("stopped")
+
+
+def _tune_gc() -> None:
+    """Everything loaded so far (modules, models, settings) lives as long as the server:
+    freeze it out of the collector's scans, and collect the young generation less often (the
+    hot paths allocate many short-lived containers; a gen-0 pass every 700 was measurable)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 async def serve(settings: Settings) -> None:

@@ -302,3 +302,135 @@ def scan_rows(buf: np.ndarray, bounds: np.ndarray, schema: RowSchema) -> tuple[n
     _scan(buf, bounds, schema.names, schema.name_bounds, schema.sizes, schema.kinds, schema.columns, values, ids,
           status, _POW10)
     return values, ids, status
+
+
+# -- writing: one JSON text per row, spliced from constant pieces, byte spans and integers --------
+
+SLOT_SPAN = 0  # copy text[spans[slot, row, 0]:spans[slot, row, 1]]
+SLOT_INT = 1  # write ints[slot, row] in decimal
+
+
+@jit
+def _int_length(v):
+    if v == 0:
+        return 1
+    n = 1 if v < 0 else 0
+    while v != 0:
+        v = v // 10 if v > 0 else -(v // -10)
+        n += 1
+    return n
+
+
+@jit
+def _write_int(out, p, v):
+    n = _int_length(v)
+    if v < 0:
+        out[p] = _MINUS
+        v = -v
+    q = p + n - 1
+    if v == 0:
+        out[q] = _ZERO
+    while v > 0:
+        out[q] = _ZERO + v % 10
+        v //= 10
+        q -= 1
+    return p + n
+
+
+@jit
+def _splice(pieces, piece_bounds, kinds, text, spans, ints, out, bounds, measure):
+    slots = kinds.shape[0]
+    p = 0
+    for row in range(bounds.shape[0] - 1):
+        bounds[row] = p
+        for s in range(slots + 1):
+            a, b = piece_bounds[s], piece_bounds[s + 1]
+            if not measure:
+                out[p:p + b - a] = pieces[a:b]
+            p += b - a
+            if s == slots:
+                break
+            if kinds[s] == SLOT_SPAN:
+                a, b = spans[s, row, 0], spans[s, row, 1]
+                if not measure:
+                    out[p:p + b - a] = text[a:b]
+                p += b - a
+            elif measure:
+                p += _int_length(ints[s, row])
+            else:
+                p = _write_int(out, p, ints[s, row])
+    bounds[bounds.shape[0] - 1] = p
+    return p
+
+
+def splice_rows(pieces: list[bytes], kinds: list[int], text: np.ndarray, spans: np.ndarray,
+                ints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row i's text is pieces[0] slot[0] pieces[1] ... slot[m-1] pieces[m], where slot s is
+    text[spans[s, i, 0]:spans[s, i, 1]] (kind SLOT_SPAN) or ints[s, i] in decimal (SLOT_INT).
+    Returns (bytes as uint8, int64 row offsets [n+1])."""
+    m = len(kinds)
+    if len(pieces) != m + 1:
+        raise ValueError(f"{m} slots need {m + 1} pieces, got {len(pieces)}")
+    if text.dtype != np.uint8 or spans.dtype != np.int64 or ints.dtype != np.int64:
+        raise TypeError("text must be uint8, spans and ints int64")
+    if spans.ndim != 3 or spans.shape[0] != m or spans.shape[2] != 2 or ints.shape[:1] != (m,):
+        raise ValueError("spans must be [slots, rows, 2] and ints [slots, rows]")
+    n = spans.shape[1]
+    if ints.shape[1] != n:
+        raise ValueError("spans and ints must have the same rows")
+    used = spans[np.asarray(kinds) == SLOT_SPAN]
+    if used.size and (used.min() < 0 or used.max() > text.shape[0] or (used[..., 1] < used[..., 0]).any()):
+        raise ValueError("spans must lie inside text")
+    constant = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+    piece_bounds = np.cumsum([0] + [len(p) for p in pieces]).astype(np.int64)
+    kind_array = np.asarray(kinds, dtype=np.int64)
+    bounds = np.empty(n + 1, dtype=np.int64)
+    size = _splice(constant, piece_bounds, kind_array, text, spans, ints, np.empty(0, np.uint8), bounds, True)
+    out = np.empty(size, dtype=np.uint8)
+    _splice(constant, piece_bounds, kind_array, text, spans, ints, out, bounds, False)
+    return out, bounds
+
+
+@jit
+def _element_spans(text, rows, depth, spans):
+    """Spans of the rows of a JSON array of numbers (depth 1: elements; depth 2: the inside of
+    each inner list). Returns the rows found."""
+    level = 0
+    row = 0
+    start = 0
+    for p in range(text.shape[0]):
+        c = text[p]
+        if c == _LBRACKET:
+            level += 1
+            if level == depth:
+                start = p + 1
+        elif c == _RBRACKET:
+            if level == depth and depth == 2:
+                if row < rows:
+                    spans[row, 0] = start
+                    spans[row, 1] = p
+                row += 1
+            elif level == 1 and depth == 1 and p > start:
+                if row < rows:
+                    spans[row, 0] = start
+                    spans[row, 1] = p
+                row += 1
+            level -= 1
+        elif c == _COMMA and level == 1 and depth == 1:
+            if row < rows:
+                spans[row, 0] = start
+                spans[row, 1] = p
+            row += 1
+            start = p + 1
+    return row
+
+
+def element_spans(text: np.ndarray, rows: int, depth: int) -> np.ndarray:
+    """Row spans in the JSON text of a 1-D (depth 1) or 2-D (depth 2) array of numbers."""
+    if depth not in (1, 2):
+        raise ValueError("depth must be 1 or 2")
+    spans = np.zeros((rows, 2), dtype=np.int64)
+    found = _element_spans(text, rows, depth, spans)
+    if found != rows:
+        raise ValueError(f"expected {rows} rows, found {found}")
+    return spans

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from kernels.jsonrows import HARD, KIND_FLOAT32, KIND_FLOAT64, KIND_INT, RowSchema, scan_rows
+from kernels.jsonrows import (HARD, KIND_FLOAT32, KIND_FLOAT64, KIND_INT, SLOT_INT, SLOT_SPAN, RowSchema, element_spans,
+                              scan_rows, splice_rows)
 from engine.codec.validate import ModelSchema, TensorSpec
 
 _NUMBER_TYPES = (int, float)
@@ -34,8 +35,12 @@ class Decoded:
 
     inputs: dict[str, np.ndarray]  # rows = len(good)
     good: np.ndarray  # int64 indices (into the consumed batch) of the decoded messages
-    ids: list[bytes]  # JSON token of each good message's id (b"null" when none)
+    id_text: bytes  # holds the JSON token of every good message's id ("null" when none)...
+    id_spans: np.ndarray  # ...at id_text[id_spans[i, 0]:id_spans[i, 1]], int64 [len(good), 2]
     errors: list[tuple[int, str]] = field(default_factory=list)  # (index, why), index order
+
+    def ids(self) -> list[bytes]:
+        return [self.id_text[a:b] for a, b in self.id_spans.tolist()]
 
 
 class DecodeError(ValueError):
@@ -79,8 +84,11 @@ class StreamCodec:
                     self._row_schema = RowSchema(list(schema.input_names), sizes, kinds)
 
     def warm_up(self) -> None:
-        """Load the decoding kernel (Numba's cache) before the first batch arrives."""
+        """Load the decoding and encoding kernels (Numba's cache) before the first batch arrives."""
         self.decode([b"{}"], [None])
+        outputs = {"a": np.zeros((1, 2), np.float32), "b": np.zeros(1, np.int64)}
+        encode_results(self.result_template("m", "1", "t", outputs, {}), b"null", np.array([[0, 4]], np.int64),
+                       np.zeros(1, np.int64), np.zeros(1, np.int64), outputs)
 
     def describe_row(self) -> str:
         return ", ".join(f"'{s.name}' {s.datatype}{list(_row_shape(s))}" for s in self.inputs)
@@ -112,7 +120,7 @@ class StreamCodec:
         records = np.frombuffer(joined, dtype=self._record)
         inputs = {s.name: np.ascontiguousarray(records[s.name]).astype(s.dtype, copy=False) for s in self.inputs}
         good, inputs = self._drop_non_finite(good, inputs, errors)
-        return Decoded(inputs, good, _key_ids(keys, good), sorted(errors.items()))
+        return Decoded(inputs, good, *_key_ids(keys, good), sorted(errors.items()))
 
     def _decode_json(self, values, lengths, too_big) -> Decoded:
         n = len(values)
@@ -165,15 +173,26 @@ class StreamCodec:
         good = np.flatnonzero(ok)
         inputs = {name: column[good] if len(good) < n else column for name, column in columns.items()}
         good, inputs = self._drop_non_finite(good, inputs, errors)
-        picked = good.tolist()
-        if spans is None:
-            ids = [id_tokens[i] for i in picked]
+        # Ids: spans into the joined input, or into tokens appended after it.
+        null_at = len(joined)
+        extra = [b"null"]
+        size = null_at + 4
+        id_spans = np.empty((len(good), 2), dtype=np.int64)
+        if spans is not None:
+            id_spans[:] = spans[good]
+            absent = id_spans[:, 0] < 0
+            id_spans[absent] = (null_at, null_at + 4)
         else:
-            starts, stops = spans[good, 0].tolist(), spans[good, 1].tolist()
-            ids = [joined[a:b] if a >= 0 else b"null" for a, b in zip(starts, stops)]
-            if hard.any():  # messages parsed alone carry their own token
-                ids = [id_tokens[i] or token for i, token in zip(picked, ids)]
-        return Decoded(inputs, good, ids, sorted(errors.items()))
+            id_spans[:] = (null_at, null_at + 4)
+        if hard.any():  # messages parsed alone carry their own token
+            for r, i in enumerate(good.tolist()):
+                token = id_tokens[i]
+                if token is not None:
+                    id_spans[r] = (size, size + len(token))
+                    extra.append(token)
+                    size += len(token)
+        id_text = joined + b"".join(extra)
+        return Decoded(inputs, good, id_text, id_spans, sorted(errors.items()))
 
     def _drop_non_finite(self, good, inputs, errors):
         if self.allow_non_finite or not len(good):
@@ -216,24 +235,69 @@ class StreamCodec:
         return row, orjson.dumps(id_value)
 
     # -- encoding ----------------------------------------------------------------------------
-    def result_template(self, model: str, version: str, topic: str, output_names: list[str],
-                        matrix_outputs: set[str], timings: dict[str, int]) -> bytes:
-        """A bytes %-template with slots: id, partition, offset, then one token per output."""
-        parts = []
-        for name in output_names:
-            slot = b"[%b]" if name in matrix_outputs else b"%b"
-            parts.append(orjson.dumps(name).replace(b"%", b"%%") + b":" + slot)
-        head = b'{"id":%b,"source":' + orjson.dumps(f"{topic}/").replace(b"%", b"%%")[:-1] + b'%d/%d",'
-        fixed = orjson.dumps({"model": model, "version": version})[1:-1].replace(b"%", b"%%")
-        tail = b',"timings":' + orjson.dumps(timings).replace(b"%", b"%%") + b"}"
-        return head + fixed + b',"outputs":{' + b",".join(parts) + b"}" + tail
+    def result_template(self, model: str, version: str, topic: str, outputs: dict[str, np.ndarray],
+                        timings: dict[str, int]) -> "ResultTemplate":
+        return ResultTemplate(model, version, topic, outputs, timings)
 
 
-def encode_results(template: bytes, ids: list[bytes], partitions: list[int], offsets: list[int],
-                   outputs: list[np.ndarray]) -> list[bytes]:
-    """One JSON result per row (see StreamCodec.result_template)."""
-    tokens = [row_tokens(array) for array in outputs]
-    return [template % row for row in zip(ids, partitions, offsets, *tokens)]
+class ResultTemplate:
+    """The constant text of a batch's results around its slots: id, partition, offset, then
+    one per output (a 2-D numeric output's rows are written inside '[' ']')."""
+
+    def __init__(self, model: str, version: str, topic: str, outputs: dict[str, np.ndarray],
+                 timings: dict[str, int]):
+        self.names = list(outputs)
+        self.matrix = [is_matrix(outputs[n]) for n in self.names]
+        source = orjson.dumps(f"{topic}/")[:-1]  # '"topic/' without the closing quote
+        fixed = orjson.dumps({"model": model, "version": version})[1:-1]
+        pieces = [b'{"id":', b',"source":' + source, b"/", b'",' + fixed + b',"outputs":{']
+        for k, (name, matrix) in enumerate(zip(self.names, self.matrix)):
+            key = orjson.dumps(name) + b":" + (b"[" if matrix else b"")
+            if k:
+                pieces[-1] += b","
+            pieces[-1] += key
+            pieces.append(b"]" if matrix else b"")
+        pieces[-1] += b'},"timings":' + orjson.dumps(timings) + b"}"
+        self.pieces = pieces
+        self.kinds = [SLOT_SPAN, SLOT_INT, SLOT_INT] + [SLOT_SPAN] * len(self.names)
+
+
+def encode_results(template: ResultTemplate, id_text: bytes, id_spans: np.ndarray, partitions: np.ndarray,
+                   offsets: np.ndarray, outputs: dict[str, np.ndarray]) -> list[bytes]:
+    """One JSON result per row, spliced by a kernel from the template, the id tokens, the
+    source and the outputs' JSON text (orjson writes whole numpy arrays)."""
+    n = len(id_spans)
+    texts = [id_text]
+    size = len(id_text)
+    spans = np.zeros((len(template.kinds), n, 2), dtype=np.int64)
+    spans[0] = id_spans
+    for k, name in enumerate(template.names):
+        text, row_spans = _output_text(outputs[name], template.matrix[k])
+        spans[3 + k] = row_spans + size
+        texts.append(text)
+        size += len(text)
+    ints = np.zeros((len(template.kinds), n), dtype=np.int64)
+    ints[1] = partitions
+    ints[2] = offsets
+    out, bounds = splice_rows(template.pieces, template.kinds, np.frombuffer(b"".join(texts), dtype=np.uint8),
+                              spans, ints)
+    data = out.tobytes()
+    b = bounds.tolist()
+    return [data[i:j] for i, j in zip(b, b[1:])]
+
+
+def _output_text(array: np.ndarray, matrix: bool) -> tuple[bytes, np.ndarray]:
+    """JSON text of an output and the span of each row in it."""
+    rows = array.shape[0]
+    numeric = array.dtype.kind in "biuf" and array.dtype != np.float16
+    if rows and numeric and (array.ndim == 1 or matrix):
+        text = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
+        return text, element_spans(np.frombuffer(text, dtype=np.uint8), rows, array.ndim)
+    dumps = orjson.dumps
+    tokens = [dumps(row, default=str) for row in array.tolist()]
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=rows)
+    ends = np.cumsum(lengths)
+    return b"".join(tokens), np.stack([ends - lengths, ends], axis=1).reshape(-1, 2)
 
 
 def is_matrix(array: np.ndarray) -> bool:
@@ -241,34 +305,25 @@ def is_matrix(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] > 0 and array.dtype.kind in "biuf" and array.dtype != np.float16
 
 
-def row_tokens(array: np.ndarray) -> list[bytes]:
-    """The JSON text of each row of `array` (for a 2-D numeric array, without the brackets)."""
-    rows = array.shape[0]
-    if rows == 0:
-        return []
-    numeric = array.dtype.kind in "biuf" and array.dtype != np.float16
-    if numeric and array.ndim == 1:
-        text = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
-        return text[1:-1].split(b",")
-    if is_matrix(array):
-        text = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
-        return text[2:-2].split(b"],[")
-    dumps = orjson.dumps
-    return [dumps(row, default=str) for row in array.tolist()]
-
-
 _PLAIN = np.zeros(256, dtype=bool)
 _PLAIN[0x20:0x7F] = True
 _PLAIN[[ord('"'), ord("\\")]] = False
 
 
-def _key_ids(keys: list[bytes | None], good: np.ndarray) -> list[bytes]:
-    """JSON string tokens of the message keys (the binary format's ids)."""
+def _key_ids(keys: list[bytes | None], good: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The message keys as JSON string tokens (the binary format's ids): text and spans."""
     picked = keys if len(good) == len(keys) else [keys[i] for i in good.tolist()]
-    if None not in picked and _PLAIN[np.frombuffer(b"".join(picked), dtype=np.uint8)].all():
-        return list(map(b'"%b"'.__mod__, picked))  # printable ASCII without quotes: already JSON
+    if None not in picked:
+        joined = b"".join(picked)
+        if _PLAIN[np.frombuffer(joined, dtype=np.uint8)].all():  # printable ASCII, no quotes: JSON as is
+            lengths = np.fromiter(map(len, picked), dtype=np.int64, count=len(picked)) + 2
+            ends = np.cumsum(lengths)
+            return b'"' + b'""'.join(picked) + b'"', np.stack([ends - lengths, ends], axis=1)
     dumps = orjson.dumps
-    return [b"null" if k is None else dumps(k.decode("utf-8", "replace")) for k in picked]
+    tokens = [b"null" if k is None else dumps(k.decode("utf-8", "replace")) for k in picked]
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    ends = np.cumsum(lengths)
+    return b"".join(tokens), np.stack([ends - lengths, ends], axis=1).reshape(-1, 2)
 
 
 def _row_array(spec: TensorSpec, value) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.codec.kafka import StreamCodec, encode_results, is_matrix
+from engine.codec.kafka import StreamCodec, encode_results
 from engine.codec.validate import ModelSchema, TensorSpec
 
 F32, F64, I64, I32 = (np.dtype(t) for t in (np.float32, np.float64, np.int64, np.int32))
@@ -37,7 +37,7 @@ def test_batch_decode_equals_decoding_each_message_alone(rng):
         for name, value in row.items():
             np.testing.assert_array_equal(decoded.inputs[name][i], value)
             assert decoded.inputs[name].dtype == value.dtype
-        assert decoded.ids[i] == id_token or orjson.loads(decoded.ids[i]) == orjson.loads(id_token)
+        assert decoded.ids()[i] == id_token or orjson.loads(decoded.ids()[i]) == orjson.loads(id_token)
 
 
 @pytest.mark.parametrize("message, error", [
@@ -62,7 +62,7 @@ def test_each_bad_message_gets_its_reason_and_its_neighbours_are_decoded(message
     ((index, reason),) = decoded.errors
     assert index == 1 and error in reason, reason
     np.testing.assert_array_equal(decoded.inputs["float_input"], [[0.5, 1.5, 2.5, 3.5]] * 2)
-    assert decoded.ids == [b'"ok"', b'"ok"']
+    assert decoded.ids() == [b'"ok"', b'"ok"']
 
 
 def test_integers_are_range_checked_for_their_type():
@@ -89,7 +89,7 @@ def test_binary_rows_in_input_order_little_endian():
     decoded = c.decode(messages, [b"first", None, b"bad"])
     np.testing.assert_array_equal(decoded.inputs["a"], a)
     np.testing.assert_array_equal(decoded.inputs["b"], b)
-    assert decoded.ids == [b'"first"', b"null"]
+    assert decoded.ids() == [b'"first"', b"null"]
     assert decoded.errors == [(2, "binary message of 27 bytes; this model's row is 28 bytes ('a' FP32[3], "
                                   "'b' INT64[2], little-endian, in that order)")]
 
@@ -100,30 +100,35 @@ def test_binary_needs_fixed_row_shapes():
         codec(schema, "binary")
 
 
+def spans_of(tokens: list[bytes]) -> tuple[bytes, np.ndarray]:
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return b"".join(tokens), np.stack([ends - lengths, ends], axis=1)
+
+
 def test_results_are_json_with_exact_float32_values(rng):
     c = codec()
-    probabilities = rng.random((50, 2)).astype(np.float32)
-    labels = rng.integers(0, 2, 50)
-    template = c.result_template("mlp", "3", "events", ["label", "probabilities"],
-                                 {n for n, a in (("label", labels), ("probabilities", probabilities)) if is_matrix(a)},
-                                 {"wait_us": 12, "score_us": 34})
-    ids = [b'"a\\"b"', b"7"] + [b"null"] * 48
-    out = encode_results(template, ids, list(range(50)), list(range(100, 150)), [labels, probabilities])
+    outputs = {"label": rng.integers(0, 2, 50), "probabilities": rng.random((50, 2)).astype(np.float32)}
+    template = c.result_template("mlp", "3", "events", outputs, {"wait_us": 12, "score_us": 34})
+    id_text, id_spans = spans_of([b'"a\\"b"', b"7"] + [b"null"] * 48)
+    out = encode_results(template, id_text, id_spans, np.full(50, 3), np.arange(100, 150), outputs)
     docs = [orjson.loads(m) for m in out]
     assert docs[0]["id"] == 'a"b' and docs[1]["id"] == 7 and docs[2]["id"] is None
     assert docs[3]["source"] == "events/3/103"
     assert {d["model"] for d in docs} == {"mlp"} and {d["version"] for d in docs} == {"3"}
     assert docs[0]["timings"] == {"wait_us": 12, "score_us": 34}
-    assert [d["outputs"]["label"] for d in docs] == labels.tolist()
+    assert [d["outputs"]["label"] for d in docs] == outputs["label"].tolist()
     np.testing.assert_array_equal(np.array([d["outputs"]["probabilities"] for d in docs], dtype=np.float32),
-                                  probabilities)
+                                  outputs["probabilities"])
 
 
 def test_outputs_of_any_shape_and_type_encode():
     c = codec()
-    three_d = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
-    strings = np.array(["x", "y"], dtype=object)
-    half = np.array([0.5, 1.5], dtype=np.float16)
-    template = c.result_template("m", "1", "t", ["c", "s", "h"], set(), {})
-    out = [orjson.loads(m) for m in encode_results(template, [b"1", b"2"], [0, 0], [0, 1], [three_d, strings, half])]
-    assert out[1]["outputs"] == {"c": three_d[1].tolist(), "s": "y", "h": 1.5}
+    outputs = {"c": np.arange(12, dtype=np.float32).reshape(2, 3, 2), "s": np.array(["x", "y"], dtype=object),
+               "h": np.array([0.5, 1.5], dtype=np.float16), "e": np.zeros((2, 0), dtype=np.float32),
+               "n": np.array([-3, 12], dtype=np.int64), "q": np.array([[np.nan, 1], [2, 3]], dtype=np.float32)}
+    template = c.result_template("m", "1", "t", outputs, {})
+    id_text, id_spans = spans_of([b"1", b"2"])
+    out = [orjson.loads(m) for m in encode_results(template, id_text, id_spans, np.zeros(2), np.array([0, 1]), outputs)]
+    assert out[1]["outputs"] == {"c": outputs["c"][1].tolist(), "s": "y", "h": 1.5, "e": [], "n": 12, "q": [2, 3]}
+    assert out[0]["outputs"]["q"] == [None, 1]  # NaN is null in JSON

@@ -153,3 +153,33 @@ def test_checked_wrapper_says_how_to_call_it():
         scan_rows(np.zeros(3, dtype=np.uint8), np.array([0, 5], dtype=np.int64), SCHEMA)
     with pytest.raises(ValueError, match="'id'"):
         RowSchema(["id"], [1], [KIND_FLOAT32])
+
+
+def test_splice_rows_builds_each_row_from_pieces_spans_and_integers():
+    from kernels.jsonrows import SLOT_INT, SLOT_SPAN, splice_rows
+
+    text = np.frombuffer(b"alphabetagamma", dtype=np.uint8)
+    spans = np.array([[[0, 5], [5, 9], [9, 14]], [[0, 0], [0, 0], [0, 0]]], dtype=np.int64)
+    ints = np.array([[0, 0, 0], [0, -7, 1234567890123]], dtype=np.int64)
+    out, bounds = splice_rows([b"<", b"|", b">"], [SLOT_SPAN, SLOT_INT], text, spans, ints)
+    data = out.tobytes()
+    assert [data[a:b] for a, b in zip(bounds[:-1], bounds[1:])] == [b"<alpha|0>", b"<beta|-7>",
+                                                                    b"<gamma|1234567890123>"]
+    with pytest.raises(ValueError, match="inside text"):
+        splice_rows([b"", b""], [SLOT_SPAN], text, np.array([[[0, 99]]], dtype=np.int64), np.zeros((1, 1), np.int64))
+
+
+@given(st.lists(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=4),
+                min_size=1, max_size=30))
+def test_element_spans_find_the_rows_orjson_wrote(rows):
+    import orjson
+
+    from kernels.jsonrows import element_spans
+
+    width = len(rows[0])
+    matrix = np.array([r[:width] + [0.0] * (width - len(r)) for r in rows], dtype=np.float32)
+    for array, depth in ((matrix, 2), (matrix[:, 0].copy(), 1)):
+        text = orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+        spans = element_spans(np.frombuffer(text, dtype=np.uint8), len(array), depth)
+        parsed = [orjson.loads(b"[" + text[a:b] + b"]") for a, b in spans.tolist()]
+        assert np.array(parsed, dtype=np.float32).reshape(array.shape).tolist() == array.tolist()
