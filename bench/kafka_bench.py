@@ -139,6 +139,8 @@ def measure(bootstrap: str, topic: str, partitions: int, events: int, timeout_s:
             time.sleep(0.02)
         else:
             raise SystemExit(f"only {n} of {events} results on {topic} after {timeout_s:.0f} s")
+        if now - first_t < 0.05:  # everything arrived between two polls: time it from the start instead
+            first_t, first_n = start, 0
         seconds = now - first_t
         return {"events": events, "seconds": round(seconds, 3), "events_per_s": round((n - first_n) / seconds)}
     finally:
@@ -245,6 +247,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check(results: dict) -> list[str]:
+    """Misses against bench/bounds.json (ratios of contenders measured in this run)."""
+    bounds = json.loads((Path(__file__).parent / "bounds.json").read_text())["kafka_bench"]
+    rate = {name: r["events_per_s"] for name, r in results["rows"].items()}
+    misses = []
+    for ratio, minimum in bounds["ratios"].items():
+        a, b = (x.strip() for x in ratio.split("/"))
+        if a in rate and b in rate and rate[a] / rate[b] < minimum:
+            misses.append(f"{ratio} = {rate[a] / rate[b]:.2f}, bound {minimum}")
+    for name, minimum in bounds["events_per_s"].items():
+        if name in rate and rate[name] < minimum:
+            misses.append(f"{name} = {rate[name]:,} events/s, bound {minimum:,}")
+    return misses
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kafka_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=400_000)
@@ -252,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--skip-naive", action="store_true", help="leave out the (slow) naive loop")
     parser.add_argument("--json", type=Path, help="write the results here (and a .md next to it)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a bound in bench/bounds.json is missed")
     parser.add_argument("--loop", nargs=4, metavar=("NAME", "BOOTSTRAP", "TOPIC", "OUT"), help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     if args.loop:
@@ -261,10 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.events, args.partitions, args.timeout, args.skip_naive)
     text = markdown(results)
     print(text)
+    misses = check(results)
+    print("bounds (bench/bounds.json): " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         args.json.with_suffix(".md").write_text(text)
-    return 0
+    return 1 if misses and args.check else 0
 
 
 if __name__ == "__main__":
