@@ -213,8 +213,8 @@ def server_name(url: str) -> str:
     return f"{meta.name} {meta.version}"
 
 
-def start_null_server() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.null_server"], stdout=subprocess.PIPE, text=True)
+def start_null_server(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.null_server", *args], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"on (127\.0\.0\.1:\d+)", line)
     if not m:

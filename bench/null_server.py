@@ -5,12 +5,15 @@ It measures what the load generator and Python gRPC cost on this machine: no rea
 can beat it with the same client, so it is the ceiling printed next to scorewire's numbers.
 
     python -m bench.null_server [--port N]     # prints "null server on 127.0.0.1:PORT"
+    python -m bench.null_server --stall-after-s 2 --stall-s 1   # freezes once, for the
+                                                  # coordinated-omission test
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 import grpc
 import numpy as np
@@ -26,14 +29,29 @@ def canned_response() -> bytes:
     return response.SerializeToString()
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, stall_after_s: float | None = None, stall_s: float = 1.0) -> None:
     answer = canned_response()
+    first = []
 
     async def infer(request: bytes, context) -> bytes:
+        if stall_after_s is not None:
+            now = time.monotonic()
+            if not first:
+                first.append(now)
+            elif len(first) == 1 and now - first[0] >= stall_after_s:
+                first.append(now)
+                time.sleep(stall_s)  # the whole server freezes once: nothing is answered meanwhile
         return answer
 
     async def metadata(request, context):
         return pb.ServerMetadataResponse(name="null-oip-server", version="0")
+
+    async def model_metadata(request, context):
+        response = pb.ModelMetadataResponse(name=request.name or "null", versions=["1"], platform="null")
+        response.inputs.add(name="float_input", datatype="FP32", shape=[-1, 32])
+        response.outputs.add(name="label", datatype="INT64", shape=[-1])
+        response.outputs.add(name="probabilities", datatype="FP32", shape=[-1, 2])
+        return response
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
@@ -42,6 +60,9 @@ async def serve(port: int) -> None:
         "ServerMetadata": grpc.unary_unary_rpc_method_handler(
             metadata, request_deserializer=pb.ServerMetadataRequest.FromString,
             response_serializer=pb.ServerMetadataResponse.SerializeToString),
+        "ModelMetadata": grpc.unary_unary_rpc_method_handler(
+            model_metadata, request_deserializer=pb.ModelMetadataRequest.FromString,
+            response_serializer=pb.ModelMetadataResponse.SerializeToString),
     }),))
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -52,6 +73,8 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--stall-after-s", type=float, help="freeze once, this long after the first request")
+    parser.add_argument("--stall-s", type=float, default=1.0, help="how long the freeze lasts")
     args = parser.parse_args()
     try:
         import uvloop  # the same event loop scorewire uses, for a like-for-like ceiling
@@ -59,7 +82,7 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    asyncio.run(serve(args.port))
+    asyncio.run(serve(args.port, args.stall_after_s, args.stall_s))
 
 
 if __name__ == "__main__":

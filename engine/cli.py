@@ -63,6 +63,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from bench.cli import main as bench_main
+
+    return bench_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scorewire", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,10 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--target", required=True, help="HOST:PORT of the server's metrics endpoint")
     stat.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
     stat.set_defaults(func=_status)
+
+    bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report",
+                           add_help=False, description="scorewire bench grpc | kafka | sweep ... "
+                           "(scorewire bench --help for details)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser (bench/cli.py), --help included
+        from bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,184 @@
+"""`scorewire bench grpc | kafka | sweep`: capacity planning against any OIP server or Kafka worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _need(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise SystemExit(f"scorewire bench needs {module}: pip install -e '.[bench]'") from None
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="HOST:PORT of an Open Inference Protocol gRPC server")
+    p.add_argument("--model", required=True)
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds (per level for sweep)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds sent first and not measured")
+    p.add_argument("--rows-per-request", type=int, default=1)
+    p.add_argument("--connections", type=int, default=4, help="gRPC channels over all generator processes")
+    p.add_argument("--procs", type=int, default=1, help="generator processes")
+    p.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
+    p.add_argument("--stream", action="store_true", help="ModelStreamInfer (one stream per process)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+
+
+def _load(args, **extra):
+    from bench.loadgen import Load
+
+    return Load(url=args.target, model=args.model, duration_s=args.duration, warmup_s=args.warmup,
+                rows=args.rows_per_request, connections=args.connections, procs=args.procs, arrival=args.arrival,
+                stream=args.stream, timeout_s=args.timeout, **extra)
+
+
+def _with_progress(seconds: float, label: str, work):
+    """Run work() on a thread with a time progress bar; Ctrl-C reaches the workers, which stop
+    and report what they measured."""
+    from tqdm import tqdm
+
+    box = {}
+
+    def target():
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    with tqdm(total=round(seconds, 1), desc=label, unit="s", file=sys.stderr, leave=False,
+              bar_format="{desc} {bar} {n:.0f}/{total:.0f} s") as bar:
+        while thread.is_alive():
+            try:
+                thread.join(0.25)
+            except KeyboardInterrupt:
+                bar.write("interrupted: waiting for the workers' results", file=sys.stderr)
+                continue
+            bar.n = min(seconds, time.monotonic() - start)
+            bar.refresh()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _grpc(args) -> int:
+    _need("tqdm")
+    from bench.loadgen import run
+    from bench.report import run_markdown
+
+    load = _load(args, rate=args.rate, closed_loop=args.closed_loop, concurrency=args.concurrency)
+    result = _with_progress(args.duration + args.warmup + 2, "load", lambda: run(load))
+    print(run_markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 130 if result.interrupted else 0
+
+
+def _kafka(args) -> int:
+    _need("tqdm")
+    from bench.kafkaload import KafkaLoad, run_kafka
+
+    load = KafkaLoad(bootstrap=args.bootstrap, input_topic=args.input_topic, output_topic=args.output_topic,
+                     rate=args.rate, duration_s=args.duration, warmup_s=args.warmup, input_name=args.input_name,
+                     features=args.features, format=args.format, arrival=args.arrival)
+    result = _with_progress(args.duration + args.warmup, "kafka load", lambda: run_kafka(load))
+    lat = result.latency_us
+    print(f"{result.results:,} results for {result.produced:,} events produced at {args.rate:,.0f}/s "
+          f"({result.achieved_rps:,.0f} results/s measured, {result.missing} missing, {result.duplicates} duplicated)")
+    print("end-to-end latency ms (scheduled produce -> result read): " + ", ".join(
+        f"{k} {v / 1000:.2f}" for k, v in lat.items() if k != "mean"))
+    print("produce lag ms (the generator's own delay): " + ", ".join(
+        f"{k} {v / 1000:.2f}" for k, v in result.lag_us.items() if k in ("p50", "p99", "max")))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _sweep(args) -> int:
+    _need("tqdm")
+    _need("matplotlib")
+    from tqdm import tqdm
+
+    from bench.report import write_sweep
+    from bench.sweep import parse_slo, sweep
+
+    parse_slo(args.slo)  # fail fast on a typo
+    load = _load(args)
+    bar = tqdm(desc="sweep", unit=" level", file=sys.stderr)
+
+    def progress(entry):
+        if "generator_ceiling_rps" in entry:
+            bar.write(f"generator ceiling: {entry['generator_ceiling_rps']:,.0f} requests/s", file=sys.stderr)
+            return
+        bar.update(1)
+        bar.write(f"{entry['offered_rps']:>10,.0f}/s offered: p99 {entry['latency_us'].get('p99', 0) / 1000:.2f} ms, "
+                  f"{'pass' if entry['passed'] else 'FAIL'} ({entry['verdict']})", file=sys.stderr)
+
+    result = sweep(load, args.slo, args.start, args.max_rate, args.factor, args.refine, not args.no_ceiling,
+                   progress)
+    bar.close()
+    command = "scorewire bench " + " ".join(shlex.quote(a) for a in args.argv)
+    paths = write_sweep(result, Path(args.out), command)
+    best = f"{result.best_rps:,.0f} requests/s" if result.best_rps else "none"
+    print(f"highest rate meeting {args.slo}: {best}{' (interrupted)' if result.interrupted else ''}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 130 if result.interrupted else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scorewire bench", description=__doc__)
+    sub = parser.add_subparsers(dest="kind", required=True)
+    g = sub.add_parser("grpc", help="one load level: open loop at --rate, or --closed-loop --concurrency N")
+    _load_args(g)
+    g.add_argument("--rate", type=float, default=1000.0, help="offered requests/s (open loop)")
+    g.add_argument("--closed-loop", action="store_true", help="N callers back to back instead (hides stalls)")
+    g.add_argument("--concurrency", type=int, default=8)
+    g.add_argument("--json", help="write the full result (HDR histogram included)")
+    g.set_defaults(func=_grpc)
+    k = sub.add_parser("kafka", help="events at --rate into a topic; end-to-end latency to their results")
+    k.add_argument("--bootstrap", required=True)
+    k.add_argument("--input-topic", required=True)
+    k.add_argument("--output-topic", required=True)
+    k.add_argument("--rate", type=float, default=1000.0)
+    k.add_argument("--duration", type=float, default=10.0)
+    k.add_argument("--warmup", type=float, default=1.0)
+    k.add_argument("--input-name", default="float_input")
+    k.add_argument("--features", type=int, default=32)
+    k.add_argument("--format", choices=["json", "binary"], default="json")
+    k.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
+    k.add_argument("--json", help="write the full result")
+    k.set_defaults(func=_kafka)
+    s = sub.add_parser("sweep", help="the highest open-loop rate that meets an SLO; JSON, Markdown and PNG")
+    _load_args(s)
+    s.add_argument("--slo", required=True, help='e.g. "p99<10ms" or "p99<10ms,p99.9<50ms"')
+    s.add_argument("--start", type=float, default=500.0, help="first offered rate")
+    s.add_argument("--max-rate", type=float, default=100_000.0)
+    s.add_argument("--factor", type=float, default=1.5, help="rate growth per level")
+    s.add_argument("--refine", type=int, default=3, help="bisection steps after the first failure")
+    s.add_argument("--no-ceiling", action="store_true", help="skip measuring the generator's own ceiling")
+    s.add_argument("--out", default="sweep", help="report path without suffix (.json, .md, .png are written)")
+    s.set_defaults(func=_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Open-loop Kafka load: events produced on a schedule, results matched by id on the output topic.
+
+End-to-end latency of each event = arrival of its result (read by a consumer in this process)
+minus the event's scheduled produce time, so a stalled worker shows in the percentiles
+(no coordinated omission). Throughput = results per second over the measured window. Works
+against any worker that writes results carrying the input's "id" (JSON format) or keyed by
+it (binary format: the key is the id), e.g. a `scorewire serve` [[streams]] table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import orjson
+
+from bench.loadgen import describe, histogram
+
+
+@dataclass
+class KafkaLoad:
+    bootstrap: str
+    input_topic: str
+    output_topic: str
+    rate: float = 1000.0
+    duration_s: float = 10.0
+    warmup_s: float = 1.0
+    input_name: str = "float_input"
+    features: int = 32
+    format: str = "json"  # or "binary" (float32 rows; the key carries the id)
+    arrival: str = "constant"
+    drain_s: float = 30.0  # after the last event: how long to wait for its result
+    seed: int = 0
+
+
+@dataclass
+class KafkaResult:
+    load: dict
+    produced: int = 0
+    results: int = 0  # measured events with a result
+    missing: int = 0  # measured events without one after drain_s
+    duplicates: int = 0
+    achieved_rps: float = 0.0
+    latency_us: dict = field(default_factory=dict)
+    lag_us: dict = field(default_factory=dict)  # produce() calls behind schedule: the generator's own delay
+    histogram: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_kafka(load: KafkaLoad) -> KafkaResult:
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    run_id = f"{int(time.time() * 1000) % 10**9:x}"
+    n = int(load.rate * (load.warmup_s + load.duration_s))
+    rng = np.random.default_rng(load.seed)
+    rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
+    gaps = rng.exponential(1.0 / load.rate, n) if load.arrival == "poisson" else np.full(n, 1.0 / load.rate)
+    arrived = np.zeros(n, dtype=np.float64)  # monotonic arrival time of each event's first result
+    seen = np.zeros(n, dtype=np.int32)
+
+    consumer = Consumer({"bootstrap.servers": load.bootstrap, "group.id": f"scorewire-bench-{run_id}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 10})
+    metadata = consumer.list_topics(load.output_topic, timeout=10).topics[load.output_topic]
+    if metadata.error is not None:
+        raise RuntimeError(f"output topic {load.output_topic!r}: {metadata.error}")
+    ends = [TopicPartition(load.output_topic, p, consumer.get_watermark_offsets(
+        TopicPartition(load.output_topic, p), timeout=10)[1]) for p in metadata.partitions]
+    consumer.assign(ends)  # only results of this run
+    prefix = f"bench-{run_id}-"
+    stop = threading.Event()
+
+    def read() -> None:
+        binary = load.format == "binary"
+        while not stop.is_set():
+            for m in consumer.consume(10_000, 0.05):
+                if m.error() is not None:
+                    continue
+                now = time.monotonic()
+                if binary:
+                    key = (m.key() or b"").decode(errors="replace")
+                else:
+                    try:
+                        key = str(orjson.loads(m.value()).get("id"))
+                    except (orjson.JSONDecodeError, AttributeError):
+                        continue
+                if not key.startswith(prefix):
+                    continue
+                i = int(key[len(prefix):])
+                if 0 <= i < n:
+                    if not seen[i]:
+                        arrived[i] = now
+                    seen[i] += 1
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = Producer({"bootstrap.servers": load.bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 2_000_000})
+    lag = histogram()
+    t0 = time.monotonic() + 0.2
+    schedule = t0 + np.cumsum(gaps) - gaps[0]
+    measure_from = t0 + load.warmup_s
+    option = orjson.OPT_SERIALIZE_NUMPY
+    try:
+        for i, scheduled in enumerate(schedule.tolist()):
+            delay = scheduled - time.monotonic()
+            if delay > 0.0002:
+                time.sleep(delay)
+            if scheduled >= measure_from:
+                lag.record_value(max(1, int((time.monotonic() - scheduled) * 1e6)))
+            key = f"{prefix}{i}".encode()
+            row = rows[i % len(rows)]
+            value = row.tobytes() if load.format == "binary" else orjson.dumps(
+                {"id": key.decode(), load.input_name: row}, option=option)
+            while True:
+                try:
+                    producer.produce(load.input_topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            if i % 1000 == 0:
+                producer.poll(0)
+        producer.flush(30)
+        deadline = time.monotonic() + load.drain_s
+        measured = schedule >= measure_from
+        while time.monotonic() < deadline and not seen[measured].all():
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        reader.join(5)
+        consumer.close()
+    measured = schedule >= measure_from
+    latency = histogram()
+    got = measured & (seen > 0)
+    for us in ((arrived[got] - schedule[got]) * 1e6).astype(np.int64).tolist():
+        latency.record_value(max(1, us))
+    result = KafkaResult(load=asdict(load), produced=n, results=int(got.sum()),
+                         missing=int((measured & (seen == 0)).sum()), duplicates=int((seen[measured] > 1).sum()))
+    if got.sum() > 1:  # results per second while they arrived
+        window = arrived[got].max() - arrived[got].min()
+        result.achieved_rps = round((result.results - 1) / max(window, 1e-9), 1)
+    result.latency_us = describe(latency)
+    result.lag_us = describe(lag)
+    encoded = latency.encode()
+    result.histogram = encoded.decode() if isinstance(encoded, bytes) else encoded
+    return result

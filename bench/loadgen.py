@@ -1,0 +1,317 @@
+"""Open-loop (and closed-loop) gRPC load against any Open Inference Protocol server.
+
+Open loop, as wrk2 does it: request i has a scheduled send time t0 + sum of inter-arrival
+times (constant, or exponential for Poisson arrivals), fixed before the run. It is sent at
+that time or as soon after as the generator can, and its latency is measured from the
+scheduled time, not the actual send: a server that stalls makes every request scheduled
+during the stall late, and the percentiles show it (no coordinated omission). How late the
+generator itself sent (schedule lag) is reported too: when it grows, the generator is the
+bottleneck, not the server.
+
+Closed loop (`closed_loop=True`): N callers, each sending its next request when the previous
+answer arrives, latency from the actual send. It hides stalls (few requests are in flight
+during one); it is here to show exactly that, and for finding raw capacity.
+
+Load is spread over `procs` worker processes (each with its share of the rate and of the
+connections, one gRPC channel per connection); their HDR histograms are merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US, HIGHEST_US, SIG_FIGS = 1, 3_600_000_000, 3
+PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+
+
+def histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIG_FIGS)
+
+
+@dataclass
+class Load:
+    url: str
+    model: str
+    rate: float = 1000.0  # requests/s offered (open loop)
+    duration_s: float = 10.0
+    warmup_s: float = 1.0  # sent and answered, not measured
+    rows: int = 1  # rows per request
+    connections: int = 4  # gRPC channels, over all processes
+    procs: int = 1
+    arrival: str = "constant"  # or "poisson"
+    stream: bool = False  # ModelStreamInfer instead of ModelInfer
+    closed_loop: bool = False
+    concurrency: int = 8  # closed loop: callers, over all processes
+    max_in_flight: int = 20_000  # open loop, per process: beyond it the generator waits (counted as lag)
+    timeout_s: float = 30.0  # per request
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    load: dict
+    server: str = ""
+    requests: int = 0  # measured (after warm-up)
+    ok: int = 0
+    errors: dict = field(default_factory=dict)  # status -> count
+    achieved_rps: float = 0.0  # measured requests answered per second of the measured window
+    latency_us: dict = field(default_factory=dict)  # percentile -> microseconds, plus max and mean
+    lag_us: dict = field(default_factory=dict)  # schedule lag (open loop): the generator's own delay
+    histogram: str = ""  # HdrHistogram encoding of the latencies, for merging and re-analysis
+    interrupted: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe(h: HdrHistogram) -> dict:
+    if not h.get_total_count():
+        return {}
+    out = {f"p{p:g}": h.get_value_at_percentile(p) for p in PERCENTILES}
+    out["max"] = h.get_max_value()
+    out["mean"] = round(h.get_mean_value(), 1)
+    return out
+
+
+# -- one worker process ---------------------------------------------------------------------------
+def _input_spec(url: str, model: str) -> tuple[str, str, list[int]]:
+    import tritonclient.grpc as g
+
+    client = g.InferenceServerClient(url)
+    try:
+        meta = client.get_model_metadata(model)
+        first = meta.inputs[0]
+        return first.name, first.datatype, [int(d) for d in first.shape]
+    finally:
+        client.close()
+
+
+def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int) -> list[np.ndarray]:
+    from tritonclient.utils import triton_to_np_dtype
+
+    dtype = triton_to_np_dtype(datatype)
+    row_shape = [d if d > 0 else 1 for d in shape[1:]]
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=[rows] + row_shape).astype(dtype) for _ in range(count)]
+
+
+async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
+    import tritonclient.grpc.aio as aio
+
+    name, datatype, shape = spec
+    procs = load.procs
+    connections = max(1, load.connections // procs + (share < load.connections % procs))
+    clients = [aio.InferenceServerClient(load.url) for _ in range(connections)]
+    pool = _rows(datatype, shape, load.rows, 64, load.seed * 1000 + share)
+    inputs = []
+    for array in pool:
+        x = aio.InferInput(name, list(array.shape), datatype)
+        x.set_data_from_numpy(array)
+        inputs.append([x])
+    latency, lag = histogram(), histogram()
+    errors: dict[str, int] = {}
+    counts = {"requests": 0, "ok": 0, "done_measured": 0}
+    stopping = asyncio.Event()  # Ctrl-C: stop sending, report what was measured
+    try:
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stopping.set)
+    except (NotImplementedError, RuntimeError):
+        pass
+    # All processes share one wall-clock start; from there each uses its own monotonic clock.
+    t0 = time.monotonic() + max(0.0, start_at - time.time())
+    measure_from = t0 + load.warmup_s
+    end = measure_from + load.duration_s
+
+    def finished(scheduled: float, error: str | None) -> None:
+        if scheduled < measure_from:
+            return
+        counts["requests"] += 1
+        if error is None:
+            counts["ok"] += 1
+            latency.record_value(max(1, int((time.monotonic() - scheduled) * 1e6)))
+        else:
+            errors[error] = errors.get(error, 0) + 1
+
+    async def one(client, request, scheduled: float) -> None:
+        try:
+            await client.infer(load.model, request, client_timeout=load.timeout_s)
+            finished(scheduled, None)
+        except Exception as exc:  # InferenceServerException and transport errors
+            status = getattr(exc, "status", lambda: None)()
+            finished(scheduled, str(status or type(exc).__name__))
+
+    try:
+        if load.closed_loop:
+            callers = max(1, load.concurrency // procs + (share < load.concurrency % procs))
+
+            async def caller(k: int) -> None:
+                client = clients[k % len(clients)]
+                i = k
+                while True:
+                    now = time.monotonic()
+                    if now >= end or stopping.is_set():
+                        return
+                    await one(client, inputs[i % len(inputs)], now)
+                    i += callers
+
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+            await asyncio.gather(*(caller(k) for k in range(callers)))
+        elif load.stream:
+            await _open_loop_stream(load, share, clients[0], inputs, t0, measure_from, end, latency, lag, errors,
+                                    counts)
+        else:
+            rate = load.rate / procs
+            n = int(rate * (load.warmup_s + load.duration_s))
+            rng = np.random.default_rng(load.seed * 7919 + share)
+            gaps = rng.exponential(1.0 / rate, n) if load.arrival == "poisson" else np.full(n, 1.0 / rate)
+            schedule = (t0 + np.cumsum(gaps) - gaps[0]).tolist()
+            in_flight: set[asyncio.Task] = set()
+            room = asyncio.Event()
+            for i, scheduled in enumerate(schedule):
+                delay = scheduled - time.monotonic()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                if stopping.is_set():
+                    break
+                while len(in_flight) >= load.max_in_flight:
+                    room.clear()
+                    await room.wait()
+                if scheduled >= measure_from:
+                    lag.record_value(max(1, int((time.monotonic() - scheduled) * 1e6)))
+                task = asyncio.get_running_loop().create_task(
+                    one(clients[i % len(clients)], inputs[i % len(inputs)], scheduled))
+                in_flight.add(task)
+                task.add_done_callback(lambda t: (in_flight.discard(t), room.set()))
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=load.timeout_s + 1)
+    finally:
+        for client in clients:
+            await client.close()
+    return {"latency": latency.encode(), "lag": lag.encode(), "errors": errors, "interrupted": stopping.is_set(),
+            **counts}
+
+
+async def _open_loop_stream(load, share, client, inputs, t0, measure_from, end, latency, lag, errors, counts):
+    """Open loop over one ModelStreamInfer stream per process; responses matched by id."""
+    rate = load.rate / load.procs
+    n = int(rate * (load.warmup_s + load.duration_s))
+    rng = np.random.default_rng(load.seed * 7919 + share)
+    gaps = rng.exponential(1.0 / rate, n) if load.arrival == "poisson" else np.full(n, 1.0 / rate)
+    schedule = (t0 + np.cumsum(gaps) - gaps[0]).tolist()
+    pending: dict[str, float] = {}
+
+    async def requests():
+        for i, scheduled in enumerate(schedule):
+            delay = scheduled - time.monotonic()
+            if delay > 0.0005:
+                await asyncio.sleep(delay)
+            if scheduled >= measure_from:
+                lag.record_value(max(1, int((time.monotonic() - scheduled) * 1e6)))
+            rid = str(i)
+            pending[rid] = scheduled
+            yield {"model_name": load.model, "inputs": inputs[i % len(inputs)], "request_id": rid}
+
+    async for result, error in client.stream_infer(inputs_iterator=requests(), stream_timeout=load.duration_s * 4
+                                                   + load.warmup_s + load.timeout_s):
+        if error is not None:
+            rid = None
+            status = str(getattr(error, "status", lambda: None)() or "stream_error")
+        else:
+            rid = result.get_response().id
+            status = None
+        scheduled = pending.pop(rid, None) if rid is not None else None
+        if scheduled is not None and scheduled >= measure_from:
+            counts["requests"] += 1
+            counts["ok"] += 1
+            latency.record_value(max(1, int((time.monotonic() - scheduled) * 1e6)))
+        elif status is not None and time.monotonic() >= measure_from:
+            counts["requests"] += 1
+            errors[status] = errors.get(status, 0) + 1
+        if not pending and len(schedule) and time.monotonic() > schedule[-1]:
+            break
+
+
+def _worker_entry(load: Load, share: int, start_at: float, spec, queue) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        queue.put(asyncio.run(_run_worker(load, share, start_at, spec)))
+    except KeyboardInterrupt:  # before the loop could take the signal over
+        queue.put({"interrupted": True})
+    except Exception as exc:  # report, do not hang the parent
+        queue.put({"failed": repr(exc)})
+
+
+def server_name(url: str) -> str:
+    import tritonclient.grpc as g
+
+    client = g.InferenceServerClient(url)
+    try:
+        meta = client.get_server_metadata()
+        return f"{meta.name} {meta.version}".strip()
+    finally:
+        client.close()
+
+
+def run(load: Load) -> Result:
+    """Run one load level; returns merged percentiles (microseconds) and counts."""
+    spec = _input_spec(load.url, load.model)
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    start_at = time.time() + 1.0 + 0.3 * load.procs  # time for the workers to start and connect
+    procs = [context.Process(target=_worker_entry, args=(load, k, start_at, spec, queue), daemon=True)
+             for k in range(load.procs)]
+    for p in procs:
+        p.start()
+    parts, interrupted = [], False
+    deadline = time.monotonic() + load.warmup_s + load.duration_s + load.timeout_s + 60
+    while len(parts) < len(procs):
+        try:
+            parts.append(queue.get(timeout=0.5))
+        except KeyboardInterrupt:  # the workers got it too: they stop and send what they measured
+            interrupted = True
+            deadline = min(deadline, time.monotonic() + load.timeout_s + 5)
+        except Exception:  # queue.Empty: check that the workers are still there
+            if time.monotonic() > deadline or not any(p.is_alive() for p in procs) and queue.empty():
+                break
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
+    if len(parts) < len(procs) and not interrupted:
+        raise RuntimeError(f"{len(procs) - len(parts)} load worker(s) ended without a result")
+    failed = [p["failed"] for p in parts if "failed" in p]
+    if failed:
+        raise RuntimeError(f"load worker failed: {failed[0]}")
+    latency, lag = histogram(), histogram()
+    result = Result(load=asdict(load), server=server_name(load.url), interrupted=interrupted or any(
+        p.get("interrupted") for p in parts))
+    for part in parts:
+        if "latency" not in part:
+            continue
+        latency.add(HdrHistogram.decode(part["latency"]))
+        lag.add(HdrHistogram.decode(part["lag"]))
+        result.requests += part["requests"]
+        result.ok += part["ok"]
+        for code, count in part["errors"].items():
+            result.errors[code] = result.errors.get(code, 0) + count
+    measured_s = load.duration_s
+    if result.interrupted:  # the window ended early: estimate it from the answers' rate
+        measured_s = max(1e-3, min(load.duration_s, time.time() - start_at - load.warmup_s))
+    result.achieved_rps = round(result.ok / measured_s, 1)
+    result.latency_us = describe(latency)
+    result.lag_us = describe(lag)
+    encoded = latency.encode()
+    result.histogram = encoded.decode() if isinstance(encoded, bytes) else encoded
+    return result

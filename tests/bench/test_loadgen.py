@@ -1,0 +1,96 @@
+"""The capacity-planning harness against real servers: a short SLO sweep with its report,
+coordinated omission shown by the open loop and hidden by the closed loop, Kafka end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.cli import main as bench_main
+from bench.grpc_bench import _stop, start_null_server
+from bench.loadgen import Load, run
+from engine.mock_kafka import MockCluster
+
+
+@pytest.mark.slow
+def test_short_sweep_writes_json_markdown_and_png(server, tmp_path):
+    import matplotlib.image
+
+    out = tmp_path / "sweep"
+    code = bench_main(["sweep", "--target", server.url, "--model", "mlp", "--slo", "p99<250ms", "--start", "100",
+                       "--factor", "2", "--max-rate", "300", "--refine", "0", "--duration", "1", "--warmup", "0.3",
+                       "--out", str(out)])
+    assert code == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [lv["offered_rps"] for lv in data["levels"]] == [100, 200, 300]
+    assert data["best_rps"] == 300 and all(lv["passed"] for lv in data["levels"])
+    assert data["generator_ceiling_rps"] > 300
+    assert data["levels"][0]["server"].startswith("scorewire")
+    for lv in data["levels"]:
+        assert lv["errors"] == {} and lv["achieved_rps"] >= 0.95 * lv["offered_rps"]
+        assert 0 < lv["latency_us"]["p50"] <= lv["latency_us"]["p99"] <= lv["latency_us"]["max"]
+    md = out.with_suffix(".md").read_text()
+    assert "Highest offered rate meeting the SLO: 300 requests/s" in md and "scorewire bench sweep" in md
+    image = matplotlib.image.imread(out.with_suffix(".png"))
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_slo_that_cannot_be_met_reports_no_answer(server, tmp_path):
+    out = tmp_path / "impossible"
+    bench_main(["sweep", "--target", server.url, "--model", "mlp", "--slo", "p50<1us", "--start", "50",
+                "--duration", "0.5", "--warmup", "0.2", "--no-ceiling", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["best_rps"] is None and len(data["levels"]) == 1
+    assert data["levels"][0]["verdict"].startswith("p50 = ")
+    assert "No level met the SLO" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_open_loop_shows_a_one_second_stall_that_closed_loop_hides():
+    measured = {}
+    for closed in (False, True):
+        proc, url = start_null_server("--stall-after-s", "1.5", "--stall-s", "1")
+        try:
+            measured[closed] = run(Load(url=url, model="null", rate=500, duration_s=4, warmup_s=0.5,
+                                        closed_loop=closed, concurrency=2, connections=2)).latency_us
+        finally:
+            _stop(proc)
+    open_loop, closed_loop = measured[False], measured[True]
+    # Open loop: every request scheduled during the stall waited for it.
+    assert open_loop["p99"] >= 500_000 and open_loop["p99.9"] >= 900_000
+    # Closed loop: the 2 callers were stuck once each; thousands of fast requests hide it.
+    assert closed_loop["max"] >= 900_000, "the stall happened"
+    assert closed_loop["p99.9"] < 100_000
+
+
+def test_grpc_command_prints_and_writes_a_run(server, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert bench_main(["grpc", "--target", server.url, "--model", "mlp", "--rate", "200", "--duration", "1",
+                       "--warmup", "0.2", "--arrival", "poisson", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["ok"] == data["requests"] > 100 and data["load"]["arrival"] == "poisson"
+    assert "latency ms: p50" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_kafka_load_measures_end_to_end_latency_of_a_stream(model_dir, tmp_path, capsys):
+    from tests.integration.kafka_helpers import start_worker
+
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 4)
+        worker = start_worker(model_dir, cluster.bootstrap)
+        try:
+            out = tmp_path / "kafka.json"
+            assert bench_main(["kafka", "--bootstrap", cluster.bootstrap, "--input-topic", "events",
+                               "--output-topic", "scores", "--rate", "1000", "--duration", "2", "--warmup", "0.5",
+                               "--json", str(out)]) == 0
+        finally:
+            worker.stop()
+    data = json.loads(out.read_text())
+    assert data["produced"] == 2500 and data["missing"] == 0 and data["results"] == 2000
+    assert np.isclose(data["achieved_rps"], 1000, rtol=0.2)
+    assert 0 < data["latency_us"]["p50"] <= data["latency_us"]["p99"] < 5_000_000
+    assert "end-to-end latency ms" in capsys.readouterr().out
