@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -119,8 +121,6 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
     counts = {"requests": 0, "ok": 0, "done_measured": 0}
     stopping = asyncio.Event()  # Ctrl-C: stop sending, report what was measured
     try:
-        import signal
-
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stopping.set)
     except (NotImplementedError, RuntimeError):
         pass
@@ -260,6 +260,8 @@ def server_name(url: str) -> str:
     try:
         meta = client.get_server_metadata()
         return f"{meta.name} {meta.version}".strip()
+    except Exception as exc:  # the report still gets written
+        return f"(server metadata unavailable: {exc})"
     finally:
         client.close()
 
@@ -279,8 +281,11 @@ def run(load: Load) -> Result:
     while len(parts) < len(procs):
         try:
             parts.append(queue.get(timeout=0.5))
-        except KeyboardInterrupt:  # the workers got it too: they stop and send what they measured
-            interrupted = True
+        except KeyboardInterrupt:  # tell the workers (a terminal's Ctrl-C reaches them anyway): they stop
+            interrupted = True      # sending and report what they measured
+            for p in procs:
+                if p.is_alive() and p.pid:
+                    os.kill(p.pid, signal.SIGINT)
             deadline = min(deadline, time.monotonic() + load.timeout_s + 5)
         except Exception:  # queue.Empty: check that the workers are still there
             if time.monotonic() > deadline or not any(p.is_alive() for p in procs) and queue.empty():

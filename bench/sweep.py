@@ -94,8 +94,22 @@ def sweep(load: Load, slo: str, start: float, max_rate: float, factor: float = 1
     t0 = time.monotonic()
 
     def level(rate: float) -> bool:
-        r = run(replace(load, rate=rate, closed_loop=False))
+        try:
+            r = run(replace(load, rate=rate, closed_loop=False))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # the target went away: the level fails, the report is still written
+            r = Result(load=asdict(load), errors={"generator": 1})
+            ok, why = False, f"could not run: {exc}"
+            entry = {"offered_rps": round(rate, 1), "passed": ok, "verdict": why, **r.as_dict()}
+            entry.pop("load")
+            result.levels.append(entry)
+            if progress is not None:
+                progress(entry)
+            return False
         ok, why = level_verdict(r, objectives, rate)
+        if r.interrupted:
+            ok, why = False, "interrupted (Ctrl-C)"
         entry = {"offered_rps": round(rate, 1), "passed": ok, "verdict": why, **r.as_dict()}
         entry.pop("load")
         result.levels.append(entry)

@@ -94,3 +94,34 @@ def test_kafka_load_measures_end_to_end_latency_of_a_stream(model_dir, tmp_path,
     assert np.isclose(data["achieved_rps"], 1000, rtol=0.2)
     assert 0 < data["latency_us"]["p50"] <= data["latency_us"]["p99"] < 5_000_000
     assert "end-to-end latency ms" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_sweep_writes_the_levels_that_finished(server, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "partial"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "bench", "sweep", "--target", server.url, "--model",
+                             "mlp", "--slo", "p99<1s", "--start", "100", "--duration", "1.5", "--warmup", "0.2",
+                             "--no-ceiling", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not out.with_suffix(".json").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+        # after two levels (about 3.5 s each), interrupt the third
+        if time.monotonic() > deadline - 60 + 9:
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["interrupted"] is True
+    finished = [lv for lv in data["levels"] if not lv["interrupted"]]
+    assert finished and all(lv["passed"] for lv in finished)
+    assert data["best_rps"] == max(lv["offered_rps"] for lv in finished)
+    assert "(interrupted)" in stdout and out.with_suffix(".png").exists()
