@@ -14,6 +14,7 @@ import numpy as np
 from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits
 from engine.ingress.kafka import KafkaStream
+from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
 from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_events
@@ -112,7 +113,14 @@ class App:
         for served in self.registry.all():
             served.batcher.start()
         limit = server_settings.max_message_bytes
+        interceptors = []
+        auth = server_settings.auth
+        if auth is not None:
+            interceptors.append(TokenAuth(load_tokens(auth), HEALTH_METHODS if auth.open_health else frozenset(),
+                                          on_denied=self._count_unauthenticated))
+        credentials = server_credentials(server_settings.tls) if server_settings.tls is not None else None
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 # Twice the limit: requests in between are read only to be refused with a
                 # message naming the limit (INVALID_ARGUMENT); beyond it the transport refuses.
@@ -129,7 +137,10 @@ class App:
         self.health = build_health()
         add_health(self.server, self.health)
         address = f"{server_settings.host}:{server_settings.grpc_port}"
-        self.grpc_port = self.server.add_insecure_port(address)
+        if credentials is not None:
+            self.grpc_port = self.server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = self.server.add_insecure_port(address)
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC to {address}")
         await self.server.start()
@@ -138,6 +149,9 @@ class App:
         self.metrics_port = await self.metrics.start()
         self.servicer.ready = True
         await set_health(self.health, True, [s.name for s in self.registry.all()])
+        tls = server_settings.tls
+        _announce("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
+                  + (", bearer tokens" if auth is not None else ""))
         _announce(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
         _announce(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
@@ -148,6 +162,9 @@ class App:
             _announce(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
         _announce("ready")
+
+    def _count_unauthenticated(self) -> None:
+        self.requests_by_code[("(unknown)", "unauthenticated")] += 1
 
     def _count(self, model: str, code: str) -> None:
         # Only served names become labels: a client cannot grow the counter without bound.

@@ -39,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"scorewire: {exc}", file=sys.stderr)
         return 2
+    except SettingsError as exc:  # found at start-up: unreadable certificates, tokens, secrets
+        print(f"scorewire: config error:\n{exc}", file=sys.stderr)
+        return 2
     return 0
 
 

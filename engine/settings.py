@@ -6,6 +6,7 @@ Every field is documented and bounded; unknown keys are errors. `load_settings` 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,31 @@ PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Strict):
+    cert_file: Path
+    """PEM certificate (chain) the server presents (relative to the config file)."""
+    key_file: Path
+    """PEM private key of that certificate."""
+    client_ca_file: Path | None = None
+    """mTLS: PEM CA bundle. When set, every client must present a certificate signed by it."""
+
+
+class AuthSettings(_Strict):
+    tokens_file: Path | None = None
+    """File of accepted bearer tokens, one per line ('#' comments). Clients send the gRPC
+    metadata `authorization: Bearer <token>`; anything else gets UNAUTHENTICATED."""
+    tokens_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Environment variable holding the accepted tokens, comma-separated (instead of a file)."""
+    open_health: bool = True
+    """Let grpc.health.v1 and ServerLive/ServerReady answer without a token (for probes)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AuthSettings":
+        if (self.tokens_file is None) == (self.tokens_env is None):
+            raise ValueError("set exactly one of tokens_file and tokens_env")
+        return self
 
 
 class ServerSettings(_Strict):
@@ -36,6 +62,13 @@ class ServerSettings(_Strict):
     further messages until one completes."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On SIGTERM: how long in-flight requests may take before the server stops anyway."""
+    model_root: Path | None = None
+    """When set, every model file and drift reference must lie inside this folder (after
+    resolving symlinks); a config pointing elsewhere is refused."""
+    tls: TlsSettings | None = None
+    """gRPC over TLS (and mTLS with client_ca_file). None: plaintext."""
+    auth: AuthSettings | None = None
+    """Bearer-token authentication of gRPC calls. None: no authentication."""
 
 
 class BatchingSettings(_Strict):
@@ -136,7 +169,36 @@ class MonitoringSettings(_Strict):
     kind=drift/model=/date=. None: drift events go to the server log only."""
 
 
-KafkaValue = str | int | float | bool
+class SecretRef(_Strict):
+    """A Kafka setting's value read at start-up from the environment or a file, so that the
+    config holds no secret: `"sasl.password" = { env = "KAFKA_PASSWORD" }`."""
+
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretRef":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference takes exactly one of env and file")
+        return self
+
+    def reveal(self, key: str) -> str:
+        """The value; errors name the key and the source, never a value."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SettingsError(f"Kafka setting {key!r} reads environment variable {self.env}, which is not set")
+            return value
+        try:
+            return self.file.read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"Kafka setting {key!r} reads {self.file}: {exc.strerror}") from None
+
+    def __repr__(self) -> str:
+        return f"SecretRef(env={self.env!r})" if self.env else f"SecretRef(file={str(self.file)!r})"
+
+
+KafkaValue = str | int | float | bool | SecretRef
 
 # librdkafka settings the stream worker owns: setting them would break its delivery guarantees.
 KAFKA_OWNED = ("bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store",
@@ -250,17 +312,59 @@ def parse_settings(data: dict, source: str = "<config>", base_dir: Path | None =
             lines.append(f"{source}: {field}: {msg}")
         raise SettingsError("\n".join(lines)) from None
     if base_dir is not None:
-        models = []
-        for m in settings.models:
-            update: dict = {"path": (base_dir / m.path).resolve()}
-            if m.monitor is not None:
-                update["monitor"] = m.monitor.model_copy(update={"reference": (base_dir / m.monitor.reference).resolve()})
-            models.append(m.model_copy(update=update))
-        if settings.monitoring.events_dir is not None:
-            events_dir = (base_dir / settings.monitoring.events_dir).resolve()
-            settings = settings.model_copy(update={"monitoring": MonitoringSettings(events_dir=events_dir)})
-        settings = settings.model_copy(update={"models": models})
+        settings = _resolve_paths(settings, base_dir)
+    _check_model_root(settings, source)
     return settings
+
+
+def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    """Relative paths in the config are relative to the config file's folder."""
+
+    def at(path: Path | None) -> Path | None:
+        return None if path is None else (base_dir / path).resolve()
+
+    models = []
+    for m in settings.models:
+        update: dict = {"path": at(m.path)}
+        if m.monitor is not None:
+            update["monitor"] = m.monitor.model_copy(update={"reference": at(m.monitor.reference)})
+        models.append(m.model_copy(update=update))
+    server = settings.server
+    server_update: dict = {"model_root": at(server.model_root)}
+    if server.tls is not None:
+        server_update["tls"] = server.tls.model_copy(update={
+            "cert_file": at(server.tls.cert_file), "key_file": at(server.tls.key_file),
+            "client_ca_file": at(server.tls.client_ca_file)})
+    if server.auth is not None and server.auth.tokens_file is not None:
+        server_update["auth"] = server.auth.model_copy(update={"tokens_file": at(server.auth.tokens_file)})
+    streams = []
+    for stream in settings.streams:
+        tables = {}
+        for table in ("kafka", "consumer", "producer"):
+            tables[table] = {k: (v.model_copy(update={"file": at(v.file)}) if isinstance(v, SecretRef) and v.file
+                                 else v) for k, v in getattr(stream, table).items()}
+        streams.append(stream.model_copy(update=tables))
+    monitoring = settings.monitoring
+    if monitoring.events_dir is not None:
+        monitoring = MonitoringSettings(events_dir=at(monitoring.events_dir))
+    return settings.model_copy(update={"models": models, "server": server.model_copy(update=server_update),
+                                       "streams": streams, "monitoring": monitoring})
+
+
+def _check_model_root(settings: Settings, source: str) -> None:
+    root = settings.server.model_root
+    if root is None:
+        return
+    root = root.resolve()
+    problems = []
+    for i, m in enumerate(settings.models):
+        files = [("path", m.path)] + ([("monitor.reference", m.monitor.reference)] if m.monitor else [])
+        for field_name, path in files:
+            if not path.resolve().is_relative_to(root):
+                problems.append(f"{source}: models[{i}] (name={m.name!r}).{field_name}: {path} is outside "
+                                f"server.model_root = {root}")
+    if problems:
+        raise SettingsError("\n".join(problems))
 
 
 def load_settings(path: str | Path) -> Settings:

@@ -39,13 +39,17 @@ def parameter_value(param: pb.InferParameter) -> object:
     return getattr(param, kind) if kind else None
 
 
-def _element_count(name: str, shape) -> int:
+def _element_count(name: str, shape, itemsize: int) -> int:
+    """Elements of `shape`; refuses negative dimensions and shapes numpy could not even
+    describe (a zero dimension does not excuse a huge one: [0, 2**62] is refused too)."""
     count = 1
+    nominal = max(itemsize, 8)  # int64 copies are made to range-check small integer types
     for dim in shape:
         if dim < 0:
             raise _invalid(f"input '{name}': shape {list(shape)} has a negative dimension")
         count *= dim
-        if count > _MAX_ELEMENTS:
+        nominal *= max(dim, 1)
+        if nominal > _MAX_ELEMENTS:
             raise _invalid(f"input '{name}': shape {list(shape)} is too large")
     return count
 
@@ -70,7 +74,7 @@ def decode_request(request: pb.ModelInferRequest) -> DecodedRequest:
                 f"(use one of {', '.join(OIP_TO_NUMPY)})"
             )
         shape = tuple(tensor.shape)
-        count = _element_count(name, shape)
+        count = _element_count(name, shape, dtype.itemsize)
         if raw:
             if tensor.HasField("contents"):
                 raise _invalid(f"input '{name}': has typed contents while raw_input_contents is used")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import engine
@@ -44,6 +45,15 @@ class _Oversize:
         self.size = size
 
 
+class _Unparsable:
+    """Stands in for request bytes that are not a ModelInferRequest."""
+
+    __slots__ = ("size", "reason")
+
+    def __init__(self, size: int, reason: str):
+        self.size, self.reason = size, reason
+
+
 def _param(value) -> pb.InferParameter:
     if isinstance(value, bool):
         return pb.InferParameter(bool_param=value)
@@ -71,7 +81,10 @@ class InferenceServicer:
     def _parse_infer(self, data: bytes):
         if len(data) > self.max_message_bytes:
             return _Oversize(len(data))
-        return pb.ModelInferRequest.FromString(data)
+        try:
+            return pb.ModelInferRequest.FromString(data)
+        except DecodeError as exc:
+            return _Unparsable(len(data), str(exc))
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, req_type, resp_type):
@@ -151,6 +164,10 @@ class InferenceServicer:
         if isinstance(request, _Oversize):
             self.count("", ErrorCode.INVALID_ARGUMENT.name)
             raise self._oversize_error(request)
+        if isinstance(request, _Unparsable):
+            self.count("", ErrorCode.INVALID_ARGUMENT.name)
+            raise EngineError(ErrorCode.INVALID_ARGUMENT, f"the {request.size} request bytes are not a valid "
+                              f"inference.ModelInferRequest ({request.reason})")
         try:
             response = await self._infer_parsed(request, deadline_ns)
         except EngineError as exc:
@@ -193,11 +210,12 @@ class InferenceServicer:
                 response = await self._infer(request, None)
                 done.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
-                rid = "" if isinstance(request, _Oversize) else request.id
+                parsed = not isinstance(request, (_Oversize, _Unparsable))
+                rid = request.id if parsed else ""
                 message = exc.message if isinstance(exc, EngineError) else f"internal error: {exc}"
                 code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"
                 echo = pb.ModelInferResponse(id=rid)
-                if not isinstance(request, _Oversize):
+                if parsed:
                     echo.model_name, echo.model_version = request.model_name, request.model_version
                 done.put_nowait(
                     pb.ModelStreamInferResponse(error_message=f"[{code}] request '{rid}': {message}", infer_response=echo)

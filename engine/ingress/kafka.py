@@ -31,13 +31,18 @@ from engine.codec.kafka import Decoded, StreamCodec, encode_results
 from engine.errors import EngineError, ErrorCode
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Served
-from engine.settings import StreamSettings
+from engine.settings import SecretRef, StreamSettings
 
 log = logging.getLogger(__name__)
 
 _CONSUME_TIMEOUT_S = 0.1
 PAUSE_AFTER_S = 1.0
 LAG_EVERY_S = 1.0
+
+
+def _reveal(table: dict) -> dict:
+    """Secret references ({ env = ... } / { file = ... }) replaced by their values."""
+    return {key: value.reveal(key) if isinstance(value, SecretRef) else value for key, value in table.items()}
 
 
 class _Chunk:
@@ -133,8 +138,9 @@ class KafkaStream:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def client_configs(self) -> tuple[dict, dict]:
+        """librdkafka configs. They hold revealed secrets: never log them."""
         s = self.settings
-        common = {"bootstrap.servers": s.bootstrap_servers, "error_cb": self._client_error, **s.kafka}
+        common = {"bootstrap.servers": s.bootstrap_servers, "error_cb": self._client_error, **_reveal(s.kafka)}
         consumer = {
             "group.id": s.group_id,
             "enable.auto.commit": False,
@@ -150,7 +156,7 @@ class KafkaStream:
             # rebalancing every partition is revoked and commits race the rebalance).
             "partition.assignment.strategy": "cooperative-sticky",
             **common,
-            **s.consumer,
+            **_reveal(s.consumer),
         }
         producer = {
             "enable.idempotence": True,  # per-partition order survives retries
@@ -159,7 +165,7 @@ class KafkaStream:
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "partitioner": "murmur2_random",  # Java clients' partitioner: same key, same partition
             **common,
-            **s.producer,
+            **_reveal(s.producer),
         }
         return consumer, producer
 

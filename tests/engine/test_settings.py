@@ -116,13 +116,52 @@ def test_example_configs_are_valid():
 def test_example_config_documents_every_key():
     from pathlib import Path
 
-    from engine.settings import (BatchingSettings, ModelSettings, MonitoringSettings, MonitorSettings, ServerSettings,
-                                 StreamSettings)
+    from engine.settings import (AuthSettings, BatchingSettings, ModelSettings, MonitoringSettings, MonitorSettings,
+                                 ServerSettings, StreamSettings, TlsSettings)
 
     text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
-    for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, MonitoringSettings, StreamSettings):
+    tables = {"batching": "[models.batching]", "monitor": "[models.monitor]", "tls": "[server.tls]",
+              "auth": "[server.auth]", "kafka": "[streams.kafka]", "consumer": "[streams.consumer]",
+              "producer": "[streams.producer]"}
+    for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, MonitoringSettings, StreamSettings,
+                  TlsSettings, AuthSettings):
         for name in model.model_fields:
-            if name in ("kafka", "consumer", "producer"):
-                assert f"[streams.{name}]" in text, f"configs/example.toml does not show [streams.{name}]"
-            elif name not in ("batching", "monitor"):
-                assert f"\n{name} =" in text, f"configs/example.toml does not show `{name}`"
+            if name in tables:  # optional tables may be shown commented out, so that the file runs
+                assert tables[name] in text, f"configs/example.toml does not show {tables[name]}"
+            else:
+                assert f"\n{name} =" in text or f"\n# {name} =" in text, f"configs/example.toml does not show `{name}`"
+
+
+def test_model_paths_are_confined_to_model_root(tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "inside.onnx").write_bytes(b"")
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(b"")
+    (root / "link.onnx").symlink_to(outside)
+    config = tmp_path / "c.toml"
+    base = '[server]\nmodel_root = "models"\n[[models]]\nname = "m"\npath = "{}"\n'
+    config.write_text(base.format("models/inside.onnx"))
+    assert load_settings(config).models[0].path == (root / "inside.onnx").resolve()
+    for path in ("elsewhere.onnx", "models/../elsewhere.onnx", "models/link.onnx", "/etc/passwd"):
+        config.write_text(base.format(path))
+        with pytest.raises(SettingsError, match=r"models\[0\] \(name='m'\)\.path: .* is outside server.model_root"):
+            load_settings(config)
+
+
+def test_secret_references_need_one_source_and_name_the_variable_not_a_value(tmp_path, monkeypatch):
+    from engine.settings import SecretRef
+
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD + STREAM + '"sasl.password" = { env = "A", file = "b" }\n')
+    with pytest.raises(SettingsError, match="exactly one of env and file"):
+        load_settings(config)
+    (tmp_path / "secret.txt").write_text("s3cret\n")
+    config.write_text(GOOD + STREAM + '"sasl.password" = { file = "secret.txt" }\n"sasl.username" = { env = "KU" }\n')
+    kafka = load_settings(config).streams[0].kafka
+    assert kafka["sasl.password"].reveal("sasl.password") == "s3cret"
+    assert "s3cret" not in repr(kafka)
+    monkeypatch.delenv("KU", raising=False)
+    with pytest.raises(SettingsError, match="reads environment variable KU, which is not set"):
+        kafka["sasl.username"].reveal("sasl.username")
+    assert isinstance(kafka["sasl.username"], SecretRef)

@@ -1,0 +1,185 @@
+"""TLS, mTLS and bearer tokens on a real `scorewire serve`, with tritonclient as the client;
+Kafka secrets read from the environment and absent from every log line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as g
+from tritonclient.utils import InferenceServerException
+
+from engine.mock_kafka import MockCluster
+from tests.conftest import Server, launch
+from tests.security.certs import make_pki
+
+TOKENS = "# accepted tokens\nalpha-token-123\nbeta-token-456\n"
+
+CONFIG = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+{server_extra}
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_server(model_dir, pki, mtls: bool, auth: bool, name: str) -> Server:
+    (model_dir / "tokens.txt").write_text(TOKENS)
+    extra = f'[server.tls]\ncert_file = "{pki["server.pem"]}"\nkey_file = "{pki["server.key"]}"\n'
+    if mtls:
+        extra += f'client_ca_file = "{pki["ca.pem"]}"\n'
+    if auth:
+        extra += '[server.auth]\ntokens_file = "tokens.txt"\n'
+    return launch(model_dir, CONFIG.format(server_extra=extra), name)
+
+
+def client(url: str, pki, cert: str | None = None) -> g.InferenceServerClient:
+    kwargs = {}
+    if cert is not None:
+        kwargs = {"private_key": str(pki[f"{cert}.key"]), "certificate_chain": str(pki[f"{cert}.pem"])}
+    return g.InferenceServerClient(url, ssl=True, root_certificates=str(pki["ca.pem"]), **kwargs)
+
+
+def infer(c: g.InferenceServerClient, token: str | None = None):
+    x = g.InferInput("float_input", [2, 32], "FP32")
+    x.set_data_from_numpy(np.ones((2, 32), np.float32))
+    headers = {"authorization": f"Bearer {token}"} if token is not None else None
+    return c.infer("mlp", [x], headers=headers).as_numpy("probabilities")
+
+
+@pytest.fixture(scope="module")
+def tls_auth_server(model_dir, pki):
+    server = tls_server(model_dir, pki, mtls=False, auth=True, name="tls-auth.toml")
+    yield server
+    server.stop()
+
+
+def test_tls_with_a_valid_token_scores(tls_auth_server, pki):
+    c = client(tls_auth_server.url, pki)
+    assert infer(c, "beta-token-456").shape == (2, 2)
+    c.close()
+
+
+@pytest.mark.parametrize("token", [None, "", "alpha-token-12", "alpha-token-1234", "ALPHA-TOKEN-123"])
+def test_missing_or_wrong_token_is_unauthenticated(tls_auth_server, pki, token):
+    c = client(tls_auth_server.url, pki)
+    with pytest.raises(InferenceServerException) as info:
+        infer(c, token)
+    assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+    assert "bearer token" in info.value.message()
+    c.close()
+
+
+def test_health_and_liveness_stay_open_and_metadata_does_not(tls_auth_server, pki):
+    c = client(tls_auth_server.url, pki)
+    assert c.is_server_live() and c.is_server_ready()
+    with pytest.raises(InferenceServerException) as info:
+        c.get_model_metadata("mlp")
+    assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+    assert c.get_model_metadata("mlp", headers={"authorization": "Bearer alpha-token-123"}).name == "mlp"
+    c.close()
+    metrics = tls_auth_server.metrics()
+    assert metrics['scorewire_requests_total{model="(unknown)",code="unauthenticated"}'] >= 1
+
+
+def test_plaintext_client_cannot_talk_to_a_tls_server(tls_auth_server):
+    c = g.InferenceServerClient(tls_auth_server.url)
+    with pytest.raises(InferenceServerException) as info:
+        c.is_server_live(client_timeout=3)
+    assert info.value.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+
+
+def test_mtls_rejects_clients_without_a_certificate_from_the_ca(model_dir, pki):
+    server = tls_server(model_dir, pki, mtls=True, auth=False, name="mtls.toml")
+    try:
+        good = client(server.url, pki, cert="client")
+        assert infer(good).shape == (2, 2)
+        good.close()
+        for cert in (None, "stranger"):
+            c = client(server.url, pki, cert=cert)
+            with pytest.raises(InferenceServerException) as info:
+                c.is_server_live(client_timeout=3)
+            assert info.value.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"), cert
+            c.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_tokens_from_the_environment(model_dir):
+    config = model_dir / "env-auth.toml"
+    config.write_text(CONFIG.format(server_extra='[server.auth]\ntokens_env = "SCOREWIRE_TEST_TOKENS"\n'))
+    env = {**os.environ, "SCOREWIRE_TEST_TOKENS": "one-token,two-token"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config",
+                             str(config)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = None
+        for line in proc.stdout:
+            if "gRPC listening on" in line:
+                port = int(line.rsplit(":", 1)[1])
+            if line.strip() == "scorewire: ready":
+                break
+        c = g.InferenceServerClient(f"127.0.0.1:{port}")
+        assert infer(c, "two-token").shape == (2, 2)
+        with pytest.raises(InferenceServerException):
+            infer(c, "three-token")
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_unset_token_variable_is_a_config_error(model_dir):
+    config = model_dir / "env-missing.toml"
+    config.write_text(CONFIG.format(server_extra='[server.auth]\ntokens_env = "SCOREWIRE_NO_SUCH_VARIABLE"\n'))
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "SCOREWIRE_NO_SUCH_VARIABLE is not set" in out.stderr
+
+
+def test_kafka_secrets_come_from_the_environment_and_never_reach_the_logs(model_dir):
+    secret = f"pw-{os.getpid()}-{time.monotonic_ns()}"
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 2)
+        config = model_dir / "kafka-secret.toml"
+        config.write_text(CONFIG.format(server_extra="") + f"""
+[[streams]]
+model = "mlp"
+bootstrap_servers = "{cluster.bootstrap}"
+input_topic = "events"
+output_topic = "scores"
+dead_letter_topic = "scores-dlq"
+[streams.kafka]
+"security.protocol" = "SASL_PLAINTEXT"
+"sasl.mechanisms" = "PLAIN"
+"sasl.username" = "scorewire"
+"sasl.password" = {{ env = "SCOREWIRE_TEST_KAFKA_PASSWORD" }}
+""")
+        env = {**os.environ, "SCOREWIRE_TEST_KAFKA_PASSWORD": secret}
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "DEBUG", "serve", "--config",
+                                 str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(6)  # connect (and fail or succeed at SASL), log
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+    assert "scorewire: ready" in stdout, stderr[-2000:]
+    assert secret not in stdout and secret not in stderr
+    # and without the variable: a config error naming the variable, not a value
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(config)], capture_output=True,
+                         text=True, timeout=120, env={k: v for k, v in os.environ.items()
+                                                      if k != "SCOREWIRE_TEST_KAFKA_PASSWORD"})
+    assert out.returncode == 2 and "SCOREWIRE_TEST_KAFKA_PASSWORD, which is not set" in out.stderr
