@@ -40,6 +40,15 @@ version = "1"
 max_batch_size = 64
 max_queue_delay_us = 500
 queue_capacity = 4096
+
+[[models]]                       # 4.75M parameters: where a GPU matters (IO binding on CUDA)
+name = "wide"
+path = "models/wide.onnx"
+version = "1"
+[models.batching]
+max_batch_size = 256
+max_queue_delay_us = 1000
+queue_capacity = 8192
 """
 
 
@@ -87,10 +96,47 @@ def build_models(directory: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+WIDE_FEATURES, WIDE_HIDDEN, WIDE_CLASSES = 256, 2048, 16
+
+
+def build_wide_mlp(path: Path, seed: int = 0) -> Path:
+    """A model where a GPU matters: 256 features -> 2048 -> 2048 -> 16 classes (ReLU, softmax),
+    4.75M parameters with random weights, built with onnx.helper. Input `features` FP32[-1, 256],
+    output `probabilities` FP32[-1, 16]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    sizes = [WIDE_FEATURES, WIDE_HIDDEN, WIDE_HIDDEN, WIDE_CLASSES]
+    nodes, weights = [], []
+    current = "features"
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.normal(size=(n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32)
+        b = np.zeros(n_out, dtype=np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = f"h{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [out], [f"{out}r"]))
+            out = f"{out}r"
+        current = out
+    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=-1))
+    graph = helper.make_graph(
+        nodes, "wide_mlp", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", WIDE_FEATURES])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", WIDE_CLASSES])], initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002) -> Path:
     """Write the demo models and config into `directory`; return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
     build_models(directory)
+    build_wide_mlp(directory / "models" / "wide.onnx")
     config = directory / "scorewire.toml"
     config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port))
     return config
@@ -232,9 +278,10 @@ def _kafka(bootstrap: str, n: int = 20_000) -> None:
 
 def run(directory: Path, prepare_only: bool) -> int:
     directory = directory.resolve()
-    print(f"scorewire demo: building two models (MLP, gradient-boosted trees; 32 features) in {directory}")
+    print(f"scorewire demo: building two tabular models (MLP, gradient-boosted trees; 32 features) and a wide "
+          f"MLP (4.75M parameters, for GPUs) in {directory}")
     config = prepare(directory, grpc_port=0, metrics_port=0)
-    print(f"wrote {config} and {directory / 'models'}/{{mlp,gbt}}.onnx")
+    print(f"wrote {config} and {directory / 'models'}/{{mlp,gbt,wide}}.onnx")
     if prepare_only:
         return 0
     from engine.mock_kafka import MockCluster

@@ -151,6 +151,10 @@ class ModelSettings(_Strict):
     inline_threshold_us; threads otherwise (and when warmup is off)."""
     inline_threshold_us: int = Field(300, ge=0, le=100_000)
     """With execution = "auto": the longest full-batch run time that still runs inline."""
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    """Run sessions through ONNX Runtime IO binding: inputs staged in pinned host buffers and
+    outputs in device buffers, reused per batch size. "auto": on when the model runs on CUDA.
+    "on" also works on CPU (useful to test it); "off": plain session.run."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     monitor: MonitorSettings | None = None
     """Drift monitoring of this model's inputs (and outputs); latency is always monitored."""

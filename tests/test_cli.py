@@ -40,5 +40,5 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
     result = scorewire("demo", "--dir", str(tmp_path / "d"), "--prepare-only")
     assert result.returncode == 0, result.stderr
     settings = load_settings(tmp_path / "d" / "scorewire.toml")
-    assert [m.name for m in settings.models] == ["mlp", "gbt"]
+    assert [m.name for m in settings.models] == ["mlp", "gbt", "wide"]
     assert all(m.path.is_file() for m in settings.models)

@@ -143,6 +143,7 @@ class InferenceServicer:
             "max_queue_delay_us": batching.max_queue_delay_us,
             "max_rows_per_request": served.limits.max_rows,
             "execution": "inline" if model.inline else "threads",
+            "io_binding": model.io_binding or "off",
         }
         return pb.ModelMetadataResponse(
             name=served.name,

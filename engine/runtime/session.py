@@ -21,6 +21,7 @@ from engine.batching.batch import Batch
 from engine.codec.dtypes import OIP_TO_NUMPY, ORT_TO_OIP
 from engine.codec.validate import ModelSchema, TensorSpec
 from engine.errors import EngineError, ErrorCode
+from engine.runtime.iobinding import BoundRunner
 from engine.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,15 @@ class OnnxModel:
         self.schema = schema_of(self.sessions[0], self.label)
         self._output_names = list(self.schema.output_names)
         self._free = list(self.sessions)
+        bind = settings.io_binding == "on" or (settings.io_binding == "auto" and self.provider == "CUDAExecutionProvider")
+        device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._bound = {id(s): BoundRunner(s, self.schema, device) for s in self.sessions} if bind else {}
+        self.io_binding = device if bind else None
         self._pool = ThreadPoolExecutor(max_workers=settings.instances, thread_name_prefix=f"ort-{settings.name}")
         self.inline = settings.execution == "inline"
         self.full_batch_us: float | None = None  # measured by warm_up
-        log.info("%s: loaded %s on %s x%d", self.label, path.name, self.provider, settings.instances)
+        log.info("%s: loaded %s on %s x%d%s", self.label, path.name, self.provider, settings.instances,
+                 f", IO binding ({device})" if bind else "")
 
     def warm_up(self) -> None:
         """Run a batch of 1 and of max_batch_size zero rows through every session; time the
@@ -125,12 +131,12 @@ class OnnxModel:
                 for t in self.schema.inputs
             }
             for session in self.sessions:
-                session.run(self._output_names, feed)
+                self.run_sync(session, feed)
             if rows == self.settings.batching.max_batch_size:
                 timings = []
                 for _ in range(5):
                     start = time.perf_counter_ns()
-                    self.sessions[0].run(self._output_names, feed)
+                    self.run_sync(self.sessions[0], feed)
                     timings.append((time.perf_counter_ns() - start) / 1000)
                 self.full_batch_us = float(np.median(timings))
         s = self.settings
@@ -140,6 +146,9 @@ class OnnxModel:
                  s.batching.max_batch_size, self.full_batch_us, "inline on the event loop" if self.inline else "on threads")
 
     def run_sync(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bound = self._bound.get(id(session))
+        if bound is not None:
+            return bound.run(inputs)
         outputs = session.run(self._output_names, inputs)
         return dict(zip(self._output_names, outputs))
 

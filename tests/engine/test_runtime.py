@@ -87,3 +87,55 @@ def test_where_batches_run(tmp_path, overrides, inline):
     out = asyncio.run(model.run(Batch.concat([{"data": data, "idx": np.array([[0], [1], [2]], np.int64)}])))
     np.testing.assert_array_equal(out["out"][:, 0], [0, 5, 10])
     model.close()
+
+
+def _bound_and_plain(path, **extra):
+    bound = OnnxModel(ModelSettings(name="m", path=path, providers=["CPUExecutionProvider"], io_binding="on", **extra))
+    plain = OnnxModel(ModelSettings(name="m", path=path, providers=["CPUExecutionProvider"], io_binding="off"))
+    return bound, plain
+
+
+def test_io_binding_gives_the_same_outputs_as_session_run(tmp_path, rng):
+    from engine.demo import build_wide_mlp
+
+    path = build_wide_mlp(tmp_path / "wide.onnx")
+    bound, plain = _bound_and_plain(path)
+    assert bound.io_binding == "cpu" and plain.io_binding is None
+    for rows in (1, 7, 64, 7):  # a size seen before reuses its buffers
+        x = {"features": rng.normal(size=(rows, 256)).astype(np.float32)}
+        got = bound.run_sync(bound.sessions[0], x)
+        want = plain.run_sync(plain.sessions[0], x)
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-5, atol=1e-7)
+
+
+def test_io_binding_results_survive_the_next_batch_of_the_same_size(tmp_path, rng):
+    path = gather_model(tmp_path / "g.onnx")
+    bound, _ = _bound_and_plain(path)
+    session = bound.sessions[0]
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    first = bound.run_sync(session, {"data": data, "idx": np.array([[1], [3]], np.int64)})["out"]
+    kept = first.copy()
+    bound.run_sync(session, {"data": data * 100, "idx": np.array([[0], [0]], np.int64)})
+    np.testing.assert_array_equal(first, kept)  # the buffers are reused; results handed out are not
+
+
+def test_io_binding_auto_is_off_on_cpu(tmp_path):
+    path = gather_model(tmp_path / "g.onnx")
+    model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"]))
+    assert model.io_binding is None
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers() or not __import__("os").path.exists(
+    "/dev/nvidia0"), reason="needs a GPU and the CUDA libraries (the device machine)")
+def test_cuda_with_io_binding_equals_cpu(tmp_path, rng):
+    from engine.demo import build_wide_mlp
+
+    path = build_wide_mlp(tmp_path / "wide.onnx")
+    cuda = OnnxModel(ModelSettings(name="w", path=path, providers=["CUDAExecutionProvider"], instances=2))
+    cpu = OnnxModel(ModelSettings(name="w", path=path, providers=["CPUExecutionProvider"]))
+    assert cuda.provider == "CUDAExecutionProvider" and cuda.io_binding == "cuda"
+    for rows in (1, 64, 1024):
+        x = {"features": rng.normal(size=(rows, 256)).astype(np.float32)}
+        for session in cuda.sessions:
+            np.testing.assert_allclose(cuda.run_sync(session, x)["probabilities"],
+                                       cpu.run_sync(cpu.sessions[0], x)["probabilities"], rtol=1e-3, atol=1e-5)
