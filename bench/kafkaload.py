@@ -42,7 +42,7 @@ class KafkaResult:
     results: int = 0  # measured events with a result
     missing: int = 0  # measured events without one after drain_s
     duplicates: int = 0
-    achieved_rps: float = 0.0
+    achieved_rps: float = 0.0  # results of the measured events per second of the measured window
     latency_us: dict = field(default_factory=dict)
     lag_us: dict = field(default_factory=dict)  # produce() calls behind schedule: the generator's own delay
     histogram: str = ""
@@ -76,7 +76,12 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     def read() -> None:
         binary = load.format == "binary"
         while not stop.is_set():
-            for m in consumer.consume(10_000, 0.05):
+            # consume(n, t) waits for n messages or t: take what is there, else wait for one
+            messages = consumer.consume(10_000, 0)
+            if not messages:
+                first = consumer.poll(0.05)
+                messages = [first] if first is not None else []
+            for m in messages:
                 if m.error() is not None:
                     continue
                 now = time.monotonic()
@@ -138,9 +143,8 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
         latency.record_value(max(1, us))
     result = KafkaResult(load=asdict(load), produced=n, results=int(got.sum()),
                          missing=int((measured & (seen == 0)).sum()), duplicates=int((seen[measured] > 1).sum()))
-    if got.sum() > 1:  # results per second while they arrived
-        window = arrived[got].max() - arrived[got].min()
-        result.achieved_rps = round((result.results - 1) / max(window, 1e-9), 1)
+    # results of the measured window's events, per second of that window (missing ones lower it)
+    result.achieved_rps = round(result.results / load.duration_s, 1)
     result.latency_us = describe(latency)
     result.lag_us = describe(lag)
     encoded = latency.encode()

@@ -91,8 +91,9 @@ def test_kafka_load_measures_end_to_end_latency_of_a_stream(model_dir, tmp_path,
             worker.stop()
     data = json.loads(out.read_text())
     assert data["produced"] == 2500 and data["missing"] == 0 and data["results"] == 2000
-    assert np.isclose(data["achieved_rps"], 1000, rtol=0.2)
+    assert data["achieved_rps"] == 1000
     assert 0 < data["latency_us"]["p50"] <= data["latency_us"]["p99"] < 5_000_000
+    assert data["latency_us"]["p50"] < 200_000, "a lightly loaded stream answers within a few fetches"
     assert "end-to-end latency ms" in capsys.readouterr().out
 
 
