@@ -71,7 +71,9 @@ class _Chunk:
         self.results: list[tuple[bytes | None, bytes]] = []
         self.dead: list[tuple[bytes | None, bytes, list]] = []
 
-    # Delivery reports, one per produced message, on the event loop (producer.poll()).
+    # Delivery reports, one per produced message, on the event loop (producer.poll()). Two
+    # copies of the same few lines on purpose: `delivered` runs once per result, and one more
+    # Python call per message is measurable at 200k+ events/s.
     def delivered(self, err, msg) -> None:
         if err is not None:
             self.stream._failed(self, err, msg, None)
