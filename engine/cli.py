@@ -25,6 +25,7 @@ def _fast_event_loop() -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from engine.app import serve
+    from engine.monitor.drift import MonitorConfigError
     from engine.runtime.session import ModelLoadError
     from engine.settings import SettingsError, load_settings
 
@@ -39,7 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"scorewire: {exc}", file=sys.stderr)
         return 2
-    except SettingsError as exc:  # found at start-up: unreadable certificates, tokens, secrets
+    except (SettingsError, MonitorConfigError) as exc:  # found at start-up: unreadable certificates,
+        # tokens, secrets, drift references
         print(f"scorewire: config error:\n{exc}", file=sys.stderr)
         return 2
     return 0

@@ -96,6 +96,21 @@ def build_models(directory: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+def write_reference(path: Path, mlp: Path, rows: int = 10_000) -> Path:
+    """A drift reference for the mlp (configs/example.toml monitors it): the 32 features of
+    training-like rows as f0..f31, and the model's P(class 1) on them as "probabilities:1"."""
+    import onnxruntime as ort
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, _ = demo_data(rows, seed=1)
+    session = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"float_input": x})[0]
+    columns = {f"f{i}": x[:, i] for i in range(N_FEATURES)} | {"probabilities:1": probabilities[:, 1]}
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
 WIDE_FEATURES, WIDE_HIDDEN, WIDE_CLASSES = 256, 2048, 16
 
 
@@ -135,8 +150,9 @@ def build_wide_mlp(path: Path, seed: int = 0) -> Path:
 def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002) -> Path:
     """Write the demo models and config into `directory`; return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    build_models(directory)
+    paths = build_models(directory)
     build_wide_mlp(directory / "models" / "wide.onnx")
+    write_reference(directory / "ref.parquet", paths["mlp"])
     config = directory / "scorewire.toml"
     config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port))
     return config

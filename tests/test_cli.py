@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from engine.settings import load_settings
 
@@ -42,3 +43,20 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
     settings = load_settings(tmp_path / "d" / "scorewire.toml")
     assert [m.name for m in settings.models] == ["mlp", "gbt", "wide"]
     assert all(m.path.is_file() for m in settings.models)
+
+
+def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
+    """configs/example.toml says it runs after `scorewire demo --dir scorewire-demo --prepare-only`."""
+    import shutil
+
+    from engine.demo import start_server
+
+    (tmp_path / "configs").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "configs" / "example.toml", tmp_path / "configs")
+    assert scorewire("demo", "--dir", str(tmp_path / "scorewire-demo"), "--prepare-only").returncode == 0
+    text = (tmp_path / "configs" / "example.toml").read_text()
+    text = text.replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002", "metrics_port = 0")
+    (tmp_path / "configs" / "example.toml").write_text(text)
+    proc, port, _ = start_server(tmp_path / "configs" / "example.toml", log_level="WARNING")
+    proc.terminate()
+    assert proc.wait(60) == 0 and port > 0
