@@ -11,8 +11,9 @@ Input formats (per stream, `format`):
   model's input order (every dimension but the first must be fixed), e.g. 32 float32 = 128
   bytes for the demo. The message key (UTF-8) is the id. No parsing at all: np.frombuffer.
 
-Results are JSON, one per scored message, built from per-output byte tokens (orjson writes
-whole numpy arrays; float32 values in their shortest round-trip form).
+Results are JSON, one per scored message, spliced by a kernel (kernels/jsonrows.py) from a
+constant template, the id tokens, the source and the JSON text of whole output arrays
+(orjson writes them; float32 values in their shortest round-trip form).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class StreamCodec:
         """Load the decoding and encoding kernels (Numba's cache) before the first batch arrives."""
         self.decode([b"{}"], [None])
         outputs = {"a": np.zeros((1, 2), np.float32), "b": np.zeros(1, np.int64)}
-        encode_results(self.result_template("m", "1", "t", outputs, {}), b"null", np.array([[0, 4]], np.int64),
+        encode_results(ResultTemplate("m", "1", "t", outputs, {}), b"null", np.array([[0, 4]], np.int64),
                        np.zeros(1, np.int64), np.zeros(1, np.int64), outputs)
 
     def describe_row(self) -> str:
@@ -234,12 +235,8 @@ class StreamCodec:
         row = {spec.name: _row_array(spec, doc[spec.name]) for spec in self.inputs}
         return row, orjson.dumps(id_value)
 
-    # -- encoding ----------------------------------------------------------------------------
-    def result_template(self, model: str, version: str, topic: str, outputs: dict[str, np.ndarray],
-                        timings: dict[str, int]) -> "ResultTemplate":
-        return ResultTemplate(model, version, topic, outputs, timings)
 
-
+# -- encoding ----------------------------------------------------------------------------------
 class ResultTemplate:
     """The constant text of a batch's results around its slots: id, partition, offset, then
     one per output (a 2-D numeric output's rows are written inside '[' ']')."""
@@ -289,20 +286,28 @@ def encode_results(template: ResultTemplate, id_text: bytes, id_spans: np.ndarra
 def _output_text(array: np.ndarray, matrix: bool) -> tuple[bytes, np.ndarray]:
     """JSON text of an output and the span of each row in it."""
     rows = array.shape[0]
-    numeric = array.dtype.kind in "biuf" and array.dtype != np.float16
-    if rows and numeric and (array.ndim == 1 or matrix):
+    if rows and _numeric(array) and (array.ndim == 1 or matrix):
         text = orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
         return text, element_spans(np.frombuffer(text, dtype=np.uint8), rows, array.ndim)
     dumps = orjson.dumps
-    tokens = [dumps(row, default=str) for row in array.tolist()]
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=rows)
-    ends = np.cumsum(lengths)
-    return b"".join(tokens), np.stack([ends - lengths, ends], axis=1).reshape(-1, 2)
+    return _token_spans([dumps(row, default=str) for row in array.tolist()])
+
+
+def _numeric(array: np.ndarray) -> bool:
+    """Arrays orjson writes whole (it has no float16)."""
+    return array.dtype.kind in "biuf" and array.dtype != np.float16
 
 
 def is_matrix(array: np.ndarray) -> bool:
-    """Outputs whose rows are written as '[' + token + ']' by row_tokens (2-D numbers)."""
-    return array.ndim == 2 and array.shape[1] > 0 and array.dtype.kind in "biuf" and array.dtype != np.float16
+    """Outputs whose rows are written as '[' + numbers + ']' (2-D numbers)."""
+    return array.ndim == 2 and array.shape[1] > 0 and _numeric(array)
+
+
+def _token_spans(tokens: list[bytes]) -> tuple[bytes, np.ndarray]:
+    """The tokens joined, and the [start, end) span of each in the result."""
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    ends = np.cumsum(lengths)
+    return b"".join(tokens), np.stack([ends - lengths, ends], axis=1).reshape(-1, 2)
 
 
 _PLAIN = np.zeros(256, dtype=bool)
@@ -320,10 +325,7 @@ def _key_ids(keys: list[bytes | None], good: np.ndarray) -> tuple[bytes, np.ndar
             ends = np.cumsum(lengths)
             return b'"' + b'""'.join(picked) + b'"', np.stack([ends - lengths, ends], axis=1)
     dumps = orjson.dumps
-    tokens = [b"null" if k is None else dumps(k.decode("utf-8", "replace")) for k in picked]
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    ends = np.cumsum(lengths)
-    return b"".join(tokens), np.stack([ends - lengths, ends], axis=1).reshape(-1, 2)
+    return _token_spans([b"null" if k is None else dumps(k.decode("utf-8", "replace")) for k in picked])
 
 
 def _row_array(spec: TensorSpec, value) -> np.ndarray:

@@ -27,7 +27,7 @@ import time
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from engine.codec.kafka import Decoded, StreamCodec, encode_results
+from engine.codec.kafka import Decoded, ResultTemplate, StreamCodec, encode_results
 from engine.errors import EngineError, ErrorCode
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Served
@@ -113,7 +113,6 @@ class KafkaStream:
         self._lag_at = 0.0
         self.codec = StreamCodec(served.model.schema, settings.format, settings.max_message_bytes,
                                  served.limits.allow_non_finite)
-        self.output_names = list(served.model.schema.output_names)
         self.piece_rows = max(1, min(served.batcher.max_batch_size, served.limits.max_rows))
         # Rows this stream keeps queued in the model's batcher: leaves room for gRPC callers.
         self.piece_slots = max(2, min(16, served.batcher.capacity // (2 * self.piece_rows)))
@@ -389,8 +388,7 @@ class KafkaStream:
             keys = chunk.keys
             if len(rows):
                 timings = {"wait_us": (started - chunk.consumed_ns) // 1000, "score_us": (scored_ns - started) // 1000}
-                template = self.codec.result_template(self.model, self.version, self.settings.input_topic,
-                                                      {name: outputs[name] for name in self.output_names}, timings)
+                template = ResultTemplate(self.model, self.version, self.settings.input_topic, outputs, timings)
                 values = encode_results(template, decoded.id_text,
                                         decoded.id_spans if every else decoded.id_spans[scored_rows],
                                         chunk.partitions[rows], chunk.offsets[rows], outputs)

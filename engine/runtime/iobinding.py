@@ -76,11 +76,10 @@ class BoundRunner:
             else:
                 binding.bind_output(spec.name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
-        bound = {spec.name: out_buffers.get(spec.name) for spec in self.schema.outputs}
         results = {}
         allocated = None
         for k, spec in enumerate(self.schema.outputs):
-            value = bound[spec.name]
+            value = out_buffers.get(spec.name)
             if value is not None:
                 array = value.numpy()  # from the device: a new host array; on CPU: a view of the buffer,
                 results[spec.name] = array.copy() if self.device == "cpu" else array  # which the next batch reuses

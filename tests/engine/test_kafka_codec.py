@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.codec.kafka import StreamCodec, encode_results
+from engine.codec.kafka import ResultTemplate, StreamCodec, encode_results
 from engine.codec.validate import ModelSchema, TensorSpec
 
 F32, F64, I64, I32 = (np.dtype(t) for t in (np.float32, np.float64, np.int64, np.int32))
@@ -107,9 +107,8 @@ def spans_of(tokens: list[bytes]) -> tuple[bytes, np.ndarray]:
 
 
 def test_results_are_json_with_exact_float32_values(rng):
-    c = codec()
     outputs = {"label": rng.integers(0, 2, 50), "probabilities": rng.random((50, 2)).astype(np.float32)}
-    template = c.result_template("mlp", "3", "events", outputs, {"wait_us": 12, "score_us": 34})
+    template = ResultTemplate("mlp", "3", "events", outputs, {"wait_us": 12, "score_us": 34})
     id_text, id_spans = spans_of([b'"a\\"b"', b"7"] + [b"null"] * 48)
     out = encode_results(template, id_text, id_spans, np.full(50, 3), np.arange(100, 150), outputs)
     docs = [orjson.loads(m) for m in out]
@@ -123,11 +122,10 @@ def test_results_are_json_with_exact_float32_values(rng):
 
 
 def test_outputs_of_any_shape_and_type_encode():
-    c = codec()
     outputs = {"c": np.arange(12, dtype=np.float32).reshape(2, 3, 2), "s": np.array(["x", "y"], dtype=object),
                "h": np.array([0.5, 1.5], dtype=np.float16), "e": np.zeros((2, 0), dtype=np.float32),
                "n": np.array([-3, 12], dtype=np.int64), "q": np.array([[np.nan, 1], [2, 3]], dtype=np.float32)}
-    template = c.result_template("m", "1", "t", outputs, {})
+    template = ResultTemplate("m", "1", "t", outputs, {})
     id_text, id_spans = spans_of([b"1", b"2"])
     out = [orjson.loads(m) for m in encode_results(template, id_text, id_spans, np.zeros(2), np.array([0, 1]), outputs)]
     assert out[1]["outputs"] == {"c": outputs["c"][1].tolist(), "s": "y", "h": 1.5, "e": [], "n": 12, "q": [2, 3]}
