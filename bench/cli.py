@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 
@@ -74,13 +72,13 @@ def _with_progress(seconds: float, label: str, work):
 def _grpc(args) -> int:
     _need("tqdm")
     from bench.loadgen import run
-    from bench.report import run_markdown
+    from bench.report import run_markdown, write_json
 
     load = _load(args, rate=args.rate, closed_loop=args.closed_loop, concurrency=args.concurrency)
     result = _with_progress(args.duration + args.warmup + 2, "load", lambda: run(load))
     print(run_markdown(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_json(Path(args.json), result.as_dict())
         print(f"wrote {args.json}")
     return 130 if result.interrupted else 0
 
@@ -88,6 +86,7 @@ def _grpc(args) -> int:
 def _kafka(args) -> int:
     _need("tqdm")
     from bench.kafkaload import KafkaLoad, run_kafka
+    from bench.report import write_json
 
     load = KafkaLoad(bootstrap=args.bootstrap, input_topic=args.input_topic, output_topic=args.output_topic,
                      rate=args.rate, duration_s=args.duration, warmup_s=args.warmup, input_name=args.input_name,
@@ -101,7 +100,7 @@ def _kafka(args) -> int:
     print("produce lag ms (the generator's own delay): " + ", ".join(
         f"{k} {v / 1000:.2f}" for k, v in result.lag_us.items() if k in ("p50", "p99", "max")))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        write_json(Path(args.json), result.as_dict())
         print(f"wrote {args.json}")
     return 0
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.grpc_bench import _stop, serve
 from bench.loadgen import Load, run
+from bench.report import write_json
 
 CONFIG = """\
 [server]
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-        args.json.with_suffix(".md").write_text(text)
+        write_json(args.json, rows, text)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from bench.report import write_json
 
 N_FEATURES = 32
 LOWEST_US, HIGHEST_US, SIG_FIGS = 1, 60_000_000, 3
@@ -287,8 +288,7 @@ def main(argv=None) -> int:
     print()
     print(markdown(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

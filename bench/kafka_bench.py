@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from bench.report import write_json
 from engine.demo import build_models, demo_data, start_server
 from engine.mock_kafka import MockCluster
 
@@ -282,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     misses = check(results)
     print("bounds (bench/bounds.json): " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        args.json.with_suffix(".md").write_text(text)
+        write_json(args.json, results, text)
     return 1 if misses and args.check else 0
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import orjson
 
-from bench.loadgen import describe, histogram
+from bench.loadgen import arrival_offsets, describe, histogram
 
 
 @dataclass
@@ -58,7 +58,7 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     n = int(load.rate * (load.warmup_s + load.duration_s))
     rng = np.random.default_rng(load.seed)
     rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
-    gaps = rng.exponential(1.0 / load.rate, n) if load.arrival == "poisson" else np.full(n, 1.0 / load.rate)
+    offsets = arrival_offsets(load.rate, n, load.arrival, rng)
     arrived = np.zeros(n, dtype=np.float64)  # monotonic arrival time of each event's first result
     seen = np.zeros(n, dtype=np.int32)
 
@@ -105,7 +105,7 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     producer = Producer({"bootstrap.servers": load.bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 2_000_000})
     lag = histogram()
     t0 = time.monotonic() + 0.2
-    schedule = t0 + np.cumsum(gaps) - gaps[0]
+    schedule = t0 + offsets
     measure_from = t0 + load.warmup_s
     option = orjson.OPT_SERIALIZE_NUMPY
     try:

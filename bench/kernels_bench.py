@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import write_json
+
 SEED = 12345
 
 
@@ -189,8 +191,7 @@ def main(argv=None) -> int:
     print()
     print(markdown(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

@@ -72,6 +72,13 @@ class Result:
         return asdict(self)
 
 
+def arrival_offsets(rate: float, n: int, arrival: str, rng: np.random.Generator) -> np.ndarray:
+    """Scheduled send times of n requests at `rate`/s from 0: constant gaps, or exponential
+    ones (Poisson arrivals). Fixed before the run: latency is measured from them."""
+    gaps = rng.exponential(1.0 / rate, n) if arrival == "poisson" else np.full(n, 1.0 / rate)
+    return np.cumsum(gaps) - gaps[0] if n else gaps
+
+
 def describe(h: HdrHistogram) -> dict:
     if not h.get_total_count():
         return {}
@@ -167,11 +174,7 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
             await _open_loop_stream(load, share, clients[0], inputs, t0, measure_from, end, latency, lag, errors,
                                     counts)
         else:
-            rate = load.rate / procs
-            n = int(rate * (load.warmup_s + load.duration_s))
-            rng = np.random.default_rng(load.seed * 7919 + share)
-            gaps = rng.exponential(1.0 / rate, n) if load.arrival == "poisson" else np.full(n, 1.0 / rate)
-            schedule = (t0 + np.cumsum(gaps) - gaps[0]).tolist()
+            schedule = _schedule(load, share, t0)
             in_flight: set[asyncio.Task] = set()
             room = asyncio.Event()
             for i, scheduled in enumerate(schedule):
@@ -198,13 +201,17 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
             **counts}
 
 
-async def _open_loop_stream(load, share, client, inputs, t0, measure_from, end, latency, lag, errors, counts):
-    """Open loop over one ModelStreamInfer stream per process; responses matched by id."""
+def _schedule(load: Load, share: int, t0: float) -> list[float]:
+    """This process's share of the open-loop schedule, in monotonic seconds."""
     rate = load.rate / load.procs
     n = int(rate * (load.warmup_s + load.duration_s))
     rng = np.random.default_rng(load.seed * 7919 + share)
-    gaps = rng.exponential(1.0 / rate, n) if load.arrival == "poisson" else np.full(n, 1.0 / rate)
-    schedule = (t0 + np.cumsum(gaps) - gaps[0]).tolist()
+    return (t0 + arrival_offsets(rate, n, load.arrival, rng)).tolist()
+
+
+async def _open_loop_stream(load, share, client, inputs, t0, measure_from, end, latency, lag, errors, counts):
+    """Open loop over one ModelStreamInfer stream per process; responses matched by id."""
+    schedule = _schedule(load, share, t0)
     pending: dict[str, float] = {}
 
     async def requests():

@@ -12,7 +12,6 @@ the report gives rows/s of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.grpc_bench import prepare_demo, run_load, serve
+from bench.report import write_json
 
 FEATURES = [f"f{i}" for i in range(32)]
 BASE = """\
@@ -101,8 +101,7 @@ def main(argv=None) -> int:
           f"server CPU per row (median): off {cpu_off:.2f} us, on {cpu_on:.2f} us -> "
           f"capacity retained by CPU: {cpu_off / cpu_on:.1%}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
     return 0
 
 

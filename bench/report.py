@@ -9,6 +9,15 @@ from pathlib import Path
 PLOTTED = ("p50", "p90", "p99", "p99.9")
 
 
+def write_json(path: Path, data, markdown: str | None = None) -> None:
+    """A benchmark's results as JSON at `path`, and its Markdown beside it (same name, .md)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    if markdown is not None:
+        path.with_suffix(".md").write_text(markdown)
+
+
 def write_sweep(sweep, out: Path, command: str = "") -> dict[str, Path]:
     """Write OUT.json, OUT.md and OUT.png; returns their paths."""
     out = Path(out)
@@ -16,8 +25,7 @@ def write_sweep(sweep, out: Path, command: str = "") -> dict[str, Path]:
     data = asdict(sweep)
     data["command"] = command
     paths = {"json": out.with_suffix(".json"), "md": out.with_suffix(".md"), "png": out.with_suffix(".png")}
-    paths["json"].write_text(json.dumps(data, indent=2) + "\n")
-    paths["md"].write_text(sweep_markdown(data, paths["png"].name))
+    write_json(paths["json"], data, sweep_markdown(data, paths["png"].name))
     plot_sweep(data, paths["png"])
     return paths
 
