@@ -118,7 +118,6 @@ def build_wide_mlp(path: Path, seed: int = 0) -> Path:
     """A model where a GPU matters: 256 features -> 2048 -> 2048 -> 16 classes (ReLU, softmax),
     4.75M parameters with random weights, built with onnx.helper. Input `features` FP32[-1, 256],
     output `probabilities` FP32[-1, 16]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -139,6 +138,14 @@ def build_wide_mlp(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(
         nodes, "wide_mlp", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", WIDE_FEATURES])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", WIDE_CLASSES])], initializer=weights)
+    return save_graph(graph, path)
+
+
+def save_graph(graph, path: Path) -> Path:
+    """An onnx.helper graph as a checked model file (opset 17, IR 8, what onnxruntime takes)."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

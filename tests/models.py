@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 from onnx import TensorProto, helper
+
+from engine.demo import save_graph
 
 # Every numeric element type ONNX models use, as OIP datatype -> ONNX element type.
 DTYPES = {
@@ -25,14 +26,6 @@ DTYPES = {
 WIDTH = 3
 
 
-def _save(graph, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
 
 def identity_all_dtypes(path: Path) -> Path:
     """Inputs in_<DT> [N, 3] for every dtype; outputs out_<DT> = in_<DT>, plus
@@ -44,7 +37,7 @@ def identity_all_dtypes(path: Path) -> Path:
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
     nodes.append(helper.make_node("Add", ["in_FP32", "in_FP32"], ["doubled"]))
     outputs.append(helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["N", WIDTH]))
-    return _save(helper.make_graph(nodes, "identity_all_dtypes", inputs, outputs), path)
+    return save_graph(helper.make_graph(nodes, "identity_all_dtypes", inputs, outputs), path)
 
 
 def gather_model(path: Path) -> Path:
@@ -54,11 +47,11 @@ def gather_model(path: Path) -> Path:
     idx = helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1])
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1])
     node = helper.make_node("GatherElements", ["data", "idx"], ["out"], axis=1)
-    return _save(helper.make_graph([node], "gather", [data, idx], [out]), path)
+    return save_graph(helper.make_graph([node], "gather", [data, idx], [out]), path)
 
 
 def fixed_batch_model(path: Path) -> Path:
     """Input with a fixed first dimension: scorewire must refuse to serve it."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    return _save(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed", [x], [y]), path)
+    return save_graph(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed", [x], [y]), path)
