@@ -7,6 +7,8 @@ import collections
 import gc
 import logging
 import signal
+import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,11 +22,15 @@ from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_events
 from engine.monitor.export import MetricsServer, render
 from engine.monitor.latency import LatencyMonitor
-from engine.monitor.tap import MonitorTap, ScoredBatch
+from engine.batching.batch import ScoredBatch
+from engine.monitor.tap import MonitorTap
 from engine.pipeline import Pipeline
+from engine.routing.router import Route, Router, check_compatible
+from engine.routing.shadow import Shadow
 from engine.runtime.registry import Registry, Served
-from engine.runtime.session import OnnxModel
-from engine.settings import Settings
+from engine.runtime.session import ModelLoadError, OnnxModel
+from engine.scorelog.parquet import ScoreLog
+from engine.settings import RouteSettings, Settings, SettingsError, load_settings
 
 log = logging.getLogger("scorewire")
 
@@ -35,10 +41,15 @@ def _announce(text: str) -> None:
 
 
 class App:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, config_path: Path | None = None):
         self.settings = settings
+        self.config_path = config_path  # read again on SIGHUP
         self.registry = Registry()
-        self.pipeline = Pipeline(self.registry)
+        self.router = Router(self.registry)
+        self.pipeline = Pipeline(self.registry, self.router)
+        self.scorelog: ScoreLog | None = None
+        self._retired_shadows: list[Shadow] = []
+        self._reload_lock = asyncio.Lock()
         self.requests_by_code: collections.Counter = collections.Counter()
         self.servicer: InferenceServicer | None = None
         self.server: grpc.aio.Server | None = None
@@ -83,28 +94,90 @@ class App:
                             event.events)
 
     def _on_scored(self, name: str, version: str):
-        tap = self.tap
+        tap, router = self.tap, self.router
 
-        def on_scored(batch, outputs, enqueued, start, end) -> None:
-            tap.put(ScoredBatch(name, version, "champion", batch.inputs, outputs, (start - enqueued) // 1000,
-                                (end - enqueued) // 1000, (end - start) // 1000, batch.rows))
+        def on_scored(batch, outputs, enqueued, start, end, origins) -> None:
+            role = router.role_of(name, version)
+            scored = ScoredBatch(name, version, "direct" if role == "challenger" else role, batch.inputs, outputs,
+                                 (start - enqueued) // 1000, (end - enqueued) // 1000, (end - start) // 1000,
+                                 batch.rows, batch.bounds, origins, time.time_ns())
+            tap.put(scored)
+            if self.scorelog is not None:
+                self.scorelog.put(scored)
+            for shadow in router.shadows.get((name, version), ()):
+                shadow.offer(scored)
 
         return on_scored
+
+    def _shadow_scored(self, batch: ScoredBatch) -> None:
+        """On a challenger's thread: its results go to the monitor and the log."""
+        self.tap.put(batch)
+        if self.scorelog is not None:
+            self.scorelog.put(batch)
+
+    def _feature_names(self) -> dict[tuple[str, str], list[str]]:
+        """Log column names of monitored inputs: the features the monitor config names."""
+        names = {}
+        for ms in self.settings.models:
+            if ms.monitor is not None:
+                served = self.registry.get(ms.name, ms.version)
+                names[(ms.name, ms.monitor.input or served.model.schema.inputs[0].name)] = list(ms.monitor.features)
+        return names
+
+    def _build_routes(self, routes: list[RouteSettings]) -> tuple[dict, dict]:
+        """Routes and shadows for `routes`; shadows of unchanged challengers are kept."""
+        current = {(sh.name, champion[1], sh.version): sh for champion, group in self.router.shadows.items()
+                   for sh in group}
+        built, shadows = {}, {}
+        for rs in routes:
+            champion = self.registry.get(rs.model, rs.champion)
+            for version in dict.fromkeys([*rs.challengers, *rs.split]):
+                if version != rs.champion:
+                    other = self.registry.get(rs.model, version).model
+                    try:
+                        check_compatible(champion.model.schema, other.schema, other.label, champion.model.label)
+                    except ValueError as exc:
+                        raise ModelLoadError(f"route of model {rs.model!r}: {exc}") from None
+            built[rs.model] = Route.build(rs)
+            group = []
+            for version in rs.challengers:
+                model = self.registry.get(rs.model, version).model
+                shadow = current.pop((rs.model, rs.champion, version), None)
+                if (shadow is None or shadow.model is not model or shadow.timeout_s != rs.shadow_timeout_s
+                        or shadow.capacity != rs.shadow_queue_batches):
+                    if shadow is not None:
+                        current[(rs.model, rs.champion, version, "replaced")] = shadow
+                    shadow = Shadow(model, rs.shadow_queue_batches, rs.shadow_timeout_s, self._shadow_scored)
+                group.append(shadow)
+            shadows[(rs.model, rs.champion)] = tuple(group)
+        self._retired_shadows = list(current.values())
+        return built, shadows
+
+    def _load_model(self, ms) -> Served:
+        model = OnnxModel(ms)
+        if ms.warmup:
+            model.warm_up()
+        if ms.monitor is not None:
+            self.drift[(ms.name, ms.version)] = DriftMonitor(
+                model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+        batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
+                          on_scored=self._on_scored(ms.name, ms.version))
+        limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
+        _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s))")
+        return Served(model, batcher, limits)
 
     def load_models(self) -> None:
         self.latency.warm_up()
         for ms in self.settings.models:
-            model = OnnxModel(ms)
-            if ms.warmup:
-                model.warm_up()
-            if ms.monitor is not None:
-                self.drift[(ms.name, ms.version)] = DriftMonitor(
-                    model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
-            batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
-                              on_scored=self._on_scored(ms.name, ms.version))
-            limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
-            self.registry.add(Served(model, batcher, limits))
-            _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s))")
+            self.registry.add(self._load_model(ms))
+        self.router.install(*self._build_routes(self.settings.routes))
+        for route in self.settings.routes:
+            _announce(f"route {route.model}: champion {route.champion}"
+                      + (f", challengers {', '.join(route.challengers)}" if route.challengers else "")
+                      + (f", split {dict(route.split)} by {route.sticky_key!r}" if route.split else ""))
+        if self.settings.scorelog is not None:
+            self.scorelog = ScoreLog(self.settings.scorelog, self._feature_names())
+            _announce(f"scoring log in {self.settings.scorelog.dir}")
 
     async def start(self) -> None:
         server_settings = self.settings.server
@@ -163,6 +236,72 @@ class App:
                       f"from {stream_settings.bootstrap_servers}")
         _announce("ready")
 
+    async def reload(self) -> None:
+        """SIGHUP: read the config again and apply its models and routes without dropping
+        requests: new versions are loaded and warmed before the new routes are installed (one
+        swap); removed versions leave the routes first, then finish what they queued. Other
+        sections (server, streams, monitoring, scorelog) and changed settings of a version
+        already served need a restart; a config that does not validate changes nothing."""
+        async with self._reload_lock:
+            try:
+                await self._reload()
+            except Exception as exc:  # the running config stays
+                log.error("reload failed, the running config stays: %s", exc)
+                _announce(f"reload failed: {exc}")
+
+    async def _reload(self) -> None:
+        loop = asyncio.get_running_loop()
+        new = load_settings(self.config_path)
+        old = self.settings
+        for section in ("server", "streams", "monitoring", "scorelog"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("reload: [%s] changed; it takes effect on restart", section)
+        old_models = {(m.name, m.version): m for m in old.models}
+        new_models = {(m.name, m.version): m for m in new.models}
+        for key in new_models.keys() & old_models.keys():
+            if new_models[key] != old_models[key]:
+                log.warning("reload: settings of model %s:%s changed; they take effect on restart", *key)
+        removed = [key for key in old_models if key not in new_models]
+        for stream in old.streams:
+            gone = [k for k in removed if k[0] == stream.model and stream.version in ("", k[1])]
+            if gone and (stream.version or not any(k[0] == stream.model for k in new_models)):
+                raise SettingsError(f"stream {stream.input_topic!r} scores model {stream.model!r}, which the new "
+                                    "config removes; change streams with a restart")
+        added = []
+        try:
+            for key, ms in new_models.items():
+                if key not in old_models:
+                    served = await loop.run_in_executor(None, self._load_model, ms)
+                    served.batcher.start()
+                    self.registry.add(served)
+                    added.append(served)
+            routes, shadows = self._build_routes(new.routes)
+        except BaseException:
+            for served in added:
+                self.registry.remove(served.name, served.version)
+                await served.batcher.close()
+                served.model.close()
+            raise
+        self.router.install(routes, shadows)
+        kept = [old_models.get(key, ms) for key, ms in new_models.items()]
+        self.settings = old.model_copy(update={"models": kept, "routes": new.routes})
+        gone = []
+        for name, version in removed:
+            served = self.registry.remove(name, version)
+            await served.batcher.close()  # scores what it queued
+            self.drift.pop((name, version), None)
+            gone.append(served)
+        # Challengers that left the routes finish what they were offered; then the sessions go.
+        await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
+                               for sh in self._retired_shadows))
+        self._retired_shadows = []
+        for served in gone:
+            served.model.close()
+        _announce("reloaded: " + ", ".join(
+            [f"routes {[r.model for r in new.routes]}"]
+            + ([f"added {[s.model.label for s in added]}"] if added else [])
+            + ([f"removed {[f'{n}:{v}' for n, v in removed]}"] if removed else [])))
+
     def _count_unauthenticated(self) -> None:
         self.requests_by_code[("(unknown)", "unauthenticated")] += 1
 
@@ -185,8 +324,25 @@ class App:
         await asyncio.gather(*stopping)
         for served in self.registry.all():
             await served.batcher.close()
+        loop = asyncio.get_running_loop()
+        shadows = [sh for group in self.router.shadows.values() for sh in group]
+        # Challengers finish what they were offered (bounded by the drain timeout), then the
+        # monitor, then the log writes everything and closes its files.
+        await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
+                               for sh in shadows))
+        for served in self.registry.all():
             served.model.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.tap.close)
+        await loop.run_in_executor(None, self.tap.close)
+        for sh in shadows:
+            st = sh.stats
+            _announce(f"challenger {sh.model.label}: {st.rows_scored} rows scored, {st.rows_dropped} dropped, "
+                      f"{st.rows_failed} failed (errors {st.errors}, wrong shape {st.bad_shape}, "
+                      f"timeouts {st.timeouts})")
+        if self.scorelog is not None:
+            await loop.run_in_executor(None, self.scorelog.close)
+            st = self.scorelog.stats
+            _announce(f"scoring log: {st.rows_written} rows written in {st.files_closed} files, "
+                      f"{st.rows_dropped} dropped, {st.rows_failed} failed")
         if self.metrics is not None:
             await self.metrics.stop()
         _announce("stopped")
@@ -201,13 +357,23 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain."""
-    app = App(settings)
+async def serve(settings: Settings, config_path: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain. SIGHUP reloads the config (routes and models)."""
+    app = App(settings, config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    reloads: set[asyncio.Task] = set()
+    if config_path is not None:
+        def on_hup() -> None:
+            task = loop.create_task(app.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
+    if reloads:
+        await asyncio.gather(*reloads, return_exceptions=True)
     await app.drain()

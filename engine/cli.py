@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         _fast_event_loop()
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, args.config))
     except ModelLoadError as exc:
         print(f"scorewire: {exc}", file=sys.stderr)
         return 2

@@ -173,6 +173,64 @@ class MonitoringSettings(_Strict):
     kind=drift/model=/date=. None: drift events go to the server log only."""
 
 
+class RouteSettings(_Strict):
+    """Which versions of one model answer its requests, and which shadow them."""
+
+    model: str = Field(min_length=1, max_length=256)
+    """The model name clients call (several [[models]] entries share it, one per version)."""
+    champion: str = Field(min_length=1)
+    """Version that answers requests that name no version (unless `split` says otherwise)."""
+    challengers: list[str] = Field(default_factory=list)
+    """Versions that score every batch the champion scores, in the shadow: their results go
+    to the scoring log only, never to the caller."""
+    split: dict[str, float] = Field(default_factory=dict)
+    """A/B or canary: version -> weight of the requests (naming no version) it answers,
+    e.g. {"1" = 95, "2" = 5}. Include the champion. Empty: the champion answers all."""
+    sticky_key: str = Field("routing_key", min_length=1)
+    """gRPC request parameter holding the routing key: the same key always lands on the same
+    arm. Kafka streams use the message key. Without a key, the arm is drawn at random."""
+    shadow_queue_batches: int = Field(64, gt=0, le=100_000)
+    """Batches waiting for each challenger; when full, shadow work is dropped and counted."""
+    shadow_timeout_s: float = Field(2.0, gt=0, le=3600)
+    """A challenger run taking longer is terminated (onnxruntime's terminate flag) and counted."""
+
+    @model_validator(mode="after")
+    def _roles(self) -> "RouteSettings":
+        if self.champion in self.challengers:
+            raise ValueError(f"version {self.champion!r} is the champion and a challenger")
+        if len(set(self.challengers)) != len(self.challengers):
+            raise ValueError("challengers lists a version twice")
+        if self.split:
+            if self.champion not in self.split:
+                raise ValueError(f"split must give the champion ({self.champion!r}) a weight")
+            if any(w <= 0 for w in self.split.values()):
+                raise ValueError("split weights must be > 0 (remove a version to give it no traffic)")
+            both = sorted(set(self.split) & set(self.challengers))
+            if both:
+                raise ValueError(f"versions {both} are both split arms and challengers")
+        return self
+
+
+class ScoreLogSettings(_Strict):
+    """The Parquet scoring log: one row per scored row, for every model, role and version."""
+
+    dir: Path
+    """Dataset folder (relative to the config file), Hive-partitioned model=/role=/date=."""
+    max_rows_per_file: int = Field(1_000_000, gt=0, le=1_000_000_000)
+    """A file is closed (and a new one opened) after this many rows..."""
+    max_file_age_s: float = Field(60.0, gt=0, le=86_400)
+    """...or this many seconds after it was opened, whichever comes first."""
+    queue_rows: int = Field(1_000_000, gt=0, le=1_000_000_000)
+    """Rows waiting for the writer thread: the bound on the log's memory."""
+    when_full: Literal["drop", "block"] = "drop"
+    """When the writer falls behind: "drop" (and count) the new rows, or "block" the scoring
+    path for up to block_timeout_ms, then drop."""
+    block_timeout_ms: int = Field(100, ge=0, le=60_000)
+    """With when_full = "block": longest wait for room in the queue."""
+    compression: Literal["zstd", "snappy", "none"] = "zstd"
+    """Parquet compression codec."""
+
+
 class SecretRef(_Strict):
     """A Kafka setting's value read at start-up from the environment or a file, so that the
     config holds no secret: `"sasl.password" = { env = "KAFKA_PASSWORD" }`."""
@@ -264,6 +322,11 @@ class Settings(_Strict):
     """One entry per model version served."""
     streams: list[StreamSettings] = Field(default_factory=list)
     """Kafka streams scored by models of this config (none: gRPC only)."""
+    routes: list[RouteSettings] = Field(default_factory=list)
+    """Champion/challenger and A/B or canary routing, per model name (none: a request naming
+    no version gets the highest version)."""
+    scorelog: ScoreLogSettings | None = None
+    """The Parquet scoring log (None: no log)."""
 
     @model_validator(mode="after")
     def _unique_versions(self) -> "Settings":
@@ -281,6 +344,16 @@ class Settings(_Strict):
             if stream.version and stream.version not in versions:
                 raise ValueError(f"a stream asks for model {stream.model!r} version {stream.version!r}; "
                                  f"configured: {versions}")
+        routed = set()
+        for route in self.routes:
+            if route.model in routed:
+                raise ValueError(f"model {route.model!r} has two [[routes]]")
+            routed.add(route.model)
+            versions = [m.version for m in self.models if m.name == route.model]
+            missing = [v for v in [route.champion, *route.challengers, *route.split] if v not in versions]
+            if missing:
+                raise ValueError(f"the route of model {route.model!r} names versions {sorted(set(missing))}, "
+                                 f"which are not configured in [[models]] (configured: {versions})")
         return self
 
 
@@ -351,8 +424,11 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     monitoring = settings.monitoring
     if monitoring.events_dir is not None:
         monitoring = MonitoringSettings(events_dir=at(monitoring.events_dir))
+    scorelog = settings.scorelog
+    if scorelog is not None:
+        scorelog = scorelog.model_copy(update={"dir": at(scorelog.dir)})
     return settings.model_copy(update={"models": models, "server": server.model_copy(update=server_update),
-                                       "streams": streams, "monitoring": monitoring})
+                                       "streams": streams, "monitoring": monitoring, "scorelog": scorelog})
 
 
 def _check_model_root(settings: Settings, source: str) -> None:

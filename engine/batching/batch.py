@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -41,3 +42,38 @@ class Batch(NamedTuple):
                 )
         b = self.bounds
         return [{name: array[b[i] : b[i + 1]] for name, array in outputs.items()} for i in range(self.members)]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a batch member came from, for the scoring log: a gRPC request (one id and key
+    for its rows) or a piece of a Kafka chunk (per-row partitions, offsets and keys).
+    The log builds per-row columns from it on its own thread, never on the request path."""
+
+    role: str = "champion"  # champion | arm | direct (challenger rows are logged by the shadow)
+    routing: str = "default"  # default | sticky | random | pinned
+    request_id: str | None = None
+    routing_key: str | None = None
+    topic: str | None = None
+    partitions: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    keys: list | None = None  # Kafka message keys (bytes or None) of the whole consumed chunk...
+    index: np.ndarray | None = None  # ...and which of the chunk's messages are this member's rows
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """A batch after scoring, as the taps (monitor, shadows, log) receive it."""
+
+    model: str  # name
+    version: str
+    role: str  # the role of the version: champion, or challenger for shadow results
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    queue_us: np.ndarray  # per member
+    total_us: np.ndarray  # per member
+    inference_us: int  # the batch's run
+    rows: int
+    bounds: tuple[int, ...] = ()  # member row offsets, as Batch.bounds
+    origins: tuple[Origin | None, ...] = ()  # per member
+    wall_ns: int = 0  # time.time_ns() when the batch was scored

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.batching.batch import Batch
+from engine.batching.batch import Batch, Origin
 from engine.errors import EngineError, ErrorCode
 from engine.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Batch], Awaitable[dict[str, np.ndarray]]]
-# (batch, its outputs, members' enqueue times, run start, run end), monotonic ns
-OnScored = Callable[[Batch, dict[str, np.ndarray], np.ndarray, int, int], None]
+# (batch, its outputs, members' enqueue times, run start, run end (monotonic ns), members' origins)
+OnScored = Callable[[Batch, dict[str, np.ndarray], np.ndarray, int, int, tuple], None]
 
 
 @dataclass(slots=True)
@@ -38,6 +38,7 @@ class _Pending:
     future: asyncio.Future
     deadline_ns: int | None
     enqueued_ns: int
+    origin: Origin | None
 
 
 @dataclass(slots=True)
@@ -77,8 +78,10 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline_ns: int | None = None) -> asyncio.Future:
-        """Queue one validated request; its future gets the request's own output rows."""
+    def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline_ns: int | None = None,
+               origin: Origin | None = None) -> asyncio.Future:
+        """Queue one validated request; its future gets the request's own output rows. The
+        origin travels with it to `on_scored` (the scoring log)."""
         if self._closing:
             raise EngineError(ErrorCode.UNAVAILABLE, f"model {self.label} is shutting down")
         if self._queued_rows + rows > self.capacity:
@@ -89,7 +92,7 @@ class Batcher:
                 f"queue_capacity = {self.capacity}); retry later",
             )
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns()))
+        self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns(), origin))
         self._queued_rows += rows
         if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
             self._wake()
@@ -210,7 +213,7 @@ class Batcher:
         self.stats.rows += batch.rows
         if self._on_scored is not None:
             enqueued = np.fromiter((m.enqueued_ns for m in members), dtype=np.int64, count=len(members))
-            self._on_scored(batch, outputs, enqueued, start, end)
+            self._on_scored(batch, outputs, enqueued, start, end, tuple(m.origin for m in members))
         return parts
 
     def _fail_all(self, exc: BaseException) -> None:

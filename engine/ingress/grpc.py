@@ -183,10 +183,16 @@ class InferenceServicer:
         if isinstance(timeout_us, int) and timeout_us > 0:  # Triton's per-request timeout, in us
             own = time.monotonic_ns() + timeout_us * 1000
             deadline_ns = own if deadline_ns is None else min(deadline_ns, own)
+        # A request without an id gets one (returned in the response): the scoring log pairs
+        # a champion's rows with its challengers' by it.
+        request_id = decoded.request_id or self.pipeline.new_request_id()
+        key_name = self.pipeline.router.sticky_key(decoded.model_name)
+        routing_key = decoded.parameters.get(key_name) if key_name is not None else None
         served, outputs = await self.pipeline.submit(
-            decoded.model_name, decoded.model_version, decoded.inputs, decoded.requested_outputs, deadline_ns
+            decoded.model_name, decoded.model_version, decoded.inputs, decoded.requested_outputs, deadline_ns,
+            request_id, None if routing_key is None else str(routing_key),
         )
-        return encode_response(served.name, served.version, decoded.request_id, outputs)
+        return encode_response(served.name, served.version, request_id, outputs)
 
     async def model_infer(self, request, context: grpc.aio.ServicerContext):
         remaining = context.time_remaining()

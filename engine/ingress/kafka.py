@@ -27,6 +27,7 @@ import time
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from engine.batching.batch import Origin
 from engine.codec.kafka import Decoded, ResultTemplate, StreamCodec, encode_results
 from engine.errors import EngineError, ErrorCode
 from engine.pipeline import Pipeline
@@ -105,7 +106,7 @@ class KafkaStream:
         self.settings = settings
         self.pipeline = pipeline
         self.model = served.name
-        self.version = served.version
+        self.version = settings.version  # empty: the model's route (or highest version) decides
         self.name = f"{settings.input_topic}->{settings.output_topic}"
         self.label = f"{self.name} ({served.model.label})"
         self.lag: dict[int, int] = {}  # assigned partition -> high watermark - committed (the reader replaces it)
@@ -377,27 +378,67 @@ class KafkaStream:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _route(self, chunk: _Chunk) -> list[tuple[str, str, str, np.ndarray | None]]:
+        """(version, role, routing, positions in decoded.good or None for all) per group of
+        rows: one group, or with an A/B or canary split one per arm, chosen by message key."""
+        router = self.pipeline.router
+        if self.version:
+            _, role, routing = router.resolve(self.model, self.version, None)
+            return [(self.version, role, routing, None)]
+        route = router.routes.get(self.model)
+        if route is None or route.split is None:
+            served, role, routing = router.resolve(self.model, "", None)
+            return [(served.version, role, routing, None)]
+        good = chunk.decoded.good
+        keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
+        arms = route.split.arms(keys)
+        groups = []
+        for i, version in enumerate(route.split.versions):
+            picked = np.flatnonzero(arms == i)
+            if len(picked):
+                groups.append((version, route.role_of(version), "sticky", picked))
+        return groups
+
+    async def _score_group(self, chunk: _Chunk, version: str, role: str, routing: str, picked):
+        decoded = chunk.decoded
+        inputs = decoded.inputs if picked is None else {n: a[picked] for n, a in decoded.inputs.items()}
+        rows_of = decoded.good if picked is None else decoded.good[picked]
+        topic = self.settings.input_topic
+
+        def origin(a: int, b: int) -> Origin:
+            return Origin(role, routing, topic=topic, partitions=chunk.partitions, offsets=chunk.offsets,
+                          keys=chunk.keys, index=rows_of[a:b])
+
+        return await self._run(inputs, version, origin)
+
     async def _score(self, chunk: _Chunk) -> None:
         decoded = chunk.decoded
         try:
             started = time.monotonic_ns()
-            scored_rows, outputs, failures = await self._run(decoded.inputs)
+            groups = self._route(chunk)
+            outcomes = await asyncio.gather(*(self._score_group(chunk, *group) for group in groups))
             scored_ns = time.monotonic_ns()
-            every = len(scored_rows) == len(decoded.good)
-            rows = decoded.good if every else decoded.good[scored_rows]
             keys = chunk.keys
-            if len(rows):
-                timings = {"wait_us": (started - chunk.consumed_ns) // 1000, "score_us": (scored_ns - started) // 1000}
-                template = ResultTemplate(self.model, self.version, self.settings.input_topic, outputs, timings)
-                values = encode_results(template, decoded.id_text,
-                                        decoded.id_spans if every else decoded.id_spans[scored_rows],
-                                        chunk.partitions[rows], chunk.offsets[rows], outputs)
-                picked = keys if len(rows) == chunk.size else [keys[i] for i in rows.tolist()]
-                chunk.results = list(zip(picked, values))
-            errors = decoded.errors + [(int(decoded.good[r]), message) for r, message in failures]
+            timings = {"wait_us": (started - chunk.consumed_ns) // 1000, "score_us": (scored_ns - started) // 1000}
+            errors = list(decoded.errors)
+            scored = 0
+            for (version, _role, _routing, picked), (scored_rows, outputs, failures) in zip(groups, outcomes):
+                at = scored_rows if picked is None else picked[scored_rows]  # positions in decoded.good
+                every = len(at) == len(decoded.good)
+                rows = decoded.good if every else decoded.good[at]
+                if len(rows):
+                    template = ResultTemplate(self.model, version, self.settings.input_topic, outputs, timings)
+                    values = encode_results(template, decoded.id_text,
+                                            decoded.id_spans if every else decoded.id_spans[at],
+                                            chunk.partitions[rows], chunk.offsets[rows], outputs)
+                    picked_keys = keys if len(rows) == chunk.size else [keys[i] for i in rows.tolist()]
+                    chunk.results.extend(zip(picked_keys, values))
+                scored += len(rows)
+                base = decoded.good if picked is None else decoded.good[picked]
+                errors += [(int(base[r]), message) for r, message in failures]
             for i, message in errors:
                 chunk.dead.append((keys[i], chunk.values[i], self._dead_headers(chunk, i, message)))
-            self.stats.scored += len(rows)
+            self.stats.scored += scored
             self.stats.dead_lettered += len(errors)
         except EngineError as exc:
             chunk.abandoned = True
@@ -414,9 +455,20 @@ class KafkaStream:
     def _dead_headers(self, chunk: _Chunk, i: int, message: str) -> list:
         source = f"{self.settings.input_topic}/{chunk.partitions[i]}/{chunk.offsets[i]}"
         return [("scorewire.error", message.encode()), ("scorewire.source", source.encode()),
-                ("scorewire.model", f"{self.model}:{self.version}".encode())]
+                ("scorewire.model", self._model_tag().encode())]
 
-    async def _run(self, inputs: dict[str, np.ndarray]):
+    def _model_tag(self) -> str:
+        """model:version that scores this stream (just the model when a split decides per key)."""
+        router = self.pipeline.router
+        route = router.routes.get(self.model)
+        if not self.version and route is not None and route.split is not None:
+            return self.model
+        try:
+            return f"{self.model}:{router.resolve(self.model, self.version, None)[0].version}"
+        except EngineError:
+            return self.model
+
+    async def _run(self, inputs: dict[str, np.ndarray], version: str, origin):
         """Score rows in pieces of at most max_batch_size rows; returns (indices of the rows
         scored, their outputs, [(row, error)] for rows that made the model fail)."""
         first = next(iter(inputs.values()))
@@ -425,7 +477,7 @@ class KafkaStream:
             return np.zeros(0, np.int64), {}, []
         step = self.piece_rows
         pieces = [(a, min(a + step, rows)) for a in range(0, rows, step)]
-        results = await asyncio.gather(*(self._piece(inputs, a, b) for a, b in pieces))
+        results = await asyncio.gather(*(self._piece(inputs, a, b, version, origin) for a, b in pieces))
         done_rows: list[np.ndarray] = []
         parts: list[dict[str, np.ndarray]] = []
         failures: list[tuple[int, str]] = []
@@ -440,10 +492,10 @@ class KafkaStream:
             return index, parts[0], failures
         return index, {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, failures
 
-    async def _piece(self, inputs, a: int, b: int):
+    async def _piece(self, inputs, a: int, b: int, version: str, origin):
         piece = {name: array[a:b] for name, array in inputs.items()}
         try:
-            outputs = await self._submit(piece)
+            outputs = await self._submit(piece, version, origin(a, b))
             return [np.arange(a, b)], [outputs], []
         except EngineError as exc:
             if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_FOUND):
@@ -453,17 +505,17 @@ class KafkaStream:
         # One of these rows breaks the model: score them one by one so only the culprit fails.
         done, outs, errors = [], [], []
         for r in range(a, b):
-            sub_rows, sub_outs, sub_errors = await self._piece(inputs, r, r + 1)
+            sub_rows, sub_outs, sub_errors = await self._piece(inputs, r, r + 1, version, origin)
             done += sub_rows
             outs += sub_outs
             errors += sub_errors
         return done, outs, errors
 
-    async def _submit(self, piece):
+    async def _submit(self, piece, version: str, origin: Origin):
         async with self._slots:
             while True:
                 try:
-                    _, outputs = await self.pipeline.submit(self.model, self.version, piece)
+                    _, outputs = await self.pipeline.submit(self.model, version, piece, origin=origin)
                     return outputs
                 except EngineError as exc:
                     if exc.code is not ErrorCode.RESOURCE_EXHAUSTED:

@@ -83,7 +83,35 @@ def _monitoring(app, family) -> None:
            [(("_bucket" + lbl), v) for lbl, v in buckets] + sums + counts)
     family("scorewire_monitor_dropped_batches_total", "counter",
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
+    _shadows(app, family)
     _streams(app.streams, family)
+
+
+def _shadows(app, family) -> None:
+    shadows = [(champion, sh) for champion, group in sorted(app.router.shadows.items()) for sh in group]
+    if shadows:
+        outcomes = (("scored", "scored"), ("dropped", "dropped"), ("error", "errors"), ("bad_shape", "bad_shape"),
+                    ("timeout", "timeouts"))
+        family("scorewire_shadow_batches_total", "counter",
+               "Champion batches offered to a challenger, by outcome (dropped: its queue was full).",
+               [(_labels(model=sh.name, champion=champion[1], version=sh.version, outcome=o), getattr(sh.stats, a))
+                for champion, sh in shadows for o, a in outcomes])
+        family("scorewire_shadow_rows_total", "counter", "Rows of those batches, by outcome.",
+               [(_labels(model=sh.name, champion=champion[1], version=sh.version, outcome=o),
+                 getattr(sh.stats, f"rows_{o}")) for champion, sh in shadows for o in ("scored", "dropped", "failed")])
+        family("scorewire_shadow_queue_batches", "gauge", "Batches waiting for a challenger.",
+               [(_labels(model=sh.name, champion=champion[1], version=sh.version), sh.queued)
+                for champion, sh in shadows])
+    log = app.scorelog
+    if log is not None:
+        family("scorewire_scorelog_rows_total", "counter",
+               "Rows offered to the Parquet scoring log, by outcome (dropped: the writer fell behind and the "
+               "queue was full; failed: the write failed, see the server log).",
+               [(_labels(outcome=o), getattr(log.stats, f"rows_{o}")) for o in ("written", "dropped", "failed")])
+        family("scorewire_scorelog_queue_rows", "gauge", "Rows waiting for the scoring log's writer.",
+               [("", log.queued_rows)])
+        family("scorewire_scorelog_files_total", "counter", "Scoring log files closed (complete, renamed).",
+               [("", log.stats.files_closed)])
 
 
 _STREAM_COUNTERS = (

@@ -9,24 +9,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
+from engine.batching.batch import ScoredBatch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredBatch:
-    model: str  # name
-    version: str
-    role: str  # "champion" (routing adds others later)
-    inputs: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
-    queue_us: np.ndarray  # per request
-    total_us: np.ndarray  # per request
-    inference_us: int  # the batch's run
-    rows: int
 
 
 class MonitorTap:

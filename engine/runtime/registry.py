@@ -38,6 +38,13 @@ class Registry:
     def add(self, served: Served) -> None:
         self._by_name.setdefault(served.name, {})[served.version] = served
 
+    def remove(self, name: str, version: str) -> Served:
+        versions = self._by_name[name]
+        served = versions.pop(version)
+        if not versions:
+            del self._by_name[name]
+        return served
+
     def all(self) -> list[Served]:
         return [s for versions in self._by_name.values() for s in versions.values()]
 

@@ -1,0 +1,1 @@
+"""Champion/challenger routing, A/B and canary splits."""

@@ -1,0 +1,1 @@
+"""The Parquet scoring log and the comparison of its models."""
