@@ -68,6 +68,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from engine.scorelog.compare import main as compare_main
+
+    return compare_main(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bench.cli import main as bench_main
 
@@ -112,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--target", required=True, help="HOST:PORT of the server's metrics endpoint")
     stat.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
     stat.set_defaults(func=_status)
+
+    comp = sub.add_parser("compare", help="champion vs challengers from the Parquet scoring log",
+                          description="Pair a model's champion rows with each challenger's by request id and "
+                          "row: agreement, output differences, latency per version; with --labels also accuracy, "
+                          "log-loss and AUC, McNemar's exact test and a paired t-test on log-loss.")
+    comp.add_argument("--log", required=True, help="the scoring log's folder ([scorelog] dir)")
+    comp.add_argument("--model", required=True, help="model name")
+    comp.add_argument("--labels", type=Path, help="Parquet or CSV with request_id, the label, and optionally row")
+    comp.add_argument("--label-column", default="label", help="label column of --labels (default 'label'; 0/1)")
+    comp.add_argument("--score", help="output column holding P(class 1) (default: out_<name>_1 of a 2-column output)")
+    comp.add_argument("--predicted", help="output column holding the predicted class (default: the one integer "
+                      "output, else score >= 0.5)")
+    comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol")
+    comp.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    comp.set_defaults(func=_compare)
 
     bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report",
                            add_help=False, description="scorewire bench grpc | kafka | sweep ... "

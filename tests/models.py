@@ -55,3 +55,64 @@ def fixed_batch_model(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     return save_graph(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed", [x], [y]), path)
+
+
+def _classifier_io(features: int = 32):
+    """The demo classifiers' interface: float_input [N, features] -> label [N], probabilities [N, 2]."""
+    x = helper.make_tensor_value_info("float_input", TensorProto.FLOAT, ["N", features])
+    label = helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])
+    proba = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])
+    return x, label, proba
+
+
+def _two_columns(source: str, out: str) -> list:
+    """out = source[:, 0:2]"""
+    return [helper.make_node("Slice", [source, "c_start", "c_end", "c_axis"], [out])]
+
+
+_SLICE_CONSTANTS = [helper.make_tensor("c_start", TensorProto.INT64, [1], [0]),
+                    helper.make_tensor("c_end", TensorProto.INT64, [1], [2]),
+                    helper.make_tensor("c_axis", TensorProto.INT64, [1], [1])]
+
+
+def raising_classifier(path: Path) -> Path:
+    """The demo classifiers' interface, but every run fails (a Reshape no input fits)."""
+    x, label, proba = _classifier_io()
+    nodes = [helper.make_node("Reshape", ["float_input", "shape"], ["r"]),
+             *_two_columns("r", "probabilities"),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    init = [helper.make_tensor("shape", TensorProto.INT64, [2], [3, 5]), *_SLICE_CONSTANTS]
+    return save_graph(helper.make_graph(nodes, "raising", [x], [label, proba], init), path)
+
+
+def hanging_classifier(path: Path) -> Path:
+    """The demo classifiers' interface, but a run never ends (a Loop of 10^15 steps) unless
+    onnxruntime's terminate flag stops it."""
+    x, label, proba = _classifier_io()
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "zero"], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    nodes = [*_two_columns("float_input", "start"),
+             helper.make_node("Loop", ["trips", "go", "start"], ["looped"], body=body),
+             helper.make_node("Sigmoid", ["looped"], ["probabilities"]),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    init = [helper.make_tensor("trips", TensorProto.INT64, [], [10**15]),
+            helper.make_tensor("go", TensorProto.BOOL, [], [True]), *_SLICE_CONSTANTS]
+    return save_graph(helper.make_graph(nodes, "hanging", [x], [label, proba], init), path)
+
+
+def one_row_classifier(path: Path) -> Path:
+    """The demo classifiers' interface, but it returns one row whatever the batch (wrong shape)."""
+    x, label, proba = _classifier_io()
+    nodes = [*_two_columns("float_input", "two"),
+             helper.make_node("ReduceMean", ["two"], ["mean"], axes=[0], keepdims=1),
+             helper.make_node("Sigmoid", ["mean"], ["probabilities"]),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    return save_graph(helper.make_graph(nodes, "one_row", [x], [label, proba], list(_SLICE_CONSTANTS)), path)

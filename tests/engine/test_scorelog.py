@@ -1,0 +1,82 @@
+"""The scoring log in process: rotation by rows and age, atomic files, accounting."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from engine.batching.batch import Origin, ScoredBatch
+from engine.scorelog.parquet import ScoreLog
+from engine.settings import ScoreLogSettings
+
+
+def batch(rows: int, members: int = 2, wall_ns: int | None = None, version: str = "1", role: str = "champion"):
+    x = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    bounds = tuple(int(b) for b in np.linspace(0, rows, members + 1))
+    origins = tuple(Origin(role, "default", f"r{i}", None) for i in range(members))
+    return ScoredBatch("m", version, role, {"x": x}, {"y": x.sum(axis=1), "p": np.c_[x[:, :1], x[:, 1:2]]},
+                       np.arange(members, dtype=np.int64), np.arange(members, dtype=np.int64) + 10, 7, rows,
+                       bounds, origins, wall_ns or time.time_ns())
+
+
+def test_rotation_by_rows_and_a_full_flush_on_close(tmp_path):
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path, max_rows_per_file=100, max_file_age_s=3600),
+                   {("m", "x"): ["a", "b", "c"]})
+    for _ in range(25):
+        log.put(batch(10))
+    log.close()
+    files = sorted(tmp_path.glob("model=m/role=champion/date=*/*.parquet"))
+    assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [100, 100, 50]
+    assert not list(tmp_path.glob("**/*.tmp"))
+    table = pq.read_table(files[0])
+    assert table.column_names == ["time", "request_id", "row", "routing_key", "version", "routing", "in_a", "in_b",
+                                  "in_c", "out_y", "out_p_0", "out_p_1", "queue_us", "inference_us", "total_us"]
+    first = table.slice(0, 10).to_pydict()
+    assert first["request_id"] == ["r0"] * 5 + ["r1"] * 5
+    assert first["row"] == list(range(5)) * 2
+    assert first["queue_us"] == [0] * 5 + [1] * 5 and first["total_us"] == [10] * 5 + [11] * 5
+    assert first["in_b"] == [1.0 + 3 * i for i in range(10)]
+    assert log.stats.rows_written == 250 and log.stats.files_closed == 3
+
+
+def test_files_rotate_by_age_while_open_files_stay_hidden(tmp_path):
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path, max_file_age_s=0.3))
+    log.put(batch(5))
+    deadline = time.monotonic() + 10
+    while not list(tmp_path.glob("**/*.parquet")) and time.monotonic() < deadline:
+        assert len(list(tmp_path.glob("**/.*.parquet.tmp"))) <= 1  # written under a hidden name
+        time.sleep(0.02)
+    assert len(list(tmp_path.glob("**/*.parquet"))) == 1
+    log.close()
+
+
+def test_roles_and_dates_go_to_their_partitions(tmp_path):
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path))
+    day = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+    mixed = batch(4)
+    mixed = ScoredBatch(**{**{f: getattr(mixed, f) for f in mixed.__slots__},
+                           "origins": (Origin("arm", "sticky", "a", "k1"), Origin("direct", "pinned", "b", None))})
+    log.put(mixed)
+    log.put(batch(3, 1, wall_ns=day, role="challenger"))
+    log.close()
+    found = {str(p.relative_to(tmp_path).parent): pq.ParquetFile(p).metadata.num_rows
+             for p in tmp_path.glob("**/*.parquet")}
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert found == {f"model=m/role=arm/date={today}": 2, f"model=m/role=direct/date={today}": 2,
+                     "model=m/role=challenger/date=2026-01-01": 3}
+    arm = pq.read_table(next(tmp_path.glob("model=m/role=arm/**/*.parquet"))).to_pydict()
+    assert arm["routing_key"] == ["k1", "k1"] and arm["routing"] == ["sticky", "sticky"]
+
+
+def test_a_full_queue_drops_and_counts_never_more_than_offered(tmp_path):
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path, queue_rows=64, when_full="drop"))
+    offered = 0
+    for _ in range(2000):
+        log.put(batch(32))
+        offered += 32
+    log.close()
+    written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp_path.glob("**/*.parquet"))
+    assert written == log.stats.rows_written
+    assert log.stats.rows_written + log.stats.rows_dropped == offered
