@@ -165,3 +165,46 @@ def test_secret_references_need_one_source_and_name_the_variable_not_a_value(tmp
     with pytest.raises(SettingsError, match="reads environment variable KU, which is not set"):
         kafka["sasl.username"].reveal("sasl.username")
     assert isinstance(kafka["sasl.username"], SecretRef)
+
+
+ROUTED = GOOD + """
+[[models]]
+name = "mlp"
+path = "models/gbt.onnx"
+version = "4"
+
+[[routes]]
+model = "mlp"
+champion = "3"
+challengers = ["4"]
+"""
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda t: t.replace('challengers = ["4"]', 'challengers = ["5"]'),
+         "the route of model 'mlp' names versions ['5'], which are not configured"),
+        (lambda t: t.replace('challengers = ["4"]', 'challengers = ["3"]'), "'3' is the champion and a challenger"),
+        (lambda t: t.replace('challengers = ["4"]', 'split = { "4" = 10 }'), "split must give the champion ('3')"),
+        (lambda t: t.replace('challengers = ["4"]', 'split = { "3" = 90, "4" = 0 }'), "weights must be > 0"),
+        (lambda t: t.replace('challengers = ["4"]', 'challengers = ["4"]\nsplit = { "3" = 90, "4" = 10 }'),
+         "both split arms and challengers"),
+        (lambda t: t + '[[routes]]\nmodel = "mlp"\nchampion = "4"\n', "model 'mlp' has two [[routes]]"),
+        (lambda t: t + '[scorelog]\ndir = "log"\nwhen_full = "wait"\n', "scorelog.when_full"),
+    ],
+)
+def test_bad_route_or_scorelog_config_says_why(tmp_path, mutate, expected):
+    config = tmp_path / "c.toml"
+    config.write_text(mutate(ROUTED))
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    assert expected in str(err.value)
+
+
+def test_route_and_scorelog_config(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(ROUTED.replace('challengers = ["4"]', 'split = { "3" = 90, "4" = 10 }') + '[scorelog]\ndir = "log"\n')
+    settings = load_settings(config)
+    assert settings.routes[0].split == {"3": 90, "4": 10} and settings.routes[0].sticky_key == "routing_key"
+    assert settings.scorelog.dir == (tmp_path / "log").resolve() and settings.scorelog.when_full == "drop"

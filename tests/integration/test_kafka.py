@@ -254,3 +254,52 @@ def test_binary_format_scores_raw_rows_and_the_key_is_the_id(cluster, model_dir,
         assert b"124 bytes; this model's row is 128 bytes" in dict(dead.headers())["scorewire.error"]
     finally:
         assert worker.stop() == 0
+
+
+def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluster, model_dir, tmp_path, rng):
+    """Kafka uses the gRPC routing: the message key picks the arm; the champion's batches are
+    shadowed; the scoring log pairs them by source (topic/partition/offset)."""
+    import shutil
+
+    import duckdb
+
+    for name in ("mlp", "gbt"):
+        shutil.copy(model_dir / "models" / f"{name}.onnx", tmp_path / f"{name}.onnx")
+    models = "".join(f'\n[[models]]\nname = "mlp"\nversion = "{v}"\npath = "{p}"\n[models.batching]\n'
+                     "max_batch_size = 128\n" for v, p in (("1", "mlp.onnx"), ("2", "gbt.onnx"), ("3", "mlp.onnx")))
+    from tests.integration.kafka_helpers import STREAM
+
+    config = ('[server]\nhost = "127.0.0.1"\ngrpc_port = 0\nmetrics_port = 0\n' + models
+              + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["2"]\nsplit = { "1" = 50, "3" = 50 }\n'
+              + '\n[scorelog]\ndir = "log"\n'
+              + STREAM.format(bootstrap=cluster.bootstrap, group="split", topic="events", output="scores",
+                              dlq="scores-dlq", fmt="json", linger_ms=2))
+    from tests.conftest import launch
+
+    x = rng.normal(size=(2000, 32)).astype(np.float32)
+    events = json_events(x)
+    keyed = [(b"user-%d" % (i % 300), value) for i, (_, value) in enumerate(events)]
+    produce(cluster.bootstrap, "events", keyed)
+    worker = launch(tmp_path, config)
+    try:
+        results = [(m.key(), orjson.loads(m.value())) for m in read_all(cluster.bootstrap, "scores", len(x))]
+    finally:
+        assert worker.stop() == 0
+    assert len(results) == len(x)
+    arms: dict[bytes, set] = {}
+    for key, r in results:
+        arms.setdefault(key, set()).add(r["version"])
+    assert all(len(v) == 1 for v in arms.values())
+    assert {v for vs in arms.values() for v in vs} == {"1", "3"}
+    on_champion = {r["source"] for _, r in results if r["version"] == "1"}
+    log = tmp_path / "log"
+    rows = duckdb.connect().execute(
+        f"SELECT role, version, request_id, routing_key FROM read_parquet('{log}/**/*.parquet', hive_partitioning = 1)"
+    ).fetchall()
+    champion = {rid for role, _, rid, _ in rows if role == "champion"}
+    shadow = [rid for role, version, rid, _ in rows if role == "challenger" and version == "2"]
+    assert champion == on_champion
+    assert sorted(shadow) == sorted(champion)  # one shadow row per champion row
+    assert {rid for role, _, rid, _ in rows if role == "arm"} == {r["source"] for _, r in results} - on_champion
+    key_of = {r["source"]: key.decode() for key, r in results}
+    assert all(key_of[rid] == key for _, _, rid, key in rows)
