@@ -1,7 +1,10 @@
 """Shadow scoring: a challenger scores the batches its champion scored, on a thread of its
 own, and its results go to the taps (scoring log, latency, drift), never to a caller.
+Batches queued together run together (up to the challenger's max_batch_size rows), so a
+challenger's queue and inference latency are those of its shadow runs, not what it would
+show answering callers.
 
-Isolation: `offer` never blocks (a full queue drops the batch, counted); a run that raises
+Isolation: `offer` never blocks (a full mailbox drops the batch, counted); a run that raises
 or returns outputs of the wrong shape is counted and logged; a run longer than the timeout
 is stopped through onnxruntime's terminate flag and counted. None of it reaches the
 champion, whose response was sent before the batch was offered.
@@ -10,7 +13,6 @@ champion, whose response was sent before the batch was offered.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from engine.batching.batch import ScoredBatch
+from engine.batching.mailbox import Mailbox
 from engine.runtime.session import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -49,10 +52,14 @@ class Shadow:
         self.capacity = capacity
         self._deliver = deliver
         self._session = model.sessions[0]
+        # Champion batches queued during one tick run together, up to the challenger's own
+        # batch size: one onnxruntime call instead of several (the per-call cost dominates
+        # small batches). Their latency in the log is that of the run they shared.
+        self.max_rows = model.settings.batching.max_batch_size
         self._output_names = list(model.schema.output_names)
-        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._box = Mailbox(capacity, tick_s=0.02)
         self._running: tuple[ort.RunOptions, float] | None = None
-        self._closing = threading.Event()
+        self._abandon = threading.Event()  # close() ran out of time: count what is left as dropped
         self._last_log = 0.0
         self.stats = ShadowStats()
         self._thread = threading.Thread(target=self._work, name=f"shadow-{model.label}", daemon=True)
@@ -62,9 +69,7 @@ class Shadow:
 
     def offer(self, batch: ScoredBatch) -> None:
         """Called on the scoring path: never blocks."""
-        try:
-            self._queue.put_nowait((batch, time.monotonic_ns()))
-        except queue.Full:
+        if not self._box.put((batch, time.monotonic_ns())):
             self.stats.dropped += 1
             self.stats.rows_dropped += batch.rows
 
@@ -76,51 +81,78 @@ class Shadow:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            items, closing = self._box.take()
+            i = 0
+            while i < len(items):  # coalesce consecutive batches up to the challenger's batch size
+                group, rows = [items[i]], items[i][0].rows
+                i += 1
+                while i < len(items) and rows + items[i][0].rows <= self.max_rows:
+                    group.append(items[i])
+                    rows += items[i][0].rows
+                    i += 1
+                if self._abandon.is_set():
+                    self.stats.dropped += len(group)
+                    self.stats.rows_dropped += rows
+                else:
+                    self._score(group, rows)
+            if closing and not len(self._box):
                 return
-            self._score(*item)
 
-    def _score(self, batch: ScoredBatch, queued_ns: int) -> None:
+    def _failed(self, group: list, rows: int, kind: str, what: str) -> None:
+        setattr(self.stats, kind, getattr(self.stats, kind) + len(group))
+        self.stats.rows_failed += rows
+        self._complain(what)
+
+    def _score(self, group: list[tuple[ScoredBatch, int]], rows: int) -> None:
+        batches = [b for b, _ in group]
+        if len(batches) == 1:
+            inputs = batches[0].inputs
+        else:
+            try:
+                inputs = {name: np.concatenate([b.inputs[name] for b in batches]) for name in batches[0].inputs}
+            except ValueError:  # trailing dimensions differ between batches: one run each
+                for item in group:
+                    self._score([item], item[0].rows)
+                return
         options = ort.RunOptions()
         options.log_severity_level = 4  # failures are counted and reported by us, once per 10 s
         start = time.monotonic_ns()
         self._running = (options, time.monotonic() + self.timeout_s)
         try:
-            arrays = self._session.run(self._output_names, batch.inputs, options)
+            arrays = self._session.run(self._output_names, inputs, options)
         except Exception as exc:
             if options.terminate:
-                self.stats.timeouts += 1
-                self._complain(f"a batch of {batch.rows} rows took longer than {self.timeout_s} s; stopped")
+                self._failed(group, rows, "timeouts", f"a run of {rows} rows took longer than {self.timeout_s} s; stopped")
             else:
-                self.stats.errors += 1
-                self._complain(f"failed on a batch of {batch.rows} rows: {exc}")
-            self.stats.rows_failed += batch.rows
+                self._failed(group, rows, "errors", f"failed on a run of {rows} rows: {exc}")
             return
         finally:
             self._running = None
         end = time.monotonic_ns()
         outputs = dict(zip(self._output_names, arrays))
-        bad = [f"{name} {list(a.shape)}" for name, a in outputs.items() if a.ndim == 0 or a.shape[0] != batch.rows]
+        bad = [f"{name} {list(a.shape)}" for name, a in outputs.items() if a.ndim == 0 or a.shape[0] != rows]
         if bad:
-            self.stats.bad_shape += 1
-            self.stats.rows_failed += batch.rows
-            self._complain(f"returned outputs of the wrong shape for {batch.rows} rows: {', '.join(bad)}")
+            self._failed(group, rows, "bad_shape", f"returned outputs of the wrong shape for {rows} rows: {', '.join(bad)}")
             return
-        self.stats.scored += 1
-        self.stats.rows_scored += batch.rows
-        waited_us = (start - queued_ns) // 1000
+        self.stats.scored += len(group)
+        self.stats.rows_scored += rows
         took_us = (end - start) // 1000
-        members = len(batch.queue_us)
-        self._deliver(ScoredBatch(
-            self.name, self.version, "challenger", batch.inputs, outputs,
-            np.full(members, waited_us, np.int64), np.full(members, waited_us + took_us, np.int64), took_us,
-            batch.rows, batch.bounds, batch.origins, time.time_ns()))
+        wall_ns = time.time_ns()
+        at = 0
+        for batch, queued_ns in group:
+            part = outputs if len(group) == 1 else {n: a[at:at + batch.rows] for n, a in outputs.items()}
+            at += batch.rows
+            waited_us = (start - queued_ns) // 1000
+            members = len(batch.queue_us)
+            self._deliver(ScoredBatch(
+                self.name, self.version, "challenger", batch.inputs, part,
+                np.full(members, waited_us, np.int64), np.full(members, waited_us + took_us, np.int64), took_us,
+                batch.rows, batch.bounds, batch.origins, wall_ns))
 
     def _watch(self) -> None:
         """Stop a run that outlives the timeout (onnxruntime checks the flag between kernels)."""
-        tick = min(0.05, self.timeout_s / 4)
-        while not (self._closing.is_set() and not self._thread.is_alive()):
+        tick = max(0.01, min(0.25, self.timeout_s / 4))
+        while self._thread.is_alive():
             running = self._running
             if running is not None and time.monotonic() > running[1]:
                 running[0].terminate = True
@@ -128,31 +160,15 @@ class Shadow:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._box)
 
     def close(self, timeout_s: float) -> None:
         """Score what is queued (up to timeout_s), then stop; what is left is counted as dropped."""
-        self._closing.set()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self._queue.put(None, timeout=0.05)
-                break
-            except queue.Full:
-                if time.monotonic() > deadline:
-                    break
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():  # hung or too much queued: stop the run, count the rest
+        self._box.close()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():  # hung, or too much queued: stop the run, count the rest
+            self._abandon.set()
             running = self._running
             if running is not None:
                 running[0].terminate = True
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self.stats.dropped += 1
-                    self.stats.rows_dropped += item[0].rows
-            self._queue.put(None)
             self._thread.join(5.0)
