@@ -12,6 +12,7 @@ the report gives rows/s of each and their ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the bound in bench/bounds.json is missed")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="scorewire-monitor-bench-"))
     prepare_demo(work)
@@ -100,9 +102,13 @@ def main(argv=None) -> int:
           f"(per round: {', '.join(f'{r:.1%}' for r in pairs)})\n"
           f"server CPU per row (median): off {cpu_off:.2f} us, on {cpu_on:.2f} us -> "
           f"capacity retained by CPU: {cpu_off / cpu_on:.1%}")
+    bound = json.loads((Path(__file__).parent / "bounds.json").read_text())["monitor_bench"]["retained"]
+    met = on / off >= bound
+    summary["bound_retained"] = bound
+    print(f"bound (bench/bounds.json): retained >= {bound:.0%}: " + ("met" if met else "MISSED"))
     if args.json:
         write_json(args.json, summary)
-    return 0
+    return 1 if args.check and not met else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ written), read from its shutdown summary: a retained rate bought by dropping is 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import signal
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the bound in bench/bounds.json is missed")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="scorewire-shadow-bench-"))
     prepare_demo(work)
@@ -115,9 +117,13 @@ def main(argv=None) -> int:
           f"(per round: {', '.join(f'{r:.1%}' for r in pairs)}); shadow rows dropped: "
           f"{summary['shadow_dropped_share']:.2%}\nserver CPU per row (median): off {cpu_off:.2f} us, "
           f"on {cpu_on:.2f} us")
+    bound = json.loads((Path(__file__).parent / "bounds.json").read_text())["shadow_bench"]["retained"]
+    met = on / off >= bound
+    summary["bound_retained"] = bound
+    print(f"bound (bench/bounds.json): retained >= {bound:.0%}: " + ("met" if met else "MISSED"))
     if args.json:
         write_json(args.json, summary)
-    return 0
+    return 1 if args.check and not met else 0
 
 
 if __name__ == "__main__":

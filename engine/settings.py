@@ -227,8 +227,9 @@ class ScoreLogSettings(_Strict):
     path for up to block_timeout_ms, then drop."""
     block_timeout_ms: int = Field(100, ge=0, le=60_000)
     """With when_full = "block": longest wait for room in the queue."""
-    compression: Literal["zstd", "snappy", "none"] = "zstd"
-    """Parquet compression codec."""
+    compression: Literal["snappy", "lz4", "zstd", "none"] = "snappy"
+    """Parquet compression codec. snappy (Parquet's usual default) and lz4 cost a third less
+    CPU than zstd; zstd (written at level 1) makes files ~10% smaller."""
 
 
 class SecretRef(_Strict):
