@@ -112,17 +112,20 @@ def main(argv=None) -> int:
                "shadow_dropped_share": dropped / offered if offered else 0.0,
                "load": "closed loop, 32 callers, 16 rows/request, tritonclient.grpc.aio in 2 processes",
                "duration_s": args.duration}
-    print(f"\n| challenger + scoring log | rows/s (mean of {args.rounds}) |\n|---|---|\n| off | {off:,.0f} |\n"
-          f"| on (1 challenger, every row logged) | {on:,.0f} |\n\nretained: {on / off:.1%} "
-          f"(per round: {', '.join(f'{r:.1%}' for r in pairs)}); shadow rows dropped: "
-          f"{summary['shadow_dropped_share']:.2%}\nserver CPU per row (median): off {cpu_off:.2f} us, "
-          f"on {cpu_on:.2f} us")
+    table = (f"| challenger + scoring log | rows/s (mean of {args.rounds}) |\n|---|---|\n| off | {off:,.0f} |\n"
+             f"| on (1 challenger, every row logged) | {on:,.0f} |\n\nretained: {on / off:.1%} "
+             f"(per round: {', '.join(f'{r:.1%}' for r in pairs)}); shadow rows dropped: "
+             f"{summary['shadow_dropped_share']:.2%}\n\nserver CPU per row (median): off {cpu_off:.2f} us, "
+             f"on {cpu_on:.2f} us (capacity retained by CPU: {cpu_off / cpu_on:.1%})\n")
+    print("\n" + table)
     bound = json.loads((Path(__file__).parent / "bounds.json").read_text())["shadow_bench"]["retained"]
     met = on / off >= bound
     summary["bound_retained"] = bound
     print(f"bound (bench/bounds.json): retained >= {bound:.0%}: " + ("met" if met else "MISSED"))
     if args.json:
-        write_json(args.json, summary)
+        write_json(args.json, summary, f"# python -m bench.shadow_bench\n\n{summary['load']}, {args.duration:.0f} s "
+                   f"per run, demo MLP as champion and challenger, 2 cores shared with the load generator.\n\n"
+                   + table + f"\nbound: retained >= {bound:.0%}: {'met' if met else 'MISSED'}\n")
     return 1 if args.check and not met else 0
 
 
