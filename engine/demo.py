@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,10 @@ queue_capacity = 8192
 """
 
 
+TRAIN_ROWS = 4000
+HELD_OUT_ROWS = 2000
+
+
 def demo_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic binary classification set on 32 float32 features."""
     from sklearn.datasets import make_classification
@@ -62,19 +67,23 @@ def demo_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-def build_models(directory: Path, seed: int = 0) -> dict[str, Path]:
+def build_models(directory: Path, seed: int = 0, challenger: bool = False) -> dict[str, Path]:
     """Train a scikit-learn MLP and gradient-boosted trees and export them with skl2onnx
-    (zipmap off: outputs `label` INT64[-1] and `probabilities` FP32[-1, 2])."""
+    (zipmap off: outputs `label` INT64[-1] and `probabilities` FP32[-1, 2]). With
+    `challenger`, also `mlp-v2`: a wider MLP, the demo's challenger of `mlp`."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.neural_network import MLPClassifier
 
-    x, y = demo_data(4000, seed)
+    x, y = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed)
+    x, y = x[:TRAIN_ROWS], y[:TRAIN_ROWS]  # the rest is held out (the demo's labelled traffic)
     models = {
         "mlp": MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=200, random_state=seed),
         "gbt": GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=seed),
     }
+    if challenger:
+        models["mlp-v2"] = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=300, random_state=seed + 1)
     out = directory / "models"
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -157,7 +166,7 @@ def save_graph(graph, path: Path) -> Path:
 def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002) -> Path:
     """Write the demo models and config into `directory`; return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = build_models(directory)
+    paths = build_models(directory, challenger=True)
     build_wide_mlp(directory / "models" / "wide.onnx")
     write_reference(directory / "ref.parquet", paths["mlp"])
     config = directory / "scorewire.toml"
@@ -265,6 +274,58 @@ dead_letter_topic = "scores-dlq"
 """
 
 
+CHALLENGER = """
+[[models]]                       # written by the demo: a wider MLP shadows version 1
+name = "mlp"
+path = "models/mlp-v2.onnx"
+version = "2"
+[models.batching]
+max_batch_size = 64
+
+[[routes]]
+model = "mlp"
+champion = "1"
+challengers = ["2"]
+
+[scorelog]
+dir = "scorelog"
+max_file_age_s = 5
+"""
+
+
+def _labelled(url: str, directory: Path) -> Path:
+    """The rows held out from training, with their labels, sent with request ids; the labels
+    go to a file that `scorewire compare --labels` joins by request id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tritonclient.grpc as grpcclient
+
+    x, y = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
+    x, y = x[TRAIN_ROWS:], y[TRAIN_ROWS:]
+    n = len(x)
+    client = grpcclient.InferenceServerClient(url)
+    ids, rows = [], []
+    for k in range(0, n, 8):
+        inp = grpcclient.InferInput("float_input", [8, N_FEATURES], "FP32")
+        inp.set_data_from_numpy(x[k:k + 8])
+        client.infer("mlp", [inp], request_id=f"labelled-{k}")
+        ids += [f"labelled-{k}"] * 8
+        rows += list(range(8))
+    client.close()
+    path = directory / "labels.parquet"
+    pq.write_table(pa.table({"request_id": ids, "row": pa.array(rows, pa.int32()), "label": y}), path)
+    print(f"\nchampion/challenger: sent {n:,} labelled rows to 'mlp' (version 1 answers, version 2 shadows); "
+          f"labels in {path}")
+    return path
+
+
+def _compare(directory: Path, labels: Path) -> None:
+    from engine.scorelog.compare import compare, render
+
+    print(f"\nscorewire compare --log {directory / 'scorelog'} --model mlp --labels {labels}")
+    print("  " + render(compare(directory / "scorelog", "mlp", labels)).replace("\n", "\n  "))
+
+
 def _kafka(bootstrap: str, n: int = 20_000) -> None:
     import orjson
     from confluent_kafka import Consumer, Producer
@@ -304,7 +365,7 @@ def run(directory: Path, prepare_only: bool) -> int:
     print(f"scorewire demo: building two tabular models (MLP, gradient-boosted trees; 32 features) and a wide "
           f"MLP (4.75M parameters, for GPUs) in {directory}")
     config = prepare(directory, grpc_port=0, metrics_port=0)
-    print(f"wrote {config} and {directory / 'models'}/{{mlp,gbt,wide}}.onnx")
+    print(f"wrote {config} and {directory / 'models'}/{{mlp,mlp-v2,gbt,wide}}.onnx")
     if prepare_only:
         return 0
     from engine.mock_kafka import MockCluster
@@ -313,17 +374,26 @@ def run(directory: Path, prepare_only: bool) -> int:
     for topic in ("events", "scores", "scores-dlq"):
         cluster.create_topic(topic, 8)
     kafka_config = directory / "scorewire-kafka.toml"
-    kafka_config.write_text(config.read_text() + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
-    print("starting: scorewire serve --config", kafka_config, "(gRPC, and a Kafka stream: events -> scores)")
+    kafka_config.write_text(config.read_text() + CHALLENGER + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
+    shutil.rmtree(directory / "scorelog", ignore_errors=True)
+    print("starting: scorewire serve --config", kafka_config, "(gRPC, a challenger of 'mlp' with the Parquet "
+          "scoring log, and a Kafka stream: events -> scores)")
     proc, port, metrics_port = start_server(kafka_config, log_level="WARNING")
+    labels = None
     try:
         _traffic(f"127.0.0.1:{port}", directory)
+        labels = _labelled(f"127.0.0.1:{port}", directory)
         _kafka(cluster.bootstrap)
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        print(f"\nserver drained and exited with code {code} after SIGTERM")
+        summary, _ = proc.communicate(timeout=60)
+        print(f"\nserver drained and exited with code {proc.returncode} after SIGTERM")
+        for line in summary.splitlines():
+            if "challenger" in line or "scoring log" in line:
+                print(f"  {line}")
         cluster.close()
+    if labels is not None:
+        _compare(directory, labels)
     print(textwrap.dedent(f"""
         what to try next:
           scorewire serve --config {config}      # ports 0 = free ports, printed at start
@@ -336,6 +406,8 @@ def run(directory: Path, prepare_only: bool) -> int:
           # Kafka: python -m engine.mock_kafka --topic events:8 --topic scores:8 --topic scores-dlq:8
           #   prints a bootstrap address; add a [[streams]] table (see {kafka_config}) and serve
           # config reference: configs/example.toml
-          # benchmarks: python -m bench.grpc_bench; python -m bench.kafka_bench
+          # the scoring log: DuckDB, SELECT role, version, count(*) FROM
+          #   read_parquet('{directory}/scorelog/**/*.parquet', hive_partitioning = 1) GROUP BY ALL
+          # benchmarks: python -m bench.grpc_bench; python -m bench.kafka_bench; python -m bench.shadow_bench
         """))
     return 0

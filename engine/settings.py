@@ -189,7 +189,7 @@ class RouteSettings(_Strict):
     sticky_key: str = Field("routing_key", min_length=1)
     """gRPC request parameter holding the routing key: the same key always lands on the same
     arm. Kafka streams use the message key. Without a key, the arm is drawn at random."""
-    shadow_queue_batches: int = Field(64, gt=0, le=100_000)
+    shadow_queue_batches: int = Field(1024, gt=0, le=100_000)
     """Batches waiting for each challenger; when full, shadow work is dropped and counted."""
     shadow_timeout_s: float = Field(2.0, gt=0, le=3600)
     """A challenger run taking longer is terminated (onnxruntime's terminate flag) and counted."""
