@@ -228,8 +228,8 @@ class App:
         _announce(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
         _announce(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
-            stream = KafkaStream(stream_settings, self.pipeline,
-                                 self.registry.get(stream_settings.model, stream_settings.version))
+            served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
+            stream = KafkaStream(stream_settings, self.pipeline, served)
             await stream.start()
             self.streams.append(stream)
             _announce(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
@@ -285,6 +285,8 @@ class App:
         self.router.install(routes, shadows)
         kept = [old_models.get(key, ms) for key, ms in new_models.items()]
         self.settings = old.model_copy(update={"models": kept, "routes": new.routes})
+        if self.scorelog is not None:
+            self.scorelog.feature_names = self._feature_names()
         gone = []
         for name, version in removed:
             served = self.registry.remove(name, version)
