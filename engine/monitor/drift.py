@@ -164,31 +164,69 @@ class DriftMonitor:
         return self.columns[0].kernel.n == self.settings.window
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
-        """Update every column with a scored batch; evaluate at each `every` boundary."""
+        """Update every column with a scored batch; evaluate at each `every` boundary.
+
+        Column by column: each column takes the whole batch (in pieces ending at the
+        boundaries) before the next one starts, so its window state is fetched into cache
+        once per batch rather than once per piece; the statistics seen at each boundary are
+        kept and evaluated across columns afterwards, exactly as if all columns had moved
+        in step."""
         transposed: dict[str, np.ndarray] = {}
         values = [c.values(inputs, outputs, transposed) for c in self.columns]
         rows = len(values[0])
-        events: list[DriftEvent] = []
-        position = 0
+        pieces: list[tuple[int, int, bool]] = []  # (start, end, a boundary at the end)
+        position, since = 0, self._since
         while position < rows:
-            take = min(rows - position, self.settings.every - self._since)
-            for column, v in zip(self.columns, values):
-                column.kernel.update(v[position : position + take])
+            take = min(rows - position, self.settings.every - since)
+            since += take
+            boundary = since == self.settings.every
+            if boundary:
+                since = 0
+            pieces.append((position, position + take, boundary))
             position += take
-            self._since += take
-            self.events += take
-            if self._since == self.settings.every:
-                self._since = 0
-                if self.full:
-                    events.extend(self.evaluate())
+        full_at: list[bool] = []  # per boundary: was the window full (decided by the first column)
+        seen: list[list[tuple[float, float, float]]] = []  # per column: (statistic, p-value, effect) per full boundary
+        for i, (column, v) in enumerate(zip(self.columns, values)):
+            kernel = column.kernel
+            mine = []
+            b = 0
+            for start, end, boundary in pieces:
+                kernel.update(v[start:end])
+                if not boundary:
+                    continue
+                if i == 0:
+                    full_at.append(kernel.n == self.settings.window)
+                if full_at[b]:
+                    mine.append((kernel.statistic, kernel.pvalue(), kernel.psi() if column.categorical else None))
+                b += 1
+            seen.append(mine)
+        self.events += rows
+        self._since = since
+        events: list[DriftEvent] = []
+        done = self.events - rows
+        k = 0
+        b = 0
+        for start, end, boundary in pieces:
+            if not boundary:
+                continue
+            if full_at[b]:
+                events.extend(self._evaluate([col[k] for col in seen], done + end))
+                k += 1
+            b += 1
         return events
 
     def evaluate(self) -> list[DriftEvent]:
+        """Evaluate the columns' current state (what `observe` does at each boundary)."""
+        return self._evaluate([(c.kernel.statistic, c.kernel.pvalue(), c.kernel.psi() if c.categorical else None)
+                               for c in self.columns], self.events)
+
+    def _evaluate(self, seen: list[tuple[float, float, float | None]], events_so_far: int) -> list[DriftEvent]:
+        """seen: (statistic, p-value, PSI for categorical columns) per column, at one boundary."""
         s = self.settings
         self.evaluations += 1
-        pvalues = np.array([c.kernel.pvalue() for c in self.columns])
-        effects = np.array([c.kernel.psi() if c.categorical else c.kernel.statistic for c in self.columns])
-        statistics = np.array([c.kernel.statistic for c in self.columns])
+        statistics = np.array([stat for stat, _, _ in seen])
+        pvalues = np.array([p for _, p, _ in seen])
+        effects = np.array([stat if psi is None else psi for stat, _, psi in seen])
         drifting = corrected_significance(pvalues, s.alpha, s.correction) & (effects >= s.min_effect)
         events = []
         for column, p, effect, stat, drift in zip(self.columns, pvalues, effects, statistics, drifting):
@@ -199,6 +237,6 @@ class DriftMonitor:
                 st.alert = not st.alert
                 st.streak = 0
                 event = DriftEvent("raise" if st.alert else "clear", self.model, column.name, float(stat), float(p),
-                                   float(effect), self.events)
+                                   float(effect), events_so_far)
                 events.append(event)
         return events

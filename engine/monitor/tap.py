@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from engine.batching.batch import ScoredBatch
@@ -15,13 +16,19 @@ log = logging.getLogger(__name__)
 
 
 class MonitorTap:
-    """`handle` gets lists of batches: everything queued during one tick (`tick_s`), so that
-    a busy server's many small batches cost the monitor a few large calls instead of many
-    small ones (its Python work holds the GIL against the event loop per call, not per row)."""
+    """`handle` gets lists of batches: what arrived until they hold `min_rows` rows or the
+    oldest waited `max_wait_s`. A busy server's many small batches then cost the monitor a
+    few large calls instead of many small ones (its Python work holds the GIL against the
+    event loop per call, not per row), and each drift column takes thousands of values at
+    once: its window state (a few hundred KB) comes into cache once per call, which made
+    the per-value cost 2x lower at 16k values than at 2k with 33 columns."""
 
-    def __init__(self, handle: Callable[[list[ScoredBatch]], None], capacity: int, tick_s: float = 0.05):
+    def __init__(self, handle: Callable[[list[ScoredBatch]], None], capacity: int, tick_s: float = 0.05,
+                 min_rows: int = 16_384, max_wait_s: float = 1.0):
         self._handle = handle
         self._box = Mailbox(capacity, tick_s)
+        self.min_rows = min_rows
+        self.max_wait_s = max_wait_s
         self.dropped = 0
         self.handled = 0
         self.failed = 0
@@ -34,16 +41,24 @@ class MonitorTap:
             self.dropped += 1
 
     def _run(self) -> None:
+        pending: list[ScoredBatch] = []
+        rows = 0
+        since = 0.0
         while True:
             items, closing = self._box.take()
-            if items:
+            if items and not pending:
+                since = time.monotonic()
+            pending += items
+            rows += sum(b.rows for b in items)
+            if pending and (closing or rows >= self.min_rows or time.monotonic() - since >= self.max_wait_s):
                 try:
-                    self._handle(items)
-                    self.handled += len(items)
+                    self._handle(pending)
+                    self.handled += len(pending)
                 except Exception:  # a monitoring bug must not stop monitoring, nor scoring
-                    self.failed += len(items)
-                    log.exception("monitor failed on %d batches", len(items))
-            if closing and not len(self._box):
+                    self.failed += len(pending)
+                    log.exception("monitor failed on %d batches", len(pending))
+                pending, rows = [], 0
+            if closing and not len(self._box) and not pending:
                 return
 
     def close(self, timeout_s: float = 30.0) -> None:
