@@ -371,3 +371,15 @@ def test_sighup_adds_and_promotes_a_challenger_without_dropping_requests(model_d
     assert logged[("champion", "1")] > 0 and logged[("challenger", "2")] > 0
     assert logged[("champion", "2")] > 0 and logged[("challenger", "1")] > 0
     assert sum(n for (r, _), n in logged.items() if r == "champion") == len(x) * len(seen)
+
+
+def test_a_challenger_with_other_inputs_is_refused_at_start(model_dir, tmp_path):
+    shutil.copy(model_dir / "models" / "mlp.onnx", tmp_path / "mlp.onnx")
+    shutil.copy(model_dir / "models" / "identity.onnx", tmp_path / "identity.onnx")
+    config = tmp_path / "bad.toml"
+    config.write_text(BASE + model_block("1", "mlp.onnx") + model_block("2", "identity.onnx", False)
+                      + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["2"]\n')
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "route of model 'mlp': mlp:2 takes inputs" in done.stderr and "float_input" in done.stderr
