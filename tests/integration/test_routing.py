@@ -162,6 +162,10 @@ def test_challenger_failures_are_counted(shadowed):
     assert _shadow(m, "3", "error") > 0 and _shadow(m, "3", "scored") == 0
     assert _shadow(m, "5", "bad_shape") > 0 and _shadow(m, "5", "scored") == 0
     assert _shadow(m, "4", "scored") == 0
+    assert _shadow(m, "2", "dropped") == 0 and _shadow(m, "2", "scored", "rows") > 0
+    # the scoring log's counters (written rows lag behind: the writer works in ticks)
+    assert m[("scorewire_scorelog_rows_total", (("outcome", "dropped"),))] == 0
+    assert ("scorewire_scorelog_queue_rows", ()) in m
     printed = shadowed["printed"]
     line = re.search(r"challenger mlp:4: (\d+) rows scored, (\d+) dropped, (\d+) failed .*timeouts (\d+)", printed)
     assert line and int(line[4]) > 0, printed
