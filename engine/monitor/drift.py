@@ -159,10 +159,6 @@ class DriftMonitor:
             columns.append(Column(entry, outputs[name].datatype in ("INT64", "INT32", "BOOL"), name, index, True))
         return columns
 
-    @property
-    def full(self) -> bool:
-        return self.columns[0].kernel.n == self.settings.window
-
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
         """Update every column with a scored batch; evaluate at each `every` boundary.
 
@@ -185,7 +181,7 @@ class DriftMonitor:
             pieces.append((position, position + take, boundary))
             position += take
         full_at: list[bool] = []  # per boundary: was the window full (decided by the first column)
-        seen: list[list[tuple[float, float, float]]] = []  # per column: (statistic, p-value, effect) per full boundary
+        seen: list[list[tuple]] = []  # per column: (statistic, p-value, PSI or None) at each full boundary
         for i, (column, v) in enumerate(zip(self.columns, values)):
             kernel = column.kernel
             mine = []
@@ -214,11 +210,6 @@ class DriftMonitor:
                 k += 1
             b += 1
         return events
-
-    def evaluate(self) -> list[DriftEvent]:
-        """Evaluate the columns' current state (what `observe` does at each boundary)."""
-        return self._evaluate([(c.kernel.statistic, c.kernel.pvalue(), c.kernel.psi() if c.categorical else None)
-                               for c in self.columns], self.events)
 
     def _evaluate(self, seen: list[tuple[float, float, float | None]], events_so_far: int) -> list[DriftEvent]:
         """seen: (statistic, p-value, PSI for categorical columns) per column, at one boundary."""
