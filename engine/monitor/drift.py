@@ -159,6 +159,10 @@ class DriftMonitor:
             columns.append(Column(entry, outputs[name].datatype in ("INT64", "INT32", "BOOL"), name, index, True))
         return columns
 
+    @property
+    def full(self) -> bool:
+        return self.columns[0].kernel.n == self.settings.window
+
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
         """Update every column with a scored batch; evaluate at each `every` boundary.
 
