@@ -28,7 +28,7 @@ from engine.pipeline import Pipeline
 from engine.routing.router import Route, Router, check_compatible
 from engine.routing.shadow import Shadow
 from engine.runtime.registry import Registry, Served
-from engine.runtime.session import ModelLoadError, OnnxModel
+from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
 from engine.scorelog.parquet import ScoreLog
 from engine.settings import RouteSettings, Settings, SettingsError, load_settings
 
@@ -131,8 +131,9 @@ class App:
         built, shadows = {}, {}
         for rs in routes:
             champion = self.registry.get(rs.model, rs.champion)
+            loaded = set(self.registry.versions(rs.model))  # a challenger may have failed its warm-up
             for version in dict.fromkeys([*rs.challengers, *rs.split]):
-                if version != rs.champion:
+                if version != rs.champion and version in loaded:
                     other = self.registry.get(rs.model, version).model
                     try:
                         check_compatible(champion.model.schema, other.schema, other.label, champion.model.label)
@@ -140,7 +141,7 @@ class App:
                         raise ModelLoadError(f"route of model {rs.model!r}: {exc}") from None
             built[rs.model] = Route.build(rs)
             group = []
-            for version in rs.challengers:
+            for version in (v for v in rs.challengers if v in loaded):
                 model = self.registry.get(rs.model, version).model
                 shadow = current.pop((rs.model, rs.champion, version), None)
                 if (shadow is None or shadow.model is not model or shadow.timeout_s != rs.shadow_timeout_s
@@ -168,8 +169,17 @@ class App:
 
     def load_models(self) -> None:
         self.latency.warm_up()
+        answering = {(r.model, v) for r in self.settings.routes for v in [r.champion, *r.split]}
+        shadow_only = {(r.model, v) for r in self.settings.routes for v in r.challengers} - answering
         for ms in self.settings.models:
-            self.registry.add(self._load_model(ms))
+            try:
+                self.registry.add(self._load_model(ms))
+            except WarmupError as exc:
+                if (ms.name, ms.version) not in shadow_only:
+                    raise
+                # a broken challenger must not keep its champion from serving
+                log.error("%s; the challenger is left out of its route", exc)
+                _announce(f"challenger {ms.name}:{ms.version} left out: {exc}")
         self.router.install(*self._build_routes(self.settings.routes))
         for route in self.settings.routes:
             _announce(f"route {route.model}: champion {route.champion}"

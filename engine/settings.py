@@ -143,6 +143,9 @@ class ModelSettings(_Strict):
     """Accept NaN and +-inf in floating-point inputs. When false they are INVALID_ARGUMENT."""
     warmup: bool = True
     """Run a batch of 1 and of max_batch_size rows through each session before serving."""
+    warmup_timeout_s: float = Field(120.0, gt=0, le=3600)
+    """Longest warm-up. A model whose warm-up fails or takes longer does not start (a
+    challenger that only shadows is left out of its route instead, with a log line)."""
     execution: Literal["auto", "inline", "threads"] = "auto"
     """Where batches run. "threads": on a pool of `instances` threads (onnxruntime releases
     the GIL, so inference overlaps request handling). "inline": on the event loop itself,

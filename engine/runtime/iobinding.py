@@ -55,7 +55,7 @@ class BoundRunner:
             self._cache.popitem(last=False)
         return inputs, outputs
 
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feed: dict[str, np.ndarray], options=None) -> dict[str, np.ndarray]:
         rows = next(iter(feed.values())).shape[0]
         in_buffers, out_buffers = self._buffers(rows)
         binding = self.binding
@@ -75,7 +75,7 @@ class BoundRunner:
                 binding.bind_ortvalue_output(spec.name, buffer)
             else:
                 binding.bind_output(spec.name, self.device, self.device_id)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, options)
         results = {}
         allocated = None
         for k, spec in enumerate(self.schema.outputs):

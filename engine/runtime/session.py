@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +34,10 @@ ort.set_default_logger_severity(4)
 
 class ModelLoadError(RuntimeError):
     """A model that cannot be served; the message names the model and file."""
+
+
+class WarmupError(ModelLoadError):
+    """A model that loads but fails (or hangs in) its warm-up runs."""
 
 
 def _spec(arg, label: str, what: str) -> TensorSpec:
@@ -124,32 +129,47 @@ class OnnxModel:
 
     def warm_up(self) -> None:
         """Run a batch of 1 and of max_batch_size zero rows through every session; time the
-        full batch, which decides where batches run when execution = "auto"."""
-        for rows in sorted({1, self.settings.batching.max_batch_size}):
-            feed = {
-                t.name: np.zeros((rows, *[d if d >= 0 else 1 for d in t.shape[1:]]), dtype=t.dtype)
-                for t in self.schema.inputs
-            }
-            for session in self.sessions:
-                self.run_sync(session, feed)
-            if rows == self.settings.batching.max_batch_size:
-                timings = []
-                for _ in range(5):
-                    start = time.perf_counter_ns()
-                    self.run_sync(self.sessions[0], feed)
-                    timings.append((time.perf_counter_ns() - start) / 1000)
-                self.full_batch_us = float(np.median(timings))
+        full batch, which decides where batches run when execution = "auto". A run that
+        fails, or outlives warmup_timeout_s (stopped through onnxruntime's terminate flag),
+        is a ModelLoadError."""
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        timer = threading.Timer(self.settings.warmup_timeout_s, lambda: setattr(options, "terminate", True))
+        timer.daemon = True
+        timer.start()
+        try:
+            for rows in sorted({1, self.settings.batching.max_batch_size}):
+                feed = {
+                    t.name: np.zeros((rows, *[d if d >= 0 else 1 for d in t.shape[1:]]), dtype=t.dtype)
+                    for t in self.schema.inputs
+                }
+                for session in self.sessions:
+                    self.run_sync(session, feed, options)
+                if rows == self.settings.batching.max_batch_size:
+                    timings = []
+                    for _ in range(5):
+                        start = time.perf_counter_ns()
+                        self.run_sync(self.sessions[0], feed, options)
+                        timings.append((time.perf_counter_ns() - start) / 1000)
+                    self.full_batch_us = float(np.median(timings))
+        except Exception as exc:
+            why = (f"took longer than warmup_timeout_s = {self.settings.warmup_timeout_s}" if options.terminate
+                   else f"failed: {exc}")
+            raise WarmupError(f"{self.label}: warm-up {why}") from None
+        finally:
+            timer.cancel()
         s = self.settings
         if s.execution == "auto":
             self.inline = s.instances == 1 and self.full_batch_us <= s.inline_threshold_us
         log.info("%s: a full batch (%d rows) takes %.0f us; batches run %s", self.label,
                  s.batching.max_batch_size, self.full_batch_us, "inline on the event loop" if self.inline else "on threads")
 
-    def run_sync(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_sync(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray],
+                 options: ort.RunOptions | None = None) -> dict[str, np.ndarray]:
         bound = self._bound.get(id(session))
         if bound is not None:
-            return bound.run(inputs)
-        outputs = session.run(self._output_names, inputs)
+            return bound.run(inputs, options)
+        outputs = session.run(self._output_names, inputs, options)
         return dict(zip(self._output_names, outputs))
 
     async def run(self, batch: Batch) -> dict[str, np.ndarray]:

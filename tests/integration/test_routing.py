@@ -42,6 +42,7 @@ name = "mlp"
 version = "{version}"
 path = "{path}"
 warmup = {warmup}
+warmup_timeout_s = 1.0
 [models.batching]
 max_batch_size = 64
 max_queue_delay_us = 2000
@@ -375,6 +376,30 @@ def test_sighup_adds_and_promotes_a_challenger_without_dropping_requests(model_d
     assert logged[("champion", "1")] > 0 and logged[("challenger", "2")] > 0
     assert logged[("champion", "2")] > 0 and logged[("challenger", "1")] > 0
     assert sum(n for (r, _), n in logged.items() if r == "champion") == len(x) * len(seen)
+
+
+def test_challengers_failing_their_warm_up_are_left_out_and_the_champion_serves(model_dir, tmp_path):
+    shutil.copy(model_dir / "models" / "mlp.onnx", tmp_path / "mlp.onnx")
+    raising_classifier(tmp_path / "raising.onnx")
+    hanging_classifier(tmp_path / "hanging.onnx")
+    srv = launch(tmp_path, BASE + model_block("1", "mlp.onnx") + model_block("3", "raising.onnx")
+                 + model_block("4", "hanging.onnx")
+                 + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["3", "4"]\n')
+    x, _ = demo_data(4, seed=1)
+    got = send_all(srv.url, [(x, "", None)] * 20)
+    metrics = _scrape(srv.metrics_port)
+    stop_and_read(srv)
+    assert all(not isinstance(g, Exception) and g[1] == "1" for g in got)
+    assert not [k for k in metrics if k[0] == "scorewire_shadow_batches_total"]  # no challenger left
+
+
+def test_a_champion_failing_its_warm_up_does_not_start(model_dir, tmp_path):
+    hanging_classifier(tmp_path / "hanging.onnx")
+    config = tmp_path / "bad.toml"
+    config.write_text(BASE + model_block("1", "hanging.onnx"))
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "mlp:1: warm-up took longer than warmup_timeout_s = 1.0" in done.stderr
 
 
 def test_a_challenger_with_other_inputs_is_refused_at_start(model_dir, tmp_path):
