@@ -80,3 +80,13 @@ def test_a_full_queue_drops_and_counts_never_more_than_offered(tmp_path):
     written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp_path.glob("**/*.parquet"))
     assert written == log.stats.rows_written
     assert log.stats.rows_written + log.stats.rows_dropped == offered
+
+
+def test_block_policy_waits_for_room_instead_of_dropping(tmp_path):
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path, queue_rows=64, when_full="block", block_timeout_ms=5000,
+                                    max_file_age_s=0.2))
+    for _ in range(20):
+        log.put(batch(32))
+    log.close()
+    written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp_path.glob("**/*.parquet"))
+    assert log.stats.rows_dropped == 0 and written == 640
