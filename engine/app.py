@@ -48,7 +48,6 @@ class App:
         self.router = Router(self.registry)
         self.pipeline = Pipeline(self.registry, self.router)
         self.scorelog: ScoreLog | None = None
-        self._retired_shadows: list[Shadow] = []
         self._reload_lock = asyncio.Lock()
         self.requests_by_code: collections.Counter = collections.Counter()
         self.servicer: InferenceServicer | None = None
@@ -124,11 +123,12 @@ class App:
                 names[(ms.name, ms.monitor.input or served.model.schema.inputs[0].name)] = list(ms.monitor.features)
         return names
 
-    def _build_routes(self, routes: list[RouteSettings]) -> tuple[dict, dict]:
-        """Routes and shadows for `routes`; shadows of unchanged challengers are kept."""
+    def _build_routes(self, routes: list[RouteSettings]) -> tuple[dict, dict, list[Shadow]]:
+        """Routes and shadows for `routes`, and the running shadows they no longer use (to be
+        closed once the new ones are installed); shadows of unchanged challengers are kept."""
         current = {(sh.name, champion[1], sh.version): sh for champion, group in self.router.shadows.items()
                    for sh in group}
-        built, shadows = {}, {}
+        built, shadows, retired = {}, {}, []
         for rs in routes:
             champion = self.registry.get(rs.model, rs.champion)
             loaded = set(self.registry.versions(rs.model))  # a challenger may have failed its warm-up
@@ -147,12 +147,11 @@ class App:
                 if (shadow is None or shadow.model is not model or shadow.timeout_s != rs.shadow_timeout_s
                         or shadow.capacity != rs.shadow_queue_batches):
                     if shadow is not None:
-                        current[(rs.model, rs.champion, version, "replaced")] = shadow
+                        retired.append(shadow)
                     shadow = Shadow(model, rs.shadow_queue_batches, rs.shadow_timeout_s, self._shadow_scored)
                 group.append(shadow)
             shadows[(rs.model, rs.champion)] = tuple(group)
-        self._retired_shadows = list(current.values())
-        return built, shadows
+        return built, shadows, retired + list(current.values())
 
     def _load_model(self, ms) -> Served:
         model = OnnxModel(ms)
@@ -180,7 +179,8 @@ class App:
                 # a broken challenger must not keep its champion from serving
                 log.error("%s; the challenger is left out of its route", exc)
                 _announce(f"challenger {ms.name}:{ms.version} left out: {exc}")
-        self.router.install(*self._build_routes(self.settings.routes))
+        routes, shadows, _ = self._build_routes(self.settings.routes)  # none running yet: nothing retired
+        self.router.install(routes, shadows)
         for route in self.settings.routes:
             _announce(f"route {route.model}: champion {route.champion}"
                       + (f", challengers {', '.join(route.challengers)}" if route.challengers else "")
@@ -285,7 +285,7 @@ class App:
                     served.batcher.start()
                     self.registry.add(served)
                     added.append(served)
-            routes, shadows = self._build_routes(new.routes)
+            routes, shadows, retired = self._build_routes(new.routes)
         except BaseException:
             for served in added:
                 self.registry.remove(served.name, served.version)
@@ -305,8 +305,7 @@ class App:
             gone.append(served)
         # Challengers that left the routes finish what they were offered; then the sessions go.
         await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
-                               for sh in self._retired_shadows))
-        self._retired_shadows = []
+                               for sh in retired))
         for served in gone:
             served.model.close()
         _announce("reloaded: " + ", ".join(

@@ -43,7 +43,3 @@ class Mailbox:
     def close(self) -> None:
         """The consumer's next take() returns at once, with closing = True."""
         self._closing.set()
-
-    @property
-    def closing(self) -> bool:
-        return self._closing.is_set()

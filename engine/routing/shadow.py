@@ -49,7 +49,6 @@ class Shadow:
         self.name = model.settings.name
         self.version = model.settings.version
         self.timeout_s = timeout_s
-        self.capacity = capacity
         self._deliver = deliver
         self._session = model.sessions[0]
         # Champion batches queued during one tick run together, up to the challenger's own
@@ -161,6 +160,10 @@ class Shadow:
     @property
     def queued(self) -> int:
         return len(self._box)
+
+    @property
+    def capacity(self) -> int:
+        return self._box.capacity
 
     def close(self, timeout_s: float) -> None:
         """Score what is queued (up to timeout_s), then stop; what is left is counted as dropped."""
