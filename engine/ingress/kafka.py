@@ -382,12 +382,9 @@ class KafkaStream:
         """(version, role, routing, positions in decoded.good or None for all) per group of
         rows: one group, or with an A/B or canary split one per arm, chosen by message key."""
         router = self.pipeline.router
-        if self.version:
-            _, role, routing = router.resolve(self.model, self.version, None)
-            return [(self.version, role, routing, None)]
         route = router.routes.get(self.model)
-        if route is None or route.split is None:
-            served, role, routing = router.resolve(self.model, "", None)
+        if self.version or route is None or route.split is None:
+            served, role, routing = router.resolve(self.model, self.version, None)
             return [(served.version, role, routing, None)]
         good = chunk.decoded.good
         keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
