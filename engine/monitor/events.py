@@ -3,22 +3,22 @@
     EVENTS_DIR/kind=drift/model=NAME/date=YYYY-MM-DD/part-<time_ns>-<n>.parquet
 
 One small file per evaluation that raised or cleared something (events are rare), written
-under a temporary name, fsynced and renamed, so a reader never sees a partial file. DuckDB:
-read_parquet('EVENTS_DIR/**/*.parquet', hive_partitioning = 1). The scoring log (a later
-stage) is meant to share the folder with kind=score.
+under a temporary name and published like the scoring log's files (fsync, rename, fsync of
+the folder), so a reader never sees a partial file. DuckDB:
+read_parquet('EVENTS_DIR/**/*.parquet', hive_partitioning = 1).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.monitor.drift import DriftEvent
+from engine.scorelog.parquet import publish
 
 SCHEMA = pa.schema([
     ("time", pa.timestamp("ns", tz="UTC")),
@@ -54,10 +54,7 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
         }, schema=SCHEMA)
         final = folder / f"part-{group[0].time_ns}-{next(_sequence)}.parquet"
         tmp = folder / f".{final.name}.tmp"
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.rename(final)
+        pq.write_table(table, tmp)
+        publish(tmp, final)
         written.append(final)
     return written

@@ -2,7 +2,7 @@
 
 Dataset layout (Hive partitions): DIR/model=NAME/role=ROLE/date=YYYY-MM-DD/part-*.parquet.
 Columns: time (UTC, when the batch was scored), request_id, row (index inside the request),
-routing_key, version, routing (default | sticky | random | pinned), one column per input
+routing_key, version, routing (default | sticky | random | pinned | shadow), one column per input
 feature (in_*) and per output column (out_*), queue_us, inference_us, total_us.
 
 A file is written under a hidden temporary name (.part-*.parquet.tmp) and renamed when it is
@@ -105,6 +105,22 @@ def _member_column(origins, counts: np.ndarray, member_of_row: np.ndarray) -> tu
             id_parts.append(pa.array([None if o is None else o.request_id] * n, type=pa.string()))
             key_parts.append(pa.array([None if o is None else o.routing_key] * n, type=pa.string()))
     return pa.concat_arrays(id_parts), pa.concat_arrays(key_parts)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make a finished file visible under its final name: fsync it, rename it, fsync its
+    folder (so the rename survives a crash too)."""
+    _fsync(tmp)
+    os.rename(tmp, final)
+    _fsync(final.parent)
 
 
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
@@ -291,17 +307,7 @@ class ScoreLog:
         f = self._files.pop(key)
         try:
             f.writer.close()
-            fd = os.open(f.tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(f.tmp, f.final)
-            dir_fd = os.open(f.final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            publish(f.tmp, f.final)
             self.stats.files_closed += 1
         except OSError:
             self.stats.rows_failed += f.rows
