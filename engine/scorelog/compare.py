@@ -35,8 +35,7 @@ class CompareError(ValueError):
 
 def read_log(log_dir: Path, model: str) -> pa.Table:
     """The model's rows of the dataset under log_dir (with the model/role/date partition columns)."""
-    files = [p for p in Path(log_dir).glob("**/*.parquet")]
-    if not files:
+    if not any(Path(log_dir).glob("**/*.parquet")):
         raise CompareError(f"no scoring log files under {log_dir}")
     dataset = ds.dataset(log_dir, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False)
     table = dataset.to_table(filter=ds.field("model") == model)
@@ -52,6 +51,12 @@ def _unique_keys(table: pa.Table) -> tuple[pa.Table, int]:
     single = counts.filter(pc.equal(counts.column("version_count"), 1)).select(KEY)
     kept = table.join(single, keys=KEY, join_type="inner")
     return kept, table.num_rows - kept.num_rows
+
+
+def _by_version(table: pa.Table):
+    """(version, its rows) for each version in the table, in sorted order."""
+    for version in sorted(set(table.column("version").to_pylist())):
+        yield version, table.filter(pc.equal(table.column("version"), version))
 
 
 def _percentiles(values: np.ndarray) -> dict:
@@ -114,9 +119,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
                                                  "rows": champion_all.num_rows, "ambiguous_ids": ambiguous},
                     "latency_us": {}, "challengers": []}
     for role in ("champion", "challenger", "arm"):
-        part = table.filter(pc.equal(roles, role))
-        for version in sorted(set(part.column("version").to_pylist())):
-            rows = part.filter(pc.equal(part.column("version"), version))
+        for version, rows in _by_version(table.filter(pc.equal(roles, role))):
             report["latency_us"][f"{version} ({role})"] = {
                 stage: _percentiles(rows.column(f"{stage}_us").to_numpy()) for stage in ("queue", "inference", "total")}
     label_table = _read_labels(Path(labels), label_column) if labels is not None else None
@@ -126,9 +129,8 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
     if predicted is None and label_table is not None:
         ints = [c for c in outputs if pa.types.is_integer(champion.schema.field(c).type)]
         predicted = ints[0] if len(ints) == 1 else None
-    challenger_rows = table.filter(pc.equal(roles, "challenger"))
-    for version in sorted(set(challenger_rows.column("version").to_pylist())):
-        rows, _ = _unique_keys(challenger_rows.filter(pc.equal(challenger_rows.column("version"), version)))
+    for version, all_rows in _by_version(table.filter(pc.equal(roles, "challenger"))):
+        rows, _ = _unique_keys(all_rows)
         renamed = rows.select([*KEY, *[c for c in outputs if c in rows.column_names]])
         renamed = renamed.rename_columns([*KEY, *[f"{c}__ch" for c in renamed.column_names[2:]]])
         paired = champion.select([*KEY, *outputs]).join(renamed, keys=KEY, join_type="inner")
