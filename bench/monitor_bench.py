@@ -11,7 +11,6 @@ the report gives rows/s of each and their ratio.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.grpc_bench import prepare_demo
-from bench.onoff import BASE, alternate, finish
+from bench.onoff import BASE, alternate, finish, parse_args
 
 FEATURES = [f"f{i}" for i in range(32)]
 MONITOR = """\
@@ -33,12 +32,7 @@ every = 1000
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--check", action="store_true", help="exit 1 when the bound in bench/bounds.json is missed")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], argv)
     work = Path(tempfile.mkdtemp(prefix="scorewire-monitor-bench-"))
     prepare_demo(work)
     # reference: N(0, 1) columns like the load's rows (the drift work is the same whether

@@ -28,6 +28,18 @@ max_batch_size = 256
 LOAD = "closed loop, 32 callers, 16 rows/request, tritonclient.grpc.aio in 2 processes"
 
 
+def parse_args(description: str, argv=None):
+    """The on/off benches' options: --duration, --rounds, --json, --check."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the bound in bench/bounds.json is missed")
+    return parser.parse_args(argv)
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

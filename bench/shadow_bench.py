@@ -13,7 +13,6 @@ written), read from its shutdown summary: a retained rate bought by dropping is 
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import sys
@@ -21,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench.grpc_bench import prepare_demo
-from bench.onoff import BASE, alternate, finish
+from bench.onoff import BASE, alternate, finish, parse_args
 
 ON = """
 [[models]]
@@ -44,12 +43,7 @@ LOG_SUMMARY = re.compile(r"scoring log: (\d+) rows written in (\d+) files, (\d+)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--check", action="store_true", help="exit 1 when the bound in bench/bounds.json is missed")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], argv)
     work = Path(tempfile.mkdtemp(prefix="scorewire-shadow-bench-"))
     prepare_demo(work)
     shutil.copy(work / "models" / "mlp.onnx", work / "models" / "mlp-challenger.onnx")
