@@ -96,8 +96,7 @@ class App:
         tap, router = self.tap, self.router
 
         def on_scored(batch, outputs, enqueued, start, end, origins) -> None:
-            role = router.role_of(name, version)
-            scored = ScoredBatch(name, version, "direct" if role == "challenger" else role, batch.inputs, outputs,
+            scored = ScoredBatch(name, version, router.role_of(name, version), batch.inputs, outputs,
                                  (start - enqueued) // 1000, (end - enqueued) // 1000, (end - start) // 1000,
                                  batch.rows, batch.bounds, origins, time.time_ns())
             tap.put(scored)

@@ -28,12 +28,12 @@ class Route:
         return cls(settings, Split(settings.split) if settings.split else None)
 
     def role_of(self, version: str) -> str:
+        """The role of rows this version answers: a challenger's own batches only ever hold
+        requests that named it ("direct"); its shadow rows are logged by the shadow."""
         if version == self.settings.champion:
             return "champion"
         if version in self.settings.split:
             return "arm"
-        if version in self.settings.challengers:
-            return "challenger"
         return "direct"
 
 
