@@ -195,7 +195,7 @@ class DriftMonitor:
                 if not boundary:
                     continue
                 if i == 0:
-                    full_at.append(kernel.n == self.settings.window)
+                    full_at.append(self.full)
                 if full_at[b]:
                     mine.append((kernel.statistic, kernel.pvalue(), kernel.psi() if column.categorical else None))
                 b += 1
