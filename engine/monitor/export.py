@@ -88,20 +88,20 @@ def _monitoring(app, family) -> None:
 
 
 def _shadows(app, family) -> None:
-    shadows = [(champion, sh) for champion, group in sorted(app.router.shadows.items()) for sh in group]
+    # (labels of a challenger of a champion version, the challenger)
+    shadows = [(dict(model=sh.name, champion=champion[1], version=sh.version), sh)
+               for champion, group in sorted(app.router.shadows.items()) for sh in group]
     if shadows:
         outcomes = (("scored", "scored"), ("dropped", "dropped"), ("error", "errors"), ("bad_shape", "bad_shape"),
                     ("timeout", "timeouts"))
         family("scorewire_shadow_batches_total", "counter",
                "Champion batches offered to a challenger, by outcome (dropped: its queue was full).",
-               [(_labels(model=sh.name, champion=champion[1], version=sh.version, outcome=o), getattr(sh.stats, a))
-                for champion, sh in shadows for o, a in outcomes])
+               [(_labels(**who, outcome=o), getattr(sh.stats, a)) for who, sh in shadows for o, a in outcomes])
         family("scorewire_shadow_rows_total", "counter", "Rows of those batches, by outcome.",
-               [(_labels(model=sh.name, champion=champion[1], version=sh.version, outcome=o),
-                 getattr(sh.stats, f"rows_{o}")) for champion, sh in shadows for o in ("scored", "dropped", "failed")])
+               [(_labels(**who, outcome=o), getattr(sh.stats, f"rows_{o}"))
+                for who, sh in shadows for o in ("scored", "dropped", "failed")])
         family("scorewire_shadow_queue_batches", "gauge", "Batches waiting for a challenger.",
-               [(_labels(model=sh.name, champion=champion[1], version=sh.version), sh.queued)
-                for champion, sh in shadows])
+               [(_labels(**who), sh.queued) for who, sh in shadows])
     log = app.scorelog
     if log is not None:
         family("scorewire_scorelog_rows_total", "counter",
