@@ -8,7 +8,8 @@ from kernels.hdr import HdrHistogram
 
 __all__ = ["HdrHistogram"]
 from kernels.chi2 import SlidingChi2, chisquare, psi
-from kernels.ks import SlidingKS, ks_2samp, ks_2samp_nan
+from kernels.ks import ks_2samp, ks_2samp_nan
+from kernels.sliding_ks import KSColumns, SlidingKS
 from kernels.kolmogorov import kstwo_sf
 
-__all__ += ["SlidingChi2", "chisquare", "psi", "SlidingKS", "ks_2samp", "ks_2samp_nan", "kstwo_sf"]
+__all__ += ["SlidingChi2", "chisquare", "psi", "KSColumns", "SlidingKS", "ks_2samp", "ks_2samp_nan", "kstwo_sf"]

@@ -167,3 +167,86 @@ def test_lazy_tree_is_exact_however_often_it_is_asked(rng, chunk):
         if end >= 500 and (chunk >= 400 or end % 97 == 0):
             window = data[end - 500 : end]
             assert s.statistic == pytest.approx(scipy.stats.ks_2samp(window, ref).statistic, rel=1e-12)
+
+
+finite_or_not = st.one_of(st.integers(-6, 6).map(float), st.floats(-1e6, 1e6), st.just(np.inf), st.just(-np.inf))
+
+
+@given(
+    st.lists(st.lists(finite_or_not, min_size=1, max_size=150), min_size=1, max_size=4),
+    st.lists(st.one_of(finite_or_not, st.just(np.nan)), min_size=1, max_size=400),
+    st.integers(1, 120),
+    st.lists(st.tuples(st.integers(1, 60), st.booleans()), min_size=1, max_size=12),
+)
+@settings(max_examples=150, deadline=None)
+def test_ks_columns_equal_scipy_at_every_boundary(references, stream, window, pieces):
+    """Several columns (own references: ties, +-inf, wide ranges; NaNs in the stream) advanced
+    in one call: at each boundary each column's statistic, window length and p-value are
+    SciPy's on that column's window then."""
+    from kernels import KSColumns
+
+    kernels = [SlidingKS(np.array(r), window) for r in references]
+    columns = KSColumns(kernels)
+    rng = np.random.default_rng(len(stream))
+    data = np.array([rng.permutation(stream) for _ in references])  # each column its own order
+    ends, marks, end = [], [], 0
+    for size, mark in pieces:  # the last piece ends at the last row, with a mark
+        end = min(end + size, data.shape[1])
+        ends.append(end)
+        marks.append(mark)
+        if end == data.shape[1]:
+            break
+    ends[-1], marks[-1] = data.shape[1], True
+    seen = columns.advance(data, np.array(ends), np.array(marks))
+    b = 0
+    for end, mark in zip(ends, marks):
+        if not mark:
+            continue
+        pvalues = seen.pvalues(b)
+        for c, reference in enumerate(references):
+            clean = data[c, :end][~np.isnan(data[c, :end])]
+            last = clean[-window:]
+            assert seen.n[c, b] == len(last)
+            if len(last) == 0:
+                assert seen.statistic[c, b] == 0.0 and pvalues[c] == 1.0
+                continue
+            ref = scipy.stats.ks_2samp(last, reference)
+            assert seen.statistic[c, b] == pytest.approx(ref.statistic, rel=1e-12, abs=1e-15)
+            assert close_p(pvalues[c], ref.pvalue)
+        b += 1
+    for c, kernel in enumerate(kernels):  # the kernels' own view agrees after the call
+        assert kernel.statistic == seen.statistic[c, -1]
+        assert kernel.nan_count == int(np.isnan(data[c]).sum())
+
+
+@pytest.mark.parametrize("shift, scale", [(0.0, 1.0), (0.05, 1.0), (2.0, 1.0), (0.0, 3.0)])
+def test_bounded_scan_equals_the_full_scan(rng, shift, scale):
+    """The block-bounded pass visits few blocks but finds the same largest gap, wherever it
+    lies (no drift, a small and a large shift, a wider spread), and that is SciPy's."""
+    from kernels.sliding_ks import _bounded_scan_h, _scan_h
+
+    reference = np.exp(rng.normal(size=5000))  # skewed: crowded buckets and sparse tails
+    s = SlidingKS(reference, 2000)
+    stream = np.exp(rng.normal(shift, scale, size=12 * 700))
+    for end in range(700, stream.size + 1, 700):
+        s.update(stream[end - 700:end])
+        if end < 2000:  # both passes are for a full window
+            continue
+        h = _bounded_scan_h(s._w, s._bcount, s._bref, s.m, s.window)
+        assert h == _scan_h(s._w, s._ref_slot, 0)
+        assert h / (s.n * s.m) == pytest.approx(
+            scipy.stats.ks_2samp(stream[end - 2000:end], reference).statistic, rel=1e-12)
+
+
+def test_ks_columns_bad_calls(rng):
+    from kernels import KSColumns
+
+    columns = KSColumns([SlidingKS(rng.normal(size=50), 10), SlidingKS(rng.normal(size=60), 10)])
+    with pytest.raises(ValueError, match=r"\[2, rows\]"):
+        columns.advance(np.zeros((3, 5)), np.array([5]), np.array([True]))
+    with pytest.raises(ValueError, match="ends"):
+        columns.advance(np.zeros((2, 5)), np.array([4]), np.array([True]))
+    with pytest.raises(ValueError, match="at least one"):
+        KSColumns([])
+    with pytest.raises(ValueError, match="dtype"):  # int32 weights next to int64 ones
+        KSColumns([SlidingKS(rng.normal(size=50), 10), SlidingKS(rng.normal(size=50_000), 50_000)])
