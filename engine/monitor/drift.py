@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.codec.validate import ModelSchema
 from engine.settings import MonitorSettings
-from kernels import SlidingChi2, SlidingKS
+from kernels import KSColumns, SlidingChi2, SlidingKS
 
 
 class MonitorConfigError(ValueError):
@@ -122,6 +122,8 @@ class DriftMonitor:
                 column.kernel = SlidingChi2(codes, settings.window)
             else:
                 column.kernel = SlidingKS(ref.astype(np.float64), settings.window)
+        self._continuous = [i for i, c in enumerate(self.columns) if not c.categorical]
+        self._ks = KSColumns([self.columns[i].kernel for i in self._continuous]) if self._continuous else None
         self.state = {c.name: ColumnState() for c in self.columns}
         self.events = 0
         self.evaluations = 0
@@ -166,62 +168,65 @@ class DriftMonitor:
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
         """Update every column with a scored batch; evaluate at each `every` boundary.
 
-        Column by column: each column takes the whole batch (in pieces ending at the
-        boundaries) before the next one starts, so its window state is fetched into cache
-        once per batch rather than once per piece; the statistics seen at each boundary are
-        kept and evaluated across columns afterwards, exactly as if all columns had moved
-        in step."""
+        The batch is cut into pieces ending at the boundaries. The continuous columns take
+        all pieces in one KSColumns call (each column's window state comes into cache once
+        per batch, and Python runs once per batch, not once per column and piece); the
+        categorical ones take them column by column. The statistics seen at each boundary
+        are then evaluated across columns, exactly as if all columns had moved in step."""
         transposed: dict[str, np.ndarray] = {}
         values = [c.values(inputs, outputs, transposed) for c in self.columns]
         rows = len(values[0])
-        pieces: list[tuple[int, int, bool]] = []  # (start, end, a boundary at the end)
-        position, since = 0, self._since
-        while position < rows:
-            take = min(rows - position, self.settings.every - since)
-            since += take
-            boundary = since == self.settings.every
-            if boundary:
-                since = 0
-            pieces.append((position, position + take, boundary))
-            position += take
-        full_at: list[bool] = []  # per boundary: was the window full (decided by the first column)
-        seen: list[list[tuple]] = []  # per column: (statistic, p-value, PSI or None) at each full boundary
-        for i, (column, v) in enumerate(zip(self.columns, values)):
-            kernel = column.kernel
-            mine = []
-            b = 0
-            for start, end, boundary in pieces:
-                kernel.update(v[start:end])
-                if not boundary:
-                    continue
-                if i == 0:
-                    full_at.append(self.full)
-                if full_at[b]:
-                    mine.append((kernel.statistic, kernel.pvalue(), kernel.psi() if column.categorical else None))
-                b += 1
-            seen.append(mine)
-        self.events += rows
+        ends, marks, since, end = [], [], self._since, 0  # pieces, each ending at a boundary or the batch's end
+        while end < rows:
+            take = min(rows - end, self.settings.every - since)
+            end += take
+            since = (since + take) % self.settings.every
+            ends.append(end)
+            marks.append(since == 0)
+        # [columns, boundaries]: statistic, effect (KS D, or PSI) and window length at each
+        # boundary; p-values are computed only at the boundaries evaluated (a p-value not
+        # yet cached can cost milliseconds while a window fills)
+        cols, marked = len(self.columns), sum(marks)
+        statistic, effect = np.zeros((cols, marked)), np.zeros((cols, marked))
+        length, pvalue = np.zeros((cols, marked), dtype=np.int64), np.ones((cols, marked))
+        ks = None
+        if self._continuous:
+            block = np.empty((len(self._continuous), rows))
+            for row, i in enumerate(self._continuous):
+                block[row] = values[i]
+            ks = self._ks.advance(block, np.array(ends, dtype=np.int64), np.array(marks, dtype=np.bool_))
+            statistic[self._continuous] = effect[self._continuous] = ks.statistic
+            length[self._continuous] = ks.n
+        for i, column in enumerate(self.columns):
+            if column.categorical:
+                kernel, v, start, b = column.kernel, values[i], 0, 0
+                for end, mark in zip(ends, marks):
+                    kernel.update(v[start:end])
+                    start = end
+                    if mark:
+                        statistic[i, b], pvalue[i, b], effect[i, b], length[i, b] = \
+                            kernel.statistic, kernel.pvalue(), kernel.psi(), kernel.n
+                        b += 1
         self._since = since
         events: list[DriftEvent] = []
-        done = self.events - rows
-        k = 0
+        done = self.events
         b = 0
-        for start, end, boundary in pieces:
-            if not boundary:
+        for end, mark in zip(ends, marks):
+            if not mark:
                 continue
-            if full_at[b]:
-                events.extend(self._evaluate([col[k] for col in seen], done + end))
-                k += 1
+            if length[0, b] == self.settings.window:  # evaluated once the (first column's) window is full
+                if ks is not None:
+                    pvalue[self._continuous, b] = ks.pvalues(b)
+                events.extend(self._evaluate(statistic[:, b], pvalue[:, b], effect[:, b], done + end))
             b += 1
+        self.events += rows  # last: a reader that sees the rows counted sees their evaluations too
         return events
 
-    def _evaluate(self, seen: list[tuple[float, float, float | None]], events_so_far: int) -> list[DriftEvent]:
-        """seen: (statistic, p-value, PSI for categorical columns) per column, at one boundary."""
+    def _evaluate(self, statistics: np.ndarray, pvalues: np.ndarray, effects: np.ndarray,
+                  events_so_far: int) -> list[DriftEvent]:
+        """One boundary's statistic, p-value and effect (KS D, or PSI) per column."""
         s = self.settings
         self.evaluations += 1
-        statistics = np.array([stat for stat, _, _ in seen])
-        pvalues = np.array([p for _, p, _ in seen])
-        effects = np.array([stat if psi is None else psi for stat, _, psi in seen])
         drifting = corrected_significance(pvalues, s.alpha, s.correction) & (effects >= s.min_effect)
         events = []
         for column, p, effect, stat, drift in zip(self.columns, pvalues, effects, statistics, drifting):
