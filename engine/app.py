@@ -343,6 +343,10 @@ class App:
         for served in self.registry.all():
             served.model.close()
         await loop.run_in_executor(None, self.tap.close)
+        tap = self.tap
+        evaluations = sum(m.evaluations for m in self.drift.values())
+        _announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} failed "
+                  f"({evaluations} drift evaluations)")
         for sh in shadows:
             st = sh.stats
             _announce(f"challenger {sh.model.label}: {st.rows_scored} rows scored, {st.rows_dropped} dropped, "
