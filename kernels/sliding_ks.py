@@ -273,6 +273,36 @@ def _advance_columns(values, ends, boundary, scratch, uniqs, ks, bstarts, bounds
                 b += 1
 
 
+@jit
+def _gather_columns(matrix, columns, out, rows):
+    """out[rows[j], t] = matrix[t, columns[j]], tile by tile (256 rows of the matrix at a
+    time, so that its reads and the block's writes both stay in cache)."""
+    n = matrix.shape[0]
+    for t0 in range(0, n, 256):
+        t1 = min(t0 + 256, n)
+        for j in range(columns.shape[0]):
+            c = columns[j]
+            r = rows[j]
+            for t in range(t0, t1):
+                out[r, t] = matrix[t, c]
+
+
+def gather_columns(matrix: np.ndarray, columns, out: np.ndarray, rows) -> None:
+    """Copy chosen columns of a [n, k] numeric matrix into chosen rows of a float64
+    [rows, n] block (KSColumns.advance's layout) in one pass: no transposed copy of the
+    whole matrix in between."""
+    columns = np.asarray(columns, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    if matrix.ndim != 2 or matrix.dtype.kind not in "fiub":
+        raise TypeError(f"matrix must be a 2-D numeric array, got {matrix.dtype} {matrix.shape}")
+    if out.ndim != 2 or out.dtype != np.float64 or out.shape[1] != matrix.shape[0]:
+        raise ValueError(f"out must be float64 [rows, {matrix.shape[0]}], got {out.dtype} {out.shape}")
+    if columns.shape != rows.shape or (columns.size and (columns.min() < 0 or columns.max() >= matrix.shape[1]
+                                                         or rows.min() < 0 or rows.max() >= out.shape[0])):
+        raise ValueError("columns and rows must pair up and lie inside the matrix and the block")
+    _gather_columns(matrix.view(np.uint8) if matrix.dtype == np.bool_ else matrix, columns, out, rows)
+
+
 def _numeric_vector(values) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim == 0:

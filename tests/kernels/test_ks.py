@@ -250,3 +250,19 @@ def test_ks_columns_bad_calls(rng):
         KSColumns([])
     with pytest.raises(ValueError, match="dtype"):  # int32 weights next to int64 ones
         KSColumns([SlidingKS(rng.normal(size=50), 10), SlidingKS(rng.normal(size=50_000), 50_000)])
+
+
+def test_gather_columns_copies_chosen_columns_into_block_rows(rng):
+    from kernels.sliding_ks import gather_columns
+
+    matrix = rng.normal(size=(700, 9)).astype(np.float32)  # more rows than one tile
+    block = np.full((4, 700), -1.0)
+    gather_columns(matrix, [8, 0, 3], block, [2, 0, 3])
+    assert np.array_equal(block[[2, 0, 3]], matrix[:, [8, 0, 3]].T.astype(np.float64))
+    assert np.all(block[1] == -1.0)
+    gather_columns(np.arange(1400).reshape(700, 2), [1], block, [1])  # integers are cast
+    assert np.array_equal(block[1], np.arange(1, 1400, 2, dtype=np.float64))
+    with pytest.raises(ValueError, match="pair up"):
+        gather_columns(matrix, [9], block, [0])
+    with pytest.raises(ValueError, match="float64"):
+        gather_columns(matrix, [0], block[:, :10], [0])
