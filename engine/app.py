@@ -78,9 +78,10 @@ class App:
                 continue
             if len(group) == 1:
                 inputs, outputs = group[0].inputs, group[0].outputs
-            else:
-                inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in group[0].inputs}
-                outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in group[0].outputs}
+            else:  # only the tensors the monitor reads
+                wanted_in, wanted_out = monitor.tensors
+                inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in wanted_in}
+                outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in wanted_out}
             events = monitor.observe(inputs, outputs)
             if events and self.settings.monitoring.events_dir is not None:
                 try:

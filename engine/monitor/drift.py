@@ -23,6 +23,7 @@ import numpy as np
 from engine.codec.validate import ModelSchema
 from engine.settings import MonitorSettings
 from kernels import KSColumns, SlidingChi2, SlidingKS
+from kernels.sliding_ks import gather_columns
 
 
 class MonitorConfigError(ValueError):
@@ -52,17 +53,10 @@ class Column:
     from_output: bool
     kernel: object = None
 
-    def values(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-               transposed: dict[str, np.ndarray]) -> np.ndarray:
+    def values(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """This column's values (integer codes for a categorical one; NaN and +-inf -> -1)."""
         array = (outputs if self.from_output else inputs)[self.tensor]
-        if self.index is None:
-            column = array
-        else:
-            key = ("out:" if self.from_output else "in:") + self.tensor
-            t = transposed.get(key)
-            if t is None:  # one contiguous float64 copy per tensor, not one per column
-                t = transposed[key] = np.ascontiguousarray(array.T, dtype=np.float64)
-            column = t[self.index]
+        column = array if self.index is None else array[:, self.index]
         if self.categorical:
             return np.where(np.isfinite(column), np.rint(column), -1).astype(np.int64) if column.dtype.kind == "f" \
                 else column.astype(np.int64, copy=False)
@@ -123,6 +117,13 @@ class DriftMonitor:
             else:
                 column.kernel = SlidingKS(ref.astype(np.float64), settings.window)
         self._continuous = [i for i, c in enumerate(self.columns) if not c.categorical]
+        # where the continuous columns' block rows come from: per tensor, its columns and their rows
+        self._sources: dict[tuple[bool, str], tuple[list[int | None], list[int]]] = {}
+        for row, i in enumerate(self._continuous):
+            c = self.columns[i]
+            columns, rows = self._sources.setdefault((c.from_output, c.tensor), ([], []))
+            columns.append(c.index)
+            rows.append(row)
         self._ks = KSColumns([self.columns[i].kernel for i in self._continuous]) if self._continuous else None
         self.state = {c.name: ColumnState() for c in self.columns}
         self.events = 0
@@ -162,6 +163,11 @@ class DriftMonitor:
         return columns
 
     @property
+    def tensors(self) -> tuple[set[str], set[str]]:
+        """The input and output tensors the columns come from (the rest need not be gathered)."""
+        return ({c.tensor for c in self.columns if not c.from_output}, {c.tensor for c in self.columns if c.from_output})
+
+    @property
     def full(self) -> bool:
         return self.columns[0].kernel.n == self.settings.window
 
@@ -173,9 +179,8 @@ class DriftMonitor:
         per batch, and Python runs once per batch, not once per column and piece); the
         categorical ones take them column by column. The statistics seen at each boundary
         are then evaluated across columns, exactly as if all columns had moved in step."""
-        transposed: dict[str, np.ndarray] = {}
-        values = [c.values(inputs, outputs, transposed) for c in self.columns]
-        rows = len(values[0])
+        first = self.columns[0]
+        rows = len((outputs if first.from_output else inputs)[first.tensor])
         ends, marks, since, end = [], [], self._since, 0  # pieces, each ending at a boundary or the batch's end
         while end < rows:
             take = min(rows - end, self.settings.every - since)
@@ -192,14 +197,18 @@ class DriftMonitor:
         ks = None
         if self._continuous:
             block = np.empty((len(self._continuous), rows))
-            for row, i in enumerate(self._continuous):
-                block[row] = values[i]
+            for (from_output, tensor), (columns, block_rows) in self._sources.items():
+                array = (outputs if from_output else inputs)[tensor]
+                if array.ndim == 1:
+                    block[block_rows] = array
+                else:
+                    gather_columns(array, columns, block, block_rows)
             ks = self._ks.advance(block, np.array(ends, dtype=np.int64), np.array(marks, dtype=np.bool_))
             statistic[self._continuous] = effect[self._continuous] = ks.statistic
             length[self._continuous] = ks.n
         for i, column in enumerate(self.columns):
             if column.categorical:
-                kernel, v, start, b = column.kernel, values[i], 0, 0
+                kernel, v, start, b = column.kernel, column.values(inputs, outputs), 0, 0
                 for end, mark in zip(ends, marks):
                     kernel.update(v[start:end])
                     start = end

@@ -97,6 +97,43 @@ def test_prediction_drift_on_outputs(rng):
     assert [e.feature for e in events if e.kind == "raise"] == ["proba:1"]
 
 
+def test_batch_sizes_do_not_change_what_is_seen(rng):
+    """The same stream observed in one batch, in batches of 1,000 and in odd sizes (1, 7,
+    999, ...) gives the same events, evaluations and statistics; the statistics and p-values
+    are SciPy's on the last window, for continuous, categorical and output columns."""
+    import scipy.stats
+
+    reference = stream(rng, 4_000)
+    ref = {name: reference[:, i] for i, name in enumerate(FEATURES)}
+    ref["proba:1"] = rng.uniform(size=4_000)
+    settings = MonitorSettings(features=FEATURES, categorical=["f7"], outputs=["proba:1"], reference="r.parquet",
+                               window=1_500, every=400, consecutive=1, min_effect=0.05)
+    x = stream(rng, 9_000, shift_from=5_000)
+    x[::97, 1] = np.nan  # NaNs are skipped by the continuous windows
+    proba = np.stack([1 - rng.uniform(size=9_000) ** 2, rng.uniform(size=9_000) ** 2], axis=1).astype(np.float32)
+    runs = []
+    for sizes in ([9_000], [1_000] * 9, [1, 7, 999, 3, 2_500, 400, 1_590, 3_500]):
+        monitor = DriftMonitor("m:1", settings, SCHEMA, ref)
+        events, start = [], 0
+        for size in sizes:
+            events += monitor.observe({"x": x[start : start + size]}, {"proba": proba[start : start + size]})
+            start += size
+        runs.append(([(e.kind, e.feature, e.events, e.statistic, e.pvalue) for e in events], monitor.evaluations,
+                     {name: (st.statistic, st.pvalue) for name, st in monitor.state.items()}))
+    assert runs[0] == runs[1] == runs[2]
+    events, evaluations, states = runs[0]
+    assert evaluations == (9_000 - 1_600) // 400 + 1  # the first window is full at 1,600 (a boundary)
+    assert {(kind, feature) for kind, feature, *_ in events} >= {("raise", "f2"), ("raise", "f5"), ("raise", "proba:1")}
+    end = 9_000 // 400 * 400  # the last evaluation
+    last = x[end - 1_500 : end]
+    for i in (0, 2, 5):
+        expected = scipy.stats.ks_2samp(last[:, i], ref[FEATURES[i]])
+        assert states[FEATURES[i]] == pytest.approx((expected.statistic, expected.pvalue), rel=1e-9)
+    clean = x[:end, 1][~np.isnan(x[:end, 1])][-1_500:]
+    assert states["f1"] == pytest.approx(tuple(scipy.stats.ks_2samp(clean, ref["f1"])), rel=1e-9)
+    assert states["proba:1"][0] == pytest.approx(scipy.stats.ks_2samp(proba[end - 1_500 : end, 1], ref["proba:1"]).statistic)
+
+
 def test_benjamini_hochberg_and_bonferroni():
     p = np.array([0.0001, 0.004, 0.02, 0.3])
     assert corrected_significance(p, 0.05, "bonferroni").tolist() == [True, True, False, False]
