@@ -128,3 +128,21 @@ def test_metrics_parse_with_prometheus_client(monitored):
                  "scorewire_model_info", "scorewire_drift_statistic", "scorewire_drift_alert",
                  "scorewire_monitor_dropped_batches", "scorewire_batch_rows"):
         assert name in families, name
+
+
+def test_shutdown_summary_accounts_for_every_row(monitored):
+    """Runs last: SIGTERM, and the server says how many rows its monitor observed (all the
+    rows scored), dropped and failed, and how many drift evaluations they made."""
+    import re
+
+    srv, _ = monitored
+    families = scrape(f"127.0.0.1:{srv.metrics_port}")
+    scored = sum(s.value for s in families["scorewire_batch_rows"] if s.name == "scorewire_batch_rows_sum")
+    assert srv.stop() == 0
+    printed = srv.proc.stdout.read()
+    line = re.search(r"monitor: (\d+) rows observed, (\d+) dropped, (\d+) failed \((\d+) drift evaluations\)", printed)
+    assert line is not None, printed
+    observed, dropped, failed, evaluations = map(int, line.groups())
+    assert (observed, dropped, failed) == (scored, 0, 0)
+    # window 2,000, every 500: the first evaluation at row 2,000, then one per 500 rows
+    assert evaluations == (0 if observed < 2000 else (observed - 2000) // 500 + 1)
