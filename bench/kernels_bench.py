@@ -190,8 +190,10 @@ def main(argv=None) -> int:
     print(json.dumps(r), flush=True)
     print()
     print(markdown(results))
-    if args.json:
-        write_json(args.json, results)
+    if args.json:  # the Markdown beside it, so that the two never disagree
+        write_json(args.json, results, f"# Kernel benchmark, {time.strftime('%Y-%m-%d')}\n\nCommand: "
+                   f"`python -m bench.kernels_bench --json {args.json}` (all rows from one run, {args.events:,} events "
+                   f"per sliding row, seed {SEED}).\n\n{markdown(results)}\n")
     return 0
 
 
