@@ -25,7 +25,7 @@ import numpy as np
 from numba.typed import List
 
 from kernels._jit import jit
-from kernels.ks import pvalue_block
+from kernels.ks import _clean, pvalue_block
 
 BLOCK_VALUES = 4096  # values placed per pass (their slots fit in L1 between the two passes)
 BUCKETS_PER_VALUE = 2  # bucket table size per distinct reference value (most buckets hold 0-2)
@@ -62,6 +62,18 @@ def _place(values, start, end, slots, uniq, k, bstart, lo, hi, scale, steps):
 
 
 @jit
+def _note(pending, npend, slot):
+    """Note a changed slot for the tree; the new pending count (-1 once the list overflows,
+    or while the tree is stale)."""
+    if npend < 0:
+        return npend
+    if npend < pending.shape[0]:
+        pending[npend] = slot
+        return npend + 1
+    return -1
+
+
+@jit
 def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, ring, state, w, bcount, pending, m):
     """Insert values[start:end] (evicting the oldest once full); state = [filled, head,
     NaNs, pending count (-1: the tree is stale), values since the last query]. A slot's
@@ -73,7 +85,6 @@ def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, r
     filled = state[0]
     head = state[1]
     npend = state[3]
-    cap = pending.shape[0]
     block = scratch.shape[0]
     for first in range(start, end, block):
         last = min(first + block, end)
@@ -90,23 +101,13 @@ def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, r
                     continue
                 w[old] -= m
                 bcount[old >> SLOT_SHIFT] -= 1
-                if npend >= 0:
-                    if npend < cap:
-                        pending[npend] = old
-                        npend += 1
-                    else:
-                        npend = -1
+                npend = _note(pending, npend, old)
             else:
                 filled += 1
             ring[head] = slot
             w[slot] += m
             bcount[slot >> SLOT_SHIFT] += 1
-            if npend >= 0:
-                if npend < cap:
-                    pending[npend] = slot
-                    npend += 1
-                else:
-                    npend = -1
+            npend = _note(pending, npend, slot)
             head = head + 1 if head + 1 < window else 0
     state[0] = filled
     state[1] = head
@@ -342,15 +343,7 @@ class SlidingKS:
         so that `significant(alpha)` never computes a p-value on the alarm path."""
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        ref = np.asarray(reference)
-        if ref.ndim != 1:
-            raise ValueError(f"reference must be 1-D, got shape {ref.shape}")
-        if ref.dtype.kind not in "fiub":
-            raise TypeError(f"reference must be numeric, got {ref.dtype}")
-        ref = ref.astype(np.float64, copy=False)
-        nan = np.isnan(ref)
-        self.reference_nan_count = int(nan.sum())
-        ref = ref[~nan]
+        ref, self.reference_nan_count = _clean("reference", reference)
         if ref.size == 0:
             raise ValueError("reference needs at least one non-NaN value")
         self.window = int(window)

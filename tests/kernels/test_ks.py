@@ -266,3 +266,15 @@ def test_gather_columns_copies_chosen_columns_into_block_rows(rng):
         gather_columns(matrix, [9], block, [0])
     with pytest.raises(ValueError, match="float64"):
         gather_columns(matrix, [0], block[:, :10], [0])
+
+
+def test_large_windows_keep_exact_int64_weights(rng):
+    """m * window past 2**31 switches the slot weights to int64; the statistic stays SciPy's."""
+    reference = rng.normal(size=50_000)
+    s = SlidingKS(reference, 50_000)
+    assert s._w.dtype == np.int64
+    data = rng.normal(0.02, size=65_000)
+    s.update(data)
+    expected = scipy.stats.ks_2samp(data[-50_000:], reference)
+    assert s.statistic == pytest.approx(expected.statistic, rel=1e-12)
+    assert close_p(s.pvalue(), expected.pvalue)
