@@ -20,8 +20,9 @@ class MonitorTap:
     oldest waited `max_wait_s`. A busy server's many small batches then cost the monitor a
     few large calls instead of many small ones (its Python work holds the GIL against the
     event loop per call, not per row), and each drift column takes thousands of values at
-    once: its window state (a few hundred KB) comes into cache once per call, which made
-    the per-value cost 2x lower at 16k values than at 2k with 33 columns."""
+    once: its window state (a few hundred KB) comes into cache once per call. With 33
+    columns, a scratch timing of KSColumns.advance gave 36, 29 and 25 ns per value at 4k,
+    16k and 64k rows per call. Under load, `max_wait_s` usually closes the gathering first."""
 
     def __init__(self, handle: Callable[[list[ScoredBatch]], None], capacity: int, tick_s: float = 0.05,
                  min_rows: int = 65_536, max_wait_s: float = 1.0):
