@@ -32,6 +32,11 @@ version = "1"
 max_batch_size = 64
 max_queue_delay_us = 500
 queue_capacity = 4096
+[models.monitor]                 # drift of the 32 inputs against the training rows (ref.parquet)
+features = [{features}]
+reference = "ref.parquet"
+window = 2000
+every = 500
 
 [[models]]
 name = "gbt"
@@ -105,14 +110,16 @@ def build_models(directory: Path, seed: int = 0, challenger: bool = False) -> di
     return paths
 
 
-def write_reference(path: Path, mlp: Path, rows: int = 10_000) -> Path:
-    """A drift reference for the mlp (configs/example.toml monitors it): the 32 features of
-    training-like rows as f0..f31, and the model's P(class 1) on them as "probabilities:1"."""
+def write_reference(path: Path, mlp: Path) -> Path:
+    """A drift reference for the mlp: the 32 features of its training rows as f0..f31, and
+    the model's P(class 1) on them as "probabilities:1" (configs/example.toml monitors both;
+    the demo the features). Other `demo_data` seeds or sizes draw other distributions."""
     import onnxruntime as ort
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    x, _ = demo_data(rows, seed=1)
+    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
+    x = x[:TRAIN_ROWS]
     session = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"])
     probabilities = session.run(["probabilities"], {"float_input": x})[0]
     columns = {f"f{i}": x[:, i] for i in range(N_FEATURES)} | {"probabilities:1": probabilities[:, 1]}
@@ -170,7 +177,8 @@ def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002) ->
     build_wide_mlp(directory / "models" / "wide.onnx")
     write_reference(directory / "ref.parquet", paths["mlp"])
     config = directory / "scorewire.toml"
-    config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port))
+    config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port,
+                                    features=", ".join(f'"f{i}"' for i in range(N_FEATURES))))
     return config
 
 
@@ -207,7 +215,8 @@ def _traffic(url: str, directory: Path) -> None:
     client = grpcclient.InferenceServerClient(url)
     meta = client.get_server_metadata()
     print(f"\nserver: {meta.name} {meta.version}; live={client.is_server_live()} ready={client.is_server_ready()}")
-    x, _ = demo_data(2000, seed=7)
+    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
+    x = x[TRAIN_ROWS:]  # held-out rows: the training distribution, so the drift monitor stays quiet
     for name in DEMO_MODELS:
         md = client.get_model_metadata(name)
         ins = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in md.inputs)
@@ -319,6 +328,47 @@ def _labelled(url: str, directory: Path) -> Path:
     return path
 
 
+DRIFTED = (3, 10)  # the features the demo's drift step shifts
+
+
+def _drift(url: str, metrics: str) -> None:
+    """The held-out rows twice over with features f3 and f10 moved by +2: the monitor on
+    'mlp' (32 features, window 2,000, every 500) raises alerts on those two and no others.
+    Waits until the monitor has seen every row 'mlp' scored, then prints its table."""
+    import tritonclient.grpc as grpcclient
+
+    from engine.monitor.status import scrape
+
+    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
+    x = np.concatenate([x[TRAIN_ROWS:]] * 2)
+    x[:, list(DRIFTED)] += 2.0
+    client = grpcclient.InferenceServerClient(url)
+    for k in range(0, len(x), 50):
+        inp = grpcclient.InferInput("float_input", [len(x[k:k + 50]), N_FEATURES], "FP32")
+        inp.set_data_from_numpy(x[k:k + 50])
+        client.infer("mlp", [inp])
+    client.close()
+    deadline = time.monotonic() + 30
+    while True:  # the monitor works off the request path, a second behind at most
+        families = scrape(metrics)
+        scored = sum(s.value for s in families["scorewire_rows"]
+                     if s.name == "scorewire_rows_total" and s.labels == {"model": "mlp", "version": "1"})
+        seen = sum(s.value for s in families["scorewire_drift_events_observed"] if s.labels["model"] == "mlp")
+        if seen >= scored or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    drift = {}
+    for name in ("statistic", "pvalue", "alert"):
+        for sample in families[f"scorewire_drift_{name}"]:
+            drift.setdefault(sample.labels["feature"], {})[name] = sample.value
+    alerting = sorted((f for f, v in drift.items() if v["alert"]), key=lambda f: int(f[1:]))
+    print(f"\ndrift: sent {len(x):,} rows to 'mlp' with f{DRIFTED[0]} and f{DRIFTED[1]} moved by +2; its monitor "
+          f"(32 features vs the training rows, window 2,000, every 500) saw {seen:,.0f} rows")
+    for f in alerting:
+        print(f"  DRIFT {f:4} KS D = {drift[f]['statistic']:.3f}, p = {drift[f]['pvalue']:.2g}")
+    print(f"  ok on the other {len(drift) - len(alerting)} features   (scorewire status --target {metrics})")
+
+
 def _compare(directory: Path, labels: Path) -> None:
     from engine.scorelog.compare import compare, render
 
@@ -330,7 +380,8 @@ def _kafka(bootstrap: str, n: int = 20_000) -> None:
     import orjson
     from confluent_kafka import Consumer, Producer
 
-    x, _ = demo_data(n, seed=9)
+    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
+    x = np.resize(x[TRAIN_ROWS:], (n, N_FEATURES))  # the held-out rows again: the drift alerts clear
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     option = orjson.OPT_SERIALIZE_NUMPY
     for i in range(n):
@@ -383,13 +434,14 @@ def run(directory: Path, prepare_only: bool) -> int:
     try:
         _traffic(f"127.0.0.1:{port}", directory)
         labels = _labelled(f"127.0.0.1:{port}", directory)
+        _drift(f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}")
         _kafka(cluster.bootstrap)
     finally:
         proc.send_signal(signal.SIGTERM)
         summary, _ = proc.communicate(timeout=60)
         print(f"\nserver drained and exited with code {proc.returncode} after SIGTERM")
         for line in summary.splitlines():
-            if "challenger" in line or "scoring log" in line:
+            if "challenger" in line or "scoring log" in line or "monitor:" in line:
                 print(f"  {line}")
         cluster.close()
     if labels is not None:
@@ -408,6 +460,7 @@ def run(directory: Path, prepare_only: bool) -> int:
           # config reference: configs/example.toml
           # the scoring log: DuckDB, SELECT role, version, count(*) FROM
           #   read_parquet('{directory}/scorelog/**/*.parquet', hive_partitioning = 1) GROUP BY ALL
-          # benchmarks: python -m bench.grpc_bench; python -m bench.kafka_bench; python -m bench.shadow_bench
+          # benchmarks: python -m bench.grpc_bench; python -m bench.kafka_bench; python -m bench.monitor_bench;
+          #   python -m bench.shadow_bench
         """))
     return 0

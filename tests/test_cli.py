@@ -43,6 +43,20 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
     settings = load_settings(tmp_path / "d" / "scorewire.toml")
     assert [m.name for m in settings.models] == ["mlp", "gbt", "wide"]
     assert all(m.path.is_file() for m in settings.models)
+    # the mlp's drift monitor: its reference is the training distribution, so the held-out
+    # rows the demo sends show no drift (Bonferroni over the 32 features)
+    import pyarrow.parquet as pq
+    import scipy.stats
+
+    from engine.demo import HELD_OUT_ROWS, N_FEATURES, TRAIN_ROWS, demo_data
+
+    monitor = settings.models[0].monitor
+    assert monitor is not None and monitor.features == [f"f{i}" for i in range(N_FEATURES)]
+    reference = pq.read_table(tmp_path / "d" / "ref.parquet")
+    held_out = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)[0][TRAIN_ROWS:]
+    pvalues = [scipy.stats.ks_2samp(held_out[:, i], reference.column(f"f{i}").to_numpy()).pvalue
+               for i in range(N_FEATURES)]
+    assert min(pvalues) > 0.001 / N_FEATURES
 
 
 def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
