@@ -165,7 +165,8 @@ class DriftMonitor:
     @property
     def tensors(self) -> tuple[set[str], set[str]]:
         """The input and output tensors the columns come from (the rest need not be gathered)."""
-        return ({c.tensor for c in self.columns if not c.from_output}, {c.tensor for c in self.columns if c.from_output})
+        return ({c.tensor for c in self.columns if not c.from_output},
+                {c.tensor for c in self.columns if c.from_output})
 
     @property
     def full(self) -> bool:

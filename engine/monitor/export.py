@@ -50,7 +50,8 @@ def render(registry: Registry, requests_by_code: dict[tuple[str, str], int], app
 def _monitoring(app, family) -> None:
     from engine.monitor.latency import QUANTILES
 
-    drift = [(name, m, c) for (name, _version), m in app.drift.items() for c in m.columns]
+    # labelled by version too: a challenger may be monitored beside its champion
+    drift = [(name, version, m, c) for (name, version), m in app.drift.items() for c in m.columns]
     for metric, attr, help_text in (
         ("scorewire_drift_statistic", "statistic", "Last evaluated drift statistic (KS D or chi-squared) per column."),
         ("scorewire_drift_pvalue", "pvalue", "Last evaluated drift p-value per column (before correction)."),
@@ -58,9 +59,10 @@ def _monitoring(app, family) -> None:
         ("scorewire_drift_alert", "alert", "1 while a drift alert is raised for the column."),
     ):
         family(metric, "gauge", help_text,
-               [(_labels(model=name, feature=c.name), float(getattr(m.state[c.name], attr))) for name, m, c in drift])
+               [(_labels(model=name, version=version, feature=c.name), float(getattr(m.state[c.name], attr)))
+                for name, version, m, c in drift])
     family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
-           [(_labels(model=name), m.events) for (name, _version), m in app.drift.items()])
+           [(_labels(model=name, version=version), m.events) for (name, version), m in app.drift.items()])
     samples = []
     for (model, role, stage), h in app.latency.items():
         if h.total_count:

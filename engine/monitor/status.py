@@ -22,16 +22,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def status(target: str, timeout_s: float = 5.0) -> str:
     families = scrape(target, timeout_s)
-    drift: dict[tuple[str, str], dict[str, float]] = {}
+    drift: dict[tuple[str, str, str], dict[str, float]] = {}
     for name in ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect", "scorewire_drift_alert"):
         for sample in families.get(name, []):
-            key = (sample.labels["model"], sample.labels["feature"])
+            key = (sample.labels["model"], sample.labels.get("version", ""), sample.labels["feature"])
             drift.setdefault(key, {})[name.rsplit("_", 1)[1]] = sample.value
     out = []
     if drift:
-        rows = [[m, f, f"{v.get('statistic', 0):.4g}", f"{v.get('pvalue', 1):.3g}", f"{v.get('effect', 0):.4g}",
-                 "DRIFT" if v.get("alert") else "ok"] for (m, f), v in sorted(drift.items())]
-        out.append(_table(["model", "feature", "statistic", "p-value", "effect", "alert"], rows))
+        rows = [[m, v_, f, f"{v.get('statistic', 0):.4g}", f"{v.get('pvalue', 1):.3g}", f"{v.get('effect', 0):.4g}",
+                 "DRIFT" if v.get("alert") else "ok"] for (m, v_, f), v in sorted(drift.items())]
+        out.append(_table(["model", "version", "feature", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
     latency: dict[tuple[str, str, str], dict[str, float]] = {}

@@ -105,7 +105,7 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     drift_lines = [line for line in shown.stdout.splitlines() if "DRIFT" in line]
-    assert {line.split()[1] for line in drift_lines} - {"probabilities:1"} == set(SHIFTED)
+    assert {line.split()[2] for line in drift_lines} - {"probabilities:1"} == set(SHIFTED)  # model version feature ...
     assert "p99.9 ms" in shown.stdout and "champion" in shown.stdout
 
     # drift events as their own kind of Parquet record, readable by DuckDB
@@ -146,3 +146,35 @@ def test_shutdown_summary_accounts_for_every_row(monitored):
     assert (observed, dropped, failed) == (scored, 0, 0)
     # window 2,000, every 500: the first evaluation at row 2,000, then one per 500 rows
     assert evaluations == (0 if observed < 2000 else (observed - 2000) // 500 + 1)
+
+
+def test_a_monitored_challenger_has_drift_metrics_of_its_own(monitored, model_dir):
+    """Champion and challenger both monitored: each (model, version, feature) is one sample,
+    and each version counts the rows it saw (the challenger's shadow runs included)."""
+    config = CONFIG.format(features=", ".join(f'"{f}"' for f in FEATURES)).replace(
+        'name = "mlp"\npath = "models/mlp.onnx"', 'name = "mlp"\npath = "models/mlp.onnx"\nversion = "1"')
+    second = config[config.index("[[models]]"):].replace('version = "1"', 'version = "2"')
+    config += "\n" + second + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["2"]\n'
+    srv = launch(model_dir, config, name="monitored-two.toml")
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        _, live = monitored
+        for start in range(0, 600, 100):
+            inp = grpcclient.InferInput("float_input", [100, len(FEATURES)], "FP32")
+            inp.set_data_from_numpy(live[start : start + 100])
+            client.infer("mlp", [inp])
+        client.close()
+        target = f"127.0.0.1:{srv.metrics_port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            families = scrape(target)
+            seen = {s.labels["version"]: s.value for s in families["scorewire_drift_events_observed"]}
+            if seen == {"1": 600, "2": 600}:
+                break
+            time.sleep(0.2)
+        assert seen == {"1": 600, "2": 600}
+        keys = [(s.labels["model"], s.labels["version"], s.labels["feature"])
+                for s in families["scorewire_drift_statistic"]]
+        assert len(keys) == len(set(keys)) == 2 * (len(FEATURES) + 1)
+    finally:
+        srv.stop()
