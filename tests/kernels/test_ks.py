@@ -223,7 +223,7 @@ def test_ks_columns_equal_scipy_at_every_boundary(references, stream, window, pi
 def test_bounded_scan_equals_the_full_scan(rng, shift, scale):
     """The block-bounded pass visits few blocks but finds the same largest gap, wherever it
     lies (no drift, a small and a large shift, a wider spread), and that is SciPy's."""
-    from kernels.sliding_ks import _bounded_scan_h, _scan_h
+    from kernels.ks_window import _bounded_scan_h, _scan_h
 
     reference = np.exp(rng.normal(size=5000))  # skewed: crowded buckets and sparse tails
     s = SlidingKS(reference, 2000)
