@@ -158,8 +158,9 @@ class App:
         if ms.warmup:
             model.warm_up()
         if ms.monitor is not None:
-            self.drift[(ms.name, ms.version)] = DriftMonitor(
-                model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+            monitor = DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+            monitor.warm_up()
+            self.drift[(ms.name, ms.version)] = monitor
         batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
                           on_scored=self._on_scored(ms.name, ms.version))
         limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)

@@ -11,7 +11,7 @@ import numpy as np
 from numba.typed import List
 
 from kernels._jit import jit
-from kernels.ks import _clean, pvalue_block
+from kernels.ks import MAX_EXACT_N, _clean, pvalue_block
 from kernels.ks_window import SLOT_SHIFT, _advance_columns, _query_h, _slide
 
 BLOCK_VALUES = 4096  # values placed per pass (their slots fit in L1 between the two passes)
@@ -225,6 +225,14 @@ class KSColumns:
         self._sizes = np.array([k._size for k in kernels], dtype=np.int64)
         self._ms = np.array([k.m for k in kernels], dtype=np.int64)
         self._scratch = np.empty(BLOCK_VALUES, dtype=np.int32)
+
+    def warm_up(self) -> None:
+        """Load (on a fresh machine: compile, seconds) the kernels `advance` and the p-values
+        call, without changing any window: an empty block, and p-values of tiny samples on
+        each route (equal sizes, unequal sizes, asymptotic)."""
+        self.advance(np.zeros((len(self.kernels), 0)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_))
+        for n, m in ((4, 4), (3, 5), (MAX_EXACT_N + 1, MAX_EXACT_N + 1)):
+            pvalue_block(n, m, 1)
 
     def advance(self, values: np.ndarray, ends: np.ndarray, boundary: np.ndarray) -> "KSMarks":
         """values: float64 [columns, rows]; the rows are taken in pieces ending at `ends`

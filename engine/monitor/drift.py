@@ -103,6 +103,7 @@ class DriftMonitor:
     def __init__(self, model: str, settings: MonitorSettings, schema: ModelSchema, reference: dict[str, np.ndarray]):
         self.model = model
         self.settings = settings
+        self._schema = schema
         self.columns = self._columns(schema)
         missing = [c.name for c in self.columns if c.name not in reference]
         if missing:
@@ -161,6 +162,22 @@ class DriftMonitor:
                 )
             columns.append(Column(entry, outputs[name].datatype in ("INT64", "INT32", "BOOL"), name, index, True))
         return columns
+
+    def warm_up(self) -> None:
+        """Load (on a fresh machine: compile, seconds) every kernel `observe` calls, before the
+        server says ready: batches arriving during a first compile would fill the monitor's
+        queue and be dropped. Windows and alert states are left as they were."""
+        specs = {(False, t.name): t for t in self._schema.inputs} | {(True, t.name): t for t in self._schema.outputs}
+        for key, (columns, _) in self._sources.items():
+            spec = specs[key]
+            if len(spec.shape) == 2:
+                gather_columns(np.zeros((1, max(columns) + 1), dtype=spec.dtype), [0], np.zeros((1, 1)), [0])
+        if self._ks is not None:
+            self._ks.warm_up()
+        if any(c.categorical for c in self.columns):
+            probe = SlidingChi2(np.array([0, 1]), 2)
+            probe.update(np.array([0, 5], dtype=np.int64))
+            _ = probe.statistic, probe.pvalue(), probe.psi()
 
     @property
     def tensors(self) -> tuple[set[str], set[str]]:

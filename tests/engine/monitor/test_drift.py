@@ -150,3 +150,19 @@ def test_config_errors_name_the_problem(rng):
         DriftMonitor("m:1", MonitorSettings(features=FEATURES, reference="r"), SCHEMA, {"f0": np.zeros(3)})
     with pytest.raises(MonitorConfigError, match="use 'name' for a \\[rows\\] output"):
         DriftMonitor("m:1", MonitorSettings(features=FEATURES, outputs=["proba"], reference="r"), SCHEMA, ref)
+
+
+def test_warm_up_compiles_the_kernels_and_leaves_the_windows_alone(rng):
+    """A server warms its monitors before it says ready: a first compile takes seconds, and
+    batches arriving meanwhile would fill the monitor's queue."""
+    from kernels.ks_window import _advance_columns
+    from kernels.sliding_ks import _gather_columns
+
+    monitor = make(rng)
+    monitor.warm_up()
+    assert _advance_columns.signatures
+    assert any(str(sig[0]).startswith("array(float32") for sig in _gather_columns.signatures)
+    assert monitor.events == 0 and monitor.evaluations == 0
+    assert all(c.kernel.n == 0 for c in monitor.columns)
+    events = feed(monitor, stream(rng, 12_000))  # and it monitors as before
+    assert monitor.events == 12_000 and monitor.evaluations == 3 and not events
