@@ -72,7 +72,7 @@ def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, r
     NaNs, pending count (-1: the tree is stale), values since the last query]. A slot's
     weight w moves by m per value in and out (while the window fills, w already holds its
     final form m*C - window*R: see _scan_h), and bcount counts the window's values per
-    block of SLOT_BLOCK slots (see _bounded_scan_h). The slots touched are noted in
+    block of 64 slots (1 << SLOT_SHIFT; see _bounded_scan_h). The slots touched are noted in
     `pending` while the tree is in use."""
     window = ring.shape[0]
     filled = state[0]

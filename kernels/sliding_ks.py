@@ -63,9 +63,10 @@ class SlidingKS:
 
     An update costs a placement (a bucket look-up and a short branch-free search) and two
     slot changes. A query replays the slots changed since the last one through a lazy
-    segment tree when they are few, and otherwise passes over the 2K+1 slots once and lets
-    the tree go stale, rebuilding it only once queries are frequent again (see _full_h):
-    frequent queries cost O(log K) per event, rare ones O(1) per event plus O(K) per query.
+    segment tree when they are few, and otherwise passes over the 2K+1 slots (only the
+    blocks of 64 that can hold the answer) and lets the tree go stale, rebuilding it only
+    once queries are frequent again (see ks_window._full_h): frequent queries cost O(log K)
+    per event, rare ones O(1) per event plus at most O(K) per query.
     The statistic is exact on every route.
 
     `statistic` and `pvalue()` equal scipy.stats.ks_2samp(window, reference). p-values
@@ -171,15 +172,13 @@ class SlidingKS:
             p = cache[key]
         return p
 
-    def result(self, n: int, h: int) -> tuple[float, float]:
-        """(statistic, p-value) of a window of n values whose statistic times n*m is h."""
-        if n == 0:
-            return 0.0, 1.0
-        return h / (n * self.m), self._p(n, h // math.gcd(n, self.m))
+    def pvalue_at(self, n: int, h: int) -> float:
+        """p-value of a window of n values whose statistic times n*m is h."""
+        return 1.0 if n == 0 else self._p(n, h // math.gcd(n, self.m))  # h in units of 1/lcm
 
     def pvalue(self) -> float:
         n = self.n
-        return 1.0 if n == 0 else self._p(n, self._h() // math.gcd(n, self.m))  # h in units of 1/lcm
+        return 1.0 if n == 0 else self.pvalue_at(n, self._h())
 
     def critical_statistic(self, alpha: float) -> float:
         """The smallest statistic whose p-value is <= alpha for a full window (exact, by
@@ -205,8 +204,9 @@ class SlidingKS:
 class KSColumns:
     """Several SlidingKS windows advanced together: `advance(values, ends, boundary)` takes
     a [columns, rows] block and slides every column over its row in one jitted call,
-    returning each column's statistic and p-value at each boundary. The per-call cost of
-    Python (a few microseconds per column and piece) is paid once per block."""
+    noting each column's statistic and window length at each boundary (KSMarks; p-values on
+    request). The per-call cost of Python (a few microseconds per column and piece) is paid
+    once per block."""
 
     def __init__(self, kernels: list[SlidingKS]):
         if not kernels:
@@ -269,7 +269,7 @@ class KSMarks:
         self.statistic = np.where(n > 0, h / np.maximum(n * m, 1.0), 0.0)
 
     def pvalues(self, b: int) -> np.ndarray:
-        return np.array([k.result(int(n), int(h))[1] for k, n, h in zip(self._kernels, self.n[:, b], self._h[:, b])])
+        return np.array([k.pvalue_at(int(n), int(h)) for k, n, h in zip(self._kernels, self.n[:, b], self._h[:, b])])
 
 
 def _critical_h(n: int, m: int, alpha: float, pvalue_of) -> int:
