@@ -11,6 +11,7 @@ import numpy as np
 
 from kernels._jit import jit
 
+
 @jit
 def _hash_spans(buf, starts, ends, out):
     for i in range(starts.shape[0]):

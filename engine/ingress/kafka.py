@@ -382,18 +382,18 @@ class KafkaStream:
         """(version, role, routing, positions in decoded.good or None for all) per group of
         rows: one group, or with an A/B or canary split one per arm, chosen by message key."""
         router = self.pipeline.router
-        route = router.routes.get(self.model)
-        if self.version or route is None or route.split is None:
+        split = router.split_of(self.model, self.version)
+        if split is None:
             served, role, routing = router.resolve(self.model, self.version, None)
             return [(served.version, role, routing, None)]
         good = chunk.decoded.good
         keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
-        arms = route.split.arms(keys)
+        arms = split.arms(keys)
         groups = []
-        for i, version in enumerate(route.split.versions):
+        for i, version in enumerate(split.versions):
             picked = np.flatnonzero(arms == i)
             if len(picked):
-                groups.append((version, route.role_of(version), "sticky", picked))
+                groups.append((version, router.role_of(self.model, version), "sticky", picked))
         return groups
 
     async def _score_group(self, chunk: _Chunk, version: str, role: str, routing: str, picked):
@@ -457,8 +457,7 @@ class KafkaStream:
     def _model_tag(self) -> str:
         """model:version that scores this stream (just the model when a split decides per key)."""
         router = self.pipeline.router
-        route = router.routes.get(self.model)
-        if not self.version and route is not None and route.split is not None:
+        if router.split_of(self.model, self.version) is not None:
             return self.model
         try:
             return f"{self.model}:{router.resolve(self.model, self.version, None)[0].version}"

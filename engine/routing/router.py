@@ -75,10 +75,15 @@ class Router:
         chosen, sticky = route.split.pick(key)
         return self.registry.get(name, chosen), route.role_of(chosen), "sticky" if sticky else "random"
 
+    def split_of(self, name: str, version: str = "") -> Split | None:
+        """The split that picks the version answering a request to `name` (none when the
+        request names a version, or the model's route has no split)."""
+        route = self.routes.get(name)
+        return None if version or route is None else route.split
+
     def sticky_key(self, name: str) -> str | None:
         """The request parameter holding the routing key of the model's split, if it has one."""
-        route = self.routes.get(name)
-        return None if route is None or route.split is None else route.settings.sticky_key
+        return None if self.split_of(name) is None else self.routes[name].settings.sticky_key
 
     def role_of(self, name: str, version: str) -> str:
         route = self.routes.get(name)
