@@ -86,6 +86,7 @@ def _monitoring(app, family) -> None:
     family("scorewire_monitor_dropped_batches_total", "counter",
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
     _shadows(app, family)
+    _scorelog(app, family)
     _streams(app.streams, family)
 
 
@@ -104,6 +105,9 @@ def _shadows(app, family) -> None:
                 for who, sh in shadows for o in ("scored", "dropped", "failed")])
         family("scorewire_shadow_queue_batches", "gauge", "Batches waiting for a challenger.",
                [(_labels(**who), sh.queued) for who, sh in shadows])
+
+
+def _scorelog(app, family) -> None:
     log = app.scorelog
     if log is not None:
         family("scorewire_scorelog_rows_total", "counter",

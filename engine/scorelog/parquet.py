@@ -53,7 +53,6 @@ class _OpenFile:
     tmp: Path
     final: Path
     writer: pq.ParquetWriter
-    schema: pa.Schema
     opened: float
     rows: int = 0
 
@@ -266,7 +265,7 @@ class ScoreLog:
         try:
             while table.num_rows:
                 f = self._files.get(key)
-                if f is not None and not f.schema.equals(table.schema):
+                if f is not None and not f.writer.schema.equals(table.schema):
                     self._finalize(key)
                     f = None
                 if f is None:
@@ -299,7 +298,7 @@ class ScoreLog:
                                   compression_level=1 if self._compression == "zstd" else None,
                                   use_dictionary=["version", "routing", "routing_key"],
                                   write_statistics=keys, write_batch_size=65536)
-        f = _OpenFile(tmp, folder / f"{stem}.parquet", writer, schema, time.monotonic())
+        f = _OpenFile(tmp, folder / f"{stem}.parquet", writer, time.monotonic())
         self._files[key] = f
         return f
 
