@@ -50,6 +50,9 @@ class Shadow:
         self.version = model.settings.version
         self.timeout_s = timeout_s
         self._deliver = deliver
+        # session.run, not model.run_sync: the model's IO-binding buffers belong to its own
+        # batches, which may run on this session at the same time (onnxruntime's run is
+        # thread-safe, a shared binding is not)
         self._session = model.sessions[0]
         # Champion batches queued during one tick run together, up to the challenger's own
         # batch size: one onnxruntime call instead of several (the per-call cost dominates
