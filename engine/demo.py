@@ -72,6 +72,13 @@ def demo_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
+def demo_split(seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(x, y) of the demo models' training rows and of the rows held out from them: one
+    draw, since other `demo_data` seeds or sizes draw other distributions."""
+    x, y = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed)
+    return (x[:TRAIN_ROWS], y[:TRAIN_ROWS]), (x[TRAIN_ROWS:], y[TRAIN_ROWS:])
+
+
 def build_models(directory: Path, seed: int = 0, challenger: bool = False) -> dict[str, Path]:
     """Train a scikit-learn MLP and gradient-boosted trees and export them with skl2onnx
     (zipmap off: outputs `label` INT64[-1] and `probabilities` FP32[-1, 2]). With
@@ -81,8 +88,7 @@ def build_models(directory: Path, seed: int = 0, challenger: bool = False) -> di
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.neural_network import MLPClassifier
 
-    x, y = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed)
-    x, y = x[:TRAIN_ROWS], y[:TRAIN_ROWS]  # the rest is held out (the demo's labelled traffic)
+    (x, y), _ = demo_split(seed)  # the held-out rows are the demo's traffic
     models = {
         "mlp": MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=200, random_state=seed),
         "gbt": GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=seed),
@@ -113,13 +119,12 @@ def build_models(directory: Path, seed: int = 0, challenger: bool = False) -> di
 def write_reference(path: Path, mlp: Path) -> Path:
     """A drift reference for the mlp: the 32 features of its training rows as f0..f31, and
     the model's P(class 1) on them as "probabilities:1" (configs/example.toml monitors both;
-    the demo the features). Other `demo_data` seeds or sizes draw other distributions."""
+    the demo the features)."""
     import onnxruntime as ort
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
-    x = x[:TRAIN_ROWS]
+    (x, _), _ = demo_split()
     session = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"])
     probabilities = session.run(["probabilities"], {"float_input": x})[0]
     columns = {f"f{i}": x[:, i] for i in range(N_FEATURES)} | {"probabilities:1": probabilities[:, 1]}
@@ -215,8 +220,7 @@ def _traffic(url: str, directory: Path) -> None:
     client = grpcclient.InferenceServerClient(url)
     meta = client.get_server_metadata()
     print(f"\nserver: {meta.name} {meta.version}; live={client.is_server_live()} ready={client.is_server_ready()}")
-    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
-    x = x[TRAIN_ROWS:]  # held-out rows: the training distribution, so the drift monitor stays quiet
+    _, (x, _) = demo_split()  # held-out rows: the training distribution, so the drift monitor stays quiet
     for name in DEMO_MODELS:
         md = client.get_model_metadata(name)
         ins = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in md.inputs)
@@ -309,8 +313,7 @@ def _labelled(url: str, directory: Path) -> Path:
     import pyarrow.parquet as pq
     import tritonclient.grpc as grpcclient
 
-    x, y = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
-    x, y = x[TRAIN_ROWS:], y[TRAIN_ROWS:]
+    _, (x, y) = demo_split()
     n = len(x)
     client = grpcclient.InferenceServerClient(url)
     ids, rows = [], []
@@ -339,8 +342,8 @@ def _drift(url: str, metrics: str) -> None:
 
     from engine.monitor.status import scrape
 
-    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
-    x = np.concatenate([x[TRAIN_ROWS:]] * 2)
+    _, (held_out, _) = demo_split()
+    x = np.concatenate([held_out] * 2)
     x[:, list(DRIFTED)] += 2.0
     client = grpcclient.InferenceServerClient(url)
     for k in range(0, len(x), 50):
@@ -380,8 +383,8 @@ def _kafka(bootstrap: str, n: int = 20_000) -> None:
     import orjson
     from confluent_kafka import Consumer, Producer
 
-    x, _ = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
-    x = np.resize(x[TRAIN_ROWS:], (n, N_FEATURES))  # the held-out rows again: the drift alerts clear
+    _, (held_out, _) = demo_split()
+    x = np.resize(held_out, (n, N_FEATURES))  # the held-out rows again: the drift alerts clear
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     option = orjson.OPT_SERIALIZE_NUMPY
     for i in range(n):

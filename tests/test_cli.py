@@ -48,12 +48,12 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
     import pyarrow.parquet as pq
     import scipy.stats
 
-    from engine.demo import HELD_OUT_ROWS, N_FEATURES, TRAIN_ROWS, demo_data
+    from engine.demo import N_FEATURES, demo_split
 
     monitor = settings.models[0].monitor
     assert monitor is not None and monitor.features == [f"f{i}" for i in range(N_FEATURES)]
     reference = pq.read_table(tmp_path / "d" / "ref.parquet")
-    held_out = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed=0)[0][TRAIN_ROWS:]
+    _, (held_out, _) = demo_split()
     pvalues = [scipy.stats.ks_2samp(held_out[:, i], reference.column(f"f{i}").to_numpy()).pvalue
                for i in range(N_FEATURES)]
     assert min(pvalues) > 0.001 / N_FEATURES
