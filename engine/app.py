@@ -155,8 +155,8 @@ class App:
 
     def _load_model(self, ms) -> Served:
         model = OnnxModel(ms)
-        if ms.warmup:
-            model.warm_up()
+        if ms.warmup or model.io_binding is not None:  # IO binding is checked even without warm-up
+            model.warm_up(full=ms.warmup)
         if ms.monitor is not None:
             monitor = DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
             monitor.warm_up()
@@ -164,7 +164,8 @@ class App:
         batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
                           on_scored=self._on_scored(ms.name, ms.version))
         limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
-        _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s))")
+        _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s), "
+                  f"{model.binding_description})")
         return Served(model, batcher, limits)
 
     def load_models(self) -> None:

@@ -155,9 +155,14 @@ class ModelSettings(_Strict):
     inline_threshold_us: int = Field(300, ge=0, le=100_000)
     """With execution = "auto": the longest full-batch run time that still runs inline."""
     io_binding: Literal["auto", "on", "off"] = "auto"
-    """Run sessions through ONNX Runtime IO binding: inputs staged in pinned host buffers and
-    outputs in device buffers, reused per batch size. "auto": on when the model runs on CUDA.
-    "on" also works on CPU (useful to test it); "off": plain session.run."""
+    """Run sessions through ONNX Runtime IO binding: outputs in device buffers reused per batch
+    size, inputs as io_binding_staging says. "auto": on when the model runs on CUDA. "on" also
+    works on CPU (useful to test it); "off": plain session.run. Warm-up checks the binding
+    against session.run and falls back to it (then to CPU) with a warning if it fails."""
+    io_binding_staging: Literal["auto", "pinned", "pageable"] = "auto"
+    """How inputs reach the GPU under IO binding. "pinned": copied into page-locked host
+    buffers that the CUDA provider offers, then DMA; "pageable": the batch's own arrays,
+    copied by onnxruntime; "auto": pinned where onnxruntime offers it."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     monitor: MonitorSettings | None = None
     """Drift monitoring of this model's inputs (and outputs); latency is always monitored."""

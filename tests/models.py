@@ -50,6 +50,16 @@ def gather_model(path: Path) -> Path:
     return save_graph(helper.make_graph([node], "gather", [data, idx], [out]), path)
 
 
+def failing_model(path: Path) -> Path:
+    """Reshapes x FP32[N, 4] to [5]: onnxruntime loads it and fails every run."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [5])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "failing", [x], [y],
+                              initializer=[shape])
+    return save_graph(graph, path)
+
+
 def fixed_batch_model(path: Path) -> Path:
     """Input with a fixed first dimension: scorewire must refuse to serve it."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])

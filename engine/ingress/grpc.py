@@ -144,6 +144,7 @@ class InferenceServicer:
             "max_rows_per_request": served.limits.max_rows,
             "execution": "inline" if model.inline else "threads",
             "io_binding": model.io_binding or "off",
+            "io_binding_staging": model.staging or "none",
         }
         return pb.ModelMetadataResponse(
             name=served.name,

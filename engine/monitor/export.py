@@ -26,8 +26,10 @@ def render(registry: Registry, requests_by_code: dict[tuple[str, str], int], app
         lines.extend(f"{name}{labels} {value}" for labels, value in samples)
 
     served = registry.all()
-    family("scorewire_model_info", "gauge", "Model versions served and the execution provider in use.",
-           [(_labels(model=s.name, version=s.version, provider=s.model.provider), 1) for s in served])
+    family("scorewire_model_info", "gauge",
+           "Model versions served, the execution provider and the IO binding (device, input staging) in use.",
+           [(_labels(model=s.name, version=s.version, provider=s.model.provider, io_binding=s.model.io_binding or "off",
+                     staging=s.model.staging or "none"), 1) for s in served])
     family("scorewire_requests_total", "counter", "gRPC inference requests by model and status code.",
            [(_labels(model=m, code=c), n) for (m, c), n in sorted(requests_by_code.items())])
     family("scorewire_batches_total", "counter", "Batches scored.",

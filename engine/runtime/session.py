@@ -22,7 +22,7 @@ from engine.batching.batch import Batch
 from engine.codec.dtypes import OIP_TO_NUMPY, ORT_TO_OIP
 from engine.codec.validate import ModelSchema, TensorSpec
 from engine.errors import EngineError, ErrorCode
-from engine.runtime.iobinding import BoundRunner
+from engine.runtime.iobinding import BoundRunner, PlainRunner, pinned_memory
 from engine.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,19 @@ def _session_options(settings: ModelSettings) -> ort.SessionOptions:
     return options
 
 
-def open_session(path: Path, settings: ModelSettings, label: str) -> tuple[ort.InferenceSession, str]:
+def _same(got: np.ndarray, want: np.ndarray) -> bool:
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if np.issubdtype(want.dtype, np.floating):
+        return bool(np.allclose(got, want, rtol=1e-4, atol=1e-6, equal_nan=True))
+    return bool(np.array_equal(got, want))
+
+
+def open_session(path: Path, settings: ModelSettings, label: str,
+                 requested: list[str] | None = None) -> tuple[ort.InferenceSession, str]:
     """One session on the best provider that actually starts; returns it and that provider."""
-    providers = choose_providers(list(settings.providers), ort.get_available_providers())
+    wanted = list(settings.providers) if requested is None else requested
+    providers = choose_providers(wanted, ort.get_available_providers())
     try:
         session = ort.InferenceSession(str(path), sess_options=_session_options(settings), providers=providers)
     except Exception as exc:
@@ -96,81 +106,166 @@ def open_session(path: Path, settings: ModelSettings, label: str) -> tuple[ort.I
             )
         except Exception as cpu_exc:
             raise ModelLoadError(f"{label}: cannot load {path}: {cpu_exc}") from None
-    used = session.get_providers()[0]
-    if used != providers[0]:
-        log.warning("%s: %s could not start (no GPU or CUDA libraries?); running on %s", label, providers[0], used)
-    return session, used
+    return session, session.get_providers()[0]
 
 
 class OnnxModel:
-    """The sessions (instances) of one model version, and how to run a batch on them."""
+    """The sessions (instances) of one model version, and how to run a batch on them.
+
+    Warm-up is also where the way of running is settled: IO binding, then plain
+    `session.run` on the same provider, then the CPU provider. A step that fails (or, with
+    IO binding, answers differently from `session.run`) is logged in one warning naming its
+    cause and the next is tried, so a model onnxruntime itself can run always serves."""
 
     def __init__(self, settings: ModelSettings):
         self.settings = settings
         self.label = f"{settings.name}:{settings.version}"
-        path = Path(settings.path)
-        if not path.is_file():
-            raise ModelLoadError(f"{self.label}: model file {path} does not exist")
-        opened = [open_session(path, settings, self.label) for _ in range(settings.instances)]
-        self.sessions = [s for s, _ in opened]
-        self.provider = opened[0][1]
+        self.path = Path(settings.path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.label}: model file {self.path} does not exist")
+        self._open(list(settings.providers))
         self.schema = schema_of(self.sessions[0], self.label)
-        self._output_names = list(self.schema.output_names)
-        self._free = list(self.sessions)
-        bind = settings.io_binding == "on" or (settings.io_binding == "auto" and self.provider == "CUDAExecutionProvider")
-        device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        self._bound = {id(s): BoundRunner(s, self.schema, device) for s in self.sessions} if bind else {}
-        self.io_binding = device if bind else None
+        self._use(self._plain_runners())
+        if settings.io_binding == "on" or (settings.io_binding == "auto" and self.provider == "CUDAExecutionProvider"):
+            try:
+                self._use(self._bound_runners())
+            except Exception as exc:
+                log.warning("%s: IO binding is not available: %s; running with session.run on %s", self.label, exc,
+                            self.provider)
         self._pool = ThreadPoolExecutor(max_workers=settings.instances, thread_name_prefix=f"ort-{settings.name}")
         self.inline = settings.execution == "inline"
         self.full_batch_us: float | None = None  # measured by warm_up
-        log.info("%s: loaded %s on %s x%d%s", self.label, path.name, self.provider, settings.instances,
-                 f", IO binding ({device})" if bind else "")
+        log.info("%s: loaded %s on %s x%d, %s", self.label, self.path.name, self.provider, settings.instances,
+                 self.binding_description)
 
-    def warm_up(self) -> None:
-        """Run a batch of 1 and of max_batch_size zero rows through every session; time the
-        full batch, which decides where batches run when execution = "auto". A run that
-        fails, or outlives warmup_timeout_s (stopped through onnxruntime's terminate flag),
-        is a ModelLoadError."""
-        options = ort.RunOptions()
-        options.log_severity_level = 4
-        timer = threading.Timer(self.settings.warmup_timeout_s, lambda: setattr(options, "terminate", True))
-        timer.daemon = True
-        timer.start()
-        try:
-            for rows in sorted({1, self.settings.batching.max_batch_size}):
-                feed = {
-                    t.name: np.zeros((rows, *[d if d >= 0 else 1 for d in t.shape[1:]]), dtype=t.dtype)
-                    for t in self.schema.inputs
-                }
-                for session in self.sessions:
-                    self.run_sync(session, feed, options)
-                if rows == self.settings.batching.max_batch_size:
-                    timings = []
-                    for _ in range(5):
-                        start = time.perf_counter_ns()
-                        self.run_sync(self.sessions[0], feed, options)
-                        timings.append((time.perf_counter_ns() - start) / 1000)
-                    self.full_batch_us = float(np.median(timings))
-        except Exception as exc:
-            why = (f"took longer than warmup_timeout_s = {self.settings.warmup_timeout_s}" if options.terminate
-                   else f"failed: {exc}")
-            raise WarmupError(f"{self.label}: warm-up {why}") from None
-        finally:
-            timer.cancel()
+    # -- how batches run -----------------------------------------------------------------
+    def _open(self, providers: list[str]) -> None:
+        settings = self.settings
+        opened = [open_session(self.path, settings, self.label, providers) for _ in range(settings.instances)]
+        self.sessions = [s for s, _ in opened]
+        self.provider = opened[0][1]
+        first = choose_providers(providers, ort.get_available_providers())[0]
+        if self.provider != first:
+            log.warning("%s: %s could not start (no GPU or CUDA libraries?); running on %s", self.label, first,
+                        self.provider)
+        self._free = list(self.sessions)
+
+    def _bound_runners(self) -> list:
+        device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        host = None
+        if device == "cuda" and self.settings.io_binding_staging != "pageable":
+            host, why = pinned_memory(0)
+            if host is None:
+                if self.settings.io_binding_staging == "pinned":
+                    raise RuntimeError(f"pinned input staging is not available: {why}")
+                log.info("%s: IO binding stages inputs from pageable memory: %s", self.label, why)
+        return [BoundRunner(s, self.schema, device, host_memory=host) for s in self.sessions]
+
+    def _plain_runners(self) -> list:
+        return [PlainRunner(s, self.schema) for s in self.sessions]
+
+    def _use(self, runners: list) -> None:
+        self._runners = {id(r.session): r for r in runners}
+        self.io_binding = None if runners[0].binding == "off" else runners[0].binding  # "cuda", "cpu" or None
+        self.staging = runners[0].staging  # "pinned" or "pageable" for inputs on CUDA; None otherwise
+
+    @property
+    def binding_description(self) -> str:
+        if self.io_binding is None:
+            return "session.run"
+        if self.io_binding == "cuda":
+            return f"IO binding (cuda, {self.staging} inputs)"
+        return f"IO binding ({self.io_binding})"
+
+    def _fall_back(self, cause: str) -> bool:
+        """Take the next way of running after `cause`; False when none is left."""
+        if self.io_binding is not None:
+            log.warning("%s: IO binding (%s) failed in warm-up: %s; running with session.run on %s", self.label,
+                        self.io_binding, cause, self.provider)
+            self._use(self._plain_runners())
+            return True
+        if self.provider != "CPUExecutionProvider":
+            log.warning("%s: %s failed in warm-up: %s; falling back to CPUExecutionProvider", self.label,
+                        self.provider, cause)
+            self._open(["CPUExecutionProvider"])
+            self._use(self._plain_runners())
+            return True
+        return False
+
+    # -- warm-up ---------------------------------------------------------------------------
+    def warm_up(self, full: bool = True) -> None:
+        """Check every session with a 1-row batch; with `full`, also run a batch of
+        max_batch_size zero rows through each and time it, which decides where batches run
+        when execution = "auto". A run that fails takes the next way of running (see the
+        class); one that outlives warmup_timeout_s (stopped through onnxruntime's terminate
+        flag), or a failure with no way left, is a WarmupError."""
+        while True:
+            options = ort.RunOptions()
+            options.log_severity_level = 4
+            timer = threading.Timer(self.settings.warmup_timeout_s, lambda: setattr(options, "terminate", True))
+            timer.daemon = True
+            timer.start()
+            try:
+                self._warm(options, full)
+                break
+            except Exception as exc:
+                if options.terminate:
+                    raise WarmupError(f"{self.label}: warm-up took longer than warmup_timeout_s = "
+                                      f"{self.settings.warmup_timeout_s}") from None
+                if not self._fall_back(str(exc)):
+                    raise WarmupError(f"{self.label}: warm-up failed: {exc}") from None
+            finally:
+                timer.cancel()
+        if not full:
+            return
         s = self.settings
         if s.execution == "auto":
             self.inline = s.instances == 1 and self.full_batch_us <= s.inline_threshold_us
         log.info("%s: a full batch (%d rows) takes %.0f us; batches run %s", self.label,
                  s.batching.max_batch_size, self.full_batch_us, "inline on the event loop" if self.inline else "on threads")
 
+    def _feed(self, rows: int, fill) -> dict[str, np.ndarray]:
+        return {t.name: np.full((rows, *[d if d >= 0 else 1 for d in t.shape[1:]]), fill, dtype=t.dtype)
+                for t in self.schema.inputs}
+
+    def _warm(self, options: ort.RunOptions, full: bool) -> None:
+        if self.io_binding is not None:
+            self._check_binding(options)
+        sizes = sorted({1, self.settings.batching.max_batch_size}) if full else [1]
+        for rows in sizes:
+            feed = self._feed(rows, 0)
+            for session in self.sessions:
+                self.run_sync(session, feed, options)
+            if rows == self.settings.batching.max_batch_size and full:
+                timings = []
+                for _ in range(5):
+                    start = time.perf_counter_ns()
+                    self.run_sync(self.sessions[0], feed, options)
+                    timings.append((time.perf_counter_ns() - start) / 1000)
+                self.full_batch_us = float(np.median(timings))
+
+    def _check_binding(self, options: ort.RunOptions) -> None:
+        """IO binding must answer what session.run answers, for every session: a 2-row batch
+        of ones (of zeros where the model refuses ones, as an index input may)."""
+        for fill in (1, 0):
+            feed = self._feed(2, fill)
+            try:
+                want = PlainRunner(self.sessions[0], self.schema).run(feed, options)
+            except Exception:
+                if fill == 0 or options.terminate:
+                    raise
+                continue
+            break
+        for session in self.sessions:
+            got = self.run_sync(session, feed, options)
+            for name, expected in want.items():
+                if not _same(got[name], expected):
+                    raise RuntimeError(f"output '{name}' differs from session.run's "
+                                       f"({np.ravel(got[name])[:4]} vs {np.ravel(expected)[:4]})")
+
     def run_sync(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray],
                  options: ort.RunOptions | None = None) -> dict[str, np.ndarray]:
-        bound = self._bound.get(id(session))
-        if bound is not None:
-            return bound.run(inputs, options)
-        outputs = session.run(self._output_names, inputs, options)
-        return dict(zip(self._output_names, outputs))
+        return self._runners[id(session)].run(inputs, options)
 
     async def run(self, batch: Batch) -> dict[str, np.ndarray]:
         """Score a batch on a free session (the batcher never has more in flight than instances)."""

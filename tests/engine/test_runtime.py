@@ -7,9 +7,12 @@ import onnxruntime as ort
 import pytest
 
 from engine.batching.batch import Batch
-from engine.runtime.session import ModelLoadError, OnnxModel, choose_providers, open_session
+from engine.runtime.iobinding import BoundRunner, pinned_memory
+from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError, choose_providers, open_session
 from engine.settings import ModelSettings
-from tests.models import fixed_batch_model, gather_model
+from tests.models import failing_model, fixed_batch_model, gather_model
+
+CUDA_USABLE = "CUDAExecutionProvider" in ort.get_available_providers() and __import__("os").path.exists("/dev/nvidia0")
 
 
 def test_choose_providers_keeps_order_and_always_ends_on_cpu(caplog):
@@ -28,14 +31,18 @@ def test_choose_providers_keeps_order_and_always_ends_on_cpu(caplog):
 
 def test_reported_provider_is_the_one_the_session_uses(tmp_path, caplog):
     """With CUDA asked for first, the provider reported is what onnxruntime actually runs;
-    when that is not CUDA (no GPU here, or no CUDA libraries), a warning says so."""
+    when that is not CUDA (no GPU here, or no CUDA libraries), one warning says so."""
     path = gather_model(tmp_path / "g.onnx")
-    settings = ModelSettings(name="g", path=path)
+    settings = ModelSettings(name="g", path=path, instances=2)
     session, used = open_session(path, settings, "g:1")
     assert used == session.get_providers()[0]
+    model = OnnxModel(settings)
+    assert model.provider == used and all(s.get_providers()[0] == used for s in model.sessions)
     if used != "CUDAExecutionProvider":
         assert used == "CPUExecutionProvider"
-        assert "running on CPUExecutionProvider" in caplog.text or "not available" in caplog.text
+        said = [r.getMessage() for r in caplog.records if "running on CPUExecutionProvider" in r.getMessage()
+                or "not available" in r.getMessage()]
+        assert len(said) == 1, said  # once per model, not once per instance
 
 
 def test_model_with_fixed_first_dimension_is_refused(tmp_path):
@@ -125,17 +132,126 @@ def test_io_binding_auto_is_off_on_cpu(tmp_path):
     assert model.io_binding is None
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers() or not __import__("os").path.exists(
-    "/dev/nvidia0"), reason="needs a GPU and the CUDA libraries (the device machine)")
+def test_the_cuda_binding_path_uses_only_names_onnxruntime_accepts(tmp_path, rng):
+    """Every onnxruntime call the CUDA path makes, run here. Without a GPU the calls that
+    need the CUDA provider fail because there is none -- a RuntimeError from onnxruntime's
+    C++ side naming CUDA -- not because onnxruntime's Python API refused a device or memory
+    name (a plain Exception("Unsupported device type: ...")), which is how "cuda_pinned"
+    broke every model on every GPU."""
+    path = gather_model(tmp_path / "g.onnx")
+    session, _ = open_session(path, ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"]), "g:1")
+    model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"]))
+    # get_ep_devices, OrtMemoryInfo.create_v2 and create_and_register_allocator_v2 for the pinned memory
+    info, why = pinned_memory(0)
+    assert (info is None) == bool(why)
+    if not CUDA_USABLE:
+        assert info is None and "registering a pinned allocator" in why and "CUDA" in why
+    runner = BoundRunner(session, model.schema, "cuda", host_memory=info)  # "cuda" through ort.OrtDevice.make
+    assert runner.binding == "cuda" and runner.staging == ("pinned" if info is not None else "pageable")
+    with pytest.raises(ValueError, match="must be 'cuda' or 'cpu'"):
+        BoundRunner(session, model.schema, "cuda_pinned")
+    feed = {"data": rng.normal(size=(3, 4)).astype(np.float32), "idx": np.array([[0], [1], [3]], np.int64)}
+    if CUDA_USABLE:
+        np.testing.assert_array_equal(runner.run(feed)["out"][:, 0], feed["data"][[0, 1, 2], [0, 1, 3]])
+    else:  # the device output buffer: ortvalue_from_shape_and_type(..., "cuda", 0)
+        with pytest.raises(RuntimeError, match="CUDA"):
+            runner.run(feed)
+
+
+def test_inputs_staged_in_memory_onnxruntime_allocates(tmp_path, rng):
+    """The staging half of the pinned path, on CPU: input buffers allocated through an
+    OrtMemoryInfo (ortvalue_from_shape_and_type(memory_info=...)), filled, bound, reused."""
+    path = gather_model(tmp_path / "g.onnx")
+    session, _ = open_session(path, ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"]), "g:1")
+    host = ort.OrtMemoryInfo.create_v2("Cpu", ort.OrtMemoryInfoDeviceType.CPU, 0, 0, ort.OrtDeviceMemoryType.DEFAULT,
+                                       0, ort.OrtAllocatorType.ORT_DEVICE_ALLOCATOR)
+    try:
+        ort.create_and_register_allocator(host, ort.OrtArenaCfg(0, -1, -1, -1))
+    except Exception as exc:  # registered by an earlier test in this process
+        assert "already" in str(exc).lower()
+    schema = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"])).schema
+    runner = BoundRunner(session, schema, "cpu", host_memory=host)
+    for rows in (3, 5, 3):
+        data = rng.normal(size=(rows, 4)).astype(np.float32)
+        idx = rng.integers(0, 4, size=(rows, 1))
+        out = runner.run({"data": data, "idx": idx})["out"]
+        np.testing.assert_array_equal(out[:, 0], data[np.arange(rows), idx[:, 0]])
+    assert set(runner._cache) == {3, 5} and set(runner._cache[3][0]) == {"data", "idx"}
+
+
+def test_failed_binding_in_warm_up_falls_back_to_session_run(tmp_path, caplog):
+    """A model whose IO binding fails in warm-up (here: bound to CUDA on a machine without
+    one) serves through session.run on the same provider, after one warning naming why."""
+    path = gather_model(tmp_path / "g.onnx")
+    model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"], io_binding="on"))
+    assert model.io_binding == "cpu"
+    if not CUDA_USABLE:
+        model._use([BoundRunner(s, model.schema, "cuda") for s in model.sessions])
+    caplog.clear()
+    model.warm_up()
+    if not CUDA_USABLE:
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "IO binding (cuda) failed in warm-up" in warnings[0].getMessage()
+        assert "CUDA" in warnings[0].getMessage().split("failed in warm-up:")[1]
+        assert model.io_binding is None and model.binding_description == "session.run"
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    out = model.run_sync(model.sessions[0], {"data": data, "idx": np.array([[1], [3]], np.int64)})
+    np.testing.assert_array_equal(out["out"][:, 0], [1, 7])
+
+
+def test_warm_up_without_full_batches_still_checks_the_binding(tmp_path, caplog):
+    path = gather_model(tmp_path / "g.onnx")
+    model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"], io_binding="on",
+                                    warmup=False))
+    model._use([BoundRunner(s, model.schema, "cuda") for s in model.sessions])
+    model.warm_up(full=False)
+    assert model.full_batch_us is None  # no full batch was run
+    assert model.io_binding == ("cuda" if CUDA_USABLE else None)
+
+
+def test_a_model_that_fails_every_way_does_not_start(tmp_path, caplog):
+    path = failing_model(tmp_path / "fail.onnx")
+    model = OnnxModel(ModelSettings(name="f", path=path, providers=["CPUExecutionProvider"], io_binding="on"))
+    with pytest.raises(WarmupError, match="f:1: warm-up failed: .*Reshape"):
+        model.warm_up()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "IO binding (cpu) failed in warm-up" in warnings[0]
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="needs a GPU and the CUDA libraries (the device machine)")
 def test_cuda_with_io_binding_equals_cpu(tmp_path, rng):
     from engine.demo import build_wide_mlp
 
     path = build_wide_mlp(tmp_path / "wide.onnx")
     cuda = OnnxModel(ModelSettings(name="w", path=path, providers=["CUDAExecutionProvider"], instances=2))
     cpu = OnnxModel(ModelSettings(name="w", path=path, providers=["CPUExecutionProvider"]))
+    cuda.warm_up()
     assert cuda.provider == "CUDAExecutionProvider" and cuda.io_binding == "cuda"
     for rows in (1, 64, 1024):
         x = {"features": rng.normal(size=(rows, 256)).astype(np.float32)}
         for session in cuda.sessions:
             np.testing.assert_allclose(cuda.run_sync(session, x)["probabilities"],
                                        cpu.run_sync(cpu.sessions[0], x)["probabilities"], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="needs a GPU and the CUDA libraries (the device machine)")
+@pytest.mark.parametrize("staging", ["pinned", "pageable"])
+def test_cuda_staging_gives_the_same_outputs(tmp_path, rng, staging):
+    """Both ways inputs reach the GPU answer what CPU answers, batch after batch (buffers are
+    reused per size; results handed out must not change when the next batch runs)."""
+    from engine.demo import build_wide_mlp
+
+    path = build_wide_mlp(tmp_path / "wide.onnx")
+    cuda = OnnxModel(ModelSettings(name="w", path=path, providers=["CUDAExecutionProvider"],
+                                   io_binding_staging=staging))
+    cuda.warm_up()
+    cpu = OnnxModel(ModelSettings(name="w", path=path, providers=["CPUExecutionProvider"]))
+    assert cuda.io_binding == "cuda" and cuda.staging == staging
+    kept = []
+    for rows in (64, 1, 64, 1024, 64):
+        x = {"features": rng.normal(size=(rows, 256)).astype(np.float32)}
+        got = cuda.run_sync(cuda.sessions[0], x)["probabilities"]
+        np.testing.assert_allclose(got, cpu.run_sync(cpu.sessions[0], x)["probabilities"], rtol=1e-3, atol=1e-5)
+        kept.append((got, got.copy()))
+    for got, copy in kept:
+        np.testing.assert_array_equal(got, copy)
