@@ -187,7 +187,9 @@ def serve(config: Path) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     port = None
+    proc.startup = []  # what it announced before "ready" (models, providers, IO binding)
     for line in proc.stdout:
+        proc.startup.append(line.strip())
         if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
             port = int(m.group(1))
         if line.strip() == "scorewire: ready":

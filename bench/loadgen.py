@@ -65,6 +65,7 @@ class Result:
     achieved_rps: float = 0.0  # measured requests answered per second of the measured window
     latency_us: dict = field(default_factory=dict)  # percentile -> microseconds, plus max and mean
     lag_us: dict = field(default_factory=dict)  # schedule lag (open loop): the generator's own delay
+    client_cpu: float = 0.0  # the busiest load process's CPU time over the measured window, in cores
     histogram: str = ""  # HdrHistogram encoding of the latencies, for merging and re-analysis
     interrupted: bool = False
 
@@ -136,6 +137,16 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
     measure_from = t0 + load.warmup_s
     end = measure_from + load.duration_s
 
+    cpu: dict[str, tuple[float, float]] = {}
+
+    async def watch_cpu() -> None:  # this process's CPU time over the measured window: is the client the limit?
+        await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
+        cpu["from"] = (time.monotonic(), time.process_time())
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        cpu["to"] = (time.monotonic(), time.process_time())
+
+    watcher = asyncio.get_running_loop().create_task(watch_cpu())
+
     def finished(scheduled: float, error: str | None) -> None:
         if scheduled < measure_from:
             return
@@ -195,8 +206,12 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
             if in_flight:
                 await asyncio.wait(in_flight, timeout=load.timeout_s + 1)
     finally:
+        watcher.cancel()
         for client in clients:
             await client.close()
+    if "from" in cpu:
+        (w0, c0), (w1, c1) = cpu["from"], cpu.get("to", (time.monotonic(), time.process_time()))
+        counts["cpu"] = (c1 - c0) / max(w1 - w0, 1e-9)
     return {"latency": latency.encode(), "lag": lag.encode(), "errors": errors, "interrupted": stopping.is_set(),
             **counts}
 
@@ -316,6 +331,7 @@ def run(load: Load) -> Result:
         lag.add(HdrHistogram.decode(part["lag"]))
         result.requests += part["requests"]
         result.ok += part["ok"]
+        result.client_cpu = round(max(result.client_cpu, part.get("cpu", 0.0)), 3)
         for code, count in part["errors"].items():
             result.errors[code] = result.errors.get(code, 0) + count
     measured_s = load.duration_s
