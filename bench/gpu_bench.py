@@ -14,7 +14,9 @@ closed loop, --concurrency callers over --procs processes, each request one full
 While scorewire is measured, the server's event-loop thread and whole process CPU, the
 busiest load process's CPU, the whole machine's CPU and the GPU's utilisation are sampled;
 the `limit` column names what was saturated (>= 85%, in that order): the GPU, the server's
-event loop, the client, or the machine's cores (server and load sharing too few).
+event loop, the server's GIL (the loop below 85% while the process uses more than 1.4 cores:
+session threads hold the GIL between native calls and the loop waits for it; an inference,
+not a measurement), the client, or the machine's cores (server and load sharing too few).
 The share (scorewire rows/s / raw rows/s) is the number to read; the issue asks >= 80% at
 batch 1024 and >= 50% at batch 64 on CUDA.
 
@@ -197,6 +199,8 @@ def limit_of(usage: dict, client_cpu: float) -> str:
         return "GPU"
     if usage.get("server_loop", 0) >= SATURATED:
         return "server event loop"
+    if usage.get("server_process", 0) >= 1.0 + SATURATED / 2:
+        return "server GIL"  # the loop waits for the GIL that session threads hold between native calls
     if client_cpu >= SATURATED:
         return "client"
     if usage.get("machine", 0) >= SATURATED:
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="load processes (default: half the cores, at most 8)")
     parser.add_argument("--models", default="mlp,wide")
     parser.add_argument("--instances", default="2", help="sessions per model; a list measures each")
-    parser.add_argument("--staging", choices=["auto", "pinned", "pageable"], default="auto",
+    parser.add_argument("--staging", choices=["pinned", "pageable"], default="pageable",
                         help="scorewire's io_binding_staging")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

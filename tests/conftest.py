@@ -68,6 +68,7 @@ max_batch_size = 64
 name = "identity"
 path = "models/identity.onnx"
 allow_non_finite = true
+io_binding = "on"              # every dtype through IO binding (on CPU here; on CUDA where there is one)
 [models.batching]
 max_batch_size = 128
 max_queue_delay_us = 1000

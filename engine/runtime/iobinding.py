@@ -5,12 +5,14 @@ array and frees it, each time. Bound instead:
 - outputs are bound to device buffers made once per batch size seen (an LRU of
   `cached_sizes`; the batcher never exceeds max_batch_size rows) and copied to the host once,
   into the array the response is built from;
-- inputs are "pinned" or "pageable". Pinned: copied into page-locked host buffers (reused
-  like the outputs) from which the device copy is a DMA. The page-locked memory is the one
-  the CUDA execution provider publishes, `OrtEpDevice.memory_info(HOST_ACCESSIBLE)`; there
-  is no device *name* for it ("cuda_pinned" is refused by `OrtDevice.make`). Pageable: the
-  batch's own array is bound (`bind_cpu_input`, no host copy) and onnxruntime copies it to
-  the device. `staging = "auto"` takes pinned where onnxruntime offers it;
+- inputs are "pageable" or "pinned". Pageable (the default): the batch's own array is bound
+  (`bind_cpu_input`, no host copy) and onnxruntime copies it to the device. Pinned: copied
+  into page-locked host buffers (reused like the outputs). The page-locked memory is the
+  one the CUDA execution provider publishes (`OrtEpDevice.memory_info(HOST_ACCESSIBLE)`) or
+  a pinned allocator registered for it; there is no device *name* for it ("cuda_pinned" is
+  refused by `OrtDevice.make`). Measured on an H200, pinned is no faster and often slower
+  (onnxruntime reports such values as on the "cuda" device; our reading, not profiled, is
+  that its kernels then read them across PCIe instead of copying them once);
 - each instance is its own session, and ONNX Runtime's CUDA provider gives each session its
   own compute stream: instances run concurrently on one GPU.
 Every device name is resolved through `ort.OrtDevice.make` when the runner is built, so a

@@ -153,12 +153,10 @@ class OnnxModel:
     def _bound_runners(self) -> list:
         device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         host = None
-        if device == "cuda" and self.settings.io_binding_staging != "pageable":
+        if device == "cuda" and self.settings.io_binding_staging == "pinned":
             host, why = pinned_memory(0)
             if host is None:
-                if self.settings.io_binding_staging == "pinned":
-                    raise RuntimeError(f"pinned input staging is not available: {why}")
-                log.info("%s: IO binding stages inputs from pageable memory: %s", self.label, why)
+                raise RuntimeError(f"pinned input staging is not available: {why}")
         return [BoundRunner(s, self.schema, device, host_memory=host) for s in self.sessions]
 
     def _plain_runners(self) -> list:

@@ -22,5 +22,5 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
         served = row["scorewire"]
         assert "CPUExecutionProvider" in served["loaded"] and "session.run" in served["loaded"]
         assert 0 < served["server_loop"] <= served["server_process"] and served["client_cpu"] > 0
-        assert served["limit"] in ("GPU", "server event loop", "client", "machine CPU", "none saturated")
+        assert served["limit"] in ("GPU", "server event loop", "server GIL", "client", "machine CPU", "none saturated")
     assert "| wide | 16 | 16 | 2 |" in out.with_suffix(".md").read_text()

@@ -139,7 +139,8 @@ def test_the_cuda_binding_path_uses_only_names_onnxruntime_accepts(tmp_path, rng
     name (a plain Exception("Unsupported device type: ...")), which is how "cuda_pinned"
     broke every model on every GPU."""
     path = gather_model(tmp_path / "g.onnx")
-    session, _ = open_session(path, ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"]), "g:1")
+    providers = ["CUDAExecutionProvider"] if CUDA_USABLE else ["CPUExecutionProvider"]  # device buffers need CUDA
+    session, _ = open_session(path, ModelSettings(name="g", path=path, providers=providers), "g:1")
     model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"]))
     # get_ep_devices, OrtMemoryInfo.create_v2 and create_and_register_allocator_v2 for the pinned memory
     info, why = pinned_memory(0)
@@ -203,10 +204,11 @@ def test_warm_up_without_full_batches_still_checks_the_binding(tmp_path, caplog)
     path = gather_model(tmp_path / "g.onnx")
     model = OnnxModel(ModelSettings(name="g", path=path, providers=["CPUExecutionProvider"], io_binding="on",
                                     warmup=False))
-    model._use([BoundRunner(s, model.schema, "cuda") for s in model.sessions])
+    if not CUDA_USABLE:  # (a CUDA binding on a CPU session would crash onnxruntime where CUDA works)
+        model._use([BoundRunner(s, model.schema, "cuda") for s in model.sessions])
     model.warm_up(full=False)
     assert model.full_batch_us is None  # no full batch was run
-    assert model.io_binding == ("cuda" if CUDA_USABLE else None)
+    assert model.io_binding == ("cpu" if CUDA_USABLE else None)
 
 
 def test_a_model_that_fails_every_way_does_not_start(tmp_path, caplog):
@@ -230,8 +232,15 @@ def test_cuda_with_io_binding_equals_cpu(tmp_path, rng):
     for rows in (1, 64, 1024):
         x = {"features": rng.normal(size=(rows, 256)).astype(np.float32)}
         for session in cuda.sessions:
-            np.testing.assert_allclose(cuda.run_sync(session, x)["probabilities"],
-                                       cpu.run_sync(cpu.sessions[0], x)["probabilities"], rtol=1e-3, atol=1e-5)
+            _close_to(cuda.run_sync(session, x)["probabilities"], session, x, cpu)
+
+
+def _close_to(got, cuda_session, x, cpu):
+    """What session.run answers on the same CUDA session, and close to CPU's answer (CUDA's
+    matrix products round differently: TF32 on Hopper, relative differences up to ~0.3%)."""
+    (plain,) = cuda_session.run(["probabilities"], x)
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, cpu.run_sync(cpu.sessions[0], x)["probabilities"], rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.skipif(not CUDA_USABLE, reason="needs a GPU and the CUDA libraries (the device machine)")
@@ -251,7 +260,7 @@ def test_cuda_staging_gives_the_same_outputs(tmp_path, rng, staging):
     for rows in (64, 1, 64, 1024, 64):
         x = {"features": rng.normal(size=(rows, 256)).astype(np.float32)}
         got = cuda.run_sync(cuda.sessions[0], x)["probabilities"]
-        np.testing.assert_allclose(got, cpu.run_sync(cpu.sessions[0], x)["probabilities"], rtol=1e-3, atol=1e-5)
+        _close_to(got, cuda.sessions[0], x, cpu)
         kept.append((got, got.copy()))
     for got, copy in kept:
         np.testing.assert_array_equal(got, copy)

@@ -61,20 +61,28 @@ def test_model_ready_and_metadata(client, name):
     ]
 
 
-def test_model_metadata_reports_the_provider_in_use(server):
-    """The provider is in ModelMetadataResponse.parameters (a field tritonclient skips)."""
+def test_model_metadata_reports_the_provider_and_binding_in_use(server):
+    """Provider, IO binding and input staging are in ModelMetadataResponse.parameters (a
+    field tritonclient skips) and in /metrics, as onnxruntime runs them here."""
     with grpc.insecure_channel(server.url) as channel:
         call = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelMetadata",
             request_serializer=pb.ModelMetadataRequest.SerializeToString,
             response_deserializer=pb.ModelMetadataResponse.FromString,
         )
-        meta = call(pb.ModelMetadataRequest(name="gbt"))
-    assert meta.parameters["execution_provider"].string_param == ort.InferenceSession(
-        str(server.dir / "models" / "gbt.onnx"), providers=["CPUExecutionProvider"]
-    ).get_providers()[0]
-    assert meta.parameters["instances"].int64_param == 2
-    assert meta.parameters["max_batch_size"].int64_param == 64
+        gbt, identity = call(pb.ModelMetadataRequest(name="gbt")), call(pb.ModelMetadataRequest(name="identity"))
+    wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    used = ort.InferenceSession(str(server.dir / "models" / "gbt.onnx"), providers=wanted).get_providers()[0]
+    on_cuda = used == "CUDAExecutionProvider"
+    assert gbt.parameters["execution_provider"].string_param == used
+    assert gbt.parameters["instances"].int64_param == 2
+    assert gbt.parameters["max_batch_size"].int64_param == 64
+    assert gbt.parameters["io_binding"].string_param == ("cuda" if on_cuda else "off")  # "auto": on CUDA only
+    assert identity.parameters["io_binding"].string_param == ("cuda" if on_cuda else "cpu")  # "on"
+    assert identity.parameters["io_binding_staging"].string_param == ("pageable" if on_cuda else "none")
+    info = 'scorewire_model_info{{model="identity",version="1",provider="{}",io_binding="{}",staging="{}"}}'.format(
+        used, "cuda" if on_cuda else "cpu", "pageable" if on_cuda else "none")
+    assert server.metrics()[info] == 1
 
 
 def test_versions(client):
