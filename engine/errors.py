@@ -14,10 +14,31 @@ class ErrorCode(enum.Enum):
     INTERNAL = "internal"  # the model failed on a valid batch
 
 
+MAX_MESSAGE = 2000  # characters of an error message; gRPC refuses status details much past 8 KiB
+MAX_ECHO = 100  # characters of one piece of client text (a name, an id) quoted in a message
+
+
+def clip(text: object, limit: int = MAX_ECHO) -> str:
+    """Client text as an error message may quote it: at most `limit` characters, and says
+    how long it really was when cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def listed(names, limit: int = 5) -> str:
+    """Client names quoted for an error message: the first `limit`, clipped, and how many more."""
+    names = list(names)
+    shown = ", ".join(repr(clip(n)) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 class EngineError(Exception):
-    """An error with a neutral code and a message meant for the caller."""
+    """An error with a neutral code and a message meant for the caller (at most MAX_MESSAGE
+    characters: whatever client text it quotes, a message always fits the protocol)."""
 
     def __init__(self, code: ErrorCode, message: str):
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + f"... ({len(message)} characters)"
         super().__init__(message)
         self.code = code
         self.message = message

@@ -78,7 +78,9 @@ class BatchingSettings(_Strict):
     max_queue_delay_us: int = Field(500, ge=0, le=10_000_000)
     """Longest time the first request of a batch waits for others (microseconds)."""
     queue_capacity: int = Field(4096, gt=0, le=100_000_000)
-    """Rows waiting to be batched. A request that would exceed it gets RESOURCE_EXHAUSTED."""
+    """Rows waiting to be batched. A request that would exceed it gets RESOURCE_EXHAUSTED, unless
+    the queue is empty: then it is taken (and runs alone), so any request within
+    max_rows_per_request can succeed."""
 
 
 class MonitorSettings(_Strict):

@@ -3,7 +3,9 @@
 Triton's model. A request waits at most `max_queue_delay_us` for others; a batch closes at
 `max_batch_size` rows (requests count by rows and are never split). At most `max_in_flight`
 batches run at once; while all are busy, waiting requests keep joining the next batch.
-The queue is bounded in rows: past `queue_capacity` the caller gets RESOURCE_EXHAUSTED.
+The queue is bounded in rows: past `queue_capacity` the caller gets RESOURCE_EXHAUSTED, except
+that a request larger than the queue (but within max_rows_per_request) is taken when the queue
+is empty, and runs alone.
 A request whose deadline (monotonic ns) has passed when its batch closes is not scored.
 One future per request; a failing batch is retried member by member so that one bad
 request never fails its batch-mates; if the batcher itself dies, every pending future fails.
@@ -84,7 +86,7 @@ class Batcher:
         origin travels with it to `on_scored` (the scoring log)."""
         if self._closing:
             raise EngineError(ErrorCode.UNAVAILABLE, f"model {self.label} is shutting down")
-        if self._queued_rows + rows > self.capacity:
+        if self._queued_rows and self._queued_rows + rows > self.capacity:  # an empty queue takes any request
             self.stats.rejected_full += 1
             raise EngineError(
                 ErrorCode.RESOURCE_EXHAUSTED,

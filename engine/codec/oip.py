@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.codec.dtypes import CONTENTS_FIELD, NUMPY_TO_OIP, OIP_TO_NUMPY
-from engine.errors import EngineError, ErrorCode
+from engine.errors import EngineError, ErrorCode, clip
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
 
 _MAX_ELEMENTS = 1 << 62
+MAX_DIMS = 32  # numpy's own limit is 64; no model input has anywhere near this many
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ def parameter_value(param: pb.InferParameter) -> object:
 def _element_count(name: str, shape, itemsize: int) -> int:
     """Elements of `shape`; refuses negative dimensions and shapes numpy could not even
     describe (a zero dimension does not excuse a huge one: [0, 2**62] is refused too)."""
+    if len(shape) > MAX_DIMS:
+        raise _invalid(f"input '{name}': shape has {len(shape)} dimensions, more than {MAX_DIMS}")
     count = 1
     nominal = max(itemsize, 8)  # int64 copies are made to range-check small integer types
     for dim in shape:
@@ -64,13 +67,13 @@ def decode_request(request: pb.ModelInferRequest) -> DecodedRequest:
         )
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
-        name = tensor.name
-        if name in inputs:
-            raise _invalid(f"input '{name}' is given twice")
+        if tensor.name in inputs:
+            raise _invalid(f"input '{clip(tensor.name)}' is given twice")
+        name = clip(tensor.name)  # as messages quote it
         dtype = OIP_TO_NUMPY.get(tensor.datatype)
         if dtype is None:
             raise _invalid(
-                f"input '{name}': datatype '{tensor.datatype}' is not supported "
+                f"input '{name}': datatype '{clip(tensor.datatype)}' is not supported "
                 f"(use one of {', '.join(OIP_TO_NUMPY)})"
             )
         shape = tuple(tensor.shape)
@@ -103,7 +106,7 @@ def decode_request(request: pb.ModelInferRequest) -> DecodedRequest:
                 wide = np.asarray(values, dtype=np.int64)
                 if not np.array_equal(wide.reshape(shape), array):
                     raise _invalid(f"input '{name}': a value in {field_name} does not fit {tensor.datatype}")
-        inputs[name] = array
+        inputs[tensor.name] = array
     return DecodedRequest(
         model_name=request.model_name,
         model_version=request.model_version,

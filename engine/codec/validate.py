@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.codec.dtypes import NUMPY_TO_OIP
-from engine.errors import EngineError, ErrorCode
+from engine.errors import EngineError, ErrorCode, listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ def validate_inputs(schema: ModelSchema, inputs: dict[str, np.ndarray], limits: 
     if len(inputs) != len(schema.inputs):
         extra = [n for n in inputs if n not in schema.input_names]
         raise _invalid(
-            f"unexpected input {', '.join(repr(n) for n in extra)}; the model takes only "
+            f"unexpected input {listed(extra)}; the model takes only "
             + ", ".join(repr(n) for n in schema.input_names)
         )
     rows = None
@@ -110,7 +110,7 @@ def select_outputs(schema: ModelSchema, requested: tuple[str, ...]) -> tuple[str
     unknown = [n for n in requested if n not in schema.output_names]
     if unknown:
         raise _invalid(
-            f"requested output {', '.join(repr(n) for n in unknown)} does not exist; the model has "
+            f"requested output {listed(unknown)} does not exist; the model has "
             + ", ".join(repr(n) for n in schema.output_names)
         )
     return requested

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import engine
 from engine.codec.oip import decode_request, encode_response
-from engine.errors import EngineError, ErrorCode
+from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, clip
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
 from engine.pipeline import Pipeline
 
@@ -204,7 +204,8 @@ class InferenceServicer:
             await context.abort(STATUS[exc.code], exc.message)
         except Exception as exc:  # a bug, not bad input: keep the traceback in the server log
             log.exception("ModelInfer failed unexpectedly")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            self.count(getattr(request, "model_name", ""), ErrorCode.INTERNAL.name)
+            await context.abort(grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}", MAX_MESSAGE))
 
     async def model_stream_infer(self, request_iterator, context: grpc.aio.ServicerContext):
         """Requests of a stream are scored concurrently (up to stream_max_in_flight); each
@@ -220,13 +221,16 @@ class InferenceServicer:
             except Exception as exc:
                 parsed = not isinstance(request, (_Oversize, _Unparsable))
                 rid = request.id if parsed else ""
-                message = exc.message if isinstance(exc, EngineError) else f"internal error: {exc}"
+                message = exc.message if isinstance(exc, EngineError) else clip(f"internal error: {exc}", MAX_MESSAGE)
                 code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"
+                if not isinstance(exc, EngineError):
+                    log.error("ModelStreamInfer: a request failed unexpectedly", exc_info=exc)
+                    self.count(request.model_name if parsed else "", code)
                 echo = pb.ModelInferResponse(id=rid)
                 if parsed:
                     echo.model_name, echo.model_version = request.model_name, request.model_version
                 done.put_nowait(
-                    pb.ModelStreamInferResponse(error_message=f"[{code}] request '{rid}': {message}", infer_response=echo)
+                    pb.ModelStreamInferResponse(error_message=f"[{code}] request '{clip(rid)}': {message}", infer_response=echo)
                 )
             finally:
                 slots.release()

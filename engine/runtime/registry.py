@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits
-from engine.errors import EngineError, ErrorCode
+from engine.errors import EngineError, ErrorCode, clip
 from engine.runtime.session import OnnxModel
 
 
@@ -59,13 +59,13 @@ class Registry:
         versions = self._by_name.get(name)
         if not versions:
             known = ", ".join(sorted(self._by_name)) or "none"
-            raise EngineError(ErrorCode.NOT_FOUND, f"unknown model '{name}' (served: {known})")
+            raise EngineError(ErrorCode.NOT_FOUND, f"unknown model '{clip(name)}' (served: {known})")
         if not version:
             return versions[self.versions(name)[-1]]
         served = versions.get(version)
         if served is None:
             raise EngineError(
                 ErrorCode.NOT_FOUND,
-                f"model '{name}' has no version '{version}' (served: {', '.join(self.versions(name))})",
+                f"model '{name}' has no version '{clip(version)}' (served: {', '.join(self.versions(name))})",
             )
         return served

@@ -142,6 +142,24 @@ def test_queue_capacity_in_rows_is_enforced():
     assert error.code is ErrorCode.RESOURCE_EXHAUSTED and rejected == 1
 
 
+def test_a_request_larger_than_the_queue_is_taken_alone_when_the_queue_is_empty():
+    """queue_capacity bounds rows waiting; a request over it (within max_rows_per_request,
+    checked before) would otherwise be refused forever, however often it is retried."""
+    async def main():
+        run = Recorder()
+        batcher = make(run, max_batch_size=8, delay_us=200_000, capacity=10)
+        big = batcher.submit(rows(0, 25), 25)  # empty queue: taken
+        with pytest.raises(EngineError) as info:
+            batcher.submit(rows(25, 1), 1)  # 25 rows waiting: full
+        out = await big
+        await batcher.close()
+        return out, run.sizes, info.value
+
+    out, sizes, error = asyncio.run(main())
+    np.testing.assert_array_equal(out["y"][:, 0], np.arange(25) * 10)
+    assert sizes == [25] and error.code is ErrorCode.RESOURCE_EXHAUSTED
+
+
 def test_expired_deadline_is_not_scored():
     async def main():
         run = Recorder()

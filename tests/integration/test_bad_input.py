@@ -58,6 +58,38 @@ def test_unknown_version(client):
     assert "no version '7'" in err.message()
 
 
+def test_client_text_in_errors_is_clipped(server, client):
+    """A 17,000-character model name is NOT_FOUND with a short message (not a transport
+    error about metadata size); so are long version, input and output names."""
+    long_name = "m" * 17_000
+    err = refused(lambda: client.infer(long_name, [make_input("float_input", rows())]))
+    assert err.status() == "StatusCode.NOT_FOUND" and "(17000 characters)" in err.message()
+    assert len(err.message()) < 1000
+    err = refused(lambda: client.infer("gbt", [make_input("float_input", rows())], model_version="7" * 5000))
+    assert err.status() == "StatusCode.NOT_FOUND" and len(err.message()) < 1000
+    extra = [make_input("float_input", rows())] + [make_input(f"{k:03d}" + "x" * 400, rows()) for k in range(200)]
+    err = refused(lambda: client.infer("gbt", extra))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "and 195 more" in err.message()
+    assert len(err.message()) < 2100
+    wanted = [grpcclient.InferRequestedOutput("p" * 20_000)]
+    err = refused(lambda: client.infer("gbt", [make_input("float_input", rows())], outputs=wanted))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "(20000 characters)" in err.message()
+
+
+def test_too_many_dimensions_is_invalid_and_counted(server, stub):
+    """65 dimensions (more than numpy allows) is the client's error, counted like any other."""
+    before = server.metrics().get('scorewire_requests_total{model="gbt",code="INVALID_ARGUMENT"}', 0)
+    request = service_pb2.ModelInferRequest(model_name="gbt")
+    request.inputs.add(name="float_input", datatype="FP32", shape=[1] * 65)
+    request.raw_input_contents.append(np.zeros(1, np.float32).tobytes())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "65 dimensions, more than 32" in info.value.details()
+    after = server.metrics()['scorewire_requests_total{model="gbt",code="INVALID_ARGUMENT"}']
+    assert after == before + 1
+
+
 def test_missing_input(client):
     err = refused(lambda: client.infer("gather", [make_input("data", rows(2, 4))]))
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
