@@ -68,11 +68,11 @@ class App:
         groups: dict[tuple[str, str, str], list[ScoredBatch]] = {}
         for batch in batches:
             groups.setdefault((batch.model, batch.version, batch.role), []).append(batch)
-            self.latency.record_batch(batch.model, batch.rows)
+            self.latency.record_batch(batch.model, batch.version, batch.rows)
         for (model, version, role), group in groups.items():
-            self.latency.record(model, role, "queue", np.concatenate([b.queue_us for b in group]))
-            self.latency.record(model, role, "total", np.concatenate([b.total_us for b in group]))
-            self.latency.record(model, role, "inference", np.array([b.inference_us for b in group]))
+            self.latency.record(model, version, role, "queue", np.concatenate([b.queue_us for b in group]))
+            self.latency.record(model, version, role, "total", np.concatenate([b.total_us for b in group]))
+            self.latency.record(model, version, role, "inference", np.array([b.inference_us for b in group]))
             monitor = self.drift.get((model, version))
             if monitor is None:
                 continue

@@ -235,8 +235,9 @@ class ScoreLogSettings(_Strict):
     queue_rows: int = Field(1_000_000, gt=0, le=1_000_000_000)
     """Rows waiting for the writer thread: the bound on the log's memory."""
     when_full: Literal["drop", "block"] = "drop"
-    """When the writer falls behind: "drop" (and count) the new rows, or "block" the scoring
-    path for up to block_timeout_ms, then drop."""
+    """When the writer falls behind: "drop" (and count) the new rows, or "block": they wait up
+    to block_timeout_ms for room (parked for the writer, woken at once; a request never waits
+    for it), then are dropped."""
     block_timeout_ms: int = Field(100, ge=0, le=60_000)
     """With when_full = "block": longest wait for room in the queue."""
     compression: Literal["snappy", "lz4", "zstd", "none"] = "snappy"

@@ -66,23 +66,25 @@ def _monitoring(app, family) -> None:
     family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
            [(_labels(model=name, version=version), m.events) for (name, version), m in app.drift.items()])
     samples = []
-    for (model, role, stage), h in app.latency.items():
+    for (model, version, role, stage), h in app.latency.items():
         if h.total_count:
             values = h.percentiles([q * 100 for q in QUANTILES])
-            samples.extend((_labels(model=model, role=role, stage=stage, quantile=str(q)), int(v))
+            samples.extend((_labels(model=model, version=version, role=role, stage=stage, quantile=str(q)), int(v))
                            for q, v in zip(QUANTILES, values))
-    family("scorewire_latency_us", "gauge", "Latency percentiles in microseconds by model, role and stage "
+    family("scorewire_latency_us", "gauge", "Latency percentiles in microseconds by model version, role and stage "
            "(queue: waiting to be batched; inference: the batch run; total: both).", samples)
     buckets = []
-    for model, counts in sorted(app.latency.batch_rows.items()):
+    for (model, version), counts in sorted(app.latency.batch_rows.items()):
         cumulative = 0
         for b in range(32):
             cumulative += int(counts[b])
             if counts[b:].any() or b == 0:
-                buckets.append((_labels(model=model, le=str(1 << b)), cumulative))
-        buckets.append((_labels(model=model, le="+Inf"), cumulative))
-    sums = [("_sum" + _labels(model=m), app.latency.batch_rows_sum.get(m, 0)) for m in sorted(app.latency.batch_rows)]
-    counts = [("_count" + _labels(model=m), int(c.sum())) for m, c in sorted(app.latency.batch_rows.items())]
+                buckets.append((_labels(model=model, version=version, le=str(1 << b)), cumulative))
+        buckets.append((_labels(model=model, version=version, le="+Inf"), cumulative))
+    rows_by_version = sorted(app.latency.batch_rows.items())
+    sums = [("_sum" + _labels(model=m, version=v), app.latency.batch_rows_sum.get((m, v), 0))
+            for (m, v), _ in rows_by_version]
+    counts = [("_count" + _labels(model=m, version=v), int(c.sum())) for (m, v), c in rows_by_version]
     family("scorewire_batch_rows", "histogram", "Rows per scored batch.",
            [(("_bucket" + lbl), v) for lbl, v in buckets] + sums + counts)
     family("scorewire_monitor_dropped_batches_total", "counter",
@@ -120,6 +122,9 @@ def _scorelog(app, family) -> None:
                [("", log.queued_rows)])
         family("scorewire_scorelog_files_total", "counter", "Scoring log files closed (complete, renamed).",
                [("", log.stats.files_closed)])
+        family("scorewire_scorelog_writer_errors_total", "counter",
+               "Failures the scoring log's writer survived (each logged with its cause).",
+               [("", log.stats.writer_errors)])
 
 
 _STREAM_COUNTERS = (

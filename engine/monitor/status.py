@@ -34,14 +34,15 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         out.append(_table(["model", "version", "feature", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
-    latency: dict[tuple[str, str, str], dict[str, float]] = {}
+    latency: dict[tuple[str, str, str, str], dict[str, float]] = {}
     for sample in families.get("scorewire_latency_us", []):
-        key = (sample.labels["model"], sample.labels["role"], sample.labels["stage"])
+        key = (sample.labels["model"], sample.labels.get("version", ""), sample.labels["role"], sample.labels["stage"])
         latency.setdefault(key, {})[sample.labels["quantile"]] = sample.value
     if latency:
         quantiles = sorted({q for v in latency.values() for q in v}, key=float)
-        rows = [[m, r, s] + [f"{v.get(q, 0) / 1000:.3f}" for q in quantiles] for (m, r, s), v in sorted(latency.items())]
-        out.append(_table(["model", "role", "stage"] + [f"p{float(q) * 100:g} ms" for q in quantiles], rows))
+        rows = [[m, v_, r, s] + [f"{v.get(q, 0) / 1000:.3f}" for q in quantiles]
+                for (m, v_, r, s), v in sorted(latency.items())]
+        out.append(_table(["model", "version", "role", "stage"] + [f"p{float(q) * 100:g} ms" for q in quantiles], rows))
     else:
         out.append("no latency recorded yet")
     return "\n\n".join(out)

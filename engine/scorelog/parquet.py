@@ -9,12 +9,16 @@ A file is written under a hidden temporary name (.part-*.parquet.tmp) and rename
 closed (after fsync of the file, then of its folder), so a reader of `**/*.parquet` only ever
 sees complete files, even after a crash. Files rotate by rows and by age; `close()` writes
 everything queued and closes every file. The queue is bounded in rows: when the writer falls
-behind, new rows are dropped and counted, or (when_full = "block") the caller waits up to
-block_timeout_ms first.
+behind, new rows are dropped and counted, or (when_full = "block") they wait up to
+block_timeout_ms for room first -- a thread (a challenger's) in a real wait, the event loop
+never: there a batch is parked (at most queue_rows more) and the writer, woken at once, takes
+it when it has made room. The writer survives any failure (logged, rows counted as failed).
+At start, temporary files left by writers that no longer run (kill -9) are removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import itertools
@@ -46,6 +50,8 @@ class ScoreLogStats:
     rows_dropped: int = 0  # queue full
     rows_failed: int = 0  # the write failed (disk full, permissions): logged
     files_closed: int = 0
+    writer_errors: int = 0  # failures the writer survived (logged)
+    stale_removed: int = 0  # temporary files of dead writers removed at start
 
 
 @dataclass(slots=True)
@@ -122,6 +128,30 @@ def publish(tmp: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
+def remove_stale(root: Path) -> int:
+    """Remove the temporary files under `root` of writers that no longer run (their process id
+    is in the name); files of live writers, this process's or another's, stay."""
+    removed = 0
+    for tmp in root.glob("**/.part-*.parquet.tmp"):
+        try:
+            pid = int(tmp.name.split("-")[-2])
+            os.kill(pid, 0)
+            continue  # alive (or not ours to signal): its writer may still rename it
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            log.warning("scoring log: cannot remove the stale %s", tmp)
+    if removed:
+        log.warning("scoring log: removed %d temporary file(s) of writers that stopped without closing them",
+                    removed)
+    return removed
+
+
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
@@ -185,9 +215,14 @@ class ScoreLog:
         self.root.mkdir(parents=True, exist_ok=True)
         self.feature_names = feature_names or {}
         self.stats = ScoreLogStats()
+        self.stats.stale_removed = remove_stale(self.root)
         self._lock = threading.Lock()  # guards the queue and its row count (several threads put)
+        self._room = threading.Condition(self._lock)  # notified when the writer has emptied the queue
         self._items: collections.deque = collections.deque()
         self._rows = 0
+        self._parked: collections.deque = collections.deque()  # (deadline, batch): "block" on the event loop
+        self._parked_rows = 0
+        self._wake = threading.Event()
         self._closing = threading.Event()
         self._files: dict[tuple[str, str, str], _OpenFile] = {}
         self._seq = itertools.count()
@@ -207,35 +242,89 @@ class ScoreLog:
 
     def put(self, batch: ScoredBatch) -> None:
         """Queue a scored batch: no wake-up, the writer drains the queue every tick. When the
-        queue is full: drop (counted), or with when_full = "block" wait up to block_timeout_ms."""
+        queue is full: drop (counted), or with when_full = "block" wait up to block_timeout_ms
+        for room -- parked, not waiting, when called on an event loop."""
         if self._offer(batch):
             return
         if self.settings.when_full == "block":
-            deadline = time.monotonic() + self.settings.block_timeout_ms / 1000
-            while time.monotonic() < deadline:
-                time.sleep(0.001)
-                if self._offer(batch):
+            if self._on_event_loop():
+                if self._park(batch):
                     return
+            elif self._wait_for_room(batch):
+                return
         with self._lock:
             self.stats.rows_dropped += batch.rows
 
+    @staticmethod
+    def _on_event_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def _park(self, batch: ScoredBatch) -> bool:
+        with self._lock:
+            if self._parked_rows and self._parked_rows + batch.rows > self.settings.queue_rows:
+                return False
+            self._parked.append((time.monotonic() + self.settings.block_timeout_ms / 1000, batch))
+            self._parked_rows += batch.rows
+        self._wake.set()
+        return True
+
+    def _wait_for_room(self, batch: ScoredBatch) -> bool:
+        deadline = time.monotonic() + self.settings.block_timeout_ms / 1000
+        self._wake.set()
+        with self._room:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing.is_set():
+                    return False
+                self._room.wait(remaining)
+                if not self._rows or self._rows + batch.rows <= self.settings.queue_rows:
+                    self._items.append(batch)
+                    self._rows += batch.rows
+                    self.stats.rows_queued += batch.rows
+                    return True
+
     @property
     def queued_rows(self) -> int:
-        return self._rows
+        return self._rows + self._parked_rows
 
     # -- the writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            closing = self._closing.wait(self._tick())
-            with self._lock:
-                items = list(self._items)
-                self._items.clear()
-                self._rows = 0
-            if items:
-                self._write(items)
-            self._rotate(force=closing)
+            self._wake.wait(self._tick())
+            self._wake.clear()
+            closing = self._closing.is_set()
+            try:
+                items = self._take(closing)
+                if items:
+                    self._write(items)
+                self._rotate(force=closing)
+            except Exception:  # whatever it was, the writer goes on
+                self.stats.writer_errors += 1
+                log.exception("scoring log: the writer failed; it goes on")
             if closing:
                 return
+
+    def _take(self, closing: bool) -> list[ScoredBatch]:
+        """Everything queued, and the parked batches still within their wait (all when closing)."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._rows = 0
+            now = time.monotonic()
+            while self._parked:
+                deadline, batch = self._parked.popleft()
+                self._parked_rows -= batch.rows
+                if closing or deadline >= now:
+                    items.append(batch)
+                    self.stats.rows_queued += batch.rows
+                else:
+                    self.stats.rows_dropped += batch.rows
+            self._room.notify_all()
+        return items
 
     def _tick(self) -> float:
         return min(0.5, self.settings.max_file_age_s / 4)
@@ -244,7 +333,13 @@ class ScoreLog:
         """One table per model version, role and date: the conversion costs per tick, not per batch."""
         groups: dict[tuple[str, str, str, str], list[ScoredBatch]] = {}
         for batch in items:
-            date = dt.datetime.fromtimestamp(batch.wall_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d")
+            try:
+                date = dt.datetime.fromtimestamp(batch.wall_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d")
+            except (ValueError, OverflowError, OSError):
+                self.stats.rows_failed += batch.rows
+                log.error("scoring log: a batch of %s:%s has an impossible time (%d ns); its %d rows are not "
+                          "logged", batch.model, batch.version, batch.wall_ns, batch.rows)
+                continue
             groups.setdefault((batch.model, batch.version, batch.role, date), []).append(batch)
         for (model, _version, _role, date), batches in groups.items():
             names = {i: self.feature_names[(model, i)] for i in batches[0].inputs if (model, i) in self.feature_names}
@@ -321,6 +416,7 @@ class ScoreLog:
     def close(self, timeout_s: float = 60.0) -> None:
         """Write everything queued, close every file, stop the thread."""
         self._closing.set()
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.error("scoring log: the writer did not finish within %.0f s", timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -90,3 +91,52 @@ def test_block_policy_waits_for_room_instead_of_dropping(tmp_path):
     log.close()
     written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp_path.glob("**/*.parquet"))
     assert log.stats.rows_dropped == 0 and written == 640
+
+
+def test_block_policy_never_blocks_an_event_loop(tmp_path):
+    """On the event loop, "block" parks a batch for the writer instead of waiting: every put
+    returns at once, and the parked rows are written once the writer has made room."""
+    import asyncio
+
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path, queue_rows=64, when_full="block", block_timeout_ms=5000,
+                                    max_file_age_s=60))  # the writer's tick: 0.5 s
+
+    async def main():
+        start = time.monotonic()
+        for _ in range(4):  # 2 queued, 2 parked
+            log.put(batch(32))
+        return time.monotonic() - start
+
+    took = asyncio.run(main())
+    assert took < 0.25  # the old busy-wait held the loop until the writer's tick
+    deadline = time.monotonic() + 10
+    while log.stats.rows_queued < 128 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.close()
+    written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp_path.glob("**/*.parquet"))
+    assert log.stats.rows_dropped == 0 and written == 128
+
+
+def test_the_writer_survives_a_batch_it_cannot_write(tmp_path, caplog):
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path, max_file_age_s=0.2))
+    log.put(batch(3, wall_ns=10**30))  # a time no calendar holds
+    log.put(batch(2))
+    log.close()
+    written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp_path.glob("**/*.parquet"))
+    assert written == 2 and log.stats.rows_failed == 3 and "impossible time" in caplog.text
+
+
+def test_temporary_files_of_dead_writers_are_removed_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "model=m" / "role=champion" / "date=2026-01-01"
+    folder.mkdir(parents=True)
+    stale = folder / f".part-20260101T000000000000-{int(dead.stdout)}-000001.parquet.tmp"
+    live = folder / f".part-20260101T000000000000-{os.getpid()}-000002.parquet.tmp"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path))
+    log.close()
+    assert not stale.exists() and live.exists() and log.stats.stale_removed == 1

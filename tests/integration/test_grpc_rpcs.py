@@ -93,6 +93,38 @@ def test_versions(client):
     assert client.infer("mlp", [fp32_input(rows)]).get_response().model_version == "2"
 
 
+def caught_up(server) -> dict[str, float]:
+    """/metrics once the monitor thread has recorded every row the batchers scored."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        metrics = server.metrics()
+        scored = sum(v for k, v in metrics.items() if k.startswith("scorewire_rows_total{"))
+        recorded = sum(v for k, v in metrics.items() if k.startswith("scorewire_batch_rows_sum{"))
+        if scored == recorded or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.02)
+
+
+def test_latency_and_batch_sizes_are_kept_per_version(server, client):
+    """Two versions of one model have their own latency histograms and batch-size counts."""
+    rows = np.ones((3, N_FEATURES), np.float32)
+
+    def count(metrics, version):
+        return metrics.get(f'scorewire_batch_rows_sum{{model="mlp",version="{version}"}}', 0)
+
+    before = caught_up(server)
+    client.infer("mlp", [fp32_input(rows[:1])], model_version="1")
+    for _ in range(2):
+        client.infer("mlp", [fp32_input(rows)], model_version="2")
+    after = caught_up(server)
+    assert (count(after, "1") - count(before, "1"), count(after, "2") - count(before, "2")) == (1, 6)
+    for version in ("1", "2"):
+        key = f'scorewire_latency_us{{model="mlp",version="{version}",role="champion",stage="total",quantile="0.5"}}'
+        assert after[key] > 0
+
+
 @pytest.mark.parametrize("name", DEMO)
 def test_infer_matches_in_process_onnxruntime(server, client, name, rng):
     rows = rng.normal(size=(37, N_FEATURES)).astype(np.float32)
