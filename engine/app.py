@@ -34,6 +34,9 @@ from engine.settings import RouteSettings, Settings, SettingsError, load_setting
 
 log = logging.getLogger("scorewire")
 
+QUIET_S = 0.1  # drain: no request in flight or arriving for this long ends the quiet phase
+LOG_FLUSH_S = 2.0  # drain: the scoring log's least time to write what it holds
+
 
 def _announce(text: str) -> None:
     """Lines on stdout that people and tests read ("listening on", "ready")."""
@@ -212,6 +215,12 @@ class App:
                 ("grpc.max_receive_message_length", min(2 * limit, 2**31 - 1)),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_concurrent_streams", server_settings.max_concurrent_streams),
+                # Calls the transport accepted but the event loop has not picked up yet. gRPC's
+                # defaults (1,000, then random early drops up to 3,000) cancel bursts of requests
+                # silently, before scorewire sees them; admission is the batchers' job (their
+                # bounded queues answer RESOURCE_EXHAUSTED), so only a hard bound stays here.
+                ("grpc.server.max_pending_requests", server_settings.max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", server_settings.max_pending_calls),
                 ("grpc.so_reuseport", 0),
             ]
         )
@@ -324,28 +333,47 @@ class App:
             model = "(unknown)"
         self.requests_by_code[(model, code)] += 1
 
+    async def _quiesce(self, until: float) -> None:
+        """Answer whatever reaches the servicer -- requests the transport accepted before the
+        signal among them -- until none has been in flight or arrived for QUIET_S, or `until`
+        (monotonic s). Health already says NOT_SERVING, so balancers send no more."""
+        servicer = self.servicer
+        while servicer is not None and time.monotonic() < until:
+            quiet = servicer.quiet_for_ns()
+            if quiet is not None and quiet >= QUIET_S * 1e9:
+                return
+            await asyncio.sleep(0.01)
+
     async def drain(self) -> None:
-        """Stop accepting, finish in-flight requests and batches, then stop."""
+        """Stop taking requests, answer every one already sent, finish batches, then stop, all
+        within drain_timeout_s: quiesce (up to half of it), then the transport refuses new
+        calls (UNAVAILABLE) while the ones in flight finish; challengers, the monitor and the
+        log get what is left (the log at least LOG_FLUSH_S, to write what it holds)."""
         _announce("draining")
+        deadline = time.monotonic() + self.settings.server.drain_timeout_s
         if self.servicer is not None:
             self.servicer.ready = False
         if self.health is not None:
             await set_health(self.health, False, [s.name for s in self.registry.all()])
+        await self._quiesce(time.monotonic() + self.settings.server.drain_timeout_s / 2)
+        if self.servicer is not None:  # what still reaches the servicer is refused, not cancelled
+            self.servicer.closing = True
+            await self._quiesce(time.monotonic() + min(1.0, self.settings.server.drain_timeout_s / 4))
         stopping = [stream.stop() for stream in self.streams]
         if self.server is not None:
-            stopping.append(self.server.stop(grace=self.settings.server.drain_timeout_s))
+            stopping.append(self.server.stop(grace=max(0.0, deadline - time.monotonic())))
         await asyncio.gather(*stopping)
         for served in self.registry.all():
             await served.batcher.close()
         loop = asyncio.get_running_loop()
         shadows = [sh for group in self.router.shadows.values() for sh in group]
-        # Challengers finish what they were offered (bounded by the drain timeout), then the
+        # Challengers finish what they were offered (bounded by the drain deadline), then the
         # monitor, then the log writes everything and closes its files.
-        await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
+        await asyncio.gather(*(loop.run_in_executor(None, sh.close, max(0.0, deadline - time.monotonic()))
                                for sh in shadows))
         for served in self.registry.all():
             served.model.close()
-        await loop.run_in_executor(None, self.tap.close)
+        await loop.run_in_executor(None, self.tap.close, max(0.1, deadline - time.monotonic()))
         tap = self.tap
         evaluations = sum(m.evaluations for m in self.drift.values())
         _announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} failed "
@@ -356,7 +384,7 @@ class App:
                       f"{st.rows_failed} failed (errors {st.errors}, wrong shape {st.bad_shape}, "
                       f"timeouts {st.timeouts})")
         if self.scorelog is not None:
-            await loop.run_in_executor(None, self.scorelog.close)
+            await loop.run_in_executor(None, self.scorelog.close, max(LOG_FLUSH_S, deadline - time.monotonic()))
             st = self.scorelog.stats
             _announce(f"scoring log: {st.rows_written} rows written in {st.files_closed} files, "
                       f"{st.rows_dropped} dropped, {st.rows_failed} failed")

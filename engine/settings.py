@@ -57,11 +57,16 @@ class ServerSettings(_Strict):
     the limit; beyond 2x the transport refuses them with RESOURCE_EXHAUSTED before reading."""
     max_concurrent_streams: int = Field(1024, gt=0, le=65536)
     """HTTP/2 streams per connection."""
+    max_pending_calls: int = Field(100_000, gt=0, le=10_000_000)
+    """Calls accepted by the transport and not yet picked up by the server (a burst waits
+    there). Past it, gRPC itself refuses calls; the batchers' queues bound the work."""
     stream_max_in_flight: int = Field(256, gt=0, le=65536)
     """Requests of one ModelStreamInfer stream being scored at once; the stream reads no
     further messages until one completes."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
-    """On SIGTERM: how long in-flight requests may take before the server stops anyway."""
+    """On SIGTERM: the whole drain. Requests already sent are answered (a quiet phase of up to
+    half of it, then new calls get UNAVAILABLE while those in flight finish); challengers and
+    the monitor get what is left, the scoring log at least 2 s to write what it holds."""
     model_root: Path | None = None
     """When set, every model file and drift reference must lie inside this folder (after
     resolving symlinks); a config pointing elsewhere is refused."""

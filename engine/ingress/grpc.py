@@ -76,6 +76,9 @@ class InferenceServicer:
         self.max_message_bytes = max_message_bytes
         self.stream_max_in_flight = stream_max_in_flight
         self.ready = False  # set once every model is loaded and warm; cleared on drain
+        self.closing = False  # draining, past the quiet phase: inference requests get UNAVAILABLE
+        self.active = 0  # inference requests being answered (ModelInfer calls, stream messages)
+        self.last_arrival_ns = 0  # monotonic time the last one arrived
 
     # -- wiring --------------------------------------------------------------------------
     def _parse_infer(self, data: bytes):
@@ -163,6 +166,22 @@ class InferenceServicer:
         )
 
     async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
+        self.active += 1
+        self.last_arrival_ns = time.monotonic_ns()
+        try:
+            if self.closing:
+                self.count(getattr(request, "model_name", ""), ErrorCode.UNAVAILABLE.name)
+                raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down; send the request to "
+                                  "another replica or retry")
+            return await self._infer_counted(request, deadline_ns)
+        finally:
+            self.active -= 1
+
+    def quiet_for_ns(self) -> int | None:
+        """How long no inference request has been in flight or arrived; None while one is."""
+        return None if self.active else time.monotonic_ns() - self.last_arrival_ns
+
+    async def _infer_counted(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
         if isinstance(request, _Oversize):
             self.count("", ErrorCode.INVALID_ARGUMENT.name)
             raise self._oversize_error(request)

@@ -177,4 +177,4 @@ class Shadow:
             running = self._running
             if running is not None:
                 running[0].terminate = True
-            self._thread.join(5.0)
+            self._thread.join(1.0)

@@ -3,6 +3,7 @@ the Parquet scoring log read back with DuckDB, `scorewire compare` against sklea
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import shutil
@@ -124,9 +125,10 @@ def shadowed(model_dir, tmp_path_factory):
     baseline = send_all(base.url, requests)
     metrics = _scrape(srv.metrics_port)
     base.stop()
+    signalled = time.monotonic()
     printed = stop_and_read(srv)
     return {"work": work, "requests": requests, "labels": labels, "got": got, "baseline": baseline,
-            "metrics": metrics, "printed": printed, "log": work / "log"}
+            "metrics": metrics, "printed": printed, "log": work / "log", "drain_s": time.monotonic() - signalled}
 
 
 def _scrape(port: int) -> dict:
@@ -156,6 +158,41 @@ def _shadow(metrics, version: str, outcome: str, what: str = "batches") -> float
     key = (f"scorewire_shadow_{what}_total",
            tuple(sorted({"model": "mlp", "champion": "1", "version": version, "outcome": outcome}.items())))
     return metrics[key]
+
+
+def test_the_drain_with_a_hanging_challenger_ends_within_drain_timeout_s(shadowed):
+    """drain_timeout_s = 5 bounds the whole drain, challengers included (the scoring log may
+    take up to 2 s more to write what it holds; the process then exits)."""
+    assert shadowed["drain_s"] < 5 + 2 + 1.5, shadowed["drain_s"]
+
+
+def test_the_drain_with_a_challenger_hung_for_longer_ends_within_drain_timeout_s(model_dir, tmp_path):
+    """A request in flight and a challenger hung with shadow_timeout_s far past drain_timeout_s:
+    the request is answered and the drain ends in drain_timeout_s (+ the process's exit).
+    Before, it waited for gRPC, then the challenger its own full drain_timeout_s."""
+    shutil.copy(model_dir / "models" / "mlp.onnx", tmp_path / "mlp.onnx")
+    hanging_classifier(tmp_path / "hanging.onnx")
+    slow_champion = model_block("1", "mlp.onnx").replace("max_queue_delay_us = 2000", "max_queue_delay_us = 3000000")
+    config = (BASE + slow_champion + model_block("4", "hanging.onnx", False)
+              + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["4"]\n'
+              + "shadow_timeout_s = 60\n")
+    srv = launch(tmp_path, config)
+    client = grpcclient.InferenceServerClient(srv.url)
+    x, _ = demo_data(20, seed=3)
+    infer(client, x[:1])  # scored after 3 s; the challenger hangs on it
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    waiting = pool.submit(infer, client, x[1:2])  # in flight (3 s in the queue) at SIGTERM
+    deadline = time.monotonic() + 10
+    while _scrape(srv.metrics_port).get(("scorewire_queue_rows", (("model", "mlp"), ("version", "1")))) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    signalled = time.monotonic()
+    printed = stop_and_read(srv)
+    took = time.monotonic() - signalled
+    assert waiting.result(timeout=5).as_numpy("probabilities").shape == (1, 2)
+    client.close()
+    assert took < 5 + 1.5, took  # no scoring log here; the old drain took 8 s
+    assert "challenger mlp:4:" in printed
 
 
 def test_challenger_failures_are_counted(shadowed):
