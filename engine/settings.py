@@ -61,8 +61,9 @@ class ServerSettings(_Strict):
     """Calls accepted by the transport and not yet picked up by the server (a burst waits
     there). Past it, gRPC itself refuses calls; the batchers' queues bound the work."""
     stream_max_in_flight: int = Field(256, gt=0, le=65536)
-    """Requests of one ModelStreamInfer stream being scored at once; the stream reads no
-    further messages until one completes."""
+    """Requests of one ModelStreamInfer stream read and not yet answered on the wire; at the
+    bound the stream reads no further messages (a client that stops reading its responses
+    stops the server reading its requests)."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On SIGTERM: the whole drain. Requests already sent are answered (a quiet phase of up to
     half of it, then new calls get UNAVAILABLE while those in flight finish); challengers and

@@ -227,8 +227,10 @@ class InferenceServicer:
             await context.abort(grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}", MAX_MESSAGE))
 
     async def model_stream_infer(self, request_iterator, context: grpc.aio.ServicerContext):
-        """Requests of a stream are scored concurrently (up to stream_max_in_flight); each
-        response carries its request's id; an error is a message, and the stream goes on."""
+        """Requests of a stream are scored concurrently; each response carries its request's id;
+        an error is a message, and the stream goes on. At most stream_max_in_flight requests are
+        read and not yet answered on the wire: a client that stops reading its responses stops
+        the server reading its requests (no unbounded buffering)."""
         slots = asyncio.Semaphore(self.stream_max_in_flight)
         done: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
@@ -251,8 +253,6 @@ class InferenceServicer:
                 done.put_nowait(
                     pb.ModelStreamInferResponse(error_message=f"[{code}] request '{clip(rid)}': {message}", infer_response=echo)
                 )
-            finally:
-                slots.release()
 
         async def read() -> None:
             try:
@@ -272,7 +272,8 @@ class InferenceServicer:
                 item = await done.get()
                 if item is None:
                     break
-                yield item
+                yield item  # returns once gRPC has taken the message (flow control: a client not reading stalls it)
+                slots.release()  # a slot is a request read and not yet sent back: memory stays bounded
         finally:
             reader.cancel()
             for task in list(tasks):

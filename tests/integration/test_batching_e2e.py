@@ -251,3 +251,72 @@ def test_sigterm_answers_every_request_already_sent(model_dir):
     assert srv.proc.returncode == 0
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
     assert codes["OK"] > 0 and took < 10 + 5, (codes, took)
+
+
+STREAM_CONFIG = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+stream_max_in_flight = 4
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+max_rows_per_request = 4096
+[models.batching]
+max_batch_size = 4096
+max_queue_delay_us = 100
+queue_capacity = 100000
+"""
+
+
+def test_a_stream_whose_responses_are_not_read_stops_being_read(model_dir):
+    """A ModelStreamInfer client that writes requests and never reads: the server scores a
+    bounded number of them (stream_max_in_flight plus what the transport buffers), then stops
+    reading; it does not keep scoring and buffering responses (memory grew without bound)."""
+    import asyncio
+
+    import grpc
+
+    from engine.ingress._pb import open_inference_grpc_pb2 as pb
+
+    srv = launch(model_dir, STREAM_CONFIG, name="stream.toml")
+    request = pb.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="float_input", datatype="FP32", shape=[2048, N_FEATURES])
+    request.raw_input_contents.append(np.zeros((2048, N_FEATURES), np.float32).tobytes())
+    key = 'scorewire_requests_total{model="mlp",code="OK"}'
+
+    async def main() -> tuple[int, int]:
+        async with grpc.aio.insecure_channel(srv.url) as channel:
+            call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                         request_serializer=pb.ModelInferRequest.SerializeToString,
+                                         response_deserializer=pb.ModelStreamInferResponse.FromString)()
+            sent = 0
+
+            async def write() -> None:
+                nonlocal sent
+                for _ in range(1000):  # 256 KiB requests, 32 KiB responses
+                    await call.write(request)
+                    sent += 1
+
+            writer = asyncio.ensure_future(write())
+            scored, stable_since = -1, time.monotonic()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not writer.done():
+                now_scored = srv.metrics().get(key, 0)
+                if now_scored != scored:
+                    scored, stable_since = now_scored, time.monotonic()
+                elif time.monotonic() - stable_since > 2.0:
+                    break  # nothing scored for 2 s: the server stopped reading
+                await asyncio.sleep(0.1)
+            writer.cancel()
+            call.cancel()
+            return int(scored), sent
+
+    try:
+        scored, sent = asyncio.run(main())
+    finally:
+        srv.stop()
+    # the transport buffers a few MiB of responses (~130 here); the old server read all 1,000
+    assert scored < 300 and sent < 1000, (scored, sent)
