@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
 import numpy as np
 
 from engine.batching.batcher import Batcher
@@ -62,6 +63,7 @@ class App:
         self.latency = LatencyMonitor()
         self.drift: dict[tuple[str, str], DriftMonitor] = {}
         self.streams: list[KafkaStream] = []
+        self._background: set[asyncio.Task] = set()
         capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
         self.tap = MonitorTap(self._monitor, capacity)
 
@@ -251,8 +253,10 @@ class App:
         for stream_settings in self.settings.streams:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
             stream = KafkaStream(stream_settings, self.pipeline, served)
+            stream.on_down = self._stream_down
             await stream.start()
             self.streams.append(stream)
+            await self.health.set(stream.health_name, health_pb2.HealthCheckResponse.SERVING)
             _announce(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
         _announce("ready")
@@ -323,6 +327,13 @@ class App:
             [f"routes {[r.model for r in new.routes]}"]
             + ([f"added {[s.model.label for s in added]}"] if added else [])
             + ([f"removed {[f'{n}:{v}' for n, v in removed]}"] if removed else [])))
+
+    def _stream_down(self, stream: KafkaStream, reason: str) -> None:
+        _announce(f"stream {stream.label} stopped: {reason}")
+        task = asyncio.get_running_loop().create_task(
+            self.health.set(stream.health_name, health_pb2.HealthCheckResponse.NOT_SERVING))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _count_unauthenticated(self) -> None:
         self.requests_by_code[("(unknown)", "unauthenticated")] += 1

@@ -47,7 +47,13 @@ def _library() -> ctypes.CDLL:
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int32]
     lib.rd_kafka_mock_group_initial_rebalance_delay_ms.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    lib.rd_kafka_mock_push_request_errors_array.argtypes = [ctypes.c_void_p, ctypes.c_int16, ctypes.c_size_t,
+                                                            ctypes.POINTER(ctypes.c_int)]
+    lib.rd_kafka_mock_topic_set_error.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     return lib
+
+
+PRODUCE = 0  # Kafka protocol ApiKey of Produce requests
 
 
 class MockCluster:
@@ -80,6 +86,16 @@ class MockCluster:
 
     def broker_up(self, broker_id: int = 1) -> None:
         self._check(self._lib.rd_kafka_mock_broker_set_up(self._cluster, broker_id), "up", broker_id)
+
+    def fail_requests(self, api_key: int, errors: list[int]) -> None:
+        """The next len(errors) requests of `api_key` (e.g. PRODUCE) get these error codes
+        (KafkaError codes), in order, whichever client sends them."""
+        codes = (ctypes.c_int * len(errors))(*errors)
+        self._lib.rd_kafka_mock_push_request_errors_array(self._cluster, api_key, len(errors), codes)
+
+    def topic_error(self, topic: str, error: int) -> None:
+        """Every request about `topic` gets this error code from now on (0: none)."""
+        self._lib.rd_kafka_mock_topic_set_error(self._cluster, topic.encode(), error)
 
     def all_down(self) -> None:
         for broker in range(1, self.brokers + 1):

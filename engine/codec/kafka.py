@@ -105,6 +105,36 @@ class StreamCodec:
             return self._decode_binary(values, keys, lengths, too_big)
         return self._decode_json(values, lengths, too_big)
 
+    def decode_each(self, values: list[bytes | None], keys: list[bytes | None]) -> Decoded:
+        """`decode`, one message at a time: for a batch that `decode` itself fails on (a bug,
+        not bad input), so that the messages it can decode are scored and only the one that
+        breaks it is a dead letter."""
+        parts, errors = [], []
+        for i, (value, key) in enumerate(zip(values, keys)):
+            try:
+                one = self.decode([value], [key])
+            except Exception as exc:  # noqa: BLE001 -- whatever it is, it is this message's
+                errors.append((i, f"cannot decode this message: {exc!r}"[:1000]))
+                continue
+            errors += [(i, why) for _, why in one.errors]
+            if len(one.good):
+                parts.append((i, one))
+        if not parts:
+            return Decoded({s.name: np.zeros((0,) + tuple(max(d, 0) for d in _row_shape(s)), dtype=s.dtype)
+                            for s in self.inputs}, np.zeros(0, np.int64), b"", np.zeros((0, 2), np.int64),
+                           sorted(errors))
+        first = parts[0][1].inputs  # variable dimensions must agree within a batch, as in decode()
+        fits = [(i, d) for i, d in parts if all(d.inputs[n].shape[1:] == a.shape[1:] for n, a in first.items())]
+        if len(fits) < len(parts):
+            kept = {i for i, _ in fits}
+            errors += [(i, "a row whose shape does not fit the other rows of this batch")
+                       for i, _ in parts if i not in kept]
+            parts = fits
+        shift = np.cumsum([0] + [len(d.id_text) for _, d in parts[:-1]])
+        inputs = {s.name: np.concatenate([d.inputs[s.name] for _, d in parts]) for s in self.inputs}
+        return Decoded(inputs, np.array([i for i, _ in parts], dtype=np.int64), b"".join(d.id_text for _, d in parts),
+                       np.concatenate([d.id_spans + s for (_, d), s in zip(parts, shift)]), sorted(errors))
+
     def _oversize(self, length: int) -> str:
         return f"message of {length} bytes is larger than max_message_bytes = {self.max_message_bytes}"
 
@@ -161,11 +191,12 @@ class StreamCodec:
             for name, value in row.items():
                 column = columns[name]
                 if column.shape[1:] != value.shape:  # variable dimensions: widen the column
-                    columns[name] = column = _fit(column, value.shape)
-                    if column is None:
+                    fitted = _fit(column, value.shape)
+                    if fitted is None:  # the column stays as it is for the rows that fit it
                         errors[i] = (f"input '{name}': a row of shape {list(value.shape)} does not fit the other "
                                      "rows of this batch")
                         break
+                    columns[name] = column = fitted
                 column[(i,) + tuple(slice(0, d) for d in value.shape)] = value
             id_tokens[i] = id_token
         ok = np.ones(n, dtype=bool)

@@ -13,6 +13,14 @@ revoked partitions, commits what they delivered and lets go; on shutdown likewis
 A chunk that cannot be scored because the engine is stopping is never committed: it is
 consumed again after restart. Results carry their source (topic/partition/offset), so a
 consumer can drop the duplicates a crash causes.
+
+Errors (engine/ingress/kafka_errors.py says which is which). A message the decoder cannot
+handle is a dead letter, never the end of the reader. A produce or delivery error is retried
+when retrying can help; when it cannot, a result goes to the dead-letter topic instead (with
+the cause), and a dead letter the broker refuses stops the stream. A fatal producer error
+(an idempotent producer's broken sequence) abandons what is in flight, makes a new producer
+and consumes again from the end of what was delivered. A stream that stops says why once
+(log, `on_down`), and reports itself down (`up`, health NOT_SERVING, a gauge).
 """
 
 from __future__ import annotations
@@ -28,8 +36,11 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from engine.batching.batch import Origin
+from confluent_kafka import OFFSET_BEGINNING
+
 from engine.codec.kafka import Decoded, ResultTemplate, StreamCodec, encode_results
 from engine.errors import EngineError, ErrorCode
+from engine.ingress.kafka_errors import FATAL, PERMANENT, classify
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Served
 from engine.settings import SecretRef, StreamSettings
@@ -50,10 +61,12 @@ class _Chunk:
     """One consume() call's messages, from decoding to the broker's acknowledgements."""
 
     __slots__ = ("stream", "size", "consumed_ns", "values", "keys", "partitions", "offsets", "decoded", "ends",
-                 "ready", "abandoned", "settled", "pending", "results", "dead")
+                 "ready", "abandoned", "settled", "pending", "results", "dead", "generation", "result_rows",
+                 "produced", "finished", "_sources")
 
-    def __init__(self, stream: "KafkaStream", values, keys, partitions, offsets, consumed_ns):
+    def __init__(self, stream: "KafkaStream", values, keys, partitions, offsets, consumed_ns, generation: int = 0):
         self.stream = stream
+        self.generation = generation  # the producer generation it was consumed in (see _restart_producer)
         self.size = len(values)
         self.values = values
         self.keys = keys
@@ -66,11 +79,22 @@ class _Chunk:
         present, last = np.unique(reverse, return_index=True)
         self.ends: dict[int, int] = dict(zip(present.tolist(), (offsets[::-1][last] + 1).tolist()))
         self.ready = False  # scored and encoded
-        self.abandoned = False  # not scored (engine stopping): never committed
+        self.abandoned = False  # not scored (engine stopping), or given up by a producer restart: never committed
         self.settled = False  # every result and dead letter acknowledged
         self.pending = 0
         self.results: list[tuple[bytes | None, bytes]] = []
+        self.result_rows: list[np.ndarray] = []  # the message index of each result, in pieces
         self.dead: list[tuple[bytes | None, bytes, list]] = []
+        self.produced = False
+        self.finished = False  # counted as settled or abandoned
+        self._sources: dict[bytes, int] | None = None
+
+    def source_of(self, result: bytes) -> int:
+        """The index of the message a result was scored from (built on first use: failures only)."""
+        if self._sources is None:
+            rows = np.concatenate(self.result_rows).tolist() if self.result_rows else []
+            self._sources = {value: row for (_, value), row in zip(self.results, rows)}
+        return self._sources[result]
 
     # Delivery reports, one per produced message, on the event loop (producer.poll()). Two
     # copies of the same few lines on purpose: `delivered` runs once per result, and one more
@@ -94,7 +118,8 @@ class _Chunk:
 
 class StreamStats:
     __slots__ = ("consumed", "chunks", "scored", "dead_lettered", "delivered", "delivery_errors", "commits",
-                 "commit_errors", "pauses", "rebalances", "abandoned", "consumer_errors")
+                 "commit_errors", "pauses", "rebalances", "abandoned", "consumer_errors", "results_refused",
+                 "producer_restarts", "decoder_failures")
 
     def __init__(self):
         for name in self.__slots__:
@@ -109,6 +134,7 @@ class KafkaStream:
         self.version = settings.version  # empty: the model's route (or highest version) decides
         self.name = f"{settings.input_topic}->{settings.output_topic}"
         self.label = f"{self.name} ({served.model.label})"
+        self.health_name = f"scorewire.stream/{self.name}"  # in grpc.health.v1: NOT_SERVING once stopped
         self.lag: dict[int, int] = {}  # assigned partition -> high watermark - committed (the reader replaces it)
         self._committed: dict[int, int] = {}  # partition -> last offset this worker committed (reader only)
         self._lag_at = 0.0
@@ -137,6 +163,11 @@ class KafkaStream:
         self._retry: list[tuple[str, bytes | None, bytes | None, list | None, _Chunk]] = []
         self._poller: asyncio.Task | None = None
         self._last_error_log = 0.0
+        self._generation = 0  # the producer's; a fatal error makes a new one (the loop writes)
+        self._reader_generation = 0  # the generation the reader last rewound to (the reader writes)
+        self._producer_conf: dict = {}
+        self.failure: str | None = None  # why the stream stopped, when it did
+        self.on_down = None  # called on the loop, once, with (stream, reason) when the stream stops
 
     # -- lifecycle -----------------------------------------------------------------------------
     def client_configs(self) -> tuple[dict, dict]:
@@ -179,6 +210,7 @@ class KafkaStream:
         self._slots = asyncio.Semaphore(self.piece_slots)
         await self._loop.run_in_executor(None, self.codec.warm_up)
         consumer_conf, producer_conf = self.client_configs()
+        self._producer_conf = producer_conf
         self._producer = Producer(producer_conf)
         self._consumer = Consumer(consumer_conf)
         self._consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
@@ -207,11 +239,30 @@ class KafkaStream:
     def in_flight(self) -> int:
         return self._consumed - self._finished
 
+    @property
+    def up(self) -> bool:
+        return self.failure is None
+
+    def _halt(self, reason: str) -> None:
+        """On the loop: the stream cannot go on. Nothing past what was delivered is committed."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        log.error("stream %s stopped: %s; what was delivered is committed, the rest will be consumed again "
+                  "after a restart", self.label, reason)
+        self._stop.set()
+        if self.on_down is not None:
+            self.on_down(self, reason)
+
     # -- the reader thread ---------------------------------------------------------------------
     def _read(self) -> None:
         consumer = self._consumer
         try:
             while not self._stop.is_set():
+                generation = self._generation
+                if generation != self._reader_generation:
+                    self._rewind()
+                    self._reader_generation = generation
                 self._commit(asynchronous=True)
                 self._update_lag()
                 timeout = self._flow_control()
@@ -223,10 +274,15 @@ class KafkaStream:
                     if first is not None:
                         messages = [first] + consumer.consume(self.settings.consume_batch - 1, 0)
                 if messages:
-                    self._take(messages)
+                    self._take(messages, generation)
             self._settle_and_commit(None)
-        except Exception:
-            log.exception("stream %s: the reader stopped", self.label)
+        except Exception as exc:
+            log.exception("stream %s: the reader failed", self.label)
+            self._loop.call_soon_threadsafe(self._halt, f"the reader failed: {exc!r}")
+            try:
+                self._settle_and_commit(None)
+            except Exception:
+                log.exception("stream %s: committing what was delivered failed", self.label)
         finally:
             try:
                 consumer.close()  # leaves the group; the revoke callback settles (nothing left)
@@ -250,7 +306,31 @@ class KafkaStream:
             return
         self.lag = lag
 
-    def _take(self, messages) -> None:
+    def _rewind(self) -> None:
+        """On the reader, after a fatal producer error: consume every assigned partition again
+        from the end of what was delivered (else from the group's committed offset)."""
+        consumer = self._consumer
+        assignment = consumer.assignment()
+        with self._lock:
+            settled = dict(self._settled_upto)
+        unknown = [tp for tp in assignment if tp.partition not in settled]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(unknown, timeout=10)} if unknown else {}
+        for tp in assignment:
+            offset = settled.get(tp.partition, committed.get(tp.partition, -1))
+            consumer.seek(TopicPartition(tp.topic, tp.partition, offset if offset >= 0 else OFFSET_BEGINNING))
+        log.warning("stream %s: consuming again from what was delivered on partitions %s", self.label,
+                    sorted(tp.partition for tp in assignment))
+
+    def _decode(self, values, keys) -> Decoded:
+        try:
+            return self.codec.decode(values, keys)
+        except Exception:  # a decoder bug, not a bad message: find the message, let the others through
+            self.stats.decoder_failures += 1
+            log.exception("stream %s: decoding a batch of %d messages failed; decoding them one by one",
+                          self.label, len(values))
+            return self.codec.decode_each(values, keys)
+
+    def _take(self, messages, generation: int = 0) -> None:
         consumed_ns = time.monotonic_ns()
         if any(m.error() is not None for m in messages):
             for m in messages:
@@ -263,8 +343,8 @@ class KafkaStream:
         n = len(messages)
         chunk = _Chunk(self, [m.value() for m in messages], [m.key() for m in messages],
                        np.fromiter([m.partition() for m in messages], dtype=np.int64, count=n),
-                       np.fromiter([m.offset() for m in messages], dtype=np.int64, count=n), consumed_ns)
-        chunk.decoded = self.codec.decode(chunk.values, chunk.keys)
+                       np.fromiter([m.offset() for m in messages], dtype=np.int64, count=n), consumed_ns, generation)
+        chunk.decoded = self._decode(chunk.values, chunk.keys)
         self._consumed += chunk.size
         self.stats.consumed += chunk.size
         self.stats.chunks += 1
@@ -370,7 +450,22 @@ class KafkaStream:
             log.warning("stream %s: kafka: %s", self.label, error)
 
     # -- the loop --------------------------------------------------------------------------------
+    def _finish(self, chunk: _Chunk) -> None:
+        """Count a chunk's events as no longer in flight (once), and let its data go."""
+        if not chunk.finished:
+            chunk.finished = True
+            self._finished += chunk.size
+            self._signal_room()
+        chunk.values = chunk.decoded = chunk.results = chunk.dead = None
+        chunk.result_rows = []
+        chunk._sources = None
+
     def _accept(self, chunk: _Chunk) -> None:
+        if chunk.generation != self._generation:  # consumed before a producer restart: consumed again
+            chunk.abandoned = True
+            self.stats.abandoned += chunk.size
+            self._finish(chunk)
+            return
         for p in chunk.ends:
             self._by_partition.setdefault(p, collections.deque()).append(chunk)
         self._order.append(chunk)
@@ -430,6 +525,7 @@ class KafkaStream:
                                             chunk.partitions[rows], chunk.offsets[rows], outputs)
                     picked_keys = keys if len(rows) == chunk.size else [keys[i] for i in rows.tolist()]
                     chunk.results.extend(zip(picked_keys, values))
+                    chunk.result_rows.append(rows)
                 scored += len(rows)
                 base = decoded.good if picked is None else decoded.good[picked]
                 errors += [(int(base[r]), message) for r, message in failures]
@@ -439,15 +535,22 @@ class KafkaStream:
             self.stats.dead_lettered += len(errors)
         except EngineError as exc:
             chunk.abandoned = True
+            self.stats.abandoned += chunk.size
             log.warning("stream %s: %d events not scored (%s); they will be consumed again", self.label, chunk.size,
                         exc.message)
         except Exception:
             chunk.abandoned = True
+            self.stats.abandoned += chunk.size
             log.exception("stream %s: %d events not scored; they will be consumed again", self.label, chunk.size)
         chunk.ready = True
-        chunk.values = chunk.decoded = None
+        chunk.decoded = None  # the raw values stay until settled: a refused result becomes a dead letter
         while self._order and self._order[0].ready:
-            self._produce(self._order.popleft())
+            head = self._order.popleft()
+            try:
+                self._produce(head)
+            except Exception as exc:  # a bug: say so and stop rather than lose events silently
+                log.exception("stream %s: producing failed", self.label)
+                self._halt(f"producing failed: {exc!r}")
 
     def _dead_headers(self, chunk: _Chunk, i: int, message: str) -> list:
         source = f"{self.settings.input_topic}/{chunk.partitions[i]}/{chunk.offsets[i]}"
@@ -520,10 +623,9 @@ class KafkaStream:
 
     def _produce(self, chunk: _Chunk) -> None:
         if chunk.abandoned:
-            self._finished += chunk.size
-            self.stats.abandoned += chunk.size
-            self._signal_room()
+            self._finish(chunk)
             return
+        chunk.produced = True
         chunk.pending = len(chunk.results) + len(chunk.dead)
         if chunk.pending == 0:
             self._settled(chunk)
@@ -533,19 +635,42 @@ class KafkaStream:
         on_delivery = chunk.delivered
         results = chunk.results
         i = 0
-        try:
-            for key, value in results:
-                produce(topic, value, key, on_delivery=on_delivery)
+        while i < len(results):
+            try:
+                for key, value in results[i:] if i else results:
+                    produce(topic, value, key, on_delivery=on_delivery)
+                    i += 1
+            except BufferError:  # the producer's queue is full: the retry pass sends the rest
+                self._retry.extend((topic, value, key, None, chunk) for key, value in results[i:])
+                break
+            except KafkaException as exc:  # refused at once: this one is handled, the rest go on
+                key, value = results[i]
                 i += 1
-        except BufferError:  # the producer's queue is full: the retry pass sends the rest
-            self._retry.extend((topic, value, key, None, chunk) for key, value in results[i:])
+                self._refused(chunk, exc.args[0], topic, value, key, None)
+                if chunk.abandoned or self.failure is not None:  # the producer was replaced, or the stream stopped
+                    return
+                produce = self._producer.produce
         dead_topic = self.settings.dead_letter_topic
         for key, raw, headers in chunk.dead:
             self._send(dead_topic, raw, key, headers, chunk)
-        chunk.results = chunk.dead = None
-        self._producer.poll(0)
+            if chunk.abandoned:
+                return
+        chunk.dead = None
+        self._poll()
+
+    def _poll(self) -> None:
+        """Delivery reports; a fatal error surfacing here replaces the producer."""
+        try:
+            self._producer.poll(0)
+        except KafkaException as exc:
+            if classify(exc.args[0]) == FATAL:
+                self._restart_producer(exc.args[0])
+            else:
+                log.warning("stream %s: polling the producer: %s", self.label, exc)
 
     def _send(self, topic, value, key, headers, chunk) -> None:
+        if chunk.abandoned:
+            return
         try:
             if headers is None:
                 self._producer.produce(topic, value, key, on_delivery=chunk.delivered)
@@ -554,23 +679,80 @@ class KafkaStream:
                                        on_delivery=functools.partial(chunk.delivered_dead, headers))
         except BufferError:  # the producer's queue is full: keep it for the retry pass
             self._retry.append((topic, value, key, headers, chunk))
+        except KafkaException as exc:
+            self._refused(chunk, exc.args[0], topic, value, key, headers)
 
     def _failed(self, chunk: _Chunk, err, msg, headers) -> None:
+        if chunk.abandoned:  # a producer restart dropped it: it is consumed again
+            return
         self.stats.delivery_errors += 1
+        self._refused(chunk, err, msg.topic(), msg.value(), msg.key(), headers)
+
+    def _refused(self, chunk: _Chunk, err: KafkaError, topic: str, value, key, headers) -> None:
+        """A result or dead letter the producer or the broker did not take: retry it, send the
+        event to the dead-letter topic instead, stop the stream, or restart the producer."""
+        kind = classify(err)
+        if kind == FATAL:
+            self._restart_producer(err)
+            return
+        if kind == PERMANENT:
+            if headers is not None:  # a dead letter: there is nowhere left to put the event
+                self._halt(f"the dead-letter topic {topic!r} refuses records: {err}")
+                return
+            i = chunk.source_of(value)
+            self.stats.results_refused += 1
+            self.stats.dead_lettered += 1
+            message = f"producing the result to {topic!r} failed: {err}"
+            self._warn_now_and_then("stream %s: %s; the event goes to the dead-letter topic", self.label, message)
+            self._send(self.settings.dead_letter_topic, chunk.values[i], chunk.keys[i],
+                       self._dead_headers(chunk, i, message), chunk)
+            return
+        self._warn_now_and_then("stream %s: delivery to %s failed (%s); retrying", self.label, topic, err)
+        self._retry.append((topic, value, key, headers, chunk))
+
+    def _warn_now_and_then(self, *args) -> None:
         now = time.monotonic()
         if now - self._last_error_log > 5:
             self._last_error_log = now
-            log.warning("stream %s: delivery to %s failed (%s); retrying", self.label, msg.topic(), err)
-        self._retry.append((msg.topic(), msg.value(), msg.key(), headers, chunk))
+            log.warning(*args)
+
+    def _restart_producer(self, err: KafkaError) -> None:
+        """A fatal producer error: what is in flight is abandoned (it will be consumed again),
+        a new producer takes over, and the reader rewinds to the end of what was delivered."""
+        if self.failure is not None:
+            return
+        log.error("stream %s: the producer failed fatally (%s); starting a new one and consuming again from "
+                  "what was delivered", self.label, err)
+        self.stats.producer_restarts += 1
+        self._generation += 1
+        for queue in self._by_partition.values():
+            for chunk in queue:
+                if not chunk.settled and not chunk.abandoned:
+                    chunk.abandoned = True
+                    self.stats.abandoned += chunk.size
+                    if chunk.produced:  # not produced: _produce finishes it when its turn comes
+                        self._finish(chunk)
+        for chunk in self._order:
+            if not chunk.abandoned:
+                chunk.abandoned = True
+                self.stats.abandoned += chunk.size
+        self._by_partition.clear()
+        self._retry = [item for item in self._retry if not item[4].abandoned]
+        old, self._producer = self._producer, Producer(self._producer_conf)
+        try:
+            old.purge()  # its reports (for abandoned chunks) are never polled: it is dropped
+        except Exception:  # it is being dropped anyway
+            log.debug("stream %s: purging the failed producer failed", self.label, exc_info=True)
 
     def _signal_room(self) -> None:
         if self.in_flight <= self.settings.max_in_flight // 2 and not self._room.is_set():
             self._room.set()
 
     def _settled(self, chunk: _Chunk) -> None:
+        if chunk.abandoned:  # acknowledged after a producer restart gave it up: consumed again
+            return
         chunk.settled = True
-        self._finished += chunk.size
-        self._signal_room()
+        self._finish(chunk)
         self.stats.delivered += chunk.size
         for p in chunk.ends:
             queue = self._by_partition.get(p)
@@ -586,14 +768,19 @@ class KafkaStream:
         """Delivery reports (and retries of failed deliveries) on the loop."""
         while True:
             try:
-                self._producer.poll(0)
-                if self._retry:
-                    retry, self._retry = self._retry, []
-                    for topic, value, key, headers, chunk in retry:
-                        self._send(topic, value, key, headers, chunk)
-                    await asyncio.sleep(0.1)  # back off before the next retry pass
+                self._poll()
             except Exception:
                 log.exception("stream %s: delivery polling failed", self.label)
+            if self._retry:
+                retry, self._retry = self._retry, []
+                for k, (topic, value, key, headers, chunk) in enumerate(retry):
+                    try:
+                        self._send(topic, value, key, headers, chunk)
+                    except Exception:  # keep the rest of the pass: none is lost
+                        log.exception("stream %s: a retry failed", self.label)
+                        self._retry.extend(retry[k:])
+                        break
+                await asyncio.sleep(0.1)  # back off before the next retry pass
             await asyncio.sleep(0.002 if self.in_flight else 0.02)
 
     async def _settle(self, partitions: set[int] | None) -> None:
@@ -614,7 +801,7 @@ class KafkaStream:
                 log.warning("stream %s: in-flight events not settled after %.0f s; committing what was delivered",
                             self.label, self.settings.settle_timeout_s)
                 break
-            self._producer.poll(0)
+            self._poll()
             await asyncio.sleep(0.005)
         self._forget(partitions)
 

@@ -137,7 +137,11 @@ _STREAM_COUNTERS = (
     ("commit_errors", "Offset commits that failed (the next one covers them)."),
     ("pauses", "Times the worker paused its partitions because too many events were in flight."),
     ("rebalances", "Partition assignments received."),
-    ("abandoned", "Consumed messages not scored because the engine was stopping (consumed again later)."),
+    ("abandoned", "Consumed messages given up -- the engine was stopping, or the producer failed fatally -- and "
+     "consumed again later."),
+    ("results_refused", "Results the output topic refused for good; their events went to the dead-letter topic."),
+    ("producer_restarts", "New producers after a fatal producer error (in-flight events consumed again)."),
+    ("decoder_failures", "Batches the decoder failed on, decoded again message by message."),
 )
 
 
@@ -147,6 +151,8 @@ def _streams(streams, family) -> None:
     for name, help_text in _STREAM_COUNTERS:
         family(f"scorewire_stream_{name}_total", "counter", help_text,
                [(_labels(stream=st.name, model=st.model), getattr(st.stats, name)) for st in streams])
+    family("scorewire_stream_up", "gauge", "1 while the stream runs; 0 once it stopped (the server log says why).",
+           [(_labels(stream=st.name, model=st.model), int(st.up)) for st in streams])
     family("scorewire_stream_in_flight", "gauge", "Events consumed and not yet settled.",
            [(_labels(stream=st.name, model=st.model), st.in_flight) for st in streams])
     family("scorewire_stream_assigned_partitions", "gauge", "Input partitions assigned to this worker.",

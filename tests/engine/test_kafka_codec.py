@@ -94,6 +94,31 @@ def test_binary_rows_in_input_order_little_endian():
                                   "'b' INT64[2], little-endian, in that order)")]
 
 
+def test_rows_of_unequal_length_for_a_variable_input_fail_alone():
+    """An input of shape [-1, -1]: the rows of one batch must agree; a row that does not fit is
+    that message's error and its neighbours decode (the column once became None, and the
+    next row killed the stream's reader)."""
+    schema = ModelSchema((TensorSpec("a", "FP32", F32, (-1, -1)),), OUTPUTS)
+    messages = [b'{"a": [1, 2, 3]}', b'{"a": [1, 2, 3, 4, 5]}', b'{"a": [4, 5, 6]}', b'{"a": [7]}', b'{"a": [0, 0, 1]}']
+    for decode in (codec(schema).decode, codec(schema).decode_each):
+        decoded = decode(messages, [None] * 5)
+        assert decoded.good.tolist() == [0, 2, 4]
+        assert [i for i, _ in decoded.errors] == [1, 3]
+        assert all("does not fit the other rows" in why for _, why in decoded.errors)
+        np.testing.assert_array_equal(decoded.inputs["a"], [[1, 2, 3], [4, 5, 6], [0, 0, 1]])
+
+
+def test_decoding_message_by_message_equals_the_batch_decoder(rng):
+    """The fallback for a batch the batch decoder fails on gives what the batch decoder gives."""
+    c = codec()
+    messages = [orjson.dumps({"float_input": rng.normal(size=4).tolist(), "id": i}) for i in range(20)]
+    messages[3], messages[11] = b"{", b'{"float_input": [1, 2]}'
+    whole, each = c.decode(messages, [None] * 20), c.decode_each(messages, [None] * 20)
+    assert each.good.tolist() == whole.good.tolist() and each.ids() == whole.ids()
+    assert [i for i, _ in each.errors] == [i for i, _ in whole.errors] == [3, 11]
+    np.testing.assert_array_equal(each.inputs["float_input"], whole.inputs["float_input"])
+
+
 def test_binary_needs_fixed_row_shapes():
     schema = ModelSchema((TensorSpec("a", "FP32", F32, (-1, -1)),), OUTPUTS)
     with pytest.raises(ValueError, match="fixed"):

@@ -303,3 +303,92 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
     assert {rid for role, _, rid, _ in rows if role == "arm"} == {r["source"] for _, r in results} - on_champion
     key_of = {r["source"]: key.decode() for key, r in results}
     assert all(key_of[rid] == key for _, _, rid, key in rows)
+
+
+def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic(cluster, model_dir, rng):
+    """A produce request refused for good (TOPIC_AUTHORIZATION_FAILED; the producer then refuses
+    that topic itself for a while): the events whose results were refused are dead letters with
+    the cause, every other event has its result, everything is committed and the stream stays
+    up. (It froze for good: nothing delivered, nothing committed, health SERVING.)"""
+    from confluent_kafka import KafkaError
+
+    from engine.mock_kafka import PRODUCE
+
+    n = 600
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    produce(cluster.bootstrap, "events", json_events(x))
+    cluster.fail_requests(PRODUCE, [KafkaError.TOPIC_AUTHORIZATION_FAILED])  # the worker's first
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 60,
+                 what="every event committed")
+        results = read_all(cluster.bootstrap, "scores", 1, linger_s=1.0)
+        dead = read_all(cluster.bootstrap, "scores-dlq", 1, linger_s=1.0)
+        scored = {orjson.loads(m.value())["id"] for m in results}
+        refused = {orjson.loads(m.value())["id"]: dict(m.headers()) for m in dead}
+        assert refused and scored | set(refused) == set(range(n)), (len(scored), len(refused))
+        for headers in refused.values():
+            why = headers["scorewire.error"].decode()
+            assert "producing the result to 'scores' failed" in why and "TOPIC_AUTHORIZATION_FAILED" in why
+        metrics = worker.metrics()
+        labels = '{stream="events->scores",model="mlp"}'
+        assert metrics["scorewire_stream_results_refused_total" + labels] == len(refused)
+        assert metrics["scorewire_stream_up" + labels] == 1
+    finally:
+        assert worker.stop() == 0
+
+
+def test_a_fatal_producer_error_restarts_the_producer_and_loses_nothing(cluster, model_dir, rng):
+    """An idempotent producer's broken sequence is fatal: the worker makes a new producer,
+    consumes again from what was delivered, and every event gets its result."""
+    from confluent_kafka import KafkaError
+
+    from engine.mock_kafka import PRODUCE
+
+    n = 600
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    produce(cluster.bootstrap, "events", json_events(x))
+    cluster.fail_requests(PRODUCE, [KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER])  # the worker's first
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 60,
+                 what="every event committed")
+        results = read_all(cluster.bootstrap, "scores", n)
+        assert {orjson.loads(m.value())["id"] for m in results} == set(range(n))  # duplicates allowed
+        metrics = worker.metrics()
+        labels = '{stream="events->scores",model="mlp"}'
+        assert metrics["scorewire_stream_producer_restarts_total" + labels] >= 1
+        assert metrics["scorewire_stream_up" + labels] == 1
+    finally:
+        assert worker.stop() == 0
+
+
+def test_a_dead_letter_topic_that_refuses_records_stops_the_stream_visibly(cluster, model_dir, rng):
+    """Nowhere left to put a bad event: the stream stops, says why, reports itself down (health
+    and gauge) and commits nothing past the event; the server goes on answering gRPC."""
+    import grpc
+    from confluent_kafka import KafkaError
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    cluster.topic_error("scores-dlq", KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    x = rng.normal(size=(50, 32)).astype(np.float32)
+    messages = json_events(x)
+    messages.insert(25, (b"bad", b"not json {"))
+    produce(cluster.bootstrap, "events", messages)
+    worker = start_worker(model_dir, cluster.bootstrap)
+    try:
+        labels = '{stream="events->scores",model="mlp"}'
+        wait_for(lambda: worker.metrics().get("scorewire_stream_up" + labels) == 0, 60, what="the stream down")
+        with grpc.insecure_channel(worker.url) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            stream = check(health_pb2.HealthCheckRequest(service="scorewire.stream/events->scores"))
+            server = check(health_pb2.HealthCheckRequest(service=""))
+        assert stream.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert server.status == health_pb2.HealthCheckResponse.SERVING
+        assert total(committed(cluster.bootstrap, "scorewire", "events", PARTITIONS)) < len(messages)
+    finally:
+        code = worker.stop()
+    out = worker.proc.stdout.read()
+    assert code == 0 and "stream events->scores (mlp:1) stopped: the dead-letter topic 'scores-dlq' refuses" in out
