@@ -41,9 +41,10 @@ from confluent_kafka import OFFSET_BEGINNING
 from engine.codec.kafka import Decoded, ResultTemplate, StreamCodec, encode_results
 from engine.errors import EngineError, ErrorCode
 from engine.ingress.kafka_errors import FATAL, PERMANENT, classify
+from engine.ingress.kafka_log import ClientLog, Redactor
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Served
-from engine.settings import SecretRef, StreamSettings
+from engine.settings import SecretRef, SettingsError, StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,15 @@ class KafkaStream:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def client_configs(self) -> tuple[dict, dict]:
-        """librdkafka configs. They hold revealed secrets: never log them."""
+        """librdkafka configs. They hold revealed secrets: never log them (the client's own log
+        lines and errors go through a Redactor that cuts them out)."""
         s = self.settings
-        common = {"bootstrap.servers": s.bootstrap_servers, "error_cb": self._client_error, **_reveal(s.kafka)}
+        tables = [s.kafka, s.consumer, s.producer]
+        revealed = [_reveal(t) for t in tables]
+        self.redact = Redactor.for_tables(tables, revealed)
+        self._client_log = ClientLog(log, self.label, self.redact)
+        common = {"bootstrap.servers": s.bootstrap_servers, "error_cb": self._client_error,
+                  "logger": self._client_log, **revealed[0]}
         consumer = {
             "group.id": s.group_id,
             "enable.auto.commit": False,
@@ -192,7 +199,7 @@ class KafkaStream:
             # rebalancing every partition is revoked and commits race the rebalance).
             "partition.assignment.strategy": "cooperative-sticky",
             **common,
-            **_reveal(s.consumer),
+            **revealed[1],
         }
         producer = {
             "enable.idempotence": True,  # per-partition order survives retries
@@ -201,7 +208,7 @@ class KafkaStream:
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "partitioner": "murmur2_random",  # Java clients' partitioner: same key, same partition
             **common,
-            **_reveal(s.producer),
+            **revealed[2],
         }
         return consumer, producer
 
@@ -211,10 +218,14 @@ class KafkaStream:
         await self._loop.run_in_executor(None, self.codec.warm_up)
         consumer_conf, producer_conf = self.client_configs()
         self._producer_conf = producer_conf
-        self._producer = Producer(producer_conf)
-        self._consumer = Consumer(consumer_conf)
-        self._consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        try:
+            self._producer = Producer(producer_conf)
+            self._consumer = Consumer(consumer_conf)
+            self._consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke, on_lost=self._on_lost)
+        except (KafkaException, ValueError, TypeError) as exc:  # the message may quote a secret value
+            raise SettingsError(f"stream {self.label}: the Kafka client refuses its settings: "
+                                f"{self.redact(str(exc))}") from None
         self._poller = self._loop.create_task(self._poll_deliveries(), name=f"kafka-deliveries:{self.label}")
         self._reader = threading.Thread(target=self._read, name=f"kafka:{self.settings.input_topic}", daemon=True)
         self._reader.start()
@@ -336,7 +347,7 @@ class KafkaStream:
             for m in messages:
                 if m.error() is not None:
                     self.stats.consumer_errors += 1
-                    log.warning("stream %s: consumer error: %s", self.label, m.error())
+                    self._client_log.say(logging.WARNING, f"consumer error: {self.redact(str(m.error()))}")
             messages = [m for m in messages if m.error() is None]
             if not messages:
                 return
@@ -444,10 +455,7 @@ class KafkaStream:
         self._loop.call_soon_threadsafe(self._forget, lost)
 
     def _client_error(self, error: KafkaError) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log > 5 or error.fatal():
-            self._last_error_log = now
-            log.warning("stream %s: kafka: %s", self.label, error)
+        self._client_log.say(logging.ERROR if error.fatal() else logging.WARNING, self.redact(str(error)))
 
     # -- the loop --------------------------------------------------------------------------------
     def _finish(self, chunk: _Chunk) -> None:
@@ -697,12 +705,12 @@ class KafkaStream:
             return
         if kind == PERMANENT:
             if headers is not None:  # a dead letter: there is nowhere left to put the event
-                self._halt(f"the dead-letter topic {topic!r} refuses records: {err}")
+                self._halt(self.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
                 return
             i = chunk.source_of(value)
             self.stats.results_refused += 1
             self.stats.dead_lettered += 1
-            message = f"producing the result to {topic!r} failed: {err}"
+            message = self.redact(f"producing the result to {topic!r} failed: {err}")
             self._warn_now_and_then("stream %s: %s; the event goes to the dead-letter topic", self.label, message)
             self._send(self.settings.dead_letter_topic, chunk.values[i], chunk.keys[i],
                        self._dead_headers(chunk, i, message), chunk)
