@@ -30,20 +30,24 @@ class MonitorTap:
         self._box = Mailbox(capacity, tick_s)
         self.min_rows = min_rows
         self.max_wait_s = max_wait_s
-        self.dropped = 0  # batches (and rows_*: their rows)
-        self.handled = 0
+        self.handled = 0  # batches (and rows_*: their rows); written by the monitor thread only
         self.failed = 0
-        self.rows_dropped = 0
         self.rows_handled = 0
         self.rows_failed = 0
         self._thread = threading.Thread(target=self._run, name="scorewire-monitor", daemon=True)
         self._thread.start()
 
     def put(self, batch: ScoredBatch) -> None:
-        """Never blocks: a full mailbox drops the batch (counted)."""
-        if not self._box.put(batch):
-            self.dropped += 1
-            self.rows_dropped += batch.rows
+        """Never blocks: a full mailbox drops the batch (counted). Any thread may call it."""
+        self._box.put(batch, batch.rows)
+
+    @property
+    def dropped(self) -> int:
+        return self._box.refused
+
+    @property
+    def rows_dropped(self) -> int:
+        return self._box.refused_rows
 
     def _run(self) -> None:
         pending: list[ScoredBatch] = []

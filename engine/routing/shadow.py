@@ -64,6 +64,7 @@ class Shadow:
         self._abandon = threading.Event()  # close() ran out of time: count what is left as dropped
         self._last_log = 0.0
         self.stats = ShadowStats()
+        self._count = threading.Lock()  # for the counters two threads write (dropped)
         self._thread = threading.Thread(target=self._work, name=f"shadow-{model.label}", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name=f"shadow-watch-{model.label}", daemon=True)
         self._thread.start()
@@ -72,8 +73,9 @@ class Shadow:
     def offer(self, batch: ScoredBatch) -> None:
         """Called on the scoring path: never blocks."""
         if not self._box.put((batch, time.monotonic_ns())):
-            self.stats.dropped += 1
-            self.stats.rows_dropped += batch.rows
+            with self._count:  # the challenger's thread counts drops too
+                self.stats.dropped += 1
+                self.stats.rows_dropped += batch.rows
 
     def _complain(self, what: str) -> None:
         now = time.monotonic()
@@ -93,8 +95,9 @@ class Shadow:
                     rows += items[i][0].rows
                     i += 1
                 if self._abandon.is_set():
-                    self.stats.dropped += len(group)
-                    self.stats.rows_dropped += rows
+                    with self._count:
+                        self.stats.dropped += len(group)
+                        self.stats.rows_dropped += rows
                 else:
                     self._score(group, rows)
             if closing and not len(self._box):

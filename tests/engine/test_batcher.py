@@ -231,3 +231,26 @@ def test_pending_requests_fail_if_the_batcher_dies():
 
     error = asyncio.run(main())
     assert error.code is ErrorCode.INTERNAL and "batcher stopped" in error.message
+
+
+def test_a_mailbox_fed_by_many_threads_keeps_its_bound_and_counts_exactly():
+    """The monitor's mailbox is fed by the event loop and every challenger's thread: the bound
+    holds and every refusal is counted, however the threads interleave."""
+    import sys
+    import threading
+
+    from engine.batching.mailbox import Mailbox
+
+    box = Mailbox(capacity=5_000, tick_s=60)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=lambda: [box.put(k, 3) for k in range(2_000)]) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(box) == 5_000
+    assert box.refused == 8 * 2_000 - 5_000 and box.refused_rows == 3 * box.refused
