@@ -227,7 +227,8 @@ class App:
             ]
         )
         self.servicer = InferenceServicer(
-            self.pipeline, limit, server_settings.stream_max_in_flight, count=self._count
+            self.pipeline, limit, server_settings.stream_max_in_flight, server_settings.max_inflight_bytes,
+            count=self._count,
         )
         self.server.add_generic_rpc_handlers((self.servicer.handler(),))
         self.health = build_health()

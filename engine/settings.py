@@ -57,6 +57,10 @@ class ServerSettings(_Strict):
     the limit; beyond 2x the transport refuses them with RESOURCE_EXHAUSTED before reading."""
     max_concurrent_streams: int = Field(1024, gt=0, le=65536)
     """HTTP/2 streams per connection."""
+    max_inflight_bytes: int = Field(1 << 30, gt=0, le=1 << 40)
+    """Bytes of inference requests being handled at once, all together. A request that would
+    pass it is RESOURCE_EXHAUSTED before it is parsed (one request alone is always taken):
+    many large requests cannot add up past it, whatever each one's max_message_bytes."""
     max_pending_calls: int = Field(100_000, gt=0, le=10_000_000)
     """Calls accepted by the transport and not yet picked up by the server (a burst waits
     there). Past it, gRPC itself refuses calls; the batchers' queues bound the work."""

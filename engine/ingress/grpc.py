@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 
 import grpc
@@ -45,6 +46,29 @@ class _Oversize:
         self.size = size
 
 
+class _Overloaded:
+    """Stands in for a request refused because the requests in flight hold too many bytes."""
+
+    __slots__ = ("size", "inflight")
+
+    def __init__(self, size: int, inflight: int):
+        self.size, self.inflight = size, inflight
+
+
+class _Held:
+    """A parsed request. Its bytes count towards server.max_inflight_bytes until it is gone
+    (answered, failed, or dropped by the transport before the handler ran)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, message: pb.ModelInferRequest):
+        self.message = message
+
+
+def _message(request):
+    return request.message if isinstance(request, _Held) else request
+
+
 class _Unparsable:
     """Stands in for request bytes that are not a ModelInferRequest."""
 
@@ -68,12 +92,15 @@ class InferenceServicer:
         pipeline: Pipeline,
         max_message_bytes: int,
         stream_max_in_flight: int,
+        max_inflight_bytes: int = 1 << 62,
         count: Callable[[str, str], None] = lambda model, code: None,
     ):
         self.pipeline = pipeline
         self.count = count  # (model name, status code name) of every inference request
         self.registry = pipeline.registry
         self.max_message_bytes = max_message_bytes
+        self.max_inflight_bytes = max_inflight_bytes
+        self.inflight_bytes = 0  # bytes of the parsed requests still alive
         self.stream_max_in_flight = stream_max_in_flight
         self.ready = False  # set once every model is loaded and warm; cleared on drain
         self.closing = False  # draining, past the quiet phase: inference requests get UNAVAILABLE
@@ -82,12 +109,21 @@ class InferenceServicer:
 
     # -- wiring --------------------------------------------------------------------------
     def _parse_infer(self, data: bytes):
-        if len(data) > self.max_message_bytes:
-            return _Oversize(len(data))
+        size = len(data)
+        if size > self.max_message_bytes:
+            return _Oversize(size)
+        if self.inflight_bytes and self.inflight_bytes + size > self.max_inflight_bytes:
+            return _Overloaded(size, self.inflight_bytes)  # not parsed: its bytes go now
         try:
-            return pb.ModelInferRequest.FromString(data)
+            held = _Held(pb.ModelInferRequest.FromString(data))
         except DecodeError as exc:
-            return _Unparsable(len(data), str(exc))
+            return _Unparsable(size, str(exc))
+        self.inflight_bytes += size
+        weakref.finalize(held, self._release, size)
+        return held
+
+    def _release(self, size: int) -> None:
+        self.inflight_bytes -= size
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, req_type, resp_type):
@@ -170,7 +206,7 @@ class InferenceServicer:
         self.last_arrival_ns = time.monotonic_ns()
         try:
             if self.closing:
-                self.count(getattr(request, "model_name", ""), ErrorCode.UNAVAILABLE.name)
+                self.count(getattr(_message(request), "model_name", ""), ErrorCode.UNAVAILABLE.name)
                 raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down; send the request to "
                                   "another replica or retry")
             return await self._infer_counted(request, deadline_ns)
@@ -189,6 +225,12 @@ class InferenceServicer:
             self.count("", ErrorCode.INVALID_ARGUMENT.name)
             raise EngineError(ErrorCode.INVALID_ARGUMENT, f"the {request.size} request bytes are not a valid "
                               f"inference.ModelInferRequest ({request.reason})")
+        if isinstance(request, _Overloaded):
+            self.count("", ErrorCode.RESOURCE_EXHAUSTED.name)
+            raise EngineError(ErrorCode.RESOURCE_EXHAUSTED,
+                              f"requests in flight hold {request.inflight} bytes; this one's {request.size} more would "
+                              f"pass server.max_inflight_bytes = {self.max_inflight_bytes}; retry later")
+        request = request.message
         try:
             response = await self._infer_parsed(request, deadline_ns)
         except EngineError as exc:
@@ -223,7 +265,7 @@ class InferenceServicer:
             await context.abort(STATUS[exc.code], exc.message)
         except Exception as exc:  # a bug, not bad input: keep the traceback in the server log
             log.exception("ModelInfer failed unexpectedly")
-            self.count(getattr(request, "model_name", ""), ErrorCode.INTERNAL.name)
+            self.count(getattr(_message(request), "model_name", ""), ErrorCode.INTERNAL.name)
             await context.abort(grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}", MAX_MESSAGE))
 
     async def model_stream_infer(self, request_iterator, context: grpc.aio.ServicerContext):
@@ -240,7 +282,8 @@ class InferenceServicer:
                 response = await self._infer(request, None)
                 done.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
-                parsed = not isinstance(request, (_Oversize, _Unparsable))
+                parsed = isinstance(request, _Held)
+                request = _message(request)
                 rid = request.id if parsed else ""
                 message = exc.message if isinstance(exc, EngineError) else clip(f"internal error: {exc}", MAX_MESSAGE)
                 code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"

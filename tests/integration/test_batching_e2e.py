@@ -320,3 +320,54 @@ def test_a_stream_whose_responses_are_not_read_stops_being_read(model_dir):
         srv.stop()
     # the transport buffers a few MiB of responses (~130 here); the old server read all 1,000
     assert scored < 300 and sent < 1000, (scored, sent)
+
+
+INFLIGHT_CONFIG = """\
+[server]
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+max_message_bytes = 4194304
+max_inflight_bytes = 6291456
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+max_rows_per_request = 100000
+[models.batching]
+max_batch_size = 100000
+max_queue_delay_us = 1500000   # requests stay in flight for 1.5 s
+queue_capacity = 1000000
+"""
+
+
+def test_requests_in_flight_are_bounded_in_bytes_together(model_dir):
+    """Eight concurrent 2.5 MiB requests against max_inflight_bytes = 6 MiB: two are taken, the
+    rest are RESOURCE_EXHAUSTED naming the limit (before they are parsed); once those two are
+    answered, their bytes are given back and a new request is taken."""
+    import concurrent.futures
+
+    srv = launch(model_dir, INFLIGHT_CONFIG, name="inflight.toml")
+    rows = np.zeros((20_000, N_FEATURES), np.float32)  # 2.5 MiB
+
+    def one(_):
+        client = grpcclient.InferenceServerClient(srv.url)
+        inp = grpcclient.InferInput("float_input", list(rows.shape), "FP32")
+        inp.set_data_from_numpy(rows)
+        try:
+            client.infer("mlp", [inp])
+            return "OK", ""
+        except InferenceServerException as exc:
+            return exc.status(), exc.message()
+        finally:
+            client.close()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(one, range(8)))
+        codes = [code for code, _ in outcomes]
+        assert codes.count("OK") == 2 and codes.count("StatusCode.RESOURCE_EXHAUSTED") == 6, codes
+        assert all("server.max_inflight_bytes = 6291456" in message for code, message in outcomes if code != "OK")
+        assert one(0) == ("OK", "")  # the budget came back
+    finally:
+        srv.stop()
