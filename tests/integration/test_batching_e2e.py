@@ -79,6 +79,13 @@ def test_64_clients_get_exactly_their_own_rows(server, rng):
     assert batches < 32 * 50
 
 
+def wait_until(condition, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 class Collector:
     """Callback target for tritonclient's async_infer: keeps (result, error) pairs."""
 
@@ -109,7 +116,7 @@ def test_queue_overflow_is_resource_exhausted(server):
     collector = Collector()
     for _ in range(8):
         client.async_infer("slow", [_one_row_input()], collector)
-    time.sleep(0.4)
+    wait_until(lambda: server.metrics()['scorewire_queue_rows{model="slow",version="1"}'] == 8, "8 rows queued")
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as info:
         client.infer("slow", [_one_row_input()])
@@ -135,9 +142,15 @@ def test_expired_deadline_is_not_scored(server):
         client.infer("slow", [_one_row_input()], timeout=300_000)
     assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     assert "deadline passed before scoring" in info.value.message()
-    time.sleep(0.5)
-    after = server.metrics()
     key = '{model="slow",version="1"}'
+
+    def counted():  # both are counted when their batch closes (1.5 s after the first arrived)
+        m = server.metrics()
+        return (m["scorewire_cancelled_total" + key] > before["scorewire_cancelled_total" + key]
+                and m["scorewire_expired_total" + key] > before["scorewire_expired_total" + key])
+
+    wait_until(counted, "the cancelled and the expired request counted")
+    after = server.metrics()
     # The gRPC deadline cancels the call (the server sees the caller leave); the request
     # parameter expires in the batcher. Neither request is scored.
     assert after["scorewire_cancelled_total" + key] - before["scorewire_cancelled_total" + key] == 1
@@ -168,7 +181,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
     try:
         for _ in range(6):
             client.async_infer("mlp", [_one_row_input()], collector)
-        time.sleep(0.3)
+        wait_until(lambda: srv.metrics()['scorewire_queue_rows{model="mlp",version="1"}'] == 6, "6 rows queued")
         srv.proc.send_signal(signal.SIGTERM)
         code = srv.proc.wait(timeout=60)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -173,9 +174,18 @@ dead_letter_topic = "scores-dlq"
         env = {**os.environ, "SCOREWIRE_TEST_KAFKA_PASSWORD": secret}
         proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "DEBUG", "serve", "--config",
                                  str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        time.sleep(6)  # connect (and fail or succeed at SASL), log
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60  # until the client has tried the broker (SASL) and said so
+        while not any("kafka:" in line for line in lines) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.terminate()
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout = proc.stdout.read()
+        proc.wait(60)
+        reader.join(10)
+        stderr = "".join(lines)
+    assert any("kafka:" in line for line in lines), stderr[-2000:]
     assert "scorewire: ready" in stdout, stderr[-2000:]
     assert secret not in stdout and secret not in stderr
     # and without the variable: a config error naming the variable, not a value
