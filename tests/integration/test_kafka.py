@@ -305,6 +305,28 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
     assert all(key_of[rid] == key for _, _, rid, key in rows)
 
 
+LABELS = '{stream="events->scores",model="mlp"}'
+
+
+def scored_after_produce_errors(cluster, model_dir, rng, error: int, n: int = 600):
+    """n events in, the worker's first Produce request answered with `error`, and the worker
+    run until it has committed every event; returns it (running) and the events' ids."""
+    from engine.mock_kafka import PRODUCE
+
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    produce(cluster.bootstrap, "events", json_events(x))
+    cluster.fail_requests(PRODUCE, [error])  # the worker's first: no other client produces now
+    worker = start_worker(model_dir, cluster.bootstrap)
+    ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
+    try:
+        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 60,
+                 what="every event committed")
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, set(range(n))
+
+
 def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic(cluster, model_dir, rng):
     """A produce request refused for good (TOPIC_AUTHORIZATION_FAILED; the producer then refuses
     that topic itself for a while): the events whose results were refused are dead letters with
@@ -312,29 +334,18 @@ def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic(cluster, m
     up. (It froze for good: nothing delivered, nothing committed, health SERVING.)"""
     from confluent_kafka import KafkaError
 
-    from engine.mock_kafka import PRODUCE
-
-    n = 600
-    x = rng.normal(size=(n, 32)).astype(np.float32)
-    produce(cluster.bootstrap, "events", json_events(x))
-    cluster.fail_requests(PRODUCE, [KafkaError.TOPIC_AUTHORIZATION_FAILED])  # the worker's first
-    worker = start_worker(model_dir, cluster.bootstrap)
+    worker, ids = scored_after_produce_errors(cluster, model_dir, rng, KafkaError.TOPIC_AUTHORIZATION_FAILED)
     try:
-        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
-        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 60,
-                 what="every event committed")
-        results = read_all(cluster.bootstrap, "scores", 1, linger_s=1.0)
-        dead = read_all(cluster.bootstrap, "scores-dlq", 1, linger_s=1.0)
-        scored = {orjson.loads(m.value())["id"] for m in results}
-        refused = {orjson.loads(m.value())["id"]: dict(m.headers()) for m in dead}
-        assert refused and scored | set(refused) == set(range(n)), (len(scored), len(refused))
+        scored = {orjson.loads(m.value())["id"] for m in read_all(cluster.bootstrap, "scores", 1, linger_s=1.0)}
+        refused = {orjson.loads(m.value())["id"]: dict(m.headers())
+                   for m in read_all(cluster.bootstrap, "scores-dlq", 1, linger_s=1.0)}
+        assert refused and scored | set(refused) == ids, (len(scored), len(refused))
         for headers in refused.values():
             why = headers["scorewire.error"].decode()
             assert "producing the result to 'scores' failed" in why and "TOPIC_AUTHORIZATION_FAILED" in why
         metrics = worker.metrics()
-        labels = '{stream="events->scores",model="mlp"}'
-        assert metrics["scorewire_stream_results_refused_total" + labels] == len(refused)
-        assert metrics["scorewire_stream_up" + labels] == 1
+        assert metrics["scorewire_stream_results_refused_total" + LABELS] == len(refused)
+        assert metrics["scorewire_stream_up" + LABELS] == 1
     finally:
         assert worker.stop() == 0
 
@@ -344,23 +355,13 @@ def test_a_fatal_producer_error_restarts_the_producer_and_loses_nothing(cluster,
     consumes again from what was delivered, and every event gets its result."""
     from confluent_kafka import KafkaError
 
-    from engine.mock_kafka import PRODUCE
-
-    n = 600
-    x = rng.normal(size=(n, 32)).astype(np.float32)
-    produce(cluster.bootstrap, "events", json_events(x))
-    cluster.fail_requests(PRODUCE, [KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER])  # the worker's first
-    worker = start_worker(model_dir, cluster.bootstrap)
+    worker, ids = scored_after_produce_errors(cluster, model_dir, rng, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER)
     try:
-        ends = end_offsets(cluster.bootstrap, "events", PARTITIONS)
-        wait_for(lambda: committed(cluster.bootstrap, "scorewire", "events", PARTITIONS) == ends, 60,
-                 what="every event committed")
-        results = read_all(cluster.bootstrap, "scores", n)
-        assert {orjson.loads(m.value())["id"] for m in results} == set(range(n))  # duplicates allowed
+        results = read_all(cluster.bootstrap, "scores", len(ids))
+        assert {orjson.loads(m.value())["id"] for m in results} == ids  # duplicates allowed
         metrics = worker.metrics()
-        labels = '{stream="events->scores",model="mlp"}'
-        assert metrics["scorewire_stream_producer_restarts_total" + labels] >= 1
-        assert metrics["scorewire_stream_up" + labels] == 1
+        assert metrics["scorewire_stream_producer_restarts_total" + LABELS] >= 1
+        assert metrics["scorewire_stream_up" + LABELS] == 1
     finally:
         assert worker.stop() == 0
 
@@ -379,8 +380,7 @@ def test_a_dead_letter_topic_that_refuses_records_stops_the_stream_visibly(clust
     produce(cluster.bootstrap, "events", messages)
     worker = start_worker(model_dir, cluster.bootstrap)
     try:
-        labels = '{stream="events->scores",model="mlp"}'
-        wait_for(lambda: worker.metrics().get("scorewire_stream_up" + labels) == 0, 60, what="the stream down")
+        wait_for(lambda: worker.metrics().get("scorewire_stream_up" + LABELS) == 0, 60, what="the stream down")
         with grpc.insecure_channel(worker.url) as channel:
             check = health_pb2_grpc.HealthStub(channel).Check
             stream = check(health_pb2.HealthCheckRequest(service="scorewire.stream/events->scores"))
