@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -63,8 +63,7 @@ class Shadow:
         self._running: tuple[ort.RunOptions, float] | None = None
         self._abandon = threading.Event()  # close() ran out of time: count what is left as dropped
         self._last_log = 0.0
-        self.stats = ShadowStats()
-        self._count = threading.Lock()  # for the counters two threads write (dropped)
+        self._stats = ShadowStats()  # written by the challenger's thread only; refusals are the mailbox's
         self._thread = threading.Thread(target=self._work, name=f"shadow-{model.label}", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name=f"shadow-watch-{model.label}", daemon=True)
         self._thread.start()
@@ -72,10 +71,14 @@ class Shadow:
 
     def offer(self, batch: ScoredBatch) -> None:
         """Called on the scoring path: never blocks."""
-        if not self._box.put((batch, time.monotonic_ns())):
-            with self._count:  # the challenger's thread counts drops too
-                self.stats.dropped += 1
-                self.stats.rows_dropped += batch.rows
+        self._box.put((batch, time.monotonic_ns()), batch.rows)  # full: refused and counted there
+
+    @property
+    def stats(self) -> ShadowStats:
+        """The counts so far: the challenger's own, plus the batches its full mailbox refused."""
+        s = self._stats
+        return replace(s, dropped=s.dropped + self._box.refused,
+                                   rows_dropped=s.rows_dropped + self._box.refused_rows)
 
     def _complain(self, what: str) -> None:
         now = time.monotonic()
@@ -95,17 +98,16 @@ class Shadow:
                     rows += items[i][0].rows
                     i += 1
                 if self._abandon.is_set():
-                    with self._count:
-                        self.stats.dropped += len(group)
-                        self.stats.rows_dropped += rows
+                    self._stats.dropped += len(group)
+                    self._stats.rows_dropped += rows
                 else:
                     self._score(group, rows)
             if closing and not len(self._box):
                 return
 
     def _failed(self, group: list, rows: int, kind: str, what: str) -> None:
-        setattr(self.stats, kind, getattr(self.stats, kind) + len(group))
-        self.stats.rows_failed += rows
+        setattr(self._stats, kind, getattr(self._stats, kind) + len(group))
+        self._stats.rows_failed += rows
         self._complain(what)
 
     def _score(self, group: list[tuple[ScoredBatch, int]], rows: int) -> None:
@@ -139,8 +141,8 @@ class Shadow:
         if bad:
             self._failed(group, rows, "bad_shape", f"returned outputs of the wrong shape for {rows} rows: {', '.join(bad)}")
             return
-        self.stats.scored += len(group)
-        self.stats.rows_scored += rows
+        self._stats.scored += len(group)
+        self._stats.rows_scored += rows
         took_us = (end - start) // 1000
         wall_ns = time.time_ns()
         at = 0

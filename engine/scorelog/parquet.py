@@ -233,12 +233,16 @@ class ScoreLog:
     # -- the scoring side ------------------------------------------------------------------------
     def _offer(self, batch: ScoredBatch) -> bool:
         with self._lock:
-            if self._rows and self._rows + batch.rows > self.settings.queue_rows:
-                return False
-            self._items.append(batch)
-            self._rows += batch.rows
-            self.stats.rows_queued += batch.rows
-            return True
+            return self._admit(batch)
+
+    def _admit(self, batch: ScoredBatch) -> bool:
+        """Queue the batch if it fits (an empty queue takes any); the caller holds the lock."""
+        if self._rows and self._rows + batch.rows > self.settings.queue_rows:
+            return False
+        self._items.append(batch)
+        self._rows += batch.rows
+        self.stats.rows_queued += batch.rows
+        return True
 
     def put(self, batch: ScoredBatch) -> None:
         """Queue a scored batch: no wake-up, the writer drains the queue every tick. When the
@@ -281,10 +285,7 @@ class ScoreLog:
                 if remaining <= 0 or self._closing.is_set():
                     return False
                 self._room.wait(remaining)
-                if not self._rows or self._rows + batch.rows <= self.settings.queue_rows:
-                    self._items.append(batch)
-                    self._rows += batch.rows
-                    self.stats.rows_queued += batch.rows
+                if self._admit(batch):
                     return True
 
     @property
