@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 import numpy as np
+from grpc_health.v1 import health_pb2
 
 from engine.batching.batcher import Batcher
 from engine.codec.validate import Limits

@@ -163,7 +163,6 @@ class KafkaStream:
         self._slots: asyncio.Semaphore | None = None
         self._retry: list[tuple[str, bytes | None, bytes | None, list | None, _Chunk]] = []
         self._poller: asyncio.Task | None = None
-        self._last_error_log = 0.0
         self._generation = 0  # the producer's; a fatal error makes a new one (the loop writes)
         self._reader_generation = 0  # the generation the reader last rewound to (the reader writes)
         self._producer_conf: dict = {}
@@ -711,18 +710,12 @@ class KafkaStream:
             self.stats.results_refused += 1
             self.stats.dead_lettered += 1
             message = self.redact(f"producing the result to {topic!r} failed: {err}")
-            self._warn_now_and_then("stream %s: %s; the event goes to the dead-letter topic", self.label, message)
+            self._client_log.say(logging.WARNING, f"{message}; the event goes to the dead-letter topic")
             self._send(self.settings.dead_letter_topic, chunk.values[i], chunk.keys[i],
                        self._dead_headers(chunk, i, message), chunk)
             return
-        self._warn_now_and_then("stream %s: delivery to %s failed (%s); retrying", self.label, topic, err)
+        self._client_log.say(logging.WARNING, self.redact(f"delivery to {topic} failed ({err}); retrying"))
         self._retry.append((topic, value, key, headers, chunk))
-
-    def _warn_now_and_then(self, *args) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log > 5:
-            self._last_error_log = now
-            log.warning(*args)
 
     def _restart_producer(self, err: KafkaError) -> None:
         """A fatal producer error: what is in flight is abandoned (it will be consumed again),

@@ -45,7 +45,9 @@ class Redactor:
 
 
 class ClientLog:
-    """What confluent-kafka's `logger` setting takes (an object with `log(level, fmt, *args)`)."""
+    """What confluent-kafka's `logger` setting takes (an object with `log(level, fmt, *args)`);
+    the stream's own warnings about the broker (`say`) go through it too, so they are held
+    back the same way."""
 
     def __init__(self, logger: logging.Logger, label: str, redact: Redactor) -> None:
         self.logger = logger

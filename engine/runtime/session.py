@@ -141,12 +141,12 @@ class OnnxModel:
     # -- how batches run -----------------------------------------------------------------
     def _open(self, providers: list[str]) -> None:
         settings = self.settings
-        opened = [open_session(self.path, settings, self.label, providers) for _ in range(settings.instances)]
+        chosen = choose_providers(providers, ort.get_available_providers())  # says once what is missing
+        opened = [open_session(self.path, settings, self.label, chosen) for _ in range(settings.instances)]
         self.sessions = [s for s, _ in opened]
         self.provider = opened[0][1]
-        first = choose_providers(providers, ort.get_available_providers())[0]
-        if self.provider != first:
-            log.warning("%s: %s could not start (no GPU or CUDA libraries?); running on %s", self.label, first,
+        if self.provider != chosen[0]:
+            log.warning("%s: %s could not start (no GPU or CUDA libraries?); running on %s", self.label, chosen[0],
                         self.provider)
         self._free = list(self.sessions)
 
