@@ -69,10 +69,12 @@ ONE_ROW_BATCH = 64  # the server's max_batch_size when callers send one row each
 def _device_outputs(session, batch: int, device: str):
     import onnxruntime as ort
 
+    from engine.codec.dtypes import OIP_TO_NUMPY, ORT_TO_OIP
+
     outputs = {}
     for out in session.get_outputs():
         shape = [batch if not isinstance(d, int) or d < 0 else d for d in out.shape]
-        dtype = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(double)": np.float64}[out.type]
+        dtype = OIP_TO_NUMPY[ORT_TO_OIP[out.type]]
         outputs[out.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
     return outputs
 
