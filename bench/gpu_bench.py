@@ -44,6 +44,7 @@ from bench.report import write_json
 
 CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

@@ -43,6 +43,7 @@ CONSUMER_TUNING = {"fetch.queue.backoff.ms": 10}
 
 CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

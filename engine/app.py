@@ -19,18 +19,13 @@ from engine.codec.validate import Limits
 from engine.ingress.kafka import KafkaStream
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
-from engine.monitor.drift import DriftMonitor, load_reference
-from engine.monitor.events import write_events
-from engine.monitor.export import MetricsServer, render
-from engine.monitor.latency import LatencyMonitor
+from engine.monitor.export import MetricsServer, observer_families, serving_families, text
 from engine.batching.batch import ScoredBatch
-from engine.monitor.tap import MonitorTap
+from engine.observer import Observer
 from engine.pipeline import Pipeline
 from engine.routing.router import Route, Router, check_compatible
-from engine.routing.shadow import Shadow
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
-from engine.scorelog.parquet import ScoreLog
 from engine.settings import RouteSettings, Settings, SettingsError, load_settings
 
 log = logging.getLogger("scorewire")
@@ -45,13 +40,19 @@ def _announce(text: str) -> None:
 
 
 class App:
-    def __init__(self, settings: Settings, config_path: Path | None = None):
+    """One serving path: gRPC and Kafka in, batchers and sessions, answers out; each scored
+    batch goes to `sink`. With `link` unset it is the whole server (`workers = 1`): the
+    Observer runs in this process and /metrics is served here. With `link` set it is one of
+    several worker processes (engine/processes/worker.py): scored batches and counters go
+    through the link to the observer process, which watches and serves /metrics."""
+
+    def __init__(self, settings: Settings, config_path: Path | None = None, link=None):
         self.settings = settings
         self.config_path = config_path  # read again on SIGHUP
+        self.link = link
         self.registry = Registry()
         self.router = Router(self.registry)
         self.pipeline = Pipeline(self.registry, self.router)
-        self.scorelog: ScoreLog | None = None
         self._reload_lock = asyncio.Lock()
         self.requests_by_code: collections.Counter = collections.Counter()
         self.servicer: InferenceServicer | None = None
@@ -60,80 +61,39 @@ class App:
         self.metrics: MetricsServer | None = None
         self.grpc_port = 0
         self.metrics_port = 0
-        self.latency = LatencyMonitor()
-        self.drift: dict[tuple[str, str], DriftMonitor] = {}
         self.streams: list[KafkaStream] = []
         self._background: set[asyncio.Task] = set()
-        capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
-        self.tap = MonitorTap(self._monitor, capacity)
+        self._draining = False
+        self.observer = Observer(settings, self._say) if link is None else None
+        self._sink = self.observer.put if link is None else link.put
 
-    def _monitor(self, batches: list[ScoredBatch]) -> None:
-        """On the monitor thread: latency histograms, then drift, per model version on the
-        concatenation of the batches queued (in their order)."""
-        groups: dict[tuple[str, str, str], list[ScoredBatch]] = {}
-        for batch in batches:
-            groups.setdefault((batch.model, batch.version, batch.role), []).append(batch)
-            self.latency.record_batch(batch.model, batch.version, batch.rows)
-        for (model, version, role), group in groups.items():
-            self.latency.record(model, version, role, "queue", np.concatenate([b.queue_us for b in group]))
-            self.latency.record(model, version, role, "total", np.concatenate([b.total_us for b in group]))
-            self.latency.record(model, version, role, "inference", np.array([b.inference_us for b in group]))
-            monitor = self.drift.get((model, version))
-            if monitor is None:
-                continue
-            if len(group) == 1:
-                inputs, outputs = group[0].inputs, group[0].outputs
-            else:  # only the tensors the monitor reads
-                wanted_in, wanted_out = monitor.tensors
-                inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in wanted_in}
-                outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in wanted_out}
-            events = monitor.observe(inputs, outputs)
-            if events and self.settings.monitoring.events_dir is not None:
-                try:
-                    write_events(self.settings.monitoring.events_dir, events)
-                except OSError:
-                    log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
-            for event in events:
-                log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
-                            event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,
-                            event.events)
+    def _say(self, text: str) -> None:
+        if self.link is None:
+            _announce(text)
+        else:
+            self.link.announce(text)
 
     def _on_scored(self, name: str, version: str):
-        tap, router = self.tap, self.router
+        sink, router = self._sink, self.router
 
         def on_scored(batch, outputs, enqueued, start, end, origins) -> None:
             scored = ScoredBatch(name, version, router.role_of(name, version), batch.inputs, outputs,
                                  (start - enqueued) // 1000, (end - enqueued) // 1000, (end - start) // 1000,
                                  batch.rows, batch.bounds, origins, time.time_ns())
-            tap.put(scored)
-            if self.scorelog is not None:
-                self.scorelog.put(scored)
-            for shadow in router.shadows.get((name, version), ()):
-                shadow.offer(scored)
+            sink(scored)
 
         return on_scored
 
-    def _shadow_scored(self, batch: ScoredBatch) -> None:
-        """On a challenger's thread: its results go to the monitor and the log."""
-        self.tap.put(batch)
-        if self.scorelog is not None:
-            self.scorelog.put(batch)
+    def families(self) -> list:
+        """This process's metric families (the serving path's, and the observer's if here)."""
+        families = serving_families(self.registry, self.requests_by_code, self.streams)
+        if self.observer is not None:
+            families += observer_families(self.observer)
+        return families
 
-    def _feature_names(self) -> dict[tuple[str, str], list[str]]:
-        """Log column names of monitored inputs: the features the monitor config names."""
-        names = {}
-        for ms in self.settings.models:
-            if ms.monitor is not None:
-                served = self.registry.get(ms.name, ms.version)
-                names[(ms.name, ms.monitor.input or served.model.schema.inputs[0].name)] = list(ms.monitor.features)
-        return names
-
-    def _build_routes(self, routes: list[RouteSettings]) -> tuple[dict, dict, list[Shadow]]:
-        """Routes and shadows for `routes`, and the running shadows they no longer use (to be
-        closed once the new ones are installed); shadows of unchanged challengers are kept."""
-        current = {(sh.name, champion[1], sh.version): sh for champion, group in self.router.shadows.items()
-                   for sh in group}
-        built, shadows, retired = {}, {}, []
+    def _build_routes(self, routes: list[RouteSettings]) -> dict[str, Route]:
+        """Routes for `routes`, after checking every version a route names fits its champion."""
+        built = {}
         for rs in routes:
             champion = self.registry.get(rs.model, rs.champion)
             loaded = set(self.registry.versions(rs.model))  # a challenger may have failed its warm-up
@@ -145,36 +105,24 @@ class App:
                     except ValueError as exc:
                         raise ModelLoadError(f"route of model {rs.model!r}: {exc}") from None
             built[rs.model] = Route.build(rs)
-            group = []
-            for version in (v for v in rs.challengers if v in loaded):
-                model = self.registry.get(rs.model, version).model
-                shadow = current.pop((rs.model, rs.champion, version), None)
-                if (shadow is None or shadow.model is not model or shadow.timeout_s != rs.shadow_timeout_s
-                        or shadow.capacity != rs.shadow_queue_batches):
-                    if shadow is not None:
-                        retired.append(shadow)
-                    shadow = Shadow(model, rs.shadow_queue_batches, rs.shadow_timeout_s, self._shadow_scored)
-                group.append(shadow)
-            shadows[(rs.model, rs.champion)] = tuple(group)
-        return built, shadows, retired + list(current.values())
+        return built
 
     def _load_model(self, ms) -> Served:
         model = OnnxModel(ms)
         if ms.warmup or model.io_binding is not None:  # IO binding is checked even without warm-up
             model.warm_up(full=ms.warmup)
-        if ms.monitor is not None:
-            monitor = DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
-            monitor.warm_up()
-            self.drift[(ms.name, ms.version)] = monitor
+        if self.observer is not None:
+            self.observer.add_model(ms, model)
         batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
                           on_scored=self._on_scored(ms.name, ms.version))
         limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
-        _announce(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s), "
+        self._say(f"model {model.label} loaded on {model.provider} ({ms.instances} instance(s), "
                   f"{model.binding_description})")
         return Served(model, batcher, limits)
 
     def load_models(self) -> None:
-        self.latency.warm_up()
+        if self.observer is not None:
+            self.observer.warm_up()
         answering = {(r.model, v) for r in self.settings.routes for v in [r.champion, *r.split]}
         shadow_only = {(r.model, v) for r in self.settings.routes for v in r.challengers} - answering
         for ms in self.settings.models:
@@ -185,16 +133,16 @@ class App:
                     raise
                 # a broken challenger must not keep its champion from serving
                 log.error("%s; the challenger is left out of its route", exc)
-                _announce(f"challenger {ms.name}:{ms.version} left out: {exc}")
-        routes, shadows, _ = self._build_routes(self.settings.routes)  # none running yet: nothing retired
-        self.router.install(routes, shadows)
+                self._say(f"challenger {ms.name}:{ms.version} left out: {exc}")
+        self.router.install(self._build_routes(self.settings.routes))
+        if self.observer is not None:
+            self.observer.install_shadows(self.settings.routes)  # none running yet: nothing retired
         for route in self.settings.routes:
-            _announce(f"route {route.model}: champion {route.champion}"
+            self._say(f"route {route.model}: champion {route.champion}"
                       + (f", challengers {', '.join(route.challengers)}" if route.challengers else "")
                       + (f", split {dict(route.split)} by {route.sticky_key!r}" if route.split else ""))
-        if self.settings.scorelog is not None:
-            self.scorelog = ScoreLog(self.settings.scorelog, self._feature_names())
-            _announce(f"scoring log in {self.settings.scorelog.dir}")
+        if self.observer is not None:
+            self.observer.open_scorelog()
 
     async def start(self) -> None:
         server_settings = self.settings.server
@@ -223,7 +171,8 @@ class App:
                 # bounded queues answer RESOURCE_EXHAUSTED), so only a hard bound stays here.
                 ("grpc.server.max_pending_requests", server_settings.max_pending_calls),
                 ("grpc.server.max_pending_requests_hard_limit", server_settings.max_pending_calls),
-                ("grpc.so_reuseport", 0),
+                # Workers share the port: the kernel spreads connections over them.
+                ("grpc.so_reuseport", 0 if self.link is None else 1),
             ]
         )
         self.servicer = InferenceServicer(
@@ -233,7 +182,8 @@ class App:
         self.server.add_generic_rpc_handlers((self.servicer.handler(),))
         self.health = build_health()
         add_health(self.server, self.health)
-        address = f"{server_settings.host}:{server_settings.grpc_port}"
+        port = server_settings.grpc_port if self.link is None else self.link.port
+        address = f"{server_settings.host}:{port}"
         if credentials is not None:
             self.grpc_port = self.server.add_secure_port(address, credentials)
         else:
@@ -241,16 +191,20 @@ class App:
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC to {address}")
         await self.server.start()
-        self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
-                                     lambda: render(self.registry, self.requests_by_code, self))
-        self.metrics_port = await self.metrics.start()
+        if self.link is None:  # a worker's counters go to the observer, which serves /metrics
+            self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
+                                         lambda: text(self.families()))
+            self.metrics_port = await self.metrics.start()
+        else:
+            self._spawn(self.link.run(self))
         self.servicer.ready = True
         await set_health(self.health, True, [s.name for s in self.registry.all()])
         tls = server_settings.tls
-        _announce("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
+        self._say("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
                   + (", bearer tokens" if auth is not None else ""))
-        _announce(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
-        _announce(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
+        self._say(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
+        if self.metrics is not None:
+            self._say(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
             stream = KafkaStream(stream_settings, self.pipeline, served)
@@ -258,9 +212,21 @@ class App:
             await stream.start()
             self.streams.append(stream)
             await self.health.set(stream.health_name, health_pb2.HealthCheckResponse.SERVING)
-            _announce(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
+            self._say(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
-        _announce("ready")
+        self._say("ready")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def set_ready(self, ready: bool) -> None:
+        """ServerReady and health: a worker is not ready while one of its peers is down."""
+        if self.servicer is None or self._draining or self.servicer.ready == ready:
+            return
+        self.servicer.ready = ready
+        await set_health(self.health, ready, [s.name for s in self.registry.all()])
 
     async def reload(self) -> None:
         """SIGHUP: read the config again and apply its models and routes without dropping
@@ -273,7 +239,7 @@ class App:
                 await self._reload()
             except Exception as exc:  # the running config stays
                 log.error("reload failed, the running config stays: %s", exc)
-                _announce(f"reload failed: {exc}")
+                self._say(f"reload failed: {exc}")
 
     async def _reload(self) -> None:
         loop = asyncio.get_running_loop()
@@ -301,40 +267,42 @@ class App:
                     served.batcher.start()
                     self.registry.add(served)
                     added.append(served)
-            routes, shadows, retired = self._build_routes(new.routes)
+            routes = self._build_routes(new.routes)
         except BaseException:
             for served in added:
                 self.registry.remove(served.name, served.version)
+                if self.observer is not None:
+                    self.observer.remove_model((served.name, served.version))
                 await served.batcher.close()
                 served.model.close()
             raise
-        self.router.install(routes, shadows)
+        self.router.install(routes)
         kept = [old_models.get(key, ms) for key, ms in new_models.items()]
         self.settings = old.model_copy(update={"models": kept, "routes": new.routes})
-        if self.scorelog is not None:
-            self.scorelog.feature_names = self._feature_names()
+        retired = []
+        if self.observer is not None:
+            self.observer.settings = self.settings
+            retired = self.observer.install_shadows(new.routes)
         gone = []
         for name, version in removed:
             served = self.registry.remove(name, version)
             await served.batcher.close()  # scores what it queued
-            self.drift.pop((name, version), None)
+            if self.observer is not None:
+                self.observer.remove_model((name, version))
             gone.append(served)
         # Challengers that left the routes finish what they were offered; then the sessions go.
         await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
                                for sh in retired))
         for served in gone:
             served.model.close()
-        _announce("reloaded: " + ", ".join(
+        self._say("reloaded: " + ", ".join(
             [f"routes {[r.model for r in new.routes]}"]
             + ([f"added {[s.model.label for s in added]}"] if added else [])
             + ([f"removed {[f'{n}:{v}' for n, v in removed]}"] if removed else [])))
 
     def _stream_down(self, stream: KafkaStream, reason: str) -> None:
-        _announce(f"stream {stream.label} stopped: {reason}")
-        task = asyncio.get_running_loop().create_task(
-            self.health.set(stream.health_name, health_pb2.HealthCheckResponse.NOT_SERVING))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._say(f"stream {stream.label} stopped: {reason}")
+        self._spawn(self.health.set(stream.health_name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     def _count_unauthenticated(self) -> None:
         self.requests_by_code[("(unknown)", "unauthenticated")] += 1
@@ -361,7 +329,8 @@ class App:
         within drain_timeout_s: quiesce (up to half of it), then the transport refuses new
         calls (UNAVAILABLE) while the ones in flight finish; challengers, the monitor and the
         log get what is left (the log at least LOG_FLUSH_S, to write what it holds)."""
-        _announce("draining")
+        self._say("draining")
+        self._draining = True
         deadline = time.monotonic() + self.settings.server.drain_timeout_s
         if self.servicer is not None:
             self.servicer.ready = False
@@ -378,31 +347,15 @@ class App:
         for served in self.registry.all():
             await served.batcher.close()
         loop = asyncio.get_running_loop()
-        shadows = [sh for group in self.router.shadows.values() for sh in group]
-        # Challengers finish what they were offered (bounded by the drain deadline), then the
-        # monitor, then the log writes everything and closes its files.
-        await asyncio.gather(*(loop.run_in_executor(None, sh.close, max(0.0, deadline - time.monotonic()))
-                               for sh in shadows))
+        if self.observer is not None:  # challengers, then the monitor, then the log
+            await loop.run_in_executor(None, self.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
         for served in self.registry.all():
             served.model.close()
-        await loop.run_in_executor(None, self.tap.close, max(0.1, deadline - time.monotonic()))
-        tap = self.tap
-        evaluations = sum(m.evaluations for m in self.drift.values())
-        _announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} failed "
-                  f"({evaluations} drift evaluations)")
-        for sh in shadows:
-            st = sh.stats
-            _announce(f"challenger {sh.model.label}: {st.rows_scored} rows scored, {st.rows_dropped} dropped, "
-                      f"{st.rows_failed} failed (errors {st.errors}, wrong shape {st.bad_shape}, "
-                      f"timeouts {st.timeouts})")
-        if self.scorelog is not None:
-            await loop.run_in_executor(None, self.scorelog.close, max(LOG_FLUSH_S, deadline - time.monotonic()))
-            st = self.scorelog.stats
-            _announce(f"scoring log: {st.rows_written} rows written in {st.files_closed} files, "
-                      f"{st.rows_dropped} dropped, {st.rows_failed} failed")
+        if self.link is not None:  # every batch is in the ring; the counters follow, final
+            await self.link.finish(self)
         if self.metrics is not None:
             await self.metrics.stop()
-        _announce("stopped")
+        self._say("stopped")
 
 
 def _tune_gc() -> None:
@@ -414,12 +367,13 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(settings: Settings, config_path: Path | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain. SIGHUP reloads the config (routes and models)."""
-    app = App(settings, config_path)
+async def serve(settings: Settings, config_path: Path | None = None, link=None) -> None:
+    """Run until SIGTERM or SIGINT (a worker: SIGTERM only, from its supervisor), then drain.
+    SIGHUP reloads the config (routes and models)."""
+    app = App(settings, config_path, link)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM,) if link is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     reloads: set[asyncio.Task] = set()

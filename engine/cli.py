@@ -13,7 +13,7 @@ scorewire: score ONNX models over the Open Inference Protocol (KServe v2 gRPC), 
 batching. Any OIP client (e.g. tritonclient.grpc) works unchanged."""
 
 
-def _fast_event_loop() -> None:
+def fast_event_loop() -> None:
     """uvloop where installed (a dependency on Linux and macOS): about 20% more requests/s
     than asyncio's own loop in bench/grpc_bench.py on the demo models."""
     try:
@@ -23,10 +23,21 @@ def _fast_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from engine.app import serve
+def startup_error(exc: BaseException) -> str | None:
+    """What to tell the user about an error found while starting (None: not one of those)."""
     from engine.monitor.drift import MonitorConfigError
     from engine.runtime.session import ModelLoadError
+    from engine.settings import SettingsError
+
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
+    if isinstance(exc, (SettingsError, MonitorConfigError)):  # unreadable certificates, tokens,
+        # secrets, drift references
+        return f"config error:\n{exc}"
+    return None
+
+
+def _serve(args: argparse.Namespace) -> int:
     from engine.settings import SettingsError, load_settings
 
     try:
@@ -34,15 +45,21 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"scorewire: config error:\n{exc}", file=sys.stderr)
         return 2
+    workers = settings.server.worker_count()
+    if workers > 1:
+        from engine.processes.supervisor import supervise
+
+        return supervise(settings, args.config, workers, args.log_level)
+    from engine.app import serve
+
     try:
-        _fast_event_loop()
+        fast_event_loop()
         asyncio.run(serve(settings, args.config))
-    except ModelLoadError as exc:
-        print(f"scorewire: {exc}", file=sys.stderr)
-        return 2
-    except (SettingsError, MonitorConfigError) as exc:  # found at start-up: unreadable certificates,
-        # tokens, secrets, drift references
-        print(f"scorewire: config error:\n{exc}", file=sys.stderr)
+    except Exception as exc:
+        message = startup_error(exc)
+        if message is None:
+            raise
+        print(f"scorewire: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -68,6 +68,17 @@ class ServerSettings(_Strict):
     """Requests of one ModelStreamInfer stream read and not yet answered on the wire; at the
     bound the stream reads no further messages (a client that stops reading its responses
     stops the server reading its requests)."""
+    workers: int | Literal["auto"] = "auto"
+    """Serving processes. Each is a whole serving path (gRPC on the shared port, its share of
+    each Kafka consumer group, its own batchers and sessions); one more process, the
+    observer, runs drift, latency, the scoring log, the challengers and /metrics for all,
+    and the process `serve` starts supervises them. "auto": the CPU cores this process may
+    use. 1: one process does everything (no observer process)."""
+    handoff_ring_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=1 << 34)
+    """With several workers: the shared-memory ring each worker hands its scored batches
+    (inputs, outputs, timings) to the observer through. When the observer falls this far
+    behind, batches are dropped and counted (scorewire_handoff_dropped_*), never waited for.
+    The rings live in /dev/shm, which must have room for all of them."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On SIGTERM: the whole drain. Requests already sent are answered (a quiet phase of up to
     half of it, then new calls get UNAVAILABLE while those in flight finish); challengers and
@@ -75,6 +86,22 @@ class ServerSettings(_Strict):
     model_root: Path | None = None
     """When set, every model file and drift reference must lie inside this folder (after
     resolving symlinks); a config pointing elsewhere is refused."""
+    @field_validator("workers")
+    @classmethod
+    def _workers_bounds(cls, value):
+        if value != "auto" and not 1 <= value <= 1024:
+            raise ValueError("workers must be \"auto\" or a number from 1 to 1024")
+        return value
+
+    def worker_count(self) -> int:
+        """The number of serving processes `workers` asks for on this machine."""
+        if self.workers == "auto":
+            try:
+                return max(1, len(os.sched_getaffinity(0)))
+            except AttributeError:  # macOS
+                return max(1, os.cpu_count() or 1)
+        return self.workers
+
     tls: TlsSettings | None = None
     """gRPC over TLS (and mTLS with client_ca_file). None: plaintext."""
     auth: AuthSettings | None = None

@@ -37,6 +37,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 SERVER_CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

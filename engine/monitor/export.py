@@ -17,14 +17,55 @@ def _labels(**labels: str) -> str:
     return "{" + inner + "}"
 
 
-def render(registry: Registry, requests_by_code: dict[tuple[str, str], int], app=None) -> str:
-    lines: list[str] = []
+Family = list  # [name, kind, help, [[labels, value], ...]]: JSON-able, so workers can send theirs
 
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+
+def text(families: list[Family]) -> str:
+    """The Prometheus text exposition of `families`."""
+    lines: list[str] = []
+    for name, kind, help_text, samples in families:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         lines.extend(f"{name}{labels} {value}" for labels, value in samples)
+    return "\n".join(lines) + "\n"
 
+
+def _collector(families: list[Family]):
+    def family(name: str, kind: str, help_text: str, samples) -> None:
+        families.append([name, kind, help_text, [list(s) for s in samples]])
+
+    return family
+
+
+# Families whose samples say "this exists" (value 1): merged by max, not summed.
+_INFO = frozenset({"scorewire_model_info"})
+
+
+def merge(sources: list[list[Family]]) -> list[Family]:
+    """Families of several processes as one: the samples of a name and label set summed
+    (counters and gauges of workers add up; info families take the max), in first-seen order."""
+    merged: dict[str, Family] = {}
+    values: dict[str, dict[str, float]] = {}
+    for families in sources:
+        for name, kind, help_text, samples in families:
+            if name not in merged:
+                merged[name] = [name, kind, help_text, []]
+                values[name] = {}
+            into = values[name]
+            for labels, value in samples:
+                if labels in into:
+                    into[labels] = max(into[labels], value) if name in _INFO else into[labels] + value
+                else:
+                    into[labels] = value
+    for name, family in merged.items():
+        family[3] = [[labels, value] for labels, value in values[name].items()]
+    return list(merged.values())
+
+
+def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str], int], streams=()) -> list[Family]:
+    """What a serving process counts: requests, batches, queues, Kafka streams."""
+    families: list[Family] = []
+    family = _collector(families)
     served = registry.all()
     family("scorewire_model_info", "gauge",
            "Model versions served, the execution provider and the IO binding (device, input staging) in use.",
@@ -44,12 +85,18 @@ def render(registry: Registry, requests_by_code: dict[tuple[str, str], int], app
            [(_labels(model=s.name, version=s.version), s.batcher.stats.cancelled) for s in served])
     family("scorewire_rejected_total", "counter", "Requests refused because the queue was full.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.rejected_full) for s in served])
-    if app is not None:
-        _monitoring(app, family)
-    return "\n".join(lines) + "\n"
+    _streams(streams, family)
+    return families
 
 
-def _monitoring(app, family) -> None:
+def observer_families(observer) -> list[Family]:
+    """What the watching side keeps: drift, latency, batch sizes, challengers, the log."""
+    families: list[Family] = []
+    _monitoring(observer, _collector(families))
+    return families
+
+
+def _monitoring(app, family) -> None:  # app: the Observer
     from engine.monitor.latency import QUANTILES
 
     # labelled by version too: a challenger may be monitored beside its champion
@@ -91,13 +138,12 @@ def _monitoring(app, family) -> None:
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
     _shadows(app, family)
     _scorelog(app, family)
-    _streams(app.streams, family)
 
 
 def _shadows(app, family) -> None:
     # (labels of a challenger of a champion version, the challenger)
     shadows = [(dict(model=sh.name, champion=champion[1], version=sh.version), sh)
-               for champion, group in sorted(app.router.shadows.items()) for sh in group]
+               for champion, group in sorted(app.shadows.items()) for sh in group]
     if shadows:
         outcomes = (("scored", "scored"), ("dropped", "dropped"), ("error", "errors"), ("bad_shape", "bad_shape"),
                     ("timeout", "timeouts"))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from engine.codec.validate import ModelSchema
 from engine.routing.policy import Split
-from engine.routing.shadow import Shadow
 from engine.runtime.registry import Registry, Served
 from engine.settings import RouteSettings
 
@@ -50,16 +49,16 @@ def check_compatible(champion: ModelSchema, other: ModelSchema, other_label: str
 
 
 class Router:
-    """Routes and shadows are swapped whole (on reload), never edited in place: a request
-    sees either the old or the new routing, not a mix."""
+    """Routes are swapped whole (on reload), never edited in place: a request sees either
+    the old or the new routing, not a mix. (Challengers shadow on the watching side: the
+    Observer holds them.)"""
 
     def __init__(self, registry: Registry):
         self.registry = registry
         self.routes: dict[str, Route] = {}
-        self.shadows: dict[tuple[str, str], tuple[Shadow, ...]] = {}  # champion (name, version) -> its challengers
 
-    def install(self, routes: dict[str, Route], shadows: dict[tuple[str, str], tuple[Shadow, ...]]) -> None:
-        self.routes, self.shadows = routes, shadows
+    def install(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
 
     def resolve(self, name: str, version: str, key: str | None) -> tuple[Served, str, str]:
         """(served version, role, routing decision) for one request."""

@@ -173,6 +173,10 @@ class Shadow:
     def capacity(self) -> int:
         return self._box.capacity
 
+    def begin_close(self) -> None:
+        """Take no more batches; score what is queued (close() waits for it)."""
+        self._box.close()
+
     def close(self, timeout_s: float) -> None:
         """Score what is queued (up to timeout_s), then stop; what is left is counted as dropped."""
         self._box.close()

@@ -32,6 +32,7 @@ settle_timeout_s = 10
 
 WORKER = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

@@ -161,6 +161,7 @@ def test_expired_deadline_is_not_scored(server):
 
 SIGTERM_CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
@@ -199,6 +200,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
 
 DRAIN_CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
@@ -268,6 +270,7 @@ def test_sigterm_answers_every_request_already_sent(model_dir):
 
 STREAM_CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
@@ -337,6 +340,7 @@ def test_a_stream_whose_responses_are_not_read_stops_being_read(model_dir):
 
 INFLIGHT_CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

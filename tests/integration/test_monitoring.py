@@ -23,6 +23,7 @@ SHIFTED = ("f3", "f10")
 
 CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

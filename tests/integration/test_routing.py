@@ -32,6 +32,7 @@ from tests.models import hanging_classifier, one_row_classifier, raising_classif
 
 BASE = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

@@ -22,6 +22,7 @@ TOKENS = "# accepted tokens\nalpha-token-123\nbeta-token-456\n"
 
 CONFIG = """\
 [server]
+workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0

@@ -1,0 +1,155 @@
+"""A bounded single-producer, single-consumer byte ring in shared memory: how a worker hands
+its scored batches to the observer without pickling and without ever waiting.
+
+Records are byte strings, written whole or not at all. The producer (one worker process)
+copies a record in, then advances `head`; the consumer (the observer) copies records out,
+then advances `tail`. Both counters only grow (byte positions modulo the capacity), each is
+written by one side only, and each is an aligned 8-byte store, atomic on x86-64, where other
+cores also see stores in program order: a consumer that reads the new `head` finds the
+record's bytes. A record that does not fit in the free space is refused and counted in the
+ring itself (`dropped`, `dropped_rows`): a slow observer costs a worker nothing but the count.
+
+Layout: a 256-byte header (head, tail and the producer's counters on separate cache lines),
+then the data. A record is a 4-byte length, the bytes, padding to 8; a record that would
+cross the end is written at the start instead, after a WRAP marker where one fits.
+
+A producer killed mid-record leaves `head` before it: the record never existed, and a new
+producer (the restarted worker) attaches the same ring and goes on from `head`.
+
+`multiprocessing.shared_memory` provides the memory (one named segment per ring, created
+and finally unlinked by the supervisor); Python's standard library has no ring, and Arrow's
+IPC has none either (its shared-memory store, Plasma, was removed in Arrow 12).
+"""
+
+from __future__ import annotations
+
+import struct
+from multiprocessing import shared_memory
+
+import numpy as np
+
+HEADER = 256
+_HEAD, _TAIL, _DROPPED, _DROPPED_ROWS, _WRITTEN = 0, 8, 16, 17, 18  # int64 indices into the header
+_LEN = struct.Struct("<I")
+WRAP = 0xFFFFFFFF
+
+
+def _align(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class Ring:
+    """One end of a ring. `create` makes the segment; `attach` opens it by name."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool):
+        self._shm = shm
+        self._owner = owner
+        self.name = shm.name
+        self.capacity = shm.size - HEADER
+        self._counters = np.ndarray((HEADER // 8,), dtype=np.int64, buffer=shm.buf[:HEADER])
+        self._data = shm.buf[HEADER:]
+
+    @classmethod
+    def create(cls, capacity: int, name: str | None = None) -> "Ring":
+        if capacity < 64 or capacity % 8:
+            raise ValueError(f"ring capacity must be a multiple of 8 and at least 64 bytes, not {capacity}")
+        shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER + capacity)
+        shm.buf[:HEADER] = bytes(HEADER)
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> "Ring":
+        # The supervisor owns the segment. Its children (multiprocessing's spawn) share its
+        # resource tracker, where registering the name again changes nothing; Python 3.13 can
+        # skip the registration (track=False), 3.11 and 3.12 register.
+        try:
+            shm = shared_memory.SharedMemory(name=name, track=False)
+        except TypeError:
+            shm = shared_memory.SharedMemory(name=name)
+        return cls(shm, owner=False)
+
+    # -- producer ---------------------------------------------------------------------------
+    def put(self, parts: list, rows: int = 0) -> bool:
+        """Write one record made of `parts` (bytes-like, concatenated). False when it does not
+        fit now (counted as dropped, with its rows): never waits."""
+        size = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts)
+        c = self._counters
+        head, tail = int(c[_HEAD]), int(c[_TAIL])
+        cap = self.capacity
+        need = _align(4 + size)
+        pos = head % cap
+        skip = cap - pos if pos + need > cap else 0  # the record goes to the start instead
+        if need > cap or head + skip + need - tail > cap:
+            c[_DROPPED] += 1
+            c[_DROPPED_ROWS] += rows
+            return False
+        data = self._data
+        if skip:
+            if skip >= 4:
+                _LEN.pack_into(data, pos, WRAP)
+            pos = 0
+        _LEN.pack_into(data, pos, size)
+        at = pos + 4
+        for p in parts:
+            n = len(p) if not isinstance(p, memoryview) else p.nbytes
+            data[at:at + n] = p if not isinstance(p, memoryview) else p.cast("B")
+            at += n
+        c[_WRITTEN] += 1
+        c[_HEAD] = head + skip + need  # publish last
+        return True
+
+    # -- consumer ---------------------------------------------------------------------------
+    def take(self, limit_bytes: int | None = None) -> list[bytes]:
+        """Copy out the records written so far (up to about `limit_bytes`) and free their space."""
+        c = self._counters
+        head, tail = int(c[_HEAD]), int(c[_TAIL])
+        cap, data = self.capacity, self._data
+        out = []
+        taken = 0
+        while tail < head and (limit_bytes is None or taken < limit_bytes):
+            pos = tail % cap
+            if cap - pos < 4:  # too little room at the end for even a marker: the record is at 0
+                tail += cap - pos
+                continue
+            (size,) = _LEN.unpack_from(data, pos)
+            if size == WRAP:
+                tail += cap - pos
+                continue
+            out.append(bytes(data[pos + 4:pos + 4 + size]))
+            need = _align(4 + size)
+            tail += need
+            taken += need
+        c[_TAIL] = tail
+        return out
+
+    # -- both -------------------------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return int(self._counters[_HEAD] - self._counters[_TAIL])
+
+    @property
+    def dropped(self) -> int:
+        return int(self._counters[_DROPPED])
+
+    @property
+    def dropped_rows(self) -> int:
+        return int(self._counters[_DROPPED_ROWS])
+
+    @property
+    def written(self) -> int:
+        return int(self._counters[_WRITTEN])
+
+    def close(self) -> None:
+        self._counters = None
+        self._data.release()
+        self._data = None
+        try:
+            self._shm.close()
+        except BufferError:  # a view still held somewhere; the mapping goes with the process
+            pass
+        if self._owner:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+

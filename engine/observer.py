@@ -1,0 +1,174 @@
+"""The watching side of the data plane: every scored batch goes to `Observer.put`, which hands
+it on without waiting -- to the monitor (latency histograms, drift), the Parquet scoring log
+and the champion's challengers (whose results come back to the monitor and the log).
+
+With `workers = 1` it runs inside the serving process; with several workers it runs in the
+observer process, fed from the workers' shared-memory rings (engine/processes/observer.py).
+Either way the serving path only calls `put`, and nothing behind it can slow or fail an
+answer: full queues drop and count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from engine.batching.batch import ScoredBatch
+from engine.monitor.drift import DriftMonitor, load_reference
+from engine.monitor.events import write_events
+from engine.monitor.latency import LatencyMonitor
+from engine.monitor.tap import MonitorTap
+from engine.routing.shadow import Shadow
+from engine.runtime.session import OnnxModel
+from engine.scorelog.parquet import ScoreLog
+from engine.settings import ModelSettings, RouteSettings, Settings
+
+log = logging.getLogger("scorewire")
+
+Key = tuple[str, str]  # (model name, version)
+
+
+class Observer:
+    def __init__(self, settings: Settings, announce: Callable[[str], None]):
+        self.settings = settings
+        self._announce = announce
+        self.latency = LatencyMonitor()
+        self.drift: dict[Key, DriftMonitor] = {}
+        self.models: dict[Key, OnnxModel] = {}  # monitored versions and challengers
+        self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
+        self.scorelog: ScoreLog | None = None
+        capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
+        self.tap = MonitorTap(self._monitor, capacity)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        self.latency.warm_up()
+
+    def add_model(self, ms: ModelSettings, model: OnnxModel) -> None:
+        """A loaded version: its drift monitor (if it has one), and its session for shadowing."""
+        self.models[(ms.name, ms.version)] = model
+        if ms.monitor is not None:
+            monitor = DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+            monitor.warm_up()
+            self.drift[(ms.name, ms.version)] = monitor
+
+    def remove_model(self, key: Key) -> None:
+        self.models.pop(key, None)
+        self.drift.pop(key, None)
+
+    def open_scorelog(self) -> None:
+        if self.settings.scorelog is not None:
+            self.scorelog = ScoreLog(self.settings.scorelog, self.feature_names())
+            self._announce(f"scoring log in {self.settings.scorelog.dir}")
+
+    def feature_names(self) -> dict[tuple[str, str], list[str]]:
+        """Log column names of monitored inputs: the features the monitor config names."""
+        names = {}
+        for ms in self.settings.models:
+            model = self.models.get((ms.name, ms.version))
+            if ms.monitor is not None and model is not None:
+                names[(ms.name, ms.monitor.input or model.schema.inputs[0].name)] = list(ms.monitor.features)
+        return names
+
+    def install_shadows(self, routes: list[RouteSettings]) -> list[Shadow]:
+        """Start the challengers of `routes` (those loaded); returns the running ones no longer
+        used, for the caller to close once the new ones are in place. A challenger that did
+        not change keeps running."""
+        current = {(sh.name, champion[1], sh.version): sh for champion, group in self.shadows.items() for sh in group}
+        shadows, retired = {}, []
+        for rs in routes:
+            group = []
+            for version in rs.challengers:
+                model = self.models.get((rs.model, version))
+                if model is None:  # failed its warm-up: left out of the route
+                    continue
+                shadow = current.pop((rs.model, rs.champion, version), None)
+                if (shadow is None or shadow.model is not model or shadow.timeout_s != rs.shadow_timeout_s
+                        or shadow.capacity != rs.shadow_queue_batches):
+                    if shadow is not None:
+                        retired.append(shadow)
+                    shadow = Shadow(model, rs.shadow_queue_batches, rs.shadow_timeout_s, self._shadow_scored)
+                group.append(shadow)
+            if group:
+                shadows[(rs.model, rs.champion)] = tuple(group)
+        self.shadows = shadows
+        if self.scorelog is not None:
+            self.scorelog.feature_names = self.feature_names()
+        return retired + list(current.values())
+
+    # -- the data plane ---------------------------------------------------------------------
+    def put(self, batch: ScoredBatch) -> None:
+        """A batch the serving path scored. Never blocks."""
+        self.tap.put(batch)
+        if self.scorelog is not None:
+            self.scorelog.put(batch)
+        for shadow in self.shadows.get((batch.model, batch.version), ()):
+            shadow.offer(batch)
+
+    def _shadow_scored(self, batch: ScoredBatch) -> None:
+        """On a challenger's thread: its results go to the monitor and the log."""
+        self.tap.put(batch)
+        if self.scorelog is not None:
+            self.scorelog.put(batch)
+
+    def _monitor(self, batches: list[ScoredBatch]) -> None:
+        """On the monitor thread: latency histograms, then drift, per model version on the
+        concatenation of the batches queued (in their order)."""
+        groups: dict[tuple[str, str, str], list[ScoredBatch]] = {}
+        for batch in batches:
+            groups.setdefault((batch.model, batch.version, batch.role), []).append(batch)
+            self.latency.record_batch(batch.model, batch.version, batch.rows)
+        for (model, version, role), group in groups.items():
+            self.latency.record(model, version, role, "queue", np.concatenate([b.queue_us for b in group]))
+            self.latency.record(model, version, role, "total", np.concatenate([b.total_us for b in group]))
+            self.latency.record(model, version, role, "inference", np.array([b.inference_us for b in group]))
+            monitor = self.drift.get((model, version))
+            if monitor is None:
+                continue
+            if len(group) == 1:
+                inputs, outputs = group[0].inputs, group[0].outputs
+            else:  # only the tensors the monitor reads
+                wanted_in, wanted_out = monitor.tensors
+                inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in wanted_in}
+                outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in wanted_out}
+            events = monitor.observe(inputs, outputs)
+            if events and self.settings.monitoring.events_dir is not None:
+                try:
+                    write_events(self.settings.monitoring.events_dir, events)
+                except OSError:
+                    log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
+            for event in events:
+                log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
+                            event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,
+                            event.events)
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def all_shadows(self) -> Iterable[Shadow]:
+        return [sh for group in self.shadows.values() for sh in group]
+
+    def close(self, until: Callable[[], float], log_flush_s: float) -> None:
+        """Challengers finish what they were offered, then the monitor, then the log writes
+        everything and closes its files; `until()` is the time left (s). Blocking: run it off
+        the event loop."""
+        shadows = self.all_shadows()
+        for sh in shadows:  # each is given what is left of the time (they run in parallel)
+            sh.begin_close()
+        for sh in shadows:
+            sh.close(max(0.0, until()))
+        self.tap.close(max(0.1, until()))
+        tap = self.tap
+        evaluations = sum(m.evaluations for m in self.drift.values())
+        self._announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} "
+                       f"failed ({evaluations} drift evaluations)")
+        for sh in shadows:
+            st = sh.stats
+            self._announce(f"challenger {sh.model.label}: {st.rows_scored} rows scored, {st.rows_dropped} dropped, "
+                           f"{st.rows_failed} failed (errors {st.errors}, wrong shape {st.bad_shape}, "
+                           f"timeouts {st.timeouts})")
+        if self.scorelog is not None:
+            self.scorelog.close(max(log_flush_s, until()))
+            st = self.scorelog.stats
+            self._announce(f"scoring log: {st.rows_written} rows written in {st.files_closed} files, "
+                           f"{st.rows_dropped} dropped, {st.rows_failed} failed")

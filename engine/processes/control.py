@@ -1,0 +1,62 @@
+"""The supervisor's shared table of its children: one row per process slot (workers
+0..N-1, then the observer), written by the supervisor, read by the others. Workers read it
+to say not-ready while a peer is down; the observer reads it for /metrics."""
+
+from __future__ import annotations
+
+from multiprocessing import shared_memory
+
+import numpy as np
+
+UP, RESTARTS, PID = 0, 1, 2  # columns
+_COLUMNS = 4
+
+
+class Control:
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool):
+        self._shm = shm
+        self._owner = owner
+        self.name = shm.name
+        self.table = np.ndarray((shm.size // (8 * _COLUMNS), _COLUMNS), dtype=np.int64, buffer=shm.buf)
+
+    @classmethod
+    def create(cls, workers: int) -> "Control":
+        shm = shared_memory.SharedMemory(create=True, size=8 * _COLUMNS * (workers + 1))
+        control = cls(shm, owner=True)
+        control.table[:] = 0
+        return control
+
+    @classmethod
+    def attach(cls, name: str) -> "Control":
+        try:
+            shm = shared_memory.SharedMemory(name=name, track=False)
+        except TypeError:  # Python < 3.13: registered with the shared resource tracker (harmless)
+            shm = shared_memory.SharedMemory(name=name)
+        return cls(shm, owner=False)
+
+    @property
+    def workers(self) -> int:
+        return self.table.shape[0] - 1
+
+    @property
+    def observer(self) -> int:
+        """The observer's slot."""
+        return self.table.shape[0] - 1
+
+    def workers_up(self) -> int:
+        return int(self.table[:-1, UP].sum())
+
+    def all_up(self) -> bool:
+        return bool(self.table[:, UP].all())
+
+    def close(self) -> None:
+        self.table = None
+        try:
+            self._shm.close()
+        except BufferError:
+            pass
+        if self._owner:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,229 @@
+"""The observer process: reads every worker's ring, hands the scored batches to one
+Observer (drift, latency, scoring log, challengers) in the order they were scored, and
+serves the one /metrics of the whole server (the workers' counters summed).
+
+Order: each pass takes everything every ring holds, then sorts it by the time the batches
+were scored (one monotonic clock for the machine). A request sent after another was
+answered was scored after it, and its batch was in its worker's ring before that answer
+went out -- so requests that arrive one at a time reach the drift monitor in their order,
+whatever worker served them, and drift is the same as with one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from engine.handoff.ring import Ring
+from engine.handoff.wire import decode
+from engine.monitor.export import MetricsServer, merge, observer_families, text
+from engine.observer import Observer
+from engine.processes.control import RESTARTS, UP, Control
+from engine.runtime.session import OnnxModel, WarmupError
+from engine.settings import Settings, load_settings
+
+log = logging.getLogger("scorewire")
+
+IDLE_SLEEP_S = (0.001, 0.02)  # between passes over empty rings: from, growing to
+LOG_FLUSH_S = 2.0
+
+
+class Watch:
+    def __init__(self, settings: Settings, rings: list[Ring], control: Control, say):
+        self.settings = settings
+        self.rings = rings
+        self.control = control
+        self.say = say
+        self.observer = Observer(settings, say)
+        self.latest: dict[int, tuple[int, list]] = {}  # worker slot -> (pid, its families)
+        self.retired: list = []  # counters of worker processes that were replaced
+        self.decode_failures = 0
+
+    # -- models -----------------------------------------------------------------------------
+    def _wanted(self, settings: Settings) -> dict:
+        challengers = {(r.model, v) for r in settings.routes for v in r.challengers}
+        return {(m.name, m.version): m for m in settings.models
+                if m.monitor is not None or (m.name, m.version) in challengers}
+
+    def _load(self, ms, shadow: bool) -> None:
+        # one session is enough here: drift needs the schema, a challenger scores on one thread
+        model = OnnxModel(ms.model_copy(update={"instances": 1}))
+        if shadow and (ms.warmup or model.io_binding is not None):
+            try:
+                model.warm_up(full=ms.warmup)
+            except WarmupError as exc:  # the workers leave it out of its route too
+                log.error("%s; the challenger is left out of its route", exc)
+                model.close()
+                return
+        self.observer.add_model(ms, model)
+
+    def load(self) -> None:
+        self.observer.warm_up()
+        challengers = {(r.model, v) for r in self.settings.routes for v in r.challengers}
+        for key, ms in self._wanted(self.settings).items():
+            self._load(ms, key in challengers)
+        self.observer.install_shadows(self.settings.routes)
+        self.observer.open_scorelog()
+
+    def reload(self, path: Path) -> None:
+        """SIGHUP: the models and routes of the config as it is now (as the workers do)."""
+        new = load_settings(path)
+        wanted = self._wanted(new)
+        challengers = {(r.model, v) for r in new.routes for v in r.challengers}
+        for key, ms in wanted.items():
+            if key not in self.observer.models:
+                self._load(ms, key in challengers)
+        kept = {(m.name, m.version): m for m in self.settings.models}
+        models = [kept.get((m.name, m.version), m) for m in new.models]
+        self.settings = self.settings.model_copy(update={"models": models, "routes": new.routes})
+        self.observer.settings = self.settings
+        retired = self.observer.install_shadows(new.routes)
+        for sh in retired:
+            sh.close(self.settings.server.drain_timeout_s)
+        for key in list(self.observer.models):
+            if key not in wanted:
+                model = self.observer.models[key]
+                self.observer.remove_model(key)
+                if not any(sh.model is model for sh in retired):
+                    model.close()
+        self.say("observer reloaded")
+
+    # -- the rings --------------------------------------------------------------------------
+    def poll(self) -> int:
+        """One pass: every record of every ring, batches in the order they were scored."""
+        batches = []
+        for ring in self.rings:
+            for record in ring.take():
+                try:
+                    header, batch = decode(record)
+                except Exception:
+                    self.decode_failures += 1
+                    log.exception("the observer could not read a record from a worker's ring")
+                    continue
+                if batch is None:
+                    self._stats(header)
+                else:
+                    batches.append((header["s"], batch))
+        if len(batches) > 1:
+            batches.sort(key=lambda sb: sb[0])
+        put = self.observer.put
+        for _, batch in batches:
+            put(batch)
+        return len(batches)
+
+    def _stats(self, header: dict) -> None:
+        slot, pid = header["worker"], header["pid"]
+        previous = self.latest.get(slot)
+        if previous is not None and previous[0] != pid:  # a restarted worker: its counters start at 0
+            counters = [f for f in previous[1] if f[1] == "counter"]
+            self.retired = merge([self.retired, counters])
+        self.latest[slot] = (pid, header["families"])
+
+    def families(self) -> list:
+        workers = merge([self.retired, *(families for _, families in self.latest.values())])
+        return workers + observer_families(self.observer) + self._process_families()
+
+    def _process_families(self) -> list:
+        table = self.control.table
+        n = self.control.workers
+        worker_label = [f'{{worker="{i}"}}' for i in range(n)]
+        return [
+            ["scorewire_workers", "gauge", "Serving processes configured.", [["", n]]],
+            ["scorewire_workers_up", "gauge", "Serving processes running and ready.",
+             [["", int(table[:n, UP].sum())]]],
+            ["scorewire_process_restarts_total", "counter",
+             "Processes the supervisor started again after they died (the server log says why).",
+             [['{process="worker"}', int(table[:n, RESTARTS].sum())],
+              ['{process="observer"}', int(table[n, RESTARTS])]]],
+            ["scorewire_handoff_dropped_batches_total", "counter",
+             "Scored batches a worker dropped because its ring to the observer was full (the observer fell "
+             "behind: they are missing from drift, latency, the scoring log and the challengers).",
+             [[worker_label[i], ring.dropped] for i, ring in enumerate(self.rings)]],
+            ["scorewire_handoff_dropped_rows_total", "counter", "Rows of those batches.",
+             [[worker_label[i], ring.dropped_rows] for i, ring in enumerate(self.rings)]],
+            ["scorewire_handoff_ring_bytes", "gauge", "Bytes waiting in each worker's ring to the observer.",
+             [[worker_label[i], ring.used] for i, ring in enumerate(self.rings)]],
+            ["scorewire_handoff_decode_failures_total", "counter",
+             "Ring records the observer could not read (logged).", [["", self.decode_failures]]],
+        ]
+
+
+async def _observe(settings: Settings, config_path, rings: list[Ring], control: Control, conn: Connection,
+                   metrics_port: int) -> None:
+    loop = asyncio.get_running_loop()
+
+    def say(text_: str) -> None:
+        try:
+            conn.send(("say", text_))
+        except OSError:
+            pass
+
+    watch = Watch(settings, rings, control, say)
+    await loop.run_in_executor(None, watch.load)
+    metrics = MetricsServer(settings.server.host, metrics_port, lambda: text(watch.families()))
+    port = await metrics.start()
+    conn.send(("metrics", port))
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reloading: set[asyncio.Task] = set()
+    if config_path is not None:
+        async def reload() -> None:
+            try:
+                await loop.run_in_executor(None, watch.reload, Path(config_path))
+            except Exception as exc:
+                log.error("observer: reload failed, the running config stays: %s", exc)
+
+        def on_hup() -> None:
+            task = loop.create_task(reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    say("ready")
+    idle = IDLE_SLEEP_S[0]
+    while not stop.is_set():
+        if watch.poll():
+            idle = IDLE_SLEEP_S[0]
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(idle)
+            idle = min(idle * 2, IDLE_SLEEP_S[1])
+    # The supervisor stops the observer after the workers: what is in the rings is all there is.
+    while watch.poll():
+        pass
+    if reloading:
+        await asyncio.gather(*reloading, return_exceptions=True)
+    deadline = time.monotonic() + settings.server.drain_timeout_s
+    await loop.run_in_executor(None, watch.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
+    await metrics.stop()
+
+
+def main(settings: Settings, config_path, ring_names: list[str], control_name: str, conn: Connection,
+         metrics_port: int, log_level: str) -> None:
+    """The observer process (multiprocessing's spawn target)."""
+    from engine.cli import fast_event_loop, startup_error
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s observer %(name)s: %(message)s")
+    rings = [Ring.attach(name) for name in ring_names]
+    control = Control.attach(control_name)
+    try:
+        fast_event_loop()
+        asyncio.run(_observe(settings, config_path, rings, control, conn, metrics_port))
+    except Exception as exc:
+        message = startup_error(exc)
+        if message is None:
+            log.exception("the observer failed")
+        try:
+            conn.send(("failed", message or f"observer failed: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise SystemExit(2) from None
+    finally:
+        for ring in rings:
+            ring.close()
+        control.close()

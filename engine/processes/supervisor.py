@@ -1,0 +1,333 @@
+"""The supervisor: the process `scorewire serve` runs when there are several workers.
+
+It reserves the gRPC port, creates the shared memory (a ring per worker, the control
+table), starts the observer and the workers (multiprocessing's spawn: fresh interpreters,
+nothing inherited but what is passed), and says `ready` once every one of them is. Then it
+watches: a child that dies is started again after a backoff (logged; counted in /metrics as
+scorewire_process_restarts_total), and while it is down the others say not-ready.
+
+Signals: SIGTERM or SIGINT drains -- the workers first (each answers every request it
+accepted and hands its last batches to its ring), then the observer (it reads the rings to
+the end; the challengers, the monitor and the scoring log finish) -- and exits 0. SIGHUP is
+passed to every child: each reloads the models and routes of the config.
+
+Lines on stdout are the ones a single process prints: the supervisor's own, the observer's
+and the first worker's; other workers' lines are logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from engine.handoff.ring import HEADER, Ring
+from engine.processes import observer as observer_proc
+from engine.processes import worker as worker_proc
+from engine.processes.control import PID, RESTARTS, UP, Control
+from engine.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("scorewire")
+
+BACKOFF_S = (0.5, 10.0)  # a child that keeps dying waits longer each time: from, up to
+HEALTHY_S = 30.0  # a child that ran this long starts again at the shortest backoff
+KILL_AFTER_S = 15.0  # drain: past drain_timeout_s plus this, a child is killed
+_QUIET = ("ready", "draining", "stopped")  # children's lines the supervisor says once for all
+
+
+def _say(text: str) -> None:
+    print(f"scorewire: {text}", flush=True)
+
+
+@dataclass
+class Child:
+    slot: int
+    process: multiprocessing.Process
+    conn: Connection
+    started: float
+    ready: bool = False
+    failed: str | None = None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, config_path: Path | None, workers: int, log_level: str,
+                 port: int, rings: list[Ring], control: Control):
+        self.settings = settings
+        self.config_path = config_path
+        self.workers = workers
+        self.log_level = log_level
+        self.port = port
+        self.rings = rings
+        self.control = control
+        self.observer_slot = workers
+        self.metrics_port = settings.server.metrics_port
+        self.children: dict[int, Child] = {}
+        self.backoff: dict[int, float] = {}
+        self.restart_at: dict[int, float] = {}
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stopping = False
+        self.started = False  # every child was ready once
+        self.failures: list[str] = []  # why children failed to start
+        self.hup = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- children ---------------------------------------------------------------------------
+    def _name(self, slot: int) -> str:
+        return "observer" if slot == self.observer_slot else f"worker {slot}"
+
+    def _start(self, slot: int) -> None:
+        receive, send = self.ctx.Pipe(duplex=False)
+        if slot == self.observer_slot:
+            target = observer_proc.main
+            args = (self.settings, self.config_path, [r.name for r in self.rings], self.control.name, send,
+                    self.metrics_port, self.log_level)
+        else:
+            target = worker_proc.main
+            args = (slot, self.settings, self.config_path, self.port, self.rings[slot].name, self.control.name,
+                    send, self.log_level)
+        process = self.ctx.Process(target=target, args=args, name=f"scorewire-{self._name(slot).replace(' ', '-')}")
+        process.start()
+        send.close()
+        self.children[slot] = Child(slot, process, receive, time.monotonic())
+        self.control.table[slot, PID] = process.pid
+
+    def _message(self, child: Child) -> bool:
+        """Handle one message from `child`; False when its end of the pipe is closed."""
+        try:
+            kind, value = child.conn.recv()
+        except (EOFError, OSError):
+            return False
+        if kind == "say":
+            if value == "ready":
+                child.ready = True
+                self.control.table[child.slot, UP] = 1
+                if self._all_ready() and self.started:
+                    log.info("%s is ready again", self._name(child.slot))
+            elif value in _QUIET or value.startswith(("gRPC listening", "gRPC security")):
+                pass
+            elif child.slot in (0, self.observer_slot):
+                _say(value)
+            else:
+                log.info("%s: %s", self._name(child.slot), value)
+        elif kind == "metrics":
+            self.metrics_port = value
+        elif kind == "failed":
+            child.failed = value
+            log.error("%s: %s", self._name(child.slot), value)
+        return True
+
+    def _exited(self, child: Child) -> None:
+        child.process.join()
+        self.control.table[child.slot, UP] = 0
+        code = child.process.exitcode
+        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        del self.children[child.slot]
+        if not self.started:
+            self.failures.append(child.failed or f"{self._name(child.slot)} stopped with {how} while starting")
+            return
+        if self.stopping:
+            return
+        ran = time.monotonic() - child.started
+        delay = BACKOFF_S[0] if ran >= HEALTHY_S else min(self.backoff.get(child.slot, 0) * 2 or BACKOFF_S[0],
+                                                          BACKOFF_S[1])
+        self.backoff[child.slot] = delay
+        self.restart_at[child.slot] = time.monotonic() + delay
+        self.control.table[child.slot, RESTARTS] += 1
+        log.error("%s (pid %d) stopped with %s after %.1f s; starting it again in %.1f s",
+                  self._name(child.slot), child.process.pid, how, ran, delay)
+
+    def _all_ready(self) -> bool:
+        return len(self.children) == self.workers + 1 and all(c.ready for c in self.children.values())
+
+    # -- signals ----------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGHUP:
+            self.hup = True
+        else:
+            self.stopping = True
+
+    def _pass_hup(self) -> None:
+        self.hup = False
+        if self.config_path is not None:
+            try:  # restarted children start with what the others reload
+                new = load_settings(self.config_path)
+                self.settings = self.settings.model_copy(update={"models": new.models, "routes": new.routes})
+            except SettingsError as exc:
+                log.error("reload: %s", exc)  # the children say so too, and keep their config
+        for child in self.children.values():
+            if child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGHUP)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _step(self, timeout: float) -> None:
+        waitables = [self._wake_r]
+        for child in list(self.children.values()):
+            waitables += [child.conn, child.process.sentinel]
+        for ready in wait(waitables, timeout):
+            if ready is self._wake_r:
+                try:
+                    while self._wake_r.recv(512):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            for child in list(self.children.values()):
+                if ready is child.conn:
+                    self._message(child)
+        # messages first: a child's last words (why it failed) come before its exit
+        for child in list(self.children.values()):
+            if not child.process.is_alive():
+                while child.conn.poll() and self._message(child):
+                    pass
+                self._exited(child)
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        # The observer first: its metrics port is the server's, and it must be reading the
+        # rings before the workers fill them.
+        self._start(self.observer_slot)
+        if not self._wait_ready([self.observer_slot]):
+            return self._abort()
+        for slot in range(self.workers):
+            self._start(slot)
+        if not self._wait_ready(list(range(self.workers))):
+            return self._abort()
+        host = self.settings.server.host
+        _say(f"{self.workers} workers on the gRPC port, 1 observer (pids "
+             f"{', '.join(str(c.process.pid) for c in sorted(self.children.values(), key=lambda c: c.slot))})")
+        _say(f"gRPC listening on {host}:{self.port}")
+        _say(f"metrics on http://{host}:{self.metrics_port}/metrics")
+        _say("ready")
+        self.started = True
+        while not self.stopping:
+            now = time.monotonic()
+            for slot, at in list(self.restart_at.items()):
+                if at <= now:
+                    del self.restart_at[slot]
+                    self._start(slot)
+            if self.hup:
+                self._pass_hup()
+            timeout = min([at - now for at in self.restart_at.values()] + [1.0])
+            self._step(max(0.0, timeout))
+        return self._drain()
+
+    def _wait_ready(self, slots: list[int]) -> bool:
+        while not self.stopping:
+            children = [self.children.get(s) for s in slots]
+            if any(c is None for c in children):  # one exited before it was ready
+                return False
+            if all(c.ready for c in children):
+                return True
+            self._step(1.0)
+        return False
+
+    def _abort(self) -> int:
+        """Start-up failed (or was interrupted): stop what runs, say why, exit 2."""
+        interrupted = self.stopping
+        self.stopping = True
+        for child in list(self.children.values()):
+            child.process.terminate()
+        self._wait_gone(list(self.children), 10.0)
+        reasons = list(dict.fromkeys(self.failures))
+        for reason in reasons:
+            print(f"scorewire: {reason}", file=sys.stderr, flush=True)
+        return 0 if interrupted and not reasons else 2
+
+    def _wait_gone(self, slots: list[int], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(s in self.children for s in slots) and time.monotonic() < deadline:
+            self._step(min(0.5, max(0.0, deadline - time.monotonic())))
+        for slot in slots:
+            child = self.children.get(slot)
+            if child is not None:
+                log.error("%s did not stop in time; killing it", self._name(slot))
+                child.process.kill()
+                self._step(1.0)
+
+    def _drain(self) -> int:
+        _say("draining")
+        self.restart_at.clear()
+        timeout = self.settings.server.drain_timeout_s + KILL_AFTER_S
+        workers = [s for s in self.children if s != self.observer_slot]
+        for slot in workers:
+            self.children[slot].process.terminate()
+        self._wait_gone(workers, timeout)
+        if self.observer_slot in self.children:
+            self.children[self.observer_slot].process.terminate()
+            self._wait_gone([self.observer_slot], timeout)
+        _say("stopped")
+        return 0
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to the gRPC port with SO_REUSEPORT and never listening: it keeps the
+    port for the workers (each binds it with SO_REUSEPORT; the kernel spreads connections over
+    the listening ones). The port is first bound without SO_REUSEPORT, so a port another
+    server holds is refused here instead of shared with it."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    address = (host.strip("[]"), port)
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind(address)
+        port = probe.getsockname()[1]
+    finally:
+        probe.close()
+    keeper = socket.socket(family, socket.SOCK_STREAM)
+    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    keeper.bind((address[0], port))
+    return keeper
+
+
+def _shm_room(needed: int) -> str | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        return (f"the workers' rings need {needed / 2**20:.0f} MiB in /dev/shm and it has {free / 2**20:.0f} MiB free; "
+                "lower [server] handoff_ring_bytes or workers, or give the container more shared memory "
+                "(docker run --shm-size)")
+    return None
+
+
+def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str) -> int:
+    server = settings.server
+    problem = _shm_room(workers * (server.handoff_ring_bytes + HEADER))
+    if problem is not None:
+        print(f"scorewire: {problem}", file=sys.stderr)
+        return 2
+    try:
+        keeper = _reserve_port(server.host, server.grpc_port)
+    except OSError as exc:
+        why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        print(f"scorewire: cannot bind gRPC to {server.host}:{server.grpc_port} ({why})", file=sys.stderr)
+        return 2
+    rings = [Ring.create(server.handoff_ring_bytes) for _ in range(workers)]
+    control = Control.create(workers)
+    supervisor = Supervisor(settings, config_path, workers, log_level, keeper.getsockname()[1], rings, control)
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.close()
+        keeper.close()
+        for ring in rings:
+            ring.close()
+        control.close()

@@ -1,0 +1,103 @@
+"""A worker process: one whole serving path (engine/app.py's App) on the shared gRPC port,
+whose scored batches and counters go to the observer through its shared-memory ring.
+
+Nothing on the request path waits for the observer: `Link.put` encodes the batch and copies
+it into the ring, or counts it dropped when the ring is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+
+from engine.batching.batch import ScoredBatch
+from engine.handoff.ring import Ring
+from engine.handoff.wire import encode_batch, encode_stats
+from engine.processes.control import Control
+from engine.settings import Settings
+
+log = logging.getLogger("scorewire")
+
+STATS_INTERVAL_S = 0.25  # a worker's counters reach /metrics this late at most
+FINAL_STATS_WAIT_S = 5.0  # drain: how long the last counters wait for room in the ring
+
+
+class Link:
+    """What a worker's App calls instead of an in-process Observer."""
+
+    def __init__(self, slot: int, port: int, ring: Ring, control: Control, conn: Connection):
+        self.slot, self.port, self.ring, self.control, self._conn = slot, port, ring, control, conn
+        self.encode_failures = 0
+        self._last_failure_log = 0.0
+
+    def put(self, batch: ScoredBatch) -> None:
+        """On the serving path: never waits (a full ring drops the batch and counts it)."""
+        try:
+            parts = encode_batch(batch, time.monotonic_ns())
+        except Exception:  # e.g. an output of Python objects: the answer went out; count, say why
+            self.encode_failures += 1
+            now = time.monotonic()
+            if now - self._last_failure_log > 60:
+                self._last_failure_log = now
+                log.exception("worker %d: a scored batch of %s:%s could not be handed to the observer "
+                              "(%d so far)", self.slot, batch.model, batch.version, self.encode_failures)
+            return
+        self.ring.put(parts, batch.rows)
+
+    def announce(self, text: str) -> None:
+        try:
+            self._conn.send(("say", text))
+        except (BrokenPipeError, OSError):  # the supervisor is gone; so are we, soon
+            pass
+
+    def _stats(self, app, final: bool = False) -> list:
+        families = app.families()
+        families.append(["scorewire_handoff_encode_failures_total", "counter",
+                         "Scored batches a worker could not encode for the observer (logged).",
+                         [["", self.encode_failures]]])
+        return encode_stats(self.slot, os.getpid(), families, final)
+
+    async def run(self, app) -> None:
+        """Every STATS_INTERVAL_S: this worker's counters to the observer, and its readiness
+        from its peers' (not ready while any process of the server is down)."""
+        while True:
+            self.ring.put(self._stats(app), 0)
+            await app.set_ready(self.control.all_up())
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+    async def finish(self, app) -> None:
+        """Drain: the last counters, after the last batch (waiting a little for room)."""
+        record = self._stats(app, final=True)
+        deadline = time.monotonic() + FINAL_STATS_WAIT_S
+        while not self.ring.put(record, 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def main(slot: int, settings: Settings, config_path, port: int, ring_name: str, control_name: str,
+         conn: Connection, log_level: str) -> None:
+    """The worker process (multiprocessing's spawn target)."""
+    from engine.app import serve
+    from engine.cli import fast_event_loop, startup_error
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker {slot} %(name)s: %(message)s")
+    link = Link(slot, port, Ring.attach(ring_name), Control.attach(control_name), conn)
+    try:
+        fast_event_loop()
+        asyncio.run(serve(settings, config_path, link))
+    except Exception as exc:
+        message = startup_error(exc)
+        if message is None:
+            log.exception("worker %d failed", slot)
+        try:
+            conn.send(("failed", message or f"worker {slot} failed: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise SystemExit(2) from None
+    finally:
+        link.ring.close()
+        link.control.close()
