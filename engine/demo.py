@@ -199,8 +199,10 @@ def start_server(config: Path, timeout_s: float = 120.0, log_level: str = "INFO"
     grpc_port = metrics_port = 0
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
+    proc.startup = []  # the lines it printed up to "ready"
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        proc.startup.append(line.strip())
         if not line:
             raise RuntimeError(f"scorewire serve exited with {proc.wait()} before it was ready")
         if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):

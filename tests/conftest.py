@@ -94,6 +94,7 @@ queue_capacity = 8
 class Server:
     def __init__(self, proc: subprocess.Popen, port: int, metrics_port: int, directory: Path):
         self.proc, self.port, self.metrics_port, self.dir = proc, port, metrics_port, directory
+        self.startup: list[str] = getattr(proc, "startup", [])  # its lines up to "ready"
 
     @property
     def url(self) -> str:

@@ -56,6 +56,9 @@ class Link:
 
     def _stats(self, app, final: bool = False) -> list:
         families = app.families()
+        families.append(["scorewire_worker_requests_total", "counter",
+                         "gRPC inference requests answered by each worker (the kernel spreads connections).",
+                         [[f'{{worker="{self.slot}"}}', sum(app.requests_by_code.values())]]])
         families.append(["scorewire_handoff_encode_failures_total", "counter",
                          "Scored batches a worker could not encode for the observer (logged).",
                          [["", self.encode_failures]]])

@@ -1,0 +1,248 @@
+"""Several serving processes (`[server] workers = 2`): one port, one /metrics, a supervisor
+that restarts what dies, a drain that loses no answered row, drift equal to one process's,
+and Kafka consumer groups spread over the workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tritonclient.grpc as grpcclient
+
+from engine.demo import N_FEATURES, demo_data
+from engine.mock_kafka import MockCluster
+from tests.conftest import Server, launch
+from tests.integration.kafka_helpers import STREAM, json_events, produce, read_all, results_by_source, wait_for
+
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+
+BASE = """\
+[server]
+workers = {workers}
+host = "127.0.0.1"
+grpc_port = 0
+metrics_port = 0
+drain_timeout_s = 20
+
+[[models]]
+name = "mlp"
+path = "models/mlp.onnx"
+[models.batching]
+max_batch_size = 64
+max_queue_delay_us = 500
+"""
+
+
+def infer(url: str, x: np.ndarray, request_id: str = "") -> np.ndarray:
+    """One request on a connection of its own (so that the kernel picks a worker for it)."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        inp = grpcclient.InferInput("float_input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        return client.infer("mlp", [inp], request_id=request_id).as_numpy("probabilities")
+    finally:
+        client.close()
+
+
+def pids(server: Server) -> tuple[list[int], int]:
+    """(worker pids by slot, observer pid), from the supervisor's start-up line."""
+    line = next(s for s in server.startup if "workers on the gRPC port" in s)
+    numbers = [int(n) for n in re.search(r"pids ([\d, ]+)", line).group(1).split(", ")]
+    return numbers[:-1], numbers[-1]
+
+
+def launch_workers(directory: Path, text: str, name: str) -> Server:
+    server = launch(directory, text, name)
+    assert server.startup is not None
+    return server
+
+
+def test_two_workers_share_the_port_and_one_metrics_endpoint(model_dir, rng):
+    server = launch_workers(model_dir, BASE.format(workers=2), "two.toml")
+    try:
+        workers, observer = pids(server)
+        assert len(workers) == 2 and len(set(workers + [observer, server.proc.pid])) == 4
+        x = rng.normal(size=(120, N_FEATURES)).astype(np.float32)
+        for i in range(len(x)):
+            infer(server.url, x[i:i + 1])
+        answered = 'scorewire_requests_total{model="mlp",code="OK"}'
+        m = wait_for(lambda: (v := server.metrics()).get(answered) == 120 and v, 10, what="counters to arrive")
+        per_worker = [m[f'scorewire_worker_requests_total{{worker="{i}"}}'] for i in range(2)]
+        assert sum(per_worker) == 120 and min(per_worker) > 0, f"the kernel spread connections: {per_worker}"
+        assert m['scorewire_rows_total{model="mlp",version="1"}'] == 120
+        # every scored batch reached the observer's latency histograms, none dropped on the way
+        batches = m['scorewire_batches_total{model="mlp",version="1"}']
+        wait_for(lambda: server.metrics().get('scorewire_batch_rows_count{model="mlp",version="1"}') == batches, 10,
+                 what="every batch in the observer")
+        assert m['scorewire_workers_up'] == 2
+        assert m['scorewire_handoff_dropped_batches_total{worker="0"}'] == 0
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_killed_worker_or_observer_is_restarted_while_the_others_answer(model_dir, rng):
+    server = launch_workers(model_dir, BASE.format(workers=2), "restart.toml")
+    client = grpcclient.InferenceServerClient(server.url)
+    try:
+        workers, observer = pids(server)
+        x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
+        expected = infer(server.url, x)
+        os.kill(workers[1], signal.SIGKILL)
+        wait_for(lambda: not client.is_server_ready(), 10, what="ServerReady to say not ready while a worker is down")
+        answered = failed = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the other worker answers meanwhile (a retry at most)
+            try:
+                got = infer(server.url, x)
+            except Exception:
+                failed += 1
+                got = infer(server.url, x)
+            np.testing.assert_array_equal(got, expected)
+            answered += 1
+            if client.is_server_ready():
+                break
+        assert client.is_server_ready(), "the worker was not started again"
+        assert failed <= 1 and answered > 0
+        m = server.metrics()
+        assert m['scorewire_process_restarts_total{process="worker"}'] == 1
+        assert m['scorewire_workers_up'] == 2
+        # the observer next: scoring goes on without it, and it comes back on the same port
+        os.kill(observer, signal.SIGKILL)
+        for _ in range(20):
+            np.testing.assert_array_equal(infer(server.url, x), expected)
+        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
+                 what="the observer to come back")
+        wait_for(client.is_server_ready, 30, what="ready again")
+    finally:
+        client.close()
+        assert server.stop() == 0
+
+
+def _metric(server: Server, key: str) -> float | None:
+    try:
+        return server.metrics().get(key)
+    except OSError:
+        return None
+
+
+def test_sigterm_under_load_loses_no_answered_row(model_dir, rng):
+    config = BASE.format(workers=2) + '\n[scorelog]\ndir = "drain-log"\nmax_file_age_s = 60\n'
+    server = launch_workers(model_dir, config, "drain.toml")
+    x = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def caller(k: int) -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        i = 0
+        while not stop.is_set():
+            rid = f"c{k}-{i}"
+            inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+            inp.set_data_from_numpy(x[i % 64:i % 64 + 1])
+            try:
+                client.infer("mlp", [inp], request_id=rid)
+                answered.append(rid)
+            except Exception:  # refused while draining: not answered, so not owed to the log
+                pass
+            i += 1
+        client.close()
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(answered) >= 300, 60, what="load")
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(90)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert code == 0
+    out = server.proc.stdout.read()
+    assert "scorewire: stopped" in out
+    table = pq.read_table(model_dir / "drain-log", partitioning="hive")
+    logged = set(table.column("request_id").to_pylist())
+    missing = [rid for rid in answered if rid not in logged]
+    assert not missing, f"{len(missing)} of {len(answered)} answered requests are not in the scoring log"
+    assert len(answered) >= 300
+
+
+MONITORED = BASE + """
+[monitoring]
+events_dir = "{events}"
+[models.monitor]
+features = [{features}]
+outputs = ["probabilities:1"]
+reference = "ref-workers.parquet"
+window = 300
+every = 100
+alpha = 0.001
+min_effect = 0.1
+consecutive = 2
+"""
+
+
+def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
+    x, _ = demo_data(6_000, seed=3)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    ref = x[:3000]
+    columns = {name: ref[:, i] for i, name in enumerate(FEATURES)}
+    columns["probabilities:1"] = session.run(["probabilities"], {"float_input": ref})[0][:, 1]
+    pq.write_table(pa.table(columns), model_dir / "ref-workers.parquet")
+    live = x[3000:4400].copy()
+    live[500:, FEATURES.index("f3")] += 2.0  # onset after 500 rows; alerts raise, then clear once it ends
+    live[1000:, FEATURES.index("f3")] -= 2.0
+    features = ", ".join(f'"{f}"' for f in FEATURES)
+    events = {}
+    for workers in (1, 2):
+        server = launch(model_dir, MONITORED.format(workers=workers, events=f"events-{workers}", features=features),
+                        f"drift-{workers}.toml")
+        try:
+            for i in range(len(live)):  # one at a time: the next after the answer
+                infer(server.url, live[i:i + 1])
+        finally:
+            assert server.stop() == 0
+        table = pq.read_table(model_dir / f"events-{workers}", partitioning="hive").sort_by(
+            [("events_observed", "ascending"), ("feature", "ascending"), ("event", "ascending")])
+        events[workers] = table.select(["event", "feature", "statistic", "pvalue", "events_observed"]).to_pylist()
+    assert any(e["event"] == "raise" and e["feature"] == "f3" for e in events[1])
+    assert any(e["event"] == "clear" and e["feature"] == "f3" for e in events[1])
+    assert events[2] == events[1]
+
+
+@pytest.mark.slow
+def test_kafka_with_two_workers_scores_every_event_across_a_worker_restart(model_dir, rng):
+    n = 20_000
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 8)
+        stream = STREAM.format(bootstrap=cluster.bootstrap, group="two-workers", topic="events", output="scores",
+                               dlq="scores-dlq", fmt="json", linger_ms=5)
+        server = launch_workers(model_dir, BASE.format(workers=2) + stream, "kafka-workers.toml")
+        key = 'scorewire_stream_assigned_partitions{stream="events->scores",model="mlp"}'
+        try:
+            workers, _ = pids(server)
+            wait_for(lambda: _metric(server, key) == 8, 60, what="the workers to hold every partition")
+            messages = json_events(x)
+            produce(cluster.bootstrap, "events", messages[: n // 2])
+            consumed = 'scorewire_stream_consumed_total{stream="events->scores",model="mlp"}'
+            wait_for(lambda: (_metric(server, consumed) or 0) > 0, 60, what="consuming")
+            os.kill(workers[0], signal.SIGKILL)  # mid-stream
+            produce(cluster.bootstrap, "events", messages[n // 2:])
+            by_source = results_by_source(read_all(cluster.bootstrap, "scores", n, timeout_s=120))
+            ids = {r["id"] for results in by_source.values() for r in results}
+            assert ids == set(range(n)), f"{n - len(ids)} events have no result"
+            wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, 30,
+                     what="the restart to be counted")
+        finally:
+            assert server.stop() == 0
