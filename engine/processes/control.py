@@ -1,5 +1,6 @@
 """The supervisor's shared table of its children: one row per process slot (workers
-0..N-1, then the observer), written by the supervisor, read by the others. Workers read it
+0..N-1, then the observer), and a last row for the server (column 0: every process was
+ready once), written by the supervisor, read by the others. Workers read it
 to say not-ready while a peer is down; the observer reads it for /metrics."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Control:
 
     @classmethod
     def create(cls, workers: int) -> "Control":
-        shm = shared_memory.SharedMemory(create=True, size=8 * _COLUMNS * (workers + 1))
+        shm = shared_memory.SharedMemory(create=True, size=8 * _COLUMNS * (workers + 2))
         control = cls(shm, owner=True)
         control.table[:] = 0
         return control
@@ -36,18 +37,27 @@ class Control:
 
     @property
     def workers(self) -> int:
-        return self.table.shape[0] - 1
+        return self.table.shape[0] - 2
 
     @property
     def observer(self) -> int:
         """The observer's slot."""
-        return self.table.shape[0] - 1
+        return self.table.shape[0] - 2
+
+    @property
+    def started(self) -> bool:
+        return bool(self.table[-1, 0])
+
+    @started.setter
+    def started(self, value: bool) -> None:
+        self.table[-1, 0] = int(value)
 
     def workers_up(self) -> int:
-        return int(self.table[:-1, UP].sum())
+        return int(self.table[:-2, UP].sum())
 
     def all_up(self) -> bool:
-        return bool(self.table[:, UP].all())
+        """Every process is up (or the server is still starting: each worker answers for itself)."""
+        return not self.started or bool(self.table[:-1, UP].all())
 
     def close(self) -> None:
         self.table = None

@@ -209,8 +209,9 @@ class Supervisor:
              f"{', '.join(str(c.process.pid) for c in sorted(self.children.values(), key=lambda c: c.slot))})")
         _say(f"gRPC listening on {host}:{self.port}")
         _say(f"metrics on http://{host}:{self.metrics_port}/metrics")
-        _say("ready")
         self.started = True
+        self.control.started = True
+        _say("ready")
         while not self.stopping:
             now = time.monotonic()
             for slot, at in list(self.restart_at.items()):
