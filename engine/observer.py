@@ -31,9 +31,13 @@ Key = tuple[str, str]  # (model name, version)
 
 
 class Observer:
-    def __init__(self, settings: Settings, announce: Callable[[str], None]):
+    def __init__(self, settings: Settings, announce: Callable[[str], None],
+                 shadow_results: Callable[[ScoredBatch], None] | None = None):
+        """`shadow_results`: where challengers' results go (default: this observer's monitor
+        and log; the challengers process sends them to the observer process instead)."""
         self.settings = settings
         self._announce = announce
+        self._shadow_results = shadow_results
         self.latency = LatencyMonitor()
         self.drift: dict[Key, DriftMonitor] = {}
         self.models: dict[Key, OnnxModel] = {}  # monitored versions and challengers
@@ -104,11 +108,18 @@ class Observer:
         self.tap.put(batch)
         if self.scorelog is not None:
             self.scorelog.put(batch)
+        if self.shadows:
+            self.offer_shadows(batch)
+
+    def offer_shadows(self, batch: ScoredBatch) -> None:
         for shadow in self.shadows.get((batch.model, batch.version), ()):
             shadow.offer(batch)
 
     def _shadow_scored(self, batch: ScoredBatch) -> None:
         """On a challenger's thread: its results go to the monitor and the log."""
+        if self._shadow_results is not None:
+            self._shadow_results(batch)
+            return
         self.tap.put(batch)
         if self.scorelog is not None:
             self.scorelog.put(batch)
@@ -148,25 +159,30 @@ class Observer:
     def all_shadows(self) -> Iterable[Shadow]:
         return [sh for group in self.shadows.values() for sh in group]
 
-    def close(self, until: Callable[[], float], log_flush_s: float) -> None:
-        """Challengers finish what they were offered, then the monitor, then the log writes
-        everything and closes its files; `until()` is the time left (s). Blocking: run it off
-        the event loop."""
+    def close_shadows(self, until: Callable[[], float]) -> None:
+        """Challengers finish what they were offered (in parallel, within `until()` s), and
+        say what they did."""
         shadows = self.all_shadows()
-        for sh in shadows:  # each is given what is left of the time (they run in parallel)
+        for sh in shadows:
             sh.begin_close()
         for sh in shadows:
             sh.close(max(0.0, until()))
-        self.tap.close(max(0.1, until()))
-        tap = self.tap
-        evaluations = sum(m.evaluations for m in self.drift.values())
-        self._announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} "
-                       f"failed ({evaluations} drift evaluations)")
         for sh in shadows:
             st = sh.stats
             self._announce(f"challenger {sh.model.label}: {st.rows_scored} rows scored, {st.rows_dropped} dropped, "
                            f"{st.rows_failed} failed (errors {st.errors}, wrong shape {st.bad_shape}, "
                            f"timeouts {st.timeouts})")
+
+    def close(self, until: Callable[[], float], log_flush_s: float) -> None:
+        """Challengers finish what they were offered, then the monitor, then the log writes
+        everything and closes its files; `until()` is the time left (s). Blocking: run it off
+        the event loop."""
+        self.close_shadows(until)
+        self.tap.close(max(0.1, until()))
+        tap = self.tap
+        evaluations = sum(m.evaluations for m in self.drift.values())
+        self._announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} "
+                       f"failed ({evaluations} drift evaluations)")
         if self.scorelog is not None:
             self.scorelog.close(max(log_flush_s, until()))
             st = self.scorelog.stats

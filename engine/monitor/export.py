@@ -140,6 +140,13 @@ def _monitoring(app, family) -> None:  # app: the Observer
     _scorelog(app, family)
 
 
+def shadow_families(observer) -> list[Family]:
+    """The challengers' counts alone (the challengers process sends these)."""
+    families: list[Family] = []
+    _shadows(observer, _collector(families))
+    return families
+
+
 def _shadows(app, family) -> None:
     # (labels of a challenger of a champion version, the challenger)
     shadows = [(dict(model=sh.name, champion=champion[1], version=sh.version), sh)

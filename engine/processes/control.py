@@ -1,7 +1,8 @@
 """The supervisor's shared table of its children: one row per process slot (workers
-0..N-1, then the observer), and a last row for the server (column 0: every process was
-ready once), written by the supervisor, read by the others. Workers read it
-to say not-ready while a peer is down; the observer reads it for /metrics."""
+0..N-1, the observer N, the challengers N+1), and a last row for the server (column 0:
+every process was ready once), written by the supervisor, read by the others. Workers read
+it to say not-ready while a worker or the observer is down (not the challengers: they never
+touch an answer); the observer reads it for /metrics."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Control:
 
     @classmethod
     def create(cls, workers: int) -> "Control":
-        shm = shared_memory.SharedMemory(create=True, size=8 * _COLUMNS * (workers + 2))
+        shm = shared_memory.SharedMemory(create=True, size=8 * _COLUMNS * (workers + 3))
         control = cls(shm, owner=True)
         control.table[:] = 0
         return control
@@ -37,12 +38,17 @@ class Control:
 
     @property
     def workers(self) -> int:
-        return self.table.shape[0] - 2
+        return self.table.shape[0] - 3
 
     @property
     def observer(self) -> int:
         """The observer's slot."""
-        return self.table.shape[0] - 2
+        return self.workers
+
+    @property
+    def challengers(self) -> int:
+        """The challengers' slot."""
+        return self.workers + 1
 
     @property
     def started(self) -> bool:
@@ -53,11 +59,12 @@ class Control:
         self.table[-1, 0] = int(value)
 
     def workers_up(self) -> int:
-        return int(self.table[:-2, UP].sum())
+        return int(self.table[:self.workers, UP].sum())
 
     def all_up(self) -> bool:
-        """Every process is up (or the server is still starting: each worker answers for itself)."""
-        return not self.started or bool(self.table[:-1, UP].all())
+        """Every worker and the observer are up (or the server is still starting: each worker
+        answers for itself)."""
+        return not self.started or bool(self.table[:self.workers + 1, UP].all())
 
     def close(self) -> None:
         self.table = None

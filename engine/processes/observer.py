@@ -1,6 +1,7 @@
 """The observer process: reads every worker's ring, hands the scored batches to one
-Observer (drift, latency, scoring log, challengers) in the order they were scored, and
-serves the one /metrics of the whole server (the workers' counters summed).
+Observer (drift, latency, scoring log) in the order they were scored, forwards the batches
+of champions that have challengers to the challengers process (and reads their results
+back), and serves the one /metrics of the whole server (every process's counters summed).
 
 Order: each pass takes everything every ring holds, then sorts it by the time the batches
 were scored (one monotonic clock for the machine). A request sent after another was
@@ -23,7 +24,7 @@ from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
 from engine.processes.control import RESTARTS, UP, Control
-from engine.runtime.session import OnnxModel, WarmupError
+from engine.runtime.session import OnnxModel
 from engine.settings import Settings, load_settings
 
 log = logging.getLogger("scorewire")
@@ -33,10 +34,13 @@ LOG_FLUSH_S = 2.0
 
 
 class Watch:
-    def __init__(self, settings: Settings, rings: list[Ring], control: Control, say):
+    def __init__(self, settings: Settings, rings: list[Ring], control: Control, say,
+                 to_challengers: Ring | None = None, from_challengers: Ring | None = None):
         self.settings = settings
-        self.rings = rings
+        self.rings = rings  # the workers'
+        self.to_challengers, self.from_challengers = to_challengers, from_challengers
         self.control = control
+        self.forward: set[tuple[str, str]] = set()  # champions whose batches the challengers get
         self.say = say
         self.observer = Observer(settings, say)
         self.latest: dict[int, tuple[int, list]] = {}  # worker slot -> (pid, its families)
@@ -44,59 +48,50 @@ class Watch:
         self.decode_failures = 0
 
     # -- models -----------------------------------------------------------------------------
-    def _wanted(self, settings: Settings) -> dict:
-        challengers = {(r.model, v) for r in settings.routes for v in r.challengers}
-        return {(m.name, m.version): m for m in settings.models
-                if m.monitor is not None or (m.name, m.version) in challengers}
+    @staticmethod
+    def _wanted(settings: Settings) -> dict:
+        """The monitored versions (their sessions give the monitor their schema)."""
+        return {(m.name, m.version): m for m in settings.models if m.monitor is not None}
 
-    def _load(self, ms, shadow: bool) -> None:
-        # one session is enough here: drift needs the schema, a challenger scores on one thread
-        model = OnnxModel(ms.model_copy(update={"instances": 1}))
-        if shadow and (ms.warmup or model.io_binding is not None):
-            try:
-                model.warm_up(full=ms.warmup)
-            except WarmupError as exc:  # the workers leave it out of its route too
-                log.error("%s; the challenger is left out of its route", exc)
-                model.close()
-                return
-        self.observer.add_model(ms, model)
+    def _load(self, ms) -> None:
+        self.observer.add_model(ms, OnnxModel(ms.model_copy(update={"instances": 1})))
+
+    def _forwarding(self) -> None:
+        self.forward = {(r.model, r.champion) for r in self.settings.routes if r.challengers}
 
     def load(self) -> None:
         self.observer.warm_up()
-        challengers = {(r.model, v) for r in self.settings.routes for v in r.challengers}
-        for key, ms in self._wanted(self.settings).items():
-            self._load(ms, key in challengers)
-        self.observer.install_shadows(self.settings.routes)
+        for ms in self._wanted(self.settings).values():
+            self._load(ms)
+        self._forwarding()
         self.observer.open_scorelog()
 
     def reload(self, path: Path) -> None:
         """SIGHUP: the models and routes of the config as it is now (as the workers do)."""
         new = load_settings(path)
         wanted = self._wanted(new)
-        challengers = {(r.model, v) for r in new.routes for v in r.challengers}
         for key, ms in wanted.items():
             if key not in self.observer.models:
-                self._load(ms, key in challengers)
+                self._load(ms)
         kept = {(m.name, m.version): m for m in self.settings.models}
         models = [kept.get((m.name, m.version), m) for m in new.models]
         self.settings = self.settings.model_copy(update={"models": models, "routes": new.routes})
         self.observer.settings = self.settings
-        retired = self.observer.install_shadows(new.routes)
-        for sh in retired:
-            sh.close(self.settings.server.drain_timeout_s)
+        if self.observer.scorelog is not None:
+            self.observer.scorelog.feature_names = self.observer.feature_names()
+        self._forwarding()
         for key in list(self.observer.models):
             if key not in wanted:
                 model = self.observer.models[key]
                 self.observer.remove_model(key)
-                if not any(sh.model is model for sh in retired):
-                    model.close()
-        self.say("observer reloaded")
+                model.close()
 
     # -- the rings --------------------------------------------------------------------------
     def poll(self) -> int:
         """One pass: every record of every ring, batches in the order they were scored."""
         batches = []
-        for ring in self.rings:
+        rings = self.rings if self.from_challengers is None else [*self.rings, self.from_challengers]
+        for ring in rings:
             for record in ring.take():
                 try:
                     header, batch = decode(record)
@@ -107,12 +102,14 @@ class Watch:
                 if batch is None:
                     self._stats(header)
                 else:
-                    batches.append((header["s"], batch))
+                    batches.append((header["s"], batch, record))
         if len(batches) > 1:
             batches.sort(key=lambda sb: sb[0])
-        put = self.observer.put
-        for _, batch in batches:
+        put, forward, out = self.observer.put, self.forward, self.to_challengers
+        for _, batch, record in batches:
             put(batch)
+            if out is not None and (batch.model, batch.version) in forward:
+                out.put([record], batch.rows)  # as the worker wrote it; full: dropped, counted
         return len(batches)
 
     def _stats(self, header: dict) -> None:
@@ -135,10 +132,13 @@ class Watch:
             ["scorewire_workers", "gauge", "Serving processes configured.", [["", n]]],
             ["scorewire_workers_up", "gauge", "Serving processes running and ready.",
              [["", int(table[:n, UP].sum())]]],
+            ["scorewire_process_up", "gauge", "1 while the observer or the challengers process runs and is ready.",
+             [['{process="observer"}', int(table[n, UP])], ['{process="challengers"}', int(table[n + 1, UP])]]],
             ["scorewire_process_restarts_total", "counter",
              "Processes the supervisor started again after they died (the server log says why).",
              [['{process="worker"}', int(table[:n, RESTARTS].sum())],
-              ['{process="observer"}', int(table[n, RESTARTS])]]],
+              ['{process="observer"}', int(table[n, RESTARTS])],
+              ['{process="challengers"}', int(table[n + 1, RESTARTS])]]],
             ["scorewire_handoff_dropped_batches_total", "counter",
              "Scored batches a worker dropped because its ring to the observer was full (the observer fell "
              "behind: they are missing from drift, latency, the scoring log and the challengers).",
@@ -147,13 +147,17 @@ class Watch:
              [[worker_label[i], ring.dropped_rows] for i, ring in enumerate(self.rings)]],
             ["scorewire_handoff_ring_bytes", "gauge", "Bytes waiting in each worker's ring to the observer.",
              [[worker_label[i], ring.used] for i, ring in enumerate(self.rings)]],
+            ["scorewire_handoff_to_challengers_dropped_rows_total", "counter",
+             "Rows of champion batches not forwarded to the challengers process because its ring was full "
+             "(the challengers fell behind).",
+             [["", 0 if self.to_challengers is None else self.to_challengers.dropped_rows]]],
             ["scorewire_handoff_decode_failures_total", "counter",
              "Ring records the observer could not read (logged).", [["", self.decode_failures]]],
         ]
 
 
 async def _observe(settings: Settings, config_path, rings: list[Ring], control: Control, conn: Connection,
-                   metrics_port: int) -> None:
+                   metrics_port: int, to_challengers: Ring, from_challengers: Ring) -> None:
     loop = asyncio.get_running_loop()
 
     def say(text_: str) -> None:
@@ -162,7 +166,7 @@ async def _observe(settings: Settings, config_path, rings: list[Ring], control: 
         except OSError:
             pass
 
-    watch = Watch(settings, rings, control, say)
+    watch = Watch(settings, rings, control, say, to_challengers, from_challengers)
     await loop.run_in_executor(None, watch.load)
     metrics = MetricsServer(settings.server.host, metrics_port, lambda: text(watch.families()))
     port = await metrics.start()
@@ -203,17 +207,19 @@ async def _observe(settings: Settings, config_path, rings: list[Ring], control: 
 
 
 def main(settings: Settings, config_path, ring_names: list[str], control_name: str, conn: Connection,
-         metrics_port: int, log_level: str) -> None:
+         metrics_port: int, log_level: str, challenger_ring_names: tuple[str, str]) -> None:
     """The observer process (multiprocessing's spawn target)."""
     from engine.cli import fast_event_loop, startup_error
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s observer %(name)s: %(message)s")
     rings = [Ring.attach(name) for name in ring_names]
+    to_challengers, from_challengers = (Ring.attach(name) for name in challenger_ring_names)
     control = Control.attach(control_name)
     try:
         fast_event_loop()
-        asyncio.run(_observe(settings, config_path, rings, control, conn, metrics_port))
+        asyncio.run(_observe(settings, config_path, rings, control, conn, metrics_port, to_challengers,
+                             from_challengers))
     except Exception as exc:
         message = startup_error(exc)
         if message is None:
@@ -224,6 +230,6 @@ def main(settings: Settings, config_path, ring_names: list[str], control_name: s
             pass
         raise SystemExit(2) from None
     finally:
-        for ring in rings:
+        for ring in (*rings, to_challengers, from_challengers):
             ring.close()
         control.close()

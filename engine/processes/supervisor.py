@@ -1,18 +1,21 @@
 """The supervisor: the process `scorewire serve` runs when there are several workers.
 
-It reserves the gRPC port, creates the shared memory (a ring per worker, the control
-table), starts the observer and the workers (multiprocessing's spawn: fresh interpreters,
-nothing inherited but what is passed), and says `ready` once every one of them is. Then it
+It reserves the gRPC port, creates the shared memory (a ring per worker, two between the
+observer and the challengers, the control table), starts the observer, the challengers
+process and the workers (multiprocessing's spawn: fresh interpreters, nothing inherited but
+what is passed), and says `ready` once every one of them is. Then it
 watches: a child that dies is started again after a backoff (logged; counted in /metrics as
 scorewire_process_restarts_total), and while it is down the others say not-ready.
 
 Signals: SIGTERM or SIGINT drains -- the workers first (each answers every request it
-accepted and hands its last batches to its ring), then the observer (it reads the rings to
-the end; the challengers, the monitor and the scoring log finish) -- and exits 0. SIGHUP is
+accepted and hands its last batches to its ring); once the observer has read their rings
+and forwarded what the challengers get, the challengers (they score it and send their
+results back); then the observer (it reads the rings to the end; the monitor and the
+scoring log finish) -- and exits 0. SIGHUP is
 passed to every child: each reloads the models and routes of the config.
 
-Lines on stdout are the ones a single process prints: the supervisor's own, the observer's
-and the first worker's; other workers' lines are logged.
+Lines on stdout are the ones a single process prints: the supervisor's own, the observer's,
+the challengers' and the first worker's; other workers' lines are logged.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from engine.handoff.ring import HEADER, Ring
+from engine.processes import challengers as challengers_proc
 from engine.processes import observer as observer_proc
 from engine.processes import worker as worker_proc
 from engine.processes.control import PID, RESTARTS, UP, Control
@@ -59,15 +63,17 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings, config_path: Path | None, workers: int, log_level: str,
-                 port: int, rings: list[Ring], control: Control):
+                 port: int, rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control):
         self.settings = settings
         self.config_path = config_path
         self.workers = workers
         self.log_level = log_level
         self.port = port
         self.rings = rings
+        self.challenger_rings = challenger_rings  # observer -> challengers, challengers -> observer
         self.control = control
         self.observer_slot = workers
+        self.challengers_slot = workers + 1
         self.metrics_port = settings.server.metrics_port
         self.children: dict[int, Child] = {}
         self.backoff: dict[int, float] = {}
@@ -83,14 +89,18 @@ class Supervisor:
 
     # -- children ---------------------------------------------------------------------------
     def _name(self, slot: int) -> str:
-        return "observer" if slot == self.observer_slot else f"worker {slot}"
+        return {self.observer_slot: "observer", self.challengers_slot: "challengers"}.get(slot, f"worker {slot}")
 
     def _start(self, slot: int) -> None:
         receive, send = self.ctx.Pipe(duplex=False)
         if slot == self.observer_slot:
             target = observer_proc.main
             args = (self.settings, self.config_path, [r.name for r in self.rings], self.control.name, send,
-                    self.metrics_port, self.log_level)
+                    self.metrics_port, self.log_level, tuple(r.name for r in self.challenger_rings))
+        elif slot == self.challengers_slot:
+            target = challengers_proc.main
+            args = (self.settings, self.config_path, slot, self.challenger_rings[0].name,
+                    self.challenger_rings[1].name, send, self.log_level)
         else:
             target = worker_proc.main
             args = (slot, self.settings, self.config_path, self.port, self.rings[slot].name, self.control.name,
@@ -115,7 +125,7 @@ class Supervisor:
                     log.info("%s is ready again", self._name(child.slot))
             elif value in _QUIET or value.startswith(("gRPC listening", "gRPC security")):
                 pass
-            elif child.slot in (0, self.observer_slot):
+            elif child.slot in (0, self.observer_slot, self.challengers_slot):
                 _say(value)
             else:
                 log.info("%s: %s", self._name(child.slot), value)
@@ -147,7 +157,7 @@ class Supervisor:
                   self._name(child.slot), child.process.pid, how, ran, delay)
 
     def _all_ready(self) -> bool:
-        return len(self.children) == self.workers + 1 and all(c.ready for c in self.children.values())
+        return len(self.children) == self.workers + 2 and all(c.ready for c in self.children.values())
 
     # -- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -198,14 +208,15 @@ class Supervisor:
         # The observer first: its metrics port is the server's, and it must be reading the
         # rings before the workers fill them.
         self._start(self.observer_slot)
-        if not self._wait_ready([self.observer_slot]):
+        self._start(self.challengers_slot)
+        if not self._wait_ready([self.observer_slot, self.challengers_slot]):
             return self._abort()
         for slot in range(self.workers):
             self._start(slot)
         if not self._wait_ready(list(range(self.workers))):
             return self._abort()
         host = self.settings.server.host
-        _say(f"{self.workers} workers on the gRPC port, 1 observer (pids "
+        _say(f"{self.workers} workers on the gRPC port, 1 observer, 1 challengers process (pids "
              f"{', '.join(str(c.process.pid) for c in sorted(self.children.values(), key=lambda c: c.slot))})")
         _say(f"gRPC listening on {host}:{self.port}")
         _say(f"metrics on http://{host}:{self.metrics_port}/metrics")
@@ -261,10 +272,18 @@ class Supervisor:
         _say("draining")
         self.restart_at.clear()
         timeout = self.settings.server.drain_timeout_s + KILL_AFTER_S
-        workers = [s for s in self.children if s != self.observer_slot]
+        workers = [s for s in self.children if s < self.workers]
         for slot in workers:
             self.children[slot].process.terminate()
         self._wait_gone(workers, timeout)
+        # the observer reads what the workers left and forwards the challengers their share
+        deadline = time.monotonic() + timeout
+        while (self.observer_slot in self.children and time.monotonic() < deadline
+               and any(r.used for r in (*self.rings, self.challenger_rings[0]))):
+            self._step(0.05)
+        if self.challengers_slot in self.children:
+            self.children[self.challengers_slot].process.terminate()
+            self._wait_gone([self.challengers_slot], timeout)
         if self.observer_slot in self.children:
             self.children[self.observer_slot].process.terminate()
             self._wait_gone([self.observer_slot], timeout)
@@ -311,7 +330,7 @@ def _shm_room(needed: int) -> str | None:
 
 def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str) -> int:
     server = settings.server
-    problem = _shm_room(workers * (server.handoff_ring_bytes + HEADER))
+    problem = _shm_room((workers + 2) * (server.handoff_ring_bytes + HEADER))
     if problem is not None:
         print(f"scorewire: {problem}", file=sys.stderr)
         return 2
@@ -322,13 +341,15 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         print(f"scorewire: cannot bind gRPC to {server.host}:{server.grpc_port} ({why})", file=sys.stderr)
         return 2
     rings = [Ring.create(server.handoff_ring_bytes) for _ in range(workers)]
+    challenger_rings = (Ring.create(server.handoff_ring_bytes), Ring.create(server.handoff_ring_bytes))
     control = Control.create(workers)
-    supervisor = Supervisor(settings, config_path, workers, log_level, keeper.getsockname()[1], rings, control)
+    supervisor = Supervisor(settings, config_path, workers, log_level, keeper.getsockname()[1], rings,
+                            challenger_rings, control)
     try:
         return supervisor.run()
     finally:
         supervisor.close()
         keeper.close()
-        for ring in rings:
+        for ring in (*rings, *challenger_rings):
             ring.close()
         control.close()

@@ -1,0 +1,181 @@
+"""The challengers process: shadow-scores the champions' batches, apart from the workers
+and from the observer.
+
+The observer forwards each champion batch that has challengers (the ring record as it came
+from the worker, not decoded again) into this process's inbound ring; each challenger scores
+on a thread of its own (engine/routing/shadow.py: bounded queue, timeout, errors counted),
+and its results go back to the observer through the outbound ring, for the monitor and the
+scoring log, with this process's counts every STATS_INTERVAL_S. A challenger that is slow,
+hangs or crashes this process costs the workers nothing; the observer's forwarding never
+waits (a full ring drops and counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from engine.batching.batch import ScoredBatch
+from engine.handoff.ring import Ring
+from engine.handoff.wire import decode, encode_batch, encode_stats
+from engine.monitor.export import shadow_families
+from engine.observer import Observer
+from engine.runtime.session import OnnxModel, WarmupError
+from engine.settings import Settings, load_settings
+
+log = logging.getLogger("scorewire")
+
+STATS_INTERVAL_S = 0.25
+IDLE_SLEEP_S = (0.001, 0.02)
+
+
+class Challengers:
+    def __init__(self, settings: Settings, slot: int, inbound: Ring, outbound: Ring, say):
+        self.settings = settings
+        self.slot = slot
+        self.inbound, self.outbound = inbound, outbound
+        self._out_lock = threading.Lock()  # one ring, one producer: the challengers' threads take turns
+        self.observer = Observer(settings, say, shadow_results=self._send)
+        self.observer.tap.close(0)  # this process monitors nothing: the observer process does
+        self.encode_failures = 0
+
+    def _send(self, batch: ScoredBatch) -> None:
+        try:
+            parts = encode_batch(batch, time.monotonic_ns())
+        except Exception:
+            self.encode_failures += 1
+            log.exception("a challenger's batch could not be handed to the observer")
+            return
+        with self._out_lock:
+            self.outbound.put(parts, batch.rows)
+
+    def send_stats(self, final: bool = False) -> bool:
+        record = encode_stats(self.slot, os.getpid(), shadow_families(self.observer), final)
+        with self._out_lock:
+            return self.outbound.put(record, 0)
+
+    def _load(self, settings: Settings) -> None:
+        versions = {(r.model, v) for r in settings.routes for v in r.challengers}
+        for ms in settings.models:
+            key = (ms.name, ms.version)
+            if key not in versions or key in self.observer.models:
+                continue
+            # one session; its drift (if monitored) is the observer process's business
+            model = OnnxModel(ms.model_copy(update={"instances": 1, "monitor": None}))
+            try:
+                if ms.warmup or model.io_binding is not None:
+                    model.warm_up(full=ms.warmup)
+            except WarmupError as exc:  # the workers leave it out of its route too
+                log.error("%s; the challenger is left out of its route", exc)
+                model.close()
+                continue
+            self.observer.add_model(ms.model_copy(update={"monitor": None}), model)
+
+    def load(self) -> None:
+        self._load(self.settings)
+        self.observer.install_shadows(self.settings.routes)
+
+    def reload(self, path: Path) -> None:
+        new = load_settings(path)
+        self._load(new)
+        self.settings = self.settings.model_copy(update={"models": new.models, "routes": new.routes})
+        self.observer.settings = self.settings
+        retired = self.observer.install_shadows(new.routes)
+        for sh in retired:
+            sh.close(self.settings.server.drain_timeout_s)
+        in_use = {sh.model for sh in self.observer.all_shadows()}
+        for key, model in list(self.observer.models.items()):
+            if model not in in_use:
+                self.observer.remove_model(key)
+                model.close()
+
+    def poll(self) -> int:
+        n = 0
+        for record in self.inbound.take():
+            try:
+                _, batch = decode(record)
+            except Exception:
+                log.exception("the challengers could not read a forwarded batch")
+                continue
+            if batch is not None:
+                self.observer.offer_shadows(batch)
+                n += 1
+        return n
+
+
+async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbound: Ring, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+
+    def say(text: str) -> None:
+        try:
+            conn.send(("say", text))
+        except OSError:
+            pass
+
+    host = Challengers(settings, slot, inbound, outbound, say)
+    await loop.run_in_executor(None, host.load)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if config_path is not None:
+        def on_hup() -> None:
+            async def reload() -> None:
+                try:
+                    await loop.run_in_executor(None, host.reload, Path(config_path))
+                except Exception as exc:
+                    log.error("challengers: reload failed, the running config stays: %s", exc)
+
+            loop.create_task(reload())
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    say("ready")
+    idle = IDLE_SLEEP_S[0]
+    next_stats = 0.0
+    while not stop.is_set():
+        if time.monotonic() >= next_stats:
+            host.send_stats()
+            next_stats = time.monotonic() + STATS_INTERVAL_S
+        if host.poll():
+            idle = IDLE_SLEEP_S[0]
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(idle)
+            idle = min(idle * 2, IDLE_SLEEP_S[1])
+    # The supervisor stops this process once the observer forwarded the workers' last batches.
+    while host.poll():
+        pass
+    deadline = time.monotonic() + settings.server.drain_timeout_s
+    await loop.run_in_executor(None, host.observer.close_shadows, lambda: deadline - time.monotonic())
+    until = time.monotonic() + 5.0
+    while not host.send_stats(final=True) and time.monotonic() < until:
+        await asyncio.sleep(0.05)
+
+
+def main(settings: Settings, config_path, slot: int, inbound_name: str, outbound_name: str, conn: Connection,
+         log_level: str) -> None:
+    """The challengers process (multiprocessing's spawn target)."""
+    from engine.cli import fast_event_loop, startup_error
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s challengers %(name)s: %(message)s")
+    inbound, outbound = Ring.attach(inbound_name), Ring.attach(outbound_name)
+    try:
+        fast_event_loop()
+        asyncio.run(_run(settings, config_path, slot, inbound, outbound, conn))
+    except Exception as exc:
+        message = startup_error(exc)
+        if message is None:
+            log.exception("the challengers process failed")
+        try:
+            conn.send(("failed", message or f"challengers failed: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise SystemExit(2) from None
+    finally:
+        inbound.close()
+        outbound.close()
