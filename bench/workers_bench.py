@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import prepare_demo, run_load, serve
+from bench.grpc_bench import prepare_demo, run_load, serve, start_null_server
 from bench.report import write_json
 
 WARMUP_S = 2.0
+NULL = "null OIP server"  # bench/null_server.py: Python grpc.aio answering a canned response, no work
 FEATURES = [f"f{i}" for i in range(32)]
 
 SERVER = """\
@@ -201,12 +202,14 @@ def part_serving(work: Path, args) -> list[dict]:
     for workers in (1, 2):
         configs[f"scorewire workers={workers}"] = work / f"w{workers}.toml"
         configs[f"scorewire workers={workers}"].write_text(SERVER.format(workers=workers))
-    names = list(configs) + (["mlserver 1.7"] if args.mlserver else [])
+    names = list(configs) + (["mlserver 1.7"] if args.mlserver else []) + [NULL]
     rows = []
     for round_ in range(args.rounds):
         for name in names:
             if name.startswith("mlserver"):
                 proc, url = start_mlserver(args.mlserver, work)
+            elif name == NULL:
+                proc, url = start_null_server()
             else:
                 proc, url = serve(configs[name])
             try:
@@ -296,6 +299,11 @@ def report(serving: list[dict], watching: list[dict], args) -> tuple[str, dict, 
                 verdicts.append(f"c={c}: {name} vs MLServer: {speed:.2f}x requests/s, {cheaper:.2f}x cheaper in "
                                 f"server CPU per request (bound {bounds['vs_mlserver_requests']}x / "
                                 f"{bounds['vs_mlserver_cpu']}x: {'met' if ok else 'MISSED'})")
+        null = summary["serving"].get(f"{NULL} c={c}")
+        if null is not None and peer is not None:
+            verdicts.append(f"c={c}: the null server (grpc.aio, no work) costs {null['server_cpu_us_per_request']:.0f} us "
+                            f"of server CPU per request; a third of MLServer's would be "
+                            f"{peer['server_cpu_us_per_request'] / 3:.0f} us")
     lines += ["", "| workers = 2, 8 callers | requests/s | kept | p99 ms | server CPU us/request | monitor dropped | "
               "hand-off dropped | log dropped |", "|---|---|---|---|---|---|---|---|"]
     off = _mean(watching, mode="off")["requests_per_s"]
@@ -324,7 +332,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--mlserver", help="the `mlserver` command of an environment with MLServer 1.7 "
                                            "(default: `mlserver` on PATH, if there)")
-    parser.add_argument("--skip-watching", action="store_true")
+    parser.add_argument("--only", choices=["serving", "watching"], help="run one part (no report file)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--check", action="store_true", help="exit 1 when a bound in bench/bounds.json is missed")
     args = parser.parse_args(argv)
@@ -339,11 +347,11 @@ def main(argv=None) -> int:
              **{"probabilities:1": session.run(["probabilities"], {"float_input": x})[0][:, 1]})
     if not args.mlserver:
         print("MLServer not found (--mlserver): the peer is left out of this run", flush=True)
-    serving = part_serving(work, args)
-    watching = [] if args.skip_watching else part_watching(work, args)
-    table, summary, verdicts = report(serving, watching, args) if watching else (None, None, None)
-    if table is None:
+    serving = [] if args.only == "watching" else part_serving(work, args)
+    watching = [] if args.only == "serving" else part_watching(work, args)
+    if args.only:
         return 0
+    table, summary, verdicts = report(serving, watching, args)
     text = (f"{table}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
     print("\n" + text)
     summary.update({"runs_serving": serving, "runs_watching": watching, "duration_s": args.duration,

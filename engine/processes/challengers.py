@@ -32,7 +32,7 @@ from engine.settings import Settings, load_settings
 log = logging.getLogger("scorewire")
 
 STATS_INTERVAL_S = 0.25
-IDLE_SLEEP_S = (0.001, 0.02)
+TICK_S = 0.01  # between passes over the inbound ring
 
 
 class Challengers:
@@ -134,18 +134,15 @@ async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbou
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     say("ready")
-    idle = IDLE_SLEEP_S[0]
     next_stats = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_stats:
             host.send_stats()
             next_stats = time.monotonic() + STATS_INTERVAL_S
-        if host.poll():
-            idle = IDLE_SLEEP_S[0]
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(idle)
-            idle = min(idle * 2, IDLE_SLEEP_S[1])
+        # A pass every tick, not as soon as a record lands: one-row requests make one-record
+        # batches, and a pass costs about the same for one record as for a hundred.
+        host.poll()
+        await asyncio.sleep(TICK_S)
     # The supervisor stops this process once the observer forwarded the workers' last batches.
     while host.poll():
         pass
