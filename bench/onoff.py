@@ -40,10 +40,30 @@ def parse_args(description: str, argv=None):
     return parser.parse_args(argv)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc): every process of a server."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def alternate(configs: Callable[[int], dict[str, Path]], rounds: int, duration_s: float, label: str,
@@ -56,12 +76,13 @@ def alternate(configs: Callable[[int], dict[str, Path]], rounds: int, duration_s
     for i, mode in enumerate(("off", "on") * rounds):
         proc, url = serve(configs(i)[mode])
         try:
-            before = cpu_s(proc.pid)
+            pids = tree(proc.pid)  # supervisor, workers, observer, challengers (or the one process)
+            before = cpu_s(pids)
             # distinct rows, as live traffic has (a short cycle of rows would make drift
             # windows hold repeats, and every evaluation new)
             r = run_load(url, "mlp", 32, 2, 16, 2.0, duration_s, pool=131_072)
-            # CPU of the server process (all its threads) over warm-up + measured load
-            used = cpu_s(proc.pid) - before
+            # CPU of the server's processes (all their threads) over warm-up + measured load
+            used = cpu_s(pids) - before
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=120)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.grpc_bench import prepare_demo, run_load, serve, start_null_server
+from bench.onoff import cpu_s, tree
 from bench.report import write_json
 
 WARMUP_S = 2.0
@@ -79,31 +80,6 @@ challengers = ["2"]
 [scorelog]
 dir = "log-{run}"
 """
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def machine_busy() -> tuple[float, float]:

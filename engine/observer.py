@@ -43,8 +43,9 @@ class Observer:
         self.models: dict[Key, OnnxModel] = {}  # monitored versions and challengers
         self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
         self.scorelog: ScoreLog | None = None
-        capacity = max([m.monitor.queue_batches for m in settings.models if m.monitor] or [1024])
-        self.tap = MonitorTap(self._monitor, capacity)
+        monitors = [m.monitor for m in settings.models if m.monitor]
+        self.tap = MonitorTap(self._monitor, max([m.queue_batches for m in monitors] or [16_384]),
+                              max_rows=max([m.queue_rows for m in monitors] or [262_144]))
 
     # -- set-up -----------------------------------------------------------------------------
     def warm_up(self) -> None:

@@ -144,8 +144,13 @@ class MonitorSettings(_Strict):
     """Effect size needed besides significance: KS D (continuous) or PSI (categorical)."""
     consecutive: int = Field(3, gt=0, le=1000)
     """Hysteresis: raise after this many consecutive drifting evaluations, clear after as many clean ones."""
-    queue_batches: int = Field(1024, gt=0, le=1_000_000)
-    """Scored batches waiting for the monitor thread; when full, batches are dropped and counted."""
+    queue_batches: int = Field(16_384, gt=0, le=1_000_000)
+    """Scored batches waiting for the monitor thread; when full, batches are dropped and counted.
+    One-row requests make one-row batches: this many is about 10 s of them at 1,500/s (the
+    monitor thread may be busy with an evaluation for a second or more on a loaded machine)."""
+    queue_rows: int = Field(262_144, gt=0, le=100_000_000)
+    """Rows of those batches, all together (bounds the memory they hold; a batch alone is
+    always taken). Past either bound, batches are dropped and counted."""
 
     @model_validator(mode="after")
     def _categorical_are_features(self) -> "MonitorSettings":

@@ -17,8 +17,12 @@ import threading
 
 
 class Mailbox:
-    def __init__(self, capacity: int, tick_s: float):
+    def __init__(self, capacity: int, tick_s: float, max_rows: int | None = None):
+        """At most `capacity` items and (when given) `max_rows` rows; an item alone is
+        always taken, whatever its rows."""
         self.capacity = capacity
+        self.max_rows = max_rows
+        self._rows = 0
         self.tick_s = tick_s
         self.refused = 0  # items refused because the mailbox was full...
         self.refused_rows = 0  # ...and the rows they held (the `rows` given to put)
@@ -29,11 +33,13 @@ class Mailbox:
     def put(self, item, rows: int = 1) -> bool:
         """Queue an item; False (nothing queued, the refusal counted) when the mailbox is full."""
         with self._lock:
-            if len(self._items) >= self.capacity:
+            if len(self._items) >= self.capacity or (
+                    self.max_rows is not None and self._items and self._rows + rows > self.max_rows):
                 self.refused += 1
                 self.refused_rows += rows
                 return False
             self._items.append(item)
+            self._rows += rows
             return True
 
     def __len__(self) -> int:
@@ -45,6 +51,7 @@ class Mailbox:
         with self._lock:
             items = list(self._items)
             self._items.clear()
+            self._rows = 0
         return items, closing
 
     def close(self) -> None:

@@ -25,9 +25,9 @@ class MonitorTap:
     16k and 64k rows per call. Under load, `max_wait_s` usually closes the gathering first."""
 
     def __init__(self, handle: Callable[[list[ScoredBatch]], None], capacity: int, tick_s: float = 0.05,
-                 min_rows: int = 65_536, max_wait_s: float = 1.0):
+                 min_rows: int = 65_536, max_wait_s: float = 1.0, max_rows: int | None = None):
         self._handle = handle
-        self._box = Mailbox(capacity, tick_s)
+        self._box = Mailbox(capacity, tick_s, max_rows)
         self.min_rows = min_rows
         self.max_wait_s = max_wait_s
         self.handled = 0  # batches (and rows_*: their rows); written by the monitor thread only

@@ -254,3 +254,16 @@ def test_a_mailbox_fed_by_many_threads_keeps_its_bound_and_counts_exactly():
         sys.setswitchinterval(interval)
     assert len(box) == 5_000
     assert box.refused == 8 * 2_000 - 5_000 and box.refused_rows == 3 * box.refused
+
+
+def test_a_mailbox_bounds_rows_too_and_always_takes_an_item_alone():
+    from engine.batching.mailbox import Mailbox
+
+    box = Mailbox(capacity=100, tick_s=0.001, max_rows=10)
+    assert box.put("a", rows=6) and box.put("b", rows=4)
+    assert not box.put("c", rows=1)  # 11 rows would pass the bound
+    assert (box.refused, box.refused_rows) == (1, 1)
+    items, _ = box.take()
+    assert items == ["a", "b"]
+    assert box.put("big", rows=50)  # alone: taken, whatever its rows
+    assert not box.put("d", rows=1)
