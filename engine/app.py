@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2
 
 from engine.batching.batcher import Batcher

@@ -2,9 +2,9 @@
 
 No pickle: the header holds names, dtypes, shapes and offsets; each array is copied once
 into the ring by the worker and viewed with `np.frombuffer` by the observer (over the one
-`bytes` the ring hands out per record). Arrow IPC was the other candidate; for the one-row
-batches real-time traffic makes, its schema and message framing cost more than the arrays
-(bench/handoff_bench.py measures both).
+`bytes` the ring hands out per record). Measured on the 2-core dev machine: about 10 us to
+encode a one-row batch, 17 us to decode it. Arrow IPC was the other candidate (a schema and
+message framing per record); it was not measured against this.
 
 Two kinds of record: a scored batch (`"k": "b"`) and a worker's counters (`"k": "s"`,
 the metric families of its serving path, sent every STATS_INTERVAL_S and once at the end).
