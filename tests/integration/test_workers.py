@@ -307,3 +307,33 @@ def test_challengers_run_in_their_own_process_and_their_crash_never_reaches_an_a
     assert by_role["challenger"] == 200, by_role
     m = re.search(r"challenger mlp:2: (\d+) rows scored, (\d+) dropped", out)
     assert m and int(m.group(1)) == 100 and int(m.group(2)) == 0, out  # the new process's own count
+
+
+def test_sighup_reaches_every_worker_and_the_challengers(model_dir, rng):
+    config = model_dir / "hup.toml"
+    server = launch_workers(model_dir, BASE.format(workers=2), "hup.toml")
+    try:
+        x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
+        config.write_text(CHALLENGED.format(workers=2).replace("challenged-log", "hup-log"))
+        server.proc.send_signal(signal.SIGHUP)
+
+        def version_2_everywhere() -> bool:  # fresh connections land on either worker
+            for _ in range(8):
+                client = grpcclient.InferenceServerClient(server.url)
+                try:
+                    if not client.is_model_ready("mlp", "2"):
+                        return False
+                finally:
+                    client.close()
+            return True
+
+        wait_for(version_2_everywhere, 60, what="every worker to load version 2")
+        scored = 'scorewire_shadow_rows_total{model="mlp",champion="1",version="2",outcome="scored"}'
+
+        def shadowed() -> bool:
+            infer(server.url, x)
+            return (_metric(server, scored) or 0) > 0
+
+        wait_for(shadowed, 60, what="the challengers process to shadow the new challenger")
+    finally:
+        assert server.stop() == 0
