@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -26,6 +25,7 @@ from engine.handoff.ring import Ring
 from engine.handoff.wire import decode, encode_batch, encode_stats
 from engine.monitor.export import shadow_families
 from engine.observer import Observer
+from engine.processes import child
 from engine.runtime.session import OnnxModel, WarmupError
 from engine.settings import Settings, load_settings
 
@@ -33,6 +33,7 @@ log = logging.getLogger("scorewire")
 
 STATS_INTERVAL_S = 0.25
 TICK_S = 0.01  # between passes over the inbound ring
+FINAL_STATS_WAIT_S = 5.0  # drain: how long the last counts wait for room in the ring
 
 
 class Challengers:
@@ -110,69 +111,35 @@ class Challengers:
 
 
 async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbound: Ring, conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
-
-    def say(text: str) -> None:
-        try:
-            conn.send(("say", text))
-        except OSError:
-            pass
-
+    say = child.say_to(conn)
     host = Challengers(settings, slot, inbound, outbound, say)
-    await loop.run_in_executor(None, host.load)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    if config_path is not None:
-        def on_hup() -> None:
-            async def reload() -> None:
-                try:
-                    await loop.run_in_executor(None, host.reload, Path(config_path))
-                except Exception as exc:
-                    log.error("challengers: reload failed, the running config stays: %s", exc)
-
-            loop.create_task(reload())
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await asyncio.get_running_loop().run_in_executor(None, host.load)
+    signals = child.Signals("challengers", config_path, host.reload)
     say("ready")
-    next_stats = 0.0
-    while not stop.is_set():
-        if time.monotonic() >= next_stats:
+    next_stats = [0.0]
+
+    def stats_now_and_then() -> None:
+        if time.monotonic() >= next_stats[0]:
             host.send_stats()
-            next_stats = time.monotonic() + STATS_INTERVAL_S
-        # A pass every tick, not as soon as a record lands: one-row requests make one-record
-        # batches, and a pass costs about the same for one record as for a hundred.
-        host.poll()
-        await asyncio.sleep(TICK_S)
+            next_stats[0] = time.monotonic() + STATS_INTERVAL_S
+
     # The supervisor stops this process once the observer forwarded the workers' last batches.
-    while host.poll():
-        pass
+    await child.poll_until(signals.stop, host.poll, TICK_S, stats_now_and_then)
+    await signals.reloads_done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
-    await loop.run_in_executor(None, host.observer.close_shadows, lambda: deadline - time.monotonic())
-    until = time.monotonic() + 5.0
-    while not host.send_stats(final=True) and time.monotonic() < until:
-        await asyncio.sleep(0.05)
+    await asyncio.get_running_loop().run_in_executor(None, host.observer.close_shadows,
+                                                     lambda: deadline - time.monotonic())
+    await child.put_until(lambda: host.send_stats(final=True), FINAL_STATS_WAIT_S)
 
 
 def main(settings: Settings, config_path, slot: int, inbound_name: str, outbound_name: str, conn: Connection,
          log_level: str) -> None:
     """The challengers process (multiprocessing's spawn target)."""
-    from engine.cli import fast_event_loop, startup_error
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s challengers %(name)s: %(message)s")
     inbound, outbound = Ring.attach(inbound_name), Ring.attach(outbound_name)
-    try:
-        fast_event_loop()
-        asyncio.run(_run(settings, config_path, slot, inbound, outbound, conn))
-    except Exception as exc:
-        message = startup_error(exc)
-        if message is None:
-            log.exception("the challengers process failed")
-        try:
-            conn.send(("failed", message or f"challengers failed: {type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
-        raise SystemExit(2) from None
-    finally:
+
+    def cleanup() -> None:
         inbound.close()
         outbound.close()
+
+    child.run("challengers", log_level, conn, lambda: _run(settings, config_path, slot, inbound, outbound, conn),
+              cleanup)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +22,7 @@ from engine.handoff.ring import Ring
 from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
+from engine.processes import child
 from engine.processes.control import RESTARTS, UP, Control
 from engine.runtime.session import OnnxModel
 from engine.settings import Settings, load_settings
@@ -159,45 +159,17 @@ class Watch:
 async def _observe(settings: Settings, config_path, rings: list[Ring], control: Control, conn: Connection,
                    metrics_port: int, to_challengers: Ring, from_challengers: Ring) -> None:
     loop = asyncio.get_running_loop()
-
-    def say(text_: str) -> None:
-        try:
-            conn.send(("say", text_))
-        except OSError:
-            pass
-
+    say = child.say_to(conn)
     watch = Watch(settings, rings, control, say, to_challengers, from_challengers)
     await loop.run_in_executor(None, watch.load)
     metrics = MetricsServer(settings.server.host, metrics_port, lambda: text(watch.families()))
     port = await metrics.start()
     conn.send(("metrics", port))
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    reloading: set[asyncio.Task] = set()
-    if config_path is not None:
-        async def reload() -> None:
-            try:
-                await loop.run_in_executor(None, watch.reload, Path(config_path))
-            except Exception as exc:
-                log.error("observer: reload failed, the running config stays: %s", exc)
-
-        def on_hup() -> None:
-            task = loop.create_task(reload())
-            reloading.add(task)
-            task.add_done_callback(reloading.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    signals = child.Signals("observer", config_path, watch.reload)
     say("ready")
-    while not stop.is_set():
-        # A pass every tick, not as soon as a record lands: one-row requests make one-record
-        # batches, and a pass costs about the same for one record as for a hundred.
-        watch.poll()
-        await asyncio.sleep(TICK_S)
     # The supervisor stops the observer after the workers: what is in the rings is all there is.
-    while watch.poll():
-        pass
-    if reloading:
-        await asyncio.gather(*reloading, return_exceptions=True)
+    await child.poll_until(signals.stop, watch.poll, TICK_S)
+    await signals.reloads_done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await loop.run_in_executor(None, watch.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
     await metrics.stop()
@@ -206,27 +178,15 @@ async def _observe(settings: Settings, config_path, rings: list[Ring], control: 
 def main(settings: Settings, config_path, ring_names: list[str], control_name: str, conn: Connection,
          metrics_port: int, log_level: str, challenger_ring_names: tuple[str, str]) -> None:
     """The observer process (multiprocessing's spawn target)."""
-    from engine.cli import fast_event_loop, startup_error
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s observer %(name)s: %(message)s")
     rings = [Ring.attach(name) for name in ring_names]
     to_challengers, from_challengers = (Ring.attach(name) for name in challenger_ring_names)
     control = Control.attach(control_name)
-    try:
-        fast_event_loop()
-        asyncio.run(_observe(settings, config_path, rings, control, conn, metrics_port, to_challengers,
-                             from_challengers))
-    except Exception as exc:
-        message = startup_error(exc)
-        if message is None:
-            log.exception("the observer failed")
-        try:
-            conn.send(("failed", message or f"observer failed: {type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
-        raise SystemExit(2) from None
-    finally:
+
+    def cleanup() -> None:
         for ring in (*rings, to_challengers, from_challengers):
             ring.close()
         control.close()
+
+    child.run("observer", log_level, conn,
+              lambda: _observe(settings, config_path, rings, control, conn, metrics_port, to_challengers,
+                               from_challengers), cleanup)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Ring
 from engine.handoff.wire import encode_batch, encode_stats
+from engine.processes import child
 from engine.processes.control import Control
 from engine.settings import Settings
 
@@ -30,7 +30,8 @@ class Link:
     """What a worker's App calls instead of an in-process Observer."""
 
     def __init__(self, slot: int, port: int, ring: Ring, control: Control, conn: Connection):
-        self.slot, self.port, self.ring, self.control, self._conn = slot, port, ring, control, conn
+        self.slot, self.port, self.ring, self.control = slot, port, ring, control
+        self.announce = child.say_to(conn)  # a line for the supervisor
         self.encode_failures = 0
         self._last_failure_log = 0.0
 
@@ -47,12 +48,6 @@ class Link:
                               "(%d so far)", self.slot, batch.model, batch.version, self.encode_failures)
             return
         self.ring.put(parts, batch.rows)
-
-    def announce(self, text: str) -> None:
-        try:
-            self._conn.send(("say", text))
-        except (BrokenPipeError, OSError):  # the supervisor is gone; so are we, soon
-            pass
 
     def _stats(self, app, final: bool = False) -> list:
         families = app.families()
@@ -75,32 +70,18 @@ class Link:
     async def finish(self, app) -> None:
         """Drain: the last counters, after the last batch (waiting a little for room)."""
         record = self._stats(app, final=True)
-        deadline = time.monotonic() + FINAL_STATS_WAIT_S
-        while not self.ring.put(record, 0) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await child.put_until(lambda: self.ring.put(record, 0), FINAL_STATS_WAIT_S)
 
 
 def main(slot: int, settings: Settings, config_path, port: int, ring_name: str, control_name: str,
          conn: Connection, log_level: str) -> None:
     """The worker process (multiprocessing's spawn target)."""
     from engine.app import serve
-    from engine.cli import fast_event_loop, startup_error
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker {slot} %(name)s: %(message)s")
     link = Link(slot, port, Ring.attach(ring_name), Control.attach(control_name), conn)
-    try:
-        fast_event_loop()
-        asyncio.run(serve(settings, config_path, link))
-    except Exception as exc:
-        message = startup_error(exc)
-        if message is None:
-            log.exception("worker %d failed", slot)
-        try:
-            conn.send(("failed", message or f"worker {slot} failed: {type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
-        raise SystemExit(2) from None
-    finally:
+
+    def cleanup() -> None:
         link.ring.close()
         link.control.close()
+
+    child.run(f"worker {slot}", log_level, conn, lambda: serve(settings, config_path, link), cleanup)
