@@ -142,10 +142,10 @@ class Supervisor:
         code = child.process.exitcode
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         del self.children[child.slot]
+        if self.stopping:  # stopped by us (a drain, or a start-up that failed elsewhere)
+            return
         if not self.started:
             self.failures.append(child.failed or f"{self._name(child.slot)} stopped with {how} while starting")
-            return
-        if self.stopping:
             return
         ran = time.monotonic() - child.started
         delay = BACKOFF_S[0] if ran >= HEALTHY_S else min(self.backoff.get(child.slot, 0) * 2 or BACKOFF_S[0],
