@@ -29,7 +29,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 HEADER = 256
-_HEAD, _TAIL, _DROPPED, _DROPPED_ROWS, _WRITTEN = 0, 8, 16, 17, 18  # int64 indices into the header
+_HEAD, _TAIL, _DROPPED, _DROPPED_ROWS = 0, 8, 16, 17  # int64 indices into the header
 _LEN = struct.Struct("<I")
 WRAP = 0xFFFFFFFF
 
@@ -59,14 +59,7 @@ class Ring:
 
     @classmethod
     def attach(cls, name: str) -> "Ring":
-        # The supervisor owns the segment. Its children (multiprocessing's spawn) share its
-        # resource tracker, where registering the name again changes nothing; Python 3.13 can
-        # skip the registration (track=False), 3.11 and 3.12 register.
-        try:
-            shm = shared_memory.SharedMemory(name=name, track=False)
-        except TypeError:
-            shm = shared_memory.SharedMemory(name=name)
-        return cls(shm, owner=False)
+        return cls(attach_shm(name), owner=False)
 
     # -- producer ---------------------------------------------------------------------------
     def put(self, parts: list, rows: int = 0) -> bool:
@@ -94,19 +87,17 @@ class Ring:
             n = len(p) if not isinstance(p, memoryview) else p.nbytes
             data[at:at + n] = p if not isinstance(p, memoryview) else p.cast("B")
             at += n
-        c[_WRITTEN] += 1
         c[_HEAD] = head + skip + need  # publish last
         return True
 
     # -- consumer ---------------------------------------------------------------------------
-    def take(self, limit_bytes: int | None = None) -> list[bytes]:
-        """Copy out the records written so far (up to about `limit_bytes`) and free their space."""
+    def take(self) -> list[bytes]:
+        """Copy out the records written so far and free their space."""
         c = self._counters
         head, tail = int(c[_HEAD]), int(c[_TAIL])
         cap, data = self.capacity, self._data
         out = []
-        taken = 0
-        while tail < head and (limit_bytes is None or taken < limit_bytes):
+        while tail < head:
             pos = tail % cap
             if cap - pos < 4:  # too little room at the end for even a marker: the record is at 0
                 tail += cap - pos
@@ -116,9 +107,7 @@ class Ring:
                 tail += cap - pos
                 continue
             out.append(bytes(data[pos + 4:pos + 4 + size]))
-            need = _align(4 + size)
-            tail += need
-            taken += need
+            tail += _align(4 + size)
         c[_TAIL] = tail
         return out
 
@@ -135,21 +124,32 @@ class Ring:
     def dropped_rows(self) -> int:
         return int(self._counters[_DROPPED_ROWS])
 
-    @property
-    def written(self) -> int:
-        return int(self._counters[_WRITTEN])
-
     def close(self) -> None:
         self._counters = None
         self._data.release()
         self._data = None
+        release_shm(self._shm, self._owner)
+
+
+def attach_shm(name: str) -> shared_memory.SharedMemory:
+    """A segment the supervisor made. Its children (multiprocessing's spawn) share its resource
+    tracker, where registering the name again changes nothing; Python 3.13 can skip the
+    registration (track=False), 3.11 and 3.12 register."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)
+    except TypeError:
+        return shared_memory.SharedMemory(name=name)
+
+
+def release_shm(shm: shared_memory.SharedMemory, owner: bool) -> None:
+    """Unmap it; the owner also removes it."""
+    try:
+        shm.close()
+    except BufferError:  # a view still held somewhere; the mapping goes with the process
+        pass
+    if owner:
         try:
-            self._shm.close()
-        except BufferError:  # a view still held somewhere; the mapping goes with the process
+            shm.unlink()
+        except FileNotFoundError:
             pass
-        if self._owner:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
 

@@ -10,8 +10,10 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-UP, RESTARTS, PID = 0, 1, 2  # columns
-_COLUMNS = 4
+from engine.handoff.ring import attach_shm, release_shm
+
+UP, RESTARTS = 0, 1  # columns
+_COLUMNS = 2
 
 
 class Control:
@@ -30,11 +32,7 @@ class Control:
 
     @classmethod
     def attach(cls, name: str) -> "Control":
-        try:
-            shm = shared_memory.SharedMemory(name=name, track=False)
-        except TypeError:  # Python < 3.13: registered with the shared resource tracker (harmless)
-            shm = shared_memory.SharedMemory(name=name)
-        return cls(shm, owner=False)
+        return cls(attach_shm(name), owner=False)
 
     @property
     def workers(self) -> int:
@@ -68,12 +66,4 @@ class Control:
 
     def close(self) -> None:
         self.table = None
-        try:
-            self._shm.close()
-        except BufferError:
-            pass
-        if self._owner:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
+        release_shm(self._shm, self._owner)

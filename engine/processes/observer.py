@@ -131,7 +131,7 @@ class Watch:
         return [
             ["scorewire_workers", "gauge", "Serving processes configured.", [["", n]]],
             ["scorewire_workers_up", "gauge", "Serving processes running and ready.",
-             [["", int(table[:n, UP].sum())]]],
+             [["", self.control.workers_up()]]],
             ["scorewire_process_up", "gauge", "1 while the observer or the challengers process runs and is ready.",
              [['{process="observer"}', int(table[n, UP])], ['{process="challengers"}', int(table[n + 1, UP])]]],
             ["scorewire_process_restarts_total", "counter",

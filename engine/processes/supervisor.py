@@ -36,7 +36,7 @@ from engine.handoff.ring import HEADER, Ring
 from engine.processes import challengers as challengers_proc
 from engine.processes import observer as observer_proc
 from engine.processes import worker as worker_proc
-from engine.processes.control import PID, RESTARTS, UP, Control
+from engine.processes.control import RESTARTS, UP, Control
 from engine.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("scorewire")
@@ -109,7 +109,6 @@ class Supervisor:
         process.start()
         send.close()
         self.children[slot] = Child(slot, process, receive, time.monotonic())
-        self.control.table[slot, PID] = process.pid
 
     def _message(self, child: Child) -> bool:
         """Handle one message from `child`; False when its end of the pipe is closed."""
