@@ -8,7 +8,8 @@ feature (in_*) and per output column (out_*), queue_us, inference_us, total_us.
 A file is written under a hidden temporary name (.part-*.parquet.tmp) and renamed when it is
 closed (after fsync of the file, then of its folder), so a reader of `**/*.parquet` only ever
 sees complete files, even after a crash. Files rotate by rows and by age; `close()` writes
-everything queued and closes every file. The queue is bounded in rows: when the writer falls
+everything queued and closes every file. The queue is the mailbox the monitor and the
+challengers are fed by too (engine/batching/mailbox.py), bounded in rows: when the writer falls
 behind, new rows are dropped and counted, or (when_full = "block") they wait up to
 block_timeout_ms for room first -- a thread (a challenger's) in a real wait, the event loop
 never: there a batch is parked (at most queue_rows more) and the writer, woken at once, takes
@@ -18,15 +19,13 @@ At start, temporary files left by writers that no longer run (kill -9) are remov
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import datetime as dt
 import itertools
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.batching.batch import ScoredBatch
+from engine.batching.mailbox import Mailbox
 from engine.settings import ScoreLogSettings
 
 log = logging.getLogger(__name__)
@@ -214,16 +214,10 @@ class ScoreLog:
         self.root = Path(settings.dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.feature_names = feature_names or {}
-        self.stats = ScoreLogStats()
-        self.stats.stale_removed = remove_stale(self.root)
-        self._lock = threading.Lock()  # guards the queue and its row count (several threads put)
-        self._room = threading.Condition(self._lock)  # notified when the writer has emptied the queue
-        self._items: collections.deque = collections.deque()
-        self._rows = 0
-        self._parked: collections.deque = collections.deque()  # (deadline, batch): "block" on the event loop
-        self._parked_rows = 0
-        self._wake = threading.Event()
-        self._closing = threading.Event()
+        self._stats = ScoreLogStats()  # written by the writer thread only; the queue counts its own
+        self._stats.stale_removed = remove_stale(self.root)
+        self._box = Mailbox(settings.queue_rows, tick_s=min(0.5, settings.max_file_age_s / 4),
+                            max_rows=settings.queue_rows)
         self._files: dict[tuple[str, str, str], _OpenFile] = {}
         self._seq = itertools.count()
         self._compression = None if settings.compression == "none" else settings.compression
@@ -231,104 +225,35 @@ class ScoreLog:
         self._thread.start()
 
     # -- the scoring side ------------------------------------------------------------------------
-    def _offer(self, batch: ScoredBatch) -> bool:
-        with self._lock:
-            return self._admit(batch)
-
-    def _admit(self, batch: ScoredBatch) -> bool:
-        """Queue the batch if it fits (an empty queue takes any); the caller holds the lock."""
-        if self._rows and self._rows + batch.rows > self.settings.queue_rows:
-            return False
-        self._items.append(batch)
-        self._rows += batch.rows
-        self.stats.rows_queued += batch.rows
-        return True
-
     def put(self, batch: ScoredBatch) -> None:
         """Queue a scored batch: no wake-up, the writer drains the queue every tick. When the
         queue is full: drop (counted), or with when_full = "block" wait up to block_timeout_ms
         for room -- parked, not waiting, when called on an event loop."""
-        if self._offer(batch):
-            return
-        if self.settings.when_full == "block":
-            if self._on_event_loop():
-                if self._park(batch):
-                    return
-            elif self._wait_for_room(batch):
-                return
-        with self._lock:
-            self.stats.rows_dropped += batch.rows
+        wait_s = self.settings.block_timeout_ms / 1000 if self.settings.when_full == "block" else 0.0
+        self._box.put(batch, batch.rows, wait_s)
 
-    @staticmethod
-    def _on_event_loop() -> bool:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return False
-        return True
-
-    def _park(self, batch: ScoredBatch) -> bool:
-        with self._lock:
-            if self._parked_rows and self._parked_rows + batch.rows > self.settings.queue_rows:
-                return False
-            self._parked.append((time.monotonic() + self.settings.block_timeout_ms / 1000, batch))
-            self._parked_rows += batch.rows
-        self._wake.set()
-        return True
-
-    def _wait_for_room(self, batch: ScoredBatch) -> bool:
-        deadline = time.monotonic() + self.settings.block_timeout_ms / 1000
-        self._wake.set()
-        with self._room:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closing.is_set():
-                    return False
-                self._room.wait(remaining)
-                if self._admit(batch):
-                    return True
+    @property
+    def stats(self) -> ScoreLogStats:
+        """The writer's counts, with the queue's: rows taken into it, and rows it refused."""
+        return replace(self._stats, rows_queued=self._box.accepted_rows, rows_dropped=self._box.refused_rows)
 
     @property
     def queued_rows(self) -> int:
-        return self._rows + self._parked_rows
+        return self._box.rows
 
     # -- the writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._tick())
-            self._wake.clear()
-            closing = self._closing.is_set()
+            items, closing = self._box.take()
             try:
-                items = self._take(closing)
                 if items:
                     self._write(items)
                 self._rotate(force=closing)
             except Exception:  # whatever it was, the writer goes on
-                self.stats.writer_errors += 1
+                self._stats.writer_errors += 1
                 log.exception("scoring log: the writer failed; it goes on")
             if closing:
                 return
-
-    def _take(self, closing: bool) -> list[ScoredBatch]:
-        """Everything queued, and the parked batches still within their wait (all when closing)."""
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._rows = 0
-            now = time.monotonic()
-            while self._parked:
-                deadline, batch = self._parked.popleft()
-                self._parked_rows -= batch.rows
-                if closing or deadline >= now:
-                    items.append(batch)
-                    self.stats.rows_queued += batch.rows
-                else:
-                    self.stats.rows_dropped += batch.rows
-            self._room.notify_all()
-        return items
-
-    def _tick(self) -> float:
-        return min(0.5, self.settings.max_file_age_s / 4)
 
     def _write(self, items: list[ScoredBatch]) -> None:
         """One table per model version, role and date: the conversion costs per tick, not per batch."""
@@ -337,7 +262,7 @@ class ScoreLog:
             try:
                 date = dt.datetime.fromtimestamp(batch.wall_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d")
             except (ValueError, OverflowError, OSError):
-                self.stats.rows_failed += batch.rows
+                self._stats.rows_failed += batch.rows
                 log.error("scoring log: a batch of %s:%s has an impossible time (%d ns); its %d rows are not "
                           "logged", batch.model, batch.version, batch.wall_ns, batch.rows)
                 continue
@@ -350,7 +275,7 @@ class ScoreLog:
                 except ValueError:  # shapes differ between batches (dynamic trailing dims): one by one
                     converted = [to_table([b], names) for b in batches]
             except Exception:
-                self.stats.rows_failed += sum(b.rows for b in batches)
+                self._stats.rows_failed += sum(b.rows for b in batches)
                 log.exception("scoring log: cannot convert %d batches of %s:%s", len(batches), model, _version)
                 continue
             for table, roles in converted:
@@ -370,12 +295,12 @@ class ScoreLog:
                 part = table.slice(0, room) if table.num_rows > room else table
                 f.writer.write_table(part)
                 f.rows += part.num_rows
-                self.stats.rows_written += part.num_rows
+                self._stats.rows_written += part.num_rows
                 table = table.slice(part.num_rows)
                 if f.rows >= self.settings.max_rows_per_file:
                     self._finalize(key)
         except OSError:
-            self.stats.rows_failed += table.num_rows
+            self._stats.rows_failed += table.num_rows
             log.exception("scoring log: cannot write %d rows under %s", table.num_rows, self.root)
 
     def _open(self, key: tuple[str, str, str], schema: pa.Schema) -> _OpenFile:
@@ -403,10 +328,10 @@ class ScoreLog:
         try:
             f.writer.close()
             publish(f.tmp, f.final)
-            self.stats.files_closed += 1
+            self._stats.files_closed += 1
         except OSError:
-            self.stats.rows_failed += f.rows
-            self.stats.rows_written -= f.rows
+            self._stats.rows_failed += f.rows
+            self._stats.rows_written -= f.rows
             log.exception("scoring log: cannot close %s", f.tmp)
 
     def _rotate(self, force: bool) -> None:
@@ -416,8 +341,7 @@ class ScoreLog:
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Write everything queued, close every file, stop the thread."""
-        self._closing.set()
-        self._wake.set()
+        self._box.close()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.error("scoring log: the writer did not finish within %.0f s", timeout_s)

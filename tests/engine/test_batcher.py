@@ -267,3 +267,35 @@ def test_a_mailbox_bounds_rows_too_and_always_takes_an_item_alone():
     assert items == ["a", "b"]
     assert box.put("big", rows=50)  # alone: taken, whatever its rows
     assert not box.put("d", rows=1)
+
+
+def test_a_mailbox_put_with_wait_s_waits_for_room_but_parks_on_an_event_loop():
+    """A thread waits until the consumer takes; an event loop is never held: its item is parked,
+    taken on the next pass while its wait lasts, refused and counted once the wait ran out."""
+    import asyncio
+    import threading
+    import time
+
+    from engine.batching.mailbox import Mailbox
+
+    box = Mailbox(capacity=10, tick_s=60, max_rows=4)
+    assert box.put("a", rows=4)
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(box.put("b", rows=3, wait_s=10)))
+    waiter.start()
+    items, closing = box.take()  # the waiter woke the consumer at once: no 60 s tick
+    assert items == ["a"] and not closing
+    waiter.join(5)
+    assert done == [True]
+
+    async def on_loop():
+        start = time.monotonic()
+        parked = box.put("c", rows=2, wait_s=10), box.put("d", rows=2, wait_s=0.001)
+        return parked, time.monotonic() - start
+
+    parked, took = asyncio.run(on_loop())
+    assert parked == (True, True) and took < 0.1
+    time.sleep(0.01)  # "d"'s wait runs out
+    items, _ = box.take()
+    assert items == ["b", "c"]
+    assert (box.refused, box.refused_rows, box.accepted_rows) == (1, 2, 9)
