@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from engine.batching.batcher import Batcher
+from engine.errors import UsageError
 from engine.codec.validate import Limits
 from engine.ingress.kafka import KafkaStream
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
@@ -37,6 +38,10 @@ def _announce(text: str) -> None:
     """Lines on stdout that people and tests read ("listening on", "ready")."""
     print(f"scorewire: {text}", flush=True)
 
+
+
+def _serving(ok: bool):
+    return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
 
 class App:
     """One serving path: gRPC and Kafka in, batchers and sessions, answers out; each scored
@@ -183,12 +188,16 @@ class App:
         add_health(self.server, self.health)
         port = server_settings.grpc_port if self.link is None else self.link.port
         address = f"{server_settings.host}:{port}"
-        if credentials is not None:
-            self.grpc_port = self.server.add_secure_port(address, credentials)
-        else:
-            self.grpc_port = self.server.add_insecure_port(address)
+        try:
+            if credentials is not None:
+                self.grpc_port = self.server.add_secure_port(address, credentials)
+            else:
+                self.grpc_port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc.aio: "Failed to bind to address"
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise RuntimeError(f"cannot bind gRPC to {address}")
+            raise UsageError(f"cannot bind gRPC to {address}: the port is in use or the host is not this "
+                             "machine's; change [server] grpc_port (0: any free port) or host")
         await self.server.start()
         if self.link is None:  # a worker's counters go to the observer, which serves /metrics
             self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
@@ -208,9 +217,10 @@ class App:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
             stream = KafkaStream(stream_settings, self.pipeline, served)
             stream.on_down = self._stream_down
+            stream.on_reachable = self._stream_reachable
             await stream.start()
             self.streams.append(stream)
-            await self.health.set(stream.health_name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(stream.health_name, _serving(stream.up and stream.brokers_reachable))
             self._say(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
         self._say("ready")
@@ -302,6 +312,10 @@ class App:
     def _stream_down(self, stream: KafkaStream, reason: str) -> None:
         self._say(f"stream {stream.label} stopped: {reason}")
         self._spawn(self.health.set(stream.health_name, health_pb2.HealthCheckResponse.NOT_SERVING))
+
+    def _stream_reachable(self, stream: KafkaStream, reachable: bool) -> None:
+        if stream in self.streams and not self._draining:  # not yet in: start() sets its health
+            self._spawn(self.health.set(stream.health_name, _serving(reachable and stream.up)))
 
     def _count_unauthenticated(self) -> None:
         self.requests_by_code[("(unknown)", "unauthenticated")] += 1

@@ -25,11 +25,12 @@ def fast_event_loop() -> None:
 
 def startup_error(exc: BaseException) -> str | None:
     """What to tell the user about an error found while starting (None: not one of those)."""
+    from engine.errors import UsageError
     from engine.monitor.drift import MonitorConfigError
     from engine.runtime.session import ModelLoadError
     from engine.settings import SettingsError
 
-    if isinstance(exc, ModelLoadError):
+    if isinstance(exc, (ModelLoadError, UsageError)):
         return str(exc)
     if isinstance(exc, (SettingsError, MonitorConfigError)):  # unreadable certificates, tokens,
         # secrets, drift references
@@ -59,6 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
         message = startup_error(exc)
         if message is None:
             raise
+        if args.log_level == "DEBUG":
+            logging.getLogger("scorewire").exception("the traceback, at --log-level DEBUG")
         print(f"scorewire: {message}", file=sys.stderr)
         return 2
     return 0
@@ -73,7 +76,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _reference(args: argparse.Namespace) -> int:
     from engine.monitor.reference import make_reference
 
-    rows = make_reference(Path(args.source), Path(args.out), args.sample, args.seed)
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+    rows = make_reference(Path(args.source), Path(args.out), args.sample, args.seed,
+                          Path(args.model) if args.model else None, split(args.outputs), args.input, split(args.features))
     print(f"wrote {rows} rows to {args.out}")
     return 0
 
@@ -121,12 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prepare-only", action="store_true", help="only write the models and the config")
     demo.set_defaults(func=_demo)
     reference = sub.add_parser("reference", help="write a drift reference sample from training data",
-                               description="Sample rows of a training Parquet file (uniformly, without "
-                               "replacement, seeded) into a reference Parquet file for [models.monitor].")
-    reference.add_argument("--from", dest="source", required=True, help="training data (Parquet)")
+                               description="Sample rows of training data (uniformly, without replacement, "
+                               "seeded) into a reference Parquet file for [models.monitor]. With --model and "
+                               "--outputs, the model scores the sampled rows and its outputs are added as the "
+                               "columns monitor.outputs needs (prediction drift).")
+    reference.add_argument("--from", dest="source", required=True, help="training data (Parquet, or CSV with a header)")
     reference.add_argument("--out", required=True, help="reference file to write (Parquet)")
     reference.add_argument("--sample", type=int, default=10_000, help="rows to keep (default 10,000; all if fewer)")
     reference.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    reference.add_argument("--model", help="ONNX model that scores the sampled rows (with --outputs)")
+    reference.add_argument("--outputs", help="output columns to add, as in monitor.outputs: e.g. probabilities:1,label")
+    reference.add_argument("--input", help="the model input the features feed (default: its first)")
+    reference.add_argument("--features", help="feature columns, in the model's order (default: every numeric "
+                           "column); the reference keeps only these and the outputs")
     reference.set_defaults(func=_reference)
 
     stat = sub.add_parser("status", help="drift per feature and latency percentiles of a running server",
@@ -168,7 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    from engine.errors import UsageError
+
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        if args.log_level == "DEBUG":
+            logging.getLogger("scorewire").exception("the traceback, at --log-level DEBUG")
+        print(f"scorewire {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -420,8 +420,9 @@ def run(directory: Path, prepare_only: bool) -> int:
     directory = directory.resolve()
     print(f"scorewire demo: building two tabular models (MLP, gradient-boosted trees; 32 features) and a wide "
           f"MLP (4.75M parameters, for GPUs) in {directory}")
-    config = prepare(directory, grpc_port=0, metrics_port=0)
-    print(f"wrote {config} and {directory / 'models'}/{{mlp,mlp-v2,gbt,wide}}.onnx")
+    config = prepare(directory)  # the ports the README's snippets use
+    print(f"wrote {config} (gRPC on 127.0.0.1:8001, metrics on 8002) and "
+          f"{directory / 'models'}/{{mlp,mlp-v2,gbt,wide}}.onnx")
     if prepare_only:
         return 0
     from engine.mock_kafka import MockCluster
@@ -430,7 +431,13 @@ def run(directory: Path, prepare_only: bool) -> int:
     for topic in ("events", "scores", "scores-dlq"):
         cluster.create_topic(topic, 8)
     kafka_config = directory / "scorewire-kafka.toml"
-    kafka_config.write_text(config.read_text() + CHALLENGER + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
+    # The demo's own server takes free ports (8001 may be taken); its broker lives only while
+    # the demo runs: the file says so.
+    own = config.read_text().replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002",
+                                                                                  "metrics_port = 0")
+    kafka_config.write_text("# The demo's run: its [[streams]] broker lived only while `scorewire demo` ran; serving this\n"
+                            "# file needs a broker at that address (python -m engine.mock_kafka starts one).\n"
+                            + own + CHALLENGER + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
     shutil.rmtree(directory / "scorelog", ignore_errors=True)
     print("starting: scorewire serve --config", kafka_config, "(gRPC, a challenger of 'mlp' with the Parquet "
           "scoring log, and a Kafka stream: events -> scores)")
@@ -453,15 +460,16 @@ def run(directory: Path, prepare_only: bool) -> int:
         _compare(directory, labels)
     print(textwrap.dedent(f"""
         what to try next:
-          scorewire serve --config {config}      # ports 0 = free ports, printed at start
+          scorewire serve --config {config}      # gRPC 127.0.0.1:8001, metrics 8002
           # then, from Python:
           import numpy as np, tritonclient.grpc as g
-          c = g.InferenceServerClient("127.0.0.1:PORT")
+          c = g.InferenceServerClient("127.0.0.1:8001")
           i = g.InferInput("float_input", [4, 32], "FP32"); i.set_data_from_numpy(np.random.rand(4, 32).astype("float32"))
           print(c.infer("gbt", [i]).as_numpy("probabilities"))
-          # metrics: curl http://127.0.0.1:METRICS_PORT/metrics
+          # metrics: curl http://127.0.0.1:8002/metrics, or: scorewire status --target 127.0.0.1:8002
           # Kafka: python -m engine.mock_kafka --topic events:8 --topic scores:8 --topic scores-dlq:8
-          #   prints a bootstrap address; add a [[streams]] table (see {kafka_config}) and serve
+          #   prints a bootstrap address; add a [[streams]] table like {kafka_config}'s with it
+          #   (that file's broker lived only while the demo ran) and serve
           # config reference: configs/example.toml
           # the scoring log: DuckDB, SELECT role, version, count(*) FROM
           #   read_parquet('{directory}/scorelog/**/*.parquet', hive_partitioning = 1) GROUP BY ALL

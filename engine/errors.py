@@ -32,6 +32,13 @@ def listed(names, limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+class UsageError(Exception):
+    """An everyday mistake outside a request -- a port in use, no server where one was
+    expected, a file of the wrong kind: the `scorewire` command prints the message as one line
+    (`scorewire: ...`, naming what to change) and exits 2, with the traceback only at
+    `--log-level DEBUG`."""
+
+
 class EngineError(Exception):
     """An error with a neutral code and a message meant for the caller (at most MAX_MESSAGE
     characters: whatever client text it quotes, a message always fits the protocol)."""

@@ -73,8 +73,9 @@ class Observer:
         names = {}
         for ms in self.settings.models:
             model = self.models.get((ms.name, ms.version))
-            if ms.monitor is not None and model is not None:
-                names[(ms.name, ms.monitor.input or model.schema.inputs[0].name)] = list(ms.monitor.features)
+            monitor = self.drift.get((ms.name, ms.version))
+            if monitor is not None and model is not None:
+                names[(ms.name, ms.monitor.input or model.schema.inputs[0].name)] = monitor.features
         return names
 
     def install_shadows(self, routes: list[RouteSettings]) -> list[Shadow]:

@@ -121,8 +121,9 @@ class BatchingSettings(_Strict):
 
 
 class MonitorSettings(_Strict):
-    features: list[str] = Field(min_length=1)
-    """Names of the monitored input tensor's columns, in order (the tensor is [rows, len(features)])."""
+    features: list[str] | None = Field(None, min_length=1)
+    """Names of the monitored input tensor's columns, in order (the tensor is [rows, len(features)]).
+    Default: the reference file's columns in its order, less those `outputs` names."""
     input: str | None = None
     """The input tensor the features are columns of (default: the model's first input)."""
     categorical: list[str] = Field(default_factory=list)
@@ -154,6 +155,8 @@ class MonitorSettings(_Strict):
 
     @model_validator(mode="after")
     def _categorical_are_features(self) -> "MonitorSettings":
+        if self.features is None:  # the reference's columns: checked when it is read
+            return self
         unknown = [c for c in self.categorical if c not in self.features]
         if unknown:
             raise ValueError(f"categorical lists {unknown}, which are not in features")

@@ -74,3 +74,100 @@ def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
     proc, port, _ = start_server(tmp_path / "configs" / "example.toml", log_level="WARNING")
     proc.terminate()
     assert proc.wait(60) == 0 and port > 0
+
+
+def _held_port() -> "socket.socket":
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The error a user sees: exit 2 and one line on stderr (after the start-up log), no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path, model_dir):
+    held = _held_port()
+    port = held.getsockname()[1]
+    try:
+        for workers in (1, 2):
+            for key in ("grpc_port", "metrics_port"):
+                ports = {"grpc_port": 0, "metrics_port": 0, key: port}
+                config = tmp_path / f"c{workers}{key}.toml"
+                config.write_text(f'[server]\nhost = "127.0.0.1"\nworkers = {workers}\ngrpc_port = {ports["grpc_port"]}\n'
+                                  f'metrics_port = {ports["metrics_port"]}\n[[models]]\nname = "m"\n'
+                                  f'path = "{model_dir / "models" / "gbt.onnx"}"\n')
+                line = _one_line_error(scorewire("serve", "--config", str(config)))
+                assert f"127.0.0.1:{port}" in line and f"[server] {key}" in line, (workers, key, line)
+    finally:
+        held.close()
+
+
+def test_status_says_what_is_wrong_in_one_line(tmp_path):
+    held = _held_port()  # listens, never answers: like a gRPC port to an HTTP/1 client, or a hung server
+    free = _held_port()
+    free_port = free.getsockname()[1]
+    free.close()
+    try:
+        start = __import__("time").monotonic()
+        line = _one_line_error(scorewire("status", "--target", f"127.0.0.1:{free_port}", "--timeout", "2"))
+        waited = __import__("time").monotonic() - start
+        assert "no server answers" in line and "connection refused" in line and "metrics_port" in line
+        assert waited >= 2  # --timeout: a server still starting gets that long
+        line = _one_line_error(scorewire("status", "--target", f"127.0.0.1:{held.getsockname()[1]}", "--timeout", "1"))
+        assert "no answer" in line
+    finally:
+        held.close()
+
+
+def test_status_pointed_at_the_grpc_port_says_so(server):
+    line = _one_line_error(scorewire("status", "--target", server.url, "--timeout", "3"))
+    assert "gRPC port" in line and "metrics_port" in line
+
+
+def test_reference_from_csv_with_the_models_outputs(tmp_path):
+    """A CSV file is read (a header row names the columns); --model/--outputs add the columns that
+    monitor.outputs needs, computed by scoring the sampled rows; the ZipMap mistake gets its fix."""
+    import numpy as np
+    import onnxruntime as ort
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    clf = LogisticRegression().fit(x, y)
+    (tmp_path / "m.onnx").write_bytes(to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}).SerializeToString())
+    pacsv.write_csv(pa.table({"label": y, **{f"f{i}": x[:, i] for i in range(4)}}), tmp_path / "train.csv")
+    result = scorewire("reference", "--from", "train.csv", "--out", "ref.parquet", "--model", "m.onnx",
+                       "--outputs", "probabilities:1,label", "--features", "f0,f1,f2,f3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ref = pq.read_table(tmp_path / "ref.parquet")
+    assert ref.column_names == ["f0", "f1", "f2", "f3", "probabilities:1", "label"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    features = np.column_stack([ref.column(f"f{i}").to_numpy() for i in range(4)]).astype(np.float32)
+    label, probabilities = session.run(["label", "probabilities"], {"X": features})
+    np.testing.assert_allclose(ref.column("probabilities:1").to_numpy(), probabilities[:, 1], rtol=1e-6)
+    assert (ref.column("label").to_numpy() == label).all()
+    # a Parquet reader given a CSV by another name, and a wrong output: one line each
+    (tmp_path / "train.txt").write_text((tmp_path / "train.csv").read_text())
+    assert "a CSV file needs a .csv or .tsv suffix" in _one_line_error(
+        scorewire("reference", "--from", "train.txt", "--out", "r.parquet", cwd=tmp_path))
+    assert "the model has no output 'probs'" in _one_line_error(
+        scorewire("reference", "--from", "train.csv", "--out", "r.parquet", "--model", "m.onnx", "--outputs",
+                  "probs:1", "--features", "f0,f1,f2,f3", cwd=tmp_path))
+    # ZipMap left on: the load error says how to convert
+    (tmp_path / "z.onnx").write_bytes(to_onnx(clf, x[:1]).SerializeToString())
+    config = tmp_path / "z.toml"
+    config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\nworkers = 1\n[[models]]\nname = "z"\npath = "z.onnx"\n')
+    line = _one_line_error(scorewire("serve", "--config", str(config)))
+    assert "seq(map" in line and "'zipmap': False" in line

@@ -33,6 +33,7 @@ import threading
 import time
 
 import numpy as np
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from engine.batching.batch import Origin
@@ -168,6 +169,10 @@ class KafkaStream:
         self._producer_conf: dict = {}
         self.failure: str | None = None  # why the stream stopped, when it did
         self.on_down = None  # called on the loop, once, with (stream, reason) when the stream stops
+        # False from librdkafka's "all brokers are down" until its statistics show a broker up
+        # again (set by the client's threads; said on the loop)
+        self.brokers_reachable = True
+        self.on_reachable = None  # called on the loop with (stream, reachable) when that changes
 
     # -- lifecycle -----------------------------------------------------------------------------
     def client_configs(self) -> tuple[dict, dict]:
@@ -197,6 +202,10 @@ class KafkaStream:
             # change owner; the others keep flowing and keep their in-flight work (with eager
             # rebalancing every partition is revoked and commits race the rebalance).
             "partition.assignment.strategy": "cooperative-sticky",
+            # Broker states once a second (stats_cb): how the stream learns that a broker it
+            # could not reach is back.
+            "statistics.interval.ms": 1000,
+            "stats_cb": self._client_stats,
             **common,
             **revealed[1],
         }
@@ -455,6 +464,44 @@ class KafkaStream:
 
     def _client_error(self, error: KafkaError) -> None:
         self._client_log.say(logging.ERROR if error.fatal() else logging.WARNING, self.redact(str(error)))
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._set_reachable(False)
+
+    def _client_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics (the consumer's, each second): a broker in state UP means
+        the brokers are reachable again."""
+        if self.brokers_reachable:
+            return
+        try:
+            brokers = orjson.loads(stats_json).get("brokers", {})
+        except orjson.JSONDecodeError:
+            return
+        if any(b.get("state") == "UP" for b in brokers.values()):
+            self._set_reachable(True)
+
+    def _set_reachable(self, reachable: bool) -> None:
+        """From a client thread: note the change, say it on the loop."""
+        if reachable == self.brokers_reachable:
+            return
+        self.brokers_reachable = reachable
+        try:
+            self._loop.call_soon_threadsafe(self._reachability_changed, reachable)
+        except (RuntimeError, AttributeError):  # the loop is closed (or not there yet): nothing to tell
+            pass
+
+    def _reachability_changed(self, reachable: bool) -> None:
+        if reachable != self.brokers_reachable:  # changed back meanwhile: the later call says it
+            return
+        if reachable:
+            log.info("stream %s: a broker of %s is reachable again; consuming", self.label,
+                     self.settings.bootstrap_servers)
+        else:
+            log.error("stream %s: no broker of bootstrap_servers = %r can be reached, so nothing is consumed: check "
+                      "that the broker runs, that this machine can reach it, and the stream's bootstrap_servers "
+                      "and [streams.kafka] security settings. Health %r says NOT_SERVING until a broker is back.",
+                      self.label, self.settings.bootstrap_servers, self.health_name)
+        if self.on_reachable is not None:
+            self.on_reachable(self, reachable)
 
     # -- the loop --------------------------------------------------------------------------------
     def _finish(self, chunk: _Chunk) -> None:

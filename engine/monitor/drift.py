@@ -104,6 +104,13 @@ class DriftMonitor:
         self.model = model
         self.settings = settings
         self._schema = schema
+        self.features = list(settings.features) if settings.features is not None else [
+            name for name in reference if name not in settings.outputs]
+        unknown = [c for c in settings.categorical if c not in self.features]
+        if unknown:
+            raise MonitorConfigError(f"model {model}: monitor.categorical lists {unknown}, which are not features "
+                                     f"({len(self.features)} of them, from "
+                                     f"{'monitor.features' if settings.features else 'the reference columns'})")
         self.columns = self._columns(schema)
         missing = [c.name for c in self.columns if c.name not in reference]
         if missing:
@@ -140,14 +147,15 @@ class DriftMonitor:
             raise MonitorConfigError(f"model {self.model}: monitor.input '{tensor}' is not an input ({list(inputs)})")
         spec = inputs[tensor]
         width = spec.shape[1] if len(spec.shape) == 2 else (1 if len(spec.shape) == 1 else None)
-        if width is None or (width >= 0 and width != len(s.features)):
+        if width is None or (width >= 0 and width != len(self.features)):
             raise MonitorConfigError(
-                f"model {self.model}: monitor.features names {len(s.features)} columns, but input '{tensor}' "
-                f"has shape {list(spec.shape)}"
+                f"model {self.model}: monitor.features names {len(self.features)} columns, but input '{tensor}' "
+                f"has shape {list(spec.shape)}" + ("" if s.features is not None else
+                " (features default to the reference's columns less the outputs: name them in monitor.features)")
             )
         columns = [
             Column(name, name in s.categorical, tensor, None if len(spec.shape) == 1 else i, False)
-            for i, name in enumerate(s.features)
+            for i, name in enumerate(self.features)
         ]
         for entry in s.outputs:
             name, _, col = entry.partition(":")
@@ -184,6 +192,10 @@ class DriftMonitor:
         """The input and output tensors the columns come from (the rest need not be gathered)."""
         return ({c.tensor for c in self.columns if not c.from_output},
                 {c.tensor for c in self.columns if c.from_output})
+
+    @property
+    def window_rows(self) -> int:
+        return self.columns[0].kernel.n
 
     @property
     def full(self) -> bool:

@@ -7,8 +7,10 @@ counters the components already keep, so scraping never touches the request path
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable
 
+from engine.errors import UsageError
 from engine.runtime.registry import Registry
 
 
@@ -100,16 +102,27 @@ def _monitoring(app, family) -> None:  # app: the Observer
     from engine.monitor.latency import QUANTILES
 
     # labelled by version too: a challenger may be monitored beside its champion
+    # Statistic, p-value and effect only once evaluated: a p-value of 1 before the first
+    # evaluation would read as a clean one to an alert rule.
     drift = [(name, version, m, c) for (name, version), m in app.drift.items() for c in m.columns]
     for metric, attr, help_text in (
-        ("scorewire_drift_statistic", "statistic", "Last evaluated drift statistic (KS D or chi-squared) per column."),
-        ("scorewire_drift_pvalue", "pvalue", "Last evaluated drift p-value per column (before correction)."),
-        ("scorewire_drift_effect", "effect", "Last evaluated effect size per column (KS D or PSI)."),
+        ("scorewire_drift_statistic", "statistic", "Last evaluated drift statistic (KS D or chi-squared) per column; "
+         "absent until the first evaluation."),
+        ("scorewire_drift_pvalue", "pvalue", "Last evaluated drift p-value per column (before correction); absent "
+         "until the first evaluation."),
+        ("scorewire_drift_effect", "effect", "Last evaluated effect size per column (KS D or PSI); absent until the "
+         "first evaluation."),
         ("scorewire_drift_alert", "alert", "1 while a drift alert is raised for the column."),
     ):
         family(metric, "gauge", help_text,
                [(_labels(model=name, version=version, feature=c.name), float(getattr(m.state[c.name], attr)))
-                for name, version, m, c in drift])
+                for name, version, m, c in drift if m.evaluations or attr == "alert"])
+    family("scorewire_drift_evaluations_total", "counter", "Drift evaluations so far (the first once the window "
+           "is full).", [(_labels(model=name, version=version), m.evaluations) for (name, version), m in app.drift.items()])
+    family("scorewire_drift_window_rows", "gauge", "Rows in the drift window now (it holds monitor.window).",
+           [(_labels(model=name, version=version), m.window_rows) for (name, version), m in app.drift.items()])
+    family("scorewire_drift_window_size", "gauge", "The drift window's size in rows (monitor.window).",
+           [(_labels(model=name, version=version), m.settings.window) for (name, version), m in app.drift.items()])
     family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
            [(_labels(model=name, version=version), m.events) for (name, version), m in app.drift.items()])
     samples = []
@@ -206,6 +219,9 @@ def _streams(streams, family) -> None:
                [(_labels(stream=st.name, model=st.model), getattr(st.stats, name)) for st in streams])
     family("scorewire_stream_up", "gauge", "1 while the stream runs; 0 once it stopped (the server log says why).",
            [(_labels(stream=st.name, model=st.model), int(st.up)) for st in streams])
+    family("scorewire_stream_brokers_reachable", "gauge", "0 from librdkafka's 'all brokers are down' until a "
+           "broker is up again (nothing is consumed meanwhile; the server log says what to check); else 1.",
+           [(_labels(stream=st.name, model=st.model), int(st.brokers_reachable)) for st in streams])
     family("scorewire_stream_in_flight", "gauge", "Events consumed and not yet settled.",
            [(_labels(stream=st.name, model=st.model), st.in_flight) for st in streams])
     family("scorewire_stream_assigned_partitions", "gauge", "Input partitions assigned to this worker.",
@@ -223,7 +239,12 @@ class MetricsServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise UsageError(f"cannot serve /metrics on {self.host}:{self.port} ({why}); change [server] "
+                             "metrics_port (0: any free port)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

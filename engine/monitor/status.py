@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+import time
+import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from engine.errors import UsageError
+
+_METRICS_PORT = "the server's metrics port ([server] metrics_port; `serve` prints it as 'metrics on ...')"
+
+
+def _fetch(url: str, timeout_s: float) -> str:
+    """The body of `url`; a server not up yet (connection refused) is retried until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=max(0.1, deadline - time.monotonic())) as response:
+                return response.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise UsageError(f"{url} answered HTTP {exc.code}: is that {_METRICS_PORT}?") from None
+        except (http.client.HTTPException, UnicodeDecodeError):  # BadStatusLine: gRPC's HTTP/2 answer
+            raise UsageError(f"{url} did not answer in HTTP/1.1: is it the gRPC port? status reads "
+                             f"{_METRICS_PORT}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            refused = isinstance(reason, ConnectionRefusedError)
+            if refused and time.monotonic() + 0.2 < deadline:
+                time.sleep(0.2)
+                continue
+            if refused:
+                what = "connection refused"
+            elif isinstance(reason, (socket.timeout, TimeoutError)):
+                what = "no answer"
+            else:
+                what = getattr(reason, "strerror", None) or str(reason)
+            raise UsageError(f"no server answers at {url} ({what}, waited {timeout_s:g} s): is it running, and "
+                             f"is that {_METRICS_PORT}? (--timeout waits longer)") from None
 
 
 def scrape(target: str, timeout_s: float = 5.0) -> dict[str, list]:
     """Samples by metric family name."""
     url = target if target.startswith("http") else f"http://{target}"
-    text = urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout_s).read().decode()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+    text = _fetch(url.rstrip("/") + "/metrics", timeout_s)
+    try:
+        return {family.name: family.samples for family in text_string_to_metric_families(text)}
+    except ValueError:
+        raise UsageError(f"{url} answered, but not with Prometheus metrics: is that {_METRICS_PORT}?") from None
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -27,13 +66,42 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         for sample in families.get(name, []):
             key = (sample.labels["model"], sample.labels.get("version", ""), sample.labels["feature"])
             drift.setdefault(key, {})[name.rsplit("_", 1)[1]] = sample.value
+    per_model: dict[tuple[str, str], dict[str, float]] = {}
+    for name in ("scorewire_drift_evaluations", "scorewire_drift_window_rows", "scorewire_drift_window_size"):
+        for sample in families.get(name, []):
+            key = (sample.labels["model"], sample.labels.get("version", ""))
+            per_model.setdefault(key, {})[name] = sample.value
     out = []
     if drift:
-        rows = [[m, v_, f, f"{v.get('statistic', 0):.4g}", f"{v.get('pvalue', 1):.3g}", f"{v.get('effect', 0):.4g}",
-                 "DRIFT" if v.get("alert") else "ok"] for (m, v_, f), v in sorted(drift.items())]
+        rows = []
+        for (m, v_, f), v in sorted(drift.items()):
+            seen = per_model.get((m, v_), {})
+            if "pvalue" not in v:  # no evaluation yet: nothing to say about drift
+                window = (f"{seen.get('scorewire_drift_window_rows', 0):,.0f}/"
+                          f"{seen.get('scorewire_drift_window_size', 0):,.0f}")
+                rows.append([m, v_, f, "-", "-", "-", f"not evaluated yet (window {window})"])
+                continue
+            rows.append([m, v_, f, f"{v['statistic']:.4g}", f"{v['pvalue']:.3g}", f"{v.get('effect', 0):.4g}",
+                         "DRIFT" if v.get("alert") else "ok"])
         out.append(_table(["model", "version", "feature", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
+    streams: dict[tuple[str, str], dict[str, float]] = {}
+    for name in ("scorewire_stream_up", "scorewire_stream_brokers_reachable", "scorewire_stream_in_flight",
+                 "scorewire_stream_consumed", "scorewire_stream_lag_events"):
+        for sample in families.get(name, []):
+            key = (sample.labels["stream"], sample.labels["model"])
+            entry = streams.setdefault(key, {})
+            entry[name] = entry.get(name, 0) + sample.value  # lag: summed over partitions
+    if streams:
+        rows = []
+        for (stream, model), v in sorted(streams.items()):
+            state = ("stopped (see the server log)" if not v.get("scorewire_stream_up", 1) else
+                     "no broker reachable (see the server log)" if not v.get("scorewire_stream_brokers_reachable", 1)
+                     else "consuming")
+            rows.append([stream, model, state, f"{v.get('scorewire_stream_consumed', 0):,.0f}",
+                         f"{v.get('scorewire_stream_in_flight', 0):,.0f}", f"{v.get('scorewire_stream_lag_events', 0):,.0f}"])
+        out.append(_table(["stream", "model", "state", "consumed", "in flight", "lag"], rows))
     latency: dict[tuple[str, str, str, str], dict[str, float]] = {}
     for sample in families.get("scorewire_latency_us", []):
         key = (sample.labels["model"], sample.labels.get("version", ""), sample.labels["role"], sample.labels["stage"])

@@ -299,16 +299,20 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to the gRPC port with SO_REUSEPORT and never listening: it keeps the
     port for the workers (each binds it with SO_REUSEPORT; the kernel spreads connections over
     the listening ones). The port is first bound without SO_REUSEPORT, so a port another
-    server holds is refused here instead of shared with it."""
+    server holds is refused here instead of shared with it. Both set SO_REUSEADDR, as gRPC's own
+    sockets do: connections of an earlier server still in TIME_WAIT on the port must not keep a
+    new one from starting."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     address = (host.strip("[]"), port)
     probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(address)
         port = probe.getsockname()[1]
     finally:
         probe.close()
     keeper = socket.socket(family, socket.SOCK_STREAM)
+    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     keeper.bind((address[0], port))
     return keeper
@@ -337,7 +341,8 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         keeper = _reserve_port(server.host, server.grpc_port)
     except OSError as exc:
         why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        print(f"scorewire: cannot bind gRPC to {server.host}:{server.grpc_port} ({why})", file=sys.stderr)
+        print(f"scorewire: cannot bind gRPC to {server.host}:{server.grpc_port} ({why}); change [server] grpc_port "
+              "(0: any free port)", file=sys.stderr)
         return 2
     rings = [Ring.create(server.handoff_ring_bytes) for _ in range(workers)]
     challenger_rings = (Ring.create(server.handoff_ring_bytes), Ring.create(server.handoff_ring_bytes))

@@ -27,6 +27,28 @@ from engine.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
+_fallbacks_told: set[str] = set()  # providers whose fallback this process has logged
+
+
+def has_gpu_device() -> bool:
+    """Whether this machine shows an NVIDIA GPU (its device files)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _fell_back(label: str, wanted: str, used: str) -> None:
+    """A provider that could not start: a warning where a GPU is present (something is wrong
+    with its libraries), else one INFO line per process -- falling back to the CPU on a
+    machine without a GPU is what the default provider list is for (the 'loaded on' line says
+    which provider each model got)."""
+    if wanted == "CUDAExecutionProvider" and has_gpu_device():
+        log.warning("%s: %s could not start although this machine has a GPU (CUDA libraries missing or of the "
+                    "wrong version?); running on %s", label, wanted, used)
+    elif wanted not in _fallbacks_told:
+        _fallbacks_told.add(wanted)
+        log.info("%s is not usable here (no GPU); models run on %s", wanted, used)
+
 # onnxruntime's own logger prints a multi-line error when CUDA libraries are missing; the
 # fallback is reported in one line by open_session instead. Fatal errors still show.
 ort.set_default_logger_severity(4)
@@ -43,7 +65,11 @@ class WarmupError(ModelLoadError):
 def _spec(arg, label: str, what: str) -> TensorSpec:
     datatype = ORT_TO_OIP.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"{label}: {what} '{arg.name}' has type {arg.type}, which scorewire cannot serve")
+        hint = ""
+        if str(arg.type).startswith("seq(map"):  # skl2onnx's ZipMap: one dict per row
+            hint = ("; it is skl2onnx's ZipMap: convert the classifier with "
+                    "options={id(model): {'zipmap': False}} to get the probabilities as a tensor")
+        raise ModelLoadError(f"{label}: {what} '{arg.name}' has type {arg.type}, which scorewire cannot serve{hint}")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
     return TensorSpec(arg.name, datatype, OIP_TO_NUMPY[datatype], shape)
 
@@ -146,8 +172,7 @@ class OnnxModel:
         self.sessions = [s for s, _ in opened]
         self.provider = opened[0][1]
         if self.provider != chosen[0]:
-            log.warning("%s: %s could not start (no GPU or CUDA libraries?); running on %s", self.label, chosen[0],
-                        self.provider)
+            _fell_back(self.label, chosen[0], self.provider)
         self._free = list(self.sessions)
 
     def _bound_runners(self) -> list:

@@ -429,3 +429,42 @@ def test_secrets_never_reach_the_logs(model_dir, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "the Kafka client refuses its settings" in done.stderr and secret not in done.stdout + done.stderr
+
+
+def test_a_broker_out_of_reach_shows_in_health_metrics_and_status(model_dir, rng):
+    """Every broker down: the stream's health turns NOT_SERVING, the gauge says 0 and
+    `scorewire status` says so; the server answers gRPC all along. Back up: SERVING, and the
+    events sent meanwhile are scored."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.test_cli import scorewire
+
+    reachable = "scorewire_stream_brokers_reachable" + LABELS
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 4)
+        worker = start_worker(model_dir, cluster.bootstrap)
+        try:
+            with grpc.insecure_channel(worker.url) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                stream_health = lambda: check(health_pb2.HealthCheckRequest(  # noqa: E731
+                    service="scorewire.stream/events->scores")).status
+                assert stream_health() == health_pb2.HealthCheckResponse.SERVING
+                assert worker.metrics()[reachable] == 1
+                cluster.all_down()
+                wait_for(lambda: worker.metrics()[reachable] == 0, 60, what="the brokers out of reach")
+                wait_for(lambda: stream_health() == health_pb2.HealthCheckResponse.NOT_SERVING, 10,
+                         what="the stream NOT_SERVING")
+                assert check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+                status = scorewire("status", "--target", f"127.0.0.1:{worker.metrics_port}")
+                assert "no broker reachable" in status.stdout, status.stdout
+                cluster.all_up()
+                wait_for(lambda: worker.metrics()[reachable] == 1, 60, what="the brokers back")
+                wait_for(lambda: stream_health() == health_pb2.HealthCheckResponse.SERVING, 10, what="SERVING")
+            x = rng.normal(size=(100, 32)).astype(np.float32)
+            produce(cluster.bootstrap, "events", json_events(x))
+            by_source = results_by_source(read_all(cluster.bootstrap, "scores", 100, timeout_s=60))
+            assert {r["id"] for results in by_source.values() for r in results} == set(range(100))
+        finally:
+            assert worker.stop() == 0

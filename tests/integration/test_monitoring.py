@@ -175,7 +175,13 @@ def test_a_monitored_challenger_has_drift_metrics_of_its_own(monitored, model_di
             time.sleep(0.2)
         assert seen == {"1": 600, "2": 600}
         keys = [(s.labels["model"], s.labels["version"], s.labels["feature"])
-                for s in families["scorewire_drift_statistic"]]
+                for s in families["scorewire_drift_alert"]]
         assert len(keys) == len(set(keys)) == 2 * (len(FEATURES) + 1)
+        # 600 rows of a 2,000-row window: nothing evaluated, so no statistic or p-value to read
+        # as a clean evaluation; the window's fill says how far it got
+        assert not families.get("scorewire_drift_pvalue") and not families.get("scorewire_drift_statistic")
+        fill = {s.labels["version"]: s.value for s in families["scorewire_drift_window_rows"]}
+        assert fill == {"1": 600, "2": 600}
+        assert {s.labels["version"]: s.value for s in families["scorewire_drift_evaluations"]} == {"1": 0, "2": 0}
     finally:
         srv.stop()

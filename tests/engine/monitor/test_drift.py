@@ -166,3 +166,21 @@ def test_warm_up_compiles_the_kernels_and_leaves_the_windows_alone(rng):
     assert all(c.kernel.n == 0 for c in monitor.columns)
     events = feed(monitor, stream(rng, 12_000))  # and it monitors as before
     assert monitor.events == 12_000 and monitor.evaluations == 3 and not events
+
+
+def test_features_default_to_the_reference_columns_less_the_outputs(rng):
+    """Without monitor.features the reference file's columns name the features, in its order,
+    and those monitor.outputs names are outputs; a width that does not match says how to fix it."""
+    reference = stream(rng, 5_000)
+    ref = {name: reference[:, i] for i, name in enumerate(FEATURES)}
+    ref["proba:1"] = rng.random(5_000)
+    settings = MonitorSettings(outputs=["proba:1"], categorical=["f7"], reference="unused.parquet", window=1_000)
+    monitor = DriftMonitor("m:1", settings, SCHEMA, ref)
+    assert monitor.features == FEATURES
+    assert [c.name for c in monitor.columns] == FEATURES + ["proba:1"]
+    assert [c.index for c in monitor.columns if not c.from_output] == list(range(8))
+    del ref["f3"]
+    with pytest.raises(MonitorConfigError, match="names 7 columns, but input 'x' has shape.*name them in monitor.features"):
+        DriftMonitor("m:1", settings, SCHEMA, ref)
+    with pytest.raises(MonitorConfigError, match=r"monitor.categorical lists \['f3'\]"):
+        DriftMonitor("m:1", MonitorSettings(categorical=["f3"], reference="unused.parquet"), SCHEMA, ref)
