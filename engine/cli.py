@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--score", help="output column holding P(class 1) (default: out_<name>_1 of a 2-column output)")
     comp.add_argument("--predicted", help="output column holding the predicted class (default: the one integer "
                       "output, else score >= 0.5)")
-    comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol")
+    comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol (default 1e-6; shown in the table)")
     comp.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     comp.set_defaults(func=_compare)
 

@@ -115,7 +115,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
         raise CompareError(f"model {model!r} has no champion rows in {log_dir}")
     champion, ambiguous = _unique_keys(champion_all)
     outputs = _outputs(champion)
-    report: dict = {"model": model, "champion": {"versions": sorted(set(champion_all.column("version").to_pylist())),
+    report: dict = {"model": model, "atol": atol, "champion": {"versions": sorted(set(champion_all.column("version").to_pylist())),
                                                  "rows": champion_all.num_rows, "ambiguous_ids": ambiguous},
                     "latency_us": {}, "challengers": []}
     for role in ("champion", "challenger", "arm"):
@@ -149,6 +149,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
                 entry["outputs"][c] = {"agreement": float(np.mean(a == b)) if len(a) else float("nan")}
         if label_table is not None:
             entry["labelled"] = _labelled(paired, label_table, score, predicted)
+        entry["verdict"] = verdict(entry)
         report["challengers"].append(entry)
     if not report["challengers"]:
         raise CompareError(f"model {model!r} has no challenger rows in {log_dir}")
@@ -185,6 +186,39 @@ def _labelled(paired: pa.Table, labels: pa.Table, score: str, predicted: str | N
     return result
 
 
+ALPHA = 0.05  # the verdict's significance level
+
+
+def verdict(entry: dict) -> str:
+    """One line: better, worse or no difference at ALPHA, with the test and its p-value (the
+    paired t-test on per-row log-loss; McNemar's exact test on accuracy beside it)."""
+    lab = entry.get("labelled")
+    if not lab or not lab.get("rows"):
+        agree = [o["agreement"] for o in entry["outputs"].values() if not math.isnan(o["agreement"])]
+        return (f"no verdict without labels: the outputs agree on {min(agree):.1%} of the paired rows or more "
+                "(--labels adds the tests)" if agree else "no verdict: no paired rows")
+    tt, mc = lab["paired_t_log_loss"], lab["mcnemar"]
+    ch, cp = lab["challenger"], lab["champion"]
+    losses = f"log-loss {ch['log_loss']:.4f} vs the champion's {cp['log_loss']:.4f}"
+    beside = (f"; McNemar's exact test on accuracy ({ch['accuracy']:.4f} vs {cp['accuracy']:.4f}): "
+              f"p = {_p(mc['pvalue'])}")
+    if tt["pvalue"] < ALPHA:
+        better = ch["log_loss"] < cp["log_loss"]
+        return (f"challenger {entry['version']} is {'BETTER' if better else 'WORSE'}: {losses} "
+                f"(paired t-test on per-row log-loss, p = {_p(tt['pvalue'])} < {ALPHA}){beside}")
+    return (f"challenger {entry['version']}: no significant difference at {ALPHA}: {losses} "
+            f"(paired t-test on per-row log-loss, p = {_p(tt['pvalue'])}){beside}")
+
+
+def _p(p: float) -> str:
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _us(x: float) -> str:
+    """Microseconds, fixed point: whole numbers with thousands separators."""
+    return "-" if x is None or math.isnan(x) else f"{x:,.0f}"
+
+
 def _fmt(x) -> str:
     if isinstance(x, float):
         return "nan" if math.isnan(x) else f"{x:.4g}"
@@ -199,7 +233,8 @@ def render(report: dict) -> str:
         lines.append("")
         lines.append(f"challenger {ch['version']}: {ch['paired_rows']} paired rows "
                      f"({ch['coverage']:.1%} of the champion's)")
-        lines.append(f"  {'output':<28} {'agreement':>10} {'|diff| p50':>11} {'p90':>10} {'p99':>10} {'max':>10}")
+        lines.append(f"  {'output':<28} {'agreement':>10} {'|diff| p50':>11} {'p90':>10} {'p99':>10} {'max':>10}"
+                     f"   (floats agree when |diff| <= atol = {report.get('atol', 1e-6):g}; --atol)")
         for name, o in ch["outputs"].items():
             d = o.get("abs_diff", {})
             lines.append(f"  {name:<28} {_fmt(o['agreement']):>10} " + " ".join(
@@ -217,15 +252,19 @@ def render(report: dict) -> str:
                              f"right {mc['challenger_only_right']}, p = {_fmt(mc['pvalue'])}")
                 tt = lab["paired_t_log_loss"]
                 lines.append(f"  paired t-test on log-loss: t = {_fmt(tt['statistic'])}, p = {_fmt(tt['pvalue'])}")
+        lines.append(f"  verdict: {ch['verdict']}")
     lines.append("")
-    lines.append(f"latency (us)  {'':<18} {'queue p50':>10} {'p99':>8} {'inference p50':>14} {'p99':>8} "
+    lines.append(f"latency (us)  {'':<18} {'wait p50':>10} {'p99':>8} {'inference p50':>14} {'p99':>8} "
                  f"{'total p50':>10} {'p99':>8}")
     for version, stages in report["latency_us"].items():
         cells = []
         for stage, width in (("queue", 10), ("inference", 14), ("total", 10)):
             s = stages[stage]
-            cells += [f"{_fmt(s.get('p50', float('nan'))):>{width}}", f"{_fmt(s.get('p99', float('nan'))):>8}"]
+            cells += [f"{_us(s.get('p50', float('nan'))):>{width}}", f"{_us(s.get('p99', float('nan'))):>8}"]
         lines.append(f"  {version:<30} " + " ".join(cells))
+    if any("(challenger)" in v for v in report["latency_us"]):
+        lines.append("  wait: a champion's in its batcher queue; a challenger's in the shadow queue, after the champion "
+                     "answered (no caller waits for it): compare inference")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ttest_rel
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from engine.demo import demo_data
@@ -283,9 +283,23 @@ def test_compare_reports_what_sklearn_and_scipy_compute(shadowed, model_dir):
     right_mlp, right_gbt = outs["mlp"]["label"] == y, outs["gbt"]["label"] == y
     b, c = int(np.sum(right_mlp & ~right_gbt)), int(np.sum(~right_mlp & right_gbt))
     assert lab["mcnemar"]["pvalue"] == pytest.approx(binomtest(b, b + c).pvalue, rel=1e-9)
-    table = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "mlp"],
-                           capture_output=True, text=True, timeout=120)
+    # the verdict: the paired t-test on per-row log-loss at 0.05, as SciPy computes it
+    losses = {name: -np.log(np.clip(np.where(y == 1, outs[name]["probabilities"][:, 1],
+                                             1 - outs[name]["probabilities"][:, 1]).astype(np.float64), 1e-15, 1))
+              for name in ("mlp", "gbt")}
+    t = ttest_rel(losses["mlp"], losses["gbt"])
+    expected = ("no significant difference" if t.pvalue >= 0.05
+                else "is BETTER" if losses["gbt"].mean() < losses["mlp"].mean() else "is WORSE")
+    assert expected in ch["verdict"] and "paired t-test on per-row log-loss" in ch["verdict"], ch["verdict"]
+    labelled = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "mlp",
+                               "--labels", str(work / "labels.parquet")], capture_output=True, text=True, timeout=120)
+    assert f"  verdict: {ch['verdict']}" in labelled.stdout.splitlines()
+    table = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "mlp",
+                            "--atol", "0.001"], capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "challenger 2:" in table.stdout and "out_label" in table.stdout
+    assert "atol = 0.001" in table.stdout and "no verdict without labels" in table.stdout
+    assert "e+" not in table.stdout  # microseconds in fixed point
+    assert "a challenger's in the shadow queue" in table.stdout
     missing = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "nope"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no rows of model 'nope'" in missing.stderr
