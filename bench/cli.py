@@ -10,6 +10,16 @@ import time
 from pathlib import Path
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's default in --help (those without one: nothing added)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def _need(module: str) -> None:
     try:
         __import__(module)
@@ -19,15 +29,17 @@ def _need(module: str) -> None:
 
 def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="HOST:PORT of an Open Inference Protocol gRPC server")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model name")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds (per level for sweep)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds sent first and not measured")
-    p.add_argument("--rows-per-request", type=int, default=1)
+    p.add_argument("--rows-per-request", type=int, default=1, help="rows in each request")
     p.add_argument("--connections", type=int, default=4, help="gRPC channels over all generator processes")
     p.add_argument("--procs", type=int, default=1, help="generator processes")
-    p.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
+    p.add_argument("--arrival", choices=["constant", "poisson"], default="constant", help="gaps between sends")
     p.add_argument("--stream", action="store_true", help="ModelStreamInfer (one stream per process)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--data", help="rows to replay: Parquet (its numeric columns, e.g. the drift reference) or NPZ; "
+                   "default: random normal rows, which a monitored server sees as drift")
 
 
 def _load(args, **extra):
@@ -35,7 +47,12 @@ def _load(args, **extra):
 
     return Load(url=args.target, model=args.model, duration_s=args.duration, warmup_s=args.warmup,
                 rows=args.rows_per_request, connections=args.connections, procs=args.procs, arrival=args.arrival,
-                stream=args.stream, timeout_s=args.timeout, **extra)
+                stream=args.stream, timeout_s=args.timeout, data=args.data, **extra)
+
+
+def _tty() -> bool:
+    """Progress bars only on a terminal: in a log file they are one long line."""
+    return sys.stderr.isatty()
 
 
 def _with_progress(seconds: float, label: str, work):
@@ -54,7 +71,7 @@ def _with_progress(seconds: float, label: str, work):
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     start = time.monotonic()
-    with tqdm(total=round(seconds, 1), desc=label, unit="s", file=sys.stderr, leave=False,
+    with tqdm(total=round(seconds, 1), desc=label, unit="s", file=sys.stderr, leave=False, disable=not _tty(),
               bar_format="{desc} {bar} {n:.0f}/{total:.0f} s") as bar:
         while thread.is_alive():
             try:
@@ -90,11 +107,17 @@ def _kafka(args) -> int:
 
     load = KafkaLoad(bootstrap=args.bootstrap, input_topic=args.input_topic, output_topic=args.output_topic,
                      rate=args.rate, duration_s=args.duration, warmup_s=args.warmup, input_name=args.input_name,
-                     features=args.features, format=args.format, arrival=args.arrival)
+                     features=args.features, format=args.format, arrival=args.arrival,
+                     dead_letter_topic=args.dead_letter_topic or f"{args.output_topic}-dlq", data=args.data)
     result = _with_progress(args.duration + args.warmup, "kafka load", lambda: run_kafka(load))
     lat = result.latency_us
     print(f"{result.results:,} results for {result.produced:,} events produced at {args.rate:,.0f}/s "
-          f"({result.achieved_rps:,.0f} results/s measured, {result.missing} missing, {result.duplicates} duplicated)")
+          f"({result.achieved_rps:,.0f} results/s measured, {result.dead_lettered:,} dead-lettered, "
+          f"{result.missing:,} missing, {result.duplicates:,} duplicated)")
+    for why, count in result.dead_letter_reasons.items():
+        print(f"  dead-lettered {count:,}: {why}")
+    if result.dead_letter_note:
+        print(f"  ({result.dead_letter_note}; --dead-letter-topic names it)")
     print("end-to-end latency ms (scheduled produce -> result read): " + ", ".join(
         f"{k} {v / 1000:.2f}" for k, v in lat.items() if k != "mean"))
     print("produce lag ms (the generator's own delay): " + ", ".join(
@@ -102,6 +125,12 @@ def _kafka(args) -> int:
     if args.json:
         write_json(Path(args.json), result.as_dict())
         print(f"wrote {args.json}")
+    if result.results == 0:
+        print("scorewire bench kafka: no result came back" + (
+            " (every measured event was dead-lettered: see the reasons above; --features and --input-name must "
+            "match the model)" if result.dead_lettered else " (is a worker consuming the input topic?)"),
+            file=sys.stderr)
+        return 1
     return 0
 
 
@@ -115,7 +144,7 @@ def _sweep(args) -> int:
 
     parse_slo(args.slo)  # fail fast on a typo
     load = _load(args)
-    bar = tqdm(desc="sweep", unit=" level", file=sys.stderr)
+    bar = tqdm(desc="sweep", unit=" level", file=sys.stderr, disable=not _tty())
 
     def progress(entry):
         if "generator_ceiling_rps" in entry:
@@ -139,31 +168,34 @@ def _sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scorewire bench", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
-    g = sub.add_parser("grpc", help="one load level: open loop at --rate, or --closed-loop --concurrency N")
+    g = sub.add_parser("grpc", formatter_class=_Help, help="one load level: open loop at --rate, or --closed-loop --concurrency N")
     _load_args(g)
     g.add_argument("--rate", type=float, default=1000.0, help="offered requests/s (open loop)")
     g.add_argument("--closed-loop", action="store_true", help="N callers back to back instead (hides stalls)")
-    g.add_argument("--concurrency", type=int, default=8)
+    g.add_argument("--concurrency", type=int, default=8, help="callers, with --closed-loop")
     g.add_argument("--json", help="write the full result (HDR histogram included)")
     g.set_defaults(func=_grpc)
-    k = sub.add_parser("kafka", help="events at --rate into a topic; end-to-end latency to their results")
-    k.add_argument("--bootstrap", required=True)
-    k.add_argument("--input-topic", required=True)
-    k.add_argument("--output-topic", required=True)
-    k.add_argument("--rate", type=float, default=1000.0)
-    k.add_argument("--duration", type=float, default=10.0)
-    k.add_argument("--warmup", type=float, default=1.0)
-    k.add_argument("--input-name", default="float_input")
-    k.add_argument("--features", type=int, default=32)
-    k.add_argument("--format", choices=["json", "binary"], default="json")
-    k.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
+    k = sub.add_parser("kafka", formatter_class=_Help, help="events at --rate into a topic; end-to-end latency to their results")
+    k.add_argument("--bootstrap", required=True, help="the brokers' bootstrap.servers")
+    k.add_argument("--input-topic", required=True, help="the topic the worker consumes")
+    k.add_argument("--output-topic", required=True, help="the topic it writes results to")
+    k.add_argument("--rate", type=float, default=1000.0, help="events produced per second")
+    k.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    k.add_argument("--warmup", type=float, default=1.0, help="seconds produced first and not measured")
+    k.add_argument("--input-name", default="float_input", help="the model input the JSON events carry")
+    k.add_argument("--features", type=int, default=32, help="values per event (the model input's width)")
+    k.add_argument("--data", help="rows to replay (Parquet numeric columns or NPZ); their width must be --features")
+    k.add_argument("--dead-letter-topic", help="read too, to count dead-lettered events and why "
+                   "(default: OUTPUT_TOPIC-dlq)")
+    k.add_argument("--format", choices=["json", "binary"], default="json", help="the stream's format")
+    k.add_argument("--arrival", choices=["constant", "poisson"], default="constant", help="gaps between events")
     k.add_argument("--json", help="write the full result")
     k.set_defaults(func=_kafka)
-    s = sub.add_parser("sweep", help="the highest open-loop rate that meets an SLO; JSON, Markdown and PNG")
+    s = sub.add_parser("sweep", formatter_class=_Help, help="the highest open-loop rate that meets an SLO; JSON, Markdown and PNG")
     _load_args(s)
     s.add_argument("--slo", required=True, help='e.g. "p99<10ms" or "p99<10ms,p99.9<50ms"')
     s.add_argument("--start", type=float, default=500.0, help="first offered rate")
-    s.add_argument("--max-rate", type=float, default=100_000.0)
+    s.add_argument("--max-rate", type=float, default=100_000.0, help="highest offered rate tried")
     s.add_argument("--factor", type=float, default=1.5, help="rate growth per level")
     s.add_argument("--refine", type=int, default=3, help="bisection steps after the first failure")
     s.add_argument("--no-ceiling", action="store_true", help="skip measuring the generator's own ceiling")

@@ -33,6 +33,8 @@ class KafkaLoad:
     arrival: str = "constant"
     drain_s: float = 30.0  # after the last event: how long to wait for its result
     seed: int = 0
+    dead_letter_topic: str | None = None  # read too: events dead-lettered, and why
+    data: str | None = None  # rows to replay (bench/data.py); None: random normal rows
 
 
 @dataclass
@@ -42,6 +44,9 @@ class KafkaResult:
     results: int = 0  # measured events with a result
     missing: int = 0  # measured events without one after drain_s
     duplicates: int = 0
+    dead_lettered: int = 0  # measured events that went to the dead-letter topic instead
+    dead_letter_reasons: dict = field(default_factory=dict)  # the worker's scorewire.error header -> events
+    dead_letter_note: str = ""  # why dead letters were not read, when they were not
     achieved_rps: float = 0.0  # results of the measured events per second of the measured window
     latency_us: dict = field(default_factory=dict)
     lag_us: dict = field(default_factory=dict)  # produce() calls behind schedule: the generator's own delay
@@ -57,10 +62,17 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     run_id = f"{int(time.time() * 1000) % 10**9:x}"
     n = int(load.rate * (load.warmup_s + load.duration_s))
     rng = np.random.default_rng(load.seed)
-    rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
+    if load.data is not None:
+        from bench.data import fit, load_rows
+
+        rows = fit(load_rows(load.data, load.input_name), load.features, np.float32, f"--features {load.features}")
+    else:
+        rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
     offsets = arrival_offsets(load.rate, n, load.arrival, rng)
     arrived = np.zeros(n, dtype=np.float64)  # monotonic arrival time of each event's first result
     seen = np.zeros(n, dtype=np.int32)
+    dead = np.zeros(n, dtype=bool)
+    reasons: dict[str, int] = {}
 
     consumer = Consumer({"bootstrap.servers": load.bootstrap, "group.id": f"scorewire-bench-{run_id}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 10})
@@ -69,7 +81,15 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
         raise RuntimeError(f"output topic {load.output_topic!r}: {metadata.error}")
     ends = [TopicPartition(load.output_topic, p, consumer.get_watermark_offsets(
         TopicPartition(load.output_topic, p), timeout=10)[1]) for p in metadata.partitions]
-    consumer.assign(ends)  # only results of this run
+    note = ""
+    if load.dead_letter_topic:
+        dlq = consumer.list_topics(load.dead_letter_topic, timeout=10).topics.get(load.dead_letter_topic)
+        if dlq is None or dlq.error is not None:
+            note = f"dead-letter topic {load.dead_letter_topic!r} not read: {dlq.error if dlq else 'not found'}"
+        else:
+            ends += [TopicPartition(load.dead_letter_topic, p, consumer.get_watermark_offsets(
+                TopicPartition(load.dead_letter_topic, p), timeout=10)[1]) for p in dlq.partitions]
+    consumer.assign(ends)  # only results (and dead letters) of this run
     prefix = f"bench-{run_id}-"
     stop = threading.Event()
 
@@ -85,6 +105,14 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
                 if m.error() is not None:
                     continue
                 now = time.monotonic()
+                if m.topic() == load.dead_letter_topic:  # the input's bytes; the key is its id
+                    key = (m.key() or b"").decode(errors="replace")
+                    if key.startswith(prefix) and 0 <= (i := int(key[len(prefix):])) < n and not dead[i]:
+                        dead[i] = True
+                        why = dict(m.headers() or []).get("scorewire.error", b"(no scorewire.error header)")
+                        why = why.decode(errors="replace")[:200]
+                        reasons[why] = reasons.get(why, 0) + 1
+                    continue
                 if binary:
                     key = (m.key() or b"").decode(errors="replace")
                 else:
@@ -130,7 +158,7 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
         producer.flush(30)
         deadline = time.monotonic() + load.drain_s
         measured = schedule >= measure_from
-        while time.monotonic() < deadline and not seen[measured].all():
+        while time.monotonic() < deadline and not ((seen > 0) | dead)[measured].all():
             time.sleep(0.05)
     finally:
         stop.set()
@@ -142,7 +170,9 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     for us in ((arrived[got] - schedule[got]) * 1e6).astype(np.int64).tolist():
         latency.record_value(max(1, us))
     result = KafkaResult(load=asdict(load), produced=n, results=int(got.sum()),
-                         missing=int((measured & (seen == 0)).sum()), duplicates=int((seen[measured] > 1).sum()))
+                         missing=int((measured & (seen == 0) & ~dead).sum()), duplicates=int((seen[measured] > 1).sum()),
+                         dead_lettered=int((measured & dead).sum()), dead_letter_note=note,
+                         dead_letter_reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]))
     # results of the measured window's events, per second of that window (missing ones lower it)
     result.achieved_rps = round(result.results / load.duration_s, 1)
     result.latency_us = describe(latency)

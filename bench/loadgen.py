@@ -53,6 +53,7 @@ class Load:
     max_in_flight: int = 20_000  # open loop, per process: beyond it the generator waits (counted as lag)
     timeout_s: float = 30.0  # per request
     seed: int = 0
+    data: str | None = None  # rows to replay (bench/data.py); None: random normal rows
 
 
 @dataclass
@@ -102,13 +103,24 @@ def _input_spec(url: str, model: str) -> tuple[str, str, list[int]]:
         client.close()
 
 
-def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int) -> list[np.ndarray]:
+def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int, data: str | None = None,
+          name: str | None = None) -> list[np.ndarray]:
+    """`count` requests of `rows` rows: consecutive rows of `data` (from a seeded start, so
+    generator processes send different ones), or random normal ones."""
     from tritonclient.utils import triton_to_np_dtype
 
     dtype = triton_to_np_dtype(datatype)
     row_shape = [d if d > 0 else 1 for d in shape[1:]]
     rng = np.random.default_rng(seed)
-    return [rng.normal(size=[rows] + row_shape).astype(dtype) for _ in range(count)]
+    if data is None:
+        return [rng.normal(size=[rows] + row_shape).astype(dtype) for _ in range(count)]
+    from bench.data import fit, load_rows
+
+    table = fit(load_rows(data, name), int(np.prod(row_shape)), dtype, f"input '{name}' {shape}")
+    count = max(count, min(4096, len(table) // rows))  # as many distinct requests as the data holds
+    start = int(rng.integers(len(table)))
+    picks = (start + np.arange(count * rows)) % len(table)
+    return [table[picks[i * rows:(i + 1) * rows]].reshape([rows] + row_shape) for i in range(count)]
 
 
 async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
@@ -118,7 +130,7 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
     procs = load.procs
     connections = max(1, load.connections // procs + (share < load.connections % procs))
     clients = [aio.InferenceServerClient(load.url) for _ in range(connections)]
-    pool = _rows(datatype, shape, load.rows, 64, load.seed * 1000 + share)
+    pool = _rows(datatype, shape, load.rows, 64, load.seed * 1000 + share, load.data, name)
     inputs = []
     for array in pool:
         x = aio.InferInput(name, list(array.shape), datatype)
@@ -291,6 +303,8 @@ def server_name(url: str) -> str:
 def run(load: Load) -> Result:
     """Run one load level; returns merged percentiles (microseconds) and counts."""
     spec = _input_spec(load.url, load.model)
+    if load.data is not None:  # a file that does not fit stops here, not in every worker
+        _rows(spec[1], spec[2], load.rows, 1, 0, load.data, spec[0])
     context = mp.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 1.0 + 0.3 * load.procs  # time for the workers to start and connect
