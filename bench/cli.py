@@ -38,6 +38,8 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrival", choices=["constant", "poisson"], default="constant", help="gaps between sends")
     p.add_argument("--stream", action="store_true", help="ModelStreamInfer (one stream per process)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--metrics", help="HOST:PORT of a scorewire server's metrics port: its own recent "
+                   "queue/inference/total percentiles beside the client's (each sweep level)")
     p.add_argument("--data", help="rows to replay: Parquet (its numeric columns, e.g. the drift reference) or NPZ; "
                    "default: random normal rows, which a monitored server sees as drift")
 
@@ -93,7 +95,12 @@ def _grpc(args) -> int:
 
     load = _load(args, rate=args.rate, closed_loop=args.closed_loop, concurrency=args.concurrency)
     result = _with_progress(args.duration + args.warmup + 2, "load", lambda: run(load))
-    print(run_markdown(result))
+    from bench.sweep import server_percentiles, tail_notes
+
+    server = server_percentiles(args.metrics, args.model) if args.metrics else {}
+    print(run_markdown(result, server))
+    for note in tail_notes({"latency_us": result.latency_us, "lag_us": result.lag_us, "server_us": server}):
+        print(f"note: {note}")
     if args.json:
         write_json(Path(args.json), result.as_dict())
         print(f"wrote {args.json}")
@@ -151,11 +158,15 @@ def _sweep(args) -> int:
             bar.write(f"generator ceiling: {entry['generator_ceiling_rps']:,.0f} requests/s", file=sys.stderr)
             return
         bar.update(1)
-        bar.write(f"{entry['offered_rps']:>10,.0f}/s offered: p99 {entry['latency_us'].get('p99', 0) / 1000:.2f} ms, "
-                  f"{'pass' if entry['passed'] else 'FAIL'} ({entry['verdict']})", file=sys.stderr)
+        server = entry.get("server_us", {}).get("total", {}).get("p99")
+        bar.write(f"{entry['offered_rps']:>10,.0f}/s offered: p99 {entry['latency_us'].get('p99', 0) / 1000:.2f} ms"
+                  + (f" (server total p99 {server / 1000:.2f} ms)" if server else "")
+                  + f", {'pass' if entry['passed'] else 'FAIL'} ({entry['verdict']})", file=sys.stderr)
+        for note in entry.get("notes", []):
+            bar.write(f"{'':>12}note: {note}", file=sys.stderr)
 
     result = sweep(load, args.slo, args.start, args.max_rate, args.factor, args.refine, not args.no_ceiling,
-                   progress)
+                   progress, args.metrics)
     bar.close()
     command = "scorewire bench " + " ".join(shlex.quote(a) for a in args.argv)
     paths = write_sweep(result, Path(args.out), command)

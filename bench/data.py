@@ -10,8 +10,8 @@ import numpy as np
 
 
 def load_rows(path: str | Path, input_name: str | None = None) -> np.ndarray:
-    """[rows, columns] from a Parquet file (its numeric columns, in order: a drift reference
-    written by `scorewire reference` works as it is) or an NPZ file (the array named like the
+    """[rows, columns] from a Parquet file (its numeric columns in order, less output columns
+    named NAME:COLUMN: a drift reference works as it is) or an NPZ file (the array named like the
     input, else its only array)."""
     path = Path(path)
     if not path.is_file():
@@ -33,7 +33,9 @@ def load_rows(path: str | Path, input_name: str | None = None) -> np.ndarray:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SystemExit(f"--data {path}: not a Parquet or NPZ file ({str(exc).splitlines()[0]})") from None
-    numeric = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    # numeric columns, less a drift reference's output columns ("probabilities:1")
+    numeric = [f.name for f in table.schema if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+               and ":" not in f.name]
     if not numeric:
         raise SystemExit(f"--data {path}: no numeric columns")
     return np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in numeric])

@@ -56,6 +56,15 @@ class KafkaResult:
         return asdict(self)
 
 
+def _count_reasons(reasons: dict[int, str], measured: np.ndarray) -> dict[str, int]:
+    """The ten commonest reasons among the measured events."""
+    counts: dict[str, int] = {}
+    for i, why in reasons.items():
+        if measured[i]:
+            counts[why] = counts.get(why, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
+
+
 def run_kafka(load: KafkaLoad) -> KafkaResult:
     from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -72,7 +81,7 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     arrived = np.zeros(n, dtype=np.float64)  # monotonic arrival time of each event's first result
     seen = np.zeros(n, dtype=np.int32)
     dead = np.zeros(n, dtype=bool)
-    reasons: dict[str, int] = {}
+    reasons: dict[int, str] = {}  # event -> why it was dead-lettered
 
     consumer = Consumer({"bootstrap.servers": load.bootstrap, "group.id": f"scorewire-bench-{run_id}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 10})
@@ -111,7 +120,7 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
                         dead[i] = True
                         why = dict(m.headers() or []).get("scorewire.error", b"(no scorewire.error header)")
                         why = why.decode(errors="replace")[:200]
-                        reasons[why] = reasons.get(why, 0) + 1
+                        reasons[i] = why
                     continue
                 if binary:
                     key = (m.key() or b"").decode(errors="replace")
@@ -172,7 +181,7 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     result = KafkaResult(load=asdict(load), produced=n, results=int(got.sum()),
                          missing=int((measured & (seen == 0) & ~dead).sum()), duplicates=int((seen[measured] > 1).sum()),
                          dead_lettered=int((measured & dead).sum()), dead_letter_note=note,
-                         dead_letter_reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]))
+                         dead_letter_reasons=_count_reasons(reasons, measured))
     # results of the measured window's events, per second of that window (missing ones lower it)
     result.achieved_rps = round(result.results / load.duration_s, 1)
     result.latency_us = describe(latency)

@@ -61,15 +61,39 @@ def sweep_markdown(data: dict, png_name: str) -> str:
                      f"requests/s{note}.")
     if data.get("interrupted"):
         lines += ["", "Interrupted: the levels below are the ones that finished."]
+    levels = sorted(data["levels"], key=lambda lv: lv["offered_rps"])
+    with_server = any(lv.get("server_us") for lv in levels)
     lines += ["", "| offered/s | answered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | schedule lag p99 ms "
-              "| verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for lv in sorted(data["levels"], key=lambda lv: lv["offered_rps"]):
+              + ("| server queue p99 ms | server inference p99 ms | server total p99 ms " if with_server else "")
+              + "| verdict |", "|---" * (10 + 3 * with_server) + "|"]
+    thin = False
+
+    def cell(lv: dict, name: str) -> str:
+        nonlocal thin
+        value = _ms(lv["latency_us"].get(name))
+        if percentile_label(name, lv.get("ok", 0)) != name and value != "-":
+            thin = True
+            return value + "*"
+        return value
+
+    notes = []
+    for lv in levels:
         lat = lv["latency_us"]
         errors = sum(lv["errors"].values())
-        lines.append(f"| {lv['offered_rps']:,.0f} | {lv['achieved_rps']:,.0f} | {_ms(lat.get('p50'))} | "
-                     f"{_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {_ms(lat.get('p99.9'))} | {_ms(lat.get('max'))} | "
-                     f"{errors} | {_ms(lv['lag_us'].get('p99'))} | {'pass' if lv['passed'] else 'FAIL'}: "
-                     f"{lv['verdict']} |")
+        server = lv.get("server_us", {})
+        extra = "".join(f" {_ms(server.get(stage, {}).get('p99'))} |" for stage in ("queue", "inference", "total"))
+        lines.append(f"| {lv['offered_rps']:,.0f} | {lv['achieved_rps']:,.0f} | {cell(lv, 'p50')} | "
+                     f"{cell(lv, 'p90')} | {cell(lv, 'p99')} | {cell(lv, 'p99.9')} | {_ms(lat.get('max'))} | "
+                     f"{errors} | {_ms(lv['lag_us'].get('p99'))} |{extra if with_server else ''} "
+                     f"{'pass' if lv['passed'] else 'FAIL'}: {lv['verdict']} |")
+        notes += [f"- {lv['offered_rps']:,.0f}/s: {note}" for note in lv.get("notes", [])]
+    if thin:
+        lines += ["", "\\* fewer samples than the percentile can tell apart: the value is the level's maximum."]
+    if with_server:
+        lines += ["", "Server columns: the server's own percentiles over the last 5-10 s of the level "
+                  "(`scorewire_latency_recent_us`), read right after it."]
+    if notes:
+        lines += ["", "What else set the tail:", ""] + notes
     lines += ["", f"![latency percentiles against offered load]({png_name})", ""]
     return "\n".join(lines)
 
@@ -83,7 +107,7 @@ def plot_sweep(data: dict, path: Path) -> None:
     from bench.sweep import parse_slo
 
     levels = sorted(data["levels"], key=lambda lv: lv["offered_rps"])
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     x = [lv["offered_rps"] for lv in levels]
     for name in PLOTTED:
         y = [lv["latency_us"].get(name, float("nan")) / 1000 for lv in levels]
@@ -95,29 +119,51 @@ def plot_sweep(data: dict, path: Path) -> None:
     if data["best_rps"]:
         ax.axvline(data["best_rps"], color="green", linestyle=":", linewidth=1,
                    label=f"highest rate meeting the SLO: {data['best_rps']:,.0f}/s")
+    own = [lv.get("server_us", {}).get("total", {}).get("p99") for lv in levels]
+    if any(own):
+        ax.plot(x, [v / 1000 if v else float("nan") for v in own], marker="s", linestyle="--", color="gray",
+                label="p99, the server's own (total)")
     ax.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
+    # labels at 1, 2 and 5 of every decade: a log axis spanning less than a decade still reads
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("latency from scheduled send (ms)")
     server = levels[0]["server"] if levels else ""
     ax.set_title(f"{data['load']['model']} on {server}: latency percentiles vs offered load")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)  # beside the data
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def run_markdown(result) -> str:
+def percentile_label(name: str, samples: int) -> str:
+    """A percentile as what the samples can say: p99.9 of 200 samples is their maximum."""
+    if name.startswith("p") and samples:
+        q = float(name[1:]) / 100
+        if samples * (1 - q) < 1:
+            return f"{name} (= max of {samples:,})"
+    return name
+
+
+def run_markdown(result, server: dict | None = None) -> str:
     lat, lag = result.latency_us, result.lag_us
     load = result.load
     mode = "closed loop" if load["closed_loop"] else f"open loop at {load['rate']:,.0f}/s ({load['arrival']})"
     lines = [f"{load['model']} on {result.server}, {mode}, {load['duration_s']:g} s: {result.ok:,} answered "
              f"({result.achieved_rps:,.0f}/s), errors {result.errors or 'none'}",
-             "latency ms: " + ", ".join(f"{k} {_ms(v)}" for k, v in lat.items() if k != "mean")]
+             "latency ms: " + ", ".join(f"{percentile_label(k, result.ok)} {_ms(v)}" for k, v in lat.items()
+                                        if k != "mean")]
+    for stage in ("queue", "inference", "total"):
+        values = (server or {}).get(stage)
+        if values:
+            lines.append(f"server's own {stage} ms (last 5-10 s): " + ", ".join(
+                f"{k} {_ms(v)}" for k, v in values.items()))
     if lag:
         lines.append("schedule lag ms (the generator's own delay): " + ", ".join(
             f"{k} {_ms(v)}" for k, v in lag.items() if k in ("p50", "p99", "max")))

@@ -87,8 +87,44 @@ def measure_ceiling(load: Load) -> float:
         _stop(proc)
 
 
+def server_percentiles(metrics: str, model: str) -> dict:
+    """The server's own recent percentiles (scorewire_latency_recent_us: the last 5-10 s) per
+    stage, in microseconds: the worst series of the model's answering roles (not challengers)."""
+    from engine.monitor.status import scrape
+
+    try:
+        families = scrape(metrics, timeout_s=5.0)
+    except Exception as exc:  # the report goes on without them
+        return {"error": str(exc)}
+    out: dict = {}
+    for sample in families.get("scorewire_latency_recent_us", []):
+        labels = sample.labels
+        if labels.get("model") != model or labels.get("role") == "challenger":
+            continue
+        name = f"p{float(labels['quantile']) * 100:g}"
+        stage = out.setdefault(labels["stage"], {})
+        stage[name] = max(stage.get(name, 0), int(sample.value))
+    return out
+
+
+def tail_notes(entry: dict) -> list[str]:
+    """What else than the server may have made the level's tail: the generator's own delay,
+    or time spent outside the server (client, network, gRPC transport)."""
+    notes = []
+    p99 = entry.get("latency_us", {}).get("p99")
+    lag = entry.get("lag_us", {}).get("p99")
+    if p99 and lag and lag > 0.25 * p99:
+        notes.append(f"the generator's own schedule lag (p99 {lag / 1000:.2f} ms) is {lag / p99:.0%} of the p99: "
+                     "the client set part of the tail (more --procs, or the generator on other cores)")
+    server = entry.get("server_us", {}).get("total", {}).get("p99")
+    if p99 and server and p99 > 3 * server:
+        notes.append(f"the server's own total p99 was {server / 1000:.2f} ms of the client's {p99 / 1000:.2f} ms: "
+                     "most of the tail was outside the server's queue and inference")
+    return notes
+
+
 def sweep(load: Load, slo: str, start: float, max_rate: float, factor: float = 1.5, refine: int = 3,
-          ceiling: bool = True, progress=None) -> Sweep:
+          ceiling: bool = True, progress=None, metrics: str | None = None) -> Sweep:
     objectives = parse_slo(slo)
     result = Sweep(slo=slo, load=asdict(load), started=time.strftime("%Y-%m-%d %H:%M:%S"))
     t0 = time.monotonic()
@@ -112,6 +148,9 @@ def sweep(load: Load, slo: str, start: float, max_rate: float, factor: float = 1
             ok, why = False, "interrupted (Ctrl-C)"
         entry = {"offered_rps": round(rate, 1), "passed": ok, "verdict": why, **r.as_dict()}
         entry.pop("load")
+        if metrics:
+            entry["server_us"] = server_percentiles(metrics, load.model)
+        entry["notes"] = tail_notes(entry)
         result.levels.append(entry)
         if progress is not None:
             progress(entry)

@@ -133,6 +133,10 @@ def _monitoring(app, family) -> None:  # app: the Observer
                            for q, v in zip(QUANTILES, values))
     family("scorewire_latency_us", "gauge", "Latency percentiles in microseconds by model version, role and stage "
            "(queue: waiting to be batched; inference: the batch run; total: both).", samples)
+    family("scorewire_latency_recent_us", "gauge", "The same percentiles over the last 5 to 10 s only (absent when "
+           "nothing was scored then): what a load test reads level by level.",
+           [(_labels(model=model, version=version, role=role, stage=stage, quantile=str(q)), int(v))
+            for (model, version, role, stage), values in app.latency.recent() for q, v in zip(QUANTILES, values)])
     buckets = []
     for (model, version), counts in sorted(app.latency.batch_rows.items()):
         cumulative = 0

@@ -3,6 +3,8 @@ microseconds). Keyed by version: two challengers, or two A/B arms, never share o
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from kernels import HdrHistogram
@@ -10,11 +12,19 @@ from kernels import HdrHistogram
 STAGES = ("queue", "inference", "total")  # waiting to be batched; the batch's run; both
 LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES = 1, 3_600_000_000, 3
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
+RECENT_S = 10.0  # the recent percentiles cover the last 5 to 10 s
 
 
 class LatencyMonitor:
-    def __init__(self) -> None:
+    """Since start, and recent: each key also has two half-window histograms, the current one
+    and the one before; every RECENT_S / 2 the older is cleared and becomes the current. The
+    recent percentiles (both together) are what a load test reads level by level."""
+
+    def __init__(self, recent_s: float = RECENT_S) -> None:
         self._histograms: dict[tuple[str, str, str, str], HdrHistogram] = {}
+        self.recent_s = recent_s
+        self._recent: dict[tuple[str, str, str, str], list[HdrHistogram]] = {}  # [older, current]
+        self._rotated = time.monotonic()
         # per (model, version): batches by size, power-of-two buckets
         self.batch_rows: dict[tuple[str, str], np.ndarray] = {}
         self.batch_rows_sum: dict[tuple[str, str], int] = {}
@@ -35,7 +45,43 @@ class LatencyMonitor:
         h.mean()
 
     def record(self, model: str, version: str, role: str, stage: str, microseconds: np.ndarray) -> None:
-        self.histogram(model, version, role, stage).record_values(microseconds)
+        """On the monitor thread (the only writer)."""
+        key = (model, version, role, stage)
+        self.histogram(*key).record_values(microseconds)
+        self._rotate()
+        pair = self._recent.get(key)
+        if pair is None:
+            pair = self._recent[key] = [HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES),
+                                        HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)]
+        pair[1].record_values(microseconds)
+
+    def _rotate(self) -> None:
+        now = time.monotonic()
+        half = self.recent_s / 2
+        if now - self._rotated < half:
+            return
+        idle = now - self._rotated >= self.recent_s  # nothing recorded for a whole window: both are old
+        for pair in self._recent.values():
+            pair[0].reset()
+            if idle:
+                pair[1].reset()
+            pair[0], pair[1] = pair[1], pair[0]
+        self._rotated = now
+
+    def recent(self) -> list[tuple[tuple[str, str, str, str], np.ndarray]]:
+        """(key, values at QUANTILES) over the last RECENT_S / 2 to RECENT_S seconds, for the keys
+        with values then. Read by the metrics side: a rotation racing it can only drop a half
+        window from one answer."""
+        if time.monotonic() - self._rotated >= self.recent_s:  # nothing recorded since: nothing recent
+            return []
+        out = []
+        for key, (older, current) in sorted(self._recent.items()):
+            merged = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+            merged.merge(older)
+            merged.merge(current)
+            if merged.total_count:
+                out.append((key, merged.percentiles(np.array([q * 100 for q in QUANTILES]))))
+        return out
 
     def record_batch(self, model: str, version: str, rows: int) -> None:
         key = (model, version)

@@ -125,3 +125,76 @@ def test_ctrl_c_during_a_sweep_writes_the_levels_that_finished(server, tmp_path)
     assert finished and all(lv["passed"] for lv in finished)
     assert data["best_rps"] == max(lv["offered_rps"] for lv in finished)
     assert "(interrupted)" in stdout and out.with_suffix(".png").exists()
+
+
+def test_data_replays_the_files_rows_in_order(tmp_path):
+    """--data: a drift reference as it is (its output column left out), consecutive rows from a
+    seeded start; a file of the wrong width stops with one line naming both widths."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.loadgen import _rows
+
+    x = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
+    columns = {f"f{i}": x[:, i] for i in range(4)} | {"probabilities:1": np.zeros(50)}
+    pq.write_table(pa.table(columns), tmp_path / "ref.parquet")
+    pool = _rows("FP32", [-1, 4], 3, 5, seed=1, data=str(tmp_path / "ref.parquet"), name="x")
+    assert len(pool) == 16 and all(p.shape == (3, 4) and p.dtype == np.float32 for p in pool)  # 50 // 3 requests
+    flat = np.concatenate(pool)
+    start = int(flat[0, 0]) // 4
+    assert (flat == x[(start + np.arange(len(flat))) % 50]).all()
+    with pytest.raises(SystemExit, match="--data has 4 values per row; input 'x' \\[-1, 6\\] takes 6"):
+        _rows("FP32", [-1, 6], 1, 5, seed=1, data=str(tmp_path / "ref.parquet"), name="x")
+
+
+def test_grpc_command_shows_the_servers_own_percentiles(server, tmp_path, capsys):
+    assert bench_main(["grpc", "--target", server.url, "--model", "mlp", "--rate", "200", "--duration", "1",
+                       "--warmup", "0.2", "--metrics", f"127.0.0.1:{server.metrics_port}"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("queue", "inference", "total"):
+        assert f"server's own {stage} ms (last 5-10 s): p50 " in out, out
+
+
+def test_small_samples_get_honest_percentile_labels():
+    from bench.report import percentile_label, sweep_markdown
+
+    assert percentile_label("p99.9", 200) == "p99.9 (= max of 200)"
+    assert percentile_label("p99.9", 5_000) == "p99.9" and percentile_label("p99", 200) == "p99"
+    level = {"offered_rps": 100.0, "achieved_rps": 100.0, "ok": 200, "errors": {}, "passed": True, "verdict": "ok",
+             "latency_us": {"p50": 1000, "p90": 2000, "p99": 3000, "p99.9": 9000, "max": 9000},
+             "lag_us": {"p99": 1500}, "server_us": {"total": {"p99": 500}},
+             "notes": ["the generator's own schedule lag ..."], "server": "scorewire"}
+    data = {"load": {"model": "m", "stream": False, "arrival": "constant", "rows": 1, "connections": 1, "procs": 1,
+                     "duration_s": 2, "warmup_s": 1, "url": "x"}, "slo": "p99<10ms", "best_rps": 100.0,
+            "levels": [level]}
+    md = sweep_markdown(data, "s.png")
+    assert "| 100 | 100 | 1.00 | 2.00 | 3.00 | 9.00* | 9.00 | 0 | 1.50 | - | - | 0.50 | pass: ok |" in md, md
+    assert "the value is the level's maximum" in md and "- 100/s: the generator's own schedule lag" in md
+
+
+@pytest.mark.slow
+def test_kafka_bench_reports_dead_letters_and_fails_when_nothing_comes_back(model_dir, tmp_path, capsys):
+    """30 values per event for a 32-feature model: every event is dead-lettered; the bench says
+    why, from the dead letters, and exits 1 without waiting out its drain time."""
+    import time
+
+    from tests.integration.kafka_helpers import start_worker
+
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 4)
+        worker = start_worker(model_dir, cluster.bootstrap)
+        try:
+            start = time.monotonic()
+            code = bench_main(["kafka", "--bootstrap", cluster.bootstrap, "--input-topic", "events",
+                               "--output-topic", "scores", "--rate", "200", "--duration", "1", "--warmup", "0.2",
+                               "--features", "30"])
+            took = time.monotonic() - start
+        finally:
+            worker.stop()
+    captured = capsys.readouterr()
+    assert code == 1 and took < 20, took
+    assert "0 results for 240 events" in captured.out and "200 dead-lettered" in captured.out, captured.out
+    assert "dead-lettered 200: " in captured.out and "float_input" in captured.out
+    assert "every measured event was dead-lettered" in captured.err
