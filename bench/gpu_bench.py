@@ -48,6 +48,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 max_message_bytes = 268435456
 
 [[models]]

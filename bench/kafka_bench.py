@@ -47,6 +47,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 
 [[models]]
 name = "mlp"

@@ -18,6 +18,7 @@ BASE = """\
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 
 [[models]]
 name = "mlp"

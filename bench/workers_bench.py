@@ -50,6 +50,7 @@ SERVER = """\
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 workers = {workers}
 
 [[models]]

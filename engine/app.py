@@ -19,6 +19,7 @@ from engine.codec.validate import Limits
 from engine.ingress.kafka import KafkaStream
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
+from engine.ingress.rest import RestIngress
 from engine.monitor.export import MetricsServer, observer_families, serving_families, text
 from engine.batching.batch import ScoredBatch
 from engine.observer import Observer
@@ -68,6 +69,8 @@ class App:
         self.streams: list[KafkaStream] = []
         self._background: set[asyncio.Task] = set()
         self._draining = False
+        self.rest: RestIngress | None = None
+        self.http_port = 0
         self.observer = Observer(settings, self._say) if link is None else None
         self._sink = self.observer.put if link is None else link.put
 
@@ -199,6 +202,13 @@ class App:
             raise UsageError(f"cannot bind gRPC to {address}: the port is in use or the host is not this "
                              "machine's; change [server] grpc_port (0: any free port) or host")
         await self.server.start()
+        self.rest = RestIngress(self.servicer, server_settings.host,
+                                server_settings.http_port if self.link is None else self.link.http_port,
+                                reuse_port=self.link is not None, tls=server_settings.tls,
+                                auth=interceptors[0] if interceptors else None,
+                                open_health=auth.open_health if auth is not None else True,
+                                on_denied=self._count_unauthenticated)
+        self.http_port = await self.rest.start()
         if self.link is None:  # a worker's counters go to the observer, which serves /metrics
             self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
                                          lambda: text(self.families()))
@@ -211,6 +221,7 @@ class App:
         self._say("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
                   + (", bearer tokens" if auth is not None else ""))
         self._say(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
+        self._say(f"HTTP listening on {server_settings.host}:{self.http_port}")
         if self.metrics is not None:
             self._say(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
@@ -356,6 +367,8 @@ class App:
         stopping = [stream.stop() for stream in self.streams]
         if self.server is not None:
             stopping.append(self.server.stop(grace=max(0.0, deadline - time.monotonic())))
+        if self.rest is not None:
+            stopping.append(self.rest.stop())
         await asyncio.gather(*stopping)
         for served in self.registry.all():
             await served.batcher.close()

@@ -23,6 +23,7 @@ CONFIG = """\
 host = "127.0.0.1"
 grpc_port = {grpc_port}
 metrics_port = {metrics_port}
+http_port = {http_port}
 
 [[models]]
 name = "mlp"
@@ -175,14 +176,14 @@ def save_graph(graph, path: Path) -> Path:
     return path
 
 
-def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002) -> Path:
+def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002, http_port: int = 8000) -> Path:
     """Write the demo models and config into `directory`; return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = build_models(directory, challenger=True)
     build_wide_mlp(directory / "models" / "wide.onnx")
     write_reference(directory / "ref.parquet", paths["mlp"])
     config = directory / "scorewire.toml"
-    config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port,
+    config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port, http_port=http_port,
                                     features=", ".join(f'"f{i}"' for i in range(N_FEATURES))))
     return config
 
@@ -207,6 +208,8 @@ def start_server(config: Path, timeout_s: float = 120.0, log_level: str = "INFO"
             raise RuntimeError(f"scorewire serve exited with {proc.wait()} before it was ready")
         if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
             grpc_port = int(m.group(1))
+        if m := re.search(r"HTTP listening on .*:(\d+)$", line.strip()):
+            proc.http_port = int(m.group(1))  # the REST port, for who needs it
         if m := re.search(r"metrics on http://.*:(\d+)/metrics", line):
             metrics_port = int(m.group(1))
         if line.strip() == "scorewire: ready":
@@ -421,7 +424,7 @@ def run(directory: Path, prepare_only: bool) -> int:
     print(f"scorewire demo: building two tabular models (MLP, gradient-boosted trees; 32 features) and a wide "
           f"MLP (4.75M parameters, for GPUs) in {directory}")
     config = prepare(directory)  # the ports the README's snippets use
-    print(f"wrote {config} (gRPC on 127.0.0.1:8001, metrics on 8002) and "
+    print(f"wrote {config} (gRPC on 127.0.0.1:8001, HTTP on 8000, metrics on 8002) and "
           f"{directory / 'models'}/{{mlp,mlp-v2,gbt,wide}}.onnx")
     if prepare_only:
         return 0
@@ -433,8 +436,8 @@ def run(directory: Path, prepare_only: bool) -> int:
     kafka_config = directory / "scorewire-kafka.toml"
     # The demo's own server takes free ports (8001 may be taken); its broker lives only while
     # the demo runs: the file says so.
-    own = config.read_text().replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002",
-                                                                                  "metrics_port = 0")
+    own = (config.read_text().replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002", "metrics_port = 0")
+           .replace("http_port = 8000", "http_port = 0"))
     kafka_config.write_text("# The demo's run: its [[streams]] broker lived only while `scorewire demo` ran; serving this\n"
                             "# file needs a broker at that address (python -m engine.mock_kafka starts one).\n"
                             + own + CHALLENGER + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))

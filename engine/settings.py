@@ -52,6 +52,8 @@ class ServerSettings(_Strict):
     """gRPC port. 0 picks a free port; the chosen one is printed on startup."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (0: a free port, printed on startup)."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """The Open Inference Protocol over HTTP/REST (Triton's default port; 0: any free port)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
     """Largest ModelInferRequest accepted. Larger ones (up to 2x) get INVALID_ARGUMENT naming
     the limit; beyond 2x the transport refuses them with RESOURCE_EXHAUSTED before reading."""

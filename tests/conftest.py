@@ -41,6 +41,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 max_message_bytes = 1048576
 
 [[models]]
@@ -99,6 +100,11 @@ class Server:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The REST port (tritonclient.http's url)."""
+        return f"127.0.0.1:{self.proc.http_port}"
 
     def metrics(self) -> dict[str, float]:
         """Scrape /metrics into {'name{labels}': value}."""

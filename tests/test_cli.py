@@ -31,7 +31,7 @@ def test_serve_with_a_bad_config_exits_2_naming_the_field(tmp_path):
 
 def test_serve_with_a_missing_model_exits_2(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\n[[models]]\nname = "m"\npath = "m.onnx"\n')
+    config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\n[[models]]\nname = "m"\npath = "m.onnx"\n')
     result = scorewire("serve", "--config", str(config))
     assert result.returncode == 2
     assert "m:1: model file" in result.stderr and "does not exist" in result.stderr
@@ -70,6 +70,7 @@ def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
     assert scorewire("demo", "--dir", str(tmp_path / "scorewire-demo"), "--prepare-only").returncode == 0
     text = (tmp_path / "configs" / "example.toml").read_text()
     text = text.replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002", "metrics_port = 0")
+    text = text.replace("http_port = 8000", "http_port = 0")
     (tmp_path / "configs" / "example.toml").write_text(text)
     proc, port, _ = start_server(tmp_path / "configs" / "example.toml", log_level="WARNING")
     proc.terminate()
@@ -97,11 +98,12 @@ def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path, model_dir):
     port = held.getsockname()[1]
     try:
         for workers in (1, 2):
-            for key in ("grpc_port", "metrics_port"):
-                ports = {"grpc_port": 0, "metrics_port": 0, key: port}
+            for key in ("grpc_port", "metrics_port", "http_port"):
+                ports = {"grpc_port": 0, "metrics_port": 0, "http_port": 0, key: port}
                 config = tmp_path / f"c{workers}{key}.toml"
                 config.write_text(f'[server]\nhost = "127.0.0.1"\nworkers = {workers}\ngrpc_port = {ports["grpc_port"]}\n'
-                                  f'metrics_port = {ports["metrics_port"]}\n[[models]]\nname = "m"\n'
+                                  f'metrics_port = {ports["metrics_port"]}\nhttp_port = {ports["http_port"]}\n'
+                                  f'[[models]]\nname = "m"\n'
                                   f'path = "{model_dir / "models" / "gbt.onnx"}"\n')
                 line = _one_line_error(scorewire("serve", "--config", str(config)))
                 assert f"127.0.0.1:{port}" in line and f"[server] {key}" in line, (workers, key, line)
@@ -168,6 +170,6 @@ def test_reference_from_csv_with_the_models_outputs(tmp_path):
     # ZipMap left on: the load error says how to convert
     (tmp_path / "z.onnx").write_bytes(to_onnx(clf, x[:1]).SerializeToString())
     config = tmp_path / "z.toml"
-    config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\nworkers = 1\n[[models]]\nname = "z"\npath = "z.onnx"\n')
+    config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\nworkers = 1\n[[models]]\nname = "z"\npath = "z.onnx"\n')
     line = _one_line_error(scorewire("serve", "--config", str(config)))
     assert "seq(map" in line and "'zipmap': False" in line

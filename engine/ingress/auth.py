@@ -64,6 +64,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         self._open = open_methods
         self._on_denied = on_denied
 
+    def valid(self, metadata) -> bool:
+        """Whether (key, value) pairs carry `authorization: Bearer <a configured token>` (REST
+        passes its header this way)."""
+        return self._valid(metadata)
+
     def _valid(self, metadata) -> bool:
         presented = b""
         for key, value in metadata or ():

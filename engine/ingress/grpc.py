@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import engine
-from engine.codec.oip import decode_request, encode_response
+from engine.codec.oip import DecodedRequest, decode_request, encode_response
 from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, clip
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
 from engine.pipeline import Pipeline
@@ -84,6 +84,22 @@ def _param(value) -> pb.InferParameter:
     if isinstance(value, int):
         return pb.InferParameter(int64_param=value)
     return pb.InferParameter(string_param=str(value))
+
+
+def model_parameters(served) -> dict:
+    """ModelMetadata's parameters (gRPC and REST): how the version is served."""
+    model = served.model
+    batching = model.settings.batching
+    return {
+        "execution_provider": model.provider,
+        "instances": model.settings.instances,
+        "max_batch_size": batching.max_batch_size,
+        "max_queue_delay_us": batching.max_queue_delay_us,
+        "max_rows_per_request": served.limits.max_rows,
+        "execution": "inline" if model.inline else "threads",
+        "io_binding": model.io_binding or "off",
+        "io_binding_staging": model.staging or "none",
+    }
 
 
 class InferenceServicer:
@@ -174,17 +190,7 @@ class InferenceServicer:
             await context.abort(STATUS[exc.code], exc.message)
         model = served.model
         meta = pb.ModelMetadataResponse.TensorMetadata
-        batching = model.settings.batching
-        params = {
-            "execution_provider": model.provider,
-            "instances": model.settings.instances,
-            "max_batch_size": batching.max_batch_size,
-            "max_queue_delay_us": batching.max_queue_delay_us,
-            "max_rows_per_request": served.limits.max_rows,
-            "execution": "inline" if model.inline else "threads",
-            "io_binding": model.io_binding or "off",
-            "io_binding_staging": model.staging or "none",
-        }
+        params = model_parameters(served)
         return pb.ModelMetadataResponse(
             name=served.name,
             versions=[served.version],
@@ -240,7 +246,30 @@ class InferenceServicer:
         return response
 
     async def _infer_parsed(self, request: pb.ModelInferRequest, deadline_ns: int | None) -> pb.ModelInferResponse:
-        decoded = decode_request(request)
+        served, request_id, outputs = await self.submit_decoded(decode_request(request), deadline_ns)
+        return encode_response(served.name, served.version, request_id, outputs)
+
+    async def infer_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
+        """Another ingress's request (REST), already decoded: the same drain, counts and data
+        plane as ModelInfer. Returns (served, request id, outputs); raises EngineError."""
+        self.active += 1
+        self.last_arrival_ns = time.monotonic_ns()
+        try:
+            if self.closing:
+                self.count(decoded.model_name, ErrorCode.UNAVAILABLE.name)
+                raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down; send the request to "
+                                  "another replica or retry")
+            try:
+                result = await self.submit_decoded(decoded, deadline_ns)
+            except EngineError as exc:
+                self.count(decoded.model_name, exc.code.name)
+                raise
+            self.count(decoded.model_name, "OK")
+            return result
+        finally:
+            self.active -= 1
+
+    async def submit_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
         timeout_us = decoded.parameters.get("timeout")
         if isinstance(timeout_us, int) and timeout_us > 0:  # Triton's per-request timeout, in us
             own = time.monotonic_ns() + timeout_us * 1000
@@ -254,7 +283,7 @@ class InferenceServicer:
             decoded.model_name, decoded.model_version, decoded.inputs, decoded.requested_outputs, deadline_ns,
             request_id, None if routing_key is None else str(routing_key),
         )
-        return encode_response(served.name, served.version, request_id, outputs)
+        return served, request_id, outputs
 
     async def model_infer(self, request, context: grpc.aio.ServicerContext):
         remaining = context.time_remaining()

@@ -73,7 +73,7 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
            "Model versions served, the execution provider and the IO binding (device, input staging) in use.",
            [(_labels(model=s.name, version=s.version, provider=s.model.provider, io_binding=s.model.io_binding or "off",
                      staging=s.model.staging or "none"), 1) for s in served])
-    family("scorewire_requests_total", "counter", "gRPC inference requests by model and status code.",
+    family("scorewire_requests_total", "counter", "Inference requests (gRPC and REST) by model and status code.",
            [(_labels(model=m, code=c), n) for (m, c), n in sorted(requests_by_code.items())])
     family("scorewire_batches_total", "counter", "Batches scored.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.batches) for s in served])

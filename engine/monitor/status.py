@@ -30,8 +30,9 @@ def _fetch(url: str, timeout_s: float) -> str:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             refused = isinstance(reason, ConnectionRefusedError)
-            if refused and time.monotonic() + 0.2 < deadline:
-                time.sleep(0.2)
+            left = deadline - time.monotonic()
+            if refused and left > 0:
+                time.sleep(min(0.2, left))
                 continue
             if refused:
                 what = "connection refused"

@@ -63,12 +63,12 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings, config_path: Path | None, workers: int, log_level: str,
-                 port: int, rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control):
+                 ports: tuple[int, int], rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control):
         self.settings = settings
         self.config_path = config_path
         self.workers = workers
         self.log_level = log_level
-        self.port = port
+        self.port, self.http_port = ports  # gRPC, HTTP
         self.rings = rings
         self.challenger_rings = challenger_rings  # observer -> challengers, challengers -> observer
         self.control = control
@@ -103,7 +103,8 @@ class Supervisor:
                     self.challenger_rings[1].name, send, self.log_level)
         else:
             target = worker_proc.main
-            args = (slot, self.settings, self.config_path, self.port, self.rings[slot].name, self.control.name,
+            args = (slot, self.settings, self.config_path, (self.port, self.http_port), self.rings[slot].name,
+                    self.control.name,
                     send, self.log_level)
         process = self.ctx.Process(target=target, args=args, name=f"scorewire-{self._name(slot).replace(' ', '-')}")
         process.start()
@@ -218,6 +219,7 @@ class Supervisor:
         _say(f"{self.workers} workers on the gRPC port, 1 observer, 1 challengers process (pids "
              f"{', '.join(str(c.process.pid) for c in sorted(self.children.values(), key=lambda c: c.slot))})")
         _say(f"gRPC listening on {host}:{self.port}")
+        _say(f"HTTP listening on {host}:{self.http_port}")
         _say(f"metrics on http://{host}:{self.metrics_port}/metrics")
         self.started = True
         self.control.started = True
@@ -337,23 +339,28 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
     if problem is not None:
         print(f"scorewire: {problem}", file=sys.stderr)
         return 2
-    try:
-        keeper = _reserve_port(server.host, server.grpc_port)
-    except OSError as exc:
-        why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        print(f"scorewire: cannot bind gRPC to {server.host}:{server.grpc_port} ({why}); change [server] grpc_port "
-              "(0: any free port)", file=sys.stderr)
-        return 2
+    keepers = []
+    for what, key, port in (("gRPC", "grpc_port", server.grpc_port), ("HTTP", "http_port", server.http_port)):
+        try:
+            keepers.append(_reserve_port(server.host, port))
+        except OSError as exc:
+            why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            print(f"scorewire: cannot bind {what} to {server.host}:{port} ({why}); change [server] {key} "
+                  "(0: any free port)", file=sys.stderr)
+            for keeper in keepers:
+                keeper.close()
+            return 2
     rings = [Ring.create(server.handoff_ring_bytes) for _ in range(workers)]
     challenger_rings = (Ring.create(server.handoff_ring_bytes), Ring.create(server.handoff_ring_bytes))
     control = Control.create(workers)
-    supervisor = Supervisor(settings, config_path, workers, log_level, keeper.getsockname()[1], rings,
-                            challenger_rings, control)
+    supervisor = Supervisor(settings, config_path, workers, log_level,
+                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control)
     try:
         return supervisor.run()
     finally:
         supervisor.close()
-        keeper.close()
+        for keeper in keepers:
+            keeper.close()
         for ring in (*rings, *challenger_rings):
             ring.close()
         control.close()

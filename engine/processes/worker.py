@@ -29,8 +29,9 @@ FINAL_STATS_WAIT_S = 5.0  # drain: how long the last counters wait for room in t
 class Link:
     """What a worker's App calls instead of an in-process Observer."""
 
-    def __init__(self, slot: int, port: int, ring: Ring, control: Control, conn: Connection):
-        self.slot, self.port, self.ring, self.control = slot, port, ring, control
+    def __init__(self, slot: int, ports: tuple[int, int], ring: Ring, control: Control, conn: Connection):
+        self.slot, self.ring, self.control = slot, ring, control
+        self.port, self.http_port = ports  # gRPC and HTTP, shared by the workers (SO_REUSEPORT)
         self.announce = child.say_to(conn)  # a line for the supervisor
         self.encode_failures = 0
         self._last_failure_log = 0.0
@@ -73,12 +74,12 @@ class Link:
         await child.put_until(lambda: self.ring.put(record, 0), FINAL_STATS_WAIT_S)
 
 
-def main(slot: int, settings: Settings, config_path, port: int, ring_name: str, control_name: str,
+def main(slot: int, settings: Settings, config_path, ports: tuple[int, int], ring_name: str, control_name: str,
          conn: Connection, log_level: str) -> None:
     """The worker process (multiprocessing's spawn target)."""
     from engine.app import serve
 
-    link = Link(slot, port, Ring.attach(ring_name), Control.attach(control_name), conn)
+    link = Link(slot, ports, Ring.attach(ring_name), Control.attach(control_name), conn)
 
     def cleanup() -> None:
         link.ring.close()

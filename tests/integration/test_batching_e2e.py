@@ -165,6 +165,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 
 [[models]]
 name = "mlp"
@@ -204,6 +205,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 drain_timeout_s = 10
 
 [[models]]
@@ -274,6 +276,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 stream_max_in_flight = 4
 
 [[models]]
@@ -344,6 +347,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 max_message_bytes = 4194304
 max_inflight_bytes = 6291456
 

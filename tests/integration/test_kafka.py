@@ -269,7 +269,7 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
                      "max_batch_size = 128\n" for v, p in (("1", "mlp.onnx"), ("2", "gbt.onnx"), ("3", "mlp.onnx")))
     from tests.integration.kafka_helpers import STREAM
 
-    config = ('[server]\nworkers = 1\nhost = "127.0.0.1"\ngrpc_port = 0\nmetrics_port = 0\n' + models
+    config = ('[server]\nworkers = 1\nhost = "127.0.0.1"\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\n' + models
               + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["2"]\nsplit = { "1" = 50, "3" = 50 }\n'
               + '\n[scorelog]\ndir = "log"\n'
               + STREAM.format(bootstrap=cluster.bootstrap, group="split", topic="events", output="scores",

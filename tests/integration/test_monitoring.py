@@ -27,6 +27,7 @@ workers = 1
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 
 [monitoring]
 events_dir = "drift-events"

@@ -30,6 +30,7 @@ workers = {workers}
 host = "127.0.0.1"
 grpc_port = 0
 metrics_port = 0
+http_port = 0
 drain_timeout_s = 20
 
 [[models]]
@@ -95,6 +96,19 @@ def test_two_workers_share_the_port_and_one_metrics_endpoint(model_dir, rng):
                  what="every batch in the observer")
         assert m['scorewire_workers_up'] == 2
         assert m['scorewire_handoff_dropped_batches_total{worker="0"}'] == 0
+        # the REST port is shared the same way: one connection per request lands on both workers
+        import tritonclient.http as httpclient
+
+        before = [m[f'scorewire_worker_requests_total{{worker="{i}"}}'] for i in range(2)]
+        for i in range(40):
+            h = httpclient.InferenceServerClient(server.http_url)
+            inp = httpclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+            inp.set_data_from_numpy(x[i:i + 1])
+            np.testing.assert_array_equal(h.infer("mlp", [inp]).as_numpy("probabilities"), infer(server.url, x[i:i + 1]))
+            h.close()
+        m = wait_for(lambda: (v := server.metrics()).get(answered) == 200 and v, 10, what="REST counted")
+        added = [m[f'scorewire_worker_requests_total{{worker="{i}"}}'] - before[i] for i in range(2)]
+        assert sum(added) == 80 and min(added) > 0, added
     finally:
         assert server.stop() == 0
 

@@ -1,0 +1,98 @@
+"""The Open Inference Protocol over HTTP/REST, against a real server: tritonclient.http
+unchanged, results equal to gRPC's, errors as HTTP statuses with a message, the same counts."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+
+def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_tritonclient_http_gets_what_grpc_gets(server, rng):
+    x = rng.random((5, 32), dtype=np.float32)
+    g = grpcclient.InferenceServerClient(server.url)
+    h = httpclient.InferenceServerClient(server.http_url)
+    try:
+        for model in ("mlp", "gbt"):
+            gi = grpcclient.InferInput("float_input", [5, 32], "FP32")
+            gi.set_data_from_numpy(x)
+            expected = g.infer(model, [gi])
+            for binary in (True, False):  # the binary tensor extension, and JSON data both ways
+                hi = httpclient.InferInput("float_input", [5, 32], "FP32")
+                hi.set_data_from_numpy(x, binary_data=binary)
+                outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
+                got = h.infer(model, [hi], outputs=outputs, request_id=f"r-{model}-{binary}")
+                assert got.get_response()["id"] == f"r-{model}-{binary}"
+                assert got.get_response()["model_version"] == expected.get_response().model_version
+                np.testing.assert_array_equal(got.as_numpy("label"), expected.as_numpy("label"))
+                np.testing.assert_allclose(got.as_numpy("probabilities"), expected.as_numpy("probabilities"), rtol=1e-6)
+        assert h.is_server_live() and h.is_server_ready() and h.is_model_ready("mlp")
+        assert not h.is_model_ready("nope")
+        meta = h.get_model_metadata("mlp", "2")
+        assert meta["versions"] == ["2"] and meta["inputs"] == [{"name": "float_input", "datatype": "FP32",
+                                                                   "shape": [-1, 32]}]
+        assert h.get_server_metadata()["name"] == "scorewire"
+    finally:
+        g.close()
+        h.close()
+
+
+def test_rest_errors_are_http_statuses_with_the_message(server):
+    base = f"http://{server.http_url}/v2/models"
+    row = {"name": "float_input", "shape": [1, 32], "datatype": "FP32", "data": [0.5] * 32}
+    cases = [
+        (f"{base}/nope/infer", {"inputs": [row]}, 404, "unknown model 'nope'"),
+        (f"{base}/mlp/versions/9/infer", {"inputs": [row]}, 404, "version"),
+        (f"{base}/mlp/infer", {"inputs": [{**row, "shape": [1, 3], "data": [1, 2, 3]}]}, 400,
+         "shape [1, 3] does not match"),
+        (f"{base}/mlp/infer", {"inputs": [{**row, "data": [0.5] * 31}]}, 400, "'data' has 31 values"),
+        (f"{base}/mlp/infer", {"inputs": [{**row, "datatype": "STRING"}]}, 400, "datatype 'STRING' is not supported"),
+        (f"{base}/mlp/infer", {"inputs": []}, 400, "no 'inputs'"),
+        (f"{base}/mlp/infer", {"inputs": [row], "outputs": [{"name": "nope"}]}, 400, "nope"),
+    ]
+    for url, body, status, text in cases:
+        got_status, got = _post(url, json.dumps(body).encode())
+        assert (got_status, text in got["error"]) == (status, True), (url, body, got_status, got)
+    status, got = _post(f"{base}/mlp/infer", b"{not json")
+    assert status == 400 and "not JSON" in got["error"]
+    # binary data that does not add up
+    head = json.dumps({"inputs": [{"name": "float_input", "shape": [1, 32], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 128}}]}).encode()
+    status, got = _post(f"{base}/mlp/infer", head + b"\0" * 100,
+                        {"Inference-Header-Content-Length": str(len(head))})
+    assert status == 400 and "28 bytes short" in got["error"]
+    # a body over max_message_bytes (1 MiB in this server's config) is refused without being parsed
+    status, got = _post(f"{base}/mlp/infer", b" " * (2 << 20))
+    assert status == 400 and "max_message_bytes" in got["error"]
+
+
+def test_rest_requests_are_counted_with_grpcs(server):
+    before = server.metrics()
+    h = httpclient.InferenceServerClient(server.http_url)
+    x = httpclient.InferInput("float_input", [1, 32], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 32), np.float32))
+    for _ in range(3):
+        h.infer("gbt", [x])
+    with pytest.raises(InferenceServerException):
+        h.infer("gbt", [httpclient.InferInput("float_input", [1, 3], "FP32").set_data_from_numpy(
+            np.zeros((1, 3), np.float32))])
+    h.close()
+    after = server.metrics()
+    key = 'scorewire_requests_total{model="gbt",code="%s"}'
+    assert after[key % "OK"] - before.get(key % "OK", 0) == 3
+    assert after[key % "INVALID_ARGUMENT"] - before.get(key % "INVALID_ARGUMENT", 0) == 1
