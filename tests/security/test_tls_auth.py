@@ -195,3 +195,30 @@ dead_letter_topic = "scores-dlq"
                          text=True, timeout=120, env={k: v for k, v in os.environ.items()
                                                       if k != "SCOREWIRE_TEST_KAFKA_PASSWORD"})
     assert out.returncode == 2 and "SCOREWIRE_TEST_KAFKA_PASSWORD, which is not set" in out.stderr
+
+
+def test_rest_takes_the_same_tls_and_tokens(tls_auth_server, pki):
+    """HTTPS with the server's certificate, the same tokens, health open, the rest closed."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+    base = f"https://{tls_auth_server.http_url}"
+    body = ('{"inputs": [{"name": "float_input", "shape": [1, 32], "datatype": "FP32", "data": [%s]}]}'
+            % ", ".join(["1.0"] * 32)).encode()
+
+    def call(path: str, token: str | None = None, data: bytes | None = None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, data=data, headers=headers),
+                                        context=context, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert call("/v2/health/ready") == 200
+    assert call("/v2/models/mlp") == 401 and call("/v2/models/mlp/infer", "wrong", body) == 401
+    assert call("/v2/models/mlp/infer", "alpha-token-123", body) == 200
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port: refused
+        urllib.request.urlopen(f"http://{tls_auth_server.http_url}/v2/health/ready", timeout=10).read()
