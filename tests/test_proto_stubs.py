@@ -37,11 +37,17 @@ def test_wire_compatible_with_tritonclient():
     from engine.ingress._pb import open_inference_grpc_pb2 as ours
     from tritonclient.grpc import service_pb2 as triton
 
-    mine, theirs = descriptor_pb2.FileDescriptorProto(), descriptor_pb2.FileDescriptorProto()
+    from tritonclient.grpc import model_config_pb2 as triton_config
+
+    mine, theirs, config = (descriptor_pb2.FileDescriptorProto() for _ in range(3))
     ours.DESCRIPTOR.CopyToProto(mine)
     triton.DESCRIPTOR.CopyToProto(theirs)
-    assert mine.package == theirs.package == "inference"
-    their_messages = {m.name: m for m in theirs.message_type}
+    triton_config.DESCRIPTOR.CopyToProto(config)
+    assert mine.package == theirs.package == config.package == "inference"
+    their_messages = {m.name: m for m in [*theirs.message_type, *config.message_type]}
+    their_enums = {e.name: {v.name: v.number for v in e.value} for e in config.enum_type}
+    for enum in mine.enum_type:  # DataType
+        assert {v.name: v.number for v in enum.value} == their_enums[enum.name]
     compared = 0
     for message in mine.message_type:
         assert message.name in their_messages, message.name

@@ -52,6 +52,10 @@ class BatcherStats:
     cancelled: int = 0
     rejected_full: int = 0
     retried_batches: int = 0
+    # Triton's ModelStatistics: per request, its wait to be batched and the run it shared
+    queue_ns: int = 0
+    infer_ns: int = 0
+    last_scored_ms: int = 0  # wall clock, ms since the epoch
 
 
 class Batcher:
@@ -210,11 +214,15 @@ class Batcher:
         outputs = await self._run(batch)
         end = time.monotonic_ns()
         parts = batch.split(outputs)
-        self.stats.batches += 1
-        self.stats.requests += len(members)
-        self.stats.rows += batch.rows
+        stats = self.stats
+        stats.batches += 1
+        stats.requests += len(members)
+        stats.rows += batch.rows
+        enqueued = np.fromiter((m.enqueued_ns for m in members), dtype=np.int64, count=len(members))
+        stats.queue_ns += int(start * len(members) - enqueued.sum())
+        stats.infer_ns += (end - start) * len(members)
+        stats.last_scored_ms = time.time_ns() // 1_000_000
         if self._on_scored is not None:
-            enqueued = np.fromiter((m.enqueued_ns for m in members), dtype=np.int64, count=len(members))
             self._on_scored(batch, outputs, enqueued, start, end, tuple(m.origin for m in members))
         return parts
 

@@ -86,6 +86,10 @@ def _param(value) -> pb.InferParameter:
     return pb.InferParameter(string_param=str(value))
 
 
+_DATA_TYPE = {name: getattr(pb, f"TYPE_{name}") for name in (
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")}
+
+
 def model_parameters(served) -> dict:
     """ModelMetadata's parameters (gRPC and REST): how the version is served."""
     model = served.model
@@ -122,6 +126,8 @@ class InferenceServicer:
         self.closing = False  # draining, past the quiet phase: inference requests get UNAVAILABLE
         self.active = 0  # inference requests being answered (ModelInfer calls, stream messages)
         self.last_arrival_ns = 0  # monotonic time the last one arrived
+        self.succeeded: dict[tuple[str, str], tuple[int, int]] = {}  # (name, version) -> (requests, total ns)
+        self.failed: dict[str, int] = {}  # model name (as asked) -> failed requests
 
     # -- wiring --------------------------------------------------------------------------
     def _parse_infer(self, data: bytes):
@@ -158,6 +164,8 @@ class InferenceServicer:
                 request_deserializer=self._parse_infer,
                 response_serializer=pb.ModelInferResponse.SerializeToString,
             ),
+            "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.model_stream_infer,
                 request_deserializer=self._parse_infer,
@@ -199,6 +207,64 @@ class InferenceServicer:
             outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.schema.outputs],
             parameters={k: _param(v) for k, v in params.items()},
         )
+
+    # -- Triton's extensions ---------------------------------------------------------------
+    async def model_config(self, request, context):
+        """The version's configuration as Triton describes one: what perf_analyzer reads first."""
+        try:
+            served = self.registry.get(request.name, request.version)
+        except EngineError as exc:
+            await context.abort(STATUS[exc.code], exc.message)
+        model = served.model
+        batching = model.settings.batching
+        max_batch = min(served.limits.max_rows, 2**31 - 1)  # rows per request
+
+        def dims(shape) -> list[int]:  # Triton leaves the batch dimension out when it batches
+            return list(shape[1:])
+
+        on_gpu = model.provider == "CUDAExecutionProvider"
+        config = pb.ModelConfig(
+            name=served.name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch,
+            input=[pb.ModelInput(name=t.name, data_type=_DATA_TYPE[t.datatype], dims=dims(t.shape))
+                   for t in model.schema.inputs],
+            output=[pb.ModelOutput(name=t.name, data_type=_DATA_TYPE[t.datatype], dims=dims(t.shape))
+                    for t in model.schema.outputs],
+            instance_group=[pb.ModelInstanceGroup(
+                name=f"{served.name}_{served.version}", count=model.settings.instances,
+                kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU,
+                gpus=[0] if on_gpu else [])],
+            default_model_filename=model.path.name,
+            dynamic_batching=pb.ModelDynamicBatching(preferred_batch_size=[batching.max_batch_size],
+                                                     max_queue_delay_microseconds=batching.max_queue_delay_us),
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    async def model_statistics(self, request, context):
+        """Counts and cumulative times of this serving process (with several workers: of the
+        worker that answers), per version; no name: every version served."""
+        if request.name:
+            try:
+                versions = [self.registry.get(request.name, request.version)]
+            except EngineError as exc:
+                await context.abort(STATUS[exc.code], exc.message)
+        else:
+            versions = list(self.registry.all())
+        duration = pb.StatisticDuration
+        stats = []
+        for served in versions:
+            b = served.batcher.stats
+            ok_ns = self.succeeded.get((served.name, served.version), (0, 0))
+            stats.append(pb.ModelStatistics(
+                name=served.name, version=served.version, last_inference=b.last_scored_ms,
+                inference_count=b.rows, execution_count=b.batches,
+                inference_stats=pb.InferStatistics(
+                    success=duration(count=ok_ns[0], ns=ok_ns[1]),
+                    fail=duration(count=self.failed.get(served.name, 0)),
+                    queue=duration(count=b.requests, ns=b.queue_ns),
+                    compute_input=duration(count=b.requests), compute_output=duration(count=b.requests),
+                    compute_infer=duration(count=b.requests, ns=b.infer_ns)),
+            ))
+        return pb.ModelStatisticsResponse(model_stats=stats)
 
     # -- inference -----------------------------------------------------------------------
     def _oversize_error(self, request: _Oversize) -> EngineError:
@@ -270,6 +336,19 @@ class InferenceServicer:
             self.active -= 1
 
     async def submit_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
+        start = time.monotonic_ns()
+        try:
+            served, request_id, outputs = await self._submit(decoded, deadline_ns)
+        except EngineError:
+            if decoded.model_name in self.registry:  # served names only: the dict stays bounded
+                self.failed[decoded.model_name] = self.failed.get(decoded.model_name, 0) + 1
+            raise
+        key = (served.name, served.version)
+        count, ns = self.succeeded.get(key, (0, 0))
+        self.succeeded[key] = (count + 1, ns + time.monotonic_ns() - start)
+        return served, request_id, outputs
+
+    async def _submit(self, decoded: DecodedRequest, deadline_ns: int | None):
         timeout_us = decoded.parameters.get("timeout")
         if isinstance(timeout_us, int) and timeout_us > 0:  # Triton's per-request timeout, in us
             own = time.monotonic_ns() + timeout_us * 1000
