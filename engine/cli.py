@@ -96,6 +96,12 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_main(args)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from engine.report import main as report_main
+
+    return report_main(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bench.cli import main as bench_main
 
@@ -162,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol (default 1e-6; shown in the table)")
     comp.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     comp.set_defaults(func=_compare)
+
+    rep = sub.add_parser("report", help="an HTML report: drift over time, windows at alerts, latency, champion vs "
+                         "challengers", description="One self-contained HTML page with PNG plots from the scoring "
+                         "log and the drift events folder ([monitoring] events_dir): each monitored feature's "
+                         "statistic over time with its raises and clears, the window against the reference at "
+                         "each raise, p99 latency over time per version, and `scorewire compare`'s table.")
+    rep.add_argument("--log", required=True, help="the scoring log's folder ([scorelog] dir)")
+    rep.add_argument("--events", help="the drift events folder ([monitoring] events_dir)")
+    rep.add_argument("--model", help="one model (default: every model in the log)")
+    rep.add_argument("--labels", help="labels for the comparison (as scorewire compare --labels)")
+    rep.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    rep.set_defaults(func=_report)
 
     bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report",
                            add_help=False, description="scorewire bench grpc | kafka | sweep ... "

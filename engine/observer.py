@@ -11,13 +11,14 @@ answer: full queues drop and count.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from engine.batching.batch import ScoredBatch
 from engine.monitor.drift import DriftMonitor, load_reference
-from engine.monitor.events import write_events
+from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
@@ -26,6 +27,8 @@ from engine.scorelog.parquet import ScoreLog
 from engine.settings import ModelSettings, RouteSettings, Settings
 
 log = logging.getLogger("scorewire")
+
+EVALUATIONS_EVERY_S = 60.0  # drift evaluations reach events_dir this late at most (and at shutdown)
 
 Key = tuple[str, str]  # (model name, version)
 
@@ -38,6 +41,7 @@ class Observer:
         self.settings = settings
         self._announce = announce
         self._shadow_results = shadow_results
+        self._evaluations_written = time.monotonic()
         self.latency = LatencyMonitor()
         self.drift: dict[Key, DriftMonitor] = {}
         self.models: dict[Key, OnnxModel] = {}  # monitored versions and challengers
@@ -57,6 +61,7 @@ class Observer:
         if ms.monitor is not None:
             monitor = DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
             monitor.warm_up()
+            monitor.keep_history = self.settings.monitoring.events_dir is not None
             self.drift[(ms.name, ms.version)] = monitor
 
     def remove_model(self, key: Key) -> None:
@@ -156,6 +161,23 @@ class Observer:
                 log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
                             event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,
                             event.events)
+        self._write_evaluations(force=False)
+
+    def _write_evaluations(self, force: bool) -> None:
+        """The evaluations since the last write, every EVALUATIONS_EVERY_S or 100 evaluations
+        (or now, when forced): a few files an hour, not one per evaluation."""
+        directory = self.settings.monitoring.events_dir
+        if directory is None:
+            return
+        pending = sum(len(m._history) for m in self.drift.values())
+        if not pending or not (force or pending >= 100 or time.monotonic() - self._evaluations_written >= EVALUATIONS_EVERY_S):
+            return
+        self._evaluations_written = time.monotonic()
+        for monitor in list(self.drift.values()):
+            try:
+                write_evaluations(directory, monitor, monitor.take_history())
+            except OSError:
+                log.exception("could not write drift evaluations to %s", directory)
 
     # -- shutdown ---------------------------------------------------------------------------
     def all_shadows(self) -> Iterable[Shadow]:
@@ -181,6 +203,7 @@ class Observer:
         the event loop."""
         self.close_shadows(until)
         self.tap.close(max(0.1, until()))
+        self._write_evaluations(force=True)
         tap = self.tap
         evaluations = sum(m.evaluations for m in self.drift.values())
         self._announce(f"monitor: {tap.rows_handled} rows observed, {tap.rows_dropped} dropped, {tap.rows_failed} "

@@ -137,6 +137,9 @@ class DriftMonitor:
         self.events = 0
         self.evaluations = 0
         self._since = 0
+        # every evaluation, for [monitoring] events_dir (kind=evaluation): taken by take_history()
+        self.keep_history = False
+        self._history: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _columns(self, schema: ModelSchema) -> list[Column]:
         s = self.settings
@@ -192,6 +195,12 @@ class DriftMonitor:
         """The input and output tensors the columns come from (the rest need not be gathered)."""
         return ({c.tensor for c in self.columns if not c.from_output},
                 {c.tensor for c in self.columns if c.from_output})
+
+    def take_history(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+        """The evaluations since the last call: (time ns, events observed, statistics, p-values,
+        effects), one value per column in the order of `columns`."""
+        history, self._history = self._history, []
+        return history
 
     @property
     def window_rows(self) -> int:
@@ -266,6 +275,8 @@ class DriftMonitor:
         """One boundary's statistic, p-value and effect (KS D, or PSI) per column."""
         s = self.settings
         self.evaluations += 1
+        if self.keep_history:
+            self._history.append((time.time_ns(), events_so_far, statistics.copy(), pvalues.copy(), effects.copy()))
         drifting = corrected_significance(pvalues, s.alpha, s.correction) & (effects >= s.min_effect)
         events = []
         for column, p, effect, stat, drift in zip(self.columns, pvalues, effects, statistics, drifting):

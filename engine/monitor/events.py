@@ -2,6 +2,13 @@
 
     EVENTS_DIR/kind=drift/model=NAME/date=YYYY-MM-DD/part-<time_ns>-<n>.parquet
 
+Every evaluation's statistic, p-value and effect per column go beside them, as
+
+    EVENTS_DIR/kind=evaluation/model=NAME/date=YYYY-MM-DD/part-<time_ns>-<n>.parquet
+
+written every EVALUATIONS_EVERY_S or 100 evaluations, and at shutdown (`scorewire report`
+plots them).
+
 One small file per evaluation that raised or cleared something (events are rare), written
 under a temporary name and published like the scoring log's files (fsync, rename, fsync of
 the folder), so a reader never sees a partial file. DuckDB:
@@ -14,6 +21,7 @@ import datetime as dt
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,6 +39,54 @@ SCHEMA = pa.schema([
     ("events_observed", pa.int64()),
 ])
 _sequence = itertools.count()
+
+
+EVALUATION_SCHEMA = pa.schema([
+    ("time", pa.timestamp("ns", tz="UTC")),
+    ("version", pa.string()),
+    ("feature", pa.string()),
+    ("test", pa.string()),  # ks | chi2
+    ("statistic", pa.float64()),
+    ("pvalue", pa.float64()),
+    ("effect", pa.float64()),
+    ("events_observed", pa.int64()),
+    ("window", pa.int64()),
+    ("reference", pa.string()),
+])
+
+
+def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
+    """Every evaluation of `monitor` in `history` (DriftMonitor.take_history()), one row per
+    column: EVENTS_DIR/kind=evaluation/model=NAME/date=YYYY-MM-DD/part-*.parquet."""
+    if not history:
+        return []
+    model, version = monitor.model.split(":", 1)
+    columns = monitor.columns
+    n = len(columns)
+    times = np.repeat(np.array([h[0] for h in history], dtype=np.int64), n)
+    written = []
+    days = np.array([dt.datetime.fromtimestamp(t / 1e9, dt.timezone.utc).date().isoformat() for t in times])
+    table = pa.table({
+        "time": pa.array(times, pa.timestamp("ns", tz="UTC")),
+        "version": [version] * len(times),
+        "feature": [c.name for _ in history for c in columns],
+        "test": ["chi2" if c.categorical else "ks" for _ in history for c in columns],
+        "statistic": np.concatenate([h[2] for h in history]).astype(np.float64),
+        "pvalue": np.concatenate([h[3] for h in history]).astype(np.float64),
+        "effect": np.concatenate([h[4] for h in history]).astype(np.float64),
+        "events_observed": np.repeat(np.array([h[1] for h in history], dtype=np.int64), n),
+        "window": [monitor.settings.window] * len(times),
+        "reference": [str(monitor.settings.reference)] * len(times),
+    }, schema=EVALUATION_SCHEMA)
+    for day in sorted(set(days.tolist())):
+        folder = Path(directory) / "kind=evaluation" / f"model={model}" / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{int(times[0])}-{next(_sequence)}.parquet"
+        tmp = folder / f".{final.name}.tmp"
+        pq.write_table(table.filter(pa.array(days == day)), tmp)
+        publish(tmp, final)
+        written.append(final)
+    return written
 
 
 def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
