@@ -308,6 +308,9 @@ challengers = ["2"]
 [scorelog]
 dir = "scorelog"
 max_file_age_s = 5
+
+[monitoring]                     # drift raises, clears and every evaluation, for `scorewire report`
+events_dir = "events"
 """
 
 
@@ -442,6 +445,7 @@ def run(directory: Path, prepare_only: bool) -> int:
                             "# file needs a broker at that address (python -m engine.mock_kafka starts one).\n"
                             + own + CHALLENGER + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
     shutil.rmtree(directory / "scorelog", ignore_errors=True)
+    shutil.rmtree(directory / "events", ignore_errors=True)
     print("starting: scorewire serve --config", kafka_config, "(gRPC, a challenger of 'mlp' with the Parquet "
           "scoring log, and a Kafka stream: events -> scores)")
     proc, port, metrics_port = start_server(kafka_config, log_level="WARNING")
@@ -473,6 +477,8 @@ def run(directory: Path, prepare_only: bool) -> int:
           # Kafka: python -m engine.mock_kafka --topic events:8 --topic scores:8 --topic scores-dlq:8
           #   prints a bootstrap address; add a [[streams]] table like {kafka_config}'s with it
           #   (that file's broker lived only while the demo ran) and serve
+          # a report (drift over time, the windows at the alerts, latency, the comparison):
+          #   scorewire report --log {directory}/scorelog --events {directory}/events --out report.html
           # config reference: configs/example.toml
           # the scoring log: DuckDB, SELECT role, version, count(*) FROM
           #   read_parquet('{directory}/scorelog/**/*.parquet', hive_partitioning = 1) GROUP BY ALL
