@@ -57,10 +57,40 @@ def _tty() -> bool:
     return sys.stderr.isatty()
 
 
+def _tqdm():
+    """tqdm, or a stand-in that draws nothing (it is only for terminals anyway)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        class tqdm:  # noqa: N801 - tqdm's interface, the part used here
+            def __init__(self, *args, **kwargs):
+                self.n = 0
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def update(self, n=1):
+                self.n += n
+
+            def refresh(self):
+                pass
+
+            def close(self):
+                pass
+
+            @staticmethod
+            def write(text, file=None):
+                print(text, file=file or sys.stderr)
+    return tqdm
+
+
 def _with_progress(seconds: float, label: str, work):
     """Run work() on a thread with a time progress bar; Ctrl-C reaches the workers, which stop
     and report what they measured."""
-    from tqdm import tqdm
+    tqdm = _tqdm()
 
     box = {}
 
@@ -89,7 +119,6 @@ def _with_progress(seconds: float, label: str, work):
 
 
 def _grpc(args) -> int:
-    _need("tqdm")
     from bench.loadgen import run
     from bench.report import run_markdown, write_json
 
@@ -108,7 +137,6 @@ def _grpc(args) -> int:
 
 
 def _kafka(args) -> int:
-    _need("tqdm")
     from bench.kafkaload import KafkaLoad, run_kafka
     from bench.report import write_json
 
@@ -142,9 +170,8 @@ def _kafka(args) -> int:
 
 
 def _sweep(args) -> int:
-    _need("tqdm")
     _need("matplotlib")
-    from tqdm import tqdm
+    tqdm = _tqdm()
 
     from bench.report import write_sweep
     from bench.sweep import parse_slo, sweep

@@ -193,6 +193,10 @@ def _window_plot(raise_row: dict, evaluations: pa.Table, log: pa.Table | None, v
 def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Path | None) -> str:
     from engine.scorelog.compare import CompareError, compare, render
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("the report draws with matplotlib: pip install -e '.[demo]'") from None
     log = _read(log_dir)
     if log is None:
         raise UsageError(f"--log {log_dir}: no Parquet files (the [scorelog] dir of a server)")

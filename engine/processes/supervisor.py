@@ -123,7 +123,7 @@ class Supervisor:
                 self.control.table[child.slot, UP] = 1
                 if self._all_ready() and self.started:
                     log.info("%s is ready again", self._name(child.slot))
-            elif value in _QUIET or value.startswith(("gRPC listening", "gRPC security")):
+            elif value in _QUIET or value.startswith(("gRPC listening", "gRPC security", "HTTP listening")):
                 pass
             elif child.slot in (0, self.observer_slot, self.challengers_slot):
                 _say(value)
