@@ -88,7 +88,7 @@ def sweep_markdown(data: dict, png_name: str) -> str:
                      f"{'pass' if lv['passed'] else 'FAIL'}: {lv['verdict']} |")
         notes += [f"- {lv['offered_rps']:,.0f}/s: {note}" for note in lv.get("notes", [])]
     if thin:
-        lines += ["", "\\* fewer samples than the percentile can tell apart: the value is the level's maximum."]
+        lines += ["", "\\* fewer samples than the percentile can tell apart: the value is about the level's maximum."]
     if with_server:
         lines += ["", "Server columns: the server's own percentiles over the last 5-10 s of the level "
                   "(`scorewire_latency_recent_us`), read right after it."]
@@ -147,7 +147,7 @@ def percentile_label(name: str, samples: int) -> str:
     if name.startswith("p") and samples:
         q = float(name[1:]) / 100
         if samples * (1 - q) < 1:
-            return f"{name} (= max of {samples:,})"
+            return f"{name} (~max: {samples:,} samples)"
     return name
 
 

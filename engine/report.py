@@ -43,10 +43,20 @@ def _read(folder: Path, kind: str | None = None) -> pa.Table | None:
     root = folder / f"kind={kind}" if kind else folder
     if not root.is_dir():
         return None
-    files = [str(p) for p in root.glob("**/*.parquet") if not p.name.startswith(".")]
+    files = [p for p in root.glob("**/*.parquet") if not p.name.startswith(".")]
     if not files:
         return None
-    table = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(root)).to_table()
+    import pyarrow.parquet as pq
+
+    # every file's columns (models log different ones), and the Hive keys of their folders
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    keys = sorted({part.split("=", 1)[0] for f in files for part in f.relative_to(root).parts[:-1] if "=" in part})
+    partitioning = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
+    for k in keys:
+        if k not in schema.names:
+            schema = schema.append(pa.field(k, pa.string()))
+    table = ds.dataset([str(f) for f in files], schema=schema, format="parquet", partitioning=partitioning,
+                       partition_base_dir=str(root)).to_table()
     for i, field in enumerate(table.schema):  # microseconds: what Python's datetime holds
         if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
             table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp("us", tz=field.type.tz),
@@ -63,14 +73,18 @@ def _figure(width: float = 9, height: float = 3.2):
     return plt.subplots(figsize=(width, height))
 
 
-def _times(column) -> np.ndarray:
-    return column.cast(pa.int64()).to_numpy().astype("datetime64[ns]")
+def _time_axis(axes) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def latency_section(log: pa.Table) -> str:
     """Total and inference p50/p99 per version and role over time (about 60 bins)."""
     out = ["<h2>Latency over time</h2>"]
-    t = log.column("time").cast(pa.int64()).to_numpy()
+    t = log.column("time").cast(pa.int64()).to_numpy()  # microseconds (see _read)
     if len(t) == 0:
         return ""
     edges = np.linspace(t.min(), t.max() + 1, 61)
@@ -88,13 +102,15 @@ def latency_section(log: pa.Table) -> str:
                 v = values[bins == b]
                 xs.append(edges[b])
                 p99.append(np.percentile(v, 99) / 1000)
-            axes.plot(np.array(xs).astype("datetime64[ns]"), p99, style, marker=".",
+            axes.plot(np.array(xs).astype("datetime64[us]"), p99, style, marker=".",
                       label=f"{version} ({role}) {stage[:-3]} p99")
     axes.set_ylabel("ms")
     axes.set_yscale("log")
     axes.set_title("p99 latency per version and role (total: queue or shadow wait + inference)")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     axes.grid(alpha=0.3)
+    axes.set_xlabel("time (UTC)")
+    _time_axis(axes)
     out.append(_png(fig))
     return "\n".join(out)
 
@@ -121,19 +137,22 @@ def drift_section(events_dir: Path, log: pa.Table | None, model: str) -> str:
         for feature in features:
             f_ev = ev.filter(pc.equal(ev.column("feature"), feature)).sort_by("events_observed")
             fig, axes = _figure()
-            axes.plot(_times(f_ev.column("time")), f_ev.column("statistic").to_numpy(), marker=".", lw=1,
-                      label="statistic")
+            # by rows observed: evaluations are exact event counts (a busy monitor evaluates several
+            # at once, which a time axis would pile up)
+            axes.plot(f_ev.column("events_observed").to_numpy(), f_ev.column("statistic").to_numpy(), marker=".",
+                      lw=1, label="statistic")
             test = f_ev.column("test")[0].as_py()
             marks = []
             if rv is not None:
                 f_rv = rv.filter(pc.equal(rv.column("feature"), feature)).sort_by("events_observed")
                 for row in f_rv.to_pylist():
                     color = "red" if row["event"] == "raise" else "green"
-                    axes.axvline(np.datetime64(row["time"].replace(tzinfo=None)), color=color, ls="--", lw=1)
+                    axes.axvline(row["events_observed"], color=color, ls="--", lw=1)
                     marks.append(row)
             axes.set_title(f"{feature}: {'KS D' if test == 'ks' else 'chi-squared'} at each evaluation "
                            "(red: alert raised, green: cleared)")
             axes.set_ylabel("KS D" if test == "ks" else "chi-squared")
+            axes.set_xlabel("rows observed by the monitor")
             axes.grid(alpha=0.3)
             out.append(f"<h4>{html.escape(feature)}</h4>" + _png(fig))
             for row in [m for m in marks if m["event"] == "raise"][:MAX_RAISES]:
