@@ -35,6 +35,7 @@ def test_serve_with_a_missing_model_exits_2(tmp_path):
     result = scorewire("serve", "--config", str(config))
     assert result.returncode == 2
     assert "m:1: model file" in result.stderr and "does not exist" in result.stderr
+    assert result.stderr.count("does not exist") == 1, result.stderr  # said once, whatever the processes
 
 
 def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):

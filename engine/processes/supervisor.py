@@ -133,7 +133,8 @@ class Supervisor:
             self.metrics_port = value
         elif kind == "failed":
             child.failed = value
-            log.error("%s: %s", self._name(child.slot), value)
+            if self.started:  # while starting, the reason is printed once, as the start-up's failure
+                log.error("%s: %s", self._name(child.slot), value)
         return True
 
     def _exited(self, child: Child) -> None:
