@@ -13,6 +13,7 @@ whatever worker served them, and drift is the same as with one worker.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from multiprocessing.connection import Connection
@@ -30,6 +31,9 @@ from engine.settings import Settings, load_settings
 log = logging.getLogger("scorewire")
 
 TICK_S = 0.01  # between passes over the rings
+# A record is handed on once it is this old: every record stamped before it has been put in
+# its ring by then (a put follows its stamp by microseconds; 50 ms covers a descheduled worker)
+HOLD_NS = 50_000_000
 LOG_FLUSH_S = 2.0
 
 
@@ -46,6 +50,7 @@ class Watch:
         self.latest: dict[int, tuple[int, list]] = {}  # worker slot -> (pid, its families)
         self.retired: list = []  # counters of worker processes that were replaced
         self.decode_failures = 0
+        self._held: list = []  # (stamp, batch, record) read, not yet handed on (see poll)
 
     # -- models -----------------------------------------------------------------------------
     @staticmethod
@@ -87,9 +92,16 @@ class Watch:
                 model.close()
 
     # -- the rings --------------------------------------------------------------------------
-    def poll(self) -> int:
-        """One pass: every record of every ring, batches in the order they were scored."""
-        batches = []
+    def poll(self, final: bool = False) -> int:
+        """One pass: every record of every ring, handed on in the order they were scored.
+
+        A record is stamped just before its worker puts it in its ring, and the rings are read
+        one after another: a record can land in a ring already read in this pass while a later
+        one lands in a ring read after it (a descheduled observer makes that gap milliseconds
+        long). So only records stamped HOLD_NS before this pass began are handed on; later ones
+        wait for the next pass, sorted with what it brings (`final`: everything now)."""
+        started = time.monotonic_ns()
+        batches = self._held
         rings = self.rings if self.from_challengers is None else [*self.rings, self.from_challengers]
         for ring in rings:
             for record in ring.take():
@@ -105,12 +117,18 @@ class Watch:
                     batches.append((header["s"], batch, record))
         if len(batches) > 1:
             batches.sort(key=lambda sb: sb[0])
+        if final:
+            ready, self._held = batches, []
+        else:
+            cutoff = started - HOLD_NS
+            n = bisect.bisect_left(batches, cutoff, key=lambda sb: sb[0])
+            ready, self._held = batches[:n], batches[n:]
         put, forward, out = self.observer.put, self.forward, self.to_challengers
-        for _, batch, record in batches:
+        for _, batch, record in ready:
             put(batch)
             if out is not None and (batch.model, batch.version) in forward:
                 out.put([record], batch.rows)  # as the worker wrote it; full: dropped, counted
-        return len(batches)
+        return len(ready)
 
     def _stats(self, header: dict) -> None:
         slot, pid = header["worker"], header["pid"]
@@ -169,6 +187,8 @@ async def _observe(settings: Settings, config_path, rings: list[Ring], control: 
     say("ready")
     # The supervisor stops the observer after the workers: what is in the rings is all there is.
     await child.poll_until(signals.stop, watch.poll, TICK_S)
+    while watch.poll(final=True):  # what was held back, and anything after it
+        pass
     await signals.reloads_done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await loop.run_in_executor(None, watch.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)

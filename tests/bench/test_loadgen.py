@@ -107,7 +107,10 @@ def test_ctrl_c_during_a_sweep_writes_the_levels_that_finished(server, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "bench", "sweep", "--target", server.url, "--model",
                              "mlp", "--slo", "p99<1s", "--start", "100", "--duration", "1.5", "--warmup", "0.2",
                              "--no-ceiling", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+                            text=True,
+                            # Ctrl-C as in a terminal, even when this suite runs as a background job
+                            # (which starts with SIGINT ignored, and a child would inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not out.with_suffix(".json").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
