@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class ErrorCode(enum.Enum):
@@ -37,6 +38,12 @@ class UsageError(Exception):
     expected, a file of the wrong kind: the `scorewire` command prints the message as one line
     (`scorewire: ...`, naming what to change) and exits 2, with the traceback only at
     `--log-level DEBUG`."""
+
+
+def cannot_bind(what: str, host: str, port: int, key: str, exc: OSError) -> UsageError:
+    """A port the server cannot have, as the one line that names the setting to change."""
+    why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return UsageError(f"cannot bind {what} to {host}:{port} ({why}); change [server] {key} (0: any free port)")
 
 
 class EngineError(Exception):

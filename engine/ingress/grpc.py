@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -191,11 +191,15 @@ class InferenceServicer:
     async def server_metadata(self, request, context):
         return pb.ServerMetadataResponse(name="scorewire", version=engine.__version__, extensions=[])
 
-    async def model_metadata(self, request, context):
+    async def _served(self, request, context):
+        """The version a metadata-like request names; NOT_FOUND (with the message) otherwise."""
         try:
-            served = self.registry.get(request.name, request.version)
+            return self.registry.get(request.name, request.version)
         except EngineError as exc:
             await context.abort(STATUS[exc.code], exc.message)
+
+    async def model_metadata(self, request, context):
+        served = await self._served(request, context)
         model = served.model
         meta = pb.ModelMetadataResponse.TensorMetadata
         params = model_parameters(served)
@@ -211,10 +215,7 @@ class InferenceServicer:
     # -- Triton's extensions ---------------------------------------------------------------
     async def model_config(self, request, context):
         """The version's configuration as Triton describes one: what perf_analyzer reads first."""
-        try:
-            served = self.registry.get(request.name, request.version)
-        except EngineError as exc:
-            await context.abort(STATUS[exc.code], exc.message)
+        served = await self._served(request, context)
         model = served.model
         batching = model.settings.batching
         max_batch = min(served.limits.max_rows, 2**31 - 1)  # rows per request
@@ -243,10 +244,7 @@ class InferenceServicer:
         """Counts and cumulative times of this serving process (with several workers: of the
         worker that answers), per version; no name: every version served."""
         if request.name:
-            try:
-                versions = [self.registry.get(request.name, request.version)]
-            except EngineError as exc:
-                await context.abort(STATUS[exc.code], exc.message)
+            versions = [await self._served(request, context)]
         else:
             versions = list(self.registry.all())
         duration = pb.StatisticDuration
@@ -273,17 +271,33 @@ class InferenceServicer:
             f"request is {request.size} bytes, more than server.max_message_bytes = {self.max_message_bytes}",
         )
 
-    async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
+    async def _admitted(self, model_name: str, work: Callable[[], Awaitable]):
+        """One inference request, whichever ingress: in flight while `work()` runs (the drain's
+        quiet phase watches that), refused with UNAVAILABLE once the drain closes the door."""
         self.active += 1
         self.last_arrival_ns = time.monotonic_ns()
         try:
             if self.closing:
-                self.count(getattr(_message(request), "model_name", ""), ErrorCode.UNAVAILABLE.name)
+                self.count(model_name, ErrorCode.UNAVAILABLE.name)
                 raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down; send the request to "
                                   "another replica or retry")
-            return await self._infer_counted(request, deadline_ns)
+            return await work()
         finally:
             self.active -= 1
+
+    async def _counted(self, model_name: str, work: Awaitable):
+        """`work`'s result, its outcome counted under `model_name` (OK, or the error's code)."""
+        try:
+            result = await work
+        except EngineError as exc:
+            self.count(model_name, exc.code.name)
+            raise
+        self.count(model_name, "OK")
+        return result
+
+    async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
+        return await self._admitted(getattr(_message(request), "model_name", ""),
+                                    lambda: self._infer_counted(request, deadline_ns))
 
     def quiet_for_ns(self) -> int | None:
         """How long no inference request has been in flight or arrived; None while one is."""
@@ -303,13 +317,7 @@ class InferenceServicer:
                               f"requests in flight hold {request.inflight} bytes; this one's {request.size} more would "
                               f"pass server.max_inflight_bytes = {self.max_inflight_bytes}; retry later")
         request = request.message
-        try:
-            response = await self._infer_parsed(request, deadline_ns)
-        except EngineError as exc:
-            self.count(request.model_name, exc.code.name)
-            raise
-        self.count(request.model_name, "OK")
-        return response
+        return await self._counted(request.model_name, self._infer_parsed(request, deadline_ns))
 
     async def _infer_parsed(self, request: pb.ModelInferRequest, deadline_ns: int | None) -> pb.ModelInferResponse:
         served, request_id, outputs = await self.submit_decoded(decode_request(request), deadline_ns)
@@ -318,22 +326,8 @@ class InferenceServicer:
     async def infer_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
         """Another ingress's request (REST), already decoded: the same drain, counts and data
         plane as ModelInfer. Returns (served, request id, outputs); raises EngineError."""
-        self.active += 1
-        self.last_arrival_ns = time.monotonic_ns()
-        try:
-            if self.closing:
-                self.count(decoded.model_name, ErrorCode.UNAVAILABLE.name)
-                raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down; send the request to "
-                                  "another replica or retry")
-            try:
-                result = await self.submit_decoded(decoded, deadline_ns)
-            except EngineError as exc:
-                self.count(decoded.model_name, exc.code.name)
-                raise
-            self.count(decoded.model_name, "OK")
-            return result
-        finally:
-            self.active -= 1
+        name = decoded.model_name
+        return await self._admitted(name, lambda: self._counted(name, self.submit_decoded(decoded, deadline_ns)))
 
     async def submit_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
         start = time.monotonic_ns()

@@ -23,7 +23,7 @@ import uvicorn
 
 import engine
 from engine.codec.oip_json import HEADER_LENGTH, decode_json_request, encode_json_response
-from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, UsageError, clip
+from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, cannot_bind, clip
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,7 @@ class RestIngress:
             sock.bind((self.host.strip("[]"), self.port))
         except OSError as exc:
             sock.close()
-            why = "in use" if exc.errno == 98 else (exc.strerror or str(exc))
-            raise UsageError(f"cannot serve HTTP on {self.host}:{self.port} ({why}); change [server] http_port "
-                             "(0: any free port)") from None
+            raise cannot_bind("HTTP", self.host, self.port, "http_port", exc) from None
         sock.listen(1024)
         sock.setblocking(False)
         return sock

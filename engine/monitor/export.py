@@ -7,10 +7,9 @@ counters the components already keep, so scraping never touches the request path
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import Callable
 
-from engine.errors import UsageError
+from engine.errors import cannot_bind
 from engine.runtime.registry import Registry
 
 
@@ -246,9 +245,7 @@ class MetricsServer:
         try:
             self._server = await asyncio.start_server(self._handle, self.host, self.port)
         except OSError as exc:
-            why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise UsageError(f"cannot serve /metrics on {self.host}:{self.port} ({why}); change [server] "
-                             "metrics_port (0: any free port)") from exc
+            raise cannot_bind("/metrics", self.host, self.port, "metrics_port", exc) from exc
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

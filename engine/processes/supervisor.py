@@ -20,7 +20,6 @@ the challengers' and the first worker's; other workers' lines are logged.
 
 from __future__ import annotations
 
-import errno
 import logging
 import multiprocessing
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from engine.errors import cannot_bind
 from engine.handoff.ring import HEADER, Ring
 from engine.processes import challengers as challengers_proc
 from engine.processes import observer as observer_proc
@@ -345,9 +345,7 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         try:
             keepers.append(_reserve_port(server.host, port))
         except OSError as exc:
-            why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            print(f"scorewire: cannot bind {what} to {server.host}:{port} ({why}); change [server] {key} "
-                  "(0: any free port)", file=sys.stderr)
+            print(f"scorewire: {cannot_bind(what, server.host, port, key, exc)}", file=sys.stderr)
             for keeper in keepers:
                 keeper.close()
             return 2
