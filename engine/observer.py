@@ -169,7 +169,7 @@ class Observer:
         directory = self.settings.monitoring.events_dir
         if directory is None:
             return
-        pending = sum(len(m._history) for m in self.drift.values())
+        pending = sum(m.pending_history for m in self.drift.values())
         if not pending or not (force or pending >= 100 or time.monotonic() - self._evaluations_written >= EVALUATIONS_EVERY_S):
             return
         self._evaluations_written = time.monotonic()

@@ -125,8 +125,11 @@ def drift_section(events_dir: Path, log: pa.Table | None, model: str) -> str:
     if raises is not None:
         raises = raises.filter(pc.equal(raises.column("model"), model))
     out = ["<h2>Drift</h2>"]
+    references: dict[str, dict | Exception] = {}  # path -> columns (or why not), read once
     for version in sorted(set(evaluations.column("version").to_pylist())):
         ev = evaluations.filter(pc.equal(evaluations.column("version"), version))
+        # the version's logged rows in time order, once for every window shown
+        logged = None if log is None else log.filter(pc.equal(log.column("version"), version)).sort_by("time")
         rv = raises.filter(pc.equal(raises.column("version"), version)) if raises is not None else None
         fired = sorted(set(rv.column("feature").to_pylist())) if rv is not None and rv.num_rows else []
         by_stat = ev.group_by("feature").aggregate([("statistic", "max")]).sort_by([("statistic_max", "descending")])
@@ -156,31 +159,37 @@ def drift_section(events_dir: Path, log: pa.Table | None, model: str) -> str:
             axes.grid(alpha=0.3)
             out.append(f"<h4>{html.escape(feature)}</h4>" + _png(fig))
             for row in [m for m in marks if m["event"] == "raise"][:MAX_RAISES]:
-                out.append(_window_plot(row, f_ev, log, version, feature))
+                out.append(_window_plot(row, f_ev, logged, feature, references))
     return "\n".join(out)
 
 
-def _window_plot(raise_row: dict, evaluations: pa.Table, log: pa.Table | None, version: str, feature: str) -> str:
-    """The window at the raise (the version's last `window` logged rows up to it) against the
-    reference: ECDFs for KS, category shares for chi-squared."""
+def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None, feature: str,
+                 references: dict) -> str:
+    """The window at the raise (the version's last `window` logged rows up to it; `logged`:
+    the version's rows in time order) against the reference: ECDFs for KS, category shares for
+    chi-squared. `references` caches the reference files by path."""
     from engine.monitor.drift import load_reference
 
     first = evaluations.slice(0, 1).to_pylist()[0]
     window, test, reference_path = int(first["window"]), first["test"], first["reference"]
     column = f"in_{feature}"
     when = f"at {raise_row['time']:%Y-%m-%d %H:%M:%S} UTC (event {raise_row['events_observed']:,})"
-    if log is None or column not in log.column_names:
+    if logged is None or column not in logged.column_names:
         return f"<p>{html.escape(feature)} raised {when}; the scoring log has no {column} column to show the window.</p>"
-    rows = log.filter(pc.and_(pc.equal(log.column("version"), version),
-                              pc.less_equal(log.column("time"), pa.scalar(raise_row["time"], log.schema.field("time").type))))
-    rows = rows.sort_by("time")
+    rows = logged.filter(pc.less_equal(logged.column("time"), pa.scalar(raise_row["time"], logged.schema.field("time").type)))
     current = rows.column(column).to_numpy(zero_copy_only=False)[-window:]
-    try:
-        reference = np.asarray(load_reference(Path(reference_path))[feature], dtype=np.float64)
-    except Exception as exc:  # moved or unreadable: say so, show the window alone
+    if reference_path not in references:
+        try:
+            references[reference_path] = load_reference(Path(reference_path))
+        except Exception as exc:  # moved or unreadable: say so, show the window alone
+            references[reference_path] = exc
+    columns = references[reference_path]
+    if isinstance(columns, Exception) or feature not in columns:
         reference = None
-        note = f" (reference {reference_path} unreadable: {exc})"
+        why = columns if isinstance(columns, Exception) else f"no column {feature}"
+        note = f" (reference {reference_path} unreadable: {why})"
     else:
+        reference = np.asarray(columns[feature], dtype=np.float64)
         note = ""
     fig, axes = _figure(7, 3)
     if test == "ks":

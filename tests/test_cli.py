@@ -78,7 +78,8 @@ def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
     assert proc.wait(60) == 0 and port > 0
 
 
-def _held_port() -> "socket.socket":
+def _held_port():
+    """A listening socket on a free port (nothing answers on it)."""
     import socket
 
     s = socket.socket()

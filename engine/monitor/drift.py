@@ -196,6 +196,11 @@ class DriftMonitor:
         return ({c.tensor for c in self.columns if not c.from_output},
                 {c.tensor for c in self.columns if c.from_output})
 
+    @property
+    def pending_history(self) -> int:
+        """Evaluations kept since the last take_history()."""
+        return len(self._history)
+
     def take_history(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
         """The evaluations since the last call: (time ns, events observed, statistics, p-values,
         effects), one value per column in the order of `columns`."""

@@ -60,18 +60,27 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _gather(families: dict[str, list], names: tuple[str, ...], labels: tuple[str, ...],
+            column=lambda name, sample: name) -> dict[tuple, dict[str, float]]:
+    """The samples of `names` by their `labels` (missing ones: ""), each key's values by
+    `column` (default: the family's name); samples landing on one column add up (a stream's
+    lag over its partitions)."""
+    out: dict[tuple, dict[str, float]] = {}
+    for name in names:
+        for sample in families.get(name, []):
+            entry = out.setdefault(tuple(sample.labels.get(k, "") for k in labels), {})
+            col = column(name, sample)
+            entry[col] = entry.get(col, 0) + sample.value
+    return out
+
+
 def status(target: str, timeout_s: float = 5.0) -> str:
     families = scrape(target, timeout_s)
-    drift: dict[tuple[str, str, str], dict[str, float]] = {}
-    for name in ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect", "scorewire_drift_alert"):
-        for sample in families.get(name, []):
-            key = (sample.labels["model"], sample.labels.get("version", ""), sample.labels["feature"])
-            drift.setdefault(key, {})[name.rsplit("_", 1)[1]] = sample.value
-    per_model: dict[tuple[str, str], dict[str, float]] = {}
-    for name in ("scorewire_drift_evaluations", "scorewire_drift_window_rows", "scorewire_drift_window_size"):
-        for sample in families.get(name, []):
-            key = (sample.labels["model"], sample.labels.get("version", ""))
-            per_model.setdefault(key, {})[name] = sample.value
+    drift = _gather(families, ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect",
+                               "scorewire_drift_alert"), ("model", "version", "feature"),
+                    lambda name, _: name.rsplit("_", 1)[1])
+    per_model = _gather(families, ("scorewire_drift_evaluations", "scorewire_drift_window_rows",
+                                   "scorewire_drift_window_size"), ("model", "version"))
     out = []
     if drift:
         rows = []
@@ -87,13 +96,9 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         out.append(_table(["model", "version", "feature", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
-    streams: dict[tuple[str, str], dict[str, float]] = {}
-    for name in ("scorewire_stream_up", "scorewire_stream_brokers_reachable", "scorewire_stream_in_flight",
-                 "scorewire_stream_consumed", "scorewire_stream_lag_events"):
-        for sample in families.get(name, []):
-            key = (sample.labels["stream"], sample.labels["model"])
-            entry = streams.setdefault(key, {})
-            entry[name] = entry.get(name, 0) + sample.value  # lag: summed over partitions
+    streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
+                                 "scorewire_stream_in_flight", "scorewire_stream_consumed",
+                                 "scorewire_stream_lag_events"), ("stream", "model"))
     if streams:
         rows = []
         for (stream, model), v in sorted(streams.items()):
@@ -103,10 +108,8 @@ def status(target: str, timeout_s: float = 5.0) -> str:
             rows.append([stream, model, state, f"{v.get('scorewire_stream_consumed', 0):,.0f}",
                          f"{v.get('scorewire_stream_in_flight', 0):,.0f}", f"{v.get('scorewire_stream_lag_events', 0):,.0f}"])
         out.append(_table(["stream", "model", "state", "consumed", "in flight", "lag"], rows))
-    latency: dict[tuple[str, str, str, str], dict[str, float]] = {}
-    for sample in families.get("scorewire_latency_us", []):
-        key = (sample.labels["model"], sample.labels.get("version", ""), sample.labels["role"], sample.labels["stage"])
-        latency.setdefault(key, {})[sample.labels["quantile"]] = sample.value
+    latency = _gather(families, ("scorewire_latency_us",), ("model", "version", "role", "stage"),
+                      lambda _, sample: sample.labels["quantile"])
     if latency:
         quantiles = sorted({q for v in latency.values() for q in v}, key=float)
         rows = [[m, v_, r, s] + [f"{v.get(q, 0) / 1000:.3f}" for q in quantiles]

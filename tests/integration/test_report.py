@@ -7,8 +7,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
-import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
