@@ -226,7 +226,8 @@ class App:
             self._say(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
-            stream = KafkaStream(stream_settings, self.pipeline, served)
+            stream = KafkaStream(stream_settings, self.pipeline, served,
+                                 member=0 if self.link is None else self.link.slot)
             stream.on_down = self._stream_down
             stream.on_reachable = self._stream_reachable
             await stream.start()

@@ -356,6 +356,18 @@ class StreamSettings(_Strict):
     settle_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On rebalance or shutdown: how long in-flight events may take to settle before the
     worker commits only what was delivered and lets go."""
+    semantics: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """"at_least_once": offsets are committed once their results are acknowledged; a crash
+    can produce a result twice (same source id). "exactly_once": results, dead letters and the
+    input offsets are committed together in Kafka transactions (one per group of consumed
+    batches); consumers of the output reading with isolation.level=read_committed see each
+    input's result or dead letter exactly once. Needs brokers with transactions (Kafka 2.5+)."""
+    transactional_id: str = Field("", pattern=r"^[A-Za-z0-9._\-]*$", max_length=200)
+    """exactly_once only: the prefix of each worker's transactional.id (the worker's number is
+    appended). Empty: "scorewire-<group_id>-<input_topic>-<hostname>". It must stay the same
+    across restarts of one server (a restarted worker then aborts its predecessor's open
+    transaction at once) and differ between servers consuming the same group (a second server
+    with the same id fences the first, whose stream stops saying so)."""
     kafka: dict[str, KafkaValue] = Field(default_factory=dict)
     """librdkafka settings for both the consumer and the producer (security.protocol, sasl.*,
     ssl.*, client.id, ...)."""

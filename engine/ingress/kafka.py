@@ -21,6 +21,22 @@ the cause), and a dead letter the broker refuses stops the stream. A fatal produ
 (an idempotent producer's broken sequence) abandons what is in flight, makes a new producer
 and consumes again from the end of what was delivered. A stream that stops says why once
 (log, `on_down`), and reports itself down (`up`, health NOT_SERVING, a gauge).
+
+Exactly-once (semantics = "exactly_once"). The worker's producer is transactional
+(transactional.id = the stream's prefix + the worker's number, stable across restarts). Chunks
+are produced in consume order into the open transaction, results and dead letters alike,
+without delivery callbacks; one task (the transaction driver) then adds the input offsets
+of those chunks (send_offsets_to_transaction with the consumer's group metadata, so a member
+fenced by a rebalance cannot commit) and commits, on a thread. While it commits the loop
+produces nothing: chunks scored meanwhile wait and go into the next transaction together,
+so a transaction holds whatever was scored during the previous commit (one chunk or many,
+never one event). A chunk that is not scored, a record refused mid-transaction or an
+abortable commit error aborts the transaction: everything in flight is given up and the
+reader consumes again from the last committed offsets (the generation mechanism of a fatal
+producer error). A restarted worker's init_transactions aborts what its killed predecessor
+left open. A producer fenced by a newer one with the same transactional.id (another server
+with the same id) stops the stream: that is a configuration error to fix, and the other
+server owns the id now.
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ import asyncio
 import collections
 import functools
 import logging
+import socket
 import threading
 import time
 
@@ -52,6 +69,9 @@ log = logging.getLogger(__name__)
 _CONSUME_TIMEOUT_S = 0.1
 PAUSE_AFTER_S = 1.0
 LAG_EVERY_S = 1.0
+TXN_CALL_TIMEOUT_S = 5.0  # one transactional call's wait; a retriable failure is tried again
+MAX_ABORTS_IN_A_ROW = 5  # transactions aborted for the same stream without a commit between: it stops
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
 
 
 def _reveal(table: dict) -> dict:
@@ -118,19 +138,32 @@ class _Chunk:
             self.stream._settled(self)
 
 
+class _Stuck(Exception):
+    """A transactional call of the Kafka client that did not return."""
+
+
 class StreamStats:
     __slots__ = ("consumed", "chunks", "scored", "dead_lettered", "delivered", "delivery_errors", "commits",
                  "commit_errors", "pauses", "rebalances", "abandoned", "consumer_errors", "results_refused",
-                 "producer_restarts", "decoder_failures")
+                 "producer_restarts", "decoder_failures", "transactions", "transactions_aborted")
 
     def __init__(self):
         for name in self.__slots__:
             setattr(self, name, 0)
 
 
+def transactional_id(settings: StreamSettings, member: int) -> str:
+    prefix = settings.transactional_id or "-".join(
+        ("scorewire", settings.group_id, settings.input_topic, socket.gethostname()))
+    return f"{prefix}-{member}"
+
+
 class KafkaStream:
-    def __init__(self, settings: StreamSettings, pipeline: Pipeline, served: Served):
+    def __init__(self, settings: StreamSettings, pipeline: Pipeline, served: Served, member: int = 0):
         self.settings = settings
+        self.exactly_once = settings.semantics == "exactly_once"
+        # the worker's number: the last part of its transactional.id (exactly_once)
+        self.transactional_id = transactional_id(settings, member) if self.exactly_once else None
         self.pipeline = pipeline
         self.model = served.name
         self.version = settings.version  # empty: the model's route (or highest version) decides
@@ -173,6 +206,22 @@ class KafkaStream:
         # again (set by the client's threads; said on the loop)
         self.brokers_reachable = True
         self.on_reachable = None  # called on the loop with (stream, reachable) when that changes
+        # exactly_once (the loop owns these)
+        self._txn_driver: asyncio.Task | None = None
+        self._txn_wake: asyncio.Event | None = None
+        self._txn_busy = False  # a transactional call runs on a thread: the loop produces nothing meanwhile
+        self._txn_open = False
+        self._txn_chunks: list[_Chunk] = []  # produced into the open transaction, in consume order
+        self._need_init = self.exactly_once  # init_transactions() before the (new) producer produces
+        self._need_abort: str | None = None  # why the open transaction must be aborted
+        self._aborts_in_a_row = 0
+        self._later: tuple[str, bool] | None = None  # a _start_over that waits for the running call
+        # The consumer's group metadata (member, generation) for send_offsets_to_transaction.
+        # The reader fetches it: asked from another thread while the reader polls, it waits for
+        # the poll to end (measured: for as long as the reader keeps polling).
+        self._group_meta = None
+        self._group_meta_stale = threading.Event()
+        self._group_meta_fresh = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def client_configs(self) -> tuple[dict, dict]:
@@ -218,6 +267,16 @@ class KafkaStream:
             **common,
             **revealed[2],
         }
+        if self.exactly_once:
+            producer["transactional.id"] = self.transactional_id
+            # librdkafka refuses a message timeout longer than the transaction's (60 s by default)
+            if "transaction.timeout.ms" not in producer and "message.timeout.ms" in producer:
+                producer["transaction.timeout.ms"] = max(60000, int(producer["message.timeout.ms"]))
+            # The first records of the next transaction get CONCURRENT_TRANSACTIONS until the
+            # coordinator has written the last one's markers, and wait a retry backoff (100 ms by
+            # default; measured here: commits took 100 ms median, 64 ms with 10 ms).
+            producer.setdefault("retry.backoff.ms", 10)
+            consumer.setdefault("isolation.level", "read_committed")
         return consumer, producer
 
     async def start(self) -> None:
@@ -235,6 +294,10 @@ class KafkaStream:
             raise SettingsError(f"stream {self.label}: the Kafka client refuses its settings: "
                                 f"{self.redact(str(exc))}") from None
         self._poller = self._loop.create_task(self._poll_deliveries(), name=f"kafka-deliveries:{self.label}")
+        if self.exactly_once:
+            self._txn_wake = asyncio.Event()
+            self._txn_wake.set()  # init_transactions first
+            self._txn_driver = self._loop.create_task(self._drive_transactions(), name=f"kafka-txn:{self.label}")
         self._reader = threading.Thread(target=self._read, name=f"kafka:{self.settings.input_topic}", daemon=True)
         self._reader.start()
 
@@ -246,6 +309,8 @@ class KafkaStream:
             await loop.run_in_executor(None, self._reader.join)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._txn_driver is not None:
+            await self._stop_transactions()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -287,6 +352,8 @@ class KafkaStream:
                 timeout = self._flow_control()
                 # consume(n, t) waits until n messages or t: take what is there now, and
                 # when nothing is, wait for the first message only.
+                if self.exactly_once and self._group_meta_stale.is_set():
+                    self._refresh_group_meta()
                 messages = consumer.consume(self.settings.consume_batch, 0)
                 if not messages and timeout:
                     first = consumer.poll(timeout)
@@ -307,6 +374,12 @@ class KafkaStream:
                 consumer.close()  # leaves the group; the revoke callback settles (nothing left)
             except Exception:
                 log.exception("stream %s: closing the consumer failed", self.label)
+
+    def _refresh_group_meta(self) -> None:
+        """On the reader (also inside rebalance callbacks): the group metadata commits use."""
+        self._group_meta_stale.clear()
+        self._group_meta = self._consumer.consumer_group_metadata()
+        self._group_meta_fresh.set()
 
     def _update_lag(self) -> None:
         now = time.monotonic()
@@ -398,7 +471,10 @@ class KafkaStream:
 
     def _commit(self, asynchronous: bool, only: set[int] | None = None) -> None:
         """Commit what is ready. Synchronous (rebalance, shutdown): every settled offset of
-        `only`, again, since an asynchronous commit still in flight may fail in the rebalance."""
+        `only`, again, since an asynchronous commit still in flight may fail in the rebalance.
+        Exactly-once commits offsets in its transactions instead."""
+        if self.exactly_once:
+            return
         with self._lock:
             if asynchronous:
                 ready, self._commit_ready = self._commit_ready, {}
@@ -432,8 +508,13 @@ class KafkaStream:
     def _on_assign(self, consumer, partitions) -> None:
         """Partitions added (cooperative rebalancing: the ones held before stay held)."""
         self.stats.rebalances += 1
-        if self._paused:  # start over: flow control pauses everything again if still needed
-            consumer.resume(consumer.assignment())
+        if self.exactly_once:
+            self._refresh_group_meta()
+        # Start over unpaused (flow control pauses again if still needed). The new partitions
+        # too: a partition lost while paused comes back paused (measured against Apache Kafka:
+        # after a broker restart the stream was assigned everything and consumed nothing).
+        if self._paused or partitions:
+            consumer.resume(consumer.assignment() + list(partitions))
             self._paused = False
         self._lag_at = 0.0
         if partitions:
@@ -442,6 +523,9 @@ class KafkaStream:
     def _on_revoke(self, consumer, partitions) -> None:
         revoked = {p.partition for p in partitions}
         log.info("stream %s: partitions %s revoked; settling their in-flight events", self.label, sorted(revoked))
+        if self.exactly_once:
+            self._refresh_group_meta()
+            self._group_meta_stale.set()  # once more after the rebalance
         self._settle_and_commit(revoked)
         self._let_go(revoked)
 
@@ -457,10 +541,15 @@ class KafkaStream:
 
     def _on_lost(self, consumer, partitions) -> None:
         lost = {p.partition for p in partitions}
+        if self.exactly_once:
+            self._group_meta_stale.set()
         log.warning("stream %s: partitions %s lost; their in-flight results may be produced again by another "
                     "worker", self.label, sorted(lost))
         self._let_go(lost)
-        self._loop.call_soon_threadsafe(self._forget, lost)
+        if self.exactly_once:  # the open transaction may hold their offsets: it cannot commit
+            self._loop.call_soon_threadsafe(self._start_over, f"partitions {sorted(lost)} lost", False)
+        else:
+            self._loop.call_soon_threadsafe(self._forget, lost)
 
     def _client_error(self, error: KafkaError) -> None:
         self._client_log.say(logging.ERROR if error.fatal() else logging.WARNING, self.redact(str(error)))
@@ -598,13 +687,20 @@ class KafkaStream:
             log.exception("stream %s: %d events not scored; they will be consumed again", self.label, chunk.size)
         chunk.ready = True
         chunk.decoded = None  # the raw values stay until settled: a refused result becomes a dead letter
-        while self._order and self._order[0].ready:
+        self._drain()
+
+    def _drain(self) -> None:
+        """Produce the scored chunks at the head of the consume order (exactly-once: not while
+        a transactional call runs; the driver drains when it is done)."""
+        while self._order and self._order[0].ready and not self._txn_busy:
             head = self._order.popleft()
             try:
                 self._produce(head)
             except Exception as exc:  # a bug: say so and stop rather than lose events silently
                 log.exception("stream %s: producing failed", self.label)
                 self._halt(f"producing failed: {exc!r}")
+        if self._txn_chunks and self._txn_wake is not None:
+            self._txn_wake.set()
 
     def _dead_headers(self, chunk: _Chunk, i: int, message: str) -> list:
         source = f"{self.settings.input_topic}/{chunk.partitions[i]}/{chunk.offsets[i]}"
@@ -678,6 +774,12 @@ class KafkaStream:
     def _produce(self, chunk: _Chunk) -> None:
         if chunk.abandoned:
             self._finish(chunk)
+            if self.exactly_once and chunk.generation == self._generation and self.failure is None:
+                # later chunks of its partitions must not commit past it: consume them all again
+                self._start_over("a consumed batch was not scored", count=False)
+            return
+        if self.exactly_once:
+            self._produce_in_transaction(chunk)
             return
         chunk.produced = True
         chunk.pending = len(chunk.results) + len(chunk.dead)
@@ -718,6 +820,10 @@ class KafkaStream:
             self._producer.poll(0)
         except KafkaException as exc:
             if classify(exc.args[0]) == FATAL:
+                if self.exactly_once:
+                    if not self._txn_busy:  # else the transactional call running now raises it
+                        self._producer_failed(exc.args[0])
+                    return
                 self._restart_producer(exc.args[0])
             else:
                 log.warning("stream %s: polling the producer: %s", self.label, exc)
@@ -764,7 +870,7 @@ class KafkaStream:
         self._client_log.say(logging.WARNING, self.redact(f"delivery to {topic} failed ({err}); retrying"))
         self._retry.append((topic, value, key, headers, chunk))
 
-    def _restart_producer(self, err: KafkaError) -> None:
+    def _restart_producer(self, err: KafkaError | str) -> None:
         """A fatal producer error: what is in flight is abandoned (it will be consumed again),
         a new producer takes over, and the reader rewinds to the end of what was delivered."""
         if self.failure is not None:
@@ -772,6 +878,20 @@ class KafkaStream:
         log.error("stream %s: the producer failed fatally (%s); starting a new one and consuming again from "
                   "what was delivered", self.label, err)
         self.stats.producer_restarts += 1
+        self._abandon_in_flight()
+        old, self._producer = self._producer, Producer(self._producer_conf)
+        if self.exactly_once:
+            self._txn_open = False
+            self._need_init = True
+            self._txn_wake.set()
+        try:
+            old.purge()  # its reports (for abandoned chunks) are never polled: it is dropped
+        except Exception:  # it is being dropped anyway
+            log.debug("stream %s: purging the failed producer failed", self.label, exc_info=True)
+
+    def _abandon_in_flight(self) -> None:
+        """Give up every chunk in flight; the reader consumes again from what was delivered
+        (exactly-once: committed), and drops what it consumed before it rewinds."""
         self._generation += 1
         for queue in self._by_partition.values():
             for chunk in queue:
@@ -786,11 +906,276 @@ class KafkaStream:
                 self.stats.abandoned += chunk.size
         self._by_partition.clear()
         self._retry = [item for item in self._retry if not item[4].abandoned]
-        old, self._producer = self._producer, Producer(self._producer_conf)
+        self._txn_chunks = []
+
+    # -- exactly-once: transactions (on the loop; blocking calls on a thread, one at a time) -----
+    def _produce_in_transaction(self, chunk: _Chunk) -> None:
+        if not self._txn_open:
+            try:
+                self._producer.begin_transaction()
+            except KafkaException as exc:
+                self._transaction_failed(exc.args[0], "beginning a transaction")
+                return
+            self._txn_open = True
+        chunk.produced = True
+        produce = self._producer.produce
+        topic = self.settings.output_topic
+        results = chunk.results
+        i = 0
+        while i < len(results):
+            try:
+                for key, value in results[i:] if i else results:
+                    produce(topic, value, key)
+                    i += 1
+            except (KafkaException, BufferError) as exc:
+                key, value = results[i]
+                i += 1
+                if not self._refused_in_transaction(chunk, exc, topic, value, key):
+                    return
+        dead_topic = self.settings.dead_letter_topic
+        for key, raw, headers in chunk.dead:
+            try:
+                produce(dead_topic, raw, key, headers=headers)
+            except (KafkaException, BufferError) as exc:
+                if not self._refused_in_transaction(chunk, exc, dead_topic, raw, key, headers):
+                    return
+        chunk.dead = None
+        self._txn_chunks.append(chunk)
+
+    def _refused_in_transaction(self, chunk: _Chunk, exc: Exception, topic: str, value, key,
+                                headers=None) -> bool:
+        """A record produce() refused at once. A result refused for good goes to the dead-letter
+        topic instead (in the transaction); anything else ends the transaction. False: the
+        chunk was given up (or the stream stopped)."""
+        if isinstance(exc, BufferError):
+            self._start_over("the producer's queue is full (queue.buffering.max.messages is below the "
+                             "stream's max_in_flight)")
+            return False
+        err = exc.args[0]
+        if classify(err) != PERMANENT:
+            self._transaction_failed(err, f"producing to {topic!r}")
+            return False
+        if headers is not None:
+            self._halt(self.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
+            return False
+        i = chunk.source_of(value)
+        self.stats.results_refused += 1
+        self.stats.dead_lettered += 1
+        message = self.redact(f"producing the result to {topic!r} failed: {err}")
+        self._client_log.say(logging.WARNING, f"{message}; the event goes to the dead-letter topic")
+        chunk.dead.append((chunk.keys[i], chunk.values[i], self._dead_headers(chunk, i, message)))
+        return True
+
+    def _transaction_failed(self, err: KafkaError, doing: str) -> None:
+        reason = self.redact(f"{doing}: {err}")
+        if self._gave_up(reason):
+            return
+        if err.fatal() or classify(err) == FATAL:
+            self._producer_failed(err)
+        else:
+            self._start_over(reason, count=False)
+
+    def _gave_up(self, reason: str) -> bool:
+        """One more failed transaction; past MAX_ABORTS_IN_A_ROW without a commit the stream stops."""
+        self._aborts_in_a_row += 1
+        if self._aborts_in_a_row <= MAX_ABORTS_IN_A_ROW:
+            return False
+        self._abandon_in_flight()
+        self._halt(f"{MAX_ABORTS_IN_A_ROW} transactions in a row failed; the last because {reason}")
+        return True
+
+    def _producer_failed(self, err: KafkaError) -> None:
+        """A fatal error of the transactional producer. Fenced: a newer producer with the same
+        transactional.id took over, so this one must stop. Anything else: a new producer."""
+        if err.code() in _FENCED:
+            self._abandon_in_flight()
+            self._halt(f"the producer was fenced ({err}): another producer initialised transactional.id "
+                       f"{self.transactional_id!r}, so this worker may no longer commit. Two servers consuming "
+                       f"group {self.settings.group_id!r} on one host need different streams[].transactional_id")
+            return
+        self._restart_producer(err)
+
+    def _start_over(self, reason: str, count: bool = True) -> None:
+        """Abort the open transaction and consume again from the last committed offsets. While
+        a transactional call runs (a commit that may still succeed) this waits for it: the
+        reader must rewind to offsets that include that commit."""
+        if self.failure is not None:
+            return
+        if self._txn_busy:
+            self._later = (reason, count)
+            return
+        if count and self._gave_up(reason):
+            return
+        log.warning("stream %s: %s; the transaction is aborted and its events are consumed again from the last "
+                    "committed offsets", self.label, reason)
+        self._abandon_in_flight()
+        if self._txn_open:
+            self._need_abort = reason
+            self._txn_wake.set()
+
+    async def _drive_transactions(self) -> None:
+        """The one place that makes blocking transactional calls: init, commit, abort."""
+        while True:
+            await self._txn_wake.wait()
+            self._txn_wake.clear()
+            while self.failure is None:
+                producer = self._producer
+                self._txn_busy = True
+                try:
+                    if self._need_init:
+                        await self._init(producer)
+                        self._need_init = False
+                        log.info("stream %s: transactional producer %r ready", self.label, self.transactional_id)
+                    elif self._need_abort is not None:
+                        self._need_abort = None
+                        self._txn_open = False
+                        await self._abort(producer)
+                        self.stats.transactions_aborted += 1
+                    elif self._txn_chunks:
+                        await self._commit_transaction(producer)
+                    else:
+                        break
+                except KafkaException as exc:
+                    self._txn_open = False
+                    if producer is self._producer:
+                        self._transaction_failed(exc.args[0], "a transactional call")
+                except _Stuck as exc:
+                    self._txn_open = False
+                    log.error("stream %s: %s; starting a new producer (it aborts this one's transaction) and "
+                              "consuming again from the last committed offsets", self.label, exc)
+                    if not self._gave_up(str(exc)):
+                        self._restart_producer(str(exc))
+                except Exception as exc:  # a bug: stop rather than commit something wrong
+                    log.exception("stream %s: the transaction driver failed", self.label)
+                    self._abandon_in_flight()
+                    self._halt(f"the transaction driver failed: {exc!r}")
+                finally:
+                    self._txn_busy = False
+                if self._later is not None:
+                    (reason, count), self._later = self._later, None
+                    self._start_over(reason, count)
+                self._drain()
+
+    async def _commit_transaction(self, producer: Producer) -> None:
+        chunks, self._txn_chunks = self._txn_chunks, []
+        offsets: dict[int, int] = {}
+        for chunk in chunks:  # consume order: a partition's later chunk ends further on
+            offsets.update(chunk.ends)
+        topic = self.settings.input_topic
+        positions = [TopicPartition(topic, p, o) for p, o in offsets.items()]
+        self._txn_open = False
+        aborted = await self._commit_txn(producer, positions)
+        if aborted is not None:
+            self.stats.transactions_aborted += 1
+            self._start_over(self.redact(f"committing the transaction failed: {aborted}"))
+            return
+        self._aborts_in_a_row = 0
+        self.stats.transactions += 1
+        self.stats.commits += 1
+        for chunk in chunks:
+            chunk.settled = True
+            self.stats.delivered += chunk.size
+            self._finish(chunk)
+            for p in chunk.ends:
+                queue = self._by_partition.get(p)
+                if queue and queue[0] is chunk:
+                    queue.popleft()
+        with self._lock:
+            self._settled_upto.update(offsets)
+        self._committed.update(offsets)
+
+    async def _call(self, method, *args):
+        """One blocking transactional call, on a thread of its own. librdkafka's calls can block
+        past their own timeout (send_offsets_to_transaction after the broker restarts, measured
+        here: for good; confluentinc/librdkafka#5456 and #5511): one that has not returned
+        5 s after its timeout raises _Stuck, and its thread is left behind."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result, error) -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(result)
+
+        def run() -> None:
+            try:
+                result = method(*args)
+            except BaseException as exc:  # handed to the loop
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, result, None)
+
+        threading.Thread(target=run, name=f"kafka-txn:{method.__name__}", daemon=True).start()
         try:
-            old.purge()  # its reports (for abandoned chunks) are never polled: it is dropped
-        except Exception:  # it is being dropped anyway
-            log.debug("stream %s: purging the failed producer failed", self.label, exc_info=True)
+            return await asyncio.wait_for(asyncio.shield(future), TXN_CALL_TIMEOUT_S + 5)
+        except asyncio.TimeoutError:
+            raise _Stuck(f"the Kafka client's {method.__name__.lstrip('_')}() has not returned in "
+                         f"{TXN_CALL_TIMEOUT_S + 5:.0f} s") from None
+
+    async def _init(self, producer: Producer) -> None:
+        """Register the transactional.id (aborting what a predecessor left open); retried while
+        the coordinator cannot be reached."""
+        while True:
+            try:
+                await self._call(producer.init_transactions, TXN_CALL_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or self._stop.is_set():
+                    raise
+                self._client_log.say(logging.WARNING, self.redact(f"initialising transactions: {err}; retrying"))
+
+    def _send_offsets(self, producer: Producer, positions: list[TopicPartition]) -> None:
+        self._group_meta_fresh.wait(TXN_CALL_TIMEOUT_S)  # the first assignment's
+        producer.send_offsets_to_transaction(positions, self._group_meta, TXN_CALL_TIMEOUT_S)
+
+    async def _commit_txn(self, producer: Producer, positions: list[TopicPartition]) -> str | None:
+        """The input offsets into the open transaction, then commit it. None when committed;
+        else why it was aborted. A fatal error raises."""
+        sent = False
+        given_up_at = None
+        while True:
+            try:
+                if not sent:
+                    await self._call(self._send_offsets, producer, positions)
+                    sent = True
+                await self._call(producer.commit_transaction, TXN_CALL_TIMEOUT_S)
+                return None
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise
+                if err.txn_requires_abort() or not err.retriable():
+                    await self._abort(producer)
+                    return str(err)
+                if self._stop.is_set():  # stopping while the broker cannot be reached: leave it open
+                    given_up_at = given_up_at or time.monotonic() + self.settings.settle_timeout_s
+                    if time.monotonic() > given_up_at:
+                        return f"{err} (stopping; the coordinator aborts it when it times out)"
+                self._client_log.say(logging.WARNING, self.redact(f"committing a transaction: {err}; retrying"))
+
+    async def _abort(self, producer: Producer) -> None:
+        deadline = time.monotonic() + self.settings.settle_timeout_s
+        while True:
+            try:
+                await self._call(producer.abort_transaction, TXN_CALL_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal() or not err.retriable() or (self._stop.is_set() and time.monotonic() > deadline):
+                    raise
+                self._client_log.say(logging.WARNING, self.redact(f"aborting a transaction: {err}; retrying"))
+
+    async def _stop_transactions(self) -> None:
+        """After the reader settled everything it could: the driver has nothing left to do."""
+        while self._txn_busy:
+            await asyncio.sleep(0.01)
+        self._txn_driver.cancel()
+        await asyncio.gather(self._txn_driver, return_exceptions=True)
+        if self._txn_open:  # produced but never committed (stopping in a failure): consumed again later
+            try:
+                await self._abort(self._producer)
+            except (KafkaException, _Stuck) as exc:
+                log.warning("stream %s: aborting the last transaction failed: %s", self.label, exc)
 
     def _signal_room(self) -> None:
         if self.in_flight <= self.settings.max_in_flight // 2 and not self._room.is_set():

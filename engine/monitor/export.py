@@ -211,6 +211,8 @@ _STREAM_COUNTERS = (
     ("results_refused", "Results the output topic refused for good; their events went to the dead-letter topic."),
     ("producer_restarts", "New producers after a fatal producer error (in-flight events consumed again)."),
     ("decoder_failures", "Batches the decoder failed on, decoded again message by message."),
+    ("transactions", "Kafka transactions committed (exactly_once): results, dead letters and input offsets."),
+    ("transactions_aborted", "Kafka transactions aborted (exactly_once); their events were consumed again."),
 )
 
 
