@@ -16,8 +16,19 @@ from tests.models import gather_model, identity_all_dtypes
 SEED = int(os.environ.get("SCOREWIRE_TEST_SEED", "20261123"))
 
 
+# Lines a test wants in the run's summary (e.g. the duplicates an at-least-once stream produced).
+REPORT: list[str] = []
+
+
 def pytest_report_header(config):
     return f"scorewire test seed: {SEED} (set SCOREWIRE_TEST_SEED to replay another)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("what the tests measured")
+        for line in REPORT:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture
@@ -127,7 +138,7 @@ class Server:
 def launch(directory: Path, config_text: str, name: str = "scorewire.toml") -> Server:
     config = directory / name
     config.write_text(config_text)
-    proc, port, metrics_port = start_server(config, log_level="WARNING")
+    proc, port, metrics_port = start_server(config, log_level=os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING"))
     return Server(proc, port, metrics_port, directory)
 
 

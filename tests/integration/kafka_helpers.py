@@ -7,9 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from tests.conftest import Server, launch
+
+class _Template(str):
+    """A config template whose newer fields have defaults (older callers do not pass them)."""
+
+    DEFAULTS = {"semantics": "at_least_once", "transactional_id": "", "extra": ""}
+
+    def format(self, **fields) -> str:
+        return str.format(self, **{**self.DEFAULTS, **fields})
+
 
 STREAM = """
 [[streams]]
@@ -22,6 +31,9 @@ dead_letter_topic = "{dlq}"
 format = "{fmt}"
 max_message_bytes = 4096
 settle_timeout_s = 10
+semantics = "{semantics}"
+transactional_id = "{transactional_id}"
+{extra}
 [streams.consumer]
 "session.timeout.ms" = 3000
 "heartbeat.interval.ms" = 500
@@ -29,6 +41,7 @@ settle_timeout_s = 10
 "linger.ms" = {linger_ms}
 "message.timeout.ms" = 120000
 """
+STREAM = _Template(STREAM)
 
 WORKER = """\
 [server]
@@ -45,13 +58,17 @@ path = "models/mlp.onnx"
 max_batch_size = 128
 max_queue_delay_us = 1000
 """ + STREAM
+WORKER = _Template(WORKER)
 
 
 def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", group: str = "scorewire",
                  topic: str = "events", output: str = "scores", dlq: str = "scores-dlq", fmt: str = "json",
-                 linger_ms: int = 2) -> Server:
+                 linger_ms: int = 2, semantics: str = "at_least_once", transactional_id: str = "",
+                 extra: str = "") -> Server:
+    """`extra`: more lines for the [[streams]] table (e.g. "max_in_flight = 2000")."""
     return launch(directory, WORKER.format(bootstrap=bootstrap, group=group, topic=topic, output=output, dlq=dlq,
-                                           fmt=fmt, linger_ms=linger_ms), name)
+                                           fmt=fmt, linger_ms=linger_ms, semantics=semantics,
+                                           transactional_id=transactional_id, extra=extra), name)
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
@@ -73,10 +90,13 @@ def json_events(x: np.ndarray, first_id: int = 0) -> list[tuple[bytes, bytes]]:
             for i, row in enumerate(x)]
 
 
-def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0, linger_s: float = 1.0) -> list:
-    """Every message of `topic` once `expected` are there (plus `linger_s` for late duplicates)."""
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0, linger_s: float = 1.0,
+             isolation: str = "read_committed") -> list:
+    """Every message of `topic` once `expected` are there (plus `linger_s` for late duplicates).
+    isolation="read_uncommitted" also sees records of open and aborted transactions."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}-{time.monotonic_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": isolation})
     consumer.subscribe([topic])
     out = []
     deadline = time.monotonic() + timeout_s
@@ -107,8 +127,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
     """The group's committed offset per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
+        for attempt in range(50):  # a real broker answers NOT_COORDINATOR while its group coordinator loads
+            try:
+                tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+                return {tp.partition: tp.offset for tp in tps}
+            except KafkaException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
     finally:
         consumer.close()
 
