@@ -14,7 +14,8 @@ from tests.conftest import Server, launch
 class _Template(str):
     """A config template whose newer fields have defaults (older callers do not pass them)."""
 
-    DEFAULTS = {"semantics": "at_least_once", "transactional_id": "", "extra": ""}
+    DEFAULTS = {"semantics": "at_least_once", "transactional_id": "", "extra": "", "message_timeout_ms": 120000,
+                "producer_extra": ""}
 
     def format(self, **fields) -> str:
         return str.format(self, **{**self.DEFAULTS, **fields})
@@ -39,7 +40,8 @@ transactional_id = "{transactional_id}"
 "heartbeat.interval.ms" = 500
 [streams.producer]
 "linger.ms" = {linger_ms}
-"message.timeout.ms" = 120000
+"message.timeout.ms" = {message_timeout_ms}
+{producer_extra}
 """
 STREAM = _Template(STREAM)
 
@@ -64,11 +66,12 @@ WORKER = _Template(WORKER)
 def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", group: str = "scorewire",
                  topic: str = "events", output: str = "scores", dlq: str = "scores-dlq", fmt: str = "json",
                  linger_ms: int = 2, semantics: str = "at_least_once", transactional_id: str = "",
-                 extra: str = "") -> Server:
-    """`extra`: more lines for the [[streams]] table (e.g. "max_in_flight = 2000")."""
+                 extra: str = "", **fields) -> Server:
+    """`extra`: more lines for the [[streams]] table (e.g. "max_in_flight = 2000"); `fields`:
+    message_timeout_ms, producer_extra (more lines for [streams.producer])."""
     return launch(directory, WORKER.format(bootstrap=bootstrap, group=group, topic=topic, output=output, dlq=dlq,
                                            fmt=fmt, linger_ms=linger_ms, semantics=semantics,
-                                           transactional_id=transactional_id, extra=extra), name)
+                                           transactional_id=transactional_id, extra=extra, **fields), name)
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
