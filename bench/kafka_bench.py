@@ -68,10 +68,10 @@ queue_capacity = 8192
 [[streams]]
 model = "mlp"
 bootstrap_servers = "{bootstrap}"
-group_id = "scorewire-{fmt}"
+group_id = "scorewire-{tag}"
 input_topic = "{topic}"
-output_topic = "scores-scorewire-{fmt}"
-dead_letter_topic = "dlq-{fmt}"
+output_topic = "scores-scorewire-{tag}"
+dead_letter_topic = "dlq-{tag}"
 format = "{fmt}"
 {extra}"""
 
@@ -257,12 +257,8 @@ def run(events: int, partitions: int, timeout_s: float, skip_naive: bool, broker
         for name, fmt, extra in contenders:
             tag = fmt if not extra else f"{fmt}-eos"
             config = directory / f"scorewire-{tag}.toml"
-            text = CONFIG.format(model=model, max_batch=MAX_BATCH, bootstrap=cluster.bootstrap, fmt=fmt,
-                                 topic=f"events-{fmt}", extra=extra)
-            if extra:
-                text = text.replace(f"scores-scorewire-{fmt}", f"scores-scorewire-{tag}").replace(
-                    f"dlq-{fmt}", f"dlq-{tag}").replace(f"scorewire-{fmt}\"", f"scorewire-{tag}\"")
-            config.write_text(text)
+            config.write_text(CONFIG.format(model=model, max_batch=MAX_BATCH, bootstrap=cluster.bootstrap, fmt=fmt,
+                                            tag=tag, topic=f"events-{fmt}", extra=extra))
             proc, _, _ = start_server(config, log_level="WARNING")
             try:
                 results["rows"][f"scorewire-{name}"] = measure(

@@ -873,19 +873,26 @@ class KafkaStream:
             self._restart_producer(err)
             return
         if kind == PERMANENT:
-            if headers is not None:  # a dead letter: there is nowhere left to put the event
-                self._halt(self.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
-                return
-            i = chunk.source_of(value)
-            self.stats.results_refused += 1
-            self.stats.dead_lettered += 1
-            message = self.redact(f"producing the result to {topic!r} failed: {err}")
-            self._client_log.say(logging.WARNING, f"{message}; the event goes to the dead-letter topic")
-            self._send(self.settings.dead_letter_topic, chunk.values[i], chunk.keys[i],
-                       self._dead_headers(chunk, i, message), chunk)
+            dead = self._refused_for_good(chunk, err, topic, value, headers)
+            if dead is not None:
+                self._send(self.settings.dead_letter_topic, *dead, chunk)
             return
         self._client_log.say(logging.WARNING, self.redact(f"delivery to {topic} failed ({err}); retrying"))
         self._retry.append((topic, value, key, headers, chunk))
+
+    def _refused_for_good(self, chunk: _Chunk, err: KafkaError, topic: str, value, headers):
+        """A record the broker will never take. A result: its event's dead letter, (raw, key,
+        headers), to send instead. A dead letter: there is nowhere left to put the event, the
+        stream stops (None)."""
+        if headers is not None:
+            self._halt(self.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
+            return None
+        i = chunk.source_of(value)
+        self.stats.results_refused += 1
+        self.stats.dead_lettered += 1
+        message = self.redact(f"producing the result to {topic!r} failed: {err}")
+        self._client_log.say(logging.WARNING, f"{message}; the event goes to the dead-letter topic")
+        return chunk.values[i], chunk.keys[i], self._dead_headers(chunk, i, message)
 
     def _restart_producer(self, err: KafkaError | str) -> None:
         """A fatal producer error: what is in flight is abandoned (it will be consumed again),
@@ -972,15 +979,11 @@ class KafkaStream:
         if classify(err) != PERMANENT:
             self._transaction_failed(err, f"producing to {topic!r}")
             return False
-        if headers is not None:
-            self._halt(self.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
+        dead = self._refused_for_good(chunk, err, topic, value, headers)
+        if dead is None:
             return False
-        i = chunk.source_of(value)
-        self.stats.results_refused += 1
-        self.stats.dead_lettered += 1
-        message = self.redact(f"producing the result to {topic!r} failed: {err}")
-        self._client_log.say(logging.WARNING, f"{message}; the event goes to the dead-letter topic")
-        chunk.dead.append((chunk.keys[i], chunk.values[i], self._dead_headers(chunk, i, message)))
+        raw, key, dead_headers = dead
+        chunk.dead.append((key, raw, dead_headers))  # produced after the results, in this transaction
         return True
 
     def _transaction_failed(self, err: KafkaError, doing: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,20 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
             producer.poll(0)
     assert producer.flush(60) == 0
     assert not failures, failures[:3]
+
+
+def produce_over(bootstrap: str, topic: str, messages, seconds: float) -> threading.Thread:
+    """Produce `messages` to `topic` in 20 slices spread over `seconds`, on a thread."""
+
+    def run():
+        step = max(1, len(messages) // 20)
+        for i in range(0, len(messages), step):
+            produce(bootstrap, topic, messages[i:i + step])
+            time.sleep(seconds / 20)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def json_events(x: np.ndarray, first_id: int = 0) -> list[tuple[bytes, bytes]]:

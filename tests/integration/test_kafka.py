@@ -4,7 +4,6 @@ with `scorewire serve` workers as subprocesses."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from tests.integration.kafka_helpers import (
     input_sources,
     json_events,
     produce,
+    produce_over,
     read_all,
     results_by_source,
     start_worker,
@@ -53,20 +53,6 @@ def outputs_of(results: list[dict], n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def total(offsets: dict[int, int]) -> int:
     return sum(max(o, 0) for o in offsets.values())
-
-
-def produce_over(bootstrap: str, messages, seconds: float) -> threading.Thread:
-    """Produce `messages` in 20 slices spread over `seconds`, on a thread."""
-
-    def run():
-        step = max(1, len(messages) // 20)
-        for i in range(0, len(messages), step):
-            produce(bootstrap, "events", messages[i:i + step])
-            time.sleep(seconds / 20)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.slow
@@ -106,7 +92,7 @@ def test_100k_events_each_scored_once_equal_to_onnxruntime(cluster, model_dir, r
 def test_sigkill_mid_stream_then_restart_loses_nothing(cluster, model_dir, rng):
     n = 60_000
     x = rng.normal(size=(n, 32)).astype(np.float32)
-    feeder = produce_over(cluster.bootstrap, json_events(x), seconds=4.0)
+    feeder = produce_over(cluster.bootstrap, "events", json_events(x), seconds=4.0)
     # Results linger 300 ms in the producer: at the kill, many are consumed but not delivered.
     worker = start_worker(model_dir, cluster.bootstrap, linger_ms=300)
     wait_for(lambda: total(committed(cluster.bootstrap, "scorewire", "events", PARTITIONS)) >= 10_000, 60,
@@ -145,7 +131,7 @@ def test_two_workers_split_partitions_and_one_stopping_loses_nothing(cluster, mo
     try:
         wait_for(lambda: a.metrics()[key] + b.metrics()[key] == PARTITIONS and a.metrics()[key] > 0
                  and b.metrics()[key] > 0, 60, what="both workers to hold partitions")
-        feeder = produce_over(cluster.bootstrap, json_events(x), seconds=4.0)
+        feeder = produce_over(cluster.bootstrap, "events", json_events(x), seconds=4.0)
         consumed = 'scorewire_stream_consumed_total{stream="events->scores",model="mlp"}'
         wait_for(lambda: a.metrics()[consumed] > 0 and b.metrics()[consumed] > 0, 60, what="both to consume")
         assert a.stop() == 0  # mid-stream: its partitions move to b
@@ -168,7 +154,7 @@ def test_broker_down_and_back_the_stream_resumes(cluster, model_dir, rng):
     x = rng.normal(size=(n, 32)).astype(np.float32)
     worker = start_worker(model_dir, cluster.bootstrap)
     try:
-        feeder = produce_over(cluster.bootstrap, json_events(x), seconds=6.0)
+        feeder = produce_over(cluster.bootstrap, "events", json_events(x), seconds=6.0)
         wait_for(lambda: total(end_offsets(cluster.bootstrap, "scores", PARTITIONS)) > 0, 60, what="first results")
         cluster.all_down()
         time.sleep(3.0)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import itertools
 import signal
-import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -22,7 +22,15 @@ import pytest
 
 from bench.kafka_broker import KAFKA_VERSION, KafkaBroker, available
 from tests.conftest import REPORT
-from tests.integration.kafka_helpers import committed, json_events, produce, read_all, start_worker, wait_for
+from tests.integration.kafka_helpers import (
+    committed,
+    json_events,
+    produce,
+    produce_over,
+    read_all,
+    start_worker,
+    wait_for,
+)
 
 PARTITIONS = 8
 _why_not = available()
@@ -70,18 +78,6 @@ def stream_of(x: np.ndarray) -> tuple[list, set[bytes]]:
     return messages, bad_keys
 
 
-def feed(bootstrap: str, topic: str, messages, seconds: float) -> threading.Thread:
-    def run():
-        step = max(1, len(messages) // 20)
-        for i in range(0, len(messages), step):
-            produce(bootstrap, topic, messages[i:i + step])
-            time.sleep(seconds / 20)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def worker(model_dir, t: Topics, semantics: str, name: str = "worker.toml", transactional_id: str = ""):
     # Small chunks and a small in-flight bound: many transactions, so a kill lands inside one.
     return start_worker(model_dir, t.bootstrap, name=name, group=t.group, topic=t.events, output=t.scores,
@@ -97,8 +93,8 @@ def check_delivery(t: Topics, semantics: str, n: int, bad_keys: set[bytes], what
     exactly_once, at least once (duplicates reported) for at_least_once."""
     results = read_all(t.bootstrap, t.scores, n, timeout_s=120, linger_s=2.0)
     dead = read_all(t.bootstrap, t.dlq, len(bad_keys), timeout_s=60, linger_s=0.5)
-    ids = [orjson.loads(m.value())["id"] for m in results]
-    counts = np.bincount(ids, minlength=n)
+    docs = [orjson.loads(m.value()) for m in results]
+    counts = np.bincount([r["id"] for r in docs], minlength=n)
     dead_keys = [m.key() for m in dead]
     assert counts.min() >= 1, f"{int((counts == 0).sum())} inputs have no result"
     assert set(dead_keys) == bad_keys, f"{len(bad_keys - set(dead_keys))} malformed inputs have no dead letter"
@@ -112,8 +108,7 @@ def check_delivery(t: Topics, semantics: str, n: int, bad_keys: set[bytes], what
         assert len(dead_keys) == len(bad_keys), "a malformed input reached the dead-letter topic twice"
     # at_least_once: duplicates are allowed, and every one carries the source of its input
     by_id_source = {}
-    for m in results:
-        r = orjson.loads(m.value())
+    for r in docs:
         assert by_id_source.setdefault(r["id"], r["source"]) == r["source"], "a duplicate names another source"
 
 
@@ -169,7 +164,7 @@ def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(broker, 
         wait_for(lambda: a.metrics()[assigned] > 0 and b.metrics()[assigned] > 0
                  and a.metrics()[assigned] + b.metrics()[assigned] == PARTITIONS, 60,
                  what="both workers to hold partitions")
-        feeder = feed(topics.bootstrap, topics.events, messages, seconds=4.0)
+        feeder = produce_over(topics.bootstrap, topics.events, messages, seconds=4.0)
         consumed = assigned.replace("assigned_partitions", "consumed_total")
         wait_for(lambda: a.metrics()[consumed] > 0 and b.metrics()[consumed] > 0, 60, what="both to consume")
         assert a.stop() == 0  # mid-stream: its partitions move to b
@@ -208,5 +203,5 @@ def test_a_second_server_with_the_same_transactional_id_fences_the_first(broker,
 
 
 def test_the_broker_is_the_version_the_readme_names():
-    readme = (__import__("pathlib").Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"Apache Kafka {KAFKA_VERSION}" in readme
