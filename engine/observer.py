@@ -158,9 +158,11 @@ class Observer:
                 except OSError:
                     log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
             for event in events:
-                log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g after %d events",
-                            event.kind, event.model, event.feature, event.statistic, event.pvalue, event.effect,
-                            event.events)
+                log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g (window %d%s) "
+                            "after %d events", event.kind, event.model, event.feature, event.statistic, event.pvalue,
+                            event.effect, event.window,
+                            f"; fired: {', '.join(f'{w} (D/chi2 {st:.4g}, p {p:.3g})' for w, st, p in zip(event.windows, event.statistics, event.pvalues))}"
+                            if len(monitor.sizes) > 1 and event.windows else "", event.events)
         self._write_evaluations(force=False)
 
     def _write_evaluations(self, force: bool) -> None:

@@ -142,8 +142,13 @@ def drift_section(events_dir: Path, log: pa.Table | None, model: str) -> str:
             fig, axes = _figure()
             # by rows observed: evaluations are exact event counts (a busy monitor evaluates several
             # at once, which a time axis would pile up)
-            axes.plot(f_ev.column("events_observed").to_numpy(), f_ev.column("statistic").to_numpy(), marker=".",
-                      lw=1, label="statistic")
+            sizes = f_ev.column("window").to_numpy()
+            for size in np.unique(sizes):  # one line per window
+                axes.plot(f_ev.column("events_observed").to_numpy()[sizes == size],
+                          f_ev.column("statistic").to_numpy(zero_copy_only=False)[sizes == size], marker=".", lw=1,
+                          label=f"window {size:,}")
+            if len(np.unique(sizes)) > 1:
+                axes.legend(loc="upper left", fontsize=8)
             test = f_ev.column("test")[0].as_py()
             marks = []
             if rv is not None:
@@ -165,13 +170,15 @@ def drift_section(events_dir: Path, log: pa.Table | None, model: str) -> str:
 
 def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None, feature: str,
                  references: dict) -> str:
-    """The window at the raise (the version's last `window` logged rows up to it; `logged`:
+    """The window at the raise (the version's last `window` logged rows up to it, `window`
+    the size of the raise's lead window; `logged`:
     the version's rows in time order) against the reference: ECDFs for KS, category shares for
     chi-squared. `references` caches the reference files by path."""
     from engine.monitor.drift import load_reference
 
     first = evaluations.slice(0, 1).to_pylist()[0]
-    window, test, reference_path = int(first["window"]), first["test"], first["reference"]
+    # the raise's window (the one that fired with the smallest p-value)
+    window, test, reference_path = int(raise_row.get("window") or first["window"]), first["test"], first["reference"]
     column = f"in_{feature}"
     when = f"at {raise_row['time']:%Y-%m-%d %H:%M:%S} UTC (event {raise_row['events_observed']:,})"
     if logged is None or column not in logged.column_names:
@@ -210,7 +217,7 @@ def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None
             axes.bar(np.arange(len(codes)) + i * width, counts, width=width, label=label)
         axes.set_xticks(np.arange(len(codes)) + width / 2, [str(c) for c in codes])
         axes.set_ylabel("share of rows")
-    axes.set_title(f"{feature}: window vs reference when the alert was raised")
+    axes.set_title(f"{feature}: the window of {window:,} vs the reference when the alert was raised")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     stat = (f"statistic {raise_row['statistic']:.4g}, p-value {raise_row['pvalue']:.3g}, "

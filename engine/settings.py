@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -136,13 +136,18 @@ class MonitorSettings(_Strict):
     reference: Path
     """Parquet or NPZ file (relative to the config file) with one column per feature/output."""
     window: int = Field(10_000, gt=0, le=10_000_000)
-    """Sliding window, events (rows)."""
+    """Sliding window, events (rows). `windows` gives several instead."""
+    windows: list[Annotated[int, Field(gt=0, le=10_000_000)]] | None = Field(None, min_length=1, max_length=8)
+    """Several sliding windows per column, e.g. [1000, 2000, 10000], sharing the reference:
+    small ones see strong drifts sooner, large ones weak drifts at all. A column drifts when
+    any of its windows does; alpha is corrected over columns x windows."""
     every: int = Field(1_000, gt=0, le=10_000_000)
-    """Evaluate drift every this many events, once the window is full."""
+    """Evaluate drift every this many events, once the (smallest) window is full."""
     alpha: float = Field(0.001, gt=0, lt=1)
-    """Family-wise significance level of one evaluation over all monitored columns."""
+    """Family-wise significance level of one evaluation over all monitored columns and windows."""
     correction: Literal["bonferroni", "bh"] = "bonferroni"
-    """Multiple-testing correction across columns: Bonferroni (family-wise) or Benjamini-Hochberg."""
+    """Multiple-testing correction across columns x windows: Bonferroni (family-wise) or
+    Benjamini-Hochberg."""
     min_effect: float = Field(0.1, ge=0, le=10)
     """Effect size needed besides significance: KS D (continuous) or PSI (categorical)."""
     consecutive: int = Field(3, gt=0, le=1000)
@@ -154,6 +159,20 @@ class MonitorSettings(_Strict):
     queue_rows: int = Field(262_144, gt=0, le=100_000_000)
     """Rows of those batches, all together (bounds the memory they hold; a batch alone is
     always taken). Past either bound, batches are dropped and counted."""
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The window sizes, smallest first (`windows`, or `window` alone)."""
+        return tuple(sorted(self.windows)) if self.windows else (self.window,)
+
+    @model_validator(mode="after")
+    def _one_form_of_window(self) -> "MonitorSettings":
+        if self.windows is not None:
+            if "window" in self.model_fields_set:
+                raise ValueError("give window = N (one window) or windows = [N, ...] (several), not both")
+            if len(set(self.windows)) != len(self.windows):
+                raise ValueError(f"windows lists a size twice: {self.windows}")
+        return self
 
     @model_validator(mode="after")
     def _categorical_are_features(self) -> "MonitorSettings":

@@ -7,6 +7,10 @@ the gap slot there -- so a window is 2K+1 slot counts. Each slot keeps
 w = m*C - n*R (C: the window's count there, R: the reference's, m and n their sizes), and
 the statistic times n*m is the largest |prefix sum of w| over the slots.
 
+Several window sizes share one ring of the largest one's slots: a value is placed once, and
+each window adds its slot and evicts the slot that entered `size` places before. Each window
+has its own weights, block counts and tree.
+
 Placing a value: a bucket table over the reference's finite range gives the first reference
 index of the value's bucket; a branch-free search of fixed length (set by the fullest
 bucket) finishes it. Two passes per block of values -- all placements, then the ring and
@@ -14,7 +18,9 @@ slot updates -- keep each pass free of unpredictable branches, so the CPU overla
 
 A full window's statistic is found by the cheapest exact route (see _full_h): replaying the
 slots changed since the last query through a lazy segment tree (O(log K) each) when they are
-few, else one pass over the blocks of slots that can hold it (_bounded_scan_h).
+few, else one pass over the blocks of slots that can hold it (_bounded_scan_h). Whether it
+reaches a threshold (a critical value) is cheaper still: _reaches enters only the blocks
+whose bounds reach it, usually none.
 """
 
 from __future__ import annotations
@@ -55,29 +61,21 @@ def _place(values, start, end, slots, uniq, k, bstart, lo, hi, scale, steps):
 
 
 @jit
-def _note(pending, npend, slot):
-    """Note a changed slot for the tree; the new pending count (-1 once the list overflows,
-    or while the tree is stale)."""
-    if npend < 0:
-        return npend
-    if npend < pending.shape[0]:
-        pending[npend] = slot
-        return npend + 1
-    return -1
-
-
-@jit
-def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, ring, state, w, bcount, pending, m):
-    """Insert values[start:end] (evicting the oldest once full); state = [filled, head,
-    NaNs, pending count (-1: the tree is stale), values since the last query]. A slot's
-    weight w moves by m per value in and out (while the window fills, w already holds its
-    final form m*C - window*R: see _scan_h), and bcount counts the window's values per
-    block of 64 slots (1 << SLOT_SHIFT; see _bounded_scan_h). The slots touched are noted in
-    `pending` while the tree is in use."""
-    window = ring.shape[0]
-    filled = state[0]
-    head = state[1]
-    npend = state[3]
+def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, ring, shared, sizes, wstate, w, bcount,
+           pending, m):
+    """Insert values[start:end] into every window at once. One ring of the largest window's
+    slots is shared: window j (of sizes[j] values) evicts the slot that entered sizes[j]
+    places before the newest, so a value is placed among the reference once, whatever the
+    number of windows. shared = [ring head, NaNs]; wstate[j] = [filled, pending count (-1:
+    the tree is stale), values since the last query]. A slot's weight w[j] moves by m per
+    value in and out (while a window fills, w[j] already holds its final form
+    m*C - size*R: see _scan_h), and bcount[j] counts the window's values per block of 64
+    slots (1 << SLOT_SHIFT; see _bounded_scan_h). The slots touched are noted in
+    pending[j] while that window's tree is in use."""
+    size = ring.shape[0]
+    windows = sizes.shape[0]
+    head = shared[0]
+    plen = pending.shape[1]
     block = scratch.shape[0]
     for first in range(start, end, block):
         last = min(first + block, end)
@@ -85,27 +83,43 @@ def _slide(values, start, end, scratch, uniq, k, bstart, lo, hi, scale, steps, r
         for t in range(last - first):
             slot = scratch[t]
             if slot < 0:
-                state[2] += 1
+                shared[1] += 1
                 continue
-            if filled == window:
-                old = ring[head]
-                if old == slot:
-                    head = head + 1 if head + 1 < window else 0
-                    continue
-                w[old] -= m
-                bcount[old >> SLOT_SHIFT] -= 1
-                npend = _note(pending, npend, old)
-            else:
-                filled += 1
+            for j in range(windows):
+                window = sizes[j]
+                filled = wstate[j, 0]
+                if filled == window:
+                    at = head - window
+                    if at < 0:
+                        at += size
+                    old = ring[at]
+                    if old == slot:
+                        continue
+                    w[j, old] -= m
+                    bcount[j, old >> SLOT_SHIFT] -= 1
+                    npend = wstate[j, 1]
+                    if npend >= 0:
+                        if npend < plen:
+                            pending[j, npend] = old
+                            wstate[j, 1] = npend + 1
+                        else:
+                            wstate[j, 1] = -1
+                else:
+                    wstate[j, 0] = filled + 1
+                w[j, slot] += m
+                bcount[j, slot >> SLOT_SHIFT] += 1
+                npend = wstate[j, 1]
+                if npend >= 0:
+                    if npend < plen:
+                        pending[j, npend] = slot
+                        wstate[j, 1] = npend + 1
+                    else:
+                        wstate[j, 1] = -1
             ring[head] = slot
-            w[slot] += m
-            bcount[slot >> SLOT_SHIFT] += 1
-            npend = _note(pending, npend, slot)
-            head = head + 1 if head + 1 < window else 0
-    state[0] = filled
-    state[1] = head
-    state[3] = npend
-    state[4] += end - start
+            head = head + 1 if head + 1 < size else 0
+    shared[0] = head
+    for j in range(windows):
+        wstate[j, 2] += end - start
 
 
 @jit
@@ -144,7 +158,7 @@ def _levels(size):
 def _sync_tree(state, w, pending, sums, maxp, minp, size):
     """Bring the tree up to date with w: replay the pending slots, or rebuild it bottom-up
     in O(slots) when that is cheaper (or the pending list overflowed)."""
-    npend = state[3]
+    npend = state[1]
     if npend == 0:
         return
     if npend < 0 or npend * _levels(size) > size:
@@ -158,7 +172,7 @@ def _sync_tree(state, w, pending, sums, maxp, minp, size):
         for q in range(npend):
             s = pending[q]
             _tree_set(sums, maxp, minp, s, w[s], size)
-    state[3] = 0
+    state[1] = 0
 
 
 @jit
@@ -211,6 +225,25 @@ def _bounded_scan_h(w, bcount, bref, m, window):
 
 
 @jit
+def _reaches(w, bcount, bref, m, window, threshold):
+    """Whether max |prefix sum of w| over the slots of a full window reaches `threshold`
+    (>= 1): one pass over the blocks of 64 slots, entering only those whose bounds
+    [P_j - window*R_j, P_j + m*C_j] (see _bounded_scan_h) reach it. Far below the threshold
+    -- a window with no drift against its critical value -- no block is entered: O(K/64)."""
+    p = 0
+    slots = w.shape[0]
+    for j in range(bcount.shape[0]):
+        if p + m * bcount[j] >= threshold or window * bref[j] - p >= threshold:
+            d = p
+            for s in range(j << SLOT_SHIFT, min((j + 1) << SLOT_SHIFT, slots)):
+                d += w[s]
+                if d >= threshold or -d >= threshold:
+                    return True
+        p += m * bcount[j] - window * bref[j]
+    return False
+
+
+@jit
 def _full_h(state, w, bcount, bref, m, window, pending, sums, maxp, minp, size):
     """The statistic (times n*m) of a full window, by the cheapest exact route: replay the
     few slots changed since the last query through the tree; or, when many changed, scan
@@ -218,16 +251,19 @@ def _full_h(state, w, bcount, bref, m, window, pending, sums, maxp, minp, size):
     once queries are frequent again."""
     levels = _levels(size)
     slots = w.shape[0]
-    since = state[4]
-    state[4] = 0
-    npend = state[3]
-    if npend >= 0 and npend * levels <= slots:
+    since = state[2]
+    state[2] = 0
+    npend = state[1]
+    # measured: a slot replayed through the tree costs ~100 ns, the bounded scan 1-3 us for
+    # 20,000 slots, so the tree pays for itself only for a few changed slots (per level, 1/64
+    # of the slots)
+    if npend >= 0 and npend * levels * 64 <= slots:
         _sync_tree(state, w, pending, sums, maxp, minp, size)
-    elif since * levels * 4 <= slots:
-        state[3] = -1
+    elif since * levels * 4 * 64 <= slots:
+        state[1] = -1
         _sync_tree(state, w, pending, sums, maxp, minp, size)  # rebuild
     else:
-        state[3] = -1
+        state[1] = -1
         return _bounded_scan_h(w, bcount, bref, m, window)
     a = maxp[1]
     b = -minp[1]
@@ -244,24 +280,33 @@ def _query_h(state, w, bcount, bref, ref_slot, m, pending, sums, maxp, minp, siz
 
 
 @jit
-def _advance_columns(values, ends, boundary, scratch, uniqs, ks, bstarts, bounds, steps, rings, states, ws,
-                     bcounts, brefs, pendings, ref_slots, sums, maxps, minps, sizes, ms, out_h, out_n):
-    """Column by column, slide each column's window over its row of `values` in pieces
-    ending at `ends`; after each piece with `boundary` set, note the statistic (times n*m)
-    and n in out_h / out_n [column, boundary]. A column's state comes into cache once per
-    call rather than once per piece."""
+def _advance_columns(values, ends, boundary, exact, thresholds, scratch, uniqs, ks, bstarts, bounds, steps, rings,
+                     shareds, sizes, wstates, ws, bcounts, brefs, pendings, ref_slots, sums, maxps, minps, tree_sizes,
+                     ms, out_h, out_n):
+    """Column by column, slide each column's windows over its row of `values` in pieces
+    ending at `ends`; after each piece with `boundary` set, note every window's length and
+    statistic (times n*m) in out_n / out_h [column, window, boundary] -- exactly where
+    `exact` is set for the boundary, the window is not full, or its statistic reaches
+    thresholds[column, window]; elsewhere -1 (below the threshold: a test in O(K/64)).
+    A column's state comes into cache once per call rather than once per piece."""
     for c in range(values.shape[0]):
         row = values[c]
-        window = rings[c].shape[0]
         start = 0
         b = 0
         for p in range(ends.shape[0]):
             end = ends[p]
             _slide(row, start, end, scratch, uniqs[c], ks[c], bstarts[c], bounds[c, 0], bounds[c, 1], bounds[c, 2],
-                   steps[c], rings[c], states[c], ws[c], bcounts[c], pendings[c], ms[c])
+                   steps[c], rings[c], shareds[c], sizes, wstates[c], ws[c], bcounts[c], pendings[c], ms[c])
             start = end
             if boundary[p]:
-                out_h[c, b] = _query_h(states[c], ws[c], bcounts[c], brefs[c], ref_slots[c], ms[c], pendings[c],
-                                       sums[c], maxps[c], minps[c], sizes[c], window)
-                out_n[c, b] = states[c][0]
+                for j in range(sizes.shape[0]):
+                    state = wstates[c][j]
+                    out_n[c, j, b] = state[0]
+                    if (exact[b] or state[0] < sizes[j]
+                            or _reaches(ws[c][j], bcounts[c][j], brefs[c], ms[c], sizes[j], thresholds[c, j])):
+                        out_h[c, j, b] = _query_h(state, ws[c][j], bcounts[c][j], brefs[c], ref_slots[c], ms[c],
+                                                  pendings[c][j], sums[c][j], maxps[c][j], minps[c][j],
+                                                  tree_sizes[c], sizes[j])
+                    else:
+                        out_h[c, j, b] = -1
                 b += 1

@@ -12,7 +12,7 @@ from numba.typed import List
 
 from kernels._jit import jit
 from kernels.ks import MAX_EXACT_N, _clean, pvalue_block
-from kernels.ks_window import SLOT_SHIFT, _advance_columns, _query_h, _slide
+from kernels.ks_window import SLOT_SHIFT, _advance_columns, _query_h, _reaches, _slide
 
 BLOCK_VALUES = 4096  # values placed per pass (their slots fit in L1 between the two passes)
 BUCKETS_PER_VALUE = 2  # bucket table size per distinct reference value (most buckets hold 0-2)
@@ -59,21 +59,24 @@ def _numeric_vector(values) -> np.ndarray:
 
 
 class SlidingKS:
-    """Exact two-sample KS of the last `window` values against a fixed reference.
+    """Exact two-sample KS of the last `window` values against a fixed reference -- or of
+    several windows at once (`window` a list of sizes, e.g. [1000, 2000, 10000]).
 
-    An update costs a placement (a bucket look-up and a short branch-free search) and two
-    slot changes. A query replays the slots changed since the last one through a lazy
-    segment tree when they are few, and otherwise passes over the 2K+1 slots (only the
-    blocks of 64 that can hold the answer) and lets the tree go stale, rebuilding it only
-    once queries are frequent again (see ks_window._full_h): frequent queries cost O(log K)
-    per event, rare ones O(1) per event plus at most O(K) per query.
+    An update costs a placement (a bucket look-up and a short branch-free search), done once
+    whatever the number of windows since they share one ring of the largest window's slots,
+    and two slot changes per window. A query replays the slots changed since the last one
+    through a lazy segment tree when they are few, and otherwise passes over the 2K+1 slots
+    (only the blocks of 64 that can hold the answer) and lets the tree go stale, rebuilding
+    it only once queries are frequent again (see ks_window._full_h): frequent queries cost
+    O(log K) per event, rare ones O(1) per event plus at most O(K) per query.
     The statistic is exact on every route.
 
-    `statistic` and `pvalue()` equal scipy.stats.ks_2samp(window, reference). p-values
-    are cached per statistic value (D only takes values h/lcm(n, m)), in a cache shared by
-    all instances with the same window and reference sizes: the first query at a given D
-    costs what SciPy's method costs (tens of microseconds for n == m and for the asymptotic
-    path; O(D*n*m) for unequal sizes up to 10,000, where a miss computes the block of 16
+    `statistic` and `pvalue()` equal scipy.stats.ks_2samp(window, reference) (with several
+    windows, `window=` picks one; the default is the largest). p-values are cached per
+    statistic value (D only takes values h/lcm(n, m)), in a cache shared by all instances
+    with the same window and reference sizes: the first query at a given D costs what
+    SciPy's method costs (tens of microseconds for n == m and for the asymptotic path;
+    O(D*n*m) for unequal sizes up to 10,000, where a miss computes the block of 16
     neighbouring values at once, ~14 ms at 1,000 vs 10,000), later ones a dict look-up.
     `significant(alpha)` decides against an exact critical value in O(1).
     An empty window has statistic 0 and p-value 1. NaNs are counted (`nan_count`) and skipped.
@@ -84,15 +87,21 @@ class SlidingKS:
     _pcache: dict[tuple[int, int, int], float] = {}
     _CACHE_LIMIT = 1 << 18
 
-    def __init__(self, reference, window: int, alphas=()):
-        """`alphas`: significance levels whose exact critical statistics are computed now,
-        so that `significant(alpha)` never computes a p-value on the alarm path."""
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+    def __init__(self, reference, window, alphas=()):
+        """`window`: a size, or a list of sizes (one window each, sharing the reference).
+        `alphas`: significance levels whose exact critical statistics are computed now (for
+        every window), so that `significant(alpha)` never computes a p-value on the alarm path."""
+        sizes = [window] if np.ndim(window) == 0 else list(window)
+        if not sizes or any(int(w) != w or w < 1 for w in sizes):
+            raise ValueError(f"window must be >= 1 (or a non-empty list of such sizes), got {window}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"window sizes must differ, got {sizes}")
         ref, self.reference_nan_count = _clean("reference", reference)
         if ref.size == 0:
             raise ValueError("reference needs at least one non-NaN value")
-        self.window = int(window)
+        self.windows = tuple(sorted(int(w) for w in sizes))
+        self.window = self.windows[-1]
+        self._sizes = np.array(self.windows, dtype=np.int64)
         self.m = int(ref.size)
         uniq, ref_counts = np.unique(ref, return_counts=True)
         self._k = int(uniq.size)
@@ -110,54 +119,78 @@ class SlidingKS:
         self._steps = 1 << (fullest.bit_length() - 1) if fullest > 0 else 0  # steps + steps/2 + ... >= fullest
         self._uniq = np.concatenate([uniq, np.full(2 * self._steps + 1, np.inf)])
         slots = 2 * self._k + 1
-        # w = m*C - window*R per slot: int32 while |m*window| fits (half the memory traffic)
+        windows = len(self.windows)
+        # w = m*C - window*R per slot and window: int32 while |m*window| fits (half the
+        # memory traffic); the trees' sums are bounded by the same, so they share the dtype
         dtype = np.int32 if self.m * self.window < 2**31 else np.int64
         self._ref_slot = np.zeros(slots, dtype=np.int32)
         self._ref_slot[1::2] = ref_counts
-        self._w = (-self.window * self._ref_slot).astype(dtype)
+        self._w = (-self._sizes[:, None] * self._ref_slot[None, :]).astype(dtype)
         blocks = (slots + (1 << SLOT_SHIFT) - 1) >> SLOT_SHIFT
-        self._bcount = np.zeros(blocks, dtype=np.int64)  # window values per block of slots
+        self._bcount = np.zeros((windows, blocks), dtype=np.int64)  # window values per block of slots
         self._bref = np.add.reduceat(self._ref_slot.astype(np.int64), np.arange(0, slots, 1 << SLOT_SHIFT))
         self._size = 1 << max(1, (slots - 1).bit_length())
-        self._sums = np.zeros(2 * self._size, dtype=np.int64)
-        self._maxp = np.zeros(2 * self._size, dtype=np.int64)
-        self._minp = np.zeros(2 * self._size, dtype=np.int64)
+        self._sums = np.zeros((windows, 2 * self._size), dtype=dtype)
+        self._maxp = np.zeros((windows, 2 * self._size), dtype=dtype)
+        self._minp = np.zeros((windows, 2 * self._size), dtype=dtype)
         self._ring = np.zeros(self.window, dtype=np.int32)
-        self._state = np.zeros(5, dtype=np.int64)  # filled, head, nans, pending (-1: tree stale), since query
-        self._state[3] = -1  # no tree yet: the first full-window query builds it
-        self._pending = np.zeros(max(64, self._size // 8), dtype=np.int32)
+        self._shared = np.zeros(2, dtype=np.int64)  # ring head, NaNs
+        self._wstate = np.zeros((windows, 3), dtype=np.int64)  # per window: filled, pending (-1: tree stale), since query
+        self._wstate[:, 1] = -1  # no tree yet: the first full-window query builds it
+        self._pending = np.zeros((windows, max(64, self._size // 8)), dtype=np.int32)
         self._scratch = np.empty(BLOCK_VALUES, dtype=np.int32)
-        self._critical: dict[float, int] = {}
-        self._h_now: int | None = None
+        self._critical: dict[tuple[float, int], int] = {}
+        self._h_now: list[int | None] = [None] * windows
         for alpha in alphas:
-            self.critical_statistic(alpha)
+            for size in self.windows:
+                self.critical_statistic(alpha, size)
 
     def update(self, values) -> None:
-        """Slide the window over `values` (a whole array, one jitted call)."""
+        """Slide the windows over `values` (a whole array, one jitted call)."""
         array = _numeric_vector(values)
         _slide(array, 0, array.shape[0], self._scratch, self._uniq, self._k, self._bstart, self._lo, self._hi,
-               self._scale, self._steps, self._ring, self._state, self._w, self._bcount, self._pending, self.m)
-        self._h_now = None
+               self._scale, self._steps, self._ring, self._shared, self._sizes, self._wstate, self._w, self._bcount,
+               self._pending, self.m)
+        self._h_now = [None] * len(self.windows)
+
+    def _index(self, window: int | None) -> int:
+        if window is None:
+            return len(self.windows) - 1
+        try:
+            return self.windows.index(window)
+        except ValueError:
+            raise ValueError(f"no window of {window} values (windows: {list(self.windows)})") from None
+
+    def length(self, window: int | None = None) -> int:
+        """Values in that window now (default: the largest)."""
+        return int(self._wstate[self._index(window), 0])
 
     @property
     def n(self) -> int:
-        return int(self._state[0])
+        """Values in the (largest) window now."""
+        return self.length()
 
     @property
     def nan_count(self) -> int:
-        return int(self._state[2])
+        return int(self._shared[1])
 
-    def _h(self) -> int:
-        """The statistic times n*m (an integer); computed once per update."""
-        if self._h_now is None:
-            self._h_now = int(_query_h(self._state, self._w, self._bcount, self._bref, self._ref_slot, self.m,
-                                       self._pending, self._sums, self._maxp, self._minp, self._size, self.window))
-        return self._h_now
+    def _h(self, j: int) -> int:
+        """Window j's statistic times n*m (an integer); computed once per update."""
+        if self._h_now[j] is None:
+            self._h_now[j] = int(_query_h(self._wstate[j], self._w[j], self._bcount[j], self._bref, self._ref_slot,
+                                          self.m, self._pending[j], self._sums[j], self._maxp[j], self._minp[j],
+                                          self._size, self.windows[j]))
+        return self._h_now[j]
+
+    def statistic_of(self, window: int | None = None) -> float:
+        j = self._index(window)
+        n = int(self._wstate[j, 0])
+        return 0.0 if n == 0 else self._h(j) / (n * self.m)
 
     @property
     def statistic(self) -> float:
-        n = self.n
-        return 0.0 if n == 0 else self._h() / (n * self.m)
+        """The (largest) window's statistic; statistic_of(window) for another."""
+        return self.statistic_of()
 
     def _p(self, n: int, h: int) -> float:
         """p-value of D = h / lcm(n, m), through the shared cache."""
@@ -176,37 +209,47 @@ class SlidingKS:
         """p-value of a window of n values whose statistic times n*m is h."""
         return 1.0 if n == 0 else self._p(n, h // math.gcd(n, self.m))  # h in units of 1/lcm
 
-    def pvalue(self) -> float:
-        n = self.n
-        return 1.0 if n == 0 else self.pvalue_at(n, self._h())
+    def pvalue(self, window: int | None = None) -> float:
+        j = self._index(window)
+        n = int(self._wstate[j, 0])
+        return 1.0 if n == 0 else self.pvalue_at(n, self._h(j))
 
-    def critical_statistic(self, alpha: float) -> float:
-        """The smallest statistic whose p-value is <= alpha for a full window (exact, by
-        bisection over the values D can take; computed once per alpha, then remembered)."""
+    def critical_h(self, alpha: float, window: int | None = None) -> int:
+        """The smallest statistic times window*m whose p-value is <= alpha for a full window
+        of that size (window*m + 1 when none is): exact, by bisection over the values D can
+        take; computed once per alpha and size, then remembered."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        h = self._critical.get(alpha)
+        size = self.windows[self._index(window)]
+        h = self._critical.get((alpha, size))
         if h is None:
-            h = self._critical[alpha] = _critical_h(self.window, self.m, alpha,
-                                                    lambda x: self._p(self.window, x))
-        g = math.gcd(self.window, self.m)
-        return h / ((self.window // g) * self.m)
+            h = self._critical[(alpha, size)] = _critical_h(size, self.m, alpha, lambda x: self._p(size, x))
+        return h * math.gcd(size, self.m)
 
-    def significant(self, alpha: float) -> bool:
+    def critical_statistic(self, alpha: float, window: int | None = None) -> float:
+        """The smallest statistic whose p-value is <= alpha for a full window (exact)."""
+        size = self.windows[self._index(window)]
+        return self.critical_h(alpha, size) / (size * self.m)
+
+    def significant(self, alpha: float, window: int | None = None) -> bool:
         """p-value <= alpha, decided in O(1) against the critical statistic once the
         window is full (by the p-value itself while it fills)."""
-        if self.n < self.window:
-            return self.pvalue() <= alpha
-        self.critical_statistic(alpha)
-        return self._h() // math.gcd(self.window, self.m) >= self._critical[alpha]
+        j = self._index(window)
+        if self._wstate[j, 0] < self.windows[j]:
+            return self.pvalue(self.windows[j]) <= alpha
+        threshold = self.critical_h(alpha, self.windows[j])
+        if self._h_now[j] is not None:
+            return self._h_now[j] >= threshold
+        return threshold <= self.windows[j] * self.m and bool(
+            _reaches(self._w[j], self._bcount[j], self._bref, self.m, self.windows[j], threshold))
 
 
 class KSColumns:
-    """Several SlidingKS windows advanced together: `advance(values, ends, boundary)` takes
-    a [columns, rows] block and slides every column over its row in one jitted call,
-    noting each column's statistic and window length at each boundary (KSMarks; p-values on
+    """Several SlidingKS advanced together: `advance(values, ends, boundary)` takes a
+    [columns, rows] block and slides every column's windows over its row in one jitted call,
+    noting each window's statistic and length at each boundary (KSMarks; p-values on
     request). The per-call cost of Python (a few microseconds per column and piece) is paid
-    once per block."""
+    once per block. The columns share their window sizes (each its own reference)."""
 
     def __init__(self, kernels: list[SlidingKS]):
         if not kernels:
@@ -215,14 +258,18 @@ class KSColumns:
         if len(dtypes) != 1:
             raise ValueError("KSColumns needs windows whose slot weights share a dtype (one reference size "
                              "and window for all, or sizes on the same side of 2**31 for m*window)")
+        if len({k.windows for k in kernels}) != 1:
+            raise ValueError(f"KSColumns needs the same window sizes in every column, got "
+                             f"{sorted({k.windows for k in kernels})}")
         self.kernels = list(kernels)
+        self.windows = kernels[0].windows
         self._lists = tuple(List([getattr(k, name) for k in kernels])
-                            for name in ("_uniq", "_bstart", "_ring", "_state", "_w", "_bcount", "_bref", "_pending",
-                                         "_ref_slot", "_sums", "_maxp", "_minp"))
+                            for name in ("_uniq", "_bstart", "_ring", "_shared", "_wstate", "_w", "_bcount", "_bref",
+                                         "_pending", "_ref_slot", "_sums", "_maxp", "_minp"))
         self._ks = np.array([k._k for k in kernels], dtype=np.int64)
         self._bounds = np.array([(k._lo, k._hi, k._scale) for k in kernels], dtype=np.float64)
         self._steps = np.array([k._steps for k in kernels], dtype=np.int64)
-        self._sizes = np.array([k._size for k in kernels], dtype=np.int64)
+        self._tree_sizes = np.array([k._size for k in kernels], dtype=np.int64)
         self._ms = np.array([k.m for k in kernels], dtype=np.int64)
         self._scratch = np.empty(BLOCK_VALUES, dtype=np.int32)
 
@@ -234,10 +281,16 @@ class KSColumns:
         for n, m in ((4, 4), (3, 5), (MAX_EXACT_N + 1, MAX_EXACT_N + 1)):
             pvalue_block(n, m, 1)
 
-    def advance(self, values: np.ndarray, ends: np.ndarray, boundary: np.ndarray) -> "KSMarks":
+    def advance(self, values: np.ndarray, ends: np.ndarray, boundary: np.ndarray, exact=None,
+                thresholds=None) -> "KSMarks":
         """values: float64 [columns, rows]; the rows are taken in pieces ending at `ends`
         (increasing, the last = rows); after each piece whose `boundary` is true, every
-        column's statistic and window length are noted (p-values on request: see KSMarks)."""
+        window's statistic and length are noted (p-values on request: see KSMarks).
+
+        `thresholds` (statistic times n*m, [columns, windows]) and `exact` (a flag per
+        boundary) make it cheaper: at a boundary whose flag is off, a full window is only
+        tested against its threshold (O(K/64), no exact statistic unless it reaches it) and
+        noted as -1 below it. By default every statistic is exact."""
         values = np.ascontiguousarray(values, dtype=np.float64)
         ends = np.asarray(ends, dtype=np.int64)
         boundary = np.asarray(boundary, dtype=np.bool_)
@@ -247,29 +300,42 @@ class KSColumns:
                                                           or ends[0] < 0)):
             raise ValueError("ends must increase to the number of rows, with one boundary flag each")
         marks = int(boundary.sum())
-        h = np.zeros((len(self.kernels), marks), dtype=np.int64)
-        n = np.zeros((len(self.kernels), marks), dtype=np.int64)
-        uniqs, bstarts, rings, states, ws, bcounts, brefs, pendings, ref_slots, sums, maxps, minps = self._lists
-        _advance_columns(values, ends, boundary, self._scratch, uniqs, self._ks, bstarts, self._bounds, self._steps,
-                         rings, states, ws, bcounts, brefs, pendings, ref_slots, sums, maxps, minps, self._sizes,
-                         self._ms, h, n)
+        exact = np.ones(marks, dtype=np.bool_) if exact is None else np.asarray(exact, dtype=np.bool_)
+        if thresholds is None:
+            thresholds = np.ones((len(self.kernels), len(self.windows)), dtype=np.int64)
+        thresholds = np.asarray(thresholds, dtype=np.int64)
+        if exact.shape != (marks,) or thresholds.shape != (len(self.kernels), len(self.windows)) \
+                or (thresholds < 1).any():
+            raise ValueError(f"exact needs one flag per boundary ({marks}), thresholds [{len(self.kernels)}, "
+                             f"{len(self.windows)}] values >= 1")
+        shape = (len(self.kernels), len(self.windows), marks)
+        h = np.zeros(shape, dtype=np.int64)
+        n = np.zeros(shape, dtype=np.int64)
+        uniqs, bstarts, rings, shareds, wstates, ws, bcounts, brefs, pendings, ref_slots, sums, maxps, minps = \
+            self._lists
+        _advance_columns(values, ends, boundary, exact, thresholds, self._scratch, uniqs, self._ks, bstarts, self._bounds, self._steps,
+                         rings, shareds, self.kernels[0]._sizes, wstates, ws, bcounts, brefs, pendings, ref_slots,
+                         sums, maxps, minps, self._tree_sizes, self._ms, h, n)
         for kernel in self.kernels:
-            kernel._h_now = None
+            kernel._h_now = [None] * len(self.windows)
         return KSMarks(self.kernels, h, n)
 
 
 class KSMarks:
-    """What KSColumns.advance saw at each boundary: `statistic` and `n` (window length),
-    [columns, boundaries]; `pvalues(b)` computes the p-values at boundary b only, since a
-    p-value not yet cached can cost milliseconds (unequal exact sizes, while a window fills)."""
+    """What KSColumns.advance saw at each boundary: `h` (statistic times n*m), `n` (window
+    length) and `statistic`, [columns, windows, boundaries] (h -1 and statistic NaN: only
+    known to be below its threshold); `pvalues(b)` computes the p-values at boundary b only
+    ([columns, windows], NaN where the statistic is not known), since a p-value not yet
+    cached can cost milliseconds (unequal exact sizes, while a window fills)."""
 
     def __init__(self, kernels: list[SlidingKS], h: np.ndarray, n: np.ndarray):
-        self._kernels, self._h, self.n = kernels, h, n
-        m = np.array([k.m for k in kernels], dtype=np.float64)[:, None]
-        self.statistic = np.where(n > 0, h / np.maximum(n * m, 1.0), 0.0)
+        self._kernels, self.h, self.n = kernels, h, n
+        m = np.array([k.m for k in kernels], dtype=np.float64)[:, None, None]
+        self.statistic = np.where(h < 0, np.nan, np.where(n > 0, h / np.maximum(n * m, 1.0), 0.0))
 
     def pvalues(self, b: int) -> np.ndarray:
-        return np.array([k.pvalue_at(int(n), int(h)) for k, n, h in zip(self._kernels, self.n[:, b], self._h[:, b])])
+        return np.array([[k.pvalue_at(int(n), int(h)) if h >= 0 else np.nan for n, h in zip(ns, hs)]
+                         for k, ns, hs in zip(self._kernels, self.n[:, :, b], self.h[:, :, b])])
 
 
 def _critical_h(n: int, m: int, alpha: float, pvalue_of) -> int:

@@ -79,7 +79,7 @@ def test_serving_your_models_runs_verbatim(tmp_path):
                 break
             time.sleep(0.5)
         assert re.search(r"^gbt +1 +champion +total ", status.stdout, re.M), status.stdout
-        assert re.search(r"^mlp +1 +f0 +- +- +- +not evaluated yet \(window 0/2,000\)", status.stdout, re.M)
+        assert re.search(r"^mlp +1 +f0 +2,000 +- +- +- +not evaluated yet \(window 0/2,000\)", status.stdout, re.M)
         # the REST examples, each line as a shell runs it
         if shutil.which("curl") is None:
             pytest.skip("no curl on this machine for the README's REST examples")

@@ -1,19 +1,33 @@
 """Drift state per model and column; the statistics themselves are the kernels'.
 
-Each monitored column (an input feature, or an output column for prediction drift) has a
-sliding window of its last `window` values: two-sample KS against the reference for
-continuous columns (kernels.SlidingKS), chi-squared on integer category codes for
-categorical ones (kernels.SlidingChi2; NaN and codes the reference never saw fall in its
-"other" bin). Every `every` events, once the window is full, all columns are evaluated
-together: p-values corrected across columns (Bonferroni, family-wise alpha; or
-Benjamini-Hochberg), and a column drifts when it is significant AND its effect size
-(KS D, or PSI) reaches `min_effect` -- on large windows tiny shifts are "significant".
-Hysteresis: an alert is raised after `consecutive` drifting evaluations in a row and
-cleared after as many clean ones; each raise and clear is a DriftEvent.
+Each monitored column (an input feature, or an output column for prediction drift) has one
+sliding window per size in `monitor.windows` (or the one `monitor.window`) of its last
+values: two-sample KS against the reference for continuous columns (kernels.SlidingKS: all
+sizes in one kernel, sharing the reference's placement and one ring), chi-squared on
+integer category codes for categorical ones (kernels.SlidingChi2 per size; NaN and codes
+the reference never saw fall in its "other" bin).
+
+Every `every` events, once the smallest window is full, all columns x windows are tested
+together: alpha is corrected over all of them (Bonferroni, family-wise; or
+Benjamini-Hochberg), windows not yet full count in the correction but are not tested. A
+window fires when it is significant AND its effect size (KS D, or PSI) reaches
+`min_effect` -- on large windows tiny shifts are "significant"; a column drifts when any of
+its windows fires. Hysteresis: an alert is raised after `consecutive` drifting evaluations
+in a row and cleared after as many clean ones; each raise and clear is a DriftEvent that
+names the windows that fired, with each one's statistic and p-value.
+
+Cost. A KS window is decided against an exact critical statistic (times n*m: computed once
+per size), so a quiet window is only tested against it -- no exact statistic, no p-value
+(kernels.KSColumns.advance with thresholds). Exact statistics and p-values are computed
+where they are needed: windows that reach their threshold, columns with an alert or a
+streak, every evaluation when the history is kept, and all windows at the first evaluation
+and at least once every REFRESH_EVENTS events (what /metrics and `status` show): at fixed event counts, so what is
+seen does not depend on how the stream was cut into batches.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +37,10 @@ import numpy as np
 from engine.codec.validate import ModelSchema
 from engine.settings import MonitorSettings
 from kernels import KSColumns, SlidingChi2, SlidingKS
+from kernels.pvalues import chi2_sf
 from kernels.sliding_ks import gather_columns
+
+REFRESH_EVENTS = 1_000  # exact statistics and p-values of every window at least this often (events)
 
 
 class MonitorConfigError(ValueError):
@@ -65,12 +82,43 @@ class Column:
 
 @dataclass
 class ColumnState:
-    statistic: float = 0.0
-    pvalue: float = 1.0
-    effect: float = 0.0
-    drifting: bool = False
+    """A column's windows at the last evaluation (values where known: see the module's
+    "Cost"; NaN elsewhere), and its alert."""
+    windows: tuple[int, ...]
+    statistics: np.ndarray = None  # per window: KS D or chi-squared
+    pvalues: np.ndarray = None  # per window, before correction
+    effects: np.ndarray = None  # per window: KS D or PSI
+    fired: np.ndarray = None  # per window: significant and effect >= min_effect, at the last evaluation
+    drifting: bool = False  # any window fired at the last evaluation
     alert: bool = False
     streak: int = 0  # consecutive evaluations disagreeing with the alert state
+
+    def __post_init__(self):
+        k = len(self.windows)
+        self.statistics, self.pvalues, self.effects = np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan)
+        self.fired = np.zeros(k, dtype=bool)
+
+    @property
+    def lead(self) -> int:
+        """The window that speaks for the column: the fired one (else any) with the smallest
+        p-value known, else the largest."""
+        known = ~np.isnan(self.pvalues)
+        for candidates in (known & self.fired, known):
+            if candidates.any():
+                return int(np.flatnonzero(candidates)[np.argmin(self.pvalues[candidates])])
+        return len(self.windows) - 1
+
+    @property
+    def statistic(self) -> float:
+        return float(self.statistics[self.lead])
+
+    @property
+    def pvalue(self) -> float:
+        return float(self.pvalues[self.lead])
+
+    @property
+    def effect(self) -> float:
+        return float(self.effects[self.lead])
 
 
 @dataclass(frozen=True)
@@ -78,10 +126,14 @@ class DriftEvent:
     kind: str  # "raise" or "clear"
     model: str
     feature: str
-    statistic: float
+    statistic: float  # the lead window's (see ColumnState.lead)
     pvalue: float
     effect: float
     events: int  # rows observed by the monitor when it happened
+    window: int = 0  # the lead window's size
+    windows: tuple[int, ...] = ()  # those that fired (none for a clear)
+    statistics: tuple[float, ...] = ()  # theirs, in the same order
+    pvalues: tuple[float, ...] = ()
     time_ns: int = field(default_factory=time.time_ns)
 
 
@@ -99,10 +151,36 @@ def corrected_significance(pvalues: np.ndarray, alpha: float, method: str) -> np
     return significant
 
 
+def _effect_h(min_effect: float, window: int, m: int) -> int:
+    """The smallest statistic times window*m whose D = h / (window*m) is >= min_effect as
+    the floats compare it (at least 1)."""
+    h = max(1, math.ceil(min_effect * window * m))
+    while h > 1 and (h - 1) / (window * m) >= min_effect:
+        h -= 1
+    while h / (window * m) < min_effect:
+        h += 1
+    return h
+
+
+def _chi2_critical(level: float, df: int) -> float:
+    """The smallest chi-squared statistic with p-value <= level (df degrees of freedom), by
+    bisection on the survival function (to float precision)."""
+    lo, hi = 0.0, 1.0
+    while chi2_sf(hi, df) > level:
+        lo, hi = hi, hi * 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (lo, mid) if chi2_sf(mid, df) <= level else (mid, hi)
+    return hi
+
+
 class DriftMonitor:
     def __init__(self, model: str, settings: MonitorSettings, schema: ModelSchema, reference: dict[str, np.ndarray]):
         self.model = model
         self.settings = settings
+        self.sizes = settings.sizes
         self._schema = schema
         self.features = list(settings.features) if settings.features is not None else [
             name for name in reference if name not in settings.outputs]
@@ -121,10 +199,11 @@ class DriftMonitor:
                 codes = ref.astype(np.int64) if ref.dtype.kind in "iub" else np.rint(ref).astype(np.int64)
                 if codes.min() < 0:
                     raise MonitorConfigError(f"model {model}: categorical reference '{column.name}' has negative codes")
-                column.kernel = SlidingChi2(codes, settings.window)
+                column.kernel = [SlidingChi2(codes, size) for size in self.sizes]
             else:
-                column.kernel = SlidingKS(ref.astype(np.float64), settings.window)
+                column.kernel = SlidingKS(ref.astype(np.float64), self.sizes)
         self._continuous = [i for i, c in enumerate(self.columns) if not c.categorical]
+        self._categorical = [i for i, c in enumerate(self.columns) if c.categorical]
         # where the continuous columns' block rows come from: per tensor, its columns and their rows
         self._sources: dict[tuple[bool, str], tuple[list[int | None], list[int]]] = {}
         for row, i in enumerate(self._continuous):
@@ -133,7 +212,25 @@ class DriftMonitor:
             columns.append(c.index)
             rows.append(row)
         self._ks = KSColumns([self.columns[i].kernel for i in self._continuous]) if self._continuous else None
-        self.state = {c.name: ColumnState() for c in self.columns}
+        # the tests: columns x windows. Each has a candidate threshold on its score (KS: h,
+        # the statistic times n*m, exact; chi-squared: the statistic): below it, its
+        # p-value cannot be significant (Bonferroni: p <= alpha/tests, and for KS D >=
+        # min_effect too; BH: p <= alpha), so it needs no p-value. Computed once per size.
+        self.tests = len(self.columns) * len(self.sizes)
+        s = settings
+        level = s.alpha / self.tests if s.correction == "bonferroni" else s.alpha
+        self._threshold = np.zeros((len(self.columns), len(self.sizes)))
+        for i, column in enumerate(self.columns):
+            for j, size in enumerate(self.sizes):
+                if column.categorical:
+                    self._threshold[i, j] = _chi2_critical(level, column.kernel[j].k) * (1 - 1e-9)
+                else:
+                    kernel = column.kernel
+                    self._threshold[i, j] = kernel.critical_h(level, size) if s.correction == "bh" else max(
+                        kernel.critical_h(level, size), _effect_h(s.min_effect, size, kernel.m))
+        self._sizes = np.array(self.sizes, dtype=np.int64)
+        self._watching = False  # any column with an alert or a streak
+        self.state = {c.name: ColumnState(self.sizes) for c in self.columns}
         self.events = 0
         self.evaluations = 0
         self._since = 0
@@ -185,7 +282,7 @@ class DriftMonitor:
                 gather_columns(np.zeros((1, max(columns) + 1), dtype=spec.dtype), [0], np.zeros((1, 1)), [0])
         if self._ks is not None:
             self._ks.warm_up()
-        if any(c.categorical for c in self.columns):
+        if self._categorical:
             probe = SlidingChi2(np.array([0, 1]), 2)
             probe.update(np.array([0, 5], dtype=np.int64))
             _ = probe.statistic, probe.pvalue(), probe.psi()
@@ -203,17 +300,26 @@ class DriftMonitor:
 
     def take_history(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
         """The evaluations since the last call: (time ns, events observed, statistics, p-values,
-        effects), one value per column in the order of `columns`."""
+        effects), each [columns, windows] in the order of `columns` and `sizes` (NaN: a
+        window not yet full)."""
         history, self._history = self._history, []
         return history
 
     @property
+    def window_lengths(self) -> list[int]:
+        """Rows in each window now (of the first column), in the order of `sizes`."""
+        kernel = self.columns[0].kernel
+        return [k.n for k in kernel] if isinstance(kernel, list) else [kernel.length(size) for size in self.sizes]
+
+    @property
     def window_rows(self) -> int:
-        return self.columns[0].kernel.n
+        """Rows in the largest window now."""
+        return self.window_lengths[-1]
 
     @property
     def full(self) -> bool:
-        return self.columns[0].kernel.n == self.settings.window
+        """Whether the largest window is full."""
+        return self.window_rows == self.sizes[-1]
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
         """Update every column with a scored batch; evaluate at each `every` boundary.
@@ -222,23 +328,30 @@ class DriftMonitor:
         all pieces in one KSColumns call (each column's window state comes into cache once
         per batch, and Python runs once per batch, not once per column and piece); the
         categorical ones take them column by column. The statistics seen at each boundary
-        are then evaluated across columns, exactly as if all columns had moved in step."""
+        are then evaluated across columns and windows, exactly as if all had moved in step."""
         first = self.columns[0]
         rows = len((outputs if first.from_output else inputs)[first.tensor])
+        every, smallest = self.settings.every, self.sizes[0]
         ends, marks, since, end = [], [], self._since, 0  # pieces, each ending at a boundary or the batch's end
         while end < rows:
-            take = min(rows - end, self.settings.every - since)
+            take = min(rows - end, every - since)
             end += take
-            since = (since + take) % self.settings.every
+            since = (since + take) % every
             ends.append(end)
             marks.append(since == 0)
-        # [columns, boundaries]: statistic, effect (KS D, or PSI) and window length at each
-        # boundary; p-values are computed only at the boundaries evaluated (a p-value not
-        # yet cached can cost milliseconds while a window fills)
-        cols, marked = len(self.columns), sum(marks)
-        statistic, effect = np.zeros((cols, marked)), np.zeros((cols, marked))
-        length, pvalue = np.zeros((cols, marked), dtype=np.int64), np.ones((cols, marked))
-        ks = None
+        done = self.events
+        at = [done + e for e, mark in zip(ends, marks) if mark]  # events observed at each boundary
+        evaluated = [e >= smallest for e in at]
+        # exact values everywhere: when the history is kept, else at the first evaluation and
+        # every REFRESH_EVENTS
+        refresh = max(1, REFRESH_EVENTS // every)
+        exact = [ev and (self.keep_history or (e // every) % refresh == 0 or e - every < smallest)
+                 for e, ev in zip(at, evaluated)]
+        cols, windows, marked = len(self.columns), len(self.sizes), len(at)
+        h = np.full((cols, windows, marked), -1, dtype=np.int64)  # KS: statistic times n*m, -1 unknown
+        length = np.zeros((cols, windows, marked), dtype=np.int64)
+        chi2 = np.zeros((cols, windows, marked))
+        psi = np.full((cols, windows, marked), np.nan)  # categorical effect, where it may be needed
         if self._continuous:
             block = np.empty((len(self._continuous), rows))
             for (from_output, tensor), (columns, block_rows) in self._sources.items():
@@ -247,51 +360,99 @@ class DriftMonitor:
                     block[block_rows] = array
                 else:
                     gather_columns(array, columns, block, block_rows)
-            ks = self._ks.advance(block, np.array(ends, dtype=np.int64), np.array(marks, dtype=np.bool_))
-            statistic[self._continuous] = effect[self._continuous] = ks.statistic
-            length[self._continuous] = ks.n
-        for i, column in enumerate(self.columns):
-            if column.categorical:
-                kernel, v, start, b = column.kernel, column.values(inputs, outputs), 0, 0
+            # columns with an alert or a streak are watched: all their windows exact
+            watched = np.array([self.state[self.columns[i].name].alert or self.state[self.columns[i].name].streak > 0
+                                for i in self._continuous])
+            thresholds = np.where(watched[:, None], 1, self._threshold[self._continuous].astype(np.int64))
+            ks = self._ks.advance(block, np.array(ends, dtype=np.int64), np.array(marks, dtype=np.bool_),
+                                  np.array(exact, dtype=np.bool_), thresholds)
+            h[self._continuous], length[self._continuous] = ks.h, ks.n
+        for i in self._categorical:
+            column = self.columns[i]
+            v = column.values(inputs, outputs)
+            watched = self._watched(i)
+            for j, kernel in enumerate(column.kernel):
+                start, b = 0, 0
                 for end, mark in zip(ends, marks):
                     kernel.update(v[start:end])
                     start = end
                     if mark:
-                        statistic[i, b], pvalue[i, b], effect[i, b], length[i, b] = \
-                            kernel.statistic, kernel.pvalue(), kernel.psi(), kernel.n
+                        chi2[i, j, b], length[i, j, b] = kernel.statistic, kernel.n
+                        if exact[b] or watched or chi2[i, j, b] >= self._threshold[i, j]:
+                            psi[i, j, b] = kernel.psi()
                         b += 1
         self._since = since
         events: list[DriftEvent] = []
-        done = self.events
-        b = 0
-        for end, mark in zip(ends, marks):
-            if not mark:
-                continue
-            if length[0, b] == self.settings.window:  # evaluated once the (first column's) window is full
-                if ks is not None:
-                    pvalue[self._continuous, b] = ks.pvalues(b)
-                events.extend(self._evaluate(statistic[:, b], pvalue[:, b], effect[:, b], done + end))
-            b += 1
+        for b, (events_so_far, ev) in enumerate(zip(at, evaluated)):
+            if ev:
+                events.extend(self._evaluate(h[:, :, b], chi2[:, :, b], psi[:, :, b], length[:, :, b], exact[b],
+                                             events_so_far))
         self.events += rows  # last: a reader that sees the rows counted sees their evaluations too
         return events
 
-    def _evaluate(self, statistics: np.ndarray, pvalues: np.ndarray, effects: np.ndarray,
+    def _evaluate(self, h: np.ndarray, chi2: np.ndarray, psi: np.ndarray, length: np.ndarray, exact: bool,
                   events_so_far: int) -> list[DriftEvent]:
-        """One boundary's statistic, p-value and effect (KS D, or PSI) per column."""
+        """One boundary: per column and window, KS h (-1: below its threshold) or the
+        chi-squared statistic and PSI (NaN: not computed, below its threshold), and the
+        window's length."""
         s = self.settings
         self.evaluations += 1
+        full = length == self._sizes[None, :]
+        score = h.astype(np.float64)
+        if self._categorical:
+            score[self._categorical] = chi2[self._categorical]
+        candidate = full & (score >= self._threshold)
+        if not (exact or self._watching or candidate.any()):  # the usual case: nothing near drifting
+            return []
+        ks, cat = self._continuous, self._categorical
+        statistic, pvalue, effect = np.full(h.shape, np.nan), np.full(h.shape, np.nan), np.full(h.shape, np.nan)
+        if ks:
+            m = np.array([self.columns[i].kernel.m for i in ks])[:, None]
+            statistic[ks] = np.where(h[ks] >= 0, h[ks] / np.maximum(length[ks] * m, 1), np.nan)
+            effect[ks] = statistic[ks]
+        if cat:
+            statistic[cat] = np.where(length[cat] > 0, chi2[cat], np.nan)
+        watched = np.array([self._watched(i) for i in range(len(self.columns))])
+        wanted = full & ~np.isnan(statistic) & (candidate | exact | watched[:, None])  # p-values computed here
+        for i, j in zip(*np.nonzero(wanted)):
+            column = self.columns[i]
+            if column.categorical:
+                pvalue[i, j] = chi2_sf(chi2[i, j], column.kernel[j].k)
+            else:
+                pvalue[i, j] = column.kernel.pvalue_at(int(length[i, j]), int(h[i, j]))
+        tested = np.where(candidate, pvalue, 1.0)  # windows not full, or below the threshold, never significant
+        significant = corrected_significance(tested.ravel(), s.alpha, s.correction).reshape(h.shape) & candidate
+        if cat:
+            effect[cat] = np.where(full[cat], psi[cat], np.nan)
+        fired = significant & (effect >= s.min_effect)
         if self.keep_history:
-            self._history.append((time.time_ns(), events_so_far, statistics.copy(), pvalues.copy(), effects.copy()))
-        drifting = corrected_significance(pvalues, s.alpha, s.correction) & (effects >= s.min_effect)
+            self._history.append((time.time_ns(), events_so_far, statistic.copy(), pvalue.copy(), effect.copy()))
         events = []
-        for column, p, effect, stat, drift in zip(self.columns, pvalues, effects, statistics, drifting):
+        for i, column in enumerate(self.columns):
             st = self.state[column.name]
-            st.statistic, st.pvalue, st.effect, st.drifting = float(stat), float(p), float(effect), bool(drift)
+            if exact or watched[i]:  # a full refresh
+                st.statistics, st.pvalues, st.effects = statistic[i], pvalue[i], effect[i]
+            elif candidate[i].any():  # the windows near drifting, others as last known
+                known = ~np.isnan(pvalue[i])
+                st.statistics = np.where(known, statistic[i], st.statistics)
+                st.pvalues = np.where(known, pvalue[i], st.pvalues)
+                st.effects = np.where(known, effect[i], st.effects)
+            drift = bool(fired[i].any())
+            st.fired, st.drifting = fired[i], drift
             st.streak = st.streak + 1 if drift != st.alert else 0
             if st.streak >= s.consecutive:
                 st.alert = not st.alert
                 st.streak = 0
-                event = DriftEvent("raise" if st.alert else "clear", self.model, column.name, float(stat), float(p),
-                                   float(effect), events_so_far)
-                events.append(event)
+                lead = st.lead
+                which = np.flatnonzero(fired[i])
+                events.append(DriftEvent(
+                    "raise" if st.alert else "clear", self.model, column.name, float(st.statistics[lead]),
+                    float(st.pvalues[lead]), float(st.effects[lead]), events_so_far, self.sizes[lead],
+                    tuple(self.sizes[j] for j in which), tuple(float(statistic[i, j]) for j in which),
+                    tuple(float(pvalue[i, j]) for j in which)))
+        self._watching = any(self._watched(i) for i in range(len(self.columns)))
         return events
+
+    def _watched(self, i: int) -> bool:
+        st = self.state[self.columns[i].name]
+        return st.alert or st.streak > 0

@@ -37,6 +37,10 @@ SCHEMA = pa.schema([
     ("pvalue", pa.float64()),
     ("effect", pa.float64()),
     ("events_observed", pa.int64()),
+    ("window", pa.int64()),  # the size of the window whose statistic, p-value and effect these are
+    ("windows_fired", pa.list_(pa.int64())),  # the windows that fired (a raise), with theirs:
+    ("window_statistics", pa.list_(pa.float64())),
+    ("window_pvalues", pa.list_(pa.float64())),
 ])
 _sequence = itertools.count()
 
@@ -57,25 +61,27 @@ EVALUATION_SCHEMA = pa.schema([
 
 def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
     """Every evaluation of `monitor` in `history` (DriftMonitor.take_history()), one row per
-    column: EVENTS_DIR/kind=evaluation/model=NAME/date=YYYY-MM-DD/part-*.parquet."""
+    column and window (NaN: a window not yet full):
+    EVENTS_DIR/kind=evaluation/model=NAME/date=YYYY-MM-DD/part-*.parquet."""
     if not history:
         return []
     model, version = monitor.model.split(":", 1)
     columns = monitor.columns
-    n = len(columns)
+    sizes = monitor.sizes
+    n = len(columns) * len(sizes)
     times = np.repeat(np.array([h[0] for h in history], dtype=np.int64), n)
     written = []
     days = np.array([dt.datetime.fromtimestamp(t / 1e9, dt.timezone.utc).date().isoformat() for t in times])
     table = pa.table({
         "time": pa.array(times, pa.timestamp("ns", tz="UTC")),
         "version": [version] * len(times),
-        "feature": [c.name for _ in history for c in columns],
-        "test": ["chi2" if c.categorical else "ks" for _ in history for c in columns],
-        "statistic": np.concatenate([h[2] for h in history]).astype(np.float64),
-        "pvalue": np.concatenate([h[3] for h in history]).astype(np.float64),
-        "effect": np.concatenate([h[4] for h in history]).astype(np.float64),
+        "feature": [c.name for _ in history for c in columns for _ in sizes],
+        "test": ["chi2" if c.categorical else "ks" for _ in history for c in columns for _ in sizes],
+        "statistic": np.concatenate([h[2].ravel() for h in history]).astype(np.float64),
+        "pvalue": np.concatenate([h[3].ravel() for h in history]).astype(np.float64),
+        "effect": np.concatenate([h[4].ravel() for h in history]).astype(np.float64),
         "events_observed": np.repeat(np.array([h[1] for h in history], dtype=np.int64), n),
-        "window": [monitor.settings.window] * len(times),
+        "window": np.tile(np.array(sizes, dtype=np.int64), len(history) * len(columns)),
         "reference": [str(monitor.settings.reference)] * len(times),
     }, schema=EVALUATION_SCHEMA)
     for day in sorted(set(days.tolist())):
@@ -107,6 +113,10 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
             "pvalue": [e.pvalue for e in group],
             "effect": [e.effect for e in group],
             "events_observed": [e.events for e in group],
+            "window": [e.window for e in group],
+            "windows_fired": [list(e.windows) for e in group],
+            "window_statistics": [list(e.statistics) for e in group],
+            "window_pvalues": [list(e.pvalues) for e in group],
         }, schema=SCHEMA)
         final = folder / f"part-{group[0].time_ns}-{next(_sequence)}.parquet"
         tmp = folder / f".{final.name}.tmp"

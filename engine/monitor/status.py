@@ -77,23 +77,30 @@ def _gather(families: dict[str, list], names: tuple[str, ...], labels: tuple[str
 def status(target: str, timeout_s: float = 5.0) -> str:
     families = scrape(target, timeout_s)
     drift = _gather(families, ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect",
-                               "scorewire_drift_alert"), ("model", "version", "feature"),
+                               "scorewire_drift_window_fired"), ("model", "version", "feature", "window"),
                     lambda name, _: name.rsplit("_", 1)[1])
-    per_model = _gather(families, ("scorewire_drift_evaluations", "scorewire_drift_window_rows",
-                                   "scorewire_drift_window_size"), ("model", "version"))
+    alerts = _gather(families, ("scorewire_drift_alert",), ("model", "version", "feature"))
+    windows = _gather(families, ("scorewire_drift_window_rows", "scorewire_drift_window_size"),
+                      ("model", "version", "window"))
     out = []
-    if drift:
+    if alerts:
         rows = []
-        for (m, v_, f), v in sorted(drift.items()):
-            seen = per_model.get((m, v_), {})
-            if "pvalue" not in v:  # no evaluation yet: nothing to say about drift
-                window = (f"{seen.get('scorewire_drift_window_rows', 0):,.0f}/"
-                          f"{seen.get('scorewire_drift_window_size', 0):,.0f}")
-                rows.append([m, v_, f, "-", "-", "-", f"not evaluated yet (window {window})"])
-                continue
-            rows.append([m, v_, f, f"{v['statistic']:.4g}", f"{v['pvalue']:.3g}", f"{v.get('effect', 0):.4g}",
-                         "DRIFT" if v.get("alert") else "ok"])
-        out.append(_table(["model", "version", "feature", "statistic", "p-value", "effect", "alert"], rows))
+        for (m, v_, f), a in sorted(alerts.items()):
+            alert = "DRIFT" if a.get("scorewire_drift_alert") else "ok"
+            sizes = sorted({w for (m2, v2, w) in windows if (m2, v2) == (m, v_)}, key=int)
+            for w in sizes:
+                v, seen = drift.get((m, v_, f, w), {}), windows.get((m, v_, w), {})
+                if "pvalue" not in v:  # not evaluated yet (or not computed at the last evaluation)
+                    fill = f"{seen.get('scorewire_drift_window_rows', 0):,.0f}/{int(w):,}"
+                    state = (f"not evaluated yet (window {fill})" if seen.get("scorewire_drift_window_rows", 0) < int(w)
+                             else "evaluated (below its threshold)")
+                    rows.append([m, v_, f, f"{int(w):,}", f"{v['statistic']:.4g}" if "statistic" in v else "-", "-",
+                                 "-", state if alert == "ok" else f"{alert}; window {state}"])
+                    continue
+                fired = ", window fired" if v.get("fired") else ""
+                rows.append([m, v_, f, f"{int(w):,}", f"{v['statistic']:.4g}", f"{v['pvalue']:.3g}",
+                             f"{v.get('effect', 0):.4g}", alert + fired])
+        out.append(_table(["model", "version", "feature", "window", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",

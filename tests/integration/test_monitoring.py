@@ -41,7 +41,7 @@ max_batch_size = 256
 features = [{features}]
 outputs = ["probabilities:1"]
 reference = "ref.parquet"
-window = 2000
+windows = [500, 2000]
 every = 500
 alpha = 0.001
 min_effect = 0.1
@@ -92,8 +92,14 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
     alerts = {s.labels["feature"]: s.value for s in families["scorewire_drift_alert"]}
     assert set(alerts) == set(FEATURES) | {"probabilities:1"}
     assert {f for f in FEATURES if alerts[f] == 1.0} == set(SHIFTED)
-    pvalues = {s.labels["feature"]: s.value for s in families["scorewire_drift_pvalue"]}
-    assert all(pvalues[f] < 1e-6 for f in SHIFTED)
+    # per window: statistic, p-value and whether it fired, as last computed
+    pvalues = {(s.labels["feature"], s.labels["window"]): s.value for s in families["scorewire_drift_pvalue"]}
+    fired = {(s.labels["feature"], s.labels["window"]): s.value for s in families["scorewire_drift_window_fired"]}
+    assert {w for _, w in pvalues} == {"500", "2000"}
+    assert all(pvalues[(f, w)] < 1e-6 and fired[(f, w)] == 1.0 for f in SHIFTED for w in ("500", "2000"))
+    assert not any(fired[(f, w)] for f in FEATURES if f not in SHIFTED for w in ("500", "2000"))
+    sizes = {s.labels["window"]: s.value for s in families["scorewire_drift_window_size"] if s.labels["model"] == "mlp"}
+    assert sizes == {"500": 500.0, "2000": 2000.0}
 
     quantiles = {(s.labels["stage"], s.labels["quantile"]): s.value for s in families["scorewire_latency_us"]
                  if s.labels["model"] == "mlp" and s.labels["role"] == "champion"}
@@ -108,16 +114,21 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
     assert shown.returncode == 0, shown.stderr
     drift_lines = [line for line in shown.stdout.splitlines() if "DRIFT" in line]
     assert {line.split()[2] for line in drift_lines} - {"probabilities:1"} == set(SHIFTED)  # model version feature ...
+    assert {(line.split()[2], line.split()[3]) for line in drift_lines if "window fired" in line} >= {
+        (f, w) for f in SHIFTED for w in ("500", "2,000")}  # ... window: each window's own row
     assert "p99.9 ms" in shown.stdout and "champion" in shown.stdout
 
     # drift events as their own kind of Parquet record, readable by DuckDB
     import duckdb
 
     rows = duckdb.sql(
-        f"select kind, model, event, feature, pvalue from read_parquet('{srv.dir}/drift-events/**/*.parquet', "
-        "hive_partitioning = 1) order by time"
+        f"select kind, model, event, feature, pvalue, \"window\", windows_fired, window_pvalues from "
+        f"read_parquet('{srv.dir}/drift-events/**/*.parquet', hive_partitioning = 1) order by time"
     ).fetchall()
     raised = {r[3] for r in rows if r[2] == "raise"}
+    for r in rows:  # a raise names the windows that fired, each with its p-value; its own is one of them
+        if r[2] == "raise":
+            assert r[6] and set(r[6]) <= {500, 2000} and r[5] in r[6] and r[4] == min(r[7])
     assert {r[0] for r in rows} == {"drift"} and {r[1] for r in rows} == {"mlp"}
     assert raised - {"probabilities:1"} == set(SHIFTED)
     assert not list((srv.dir / "drift-events").rglob(".*.tmp"))
@@ -146,15 +157,17 @@ def test_shutdown_summary_accounts_for_every_row(monitored):
     assert line is not None, printed
     observed, dropped, failed, evaluations = map(int, line.groups())
     assert (observed, dropped, failed) == (scored, 0, 0)
-    # window 2,000, every 500: the first evaluation at row 2,000, then one per 500 rows
-    assert evaluations == (0 if observed < 2000 else (observed - 2000) // 500 + 1)
+    # windows 500 and 2,000, every 500: the first evaluation at row 500 (the smallest window
+    # full), then one per 500 rows
+    assert evaluations == (0 if observed < 500 else (observed - 500) // 500 + 1)
 
 
 def test_a_monitored_challenger_has_drift_metrics_of_its_own(monitored, model_dir):
     """Champion and challenger both monitored: each (model, version, feature) is one sample,
     and each version counts the rows it saw (the challenger's shadow runs included)."""
     config = CONFIG.format(features=", ".join(f'"{f}"' for f in FEATURES)).replace(
-        'name = "mlp"\npath = "models/mlp.onnx"', 'name = "mlp"\npath = "models/mlp.onnx"\nversion = "1"')
+        'name = "mlp"\npath = "models/mlp.onnx"', 'name = "mlp"\npath = "models/mlp.onnx"\nversion = "1"').replace(
+        "windows = [500, 2000]", "windows = [1000, 2000]")
     second = config[config.index("[[models]]"):].replace('version = "1"', 'version = "2"')
     config += "\n" + second + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["2"]\n'
     srv = launch(model_dir, config, name="monitored-two.toml")
@@ -178,11 +191,11 @@ def test_a_monitored_challenger_has_drift_metrics_of_its_own(monitored, model_di
         keys = [(s.labels["model"], s.labels["version"], s.labels["feature"])
                 for s in families["scorewire_drift_alert"]]
         assert len(keys) == len(set(keys)) == 2 * (len(FEATURES) + 1)
-        # 600 rows of a 2,000-row window: nothing evaluated, so no statistic or p-value to read
-        # as a clean evaluation; the window's fill says how far it got
+        # 600 rows of windows of 1,000 and 2,000: nothing evaluated, so no statistic or p-value
+        # to read as a clean evaluation; the windows' fill says how far they got
         assert not families.get("scorewire_drift_pvalue") and not families.get("scorewire_drift_statistic")
-        fill = {s.labels["version"]: s.value for s in families["scorewire_drift_window_rows"]}
-        assert fill == {"1": 600, "2": 600}
+        fill = {(s.labels["version"], s.labels["window"]): s.value for s in families["scorewire_drift_window_rows"]}
+        assert fill == {(v, w): 600 for v in ("1", "2") for w in ("1000", "2000")}
         assert {s.labels["version"]: s.value for s in families["scorewire_drift_evaluations"]} == {"1": 0, "2": 0}
     finally:
         srv.stop()

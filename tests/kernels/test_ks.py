@@ -115,7 +115,7 @@ def test_bad_calls():
 def test_critical_statistic_is_the_exact_threshold(rng, window, m):
     ref = rng.normal(size=m)
     s = SlidingKS(ref, window, alphas=(0.05, 1e-3))
-    assert set(s._critical) == {0.05, 1e-3}
+    assert set(s._critical) == {(0.05, window), (1e-3, window)}
     for alpha in (0.05, 1e-3):
         d = s.critical_statistic(alpha)
         # just at the threshold the p-value is <= alpha, one step below it is not
@@ -206,16 +206,16 @@ def test_ks_columns_equal_scipy_at_every_boundary(references, stream, window, pi
         for c, reference in enumerate(references):
             clean = data[c, :end][~np.isnan(data[c, :end])]
             last = clean[-window:]
-            assert seen.n[c, b] == len(last)
+            assert seen.n[c, 0, b] == len(last)
             if len(last) == 0:
-                assert seen.statistic[c, b] == 0.0 and pvalues[c] == 1.0
+                assert seen.statistic[c, 0, b] == 0.0 and pvalues[c, 0] == 1.0
                 continue
             ref = scipy.stats.ks_2samp(last, reference)
-            assert seen.statistic[c, b] == pytest.approx(ref.statistic, rel=1e-12, abs=1e-15)
-            assert close_p(pvalues[c], ref.pvalue)
+            assert seen.statistic[c, 0, b] == pytest.approx(ref.statistic, rel=1e-12, abs=1e-15)
+            assert close_p(pvalues[c, 0], ref.pvalue)
         b += 1
     for c, kernel in enumerate(kernels):  # the kernels' own view agrees after the call
-        assert kernel.statistic == seen.statistic[c, -1]
+        assert kernel.statistic == seen.statistic[c, 0, -1]
         assert kernel.nan_count == int(np.isnan(data[c]).sum())
 
 
@@ -232,8 +232,8 @@ def test_bounded_scan_equals_the_full_scan(rng, shift, scale):
         s.update(stream[end - 700:end])
         if end < 2000:  # both passes are for a full window
             continue
-        h = _bounded_scan_h(s._w, s._bcount, s._bref, s.m, s.window)
-        assert h == _scan_h(s._w, s._ref_slot, 0)
+        h = _bounded_scan_h(s._w[0], s._bcount[0], s._bref, s.m, s.window)
+        assert h == _scan_h(s._w[0], s._ref_slot, 0)
         assert h / (s.n * s.m) == pytest.approx(
             scipy.stats.ks_2samp(stream[end - 2000:end], reference).statistic, rel=1e-12)
 
@@ -278,3 +278,90 @@ def test_large_windows_keep_exact_int64_weights(rng):
     expected = scipy.stats.ks_2samp(data[-50_000:], reference)
     assert s.statistic == pytest.approx(expected.statistic, rel=1e-12)
     assert close_p(s.pvalue(), expected.pvalue)
+
+
+@given(
+    st.lists(st.integers(-20, 20).map(float), min_size=1, max_size=200),
+    st.lists(st.one_of(st.integers(-25, 25).map(float), st.just(np.nan)), max_size=600),
+    st.lists(st.integers(1, 150), min_size=1, max_size=4, unique=True),
+    st.integers(1, 6),
+)
+@settings(max_examples=150, deadline=None)
+def test_several_windows_each_equal_scipy_on_its_window(reference, stream, windows, pieces):
+    """One kernel, several window sizes sharing the placement and one ring: each window's
+    statistic, length and p-value are SciPy's on that window, filling or full."""
+    s = SlidingKS(np.array(reference), windows)
+    assert s.windows == tuple(sorted(windows)) and s.window == max(windows)
+    data = np.array(stream)
+    for chunk in np.array_split(data, pieces):
+        s.update(chunk)
+    clean = data[~np.isnan(data)]
+    for size in windows:
+        last = clean[-size:]
+        assert s.length(size) == len(last)
+        if len(last) == 0:
+            assert s.statistic_of(size) == 0.0 and s.pvalue(size) == 1.0
+            continue
+        ref = scipy.stats.ks_2samp(last, reference)
+        assert s.statistic_of(size) == pytest.approx(ref.statistic, rel=1e-12, abs=1e-15)
+        assert close_p(s.pvalue(size), ref.pvalue)
+        if len(last) == size:  # the O(1) decision agrees with the p-value
+            assert s.significant(0.01, size) == (s.pvalue(size) <= 0.01)
+
+
+def test_several_windows_in_columns_at_every_boundary(rng):
+    """KSColumns with windows [300, 1000, 2500]: at every boundary each column's every window
+    is SciPy's, through the tree (frequent queries) and the scan (rare ones)."""
+    from kernels import KSColumns
+
+    references = [rng.normal(size=4000), np.round(rng.normal(size=3000), 1)]
+    kernels = [SlidingKS(r, [2500, 300, 1000]) for r in references]
+    columns = KSColumns(kernels)
+    assert columns.windows == (300, 1000, 2500)
+    data = np.stack([rng.normal(0.1, size=9000), np.round(rng.normal(size=9000), 1)])
+    ends = np.array([100, 250, 400, 3000, 3050, 7000, 7100, 9000])
+    seen = columns.advance(data, ends, np.ones(len(ends), dtype=bool))
+    assert seen.statistic.shape == (2, 3, len(ends))
+    for b, end in enumerate(ends):
+        pvalues = seen.pvalues(b)
+        for c, reference in enumerate(references):
+            for j, size in enumerate(columns.windows):
+                last = data[c, max(0, end - size):end]
+                ref = scipy.stats.ks_2samp(last, reference)
+                assert seen.n[c, j, b] == len(last)
+                assert seen.statistic[c, j, b] == pytest.approx(ref.statistic, rel=1e-12)
+                assert close_p(pvalues[c, j], ref.pvalue)
+    with pytest.raises(ValueError, match="same window sizes"):
+        KSColumns([SlidingKS(references[0], [10, 20]), SlidingKS(references[1], 20)])
+    with pytest.raises(ValueError, match="no window of 7"):
+        kernels[0].pvalue(7)
+    with pytest.raises(ValueError, match="must differ"):
+        SlidingKS(references[0], [10, 10])
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.15])
+def test_threshold_tests_agree_with_the_exact_statistic(rng, shift):
+    """advance(exact=False, thresholds=T): a full window's h is noted exactly when it reaches
+    T and as -1 when it does not -- the same decisions as the exact statistic, at thresholds
+    around it -- and significant(alpha) agrees with the p-value."""
+    from kernels import KSColumns
+
+    reference = rng.normal(size=5000)
+    data = rng.normal(shift, size=(1, 12_000))
+    ends = np.arange(100, 12_001, 100)
+    exact = KSColumns([SlidingKS(reference, [500, 2000])]).advance(data, ends, np.ones(len(ends), dtype=bool))
+    full = exact.n == np.array([500, 2000])[None, :, None]
+    for scale in (0.5, 0.9, 1.0, 1.1, 2.0):
+        thresholds = np.maximum(1, (np.median(exact.h[0], axis=1) * scale).astype(np.int64))[None, :]
+        tested = KSColumns([SlidingKS(reference, [500, 2000])]).advance(
+            data, ends, np.ones(len(ends), dtype=bool), exact=np.zeros(len(ends), dtype=bool), thresholds=thresholds)
+        reached = exact.h >= thresholds[:, :, None]
+        assert np.array_equal(tested.h[reached | ~full], exact.h[reached | ~full])
+        assert np.all(tested.h[~reached & full] == -1)
+        assert np.all(np.isnan(tested.statistic[~reached & full]))
+    s = SlidingKS(reference, [500, 2000])
+    s.update(data[0])
+    for alpha in (0.2, 1e-3, 1e-8):
+        for size in (500, 2000):
+            s._h_now = [None, None]  # decide by the threshold pass, not a statistic already known
+            assert s.significant(alpha, size) == (s.pvalue(size) <= alpha)

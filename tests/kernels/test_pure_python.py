@@ -15,8 +15,8 @@ from kernels import HdrHistogram, KSColumns, SlidingChi2, SlidingKS, chisquare, 
 from kernels.jsonrows import RowSchema, scan_rows, KIND_FLOAT32, KIND_FLOAT64, KIND_INT
 rng = np.random.default_rng(3)
 a, b = rng.normal(size=40), rng.normal(0.3, size=55)
-s = SlidingKS(np.round(rng.normal(size=300), 1), 50); s.update(np.round(rng.normal(size=170), 1))
-kc = KSColumns([SlidingKS(rng.normal(size=90), 40), SlidingKS(np.round(rng.normal(size=70), 1), 40)])
+s = SlidingKS(np.round(rng.normal(size=300), 1), [20, 50]); s.update(np.round(rng.normal(size=170), 1))
+kc = KSColumns([SlidingKS(rng.normal(size=90), [15, 40]), SlidingKS(np.round(rng.normal(size=70), 1), [15, 40])])
 seen = kc.advance(np.round(rng.normal(0.2, size=(2, 130)), 1), np.array([30, 80, 130]), np.array([True, False, True]))
 c = SlidingChi2(rng.integers(0, 6, 200), 60); c.update(rng.integers(0, 8, 150))
 h = HdrHistogram(1, 10**6, 3); h.record_values(rng.integers(0, 10**7, 500))
@@ -29,8 +29,8 @@ print(json.dumps({
     "json": values[status == 0].ravel().tolist() + ids.ravel().tolist() + status.tolist(),
     "ks": ks_2samp(a, b), "ks_big": ks_2samp(rng.normal(size=120), rng.normal(size=10_050)),
     "kstwo": [kstwo_sf(x, n) for x, n in ((0.05, 50), (0.3, 200), (0.02, 5000))],
-    "sliding_ks": [s.statistic, s.pvalue()],
-    "ks_columns": seen.statistic.ravel().tolist() + seen.pvalues(1).tolist() + seen.n.ravel().tolist(), "chi2": chisquare([10, 20, 30, 40]),
+    "sliding_ks": [s.statistic, s.pvalue(), s.statistic_of(20), s.pvalue(20), float(s.significant(0.05, 20))],
+    "ks_columns": seen.statistic.ravel().tolist() + seen.pvalues(1).ravel().tolist() + seen.n.ravel().tolist(), "chi2": chisquare([10, 20, 30, 40]),
     "sliding_chi2": [c.statistic, c.pvalue(), c.psi()],
     "hdr": [h.percentiles([50, 99, 100]).tolist(), h.mean(), h.out_of_range, h.encode().decode()],
 }))
