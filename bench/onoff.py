@@ -29,11 +29,14 @@ max_batch_size = 256
 LOAD = "closed loop, 32 callers, 16 rows/request, tritonclient.grpc.aio in 2 processes"
 
 
-def parse_args(description: str, argv=None):
-    """The on/off benches' options: --duration, --rounds, --json, --check."""
+def parse_args(description: str, argv=None, extra=None):
+    """The on/off benches' options: --duration, --rounds, --json, --check (and what
+    `extra(parser)` adds)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="off/on alternations")
     parser.add_argument("--json", type=Path)
@@ -101,7 +104,7 @@ def alternate(configs: Callable[[int], dict[str, Path]], rounds: int, duration_s
 
 
 def finish(summary: dict, bench: str, title: str, on_label: str, json_path: Path | None, check: bool,
-           extra: str = "") -> int:
+           extra: str = "", options: str = "") -> int:
     """Print the table and the bound of bench/bounds.json; write JSON + Markdown; exit code."""
     import json
 
@@ -120,7 +123,7 @@ def finish(summary: dict, bench: str, title: str, on_label: str, json_path: Path
     verdict = f"bound (bench/bounds.json): retained >= {bound:.0%}: " + ("met" if met else "MISSED")
     print("\n" + table + "\n" + verdict)
     if json_path is not None:
-        write_json(json_path, summary, f"# python -m bench.{bench}\n\n{summary['load']}, "
+        write_json(json_path, summary, f"# python -m bench.{bench}{options}\n\n{summary['load']}, "
                    f"{summary['duration_s']:.0f} s per run, 2 cores shared with the load generator.\n\n"
                    f"{table}\n{verdict}\n")
     return 1 if check and not met else 0

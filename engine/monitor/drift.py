@@ -40,7 +40,7 @@ from kernels import KSColumns, SlidingChi2, SlidingKS
 from kernels.pvalues import chi2_sf
 from kernels.sliding_ks import gather_columns
 
-REFRESH_EVENTS = 1_000  # exact statistics and p-values of every window at least this often (events)
+REFRESH_EVENTS = 10_000  # exact statistics and p-values of every window at least this often (events)
 
 
 class MonitorConfigError(ValueError):
@@ -382,11 +382,20 @@ class DriftMonitor:
                             psi[i, j, b] = kernel.psi()
                         b += 1
         self._since = since
+        # the usual case, decided for all boundaries at once: no window reaches its threshold
+        score = h.astype(np.float64)
+        if self._categorical:
+            score[self._categorical] = chi2[self._categorical]
+        near = ((length == self._sizes[None, :, None]) & (score >= self._threshold[:, :, None])).any(axis=(0, 1))
         events: list[DriftEvent] = []
         for b, (events_so_far, ev) in enumerate(zip(at, evaluated)):
-            if ev:
-                events.extend(self._evaluate(h[:, :, b], chi2[:, :, b], psi[:, :, b], length[:, :, b], exact[b],
-                                             events_so_far))
+            if not ev:
+                continue
+            if not (exact[b] or near[b] or self._watching):  # nothing near drifting, nothing to report
+                self.evaluations += 1
+                continue
+            events.extend(self._evaluate(h[:, :, b], chi2[:, :, b], psi[:, :, b], length[:, :, b], exact[b],
+                                         events_so_far))
         self.events += rows  # last: a reader that sees the rows counted sees their evaluations too
         return events
 
@@ -402,8 +411,6 @@ class DriftMonitor:
         if self._categorical:
             score[self._categorical] = chi2[self._categorical]
         candidate = full & (score >= self._threshold)
-        if not (exact or self._watching or candidate.any()):  # the usual case: nothing near drifting
-            return []
         ks, cat = self._continuous, self._categorical
         statistic, pvalue, effect = np.full(h.shape, np.nan), np.full(h.shape, np.nan), np.full(h.shape, np.nan)
         if ks:
