@@ -100,8 +100,9 @@ def test_prediction_drift_on_outputs(rng):
 
 def test_batch_sizes_do_not_change_what_is_seen(rng):
     """The same stream observed in one batch, in batches of 1,000 and in odd sizes (1, 7,
-    999, ...) gives the same events, evaluations and statistics; the statistics and p-values
-    are SciPy's on the last window, for continuous, categorical and output columns."""
+    999, ...) gives the same events, evaluations and statistics; with the history kept
+    (every value computed at every evaluation) the same events, and the statistics and
+    p-values are SciPy's on the last window, for continuous, categorical and output columns."""
     import scipy.stats
 
     reference = stream(rng, 4_000)
@@ -113,8 +114,10 @@ def test_batch_sizes_do_not_change_what_is_seen(rng):
     x[::97, 1] = np.nan  # NaNs are skipped by the continuous windows
     proba = np.stack([1 - rng.uniform(size=9_000) ** 2, rng.uniform(size=9_000) ** 2], axis=1).astype(np.float32)
     runs = []
-    for sizes in ([9_000], [1_000] * 9, [1, 7, 999, 3, 2_500, 400, 1_590, 3_500]):
+    for sizes, history in (([9_000], False), ([1_000] * 9, False), ([1, 7, 999, 3, 2_500, 400, 1_590, 3_500], False),
+                           ([1, 7, 999, 3, 2_500, 400, 1_590, 3_500], True)):
         monitor = DriftMonitor("m:1", settings, SCHEMA, ref)
+        monitor.keep_history = history  # then every value is computed at every evaluation
         events, start = [], 0
         for size in sizes:
             events += monitor.observe({"x": x[start : start + size]}, {"proba": proba[start : start + size]})
@@ -122,7 +125,8 @@ def test_batch_sizes_do_not_change_what_is_seen(rng):
         runs.append(([(e.kind, e.feature, e.events, e.statistic, e.pvalue) for e in events], monitor.evaluations,
                      {name: (st.statistic, st.pvalue) for name, st in monitor.state.items()}))
     assert runs[0] == runs[1] == runs[2]
-    events, evaluations, states = runs[0]
+    assert runs[3][:2] == runs[0][:2]  # the same decisions, whatever was computed for the record
+    events, evaluations, states = runs[3]
     assert evaluations == (9_000 - 1_600) // 400 + 1  # the first window is full at 1,600 (a boundary)
     raised = {(kind, feature) for kind, feature, *_ in events}
     assert raised >= {("raise", "f2"), ("raise", "f5"), ("raise", "proba:1")}
