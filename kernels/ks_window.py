@@ -231,6 +231,15 @@ def _reaches(w, bcount, bref, m, window, threshold):
     [P_j - window*R_j, P_j + m*C_j] (see _bounded_scan_h) reach it. Far below the threshold
     -- a window with no drift against its critical value -- no block is entered: O(K/64)."""
     p = 0
+    near = False  # a first pass without branches (only the running prefix is carried): usually all
+    for j in range(bcount.shape[0]):
+        c = m * bcount[j]
+        r = window * bref[j]
+        near |= (p + c >= threshold) | (r - p >= threshold)
+        p += c - r
+    if not near:
+        return False
+    p = 0
     slots = w.shape[0]
     for j in range(bcount.shape[0]):
         if p + m * bcount[j] >= threshold or window * bref[j] - p >= threshold:
