@@ -230,10 +230,17 @@ def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
     for workers in (1, 2):
         server = launch(model_dir, MONITORED.format(workers=workers, events=f"events-{workers}", features=features),
                         f"drift-{workers}.toml")
+        # one at a time, the next after the answer, in turn on 8 connections (each accepted
+        # by whichever worker the kernel picked; opening one per request costs 10x the time)
+        clients = [grpcclient.InferenceServerClient(server.url) for _ in range(8)]
         try:
-            for i in range(len(live)):  # one at a time: the next after the answer
-                infer(server.url, live[i:i + 1])
+            for i in range(len(live)):
+                inp = grpcclient.InferInput("float_input", [1, len(FEATURES)], "FP32")
+                inp.set_data_from_numpy(live[i:i + 1])
+                clients[i % len(clients)].infer("mlp", [inp])
         finally:
+            for client in clients:
+                client.close()
             assert server.stop() == 0
         table = pq.read_table(model_dir / f"events-{workers}", partitioning="hive").sort_by(
             [("events_observed", "ascending"), ("feature", "ascending"), ("event", "ascending")])
