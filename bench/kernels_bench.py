@@ -52,9 +52,22 @@ def compile_times() -> dict:
     return {"first_call_compile_s": cold, "cached_load_s": warm}
 
 
+def _kswin_ns(stream: np.ndarray, window: int, events: int = 5000) -> float:
+    """river's KSWIN, ns per event: its own window of `window` values (filled first), the
+    last 30 against a random sample of the rest."""
+    from river.drift import KSWIN
+
+    kswin = KSWIN(alpha=0.005, window_size=window, stat_size=30, seed=SEED)
+    for x in stream[:window]:
+        kswin.update(float(x))
+    t = time.perf_counter()
+    for x in stream[window:window + events]:
+        kswin.update(float(x))
+    return _per_event(time.perf_counter() - t, events)
+
+
 def bench_sliding_ks(window: int, events: int, rng) -> dict:
     import scipy.stats
-    from river.drift import KSWIN
 
     from kernels import SlidingKS
 
@@ -101,15 +114,7 @@ def bench_sliding_ks(window: int, events: int, rng) -> dict:
         scipy.stats.ks_2samp(stream[i + 1 : i + 1 + window], ref)
     scipy_ns = _per_event(time.perf_counter() - t, k)
 
-    # river KSWIN: its own window of `window` values, last 30 vs a random sample of the rest
-    kswin = KSWIN(alpha=0.005, window_size=window, stat_size=30, seed=SEED)
-    for x in stream[:window]:
-        kswin.update(float(x))
-    k = 5000
-    t = time.perf_counter()
-    for x in stream[window : window + k]:
-        kswin.update(float(x))
-    river_ns = _per_event(time.perf_counter() - t, k)
+    river_ns = _kswin_ns(stream, window)
     return {
         "kernel": "SlidingKS", "window": window, "reference": 10_000,
         "update_ns_per_event": update_ns, "update_plus_pvalue_every_1000_ns_per_event": with_p_ns,
@@ -131,7 +136,6 @@ def bench_three_windows(events: int, rng, every: int) -> dict:
     are steady-state figures (a third stream: the p-values it needs are mostly known);
     the p-values of the first stream, computed cold, are reported beside them."""
     import scipy.stats
-    from river.drift import KSWIN
 
     from engine.codec.validate import ModelSchema, TensorSpec
     from engine.monitor.drift import DriftMonitor
@@ -188,16 +192,7 @@ def bench_three_windows(events: int, rng, every: int) -> dict:
         for i in range(k):
             scipy.stats.ks_2samp(stream[i + 1:i + 1 + w], ref)
         scipy_event_ns += _per_event(time.perf_counter() - t, k)
-    river_ns = 0.0
-    for w in sizes:
-        kswin = KSWIN(alpha=0.005, window_size=w, stat_size=30, seed=SEED)
-        for x in stream[:w]:
-            kswin.update(float(x))
-        k = 5000
-        t = time.perf_counter()
-        for x in stream[w:w + k]:
-            kswin.update(float(x))
-        river_ns += _per_event(time.perf_counter() - t, k)
+    river_ns = sum(_kswin_ns(stream, w) for w in sizes)
     return {"kernel": "SlidingKS x3", "windows": sizes, "every": every, "columns": columns, "reference": 10_000,
             "kernel_ns_per_event_column": kernel_ns, "pvalues_ns_per_event_column": pvalue_ns,
             "pvalues_cold_ns_per_event_column": pvalue_cold_ns,
