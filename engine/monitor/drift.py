@@ -1,4 +1,5 @@
-"""Drift state per model and column; the statistics themselves are the kernels'.
+"""Drift state per model and column; the statistics themselves are the kernels', the rule's
+parts that hold no window (column state, events, correction, thresholds) engine/monitor/rule.py's.
 
 Each monitored column (an input feature, or an output column for prediction drift) has one
 sliding window per size in `monitor.windows` (or the one `monitor.window`) of its last
@@ -28,15 +29,14 @@ their p-values when first read (ColumnState.pvalues).
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.codec.validate import ModelSchema
+from engine.monitor.rule import ColumnState, DriftEvent, chi2_critical, corrected_significance, effect_h
 from engine.settings import MonitorSettings
 from kernels import KSColumns, SlidingChi2, SlidingKS
 from kernels.pvalues import chi2_sf
@@ -80,117 +80,6 @@ class Column:
             return np.where(np.isfinite(column), np.rint(column), -1).astype(np.int64) if column.dtype.kind == "f" \
                 else column.astype(np.int64, copy=False)
         return column
-
-
-@dataclass
-class ColumnState:
-    """A column's windows at the last evaluation (values where known: see the module's
-    "Cost"; NaN elsewhere), and its alert."""
-    windows: tuple[int, ...]
-    pvalue_of: Callable[[int, int], float] | None = None  # KS: (n, h) -> exact p-value, for those computed on reading
-    statistics: np.ndarray = None  # per window: KS D or chi-squared
-    effects: np.ndarray = None  # per window: KS D or PSI
-    fired: np.ndarray = None  # per window: significant and effect >= min_effect, at the last evaluation
-    drifting: bool = False  # any window fired at the last evaluation
-    alert: bool = False
-    streak: int = 0  # consecutive evaluations disagreeing with the alert state
-    # p-values per window (before correction), and those of quiet KS windows still to compute
-    # as [(window, n, h)]: set together (one tuple), so a reader never pairs the wrong ones
-    _p: tuple = None
-
-    def __post_init__(self):
-        k = len(self.windows)
-        self.statistics, self.effects = np.full(k, np.nan), np.full(k, np.nan)
-        self._p = (np.full(k, np.nan), [])
-        self.fired = np.zeros(k, dtype=bool)
-
-    @property
-    def pvalues(self) -> np.ndarray:
-        """Per window. A quiet KS window's p-value is computed when first read (/metrics,
-        `status`): a p-value not yet cached costs 20-50 ms for 1,000 or 2,000 against 10,000,
-        which the decisions never need (they compare with exact critical statistics)."""
-        values, lazy = self._p
-        for j, n, h in lazy:
-            if values[j] != values[j]:
-                values[j] = self.pvalue_of(n, h)
-        return values
-
-    @property
-    def lead(self) -> int:
-        """The window that speaks for the column: the fired one (else any) with the smallest
-        p-value known, else the largest."""
-        known = ~np.isnan(self.pvalues)
-        for candidates in (known & self.fired, known):
-            if candidates.any():
-                return int(np.flatnonzero(candidates)[np.argmin(self.pvalues[candidates])])
-        return len(self.windows) - 1
-
-    @property
-    def statistic(self) -> float:
-        return float(self.statistics[self.lead])
-
-    @property
-    def pvalue(self) -> float:
-        return float(self.pvalues[self.lead])
-
-    @property
-    def effect(self) -> float:
-        return float(self.effects[self.lead])
-
-
-@dataclass(frozen=True)
-class DriftEvent:
-    kind: str  # "raise" or "clear"
-    model: str
-    feature: str
-    statistic: float  # the lead window's (see ColumnState.lead)
-    pvalue: float
-    effect: float
-    events: int  # rows observed by the monitor when it happened
-    window: int = 0  # the lead window's size
-    windows: tuple[int, ...] = ()  # those that fired (none for a clear)
-    statistics: tuple[float, ...] = ()  # theirs, in the same order
-    pvalues: tuple[float, ...] = ()
-    time_ns: int = field(default_factory=time.time_ns)
-
-
-def corrected_significance(pvalues: np.ndarray, alpha: float, method: str) -> np.ndarray:
-    """Which p-values are significant at family-wise (Bonferroni) or false-discovery (BH) level alpha."""
-    k = len(pvalues)
-    if method == "bonferroni":
-        return pvalues <= alpha / k
-    order = np.argsort(pvalues, kind="stable")
-    thresholds = alpha * np.arange(1, k + 1) / k
-    passed = np.flatnonzero(pvalues[order] <= thresholds)
-    significant = np.zeros(k, dtype=bool)
-    if passed.size:
-        significant[order[: passed[-1] + 1]] = True
-    return significant
-
-
-def _effect_h(min_effect: float, window: int, m: int) -> int:
-    """The smallest statistic times window*m whose D = h / (window*m) is >= min_effect as
-    the floats compare it (at least 1)."""
-    h = max(1, math.ceil(min_effect * window * m))
-    while h > 1 and (h - 1) / (window * m) >= min_effect:
-        h -= 1
-    while h / (window * m) < min_effect:
-        h += 1
-    return h
-
-
-def _chi2_critical(level: float, df: int) -> float:
-    """The smallest chi-squared statistic with p-value <= level (df degrees of freedom), by
-    bisection on the survival function (to float precision)."""
-    lo, hi = 0.0, 1.0
-    while chi2_sf(hi, df) > level:
-        lo, hi = hi, hi * 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        lo, hi = (lo, mid) if chi2_sf(mid, df) <= level else (mid, hi)
-    return hi
 
 
 class DriftMonitor:
@@ -240,11 +129,11 @@ class DriftMonitor:
         for i, column in enumerate(self.columns):
             for j, size in enumerate(self.sizes):
                 if column.categorical:
-                    self._threshold[i, j] = _chi2_critical(level, column.kernel[j].k) * (1 - 1e-9)
+                    self._threshold[i, j] = chi2_critical(level, column.kernel[j].k) * (1 - 1e-9)
                 else:
                     kernel = column.kernel
                     self._threshold[i, j] = kernel.critical_h(level, size) if s.correction == "bh" else max(
-                        kernel.critical_h(level, size), _effect_h(s.min_effect, size, kernel.m))
+                        kernel.critical_h(level, size), effect_h(s.min_effect, size, kernel.m))
         self._sizes = np.array(self.sizes, dtype=np.int64)
         self._watching = False  # any column with an alert or a streak
         self.state = {c.name: ColumnState(self.sizes, None if c.categorical else c.kernel.pvalue_at)
