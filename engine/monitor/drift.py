@@ -289,11 +289,14 @@ class DriftMonitor:
                             psi[i, j, b] = kernel.psi()
                         b += 1
         self._since = since
-        # the usual case, decided for all boundaries at once: no window reaches its threshold
+        # every test's candidacy at every boundary at once; the usual case: no window is a
+        # candidate, and the boundary is only counted
         score = h.astype(np.float64)
         if self._categorical:
             score[self._categorical] = chi2[self._categorical]
-        near = ((length == self._sizes[None, :, None]) & (score >= self._threshold[:, :, None])).any(axis=(0, 1))
+        full = length == self._sizes[None, :, None]
+        candidate = full & (score >= self._threshold[:, :, None])
+        near = candidate.any(axis=(0, 1))
         events: list[DriftEvent] = []
         for b, (events_so_far, ev) in enumerate(zip(at, evaluated)):
             if not ev:
@@ -301,23 +304,18 @@ class DriftMonitor:
             if not (exact[b] or near[b] or self._watching):  # nothing near drifting, nothing to report
                 self.evaluations += 1
                 continue
-            events.extend(self._evaluate(h[:, :, b], chi2[:, :, b], psi[:, :, b], length[:, :, b], exact[b],
-                                         events_so_far))
+            events.extend(self._evaluate(h[:, :, b], chi2[:, :, b], psi[:, :, b], length[:, :, b], full[:, :, b],
+                                         candidate[:, :, b], exact[b], events_so_far))
         self.events += rows  # last: a reader that sees the rows counted sees their evaluations too
         return events
 
-    def _evaluate(self, h: np.ndarray, chi2: np.ndarray, psi: np.ndarray, length: np.ndarray, exact: bool,
-                  events_so_far: int) -> list[DriftEvent]:
+    def _evaluate(self, h: np.ndarray, chi2: np.ndarray, psi: np.ndarray, length: np.ndarray, full: np.ndarray,
+                  candidate: np.ndarray, exact: bool, events_so_far: int) -> list[DriftEvent]:
         """One boundary: per column and window, KS h (-1: below its threshold) or the
-        chi-squared statistic and PSI (NaN: not computed, below its threshold), and the
-        window's length."""
+        chi-squared statistic and PSI (NaN: not computed, below its threshold), the window's
+        length, whether it is full, and whether it reaches its candidate threshold."""
         s = self.settings
         self.evaluations += 1
-        full = length == self._sizes[None, :]
-        score = h.astype(np.float64)
-        if self._categorical:
-            score[self._categorical] = chi2[self._categorical]
-        candidate = full & (score >= self._threshold)
         ks, cat = self._continuous, self._categorical
         statistic, pvalue, effect = np.full(h.shape, np.nan), np.full(h.shape, np.nan), np.full(h.shape, np.nan)
         if ks:
