@@ -1131,18 +1131,23 @@ class KafkaStream:
             raise _Stuck(f"the Kafka client's {method.__name__.lstrip('_')}() has not returned in "
                          f"{TXN_CALL_TIMEOUT_S + 5:.0f} s") from None
 
-    async def _init(self, producer: Producer) -> None:
-        """Register the transactional.id (aborting what a predecessor left open); retried while
-        the coordinator cannot be reached."""
+    async def _retried(self, what: str, method, give_up) -> None:
+        """`method(TXN_CALL_TIMEOUT_S)` through _call, again while its error is retriable and
+        `give_up(err)` is false (each retry logged as `what`)."""
         while True:
             try:
-                await self._call(producer.init_transactions, TXN_CALL_TIMEOUT_S)
+                await self._call(method, TXN_CALL_TIMEOUT_S)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or self._stop.is_set():
+                if not err.retriable() or give_up(err):
                     raise
-                self._client_log.say(logging.WARNING, self.redact(f"initialising transactions: {err}; retrying"))
+                self._client_log.say(logging.WARNING, self.redact(f"{what}: {err}; retrying"))
+
+    async def _init(self, producer: Producer) -> None:
+        """Register the transactional.id (aborting what a predecessor left open); retried while
+        the coordinator cannot be reached."""
+        await self._retried("initialising transactions", producer.init_transactions, lambda err: self._stop.is_set())
 
     def _send_offsets(self, producer: Producer, positions: list[TopicPartition]) -> None:
         self._group_meta_fresh.wait(TXN_CALL_TIMEOUT_S)  # the first assignment's
@@ -1174,16 +1179,10 @@ class KafkaStream:
                 self._client_log.say(logging.WARNING, self.redact(f"committing a transaction: {err}; retrying"))
 
     async def _abort(self, producer: Producer) -> None:
+        """Abort the open transaction; retried, while stopping for settle_timeout_s at most."""
         deadline = time.monotonic() + self.settings.settle_timeout_s
-        while True:
-            try:
-                await self._call(producer.abort_transaction, TXN_CALL_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.fatal() or not err.retriable() or (self._stop.is_set() and time.monotonic() > deadline):
-                    raise
-                self._client_log.say(logging.WARNING, self.redact(f"aborting a transaction: {err}; retrying"))
+        await self._retried("aborting a transaction", producer.abort_transaction, lambda err: err.fatal() or (
+            self._stop.is_set() and time.monotonic() > deadline))
 
     async def _stop_transactions(self) -> None:
         """After the reader settled everything it could: the driver has nothing left to do."""
