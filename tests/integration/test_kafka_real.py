@@ -52,6 +52,10 @@ class Topics:
     dlq: str
     group: str
 
+    def metric(self, name: str) -> str:
+        """The key of this stream's metric `name` in a worker's metrics()."""
+        return f'{name}{{stream="{self.events}->{self.scores}",model="mlp"}}'
+
 
 @pytest.fixture
 def topics(broker) -> Topics:
@@ -118,7 +122,7 @@ def test_a_worker_killed_mid_stream_then_restarted(broker, topics, model_dir, rn
     messages, bad_keys = stream_of(rng.normal(size=(n, 32)).astype(np.float32))
     produce(topics.bootstrap, topics.events, messages)
     w = worker(model_dir, topics, semantics)
-    delivered = f'scorewire_stream_delivered_total{{stream="{topics.events}->{topics.scores}",model="mlp"}}'
+    delivered = topics.metric("scorewire_stream_delivered_total")
     try:
         wait_for(lambda: w.metrics()[delivered] >= 3_000, 60, every_s=0.02, what="3k events settled before the kill")
     finally:
@@ -141,14 +145,14 @@ def test_the_broker_killed_mid_stream_then_restarted(broker, topics, model_dir, 
     try:
         half = len(messages) // 2
         produce(topics.bootstrap, topics.events, messages[:half])
-        key = f'scorewire_stream_delivered_total{{stream="{topics.events}->{topics.scores}",model="mlp"}}'
-        wait_for(lambda: w.metrics()[key] >= 3_000, 60, what="3k events settled before the kill")
+        delivered = topics.metric("scorewire_stream_delivered_total")
+        wait_for(lambda: w.metrics()[delivered] >= 3_000, 60, what="3k events settled before the kill")
         broker.kill()
         time.sleep(2.0)
         broker.start()
         produce(topics.bootstrap, topics.events, messages[half:])
         check_delivery(topics, semantics, n, bad_keys, "broker SIGKILL")
-        assert w.metrics()[key.replace("delivered", "up").replace("_total", "")] == 1
+        assert w.metrics()[topics.metric("scorewire_stream_up")] == 1
     finally:
         assert w.stop() == 0
 
@@ -159,13 +163,13 @@ def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(broker, 
     messages, bad_keys = stream_of(rng.normal(size=(n, 32)).astype(np.float32))
     a = worker(model_dir, topics, semantics, name="a.toml", transactional_id="sw-a")
     b = worker(model_dir, topics, semantics, name="b.toml", transactional_id="sw-b")
-    assigned = f'scorewire_stream_assigned_partitions{{stream="{topics.events}->{topics.scores}",model="mlp"}}'
+    assigned = topics.metric("scorewire_stream_assigned_partitions")
     try:
         wait_for(lambda: a.metrics()[assigned] > 0 and b.metrics()[assigned] > 0
                  and a.metrics()[assigned] + b.metrics()[assigned] == PARTITIONS, 60,
                  what="both workers to hold partitions")
         feeder = produce_over(topics.bootstrap, topics.events, messages, seconds=4.0)
-        consumed = assigned.replace("assigned_partitions", "consumed_total")
+        consumed = topics.metric("scorewire_stream_consumed_total")
         wait_for(lambda: a.metrics()[consumed] > 0 and b.metrics()[consumed] > 0, 60, what="both to consume")
         assert a.stop() == 0  # mid-stream: its partitions move to b
         wait_for(lambda: b.metrics()[assigned] == PARTITIONS, 60, what="b to take every partition")
@@ -182,14 +186,14 @@ def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(broker, 
 def test_a_second_server_with_the_same_transactional_id_fences_the_first(broker, topics, model_dir, rng):
     x = rng.normal(size=(2_000, 32)).astype(np.float32)
     a = worker(model_dir, topics, "exactly_once", name="a.toml", transactional_id="same")
-    up = f'scorewire_stream_up{{stream="{topics.events}->{topics.scores}",model="mlp"}}'
+    up = topics.metric("scorewire_stream_up")
     b = None
     try:
         produce(topics.bootstrap, topics.events, json_events(x[:1000]))
-        delivered = up.replace("_up", "_delivered_total")
+        delivered = topics.metric("scorewire_stream_delivered_total")
         wait_for(lambda: a.metrics()[delivered] == 1000, 60, what="a to score the first events")
         b = worker(model_dir, topics, "exactly_once", name="b.toml", transactional_id="same")
-        assigned = up.replace("_up", "_assigned_partitions")
+        assigned = topics.metric("scorewire_stream_assigned_partitions")
         wait_for(lambda: b.metrics()[assigned] > 0 and a.metrics()[assigned] > 0, 60, what="the group to split")
         # a finds out that it was fenced at its next commit: give it events
         produce(topics.bootstrap, topics.events, json_events(x[1000:], first_id=1000))
