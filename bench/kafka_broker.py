@@ -15,7 +15,6 @@ prints `bootstrap.servers=127.0.0.1:PORT` and holds the broker until killed.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import fcntl
 import os
@@ -25,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -227,9 +225,9 @@ class KafkaBroker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.kafka_broker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topic", action="append", default=[], metavar="NAME:PARTITIONS",
-                        help="create a topic (repeatable), e.g. events:16")
+    from engine.mock_kafka import cluster_arguments, hold
+
+    parser = cluster_arguments("python -m bench.kafka_broker", __doc__.split("\n\n")[0])
     parser.add_argument("--dir", help="log directory (kept); default: a temporary one, removed at exit")
     args = parser.parse_args(argv)
     try:
@@ -238,21 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        for spec in args.topic:
-            name, _, partitions = spec.partition(":")
-            broker.create_topic(name, int(partitions or 1))
-        print(f"bootstrap.servers={broker.bootstrap}", flush=True)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.wait(1.0):
-            if broker.proc.poll() is not None:
-                print(f"error: the broker exited with {broker.proc.returncode}:\n{broker.log_tail()}",
-                      file=sys.stderr)
-                return 1
+        return hold(broker.create_topic, args.topic, broker.bootstrap, lambda: None if broker.proc.poll() is None
+                    else f"the broker exited with {broker.proc.returncode}:\n{broker.log_tail()}")
     finally:
         broker.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -125,23 +125,42 @@ class MockCluster:
         self.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.mock_kafka", description=__doc__.split("\n\n")[0])
+def cluster_arguments(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options a command holding a cluster for others takes: --topic NAME:PARTITIONS."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--topic", action="append", default=[], metavar="NAME:PARTITIONS",
                         help="create a topic (repeatable), e.g. events:16")
-    parser.add_argument("--brokers", type=int, default=1)
-    args = parser.parse_args(argv)
-    cluster = MockCluster(args.brokers)
-    for spec in args.topic:
+    return parser
+
+
+def hold(create_topic, topics: list[str], bootstrap: str, gone=lambda: None) -> int:
+    """Once a cluster is up (here, or bench.kafka_broker's Apache Kafka): create the
+    NAME:PARTITIONS topics, print bootstrap.servers, and wait for SIGTERM or SIGINT (then 0).
+    `gone()`, asked every second, says why the cluster died (then 1)."""
+    for spec in topics:
         name, _, partitions = spec.partition(":")
-        cluster.create_topic(name, int(partitions or 1))
-    print(f"bootstrap.servers={cluster.bootstrap}", flush=True)
+        create_topic(name, int(partitions or 1))
+    print(f"bootstrap.servers={bootstrap}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    cluster.close()
+    while not stop.wait(1.0):
+        why = gone()
+        if why is not None:
+            print(f"error: {why}", file=sys.stderr)
+            return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cluster_arguments("python -m engine.mock_kafka", __doc__.split("\n\n")[0])
+    parser.add_argument("--brokers", type=int, default=1)
+    args = parser.parse_args(argv)
+    cluster = MockCluster(args.brokers)
+    try:
+        return hold(cluster.create_topic, args.topic, cluster.bootstrap)
+    finally:
+        cluster.close()
 
 
 if __name__ == "__main__":
