@@ -36,7 +36,7 @@ queue_capacity = 4096
 [models.monitor]                 # drift of the 32 inputs against the training rows (ref.parquet)
 features = [{features}]
 reference = "ref.parquet"
-windows = [500, 2000]            # small: strong drifts soon; large: weaker ones (the README's "Which windows")
+windows = [1000, 2000]           # small: strong drifts soon; large: weaker ones (the README's "Which windows")
 every = 250
 
 [[models]]
@@ -344,7 +344,7 @@ DRIFTED = (3, 10)  # the features the demo's drift step shifts
 
 def _drift(url: str, metrics: str) -> None:
     """The held-out rows twice over with features f3 and f10 moved by +2: the monitor on
-    'mlp' (32 features, windows 500 and 2,000, every 250) raises alerts on those two and no others.
+    'mlp' (32 features, windows 1,000 and 2,000, every 250) raises alerts on those two and no others.
     Waits until the monitor has seen every row 'mlp' scored, then prints its table."""
     import tritonclient.grpc as grpcclient
 
@@ -379,7 +379,7 @@ def _drift(url: str, metrics: str) -> None:
                     sample.value
     alerting = sorted((f for f, alert in drift.items() if alert), key=lambda f: int(f[1:]))
     print(f"\ndrift: sent {len(x):,} rows to 'mlp' with f{DRIFTED[0]} and f{DRIFTED[1]} moved by +2; its monitor "
-          f"(32 features vs the training rows, windows 500 and 2,000, every 250) saw {seen:,.0f} rows")
+          f"(32 features vs the training rows, windows 1,000 and 2,000, every 250) saw {seen:,.0f} rows")
     for f in alerting:
         print(f"  DRIFT {f:4} " + "; ".join(f"window {w:,}: KS D = {v['statistic']:.3f}, p = {v['pvalue']:.2g}"
                                         for w, v in sorted(windows.get(f, {}).items()) if "pvalue" in v))
