@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from engine.batching.batch import ScoredBatch
+from engine.handoff.ring import Receipt
 from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
@@ -110,11 +111,14 @@ class Observer:
         return retired + list(current.values())
 
     # -- the data plane ---------------------------------------------------------------------
-    def put(self, batch: ScoredBatch) -> None:
-        """A batch the serving path scored. Never blocks."""
+    def put(self, batch: ScoredBatch, receipt: Receipt | None = None) -> None:
+        """A batch the serving path scored. Never blocks. `receipt` (a ring record's) is done
+        once the log has committed the batch's rows or given them up (at once without a log)."""
         self.tap.put(batch)
         if self.scorelog is not None:
-            self.scorelog.put(batch)
+            self.scorelog.put(batch, receipt)
+        elif receipt is not None:
+            receipt.done = True
         if self.shadows:
             self.offer_shadows(batch)
 

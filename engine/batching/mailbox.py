@@ -13,7 +13,8 @@ Past `capacity` items or `max_rows` rows, `put` refuses and counts (the caller d
 it is given `wait_s`: then it waits up to that long for the consumer to make room -- a thread
 in a real wait, an event loop never: there the item is parked (at most `max_rows` more rows,
 or `capacity` more items) and the consumer, woken at once, takes it on its next pass if its
-wait has not run out by then; an item whose wait ran out is refused and counted then.
+wait has not run out by then; an item whose wait ran out is refused and counted then (and
+handed to `on_refused`, so that its owner can let go of it).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def _on_event_loop() -> bool:
 
 
 class Mailbox:
-    def __init__(self, capacity: int, tick_s: float, max_rows: int | None = None):
+    def __init__(self, capacity: int, tick_s: float, max_rows: int | None = None, on_refused=None):
         """At most `capacity` items and (when given) `max_rows` rows; an item alone is
-        always taken, whatever its rows."""
+        always taken, whatever its rows. `on_refused(item)`: an item put() had accepted to wait
+        for room was refused after all."""
         self.capacity = capacity
+        self.on_refused = on_refused
         self.max_rows = max_rows
         self.tick_s = tick_s
         self.refused = 0  # items refused (full, or their wait ran out)...
@@ -100,7 +103,7 @@ class Mailbox:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closing.is_set():
                     self._refuse(rows)
-                    return False
+                    return False  # the caller learns it: not handed to on_refused
                 self._room.wait(remaining)
                 if self._admit(item, rows):
                     return True
@@ -120,6 +123,7 @@ class Mailbox:
             self._wake.wait(self.tick_s)
             self._wake.clear()
         closing = self._closing.is_set()
+        refused = []
         with self._lock:
             items = list(self._items)
             self._items.clear()
@@ -133,7 +137,11 @@ class Mailbox:
                     self.accepted_rows += rows
                 else:
                     self._refuse(rows)
+                    refused.append(item)
             self._room.notify_all()
+        if self.on_refused is not None:
+            for item in refused:
+                self.on_refused(item)
         return items, closing
 
     def close(self) -> None:

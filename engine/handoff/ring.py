@@ -16,6 +16,15 @@ cross the end is written at the start instead, after a WRAP marker where one fit
 A producer killed mid-record leaves `head` before it: the record never existed, and a new
 producer (the restarted worker) attaches the same ring and goes on from `head`.
 
+The consumer reads with a cursor of its own and frees space with `release`: the observer
+releases a record only once the scoring log has committed its rows (a `Receipt`), so the ring
+is the write-ahead log of what the observer has not made durable. A consumer killed before it
+released starts again from `tail` (a new observer, after `seek` past what the log already has).
+
+The segment is fully reserved when it is made (posix_fallocate): a ring that was created can
+always be written. Without that, /dev/shm filling up later would kill the first process to
+touch a new page of it (SIGBUS).
+
 `multiprocessing.shared_memory` provides the memory (one named segment per ring, created
 and finally unlinked by the supervisor); Python's standard library has no ring, and Arrow's
 IPC has none either (its shared-memory store, Plasma, was removed in Arrow 12).
@@ -23,7 +32,10 @@ IPC has none either (its shared-memory store, Plasma, was removed in Arrow 12).
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -38,6 +50,47 @@ def _align(n: int) -> int:
     return (n + 7) & ~7
 
 
+class SharedMemoryFull(OSError):
+    """/dev/shm has no room for a segment: the message says what to change."""
+
+
+@dataclass(slots=True)
+class Receipt:
+    """A record read from a ring and not yet released: the ring's name, the record's end
+    position, and whether whoever needed it is done (the scoring log, once its rows are
+    committed or given up). `record`: the bytes to forward once done (the challengers')."""
+
+    ring: str
+    end: int
+    done: bool = False
+    record: bytes | None = None
+    rows: int = 0
+
+
+def create_shm(size: int, what: str) -> shared_memory.SharedMemory:
+    """A new segment of `size` bytes, every page reserved now (posix_fallocate): a segment
+    that was made can always be written. SharedMemoryFull when /dev/shm has no room."""
+    shm = shared_memory.SharedMemory(create=True, size=size)
+    try:
+        os.posix_fallocate(shm._fd, 0, size)
+    except OSError as exc:
+        release_shm(shm, owner=True)
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise
+        try:
+            st = os.statvfs("/dev/shm")
+            free = f"{st.f_bavail * st.f_frsize / 2**20:.0f} MiB free"
+        except OSError:
+            free = "its free space unknown"
+        raise SharedMemoryFull(
+            exc.errno, f"cannot reserve {size / 2**20:.1f} MiB of shared memory for {what} (/dev/shm: {free}); "
+            "lower [server] handoff_ring_bytes or workers, or give the container more shared memory "
+            "(docker run --shm-size)") from None
+    except AttributeError:  # no fallocate here (not Linux): the segment stays sparse
+        pass
+    return shm
+
+
 class Ring:
     """One end of a ring. `create` makes the segment; `attach` opens it by name."""
 
@@ -48,12 +101,13 @@ class Ring:
         self.capacity = shm.size - HEADER
         self._counters = np.ndarray((HEADER // 8,), dtype=np.int64, buffer=shm.buf[:HEADER])
         self._data = shm.buf[HEADER:]
+        self._read = int(self._counters[_TAIL])  # the consumer's cursor: read up to here
 
     @classmethod
-    def create(cls, capacity: int, name: str | None = None) -> "Ring":
+    def create(cls, capacity: int, what: str = "a hand-off ring") -> "Ring":
         if capacity < 64 or capacity % 8:
             raise ValueError(f"ring capacity must be a multiple of 8 and at least 64 bytes, not {capacity}")
-        shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER + capacity)
+        shm = create_shm(HEADER + capacity, what)
         shm.buf[:HEADER] = bytes(HEADER)
         return cls(shm, owner=True)
 
@@ -91,25 +145,44 @@ class Ring:
         return True
 
     # -- consumer ---------------------------------------------------------------------------
-    def take(self) -> list[bytes]:
-        """Copy out the records written so far and free their space."""
-        c = self._counters
-        head, tail = int(c[_HEAD]), int(c[_TAIL])
+    def read(self) -> list[tuple[bytes, int]]:
+        """Copy out the records written since the last read, each with its end position; their
+        space stays taken until `release`."""
+        head = int(self._counters[_HEAD])
+        at = self._read
         cap, data = self.capacity, self._data
         out = []
-        while tail < head:
-            pos = tail % cap
+        while at < head:
+            pos = at % cap
             if cap - pos < 4:  # too little room at the end for even a marker: the record is at 0
-                tail += cap - pos
+                at += cap - pos
                 continue
             (size,) = _LEN.unpack_from(data, pos)
             if size == WRAP:
-                tail += cap - pos
+                at += cap - pos
                 continue
-            out.append(bytes(data[pos + 4:pos + 4 + size]))
-            tail += _align(4 + size)
-        c[_TAIL] = tail
+            at += _align(4 + size)
+            out.append((bytes(data[pos + 4:pos + 4 + size]), at))
+        self._read = at
         return out
+
+    def release(self, upto: int) -> None:
+        """Free the space of every record that ends at or before `upto` (a position `read` gave)."""
+        if upto > self._counters[_TAIL]:
+            self._counters[_TAIL] = upto
+
+    def seek(self, position: int) -> None:
+        """Read on from `position` (the end of a record, past the tail): the records before it
+        are released unread."""
+        if self._counters[_TAIL] < position <= self._counters[_HEAD]:
+            self._read = position
+            self._counters[_TAIL] = position
+
+    def take(self) -> list[bytes]:
+        """Copy out the records written so far and free their space."""
+        records = self.read()
+        self.release(self._read)
+        return [record for record, _ in records]
 
     # -- both -------------------------------------------------------------------------------
     @property

@@ -10,8 +10,9 @@ written every EVALUATIONS_EVERY_S or 100 evaluations, and at shutdown (`scorewir
 plots them).
 
 One small file per evaluation that raised or cleared something (events are rare), written
-under a temporary name and published like the scoring log's files (fsync, rename, fsync of
-the folder), so a reader never sees a partial file. DuckDB:
+under a temporary name, checked and published like the scoring log's files (fsync, rename,
+fsync of the folder), so a reader never sees a partial file; a write that fails (a full disk)
+leaves nothing behind. DuckDB:
 read_parquet('EVENTS_DIR/**/*.parquet', hive_partitioning = 1).
 """
 
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.monitor.drift import DriftEvent
-from engine.scorelog.parquet import publish
+from engine.scorelog.files import write_parquet
 
 SCHEMA = pa.schema([
     ("time", pa.timestamp("ns", tz="UTC")),
@@ -88,9 +89,8 @@ def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
         folder = Path(directory) / "kind=evaluation" / f"model={model}" / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{int(times[0])}-{next(_sequence)}.parquet"
-        tmp = folder / f".{final.name}.tmp"
-        pq.write_table(table.filter(pa.array(days == day)), tmp)
-        publish(tmp, final)
+        part = table.filter(pa.array(days == day))
+        write_parquet(final, lambda tmp: pq.write_table(part, tmp), part.num_rows)
         written.append(final)
     return written
 
@@ -119,8 +119,6 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
             "window_pvalues": [list(e.pvalues) for e in group],
         }, schema=SCHEMA)
         final = folder / f"part-{group[0].time_ns}-{next(_sequence)}.parquet"
-        tmp = folder / f".{final.name}.tmp"
-        pq.write_table(table, tmp)
-        publish(tmp, final)
+        write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
         written.append(final)
     return written

@@ -194,17 +194,25 @@ def _shadows(app, family) -> None:
 def _scorelog(app, family) -> None:
     log = app.scorelog
     if log is not None:
+        st = log.stats
         family("scorewire_scorelog_rows_total", "counter",
-               "Rows offered to the Parquet scoring log, by outcome (dropped: the writer fell behind and the "
-               "queue was full; failed: the write failed, see the server log).",
-               [(_labels(outcome=o), getattr(log.stats, f"rows_{o}")) for o in ("written", "dropped", "failed")])
+               "Rows offered to the Parquet scoring log, by outcome (written: in published files; dropped: the "
+               "writer fell behind and the queue was full; failed: not made durable, e.g. a full disk, see the "
+               "server log; recovered: committed by an observer that stopped, published by this one).",
+               [(_labels(outcome=o), getattr(st, f"rows_{o}")) for o in ("written", "dropped", "failed", "recovered")])
         family("scorewire_scorelog_queue_rows", "gauge", "Rows waiting for the scoring log's writer.",
                [("", log.queued_rows)])
-        family("scorewire_scorelog_files_total", "counter", "Scoring log files closed (complete, renamed).",
-               [("", log.stats.files_closed)])
+        family("scorewire_scorelog_pending_rows", "gauge",
+               "Rows committed (they survive a crash) and not yet in a published Parquet file.",
+               [("", log.pending_rows)])
+        family("scorewire_scorelog_files_total", "counter", "Scoring log files published (complete, checked, renamed).",
+               [("", st.files_closed)])
+        family("scorewire_scorelog_publish_failures_total", "counter",
+               "Publications that failed and are tried again (e.g. a full disk; each logged).",
+               [("", st.publish_failures)])
         family("scorewire_scorelog_writer_errors_total", "counter",
                "Failures the scoring log's writer survived (each logged with its cause).",
-               [("", log.stats.writer_errors)])
+               [("", st.writer_errors)])
 
 
 _STREAM_COUNTERS = (

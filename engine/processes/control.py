@@ -10,7 +10,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from engine.handoff.ring import attach_shm, release_shm
+from engine.handoff.ring import attach_shm, create_shm, release_shm
 
 UP, RESTARTS = 0, 1  # columns
 _COLUMNS = 2
@@ -25,7 +25,7 @@ class Control:
 
     @classmethod
     def create(cls, workers: int) -> "Control":
-        shm = shared_memory.SharedMemory(create=True, size=8 * _COLUMNS * (workers + 3))
+        shm = create_shm(8 * _COLUMNS * (workers + 3), "the supervisor's table")
         control = cls(shm, owner=True)
         control.table[:] = 0
         return control

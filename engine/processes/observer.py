@@ -8,18 +8,26 @@ were scored (one monotonic clock for the machine). A request sent after another 
 answered was scored after it, and its batch was in its worker's ring before that answer
 went out -- so requests that arrive one at a time reach the drift monitor in their order,
 whatever worker served them, and drift is the same as with one worker.
+
+Nothing answered is lost when this process is killed: a record stays in its ring (the
+worker's write-ahead log) until the scoring log has committed its rows, and the next observer
+reads on from the position the log's journal gives for each ring (engine/scorelog/files.py):
+what was committed is not logged twice, what was not is read again. The batches of champions
+with challengers are forwarded once their rows are committed too, so that a restart forwards
+none twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import logging
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from engine.handoff.ring import Ring
+from engine.handoff.ring import Receipt, Ring
 from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
@@ -50,7 +58,9 @@ class Watch:
         self.latest: dict[int, tuple[int, list]] = {}  # worker slot -> (pid, its families)
         self.retired: list = []  # counters of worker processes that were replaced
         self.decode_failures = 0
-        self._held: list = []  # (stamp, batch, record) read, not yet handed on (see poll)
+        self._held: list = []  # (stamp, ring, end, batch or None, header, record) read, not handed on (see poll)
+        self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
+        self._receipts: dict[str, collections.deque] = {}  # per ring: records handed on, in order, not released
 
     # -- models -----------------------------------------------------------------------------
     @staticmethod
@@ -70,6 +80,13 @@ class Watch:
             self._load(ms)
         self._forwarding()
         self.observer.open_scorelog()
+        if self.observer.scorelog is not None:  # what an observer before this one committed
+            for ring in self._sources:
+                ring.seek(self.observer.scorelog.rings.get(ring.name, 0))
+
+    @property
+    def _sources(self) -> list[Ring]:
+        return self.rings if self.from_challengers is None else [*self.rings, self.from_challengers]
 
     def reload(self, path: Path) -> None:
         """SIGHUP: the models and routes of the config as it is now (as the workers do)."""
@@ -99,36 +116,65 @@ class Watch:
         one after another: a record can land in a ring already read in this pass while a later
         one lands in a ring read after it (a descheduled observer makes that gap milliseconds
         long). So only records stamped HOLD_NS before this pass began are handed on; later ones
-        wait for the next pass, sorted with what it brings (`final`: everything now)."""
+        wait for the next pass, sorted with what it brings (`final`: everything now). A ring's
+        stamps are taken as never going back (a record stamped before the one ahead of it in
+        its ring counts as stamped with it), so what is handed on is a prefix of each ring."""
         started = time.monotonic_ns()
-        batches = self._held
-        rings = self.rings if self.from_challengers is None else [*self.rings, self.from_challengers]
-        for ring in rings:
-            for record in ring.take():
+        held = self._held
+        for ring in self._sources:
+            last = self._last_stamp.get(ring.name, 0)
+            for record, end in ring.read():
                 try:
                     header, batch = decode(record)
                 except Exception:
                     self.decode_failures += 1
                     log.exception("the observer could not read a record from a worker's ring")
-                    continue
-                if batch is None:
-                    self._stats(header)
-                else:
-                    batches.append((header["s"], batch, record))
-        if len(batches) > 1:
-            batches.sort(key=lambda sb: sb[0])
+                    header, batch = None, None
+                if batch is not None:
+                    last = max(last, header["s"])
+                held.append((last, ring, end, batch, header, record))
+            self._last_stamp[ring.name] = last
+        if len(held) > 1:
+            held.sort(key=lambda item: item[0])  # stable: a ring's records keep their order
         if final:
-            ready, self._held = batches, []
+            ready, self._held = held, []
         else:
-            cutoff = started - HOLD_NS
-            n = bisect.bisect_left(batches, cutoff, key=lambda sb: sb[0])
-            ready, self._held = batches[:n], batches[n:]
-        put, forward, out = self.observer.put, self.forward, self.to_challengers
-        for _, batch, record in ready:
-            put(batch)
-            if out is not None and (batch.model, batch.version) in forward:
-                out.put([record], batch.rows)  # as the worker wrote it; full: dropped, counted
+            n = bisect.bisect_left(held, started - HOLD_NS, key=lambda item: item[0])
+            ready, self._held = held[:n], held[n:]
+        put, forward = self.observer.put, self.forward
+        for _, ring, end, batch, header, record in ready:
+            receipt = Receipt(ring.name, end)
+            self._receipts.setdefault(ring.name, collections.deque()).append(receipt)
+            if batch is None:
+                receipt.done = True
+                if header is not None:
+                    self._stats(header)
+                continue
+            if self.to_challengers is not None and (batch.model, batch.version) in forward:
+                receipt.record, receipt.rows = record, batch.rows
+            put(batch, receipt)
+        self.release()
         return len(ready)
+
+    def release(self) -> None:
+        """Free the ring space of every record the log is done with (in ring order), and
+        forward those the challengers get."""
+        out = self.to_challengers
+        for ring in self._sources:
+            receipts = self._receipts.get(ring.name)
+            end = None
+            while receipts and receipts[0].done:
+                receipt = receipts.popleft()
+                if receipt.record is not None:  # as the worker wrote it; full: dropped, counted
+                    out.put([receipt.record], receipt.rows)
+                end = receipt.end
+            if end is not None:
+                ring.release(end)
+
+    @property
+    def unreleased(self) -> int:
+        """Records handed on whose ring space is not free yet."""
+        return sum(len(r) for r in self._receipts.values())
 
     def _stats(self, header: dict) -> None:
         slot, pid = header["worker"], header["pid"]

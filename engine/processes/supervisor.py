@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from engine.errors import cannot_bind
-from engine.handoff.ring import HEADER, Ring
+from engine.handoff.ring import Ring, SharedMemoryFull
 from engine.processes import challengers as challengers_proc
 from engine.processes import observer as observer_proc
 from engine.processes import worker as worker_proc
@@ -321,25 +321,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return keeper
 
 
-def _shm_room(needed: int) -> str | None:
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    if free < needed:
-        return (f"the workers' rings need {needed / 2**20:.0f} MiB in /dev/shm and it has {free / 2**20:.0f} MiB free; "
-                "lower [server] handoff_ring_bytes or workers, or give the container more shared memory "
-                "(docker run --shm-size)")
-    return None
-
-
 def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str) -> int:
     server = settings.server
-    problem = _shm_room((workers + 2) * (server.handoff_ring_bytes + HEADER))
-    if problem is not None:
-        print(f"scorewire: {problem}", file=sys.stderr)
-        return 2
     keepers = []
     for what, key, port in (("gRPC", "grpc_port", server.grpc_port), ("HTTP", "http_port", server.http_port)):
         try:
@@ -349,9 +332,21 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
             for keeper in keepers:
                 keeper.close()
             return 2
-    rings = [Ring.create(server.handoff_ring_bytes) for _ in range(workers)]
-    challenger_rings = (Ring.create(server.handoff_ring_bytes), Ring.create(server.handoff_ring_bytes))
-    control = Control.create(workers)
+    made: list = []  # every segment, reserved whole now: none can run out of room later (SIGBUS)
+    try:
+        for i in range(workers):
+            made.append(Ring.create(server.handoff_ring_bytes, f"worker {i}'s ring"))
+        for what in ("the ring to the challengers", "the ring from the challengers"):
+            made.append(Ring.create(server.handoff_ring_bytes, what))
+        made.append(Control.create(workers))
+    except SharedMemoryFull as exc:
+        print(f"scorewire: {exc.strerror}", file=sys.stderr)
+        for segment in made:
+            segment.close()
+        for keeper in keepers:
+            keeper.close()
+        return 2
+    rings, challenger_rings, control = made[:workers], (made[workers], made[workers + 1]), made[-1]
     supervisor = Supervisor(settings, config_path, workers, log_level,
                             (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control)
     try:
@@ -360,6 +355,5 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         supervisor.close()
         for keeper in keepers:
             keeper.close()
-        for ring in (*rings, *challenger_rings):
-            ring.close()
-        control.close()
+        for segment in made:
+            segment.close()

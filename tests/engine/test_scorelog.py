@@ -6,6 +6,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 
 from engine.batching.batch import Origin, ScoredBatch
@@ -126,17 +127,129 @@ def test_the_writer_survives_a_batch_it_cannot_write(tmp_path, caplog):
     assert written == 2 and log.stats.rows_failed == 3 and "impossible time" in caplog.text
 
 
-def test_temporary_files_of_dead_writers_are_removed_at_start(tmp_path):
+def test_unfinished_files_of_dead_writers_are_removed_at_start(tmp_path):
+    """Files no journal lists are a writer's last, uncommitted tick: removed when that writer
+    no longer runs; a running writer's stay."""
     import subprocess
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    folder = tmp_path / "model=m" / "role=champion" / "date=2026-01-01"
-    folder.mkdir(parents=True)
-    stale = folder / f".part-20260101T000000000000-{int(dead.stdout)}-000001.parquet.tmp"
-    live = folder / f".part-20260101T000000000000-{os.getpid()}-000002.parquet.tmp"
-    stale.write_bytes(b"half a file")
-    live.write_bytes(b"being written")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = tmp_path / "model=m" / "role=champion" / "date=2026-01-01"
+        folder.mkdir(parents=True)
+        stale = [folder / f".part-20260101T000000000000-{int(dead.stdout)}-000001.parquet.tmp",
+                 folder / f".part-20260101T000000000000-{int(dead.stdout)}-000002.arrows"]
+        live = [folder / f".part-20260101T000000000000-{running.pid}-000003.parquet.tmp",
+                folder / f".part-20260101T000000000000-{running.pid}-000004.arrows"]
+        for f in stale + live:
+            f.write_bytes(b"half a file")
+        log = ScoreLog(ScoreLogSettings(dir=tmp_path))
+        log.close()
+        assert not any(f.exists() for f in stale) and all(f.exists() for f in live)
+        assert log.stats.stale_removed == 2
+    finally:
+        running.kill()
+        running.wait()
+
+
+def _published(root) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in root.glob("**/*.parquet"))
+
+
+def test_a_writer_killed_keeps_every_committed_row_and_where_its_rings_were(tmp_path):
+    """kill -9 of the writing process: every row it committed is published by the next log
+    opened on the directory, none twice; a torn last tick is never read; the next log knows
+    how far each hand-off ring's records are in."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import os, signal, sys, time
+from engine.handoff.ring import Receipt
+from engine.scorelog.parquet import ScoreLog
+from engine.settings import ScoreLogSettings
+from tests.engine.test_scorelog import batch
+log = ScoreLog(ScoreLogSettings(dir={str(tmp_path)!r}, max_file_age_s=3600))
+receipts = [Receipt("ring-a", 100 * (i + 1)) for i in range(40)]
+for i, r in enumerate(receipts):
+    log.put(batch(10, role="challenger" if i % 4 == 0 else "champion"), r)
+while not all(r.done for r in receipts):
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    assert _published(tmp_path) == 0  # every file was in progress
+    streams = list(tmp_path.glob("**/.part-*.arrows"))
+    assert len(streams) == 2 and list(tmp_path.glob(".scorelog-*.journal"))
+    with open(streams[0], "ab") as f:  # a tick that was being written when the process died
+        f.write(b"\xff\xff\xff\xff\x80\x00\x00\x00half a record batch")
     log = ScoreLog(ScoreLogSettings(dir=tmp_path))
+    assert log.rings == {"ring-a": 4000}
     log.close()
-    assert not stale.exists() and live.exists() and log.stats.stale_removed == 1
+    assert log.stats.rows_recovered == 400 and log.stats.rows_written == 400
+    assert _published(tmp_path) == 400
+    import duckdb
+
+    [(n, ids)] = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT request_id || role) FROM "
+                                          f"read_parquet('{tmp_path}/**/*.parquet', hive_partitioning = 1)").fetchall()
+    assert n == 400 and ids == 4  # r0, r1 of both roles
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()], "no hidden file is left"
+
+
+def _tmpfs(path, size: str) -> bool:
+    import subprocess
+
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_publishes_only_whole_files_and_counts_what_it_could_not_write(tmp_path):
+    """A log on a 1 MiB tmpfs that fills up: the writer goes on, every published file reads
+    back (pyarrow, DuckDB), nothing half written or empty piles up, and every row offered is
+    written, failed, dropped or committed for the next start -- counted once. Once there is
+    room again, the next start publishes what was committed."""
+    import subprocess
+
+    import duckdb
+
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        log = ScoreLog(ScoreLogSettings(dir=disk, max_file_age_s=0.2, max_rows_per_file=3000))
+        offered = 0
+        for i in range(100):
+            b = batch(100, members=4)
+            noise = np.random.default_rng(i).random((100, 32), dtype=np.float32)  # incompressible
+            log.put(ScoredBatch(**{**{f: getattr(b, f) for f in b.__slots__}, "inputs": {"x": noise}}))
+            offered += 100
+            time.sleep(0.01)
+        log.close(timeout_s=20)
+        st = log.stats
+        assert st.rows_failed > 0, "the disk never filled"
+        pending = log.pending_rows
+        assert st.rows_written + st.rows_failed + st.rows_dropped + pending == offered
+        assert st.rows_written == _published(disk) > 0
+        files = list(disk.glob("**/*.parquet"))
+        for f in files:
+            assert pq.read_table(f).num_rows > 0
+        [(n,)] = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{disk}/**/*.parquet')").fetchall()
+        assert n == st.rows_written
+        hidden = [p for p in disk.rglob(".*") if p.is_file()]
+        assert not [p for p in hidden if p.name.endswith(".tmp")], hidden
+        assert all(p.stat().st_size > 0 for p in hidden)
+        # room again: the next start publishes what this one committed and could not publish
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        again = ScoreLog(ScoreLogSettings(dir=disk))
+        again.close()
+        assert again.stats.rows_recovered == pending
+        assert _published(disk) == st.rows_written + pending
+        assert not [p for p in disk.rglob(".*") if p.is_file()]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

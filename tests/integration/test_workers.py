@@ -198,6 +198,65 @@ def test_sigterm_under_load_loses_no_answered_row(model_dir, rng):
     assert len(answered) >= 300
 
 
+class Load:
+    """Callers sending one-row requests with ids on their own connections until stopped;
+    `answered` holds the ids of the requests answered OK."""
+
+    def __init__(self, url: str, x: np.ndarray, callers: int = 4):
+        self.url, self.x = url, x
+        self.answered: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._call, args=(k,)) for k in range(callers)]
+        for t in self.threads:
+            t.start()
+
+    def _call(self, k: int) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        i = 0
+        while not self.stop.is_set():
+            rid = f"c{k}-{i}"
+            inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+            inp.set_data_from_numpy(self.x[i % len(self.x):i % len(self.x) + 1])
+            try:
+                client.infer("mlp", [inp], request_id=rid)
+                self.answered.append(rid)
+            except Exception:  # refused while draining: not answered, so not owed to the log
+                time.sleep(0.01)
+            i += 1
+        client.close()
+
+    def finish(self) -> list[str]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+        return self.answered
+
+
+def test_an_observer_killed_under_load_loses_no_answered_row_and_logs_none_twice(model_dir, rng):
+    config = CHALLENGED.format(workers=2).replace("challenged-log", "killed-observer-log")
+    server = launch_workers(model_dir, config, "killed-observer.toml")
+    load = Load(server.url, rng.normal(size=(64, N_FEATURES)).astype(np.float32))
+    try:
+        _, observer = pids(server)
+        wait_for(lambda: len(load.answered) >= 1500, 60, what="load")
+        os.kill(observer, signal.SIGKILL)  # its log files in progress, and what it had read, die with it
+        killed_at = len(load.answered)
+        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
+                 what="the observer to come back")
+        wait_for(lambda: len(load.answered) >= killed_at + 1500, 60, what="load after the restart")
+    finally:
+        answered = load.finish()
+        assert server.stop() == 0
+    table = pq.read_table(model_dir / "killed-observer-log", partitioning="hive")
+    rows = table.select(["role", "request_id"]).to_pylist()
+    champion = [r["request_id"] for r in rows if r["role"] == "champion"]
+    missing = set(answered) - set(champion)
+    assert not missing, f"{len(missing)} of {len(answered)} answered requests are not in the scoring log"
+    assert len(champion) == len(set(champion)), "rows logged twice"
+    shadowed = [r["request_id"] for r in rows if r["role"] == "challenger"]
+    assert len(shadowed) == len(set(shadowed)), "challenger rows logged twice"
+
+
 MONITORED = BASE + """
 [monitoring]
 events_dir = "{events}"

@@ -1,50 +1,93 @@
 """The observer hands batches on in the order they were scored, across workers' rings, even
 when a record lands in a ring the pass already read while a later one lands in a ring read
-after it."""
+after it; and a ring keeps each record until the scoring log is done with it."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
+
+from engine.handoff.ring import Ring
 from engine.handoff.wire import encode_batch
 from engine.processes.observer import HOLD_NS, Watch
 from tests.engine.test_scorelog import batch
 
 
-class _Ring:
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-
-    def take(self) -> list[bytes]:
-        records, self.records = self.records, []
-        return records
-
-
 class _Observer:
+    """Takes batches as the log does: their receipts are done when the test says."""
+
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.receipts: list = []
 
-    def put(self, b) -> None:
+    def put(self, b, receipt=None) -> None:
         self.seen.append(b.version)
+        self.receipts.append(receipt)
 
 
-def _record(version: str, stamp_ns: int) -> bytes:
-    return b"".join(bytes(p) for p in encode_batch(batch(2, version=version), stamp_ns))
+def _put(ring: Ring, version: str, stamp_ns: int) -> None:
+    assert ring.put(encode_batch(batch(2, version=version), stamp_ns), 2)
 
 
-def test_a_late_put_in_a_ring_read_earlier_still_comes_first():
-    a, b = _Ring(), _Ring()
+@pytest.fixture
+def rings():
+    made = [Ring.create(1 << 16), Ring.create(1 << 16)]
+    yield made
+    for r in made:
+        r.close()
+
+
+def _watch(rings: list[Ring]) -> Watch:
     watch = Watch.__new__(Watch)  # only what poll() uses
-    watch.rings, watch.from_challengers, watch.to_challengers = [a, b], None, None
-    watch.observer, watch.forward, watch.decode_failures, watch._held = _Observer(), set(), 0, []
+    watch.rings, watch.from_challengers, watch.to_challengers = rings, None, None
+    watch.observer, watch.forward, watch.decode_failures = _Observer(), set(), 0
+    watch._held, watch._last_stamp, watch._receipts = [], {}, {}
+    return watch
+
+
+def test_a_late_put_in_a_ring_read_earlier_still_comes_first(rings):
+    a, b = rings
+    watch = _watch(rings)
     now = time.monotonic_ns()
     # worker B's batch (scored second) is already in its ring; worker A's (scored first) is not
-    b.records.append(_record("second", now - 1_000_000))
+    _put(b, "second", now - 1_000_000)
     assert watch.poll() == 0  # too recent to hand on: an earlier one may still be on its way
-    a.records.append(_record("first", now - 2_000_000))
+    _put(a, "first", now - 2_000_000)
     time.sleep(HOLD_NS / 1e9 + 0.02)
     assert watch.poll() == 2
     assert watch.observer.seen == ["first", "second"]
     # at the end everything goes, whatever its age
-    b.records.append(_record("last", time.monotonic_ns()))
+    _put(b, "last", time.monotonic_ns())
     assert watch.poll(final=True) == 1 and watch.observer.seen[-1] == "last"
+
+
+def test_a_ring_keeps_each_record_until_the_log_is_done_with_it(rings):
+    a, _ = rings
+    watch = _watch(rings)
+    for i in range(3):
+        _put(a, str(i), time.monotonic_ns() - HOLD_NS - 1_000_000)
+    assert watch.poll() == 3 and a.used > 0
+    first, second, third = watch.observer.receipts
+    second.done = True  # out of order: the first still holds the ring
+    watch.release()
+    assert a.used > 0 and watch.unreleased == 3
+    first.done = True
+    watch.release()
+    assert watch.unreleased == 1 and 0 < a.used
+    third.done = True
+    watch.release()
+    assert a.used == 0 and watch.unreleased == 0
+    # a new reader of the ring (a restarted observer) starts where the log left off
+    _put(a, "3", time.monotonic_ns() - HOLD_NS - 1_000_000)
+    _put(a, "4", time.monotonic_ns() - HOLD_NS - 1_000_000)
+    again = Ring.attach(a.name)
+    try:
+        records = again.read()
+        assert len(records) == 2
+        fresh = Ring.attach(a.name)
+        fresh.seek(records[0][1])  # the log's journal says the first of them is in
+        assert [end for _, end in fresh.read()] == [records[1][1]]
+        fresh.close()
+    finally:
+        again.close()
