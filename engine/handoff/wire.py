@@ -6,8 +6,8 @@ into the ring by the worker and viewed with `np.frombuffer` by the observer (ove
 encode a one-row batch, 17 us to decode it. Arrow IPC was the other candidate (a schema and
 message framing per record); it was not measured against this.
 
-Two kinds of record: a scored batch (`"k": "b"`) and a worker's counters (`"k": "s"`,
-the metric families of its serving path, sent every STATS_INTERVAL_S and once at the end).
+Records are scored batches (`"k": "b"`); counters go through the supervisor's board
+(engine/processes/board.py), not the rings.
 """
 
 from __future__ import annotations
@@ -82,10 +82,6 @@ def encode_batch(batch: ScoredBatch, stamp_ns: int) -> list:
     return _frame(header, arrays)
 
 
-def encode_stats(worker: int, pid: int, families: list, final: bool = False) -> list:
-    return _frame({"k": "s", "worker": worker, "pid": pid, "families": families, "final": final}, _Arrays())
-
-
 def _frame(header: dict, arrays: _Arrays) -> list:
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     pad = -(4 + len(head)) % 8
@@ -94,7 +90,7 @@ def _frame(header: dict, arrays: _Arrays) -> list:
 
 def decode(record: bytes) -> tuple[dict, ScoredBatch | None]:
     """(header, batch): the batch for a scored-batch record (arrays are read-only views of
-    `record`), None for other kinds."""
+    `record`), None for a kind this version does not know."""
     (n,) = _U32.unpack_from(record, 0)
     header = orjson.loads(record[4:4 + n])
     if header["k"] != "b":

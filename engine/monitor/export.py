@@ -38,13 +38,15 @@ def _collector(families: list[Family]):
     return family
 
 
-# Families whose samples say "this exists" (value 1): merged by max, not summed.
-_INFO = frozenset({"scorewire_model_info"})
+# How samples of one name and label set from several processes become one: summed (counters,
+# and gauges of quantities: queued rows, events in flight, partitions), except these.
+_MAX = frozenset({"scorewire_model_info"})  # "this exists" (1)
+_MIN = frozenset({"scorewire_stream_up", "scorewire_stream_brokers_reachable"})  # "is it up": 1 only if in every one
 
 
 def merge(sources: list[list[Family]]) -> list[Family]:
-    """Families of several processes as one: the samples of a name and label set summed
-    (counters and gauges of workers add up; info families take the max), in first-seen order."""
+    """Families of several processes as one, in first-seen order: the samples of a name and
+    label set summed, or their max (_MAX) or min (_MIN)."""
     merged: dict[str, Family] = {}
     values: dict[str, dict[str, float]] = {}
     for families in sources:
@@ -55,7 +57,9 @@ def merge(sources: list[list[Family]]) -> list[Family]:
             into = values[name]
             for labels, value in samples:
                 if labels in into:
-                    into[labels] = max(into[labels], value) if name in _INFO else into[labels] + value
+                    old = into[labels]
+                    into[labels] = (max(old, value) if name in _MAX else min(old, value) if name in _MIN
+                                    else old + value)
                 else:
                     into[labels] = value
     for name, family in merged.items():

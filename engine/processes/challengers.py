@@ -5,7 +5,8 @@ The observer forwards each champion batch that has challengers (the ring record 
 from the worker, not decoded again) into this process's inbound ring; each challenger scores
 on a thread of its own (engine/routing/shadow.py: bounded queue, timeout, errors counted),
 and its results go back to the observer through the outbound ring, for the monitor and the
-scoring log, with this process's counts every STATS_INTERVAL_S. A challenger that is slow,
+scoring log; this process's counts go to its slot of the supervisor's board every
+STATS_INTERVAL_S. A challenger that is slow,
 hangs or crashes this process costs the workers nothing; the observer's forwarding never
 waits (a full ring drops and counts).
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -22,10 +22,11 @@ from pathlib import Path
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Ring
-from engine.handoff.wire import decode, encode_batch, encode_stats
+from engine.handoff.wire import decode, encode_batch
 from engine.monitor.export import shadow_families
 from engine.observer import Observer
 from engine.processes import child
+from engine.processes.board import Board, Counts
 from engine.runtime.session import OnnxModel, WarmupError
 from engine.settings import Settings, load_settings
 
@@ -33,13 +34,13 @@ log = logging.getLogger("scorewire")
 
 STATS_INTERVAL_S = 0.25
 TICK_S = 0.01  # between passes over the inbound ring
-FINAL_STATS_WAIT_S = 5.0  # drain: how long the last counts wait for room in the ring
 
 
 class Challengers:
-    def __init__(self, settings: Settings, slot: int, inbound: Ring, outbound: Ring, say):
+    def __init__(self, settings: Settings, slot: int, inbound: Ring, outbound: Ring, board: Board, say):
         self.settings = settings
         self.slot = slot
+        self.counts = Counts(board, slot)
         self.inbound, self.outbound = inbound, outbound
         self._out_lock = threading.Lock()  # one ring, one producer: the challengers' threads take turns
         self.observer = Observer(settings, say, shadow_results=self._send)
@@ -47,19 +48,17 @@ class Challengers:
         self.encode_failures = 0
 
     def _send(self, batch: ScoredBatch) -> None:
-        try:
-            parts = encode_batch(batch, time.monotonic_ns())
-        except Exception:
-            self.encode_failures += 1
-            log.exception("a challenger's batch could not be handed to the observer")
-            return
-        with self._out_lock:
+        with self._out_lock:  # stamped in the order they go in
+            try:
+                parts = encode_batch(batch, time.monotonic_ns())
+            except Exception:
+                self.encode_failures += 1
+                log.exception("a challenger's batch could not be handed to the observer")
+                return
             self.outbound.put(parts, batch.rows)
 
-    def send_stats(self, final: bool = False) -> bool:
-        record = encode_stats(self.slot, os.getpid(), shadow_families(self.observer), final)
-        with self._out_lock:
-            return self.outbound.put(record, 0)
+    def publish(self) -> None:
+        self.counts.publish(shadow_families(self.observer))
 
     def _load(self, settings: Settings) -> None:
         versions = {(r.model, v) for r in settings.routes for v in r.challengers}
@@ -110,9 +109,10 @@ class Challengers:
         return n
 
 
-async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbound: Ring, conn: Connection) -> None:
+async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbound: Ring, board: Board,
+               conn: Connection) -> None:
     say = child.say_to(conn)
-    host = Challengers(settings, slot, inbound, outbound, say)
+    host = Challengers(settings, slot, inbound, outbound, board, say)
     await asyncio.get_running_loop().run_in_executor(None, host.load)
     signals = child.Signals("challengers", config_path, host.reload)
     say("ready")
@@ -120,7 +120,7 @@ async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbou
 
     def stats_now_and_then() -> None:
         if time.monotonic() >= next_stats[0]:
-            host.send_stats()
+            host.publish()
             next_stats[0] = time.monotonic() + STATS_INTERVAL_S
 
     # The supervisor stops this process once the observer forwarded the workers' last batches.
@@ -129,17 +129,19 @@ async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbou
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await asyncio.get_running_loop().run_in_executor(None, host.observer.close_shadows,
                                                      lambda: deadline - time.monotonic())
-    await child.put_until(lambda: host.send_stats(final=True), FINAL_STATS_WAIT_S)
+    host.publish()
 
 
-def main(settings: Settings, config_path, slot: int, inbound_name: str, outbound_name: str, conn: Connection,
-         log_level: str) -> None:
+def main(settings: Settings, config_path, slot: int, inbound_name: str, outbound_name: str, board_name: str,
+         conn: Connection, log_level: str) -> None:
     """The challengers process (multiprocessing's spawn target)."""
     inbound, outbound = Ring.attach(inbound_name), Ring.attach(outbound_name)
+    board = Board.attach(board_name)
 
     def cleanup() -> None:
         inbound.close()
         outbound.close()
+        board.close()
 
-    child.run("challengers", log_level, conn, lambda: _run(settings, config_path, slot, inbound, outbound, conn),
-              cleanup)
+    child.run("challengers", log_level, conn,
+              lambda: _run(settings, config_path, slot, inbound, outbound, board, conn), cleanup)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -90,13 +89,3 @@ async def poll_until(stop: asyncio.Event, poll: Callable[[], int], tick_s: float
         await asyncio.sleep(tick_s)
     while poll():
         pass
-
-
-async def put_until(put: Callable[[], bool], wait_s: float) -> bool:
-    """Retry a ring put that found no room, for up to `wait_s` (a process's last counters)."""
-    deadline = time.monotonic() + wait_s
-    while not put():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True

@@ -1,7 +1,8 @@
 """The observer process: reads every worker's ring, hands the scored batches to one
 Observer (drift, latency, scoring log) in the order they were scored, forwards the batches
 of champions that have challengers to the challengers process (and reads their results
-back), and serves the one /metrics of the whole server (every process's counters summed).
+back), and serves the one /metrics of the whole server (every process's counters, read from
+the supervisor's board, engine/processes/board.py, merged).
 
 Order: each pass takes everything every ring holds, then sorts it by the time the batches
 were scored (one monotonic clock for the machine). A request sent after another was
@@ -32,6 +33,7 @@ from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
 from engine.processes import child
+from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
 from engine.runtime.session import OnnxModel
 from engine.settings import Settings, load_settings
@@ -43,10 +45,11 @@ TICK_S = 0.01  # between passes over the rings
 # its ring by then (a put follows its stamp by microseconds; 50 ms covers a descheduled worker)
 HOLD_NS = 50_000_000
 LOG_FLUSH_S = 2.0
+PUBLISH_S = 1.0  # this process's counters reach the board (for a successor) this often
 
 
 class Watch:
-    def __init__(self, settings: Settings, rings: list[Ring], control: Control, say,
+    def __init__(self, settings: Settings, rings: list[Ring], control: Control, board: Board, say,
                  to_challengers: Ring | None = None, from_challengers: Ring | None = None):
         self.settings = settings
         self.rings = rings  # the workers'
@@ -55,8 +58,8 @@ class Watch:
         self.forward: set[tuple[str, str]] = set()  # champions whose batches the challengers get
         self.say = say
         self.observer = Observer(settings, say)
-        self.latest: dict[int, tuple[int, list]] = {}  # worker slot -> (pid, its families)
-        self.retired: list = []  # counters of worker processes that were replaced
+        self.board = board
+        self.counts = Counts(board, control.observer)  # this process's counters go on from its predecessor's
         self.decode_failures = 0
         self._held: list = []  # (stamp, ring, end, batch or None, header, record) read, not handed on (see poll)
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
@@ -145,10 +148,8 @@ class Watch:
         for _, ring, end, batch, header, record in ready:
             receipt = Receipt(ring.name, end)
             self._receipts.setdefault(ring.name, collections.deque()).append(receipt)
-            if batch is None:
+            if batch is None:  # unreadable (counted)
                 receipt.done = True
-                if header is not None:
-                    self._stats(header)
                 continue
             if self.to_challengers is not None and (batch.model, batch.version) in forward:
                 receipt.record, receipt.rows = record, batch.rows
@@ -176,17 +177,20 @@ class Watch:
         """Records handed on whose ring space is not free yet."""
         return sum(len(r) for r in self._receipts.values())
 
-    def _stats(self, header: dict) -> None:
-        slot, pid = header["worker"], header["pid"]
-        previous = self.latest.get(slot)
-        if previous is not None and previous[0] != pid:  # a restarted worker: its counters start at 0
-            counters = [f for f in previous[1] if f[1] == "counter"]
-            self.retired = merge([self.retired, counters])
-        self.latest[slot] = (pid, header["families"])
-
     def families(self) -> list:
-        workers = merge([self.retired, *(families for _, families in self.latest.values())])
-        return workers + observer_families(self.observer) + self._process_families()
+        """The server's metric families: every process's, each as it last wrote them."""
+        board, control = self.board, self.control
+        others = [board.read(slot) for slot in [*range(control.workers), control.challengers]]
+        return merge([*others, self.own_families()]) + self._process_families()
+
+    def own_families(self) -> list:
+        counts = self.counts
+        own = observer_families(self.observer)
+        return merge([counts.base, own]) if counts.base else own
+
+    def publish(self) -> None:
+        """This process's counters on the board, for the next observer if this one dies."""
+        self.counts.board.write(self.counts.slot, [f for f in self.own_families() if f[1] in CARRIED])
 
     def _process_families(self) -> list:
         table = self.control.table
@@ -217,42 +221,55 @@ class Watch:
              [["", 0 if self.to_challengers is None else self.to_challengers.dropped_rows]]],
             ["scorewire_handoff_decode_failures_total", "counter",
              "Ring records the observer could not read (logged).", [["", self.decode_failures]]],
+            ["scorewire_metrics_too_large_total", "counter",
+             "Times a process's metrics did not fit its slot of the board (logged; the last that fit are shown).",
+             [["", self.board.too_large]]],
         ]
 
 
-async def _observe(settings: Settings, config_path, rings: list[Ring], control: Control, conn: Connection,
-                   metrics_port: int, to_challengers: Ring, from_challengers: Ring) -> None:
+async def _observe(settings: Settings, config_path, rings: list[Ring], control: Control, board: Board,
+                   conn: Connection, metrics_port: int, to_challengers: Ring, from_challengers: Ring) -> None:
     loop = asyncio.get_running_loop()
     say = child.say_to(conn)
-    watch = Watch(settings, rings, control, say, to_challengers, from_challengers)
+    watch = Watch(settings, rings, control, board, say, to_challengers, from_challengers)
     await loop.run_in_executor(None, watch.load)
     metrics = MetricsServer(settings.server.host, metrics_port, lambda: text(watch.families()))
     port = await metrics.start()
     conn.send(("metrics", port))
     signals = child.Signals("observer", config_path, watch.reload)
     say("ready")
+    next_publish = [0.0]
+
+    def publish_now_and_then() -> None:
+        if time.monotonic() >= next_publish[0]:
+            watch.publish()
+            next_publish[0] = time.monotonic() + PUBLISH_S
+
     # The supervisor stops the observer after the workers: what is in the rings is all there is.
-    await child.poll_until(signals.stop, watch.poll, TICK_S)
+    await child.poll_until(signals.stop, watch.poll, TICK_S, publish_now_and_then)
     while watch.poll(final=True):  # what was held back, and anything after it
         pass
     await signals.reloads_done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await loop.run_in_executor(None, watch.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
+    watch.publish()
     await metrics.stop()
 
 
-def main(settings: Settings, config_path, ring_names: list[str], control_name: str, conn: Connection,
-         metrics_port: int, log_level: str, challenger_ring_names: tuple[str, str]) -> None:
+def main(settings: Settings, config_path, ring_names: list[str], control_name: str, board_name: str,
+         conn: Connection, metrics_port: int, log_level: str, challenger_ring_names: tuple[str, str]) -> None:
     """The observer process (multiprocessing's spawn target)."""
     rings = [Ring.attach(name) for name in ring_names]
     to_challengers, from_challengers = (Ring.attach(name) for name in challenger_ring_names)
     control = Control.attach(control_name)
+    board = Board.attach(board_name)
 
     def cleanup() -> None:
         for ring in (*rings, to_challengers, from_challengers):
             ring.close()
         control.close()
+        board.close()
 
     child.run("observer", log_level, conn,
-              lambda: _observe(settings, config_path, rings, control, conn, metrics_port, to_challengers,
+              lambda: _observe(settings, config_path, rings, control, board, conn, metrics_port, to_challengers,
                                from_challengers), cleanup)

@@ -36,6 +36,7 @@ from engine.handoff.ring import Ring, SharedMemoryFull
 from engine.processes import challengers as challengers_proc
 from engine.processes import observer as observer_proc
 from engine.processes import worker as worker_proc
+from engine.processes.board import Board
 from engine.processes.control import RESTARTS, UP, Control
 from engine.settings import Settings, SettingsError, load_settings
 
@@ -63,7 +64,8 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings, config_path: Path | None, workers: int, log_level: str,
-                 ports: tuple[int, int], rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control):
+                 ports: tuple[int, int], rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control,
+                 board: Board):
         self.settings = settings
         self.config_path = config_path
         self.workers = workers
@@ -72,6 +74,7 @@ class Supervisor:
         self.rings = rings
         self.challenger_rings = challenger_rings  # observer -> challengers, challengers -> observer
         self.control = control
+        self.board = board
         self.observer_slot = workers
         self.challengers_slot = workers + 1
         self.metrics_port = settings.server.metrics_port
@@ -95,17 +98,17 @@ class Supervisor:
         receive, send = self.ctx.Pipe(duplex=False)
         if slot == self.observer_slot:
             target = observer_proc.main
-            args = (self.settings, self.config_path, [r.name for r in self.rings], self.control.name, send,
-                    self.metrics_port, self.log_level, tuple(r.name for r in self.challenger_rings))
+            args = (self.settings, self.config_path, [r.name for r in self.rings], self.control.name,
+                    self.board.name, send, self.metrics_port, self.log_level,
+                    tuple(r.name for r in self.challenger_rings))
         elif slot == self.challengers_slot:
             target = challengers_proc.main
             args = (self.settings, self.config_path, slot, self.challenger_rings[0].name,
-                    self.challenger_rings[1].name, send, self.log_level)
+                    self.challenger_rings[1].name, self.board.name, send, self.log_level)
         else:
             target = worker_proc.main
             args = (slot, self.settings, self.config_path, (self.port, self.http_port), self.rings[slot].name,
-                    self.control.name,
-                    send, self.log_level)
+                    self.control.name, self.board.name, send, self.log_level)
         process = self.ctx.Process(target=target, args=args, name=f"scorewire-{self._name(slot).replace(' ', '-')}")
         process.start()
         send.close()
@@ -339,6 +342,7 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         for what in ("the ring to the challengers", "the ring from the challengers"):
             made.append(Ring.create(server.handoff_ring_bytes, what))
         made.append(Control.create(workers))
+        made.append(Board.create(workers + 2))
     except SharedMemoryFull as exc:
         print(f"scorewire: {exc.strerror}", file=sys.stderr)
         for segment in made:
@@ -346,9 +350,10 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         for keeper in keepers:
             keeper.close()
         return 2
-    rings, challenger_rings, control = made[:workers], (made[workers], made[workers + 1]), made[-1]
+    rings, challenger_rings, control, board = made[:workers], (made[workers], made[workers + 1]), made[-2], made[-1]
     supervisor = Supervisor(settings, config_path, workers, log_level,
-                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control)
+                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control,
+                            board)
     try:
         return supervisor.run()
     finally:

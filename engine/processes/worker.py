@@ -1,5 +1,6 @@
 """A worker process: one whole serving path (engine/app.py's App) on the shared gRPC port,
-whose scored batches and counters go to the observer through its shared-memory ring.
+whose scored batches go to the observer through its shared-memory ring, and its counters
+through its slot of the supervisor's board.
 
 Nothing on the request path waits for the observer: `Link.put` encodes the batch and copies
 it into the ring, or counts it dropped when the ring is full.
@@ -9,28 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Ring
-from engine.handoff.wire import encode_batch, encode_stats
+from engine.handoff.wire import encode_batch
 from engine.processes import child
+from engine.processes.board import Board, Counts
 from engine.processes.control import Control
 from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
 
 STATS_INTERVAL_S = 0.25  # a worker's counters reach /metrics this late at most
-FINAL_STATS_WAIT_S = 5.0  # drain: how long the last counters wait for room in the ring
 
 
 class Link:
     """What a worker's App calls instead of an in-process Observer."""
 
-    def __init__(self, slot: int, ports: tuple[int, int], ring: Ring, control: Control, conn: Connection):
+    def __init__(self, slot: int, ports: tuple[int, int], ring: Ring, control: Control, board: Board,
+                 conn: Connection):
         self.slot, self.ring, self.control = slot, ring, control
+        self.counts = Counts(board, slot)  # a restarted worker's counters go on from its predecessor's
         self.port, self.http_port = ports  # gRPC and HTTP, shared by the workers (SO_REUSEPORT)
         self.announce = child.say_to(conn)  # a line for the supervisor
         self.encode_failures = 0
@@ -50,7 +52,8 @@ class Link:
             return
         self.ring.put(parts, batch.rows)
 
-    def _stats(self, app, final: bool = False) -> list:
+    def publish(self, app) -> None:
+        """This worker's counters, for the observer's /metrics."""
         families = app.families()
         families.append(["scorewire_worker_requests_total", "counter",
                          "gRPC inference requests answered by each worker (the kernel spreads connections).",
@@ -58,31 +61,32 @@ class Link:
         families.append(["scorewire_handoff_encode_failures_total", "counter",
                          "Scored batches a worker could not encode for the observer (logged).",
                          [["", self.encode_failures]]])
-        return encode_stats(self.slot, os.getpid(), families, final)
+        self.counts.publish(families)
 
     async def run(self, app) -> None:
-        """Every STATS_INTERVAL_S: this worker's counters to the observer, and its readiness
-        from its peers' (not ready while any process of the server is down)."""
+        """Every STATS_INTERVAL_S: this worker's counters, and its readiness from its peers'
+        (not ready while any process of the server is down)."""
         while True:
-            self.ring.put(self._stats(app), 0)
+            self.publish(app)
             await app.set_ready(self.control.all_up())
             await asyncio.sleep(STATS_INTERVAL_S)
 
     async def finish(self, app) -> None:
-        """Drain: the last counters, after the last batch (waiting a little for room)."""
-        record = self._stats(app, final=True)
-        await child.put_until(lambda: self.ring.put(record, 0), FINAL_STATS_WAIT_S)
+        """Drain: the last counters, after the last batch."""
+        self.publish(app)
 
 
 def main(slot: int, settings: Settings, config_path, ports: tuple[int, int], ring_name: str, control_name: str,
-         conn: Connection, log_level: str) -> None:
+         board_name: str, conn: Connection, log_level: str) -> None:
     """The worker process (multiprocessing's spawn target)."""
     from engine.app import serve
 
-    link = Link(slot, ports, Ring.attach(ring_name), Control.attach(control_name), conn)
+    board = Board.attach(board_name)
+    link = Link(slot, ports, Ring.attach(ring_name), Control.attach(control_name), board, conn)
 
     def cleanup() -> None:
         link.ring.close()
         link.control.close()
+        board.close()
 
     child.run(f"worker {slot}", log_level, conn, lambda: serve(settings, config_path, link), cleanup)

@@ -236,14 +236,23 @@ def test_an_observer_killed_under_load_loses_no_answered_row_and_logs_none_twice
     config = CHALLENGED.format(workers=2).replace("challenged-log", "killed-observer-log")
     server = launch_workers(model_dir, config, "killed-observer.toml")
     load = Load(server.url, rng.normal(size=(64, N_FEATURES)).astype(np.float32))
+    answered_ok = 'scorewire_requests_total{model="mlp",code="OK"}'
+    seen: list[float] = []  # the server's count of answered requests, scraped as it goes
+
+    def scraped(condition) -> bool:
+        value = _metric(server, answered_ok)
+        if value is not None:
+            seen.append(value)
+        return condition()
+
     try:
         _, observer = pids(server)
-        wait_for(lambda: len(load.answered) >= 1500, 60, what="load")
+        wait_for(lambda: scraped(lambda: len(load.answered) >= 1500), 60, what="load")
         os.kill(observer, signal.SIGKILL)  # its log files in progress, and what it had read, die with it
         killed_at = len(load.answered)
         wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
                  what="the observer to come back")
-        wait_for(lambda: len(load.answered) >= killed_at + 1500, 60, what="load after the restart")
+        wait_for(lambda: scraped(lambda: len(load.answered) >= killed_at + 1500), 60, what="load after the restart")
     finally:
         answered = load.finish()
         assert server.stop() == 0
@@ -255,6 +264,7 @@ def test_an_observer_killed_under_load_loses_no_answered_row_and_logs_none_twice
     assert len(champion) == len(set(champion)), "rows logged twice"
     shadowed = [r["request_id"] for r in rows if r["role"] == "challenger"]
     assert len(shadowed) == len(set(shadowed)), "challenger rows logged twice"
+    assert len(seen) >= 4 and seen == sorted(seen), f"a counter went back: {seen}"
 
 
 MONITORED = BASE + """

@@ -11,7 +11,8 @@ import pytest
 
 from engine.batching.batch import Origin, ScoredBatch
 from engine.handoff.ring import Ring
-from engine.handoff.wire import decode, encode_batch, encode_stats
+from engine.handoff.wire import decode, encode_batch
+from engine.processes.board import Board, Counts
 from engine.monitor.export import merge
 
 
@@ -103,13 +104,29 @@ def test_an_array_of_python_objects_is_refused_clearly():
         encode_batch(batch, 0)
 
 
-def test_stats_records_and_the_merge_of_several_workers():
-    families = [["scorewire_rows_total", "counter", "Rows.", [['{model="m"}', 5]]],
-                ["scorewire_model_info", "gauge", "Info.", [['{model="m"}', 1]]]]
-    header, batch = decode(b"".join(bytes(p) for p in encode_stats(1, 42, families)))
-    assert batch is None and header["worker"] == 1 and header["families"] == families
-    other = [["scorewire_rows_total", "counter", "Rows.", [['{model="m"}', 7], ['{model="n"}', 1]]],
-             ["scorewire_model_info", "gauge", "Info.", [['{model="m"}', 1]]]]
-    merged = {name: dict(samples) for name, _, _, samples in merge([families, other])}
-    assert merged["scorewire_rows_total"] == {'{model="m"}': 12, '{model="n"}': 1}
-    assert merged["scorewire_model_info"] == {'{model="m"}': 1}  # "this exists", not a count
+def test_the_board_carries_counters_over_a_restart_and_merges_them_as_each_means():
+    board = Board.create(3)
+    try:
+        families = [["scorewire_rows_total", "counter", "Rows.", [['{model="m"}', 5]]],
+                    ["scorewire_model_info", "gauge", "Info.", [['{model="m"}', 1]]],
+                    ["scorewire_stream_up", "gauge", "Up.", [['{stream="s"}', 1]]],
+                    ["scorewire_queue_rows", "gauge", "Queued.", [['{model="m"}', 3]]]]
+        assert board.read(1) == []
+        first = Counts(Board.attach(board.name), 1)  # a worker of slot 1
+        assert first.publish(families) and board.read(1) == families
+        second = Counts(board, 1)  # that worker died; its successor goes on from its counters
+        assert second.base == [families[0]]
+        second.publish([["scorewire_rows_total", "counter", "Rows.", [['{model="m"}', 2]]]])
+        assert dict(board.read(1)[0][3]) == {'{model="m"}': 7}
+        other = [["scorewire_rows_total", "counter", "Rows.", [['{model="m"}', 7], ['{model="n"}', 1]]],
+                 ["scorewire_model_info", "gauge", "Info.", [['{model="m"}', 1]]],
+                 ["scorewire_stream_up", "gauge", "Up.", [['{stream="s"}', 0]]],
+                 ["scorewire_queue_rows", "gauge", "Queued.", [['{model="m"}', 4]]]]
+        merged = {name: dict(samples) for name, _, _, samples in merge([families, other])}
+        assert merged["scorewire_rows_total"] == {'{model="m"}': 12, '{model="n"}': 1}
+        assert merged["scorewire_model_info"] == {'{model="m"}': 1}  # "this exists", not a count
+        assert merged["scorewire_stream_up"] == {'{stream="s"}': 0}  # up only where every worker's is
+        assert merged["scorewire_queue_rows"] == {'{model="m"}': 7}  # a quantity: summed
+        assert not board.write(2, [["x", "counter", "big", [["", 1]] * 200_000]]) and board.too_large == 1
+    finally:
+        board.close()
