@@ -27,7 +27,7 @@ from engine.pipeline import Pipeline
 from engine.routing.router import Route, Router, check_compatible
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
-from engine.settings import RouteSettings, Settings, SettingsError, load_settings
+from engine.settings import RouteSettings, Settings, load_settings
 
 log = logging.getLogger("scorewire")
 
@@ -249,37 +249,32 @@ class App:
         self.servicer.ready = ready
         await set_health(self.health, ready, [s.name for s in self.registry.all()])
 
-    async def reload(self) -> None:
-        """SIGHUP: read the config again and apply its models and routes without dropping
-        requests: new versions are loaded and warmed before the new routes are installed (one
-        swap); removed versions leave the routes first, then finish what they queued. Other
-        sections (server, streams, monitoring, scorelog) and changed settings of a version
-        already served need a restart; a config that does not validate changes nothing."""
+    async def reload(self, new: Settings | None = None) -> str | None:
+        """Apply the models and routes of `new` (default: the config file read again, on
+        SIGHUP) without dropping requests: new versions are loaded and warmed before the new
+        routes are installed (one swap); removed versions leave the routes first, then finish
+        what they queued. Settings.reloaded says what else takes effect on restart. A reload
+        that fails changes nothing; returns why (None when it succeeded)."""
         async with self._reload_lock:
             try:
-                await self._reload()
+                await self._reload(new)
             except Exception as exc:  # the running config stays
                 log.error("reload failed, the running config stays: %s", exc)
                 self._say(f"reload failed: {exc}")
+                return str(exc) or type(exc).__name__
+        return None
 
-    async def _reload(self) -> None:
+    async def _reload(self, new: Settings | None) -> None:
         loop = asyncio.get_running_loop()
-        new = load_settings(self.config_path)
+        if new is None:
+            new = load_settings(self.config_path)
         old = self.settings
-        for section in ("server", "streams", "monitoring", "scorelog"):
-            if getattr(new, section) != getattr(old, section):
-                log.warning("reload: [%s] changed; it takes effect on restart", section)
+        for warning in old.reload_warnings(new):
+            log.warning("reload: %s", warning)
+        reloaded = old.reloaded(new)
         old_models = {(m.name, m.version): m for m in old.models}
-        new_models = {(m.name, m.version): m for m in new.models}
-        for key in new_models.keys() & old_models.keys():
-            if new_models[key] != old_models[key]:
-                log.warning("reload: settings of model %s:%s changed; they take effect on restart", *key)
+        new_models = {(m.name, m.version): m for m in reloaded.models}
         removed = [key for key in old_models if key not in new_models]
-        for stream in old.streams:
-            gone = [k for k in removed if k[0] == stream.model and stream.version in ("", k[1])]
-            if gone and (stream.version or not any(k[0] == stream.model for k in new_models)):
-                raise SettingsError(f"stream {stream.input_topic!r} scores model {stream.model!r}, which the new "
-                                    "config removes; change streams with a restart")
         added = []
         try:
             for key, ms in new_models.items():
@@ -298,8 +293,7 @@ class App:
                 served.model.close()
             raise
         self.router.install(routes)
-        kept = [old_models.get(key, ms) for key, ms in new_models.items()]
-        self.settings = old.model_copy(update={"models": kept, "routes": new.routes})
+        self.settings = reloaded
         retired = []
         if self.observer is not None:
             self.observer.settings = self.settings
@@ -396,7 +390,8 @@ def _tune_gc() -> None:
 
 async def serve(settings: Settings, config_path: Path | None = None, link=None) -> None:
     """Run until SIGTERM or SIGINT (a worker: SIGTERM only, from its supervisor), then drain.
-    SIGHUP reloads the config (routes and models)."""
+    SIGHUP reloads the config file's models and routes; a worker reloads what its supervisor
+    sends instead (engine/processes/child.py's Orders)."""
     app = App(settings, config_path, link)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -404,7 +399,12 @@ async def serve(settings: Settings, config_path: Path | None = None, link=None) 
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     reloads: set[asyncio.Task] = set()
-    if config_path is not None:
+    orders = None
+    if link is not None:
+        from engine.processes.child import Orders
+
+        orders = Orders(f"worker {link.slot}", link.conn, app.reload)
+    elif config_path is not None:
         def on_hup() -> None:
             task = loop.create_task(app.reload())
             reloads.add(task)
@@ -414,4 +414,6 @@ async def serve(settings: Settings, config_path: Path | None = None, link=None) 
     await stop.wait()
     if reloads:
         await asyncio.gather(*reloads, return_exceptions=True)
+    if orders is not None:
+        await orders.done()
     await app.drain()

@@ -13,31 +13,6 @@ scorewire: score ONNX models over the Open Inference Protocol (KServe v2 gRPC), 
 batching. Any OIP client (e.g. tritonclient.grpc) works unchanged."""
 
 
-def fast_event_loop() -> None:
-    """uvloop where installed (a dependency on Linux and macOS): about 20% more requests/s
-    than asyncio's own loop in bench/grpc_bench.py on the demo models."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def startup_error(exc: BaseException) -> str | None:
-    """What to tell the user about an error found while starting (None: not one of those)."""
-    from engine.errors import UsageError
-    from engine.monitor.drift import MonitorConfigError
-    from engine.runtime.session import ModelLoadError
-    from engine.settings import SettingsError
-
-    if isinstance(exc, (ModelLoadError, UsageError)):
-        return str(exc)
-    if isinstance(exc, (SettingsError, MonitorConfigError)):  # unreadable certificates, tokens,
-        # secrets, drift references
-        return f"config error:\n{exc}"
-    return None
-
-
 def _serve(args: argparse.Namespace) -> int:
     from engine.settings import SettingsError, load_settings
 
@@ -52,6 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         return supervise(settings, args.config, workers, args.log_level)
     from engine.app import serve
+    from engine.errors import startup_error
+    from engine.processes.child import fast_event_loop
 
     try:
         fast_event_loop()

@@ -59,3 +59,18 @@ class EngineError(Exception):
 
     def __repr__(self) -> str:
         return f"EngineError({self.code.name}, {self.message!r})"
+
+
+def startup_error(exc: BaseException) -> str | None:
+    """What to tell the user about an error found while starting or reloading (None: not one
+    of those: a bug, whose traceback goes to the log)."""
+    from engine.monitor.drift import MonitorConfigError
+    from engine.runtime.session import ModelLoadError
+    from engine.settings import SettingsError
+
+    if isinstance(exc, (ModelLoadError, UsageError)):
+        return str(exc)
+    if isinstance(exc, (SettingsError, MonitorConfigError)):  # unreadable certificates, tokens,
+        # secrets, drift references
+        return f"config error:\n{exc}"
+    return None

@@ -449,6 +449,43 @@ class Settings(_Strict):
         return self
 
 
+    def reloaded(self, new: "Settings") -> "Settings":
+        """What a reload to `new` runs (SIGHUP): its models and routes. A version already served
+        keeps its settings, and the other sections stay as they are: changes to either take
+        effect on restart (`reload_warnings` says which). The same rule in every process, so a
+        process started after a reload runs what its peers run. SettingsError when `new` removes
+        a model a stream scores."""
+        old_models = {(m.name, m.version): m for m in self.models}
+        new_keys = {(m.name, m.version) for m in new.models}
+        removed = [key for key in old_models if key not in new_keys]
+        for stream in self.streams:
+            gone = [k for k in removed if k[0] == stream.model and stream.version in ("", k[1])]
+            if gone and (stream.version or not any(k[0] == stream.model for k in new_keys)):
+                raise SettingsError(f"stream {stream.input_topic!r} scores model {stream.model!r}, which the new "
+                                    "config removes; change streams with a restart")
+        models = [old_models.get((m.name, m.version), m) for m in new.models]
+        return self.model_copy(update={"models": models, "routes": new.routes})
+
+    def reload_warnings(self, new: "Settings") -> list[str]:
+        """What a reload to `new` leaves for the next restart."""
+        warnings = [f"[{section}] changed; it takes effect on restart"
+                    for section in ("server", "streams", "monitoring", "scorelog")
+                    if getattr(new, section) != getattr(self, section)]
+        old_models = {(m.name, m.version): m for m in self.models}
+        warnings += [f"settings of model {m.name}:{m.version} changed; they take effect on restart"
+                     for m in new.models if (m.name, m.version) in old_models and old_models[(m.name, m.version)] != m]
+        return warnings
+
+    def snapshot(self) -> bytes:
+        """These settings as JSON, paths resolved: how the supervisor hands a reload to its
+        processes (`from_snapshot` reads it back, equal)."""
+        return self.model_dump_json(exclude_unset=True).encode()
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> "Settings":
+        return cls.model_validate_json(data)
+
+
 class SettingsError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
 

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Ring
@@ -28,7 +27,7 @@ from engine.observer import Observer
 from engine.processes import child
 from engine.processes.board import Board, Counts
 from engine.runtime.session import OnnxModel, WarmupError
-from engine.settings import Settings, load_settings
+from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
 
@@ -81,14 +80,15 @@ class Challengers:
         self._load(self.settings)
         self.observer.install_shadows(self.settings.routes)
 
-    def reload(self, path: Path) -> None:
-        new = load_settings(path)
-        self._load(new)
-        self.settings = self.settings.model_copy(update={"models": new.models, "routes": new.routes})
-        self.observer.settings = self.settings
-        retired = self.observer.install_shadows(new.routes)
+    def reload(self, new: Settings) -> None:
+        """A reload (engine/processes/child.py's Orders): the challengers the routes name now."""
+        settings = self.settings.reloaded(new)
+        self._load(settings)
+        self.settings = settings
+        self.observer.settings = settings
+        retired = self.observer.install_shadows(settings.routes)
         for sh in retired:
-            sh.close(self.settings.server.drain_timeout_s)
+            sh.close(settings.server.drain_timeout_s)
         in_use = {sh.model for sh in self.observer.all_shadows()}
         for key, model in list(self.observer.models.items()):
             if model not in in_use:
@@ -109,12 +109,12 @@ class Challengers:
         return n
 
 
-async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbound: Ring, board: Board,
-               conn: Connection) -> None:
+async def _run(settings: Settings, slot: int, inbound: Ring, outbound: Ring, board: Board, conn: Connection) -> None:
     say = child.say_to(conn)
     host = Challengers(settings, slot, inbound, outbound, board, say)
     await asyncio.get_running_loop().run_in_executor(None, host.load)
-    signals = child.Signals("challengers", config_path, host.reload)
+    signals = child.Signals()
+    orders = child.Orders("challengers", conn, child.off_loop(host.reload))
     say("ready")
     next_stats = [0.0]
 
@@ -125,15 +125,15 @@ async def _run(settings: Settings, config_path, slot: int, inbound: Ring, outbou
 
     # The supervisor stops this process once the observer forwarded the workers' last batches.
     await child.poll_until(signals.stop, host.poll, TICK_S, stats_now_and_then)
-    await signals.reloads_done()
+    await orders.done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await asyncio.get_running_loop().run_in_executor(None, host.observer.close_shadows,
                                                      lambda: deadline - time.monotonic())
     host.publish()
 
 
-def main(settings: Settings, config_path, slot: int, inbound_name: str, outbound_name: str, board_name: str,
-         conn: Connection, log_level: str) -> None:
+def main(settings: Settings, slot: int, inbound_name: str, outbound_name: str, board_name: str, conn: Connection,
+         log_level: str) -> None:
     """The challengers process (multiprocessing's spawn target)."""
     inbound, outbound = Ring.attach(inbound_name), Ring.attach(outbound_name)
     board = Board.attach(board_name)
@@ -144,4 +144,4 @@ def main(settings: Settings, config_path, slot: int, inbound_name: str, outbound
         board.close()
 
     child.run("challengers", log_level, conn,
-              lambda: _run(settings, config_path, slot, inbound, outbound, board, conn), cleanup)
+              lambda: _run(settings, slot, inbound, outbound, board, conn), cleanup)

@@ -26,7 +26,6 @@ import collections
 import logging
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from engine.handoff.ring import Receipt, Ring
 from engine.handoff.wire import decode
@@ -36,7 +35,7 @@ from engine.processes import child
 from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
 from engine.runtime.session import OnnxModel
-from engine.settings import Settings, load_settings
+from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
 
@@ -91,17 +90,15 @@ class Watch:
     def _sources(self) -> list[Ring]:
         return self.rings if self.from_challengers is None else [*self.rings, self.from_challengers]
 
-    def reload(self, path: Path) -> None:
-        """SIGHUP: the models and routes of the config as it is now (as the workers do)."""
-        new = load_settings(path)
-        wanted = self._wanted(new)
+    def reload(self, new: Settings) -> None:
+        """A reload (engine/processes/child.py's Orders): the models and routes the workers run now."""
+        settings = self.settings.reloaded(new)
+        wanted = self._wanted(settings)
         for key, ms in wanted.items():
             if key not in self.observer.models:
                 self._load(ms)
-        kept = {(m.name, m.version): m for m in self.settings.models}
-        models = [kept.get((m.name, m.version), m) for m in new.models]
-        self.settings = self.settings.model_copy(update={"models": models, "routes": new.routes})
-        self.observer.settings = self.settings
+        self.settings = settings
+        self.observer.settings = settings
         if self.observer.scorelog is not None:
             self.observer.scorelog.feature_names = self.observer.feature_names()
         self._forwarding()
@@ -227,7 +224,7 @@ class Watch:
         ]
 
 
-async def _observe(settings: Settings, config_path, rings: list[Ring], control: Control, board: Board,
+async def _observe(settings: Settings, rings: list[Ring], control: Control, board: Board,
                    conn: Connection, metrics_port: int, to_challengers: Ring, from_challengers: Ring) -> None:
     loop = asyncio.get_running_loop()
     say = child.say_to(conn)
@@ -236,7 +233,8 @@ async def _observe(settings: Settings, config_path, rings: list[Ring], control: 
     metrics = MetricsServer(settings.server.host, metrics_port, lambda: text(watch.families()))
     port = await metrics.start()
     conn.send(("metrics", port))
-    signals = child.Signals("observer", config_path, watch.reload)
+    signals = child.Signals()
+    orders = child.Orders("observer", conn, child.off_loop(watch.reload))
     say("ready")
     next_publish = [0.0]
 
@@ -249,14 +247,14 @@ async def _observe(settings: Settings, config_path, rings: list[Ring], control: 
     await child.poll_until(signals.stop, watch.poll, TICK_S, publish_now_and_then)
     while watch.poll(final=True):  # what was held back, and anything after it
         pass
-    await signals.reloads_done()
+    await orders.done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await loop.run_in_executor(None, watch.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
     watch.publish()
     await metrics.stop()
 
 
-def main(settings: Settings, config_path, ring_names: list[str], control_name: str, board_name: str,
+def main(settings: Settings, ring_names: list[str], control_name: str, board_name: str,
          conn: Connection, metrics_port: int, log_level: str, challenger_ring_names: tuple[str, str]) -> None:
     """The observer process (multiprocessing's spawn target)."""
     rings = [Ring.attach(name) for name in ring_names]
@@ -271,5 +269,5 @@ def main(settings: Settings, config_path, ring_names: list[str], control_name: s
         board.close()
 
     child.run("observer", log_level, conn,
-              lambda: _observe(settings, config_path, rings, control, board, conn, metrics_port, to_challengers,
+              lambda: _observe(settings, rings, control, board, conn, metrics_port, to_challengers,
                                from_challengers), cleanup)

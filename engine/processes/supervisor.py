@@ -11,8 +11,13 @@ Signals: SIGTERM or SIGINT drains -- the workers first (each answers every reque
 accepted and hands its last batches to its ring); once the observer has read their rings
 and forwarded what the challengers get, the challengers (they score it and send their
 results back); then the observer (it reads the rings to the end; the monitor and the
-scoring log finish) -- and exits 0. SIGHUP is
-passed to every child: each reloads the models and routes of the config.
+scoring log finish) -- and exits 0.
+
+SIGHUP reloads the config's models and routes: the supervisor reads and validates it, tries the
+reload once in a probe process (engine/processes/probe.py: the added versions load and warm up,
+the changed routes fit), and only then sends it to every process on its pipe and starts later
+ones with it. A reload that fails anywhere changes nothing anywhere; a process that fails a
+reload the probe passed (it ran out of memory, say) is restarted, so it runs what its peers run.
 
 Lines on stdout are the ones a single process prints: the supervisor's own, the observer's,
 the challengers' and the first worker's; other workers' lines are logged.
@@ -35,6 +40,7 @@ from engine.errors import cannot_bind
 from engine.handoff.ring import Ring, SharedMemoryFull
 from engine.processes import challengers as challengers_proc
 from engine.processes import observer as observer_proc
+from engine.processes import probe as probe_proc
 from engine.processes import worker as worker_proc
 from engine.processes.board import Board
 from engine.processes.control import RESTARTS, UP, Control
@@ -86,6 +92,7 @@ class Supervisor:
         self.started = False  # every child was ready once
         self.failures: list[str] = []  # why children failed to start
         self.hup = False
+        self.probe: tuple[multiprocessing.Process, Connection, Settings] | None = None  # a reload being tried
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -95,24 +102,23 @@ class Supervisor:
         return {self.observer_slot: "observer", self.challengers_slot: "challengers"}.get(slot, f"worker {slot}")
 
     def _start(self, slot: int) -> None:
-        receive, send = self.ctx.Pipe(duplex=False)
+        ours, theirs = self.ctx.Pipe()  # lines and failures come back, reloads go out
         if slot == self.observer_slot:
             target = observer_proc.main
-            args = (self.settings, self.config_path, [r.name for r in self.rings], self.control.name,
-                    self.board.name, send, self.metrics_port, self.log_level,
-                    tuple(r.name for r in self.challenger_rings))
+            args = (self.settings, [r.name for r in self.rings], self.control.name, self.board.name, theirs,
+                    self.metrics_port, self.log_level, tuple(r.name for r in self.challenger_rings))
         elif slot == self.challengers_slot:
             target = challengers_proc.main
-            args = (self.settings, self.config_path, slot, self.challenger_rings[0].name,
-                    self.challenger_rings[1].name, self.board.name, send, self.log_level)
+            args = (self.settings, slot, self.challenger_rings[0].name, self.challenger_rings[1].name,
+                    self.board.name, theirs, self.log_level)
         else:
             target = worker_proc.main
-            args = (slot, self.settings, self.config_path, (self.port, self.http_port), self.rings[slot].name,
-                    self.control.name, self.board.name, send, self.log_level)
+            args = (slot, self.settings, (self.port, self.http_port), self.rings[slot].name, self.control.name,
+                    self.board.name, theirs, self.log_level)
         process = self.ctx.Process(target=target, args=args, name=f"scorewire-{self._name(slot).replace(' ', '-')}")
         process.start()
-        send.close()
-        self.children[slot] = Child(slot, process, receive, time.monotonic())
+        theirs.close()
+        self.children[slot] = Child(slot, process, ours, time.monotonic())
 
     def _message(self, child: Child) -> bool:
         """Handle one message from `child`; False when its end of the pipe is closed."""
@@ -134,6 +140,10 @@ class Supervisor:
                 log.info("%s: %s", self._name(child.slot), value)
         elif kind == "metrics":
             self.metrics_port = value
+        elif kind == "reloaded" and value is not None and not self.stopping:
+            # the probe passed, this process did not: restarted, it runs what its peers run
+            log.error("%s failed a reload the others made (%s); restarting it", self._name(child.slot), value)
+            child.process.terminate()
         elif kind == "failed":
             child.failed = value
             if self.started:  # while starting, the reason is printed once, as the start-up's failure
@@ -170,24 +180,63 @@ class Supervisor:
         else:
             self.stopping = True
 
-    def _pass_hup(self) -> None:
+    def _try_reload(self) -> None:
+        """SIGHUP: read the config, then try the reload in a probe process (see the module)."""
         self.hup = False
-        if self.config_path is not None:
-            try:  # restarted children start with what the others reload
-                new = load_settings(self.config_path)
-                self.settings = self.settings.model_copy(update={"models": new.models, "routes": new.routes})
-            except SettingsError as exc:
-                log.error("reload: %s", exc)  # the children say so too, and keep their config
+        if self.config_path is None:
+            return
+        if self.probe is not None:  # one at a time: this one follows
+            self.hup = True
+            return
+        try:
+            new = load_settings(self.config_path)
+            adopted = self.settings.reloaded(new)
+        except SettingsError as exc:
+            _say(f"reload failed, nothing changed: {exc}")
+            return
+        for warning in self.settings.reload_warnings(new):
+            log.warning("reload: %s", warning)
+        ours, theirs = self.ctx.Pipe()
+        process = self.ctx.Process(target=probe_proc.main, name="scorewire-reload-check",
+                                   args=(self.settings.snapshot(), adopted.snapshot(), theirs, self.log_level))
+        process.start()
+        theirs.close()
+        self.probe = (process, ours, adopted)
+
+    def _probed(self) -> None:
+        """The probe answered (or died): send the reload everywhere, or change nothing."""
+        process, conn, adopted = self.probe
+        self.probe = None
+        try:
+            _, problem = conn.recv() if conn.poll() else (None, None)
+        except (EOFError, OSError):
+            problem = None
+        process.join()
+        conn.close()
+        if problem is None and process.exitcode != 0:
+            problem = f"the reload check stopped with exit code {process.exitcode}"
+        if problem is not None:
+            _say(f"reload failed, nothing changed: {problem}")
+            return
+        self.settings = adopted  # processes started from now on run it too
+        snapshot = adopted.snapshot()
         for child in self.children.values():
-            if child.process.is_alive():
-                os.kill(child.process.pid, signal.SIGHUP)
+            try:
+                child.conn.send(("reload", snapshot))
+            except OSError:  # it is exiting; it starts again with the new settings
+                pass
 
     # -- the loop ---------------------------------------------------------------------------
     def _step(self, timeout: float) -> None:
         waitables = [self._wake_r]
         for child in list(self.children.values()):
             waitables += [child.conn, child.process.sentinel]
+        if self.probe is not None:
+            waitables.append(self.probe[0].sentinel)
         for ready in wait(waitables, timeout):
+            if self.probe is not None and ready is self.probe[0].sentinel:
+                self._probed()
+                continue
             if ready is self._wake_r:
                 try:
                     while self._wake_r.recv(512):
@@ -235,7 +284,7 @@ class Supervisor:
                     del self.restart_at[slot]
                     self._start(slot)
             if self.hup:
-                self._pass_hup()
+                self._try_reload()
             timeout = min([at - now for at in self.restart_at.values()] + [1.0])
             self._step(max(0.0, timeout))
         return self._drain()
@@ -276,6 +325,10 @@ class Supervisor:
     def _drain(self) -> int:
         _say("draining")
         self.restart_at.clear()
+        if self.probe is not None:  # a reload being tried is not made
+            self.probe[0].kill()
+            self.probe[0].join()
+            self.probe = None
         timeout = self.settings.server.drain_timeout_s + KILL_AFTER_S
         workers = [s for s in self.children if s < self.workers]
         for slot in workers:

@@ -33,6 +33,7 @@ class Link:
                  conn: Connection):
         self.slot, self.ring, self.control = slot, ring, control
         self.counts = Counts(board, slot)  # a restarted worker's counters go on from its predecessor's
+        self.conn = conn  # the supervisor's pipe: lines out, orders (reloads) in
         self.port, self.http_port = ports  # gRPC and HTTP, shared by the workers (SO_REUSEPORT)
         self.announce = child.say_to(conn)  # a line for the supervisor
         self.encode_failures = 0
@@ -76,7 +77,7 @@ class Link:
         self.publish(app)
 
 
-def main(slot: int, settings: Settings, config_path, ports: tuple[int, int], ring_name: str, control_name: str,
+def main(slot: int, settings: Settings, ports: tuple[int, int], ring_name: str, control_name: str,
          board_name: str, conn: Connection, log_level: str) -> None:
     """The worker process (multiprocessing's spawn target)."""
     from engine.app import serve
@@ -89,4 +90,4 @@ def main(slot: int, settings: Settings, config_path, ports: tuple[int, int], rin
         link.control.close()
         board.close()
 
-    child.run(f"worker {slot}", log_level, conn, lambda: serve(settings, config_path, link), cleanup)
+    child.run(f"worker {slot}", log_level, conn, lambda: serve(settings, None, link), cleanup)

@@ -399,12 +399,45 @@ def test_challengers_run_in_their_own_process_and_their_crash_never_reaches_an_a
     assert m and int(m.group(1)) == 100 and int(m.group(2)) == 0, out  # the new process's own count
 
 
-def test_sighup_reaches_every_worker_and_the_challengers(model_dir, rng):
+def _lines(server: Server) -> list[str]:
+    """The server's stdout lines from now on, collected by a thread as they come."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in server.proc.stdout:
+            lines.append(line.strip())
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_a_reload_that_fails_changes_nothing_anywhere_then_one_that_works_reaches_every_process(model_dir, rng):
+    from tests.models import raising_classifier
+
     config = model_dir / "hup.toml"
+    raising_classifier(model_dir / "models" / "raising.onnx")
     server = launch_workers(model_dir, BASE.format(workers=2), "hup.toml")
+    lines = _lines(server)
     try:
         x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
-        config.write_text(CHALLENGED.format(workers=2).replace("challenged-log", "hup-log"))
+        expected = infer(server.url, x)
+        # a version 2 that fails its warm-up: the reload is refused before any process makes it...
+        broken = CHALLENGED.format(workers=2).replace("challenged-log", "hup-log")
+        config.write_text(broken.replace('path = "models/mlp.onnx"\nversion = "2"',
+                                         'path = "models/raising.onnx"\nversion = "2"'))
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("reload failed, nothing changed" in line for line in lines), 60, what="the refusal")
+        assert any("mlp:2: warm-up failed" in line for line in lines if "reload failed" in line), lines
+        # ...so a worker started after it runs the running config, like its peer (it used to load
+        # the broken one, fail, and crash-loop with the whole server not ready)
+        workers, _ = pids(server)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, 30,
+                 what="the restart")
+        wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 30, what="ready on every worker again")
+        assert _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, "no crash loop"
+        np.testing.assert_array_equal(infer(server.url, x), expected)
+        config.write_text(broken)  # fixed: version 2 is the demo's mlp again
         server.proc.send_signal(signal.SIGHUP)
 
         def version_2_everywhere() -> bool:  # fresh connections land on either worker
@@ -425,5 +458,13 @@ def test_sighup_reaches_every_worker_and_the_challengers(model_dir, rng):
             return (_metric(server, scored) or 0) > 0
 
         wait_for(shadowed, 60, what="the challengers process to shadow the new challenger")
+        # a worker started after this reload runs it too
+        workers, _ = pids(server)
+        restarts = _metric(server, 'scorewire_process_restarts_total{process="worker"}')
+        os.kill(workers[1], signal.SIGKILL)
+        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="worker"}') == restarts + 1, 30,
+                 what="the second restart")
+        wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 30, what="ready again")
+        wait_for(version_2_everywhere, 30, what="version 2 on the restarted worker")
     finally:
         assert server.stop() == 0
