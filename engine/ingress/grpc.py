@@ -56,13 +56,21 @@ class _Overloaded:
 
 
 class _Held:
-    """A parsed request. Its bytes count towards server.max_inflight_bytes until it is gone
-    (answered, failed, or dropped by the transport before the handler ran)."""
+    """A parsed request. Its bytes count towards server.max_inflight_bytes until it is
+    answered or refused (`done`), or gone (dropped by the transport before the handler ran)."""
 
-    __slots__ = ("message", "__weakref__")
+    __slots__ = ("message", "release", "__weakref__")
 
     def __init__(self, message: pb.ModelInferRequest):
         self.message = message
+        self.release = None  # a weakref.finalize: runs once, when called or when this is gone
+
+    def done(self) -> None:
+        """Answered or refused: its message goes now, whatever still refers to this holder (a
+        traceback kept by the transport, say), and so does its count."""
+        self.message = None
+        if self.release is not None:
+            self.release()
 
 
 def _message(request):
@@ -141,7 +149,7 @@ class InferenceServicer:
         except DecodeError as exc:
             return _Unparsable(size, str(exc))
         self.inflight_bytes += size
-        weakref.finalize(held, self._release, size)
+        held.release = weakref.finalize(held, self._release, size)
         return held
 
     def _release(self, size: int) -> None:
@@ -296,8 +304,12 @@ class InferenceServicer:
         return result
 
     async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
-        return await self._admitted(getattr(_message(request), "model_name", ""),
-                                    lambda: self._infer_counted(request, deadline_ns))
+        try:
+            return await self._admitted(getattr(_message(request), "model_name", ""),
+                                        lambda: self._infer_counted(request, deadline_ns))
+        finally:
+            if isinstance(request, _Held):
+                request.done()
 
     def quiet_for_ns(self) -> int | None:
         """How long no inference request has been in flight or arrived; None while one is."""
@@ -361,14 +373,20 @@ class InferenceServicer:
     async def model_infer(self, request, context: grpc.aio.ServicerContext):
         remaining = context.time_remaining()
         deadline_ns = None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
+        name = getattr(_message(request), "model_name", "")
         try:
             return await self._infer(request, deadline_ns)
         except EngineError as exc:
-            await context.abort(STATUS[exc.code], exc.message)
+            status, message = STATUS[exc.code], exc.message
         except Exception as exc:  # a bug, not bad input: keep the traceback in the server log
             log.exception("ModelInfer failed unexpectedly")
-            self.count(getattr(_message(request), "model_name", ""), ErrorCode.INTERNAL.name)
-            await context.abort(grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}", MAX_MESSAGE))
+            self.count(name, ErrorCode.INTERNAL.name)
+            status, message = grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}", MAX_MESSAGE)
+        # Aborted outside the except: the transport keeps its abort's exception as long as the
+        # call's state lives, and chained to ours it would keep the request's frames (and the
+        # arrays decoded from it) alive with it.
+        del request
+        await context.abort(status, message)
 
     async def model_stream_infer(self, request_iterator, context: grpc.aio.ServicerContext):
         """Requests of a stream are scored concurrently; each response carries its request's id;

@@ -390,5 +390,15 @@ def test_requests_in_flight_are_bounded_in_bytes_together(model_dir):
         assert codes.count("OK") == 2 and codes.count("StatusCode.RESOURCE_EXHAUSTED") == 6, codes
         assert all("server.max_inflight_bytes = 6291456" in message for code, message in outcomes if code != "OK")
         assert one(0) == ("OK", "")  # the budget came back
+        # refused requests give their bytes back too, on an idle server (they used to stay
+        # counted, and held, until the garbage collector came by)
+        client = grpcclient.InferenceServerClient(srv.url)
+        for _ in range(4):
+            inp = grpcclient.InferInput("float_input", [15_000, N_FEATURES], "FP64")
+            inp.set_data_from_numpy(rows.astype(np.float64)[:15_000])  # 3.7 MiB, refused: wrong datatype
+            with pytest.raises(InferenceServerException, match="FP64"):
+                client.infer("mlp", [inp])
+        client.close()
+        assert one(0) == ("OK", "")
     finally:
         srv.stop()
