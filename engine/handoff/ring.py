@@ -214,6 +214,15 @@ def attach_shm(name: str) -> shared_memory.SharedMemory:
         return shared_memory.SharedMemory(name=name)
 
 
+def unlink_shm(shm: shared_memory.SharedMemory) -> None:
+    """Remove the segment's name now (mappings stay valid until closed): what its owner, the
+    supervisor, would have done had it not died."""
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def release_shm(shm: shared_memory.SharedMemory, owner: bool) -> None:
     """Unmap it; the owner also removes it."""
     try:

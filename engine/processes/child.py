@@ -1,10 +1,14 @@
 """What every process the supervisor starts does alike: its start and its failure, its lines
-to the supervisor, and (observer and challengers) its signals and its pass over a ring."""
+to the supervisor and its orders from it, its end when the supervisor dies, and (observer and
+challengers) its signals and its pass over a ring."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import multiprocessing
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
@@ -31,6 +35,7 @@ def run(name: str, log_level: str, conn: Connection, main: Callable[[], Awaitabl
     from engine.errors import startup_error
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    _end_with_the_supervisor()
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
     try:
         fast_event_loop()
@@ -46,6 +51,28 @@ def run(name: str, log_level: str, conn: Connection, main: Callable[[], Awaitabl
         raise SystemExit(2) from None
     finally:
         cleanup()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_the_supervisor() -> None:
+    """SIGTERM (a drain) when the supervisor dies, however it died (PR_SET_PDEATHSIG): no
+    process serves on, holding the ports and the shared memory, without it. If it died before
+    this was set, the signal is sent now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if orphaned():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def orphaned() -> bool:
+    """Whether the supervisor that started this process is gone."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and os.getppid() != parent.pid
 
 
 def say_to(conn: Connection) -> Callable[[str], None]:

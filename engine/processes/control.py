@@ -12,8 +12,8 @@ import numpy as np
 
 from engine.handoff.ring import attach_shm, create_shm, release_shm
 
-UP, RESTARTS = 0, 1  # columns
-_COLUMNS = 2
+UP, RESTARTS, PID = 0, 1, 2  # columns
+_COLUMNS = 3
 
 
 class Control:
@@ -63,6 +63,10 @@ class Control:
         """Every worker and the observer are up (or the server is still starting: each worker
         answers for itself)."""
         return not self.started or bool(self.table[:self.workers + 1, UP].all())
+
+    def pids(self, slots) -> list[int]:
+        """The process ids the supervisor last started in those slots (0: none yet)."""
+        return [int(self.table[slot, PID]) for slot in slots]
 
     def close(self) -> None:
         self.table = None

@@ -27,7 +27,7 @@ import logging
 import time
 from multiprocessing.connection import Connection
 
-from engine.handoff.ring import Receipt, Ring
+from engine.handoff.ring import Receipt, Ring, unlink_shm
 from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
@@ -45,6 +45,18 @@ TICK_S = 0.01  # between passes over the rings
 HOLD_NS = 50_000_000
 LOG_FLUSH_S = 2.0
 PUBLISH_S = 1.0  # this process's counters reach the board (for a successor) this often
+ORPHAN_MARGIN_S = 5.0  # the supervisor died: the workers' drain is waited for this much past drain_timeout_s
+
+
+def _alive(pid: int) -> bool:
+    """A process that has not exited (a zombie has: its parent died, nobody reaped it yet)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Watch:
@@ -245,6 +257,11 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
 
     # The supervisor stops the observer after the workers: what is in the rings is all there is.
     await child.poll_until(signals.stop, watch.poll, TICK_S, publish_now_and_then)
+    if child.orphaned():  # the supervisor died, and every process got SIGTERM: the workers drain meanwhile
+        deadline = time.monotonic() + settings.server.drain_timeout_s + ORPHAN_MARGIN_S
+        while time.monotonic() < deadline and any(_alive(pid) for pid in control.pids(range(control.workers))):
+            watch.poll()
+            await asyncio.sleep(TICK_S)
     while watch.poll(final=True):  # what was held back, and anything after it
         pass
     await orders.done()
@@ -263,10 +280,12 @@ def main(settings: Settings, ring_names: list[str], control_name: str, board_nam
     board = Board.attach(board_name)
 
     def cleanup() -> None:
-        for ring in (*rings, to_challengers, from_challengers):
-            ring.close()
-        control.close()
-        board.close()
+        segments = (*rings, to_challengers, from_challengers, control, board)
+        if child.orphaned():  # the supervisor would have removed them
+            for segment in segments:
+                unlink_shm(segment._shm)
+        for segment in segments:
+            segment.close()
 
     child.run("observer", log_level, conn,
               lambda: _observe(settings, rings, control, board, conn, metrics_port, to_challengers,

@@ -43,7 +43,7 @@ from engine.processes import observer as observer_proc
 from engine.processes import probe as probe_proc
 from engine.processes import worker as worker_proc
 from engine.processes.board import Board
-from engine.processes.control import RESTARTS, UP, Control
+from engine.processes.control import PID, RESTARTS, UP, Control
 from engine.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("scorewire")
@@ -118,6 +118,7 @@ class Supervisor:
         process = self.ctx.Process(target=target, args=args, name=f"scorewire-{self._name(slot).replace(' ', '-')}")
         process.start()
         theirs.close()
+        self.control.table[slot, PID] = process.pid
         self.children[slot] = Child(slot, process, ours, time.monotonic())
 
     def _message(self, child: Child) -> bool:

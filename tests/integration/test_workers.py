@@ -267,6 +267,40 @@ def test_an_observer_killed_under_load_loses_no_answered_row_and_logs_none_twice
     assert len(seen) >= 4 and seen == sorted(seen), f"a counter went back: {seen}"
 
 
+def _alive(pid: int) -> bool:
+    """Not exited (a zombie, which nobody reaped yet since its parent died, has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_killed_supervisor_takes_its_processes_and_shared_memory_with_it(model_dir, rng):
+    before = set(os.listdir("/dev/shm"))
+    config = BASE.format(workers=2) + '\n[scorelog]\ndir = "orphans-log"\nmax_file_age_s = 60\n'
+    server = launch_workers(model_dir, config, "orphans.toml")
+    workers, observer = pids(server)
+    children = [*workers, observer, int(re.search(r"pids [\d, ]+", next(s for s in server.startup if "pids" in s))
+                                            .group(0).split()[-1])]
+    x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
+    for i in range(50):
+        infer(server.url, x, request_id=f"o-{i}")
+    server.proc.kill()  # SIGKILL: no drain of its own, nothing it would have cleaned up
+    server.proc.wait(10)
+    wait_for(lambda: not any(_alive(pid) for pid in children), 10, what="every child to exit")
+    wait_for(lambda: not set(os.listdir("/dev/shm")) - before, 10, what="the shared memory to go")
+    # the ports are free: a new server takes the same one
+    again = launch(model_dir, BASE.format(workers=2).replace("grpc_port = 0", f"grpc_port = {server.port}"),
+                   "orphans-again.toml")
+    try:
+        assert again.port == server.port
+    finally:
+        assert again.stop() == 0
+    # the orphaned workers drained into the observer, which wrote the log out before it went
+    logged = set(pq.read_table(model_dir / "orphans-log", partitioning="hive").column("request_id").to_pylist())
+    assert {f"o-{i}" for i in range(50)} <= logged
+
+
 MONITORED = BASE + """
 [monitoring]
 events_dir = "{events}"
