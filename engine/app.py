@@ -345,9 +345,10 @@ class App:
 
     async def drain(self) -> None:
         """Stop taking requests, answer every one already sent, finish batches, then stop, all
-        within drain_timeout_s: quiesce (up to half of it), then the transport refuses new
-        calls (UNAVAILABLE) while the ones in flight finish; challengers, the monitor and the
-        log get what is left (the log at least LOG_FLUSH_S, to write what it holds)."""
+        within drain_timeout_s: health NOT_SERVING and a grace of drain_grace_s (ending once
+        quiet), then new calls are refused (UNAVAILABLE) and the listeners close while the ones
+        in flight finish; challengers, the monitor and the log get what is left (the log at
+        least LOG_FLUSH_S, to write what it holds)."""
         self._say("draining")
         self._draining = True
         deadline = time.monotonic() + self.settings.server.drain_timeout_s
@@ -355,7 +356,8 @@ class App:
             self.servicer.ready = False
         if self.health is not None:
             await set_health(self.health, False, [s.name for s in self.registry.all()])
-        await self._quiesce(time.monotonic() + self.settings.server.drain_timeout_s / 2)
+        server = self.settings.server
+        await self._quiesce(time.monotonic() + min(server.drain_grace_s, server.drain_timeout_s / 2))
         if self.servicer is not None:  # what still reaches the servicer is refused, not cancelled
             self.servicer.closing = True
             await self._quiesce(time.monotonic() + min(1.0, self.settings.server.drain_timeout_s / 4))

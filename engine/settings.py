@@ -82,9 +82,14 @@ class ServerSettings(_Strict):
     behind, batches are dropped and counted (scorewire_handoff_dropped_*), never waited for.
     The rings live in /dev/shm, which must have room for all of them."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
-    """On SIGTERM: the whole drain. Requests already sent are answered (a quiet phase of up to
-    half of it, then new calls get UNAVAILABLE while those in flight finish); challengers and
-    the monitor get what is left, the scoring log at least 2 s to write what it holds."""
+    """On SIGTERM: the whole drain. Requests already sent are answered (drain_grace_s, then new
+    calls get UNAVAILABLE while those in flight finish); challengers and the monitor get what
+    is left, the scoring log at least 2 s to write what it holds."""
+    drain_grace_s: float = Field(1.0, ge=0, le=600)
+    """On SIGTERM, health turns NOT_SERVING at once and new requests are still answered for up
+    to this long (less once none has arrived for 0.1 s), so that balancers watching health stop
+    sending; then new calls get UNAVAILABLE and the listeners close while those in flight finish.
+    Raise it to the health-check period of balancers that only drop a replica on a failed check."""
     model_root: Path | None = None
     """When set, every model file and drift reference must lie inside this folder (after
     resolving symlinks); a config pointing elsewhere is refused."""
