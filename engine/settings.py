@@ -93,6 +93,13 @@ class ServerSettings(_Strict):
     model_root: Path | None = None
     """When set, every model file and drift reference must lie inside this folder (after
     resolving symlinks); a config pointing elsewhere is refused."""
+    @field_validator("handoff_ring_bytes")
+    @classmethod
+    def _whole_words(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (records are 8-byte aligned), e.g. {value - value % 8}")
+        return value
+
     @field_validator("workers")
     @classmethod
     def _workers_bounds(cls, value):

@@ -32,6 +32,35 @@ def _object(value, what: str) -> dict:
     return value
 
 
+def _values(data, dtype: np.dtype, datatype: str, shown: str, count: int) -> np.ndarray:
+    """JSON `data` as an array of `dtype`: numbers only, as the Kafka decoder takes them --
+    no strings, null or true/false (but for BOOL) -- integers within the type's range, no
+    fractions for integer types. One conversion of the whole list (numpy's, in C)."""
+    try:
+        given = np.asarray(data)
+    except (ValueError, TypeError):  # ragged nesting
+        raise _invalid(f"input '{shown}': 'data' is not a list of {datatype} values") from None
+    if given.size != count:
+        raise _invalid(f"input '{shown}': 'data' has {given.size} values, but shape needs {count}")
+    if not count:
+        return np.empty(0, dtype=dtype)
+    kind = given.dtype.kind
+    if dtype.kind == "b":
+        if kind not in "biu":
+            raise _invalid(f"input '{shown}': 'data' must hold true/false (or 0/1) for BOOL")
+    elif kind == "f" and dtype.kind in "iu":
+        raise _invalid(f"input '{shown}': 'data' has fractional values for {datatype}")
+    elif kind not in "iuf":
+        found = {"b": "true/false", "U": "strings", "S": "strings"}.get(kind, "values that are not numbers (null?)")
+        raise _invalid(f"input '{shown}': 'data' must hold numbers only; it has {found}")
+    if dtype.kind in "iu" and kind in "iu":
+        info = np.iinfo(dtype)
+        if given.min() < info.min or given.max() > info.max:
+            raise _invalid(f"input '{shown}': 'data' has values outside {datatype}'s range "
+                           f"[{info.min}, {info.max}]")
+    return given.reshape(-1).astype(dtype)
+
+
 def decode_json_request(body: bytes, header_length: int | None, model: str, version: str) -> tuple[DecodedRequest, dict]:
     """(the request as arrays, its requested outputs' binary flags: name -> bool, "" for the
     request-wide binary_data_output)."""
@@ -71,6 +100,9 @@ def decode_json_request(body: bytes, header_length: int | None, model: str, vers
         count = _element_count(shown, shape, dtype.itemsize)
         size = _object(tensor.get("parameters") or {}, f"input '{shown}': parameters").get("binary_data_size")
         if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _invalid(f"input '{shown}': binary_data_size must be a whole number of bytes, not "
+                               f"{clip(orjson.dumps(size).decode())}")
             if header_length is None:
                 raise _invalid(f"input '{shown}': binary_data_size without the Inference-Header-Content-Length header")
             expected = count * dtype.itemsize
@@ -86,15 +118,7 @@ def decode_json_request(body: bytes, header_length: int | None, model: str, vers
         data = tensor.get("data")
         if data is None:
             raise _invalid(f"input '{shown}': no 'data' (nor parameters.binary_data_size)")
-        try:
-            array = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError, OverflowError):
-            raise _invalid(f"input '{shown}': 'data' is not a list of {datatype} values") from None
-        if array.size != count:
-            raise _invalid(f"input '{shown}': 'data' has {array.size} values, but shape {shape} needs {count}")
-        if dtype.kind in "iu" and np.asarray(data).dtype.kind == "f":
-            raise _invalid(f"input '{shown}': 'data' has fractional values for {datatype}")
-        inputs[name] = array.reshape(shape)
+        inputs[name] = _values(data, dtype, datatype, shown, count).reshape(shape)
     if offset != len(tail):
         raise _invalid(f"the body has {len(tail) - offset} bytes of binary data no input claims")
     outputs = request.get("outputs") or []

@@ -157,8 +157,24 @@ class InferenceServicer:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, req_type, resp_type):
+            """A method whose request bytes that do not parse get INVALID_ARGUMENT (the
+            transport's own answer to a deserializer that raises is UNKNOWN)."""
+
+            def parse(data: bytes):
+                try:
+                    return req_type.FromString(data)
+                except DecodeError as exc:
+                    return _Unparsable(len(data), str(exc))
+
+            async def checked(request, context):
+                if isinstance(request, _Unparsable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"the {request.size} request bytes are not a valid "
+                                        f"inference.{req_type.__name__} ({request.reason})")
+                return await fn(request, context)
+
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req_type.FromString, response_serializer=resp_type.SerializeToString
+                checked, request_deserializer=parse, response_serializer=resp_type.SerializeToString
             )
 
         methods = {
@@ -398,21 +414,19 @@ class InferenceServicer:
         tasks: set[asyncio.Task] = set()
 
         async def one(request) -> None:
+            parsed = isinstance(request, _Held)  # what an error echoes, read before the request is let go
+            name, version, rid = ((request.message.model_name, request.message.model_version, request.message.id)
+                                  if parsed else ("", "", ""))
             try:
                 response = await self._infer(request, None)
                 done.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
-                parsed = isinstance(request, _Held)
-                request = _message(request)
-                rid = request.id if parsed else ""
                 message = exc.message if isinstance(exc, EngineError) else clip(f"internal error: {exc}", MAX_MESSAGE)
                 code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"
                 if not isinstance(exc, EngineError):
                     log.error("ModelStreamInfer: a request failed unexpectedly", exc_info=exc)
-                    self.count(request.model_name if parsed else "", code)
-                echo = pb.ModelInferResponse(id=rid)
-                if parsed:
-                    echo.model_name, echo.model_version = request.model_name, request.model_version
+                    self.count(name, code)
+                echo = pb.ModelInferResponse(id=rid, model_name=name, model_version=version)
                 done.put_nowait(
                     pb.ModelStreamInferResponse(error_message=f"[{code}] request '{clip(rid)}': {message}", infer_response=echo)
                 )

@@ -35,6 +35,8 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path):
         (lambda t: t.replace("max_batch_size = 32", "max_batch_size = 0"),
          "models[0] (name='mlp').batching.max_batch_size: Input should be greater than 0"),
         (lambda t: t.replace("grpc_port = 0", "grpc_port = 70000"), "server.grpc_port: Input should be less than"),
+        (lambda t: t.replace("grpc_port = 0", "grpc_port = 0\nhandoff_ring_bytes = 1048577"),
+         "server.handoff_ring_bytes: Value error, must be a multiple of 8 (records are 8-byte aligned), e.g. 1048576"),
         (lambda t: t.replace('version = "3"', 'version = "3"\nproviders = ["TPU"]'), "models[0] (name='mlp').providers"),
         (lambda t: t + t.split("[server]")[0] + '[[models]]\nname = "mlp"\npath = "x.onnx"\nversion = "3"\n',
          "model 'mlp' version '3' is configured twice"),

@@ -263,3 +263,15 @@ def test_validation_error_does_not_disturb_concurrent_good_requests(server):
     assert futures[2].result().as_numpy("probabilities").shape == (3, 2)
     with pytest.raises(InferenceServerException):
         futures[1].result()
+
+
+def test_metadata_requests_that_do_not_parse_are_invalid_arguments(server):
+    """Bytes that are not the method's request message: INVALID_ARGUMENT naming the message,
+    for every method (the transport's own answer would be UNKNOWN)."""
+    with grpc.insecure_channel(server.url) as channel:
+        for method in ("ModelMetadata", "ModelConfig", "ModelReady", "ModelStatistics"):
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"\xff\xff\xff", timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value)
+            assert f"not a valid inference.{method}Request" in info.value.details()

@@ -64,6 +64,10 @@ def test_rest_errors_are_http_statuses_with_the_message(server):
         (f"{base}/mlp/infer", {"inputs": [{**row, "datatype": "STRING"}]}, 400, "datatype 'STRING' is not supported"),
         (f"{base}/mlp/infer", {"inputs": []}, 400, "no 'inputs'"),
         (f"{base}/mlp/infer", {"inputs": [row], "outputs": [{"name": "nope"}]}, 400, "nope"),
+        # numbers only, as the Kafka decoder takes them
+        (f"{base}/mlp/infer", {"inputs": [{**row, "data": ["1.5"] * 32}]}, 400, "numbers only; it has strings"),
+        (f"{base}/mlp/infer", {"inputs": [{**row, "data": [True] * 32}]}, 400, "numbers only; it has true/false"),
+        (f"{base}/mlp/infer", {"inputs": [{**row, "data": [None] * 32}]}, 400, "numbers only"),
     ]
     for url, body, status, text in cases:
         got_status, got = _post(url, json.dumps(body).encode())
@@ -76,6 +80,10 @@ def test_rest_errors_are_http_statuses_with_the_message(server):
     status, got = _post(f"{base}/mlp/infer", head + b"\0" * 100,
                         {"Inference-Header-Content-Length": str(len(head))})
     assert status == 400 and "28 bytes short" in got["error"]
+    head = json.dumps({"inputs": [{"name": "float_input", "shape": [1, 32], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 128.0}}]}).encode()
+    status, got = _post(f"{base}/mlp/infer", head + b"\0" * 128, {"Inference-Header-Content-Length": str(len(head))})
+    assert status == 400 and "binary_data_size must be a whole number of bytes, not 128.0" in got["error"]
     # a body over max_message_bytes (1 MiB in this server's config) is refused without being parsed
     status, got = _post(f"{base}/mlp/infer", b" " * (2 << 20))
     assert status == 400 and "max_message_bytes" in got["error"]
