@@ -210,7 +210,7 @@ class App:
                                 on_denied=self._count_unauthenticated)
         self.http_port = await self.rest.start()
         if self.link is None:  # a worker's counters go to the observer, which serves /metrics
-            self.metrics = MetricsServer(server_settings.host, server_settings.metrics_port,
+            self.metrics = MetricsServer(server_settings.metrics_bind, server_settings.metrics_port,
                                          lambda: text(self.families()))
             self.metrics_port = await self.metrics.start()
         else:
@@ -223,7 +223,7 @@ class App:
         self._say(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
         self._say(f"HTTP listening on {server_settings.host}:{self.http_port}")
         if self.metrics is not None:
-            self._say(f"metrics on http://{server_settings.host}:{self.metrics_port}/metrics")
+            self._say(f"metrics on http://{server_settings.metrics_bind}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
             stream = KafkaStream(stream_settings, self.pipeline, served,

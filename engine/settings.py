@@ -52,6 +52,11 @@ class ServerSettings(_Strict):
     """gRPC port. 0 picks a free port; the chosen one is printed on startup."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (0: a free port, printed on startup)."""
+    metrics_host: str | None = None
+    """Address /metrics binds to. Default: `host`, except with [server.tls] or [server.auth]:
+    then 127.0.0.1, since /metrics has neither (it names models, versions, streams and counts).
+    Set it (e.g. "0.0.0.0") to let a Prometheus on another machine scrape it, behind a network
+    policy or a TLS-terminating proxy."""
     http_port: int = Field(8000, ge=0, le=65535)
     """The Open Inference Protocol over HTTP/REST (Triton's default port; 0: any free port)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024)
@@ -106,6 +111,13 @@ class ServerSettings(_Strict):
         if value != "auto" and not 1 <= value <= 1024:
             raise ValueError("workers must be \"auto\" or a number from 1 to 1024")
         return value
+
+    @property
+    def metrics_bind(self) -> str:
+        """Where /metrics listens (see metrics_host)."""
+        if self.metrics_host is not None:
+            return self.metrics_host
+        return "127.0.0.1" if self.tls is not None or self.auth is not None else self.host
 
     def worker_count(self) -> int:
         """The number of serving processes `workers` asks for on this machine."""

@@ -242,7 +242,7 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
     say = child.say_to(conn)
     watch = Watch(settings, rings, control, board, say, to_challengers, from_challengers)
     await loop.run_in_executor(None, watch.load)
-    metrics = MetricsServer(settings.server.host, metrics_port, lambda: text(watch.families()))
+    metrics = MetricsServer(settings.server.metrics_bind, metrics_port, lambda: text(watch.families()))
     port = await metrics.start()
     conn.send(("metrics", port))
     signals = child.Signals()

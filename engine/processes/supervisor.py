@@ -274,7 +274,7 @@ class Supervisor:
              f"{', '.join(str(c.process.pid) for c in sorted(self.children.values(), key=lambda c: c.slot))})")
         _say(f"gRPC listening on {host}:{self.port}")
         _say(f"HTTP listening on {host}:{self.http_port}")
-        _say(f"metrics on http://{host}:{self.metrics_port}/metrics")
+        _say(f"metrics on http://{self.settings.server.metrics_bind}:{self.metrics_port}/metrics")
         self.started = True
         self.control.started = True
         _say("ready")

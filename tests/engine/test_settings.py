@@ -210,3 +210,17 @@ def test_route_and_scorelog_config(tmp_path):
     settings = load_settings(config)
     assert settings.routes[0].split == {"3": 90, "4": 10} and settings.routes[0].sticky_key == "routing_key"
     assert settings.scorelog.dir == (tmp_path / "log").resolve() and settings.scorelog.when_full == "drop"
+
+
+def test_metrics_stay_on_loopback_when_the_server_has_tls_or_tokens_unless_told(tmp_path):
+    """/metrics has neither TLS nor tokens: with either on the server, it binds to 127.0.0.1
+    unless metrics_host says otherwise."""
+    config = tmp_path / "c.toml"
+    plain = GOOD.replace("grpc_port = 0", 'grpc_port = 0\nhost = "0.0.0.0"')
+    config.write_text(plain)
+    assert load_settings(config).server.metrics_bind == "0.0.0.0"
+    config.write_text(plain.replace('host = "0.0.0.0"', 'host = "0.0.0.0"\n[server.auth]\ntokens_env = "T"'))
+    assert load_settings(config).server.metrics_bind == "127.0.0.1"
+    config.write_text(plain.replace('host = "0.0.0.0"', 'host = "0.0.0.0"\nmetrics_host = "0.0.0.0"\n'
+                                                         '[server.auth]\ntokens_env = "T"'))
+    assert load_settings(config).server.metrics_bind == "0.0.0.0"
