@@ -72,6 +72,8 @@ LAG_EVERY_S = 1.0
 TXN_CALL_TIMEOUT_S = 5.0  # one transactional call's wait; a retriable failure is tried again
 MAX_ABORTS_IN_A_ROW = 5  # transactions aborted for the same stream without a commit between: it stops
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
+_NO_SUCH_TOPIC = {KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART}
+TOPICS_TIMEOUT_S = 10.0  # start: how long the cluster's metadata (which topics exist) is waited for
 
 
 def _reveal(table: dict) -> dict:
@@ -171,6 +173,7 @@ class KafkaStream:
         self.label = f"{self.name} ({served.model.label})"
         self.health_name = f"scorewire.stream/{self.name}"  # in grpc.health.v1: NOT_SERVING once stopped
         self.lag: dict[int, int] = {}  # assigned partition -> high watermark - committed (the reader replaces it)
+        self.input_partitions: int | None = None  # the input topic's partitions (0: it does not exist; None: unknown)
         self._committed: dict[int, int] = {}  # partition -> last offset this worker committed (reader only)
         self._lag_at = 0.0
         self.codec = StreamCodec(served.model.schema, settings.format, settings.max_message_bytes,
@@ -293,6 +296,17 @@ class KafkaStream:
         except (KafkaException, ValueError, TypeError) as exc:  # the message may quote a secret value
             raise SettingsError(f"stream {self.label}: the Kafka client refuses its settings: "
                                 f"{self.redact(str(exc))}") from None
+        missing = await self._loop.run_in_executor(None, self._missing_topics)
+        for topic in missing:
+            if topic == self.settings.input_topic:
+                self.input_partitions = 0
+                log.warning("stream %s: the input topic %r does not exist (yet); the stream consumes it once "
+                            "it does", self.label, topic)
+        gone = [t for t in missing if t != self.settings.input_topic]
+        if gone:  # nowhere to put results: consuming would dead-letter or lose every event
+            self._halt(f"the {' and the '.join(self._role(t) for t in gone)} does not exist; create it "
+                       "(scorewire creates no topic) and restart")
+            return
         self._poller = self._loop.create_task(self._poll_deliveries(), name=f"kafka-deliveries:{self.label}")
         if self.exactly_once:
             self._txn_wake = asyncio.Event()
@@ -300,6 +314,24 @@ class KafkaStream:
             self._txn_driver = self._loop.create_task(self._drive_transactions(), name=f"kafka-txn:{self.label}")
         self._reader = threading.Thread(target=self._read, name=f"kafka:{self.settings.input_topic}", daemon=True)
         self._reader.start()
+
+    def _role(self, topic: str) -> str:
+        s = self.settings
+        return {s.input_topic: f"input topic {topic!r}", s.output_topic: f"output topic {topic!r}",
+                s.dead_letter_topic: f"dead-letter topic {topic!r}"}[topic]
+
+    def _missing_topics(self) -> list[str]:
+        """The stream's topics the cluster does not have, by its metadata ([] when no broker
+        answers in time: the reachability checks say so). A full listing, which creates
+        nothing on brokers that create topics on demand."""
+        wanted = [self.settings.input_topic, self.settings.output_topic, self.settings.dead_letter_topic]
+        try:
+            topics = self._producer.list_topics(timeout=TOPICS_TIMEOUT_S).topics
+        except KafkaException as exc:
+            log.warning("stream %s: its topics could not be checked: %s", self.label, self.redact(str(exc)))
+            return []
+        return [t for t in wanted if t not in topics
+                or (topics[t].error is not None and topics[t].error.code() in _NO_SUCH_TOPIC)]
 
     async def stop(self) -> None:
         """Stop consuming, settle what is in flight, commit, leave the group."""
@@ -391,6 +423,14 @@ class KafkaStream:
             return
         self._lag_at = now
         consumer = self._consumer
+        if self.input_partitions == 0:  # waiting for the input topic: is it there now?
+            try:
+                found = consumer.list_topics(timeout=TOPICS_TIMEOUT_S).topics.get(self.settings.input_topic)
+            except KafkaException:
+                found = None
+            if found is not None and (found.error is None or found.error.code() not in _NO_SUCH_TOPIC):
+                self.input_partitions = len(found.partitions)
+                log.warning("stream %s: the input topic %r exists now", self.label, self.settings.input_topic)
         lag = {}
         try:
             for tp in consumer.position(consumer.assignment()):
@@ -868,6 +908,10 @@ class KafkaStream:
     def _refused(self, chunk: _Chunk, err: KafkaError, topic: str, value, key, headers) -> None:
         """A result or dead letter the producer or the broker did not take: retry it, send the
         event to the dead-letter topic instead, stop the stream, or restart the producer."""
+        if err.code() in _NO_SUCH_TOPIC:  # deleted under the stream: dead-lettering every event helps nobody
+            self._halt(self.redact(f"the {self._role(topic)} does not exist any more ({err}); create it and "
+                                   "restart"))
+            return
         kind = classify(err)
         if kind == FATAL:
             self._restart_producer(err)
@@ -884,6 +928,10 @@ class KafkaStream:
         """A record the broker will never take. A result: its event's dead letter, (raw, key,
         headers), to send instead. A dead letter: there is nowhere left to put the event, the
         stream stops (None)."""
+        if err.code() in _NO_SUCH_TOPIC:
+            self._halt(self.redact(f"the {self._role(topic)} does not exist any more ({err}); create it and "
+                                   "restart"))
+            return None
         if headers is not None:
             self._halt(self.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
             return None

@@ -40,7 +40,7 @@ def _collector(families: list[Family]):
 
 # How samples of one name and label set from several processes become one: summed (counters,
 # and gauges of quantities: queued rows, events in flight, partitions), except these.
-_MAX = frozenset({"scorewire_model_info"})  # "this exists" (1)
+_MAX = frozenset({"scorewire_model_info", "scorewire_stream_input_missing"})  # "this exists" (1)
 _MIN = frozenset({"scorewire_stream_up", "scorewire_stream_brokers_reachable"})  # "is it up": 1 only if in every one
 
 
@@ -250,6 +250,9 @@ def _streams(streams, family) -> None:
     family("scorewire_stream_brokers_reachable", "gauge", "0 from librdkafka's 'all brokers are down' until a "
            "broker is up again (nothing is consumed meanwhile; the server log says what to check); else 1.",
            [(_labels(stream=st.name, model=st.model), int(st.brokers_reachable)) for st in streams])
+    family("scorewire_stream_input_missing", "gauge", "1 while the stream's input topic does not exist (the "
+           "stream waits for it; the server log said so).",
+           [(_labels(stream=st.name, model=st.model), int(st.input_partitions == 0)) for st in streams])
     family("scorewire_stream_in_flight", "gauge", "Events consumed and not yet settled.",
            [(_labels(stream=st.name, model=st.model), st.in_flight) for st in streams])
     family("scorewire_stream_assigned_partitions", "gauge", "Input partitions assigned to this worker.",

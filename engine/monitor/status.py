@@ -104,13 +104,14 @@ def status(target: str, timeout_s: float = 5.0) -> str:
     else:
         out.append("no drift monitors configured")
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
-                                 "scorewire_stream_in_flight", "scorewire_stream_consumed",
-                                 "scorewire_stream_lag_events"), ("stream", "model"))
+                                 "scorewire_stream_input_missing", "scorewire_stream_in_flight",
+                                 "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))
     if streams:
         rows = []
         for (stream, model), v in sorted(streams.items()):
             state = ("stopped (see the server log)" if not v.get("scorewire_stream_up", 1) else
                      "no broker reachable (see the server log)" if not v.get("scorewire_stream_brokers_reachable", 1)
+                     else "waiting for its input topic (it does not exist)" if v.get("scorewire_stream_input_missing")
                      else "consuming")
             rows.append([stream, model, state, f"{v.get('scorewire_stream_consumed', 0):,.0f}",
                          f"{v.get('scorewire_stream_in_flight', 0):,.0f}", f"{v.get('scorewire_stream_lag_events', 0):,.0f}"])

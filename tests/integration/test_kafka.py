@@ -389,6 +389,45 @@ def test_a_dead_letter_topic_that_refuses_records_stops_the_stream_visibly(clust
     assert code == 0 and "stream events->scores (mlp:1) stopped: the dead-letter topic 'scores-dlq' refuses" in out
 
 
+def test_missing_topics_are_found_at_start_and_a_missing_output_stops_the_stream(model_dir, rng):
+    """No output topic: the stream stops before consuming anything (it used to dead-letter and
+    commit every event), says why, and shows it in health, /metrics and status. No input topic
+    yet: the stream says it waits for it, until it exists."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from engine.monitor.status import status
+
+    with MockCluster() as c:
+        c.create_topic("events", 4)
+        c.create_topic("scores-dlq", 4)
+        produce(c.bootstrap, "events", json_events(rng.normal(size=(20, 32)).astype(np.float32)))
+        worker = start_worker(model_dir, c.bootstrap)
+        try:
+            m = worker.metrics()
+            assert m["scorewire_stream_up" + LABELS] == 0 and m["scorewire_stream_consumed_total" + LABELS] == 0
+            with grpc.insecure_channel(worker.url) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                assert check(health_pb2.HealthCheckRequest(service="scorewire.stream/events->scores")).status == \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+            assert total(committed(c.bootstrap, "scorewire", "events", 4)) == 0
+        finally:
+            code = worker.stop()
+        out = "\n".join(worker.startup) + worker.proc.stdout.read()
+        assert code == 0 and "stopped: the output topic 'scores' does not exist; create it" in out, out
+        c.create_topic("scores", 4)
+        worker = start_worker(model_dir, c.bootstrap, name="later.toml", topic="later")
+        try:
+            labels = '{stream="later->scores",model="mlp"}'
+            assert worker.metrics()["scorewire_stream_input_missing" + labels] == 1
+            assert "waiting for its input topic" in status(f"127.0.0.1:{worker.metrics_port}")
+            c.create_topic("later", 4)
+            wait_for(lambda: worker.metrics()["scorewire_stream_input_missing" + labels] == 0, 10,
+                     what="the stream to see its input topic")
+        finally:
+            assert worker.stop() == 0
+
+
 def test_secrets_never_reach_the_logs(model_dir, tmp_path):
     """A secret (from the environment) given for client.id appears in every librdkafka log
     line, and one given for sasl.mechanisms in the error that refuses it at start: both are
