@@ -188,10 +188,12 @@ def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002, ht
     return config
 
 
-def start_server(config: Path, timeout_s: float = 120.0, log_level: str = "INFO") -> tuple[subprocess.Popen, int, int]:
-    """Start `scorewire serve` as a subprocess; wait for "ready"; return it and its ports."""
+def start_server(config: Path, timeout_s: float = 120.0, log_level: str = "INFO",
+                 wrapper: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int, int]:
+    """Start `scorewire serve` as a subprocess (run by `wrapper`, a command that execs its
+    arguments, when given); wait for "ready"; return it and its ports."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--log-level", log_level, "serve", "--config", str(config)],
+        [*wrapper, sys.executable, "-m", "engine.cli", "--log-level", log_level, "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=None,
         text=True,

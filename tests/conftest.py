@@ -135,10 +135,11 @@ class Server:
         return self.proc.wait(timeout=60)
 
 
-def launch(directory: Path, config_text: str, name: str = "scorewire.toml") -> Server:
+def launch(directory: Path, config_text: str, name: str = "scorewire.toml", wrapper: tuple[str, ...] = ()) -> Server:
     config = directory / name
     config.write_text(config_text)
-    proc, port, metrics_port = start_server(config, log_level=os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING"))
+    proc, port, metrics_port = start_server(config, log_level=os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING"),
+                                            wrapper=wrapper)
     return Server(proc, port, metrics_port, directory)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -209,7 +210,7 @@ class Load:
         self.url, self.x = url, x
         self.answered: list[str] = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._call, args=(k,)) for k in range(callers)]
+        self.threads = [threading.Thread(target=self._call, args=(k,), daemon=True) for k in range(callers)]
         for t in self.threads:
             t.start()
 
@@ -302,6 +303,51 @@ def test_a_killed_supervisor_takes_its_processes_and_shared_memory_with_it(model
     # the orphaned workers drained into the observer, which wrote the log out before it went
     logged = set(pq.read_table(model_dir / "orphans-log", partitioning="hive").column("request_id").to_pylist())
     assert {f"o-{i}" for i in range(50)} <= logged
+
+
+SMALL_SHM = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t tmpfs -o size=48m tmpfs /dev/shm && exec "$@"', "sh")
+
+
+def test_shared_memory_filling_up_after_start_kills_no_worker(model_dir, rng):
+    """/dev/shm (a 48 MiB one of the server's own) filled to the last byte once the server is
+    up: its rings were reserved whole at start, so writing them cannot fault (SIGBUS), and
+    every request is answered."""
+    import subprocess
+
+    if subprocess.run([*SMALL_SHM, "true"], capture_output=True).returncode != 0:
+        pytest.skip("a mount namespace of its own needs root (unshare, mount)")
+    config = BASE.format(workers=2).replace("drain_timeout_s = 20", "drain_timeout_s = 20\nhandoff_ring_bytes = 8388608")
+    server = launch(model_dir, config, "small-shm.toml", wrapper=SMALL_SHM)
+    try:
+        shm = Path(f"/proc/{server.proc.pid}/root/dev/shm")  # the server's /dev/shm, seen from here
+        free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
+        with open(shm / "filler", "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, free)
+        assert os.statvfs(shm).f_bavail == 0
+        load = Load(server.url, rng.normal(size=(64, N_FEATURES)).astype(np.float32))
+        try:
+            wait_for(lambda: len(load.answered) >= 3000, 60, what="3,000 answers")  # ~1.5 MiB through each ring
+        finally:
+            answered = load.finish()
+        assert _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 0
+        assert _metric(server, 'scorewire_requests_total{model="mlp",code="OK"}') >= len(answered) - 100
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_server_whose_rings_do_not_fit_says_so_in_one_line(model_dir):
+    import subprocess
+
+    if subprocess.run([*SMALL_SHM, "true"], capture_output=True).returncode != 0:
+        pytest.skip("a mount namespace of its own needs root (unshare, mount)")
+    config = model_dir / "no-room.toml"
+    config.write_text(BASE.format(workers=2).replace("drain_timeout_s = 20", "handoff_ring_bytes = 33554432"))
+    done = subprocess.run([*SMALL_SHM, sys.executable, "-m", "engine.cli", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("scorewire: cannot reserve 32.0 MiB of shared memory for"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 MONITORED = BASE + """
