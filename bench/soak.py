@@ -31,12 +31,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from bench.metrics import scrape
 
 CONFIG = """\
 [server]
@@ -81,13 +82,7 @@ dead_letter_topic = "scores-dlq"
 
 
 def _metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
+    return scrape(f"http://127.0.0.1:{port}/metrics", timeout_s=5)
 
 
 class Server:
@@ -200,25 +195,39 @@ class Callers:
             t.join(60)
 
 
-def read_results(bootstrap: str, produced: int, timeout_s: float) -> tuple[dict[str, int], Counter]:
-    """The stream's results: source -> times seen, and the ids that have one (at-least-once:
-    a source may come twice)."""
-    from confluent_kafka import Consumer
+class Results:
+    """The stream's results, read on a thread from the start (the built-in broker keeps at
+    most 5 MiB per partition: read at the end, the first results could be gone): source ->
+    times seen, and the ids that have a result (at-least-once: a source may come twice)."""
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-read-{os.getpid()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe(["scores"])
-    sources: Counter = Counter()
-    ids: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    while len(ids) < produced and time.monotonic() < deadline:
-        for msg in consumer.consume(10_000, 1.0):
-            if msg.error() is None:
-                result = json.loads(msg.value())
-                sources[result["source"]] += 1
-                ids.add(result["id"])
-    consumer.close()
-    return sources, ids
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self.sources: Counter = Counter()
+        self.ids: set[str] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        from confluent_kafka import Consumer
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"soak-read-{os.getpid()}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe(["scores"])
+        while not self.stop.is_set():
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error() is None:
+                    result = json.loads(msg.value())
+                    self.sources[result["source"]] += 1
+                    self.ids.add(result["id"])
+        consumer.close()
+
+    def wait_for(self, produced: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.ids) < produced and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.stop.set()
+        self.thread.join(30)
 
 
 def main(argv=None) -> int:
@@ -236,11 +245,12 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--dir", str(work), "--prepare-only"], check=True,
                    stdout=subprocess.DEVNULL)
     broker = subprocess.Popen([sys.executable, "-m", "engine.mock_kafka", "--topic", "events:8", "--topic",
-                               "scores:8", "--topic", "scores-dlq:8"], stdout=subprocess.PIPE, text=True)
+                               "scores:16", "--topic", "scores-dlq:8"], stdout=subprocess.PIPE, text=True)
     bootstrap = broker.stdout.readline().strip().split("=")[-1]  # "bootstrap.servers=HOST:PORT"
     (work / "soak.toml").write_text(CONFIG.format(bootstrap=bootstrap))
     server = Server(work)
     print(f"soak: {args.minutes} min, server pid {server.proc.pid}, log in {work / 'scorelog'}", flush=True)
+    results = Results(bootstrap)
     callers = Callers(server, bootstrap, args.events_per_s, args.seed)
     kills: list[dict] = []
     end = time.monotonic() + args.minutes * 60
@@ -264,7 +274,8 @@ def main(argv=None) -> int:
                   f"{sum(len(v) for v in callers.answered.values()):,}", flush=True)
     finally:
         callers.finish()
-    sources, result_ids = read_results(bootstrap, callers.produced, 120)
+    results.wait_for(callers.produced, 120)
+    sources, result_ids = results.sources, results.ids
     before_stop = _metrics(server.metrics)
     server.proc.send_signal(signal.SIGTERM)
     code = server.proc.wait(120)
@@ -287,6 +298,8 @@ def main(argv=None) -> int:
         "answered": {k: len(v) for k, v in callers.answered.items()} | {"kafka results": len(sources)},
         "failed_calls": dict(callers.failed.most_common(8)),
         "kafka": {"produced": callers.produced, "with a result": len(result_ids),
+                  "without a result (examples)": sorted(f"k-{i}" for i in range(callers.produced)
+                                                        if f"k-{i}" not in result_ids)[:10],
                   "duplicate results (at-least-once)": sum(n - 1 for n in sources.values())},
         "log": {"champion rows": sum(champion.values()), "answered missing": len(missing),
                 "answered logged twice": len(twice), "challenger rows": sum(challenger.values()),

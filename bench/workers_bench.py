@@ -32,12 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from bench.grpc_bench import prepare_demo, run_load, serve, start_null_server
+from bench.metrics import scrape
 from bench.onoff import cpu_s, tree
 from bench.report import write_json
 
@@ -157,16 +157,6 @@ def _stop(proc: subprocess.Popen) -> str:
     return out or ""
 
 
-def _scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
-
-
 def _metrics_url(proc) -> str:
     for line in proc.startup:
         if m := re.search(r"metrics on (http://\S+)", line):
@@ -222,7 +212,7 @@ def part_watching(work: Path, args) -> list[dict]:
                 time.sleep(0.5)
                 r = measure(url, tree(proc.pid), 8, args.duration)
                 time.sleep(1.0)
-                m = _scrape(_metrics_url(proc))
+                m = scrape(_metrics_url(proc))
             finally:
                 out = _stop(proc)
             summary = SUMMARY.search(out)

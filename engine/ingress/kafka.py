@@ -73,7 +73,8 @@ TXN_CALL_TIMEOUT_S = 5.0  # one transactional call's wait; a retriable failure i
 MAX_ABORTS_IN_A_ROW = 5  # transactions aborted for the same stream without a commit between: it stops
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
 _NO_SUCH_TOPIC = {KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART}
-TOPICS_TIMEOUT_S = 10.0  # start: how long the cluster's metadata (which topics exist) is waited for
+TOPICS_FIRST_WAIT_S = 1.0  # start: how long the cluster's metadata (which topics exist) is waited for...
+TOPICS_TIMEOUT_S = 5.0  # ...and then, no broker having answered, each later try (the stream runs meanwhile)
 
 
 def _reveal(table: dict) -> dict:
@@ -186,6 +187,7 @@ class KafkaStream:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._reader: threading.Thread | None = None
+        self._topic_check: asyncio.Task | None = None
         self._stop = threading.Event()
         self._room = threading.Event()  # set by the loop when in-flight events drop to half the bound
         self._lock = threading.Lock()
@@ -296,16 +298,10 @@ class KafkaStream:
         except (KafkaException, ValueError, TypeError) as exc:  # the message may quote a secret value
             raise SettingsError(f"stream {self.label}: the Kafka client refuses its settings: "
                                 f"{self.redact(str(exc))}") from None
-        missing = await self._loop.run_in_executor(None, self._missing_topics)
-        for topic in missing:
-            if topic == self.settings.input_topic:
-                self.input_partitions = 0
-                log.warning("stream %s: the input topic %r does not exist (yet); the stream consumes it once "
-                            "it does", self.label, topic)
-        gone = [t for t in missing if t != self.settings.input_topic]
-        if gone:  # nowhere to put results: consuming would dead-letter or lose every event
-            self._halt(f"the {' and the '.join(self._role(t) for t in gone)} does not exist; create it "
-                       "(scorewire creates no topic) and restart")
+        missing = await self._loop.run_in_executor(None, self._missing_topics, TOPICS_FIRST_WAIT_S)
+        if missing is None:  # no broker answered yet: start, and check once one does
+            self._topic_check = self._loop.create_task(self._check_topics_later(), name=f"kafka-topics:{self.label}")
+        elif self._topics_checked(missing):
             return
         self._poller = self._loop.create_task(self._poll_deliveries(), name=f"kafka-deliveries:{self.label}")
         if self.exactly_once:
@@ -320,18 +316,36 @@ class KafkaStream:
         return {s.input_topic: f"input topic {topic!r}", s.output_topic: f"output topic {topic!r}",
                 s.dead_letter_topic: f"dead-letter topic {topic!r}"}[topic]
 
-    def _missing_topics(self) -> list[str]:
-        """The stream's topics the cluster does not have, by its metadata ([] when no broker
-        answers in time: the reachability checks say so). A full listing, which creates
-        nothing on brokers that create topics on demand."""
+    def _missing_topics(self, timeout_s: float) -> list[str] | None:
+        """The stream's topics the cluster does not have, by its metadata (None when no broker
+        answered within `timeout_s`). A full listing, which creates nothing on brokers that
+        create topics on demand."""
         wanted = [self.settings.input_topic, self.settings.output_topic, self.settings.dead_letter_topic]
         try:
-            topics = self._producer.list_topics(timeout=TOPICS_TIMEOUT_S).topics
-        except KafkaException as exc:
-            log.warning("stream %s: its topics could not be checked: %s", self.label, self.redact(str(exc)))
-            return []
+            topics = self._producer.list_topics(timeout=timeout_s).topics
+        except KafkaException:
+            return None
         return [t for t in wanted if t not in topics
                 or (topics[t].error is not None and topics[t].error.code() in _NO_SUCH_TOPIC)]
+
+    def _topics_checked(self, missing: list[str]) -> bool:
+        """On the loop: act on the missing topics; True when the stream stopped for them."""
+        if self.settings.input_topic in missing:
+            self.input_partitions = 0
+            log.warning("stream %s: the input topic %r does not exist (yet); the stream consumes it once it does",
+                        self.label, self.settings.input_topic)
+        gone = [t for t in missing if t != self.settings.input_topic]
+        if gone:  # nowhere to put results: consuming would dead-letter or lose every event
+            self._halt(f"the {' and the '.join(self._role(t) for t in gone)} does not exist; create it "
+                       "(scorewire creates no topic) and restart")
+        return bool(gone)
+
+    async def _check_topics_later(self) -> None:
+        while not self._stop.is_set():
+            missing = await self._loop.run_in_executor(None, self._missing_topics, TOPICS_TIMEOUT_S)
+            if missing is not None:
+                self._topics_checked(missing)
+                return
 
     async def stop(self) -> None:
         """Stop consuming, settle what is in flight, commit, leave the group."""
@@ -341,6 +355,9 @@ class KafkaStream:
             await loop.run_in_executor(None, self._reader.join)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._topic_check is not None:  # still no broker: stopping does not wait for one
+            self._topic_check.cancel()
+            await asyncio.gather(self._topic_check, return_exceptions=True)
         if self._txn_driver is not None:
             await self._stop_transactions()
         if self._poller is not None:
