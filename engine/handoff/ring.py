@@ -9,8 +9,8 @@ cores also see stores in program order: a consumer that reads the new `head` fin
 record's bytes. A record that does not fit in the free space is refused and counted in the
 ring itself (`dropped`, `dropped_rows`): a slow observer costs a worker nothing but the count.
 
-Layout: a 256-byte header (head, tail and the producer's counters on separate cache lines),
-then the data. A record is a 4-byte length, the bytes, padding to 8; a record that would
+Layout: a 256-byte header (head; tail; the producer's counters; the consumer's mark: each on
+a cache line of its own), then the data. A record is a 4-byte length, the bytes, padding to 8; a record that would
 cross the end is written at the start instead, after a WRAP marker where one fits.
 
 A producer killed mid-record leaves `head` before it: the record never existed, and a new
@@ -42,6 +42,7 @@ import numpy as np
 
 HEADER = 256
 _HEAD, _TAIL, _DROPPED, _DROPPED_ROWS = 0, 8, 16, 17  # int64 indices into the header
+_MARK = 24  # the consumer's: a position it wants to outlive it (the observer's: forwarded up to)
 _LEN = struct.Struct("<I")
 WRAP = 0xFFFFFFFF
 
@@ -58,13 +59,11 @@ class SharedMemoryFull(OSError):
 class Receipt:
     """A record read from a ring and not yet released: the ring's name, the record's end
     position, and whether whoever needed it is done (the scoring log, once its rows are
-    committed or given up). `record`: the bytes to forward once done (the challengers')."""
+    committed or given up)."""
 
     ring: str
     end: int
     done: bool = False
-    record: bytes | None = None
-    rows: int = 0
 
 
 def create_shm(size: int, what: str) -> shared_memory.SharedMemory:
@@ -183,6 +182,16 @@ class Ring:
         records = self.read()
         self.release(self._read)
         return [record for record, _ in records]
+
+    @property
+    def mark(self) -> int:
+        """A position the consumer keeps in the ring itself, so that it outlives the consumer
+        (the observer: the end of the last record it forwarded to the challengers)."""
+        return int(self._counters[_MARK])
+
+    @mark.setter
+    def mark(self, position: int) -> None:
+        self._counters[_MARK] = position
 
     # -- both -------------------------------------------------------------------------------
     @property

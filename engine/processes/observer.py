@@ -14,8 +14,9 @@ Nothing answered is lost when this process is killed: a record stays in its ring
 worker's write-ahead log) until the scoring log has committed its rows, and the next observer
 reads on from the position the log's journal gives for each ring (engine/scorelog/files.py):
 what was committed is not logged twice, what was not is read again. The batches of champions
-with challengers are forwarded once their rows are committed too, so that a restart forwards
-none twice.
+with challengers are forwarded as they are handed on (waiting for the log's commits would send
+the challengers a tick's worth at once, more than their queues hold), and each ring keeps how
+far it was forwarded (its mark), so a restart forwards none twice.
 """
 
 from __future__ import annotations
@@ -153,31 +154,27 @@ class Watch:
         else:
             n = bisect.bisect_left(held, started - HOLD_NS, key=lambda item: item[0])
             ready, self._held = held[:n], held[n:]
-        put, forward = self.observer.put, self.forward
+        put, forward, out = self.observer.put, self.forward, self.to_challengers
         for _, ring, end, batch, header, record in ready:
             receipt = Receipt(ring.name, end)
             self._receipts.setdefault(ring.name, collections.deque()).append(receipt)
             if batch is None:  # unreadable (counted)
                 receipt.done = True
                 continue
-            if self.to_challengers is not None and (batch.model, batch.version) in forward:
-                receipt.record, receipt.rows = record, batch.rows
+            if out is not None and (batch.model, batch.version) in forward and end > ring.mark:
+                out.put([record], batch.rows)  # as the worker wrote it; full: dropped, counted
+                ring.mark = end
             put(batch, receipt)
         self.release()
         return len(ready)
 
     def release(self) -> None:
-        """Free the ring space of every record the log is done with (in ring order), and
-        forward those the challengers get."""
-        out = self.to_challengers
+        """Free the ring space of every record the log is done with (in ring order)."""
         for ring in self._sources:
             receipts = self._receipts.get(ring.name)
             end = None
             while receipts and receipts[0].done:
-                receipt = receipts.popleft()
-                if receipt.record is not None:  # as the worker wrote it; full: dropped, counted
-                    out.put([receipt.record], receipt.rows)
-                end = receipt.end
+                end = receipts.popleft().end
             if end is not None:
                 ring.release(end)
 
