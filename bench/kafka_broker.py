@@ -133,7 +133,9 @@ class KafkaBroker:
                 f"-Dlog4j2.configurationFile={POM_DIR / 'log4j2.properties'}", "-cp", self._classpath, main, *args]
 
     def _format(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own Uuid: "-..." would read as an option (1 in 64)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         done = subprocess.run(self._java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
                                                  str(self.config), "--standalone"),
                               capture_output=True, text=True)

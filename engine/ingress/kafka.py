@@ -71,8 +71,13 @@ PAUSE_AFTER_S = 1.0
 LAG_EVERY_S = 1.0
 TXN_CALL_TIMEOUT_S = 5.0  # one transactional call's wait; a retriable failure is tried again
 MAX_ABORTS_IN_A_ROW = 5  # transactions aborted for the same stream without a commit between: it stops
+REWIND_TRIES = 50  # a rewind a partition refuses is tried again after each poll (0.1 s), this many times
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
-_NO_SUCH_TOPIC = {KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART}
+# A topic missing from the cluster's metadata. A produce or delivery error says so only with the
+# client's own _UNKNOWN_TOPIC (after topic.metadata.propagation.max.ms); a broker's
+# UNKNOWN_TOPIC_OR_PART there is retriable (seen while a restarted broker loads its partitions).
+_NO_SUCH_TOPIC = {KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART}  # in metadata
+_TOPIC_GONE = {KafkaError._UNKNOWN_TOPIC}  # in a produce or delivery error
 TOPICS_FIRST_WAIT_S = 1.0  # start: how long the cluster's metadata (which topics exist) is waited for...
 TOPICS_TIMEOUT_S = 5.0  # ...and then, no broker having answered, each later try (the stream runs meanwhile)
 
@@ -204,6 +209,7 @@ class KafkaStream:
         self._poller: asyncio.Task | None = None
         self._generation = 0  # the producer's; a fatal error makes a new one (the loop writes)
         self._reader_generation = 0  # the generation the reader last rewound to (the reader writes)
+        self._rewind_tries = 0  # rewinds a partition refused since the last one that went through (the reader's)
         self._producer_conf: dict = {}
         self.failure: str | None = None  # why the stream stopped, when it did
         self.on_down = None  # called on the loop, once, with (stream, reason) when the stream stops
@@ -474,15 +480,26 @@ class KafkaStream:
             log.warning("stream %s: reading the committed offsets to consume again from failed (%s); retrying",
                         self.label, exc)
             return False
+        refused = []
         for tp in assignment:
             offset = settled.get(tp.partition, committed.get(tp.partition, -1))
             try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, offset if offset >= 0 else OFFSET_BEGINNING))
             except KafkaException as exc:
-                # A partition lost in a rebalance still listed (measured after a broker restart:
-                # _STATE). It is not fetched; when assigned again it starts from the committed offset.
-                log.info("stream %s: partition %d not rewound (%s); it starts from its committed offset when "
-                         "assigned again", self.label, tp.partition, exc.args[0])
+                refused.append((tp.partition, exc.args[0]))
+        if refused and self._rewind_tries < REWIND_TRIES:
+            # _STATE: a partition just assigned, whose fetch position is still being looked up
+            # (measured after a broker restart, while its events were already being consumed
+            # again): skipping it would let those go by. Tried again after the next poll.
+            self._rewind_tries += 1
+            return False
+        for partition, err in refused:
+            # Still refused: a partition lost in a rebalance and still listed (measured after a
+            # broker restart: _STATE). It is not fetched; when assigned again it starts from the
+            # committed offset.
+            log.info("stream %s: partition %d not rewound (%s); it starts from its committed offset when "
+                     "assigned again", self.label, partition, err)
+        self._rewind_tries = 0
         log.warning("stream %s: consuming again from what was delivered on partitions %s", self.label,
                     sorted(tp.partition for tp in assignment))
         return True
@@ -925,7 +942,7 @@ class KafkaStream:
     def _refused(self, chunk: _Chunk, err: KafkaError, topic: str, value, key, headers) -> None:
         """A result or dead letter the producer or the broker did not take: retry it, send the
         event to the dead-letter topic instead, stop the stream, or restart the producer."""
-        if err.code() in _NO_SUCH_TOPIC:  # deleted under the stream: dead-lettering every event helps nobody
+        if err.code() in _TOPIC_GONE:  # deleted under the stream: dead-lettering every event helps nobody
             self._halt(self.redact(f"the {self._role(topic)} does not exist any more ({err}); create it and "
                                    "restart"))
             return
@@ -945,7 +962,7 @@ class KafkaStream:
         """A record the broker will never take. A result: its event's dead letter, (raw, key,
         headers), to send instead. A dead letter: there is nowhere left to put the event, the
         stream stops (None)."""
-        if err.code() in _NO_SUCH_TOPIC:
+        if err.code() in _TOPIC_GONE:
             self._halt(self.redact(f"the {self._role(topic)} does not exist any more ({err}); create it and "
                                    "restart"))
             return None
@@ -1234,7 +1251,11 @@ class KafkaStream:
                 err = exc.args[0]
                 if err.fatal():
                     raise
-                if err.txn_requires_abort() or not err.retriable():
+                if err.txn_requires_abort() or not err.retriable() or not sent:
+                    # Offsets that could not be added are not sent again: after a broker restart
+                    # that second send_offsets_to_transaction() hung for good (measured here), and
+                    # the producer made to replace the hung one left a transaction half resolved
+                    # (read_committed readers missed results, or saw dead letters twice).
                     await self._abort(producer)
                     return str(err)
                 if self._stop.is_set():  # stopping while the broker cannot be reached: leave it open
