@@ -1,4 +1,4 @@
-"""The one data plane both ingresses call: route -> validate -> batch -> run -> respond."""
+"""The one data plane every ingress calls: route -> validate -> batch -> run -> respond."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from engine.batching.batch import Origin
+from engine.batching.batcher import RowOutcome
 from engine.codec.validate import select_outputs, validate_inputs
 from engine.routing.router import Router
 from engine.runtime.registry import Registry, Served
@@ -33,19 +34,12 @@ class Pipeline:
         deadline_ns: int | None = None,
         request_id: str | None = None,
         routing_key: str | None = None,
-        origin: Origin | None = None,
     ) -> tuple[Served, dict[str, np.ndarray]]:
         """Score one request; returns the model version that answered and its outputs.
-
-        `origin` (Kafka) is given when the caller already routed the rows to `version`;
-        otherwise the router picks the version and the origin is made here.
         Raises EngineError (bad input, unknown model, queue full, deadline passed, ...).
         """
-        if origin is None:
-            served, role, routing = self.router.resolve(model, version, routing_key)
-            origin = Origin(role, routing, request_id, routing_key)
-        else:
-            served = self.registry.get(model, version)
+        served, role, routing = self.router.resolve(model, version, routing_key)
+        origin = Origin(role, routing, request_id, routing_key)
         schema = served.model.schema
         names = select_outputs(schema, requested_outputs)
         rows = validate_inputs(schema, inputs, served.limits)
@@ -53,3 +47,11 @@ class Pipeline:
         if len(names) != len(outputs):
             outputs = {name: outputs[name] for name in names}
         return served, outputs
+
+    async def submit_rows(self, served: Served, inputs: dict[str, np.ndarray], origin: Origin) -> RowOutcome:
+        """Score a piece of a Kafka chunk, every row its own event: the rows were routed to
+        `served` (Router.resolve_rows) and checked against its schema and limits by the
+        stream's codec, so they are not validated again. A row that breaks the model fails
+        alone (the batcher isolates it); the outcome says which rows were scored."""
+        rows = len(origin.offsets)
+        return await served.batcher.submit(inputs, rows, None, origin, each_row=True)

@@ -47,18 +47,35 @@ class Batch(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a batch member came from, for the scoring log: a gRPC request (one id and key
-    for its rows) or a piece of a Kafka chunk (per-row partitions, offsets and keys).
-    The log builds per-row columns from it on its own thread, never on the request path."""
+    for its rows) or a piece of a Kafka chunk (the partition, offset and key of each of its
+    rows, and no more). The log builds per-row columns from it on its own thread, never on
+    the request path."""
 
-    role: str = "champion"  # champion | arm | direct (challenger rows are logged by the shadow)
-    routing: str = "default"  # default | sticky | random | pinned
+    role: str = "champion"  # a Role: champion | arm | direct (challenger rows are logged by the shadow)
+    routing: str = "default"  # a Routing: default | sticky | random | pinned
     request_id: str | None = None
     routing_key: str | None = None
     topic: str | None = None
-    partitions: np.ndarray | None = None
-    offsets: np.ndarray | None = None
-    keys: list | None = None  # Kafka message keys (bytes or None) of the whole consumed chunk...
-    index: np.ndarray | None = None  # ...and which of the chunk's messages are this member's rows
+    partitions: np.ndarray | None = None  # per row
+    offsets: np.ndarray | None = None  # per row
+    keys: list | None = None  # Kafka message keys (bytes or None), per row
+
+    def rows(self, a: int, b: int) -> "Origin":
+        """The origin of rows a:b of this member (a request's is the same for every row)."""
+        if self.topic is None:
+            return self
+        return Origin(self.role, self.routing, self.request_id, self.routing_key, self.topic,
+                      self.partitions[a:b], self.offsets[a:b], self.keys[a:b])
+
+
+SOURCE_SEP = "/"
+
+
+def source_id(topic: str, partition, offset) -> str:
+    """A Kafka event's id: `topic/partition/offset`. Dead letters' scorewire.source header
+    says it; the scoring log's request_id of Kafka rows and a result's "source" are built
+    column-wise with the same SOURCE_SEP."""
+    return f"{topic}{SOURCE_SEP}{partition}{SOURCE_SEP}{offset}"
 
 
 @dataclass(frozen=True, slots=True)

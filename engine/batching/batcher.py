@@ -9,6 +9,8 @@ is empty, and runs alone.
 A request whose deadline (monotonic ns) has passed when its batch closes is not scored.
 One future per request; a failing batch is retried member by member so that one bad
 request never fails its batch-mates; if the batcher itself dies, every pending future fails.
+A member submitted `each_row` (a piece of a Kafka chunk: every row its own event) that fails
+alone is scored row by row, and gets a RowOutcome: the rows scored and the rows that failed.
 """
 
 from __future__ import annotations
@@ -37,10 +39,21 @@ OnScored = Callable[[Batch, dict[str, np.ndarray], np.ndarray, int, int, tuple],
 class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
-    future: asyncio.Future
+    future: asyncio.Future | None
     deadline_ns: int | None
     enqueued_ns: int
     origin: Origin | None
+    each_row: bool = False
+
+
+@dataclass(slots=True)
+class RowOutcome:
+    """What an `each_row` member got: the outputs of the rows scored (`scored`, positions in
+    the member, ascending) and (position, "CODE: message") for each row that failed."""
+
+    scored: np.ndarray
+    outputs: dict[str, np.ndarray]
+    failures: list[tuple[int, str]]
 
 
 @dataclass(slots=True)
@@ -85,9 +98,9 @@ class Batcher:
         return self._queued_rows
 
     def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline_ns: int | None = None,
-               origin: Origin | None = None) -> asyncio.Future:
-        """Queue one validated request; its future gets the request's own output rows. The
-        origin travels with it to `on_scored` (the scoring log)."""
+               origin: Origin | None = None, each_row: bool = False) -> asyncio.Future:
+        """Queue one validated request; its future gets the request's own output rows (a
+        RowOutcome when `each_row`). The origin travels with it to `on_scored` (the scoring log)."""
         if self._closing:
             raise EngineError(ErrorCode.UNAVAILABLE, f"model {self.label} is shutting down")
         if self._queued_rows and self._queued_rows + rows > self.capacity:  # an empty queue takes any request
@@ -98,7 +111,7 @@ class Batcher:
                 f"queue_capacity = {self.capacity}); retry later",
             )
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns(), origin))
+        self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns(), origin, each_row))
         self._queued_rows += rows
         if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
             self._wake()
@@ -187,7 +200,8 @@ class Batcher:
                 parts = await self._score(members)
             except Exception as exc:
                 if len(members) == 1:
-                    raise
+                    await self._failed_alone(members[0], exc)
+                    return
                 # Isolate the member that breaks the model: score each one alone.
                 self.stats.retried_batches += 1
                 log.warning("model %s: batch of %d requests failed (%s); retrying them one by one",
@@ -196,17 +210,44 @@ class Batcher:
                     try:
                         (part,) = await self._score([item])
                     except Exception as one_exc:
-                        _set_exception(item.future, one_exc, self.label)
+                        await self._failed_alone(item, one_exc)
                     else:
-                        _set_result(item.future, part)
+                        _answer(item, part)
                 return
             for item, part in zip(members, parts):
-                _set_result(item.future, part)
+                _answer(item, part)
         except Exception as exc:
             for item in members:
                 _set_exception(item.future, exc, self.label)
         finally:
             self._slots.release()
+
+    async def _failed_alone(self, item: _Pending, exc: Exception) -> None:
+        """A member that made the model fail on its own: its error, or, `each_row`, each of
+        its rows scored alone (an engine that is stopping fails it whole)."""
+        if not item.each_row or item.rows == 1:
+            if item.each_row and not _stopping(exc):
+                _set_result(item.future, RowOutcome(np.zeros(0, np.int64), {}, [(0, _reason(exc, self.label))]))
+                return
+            _set_exception(item.future, exc, self.label)
+            return
+        scored, parts, failures = [], [], []
+        for r in range(item.rows):
+            origin = None if item.origin is None else item.origin.rows(r, r + 1)
+            row = _Pending({name: a[r:r + 1] for name, a in item.inputs.items()}, 1, None, None,
+                           item.enqueued_ns, origin)
+            try:
+                (part,) = await self._score([row])
+            except Exception as row_exc:
+                if _stopping(row_exc):
+                    _set_exception(item.future, row_exc, self.label)
+                    return
+                failures.append((r, _reason(row_exc, self.label)))
+            else:
+                scored.append(r)
+                parts.append(part)
+        outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
+        _set_result(item.future, RowOutcome(np.asarray(scored, dtype=np.int64), outputs, failures))
 
     async def _score(self, members: list[_Pending]) -> list[dict[str, np.ndarray]]:
         batch = Batch.concat([m.inputs for m in members])
@@ -233,6 +274,21 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(error)
         self._queued_rows = 0
+
+
+def _answer(item: _Pending, part: dict[str, np.ndarray]) -> None:
+    _set_result(item.future, RowOutcome(np.arange(item.rows), part, []) if item.each_row else part)
+
+
+def _stopping(exc: BaseException) -> bool:
+    return isinstance(exc, EngineError) and exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_FOUND)
+
+
+def _reason(exc: BaseException, label: str) -> str:
+    """A row's failure as its dead letter says it: "CODE: message"."""
+    if not isinstance(exc, EngineError):
+        exc = EngineError(ErrorCode.INTERNAL, f"model {label} failed: {exc}")
+    return f"{exc.code.value}: {exc.message}"
 
 
 def _set_result(future: asyncio.Future, value) -> None:

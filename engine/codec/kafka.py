@@ -25,6 +25,7 @@ import orjson
 
 from kernels.jsonrows import (HARD, KIND_FLOAT32, KIND_FLOAT64, KIND_INT, SLOT_INT, SLOT_SPAN, RowSchema, element_spans,
                               scan_rows, splice_rows)
+from engine.batching.batch import SOURCE_SEP
 from engine.codec.validate import ModelSchema, TensorSpec
 
 _NUMBER_TYPES = (int, float)
@@ -276,9 +277,9 @@ class ResultTemplate:
                  timings: dict[str, int]):
         self.names = list(outputs)
         self.matrix = [is_matrix(outputs[n]) for n in self.names]
-        source = orjson.dumps(f"{topic}/")[:-1]  # '"topic/' without the closing quote
+        source = orjson.dumps(f"{topic}{SOURCE_SEP}")[:-1]  # '"topic/' without the closing quote
         fixed = orjson.dumps({"model": model, "version": version})[1:-1]
-        pieces = [b'{"id":', b',"source":' + source, b"/", b'",' + fixed + b',"outputs":{']
+        pieces = [b'{"id":', b',"source":' + source, SOURCE_SEP.encode(), b'",' + fixed + b',"outputs":{']
         for k, (name, matrix) in enumerate(zip(self.names, self.matrix)):
             key = orjson.dumps(name) + b":" + (b"[" if matrix else b"")
             if k:

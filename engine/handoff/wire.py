@@ -6,7 +6,9 @@ into the ring by the worker and viewed with `np.frombuffer` by the observer (ove
 encode a one-row batch, 17 us to decode it. Arrow IPC was the other candidate (a schema and
 message framing per record); it was not measured against this.
 
-Records are scored batches (`"k": "b"`); counters go through the supervisor's board
+Records are scored batches (`"kind": "batch"`), in wire version WIRE_VERSION: a reader meeting
+another version (a worker of an older or newer scorewire sharing the rings) skips the record
+and counts it unreadable. Counters go through the supervisor's board
 (engine/processes/board.py), not the rings.
 """
 
@@ -50,34 +52,37 @@ class _Arrays:
         return (dtype.str, array.shape, at)
 
 
-def _origin(o: Origin | None, arrays: _Arrays, keys_seen: dict) -> list | None:
+WIRE_VERSION = 2  # 2: named header keys, origins as named tables holding only their own rows
+
+
+def _origin(o: Origin | None, arrays: _Arrays) -> dict | None:
     if o is None:
         return None
-    if o.topic is None:
-        return [o.role, o.routing, o.request_id, o.routing_key]
-    keys = None
-    if o.keys is not None:
-        keys = keys_seen.get(id(o.keys))
-        if keys is None:
-            lengths = np.fromiter((-1 if k is None else len(k) for k in o.keys), dtype=np.int32, count=len(o.keys))
-            blob = np.frombuffer(b"".join(k for k in o.keys if k is not None), dtype=np.uint8)
-            keys = keys_seen[id(o.keys)] = [arrays.ref(lengths), arrays.ref(blob)]
-    refs = [None if a is None else arrays.ref(a) for a in (o.partitions, o.offsets, o.index)]
-    return [o.role, o.routing, o.request_id, o.routing_key, o.topic, *refs, keys]
+    out = {"role": o.role, "routing": o.routing}
+    if o.request_id is not None:
+        out["request_id"] = o.request_id
+    if o.routing_key is not None:
+        out["routing_key"] = o.routing_key
+    if o.topic is not None:  # a piece of a Kafka chunk: its own rows' sources and keys
+        lengths = np.fromiter((-1 if k is None else len(k) for k in o.keys), dtype=np.int32, count=len(o.keys))
+        blob = np.frombuffer(b"".join(k for k in o.keys if k is not None), dtype=np.uint8)
+        out.update(topic=o.topic, partitions=arrays.ref(o.partitions), offsets=arrays.ref(o.offsets),
+                   key_lengths=arrays.ref(lengths), key_bytes=arrays.ref(blob))
+    return out
 
 
 def encode_batch(batch: ScoredBatch, stamp_ns: int) -> list:
     """The record's parts (concatenated by the ring). `stamp_ns` (time.monotonic_ns, one
     clock for every process of the machine) orders batches of several workers."""
     arrays = _Arrays()
-    keys_seen: dict = {}
     header = {
-        "k": "b", "m": batch.model, "v": batch.version, "r": batch.role, "n": batch.rows,
-        "b": batch.bounds, "iu": batch.inference_us, "w": batch.wall_ns, "s": stamp_ns,
-        "in": {k: arrays.ref(a) for k, a in batch.inputs.items()},
-        "out": {k: arrays.ref(a) for k, a in batch.outputs.items()},
-        "q": arrays.ref(batch.queue_us), "t": arrays.ref(batch.total_us),
-        "o": [_origin(o, arrays, keys_seen) for o in batch.origins],
+        "wire": WIRE_VERSION, "kind": "batch", "stamp_ns": stamp_ns,
+        "model": batch.model, "version": batch.version, "role": batch.role, "rows": batch.rows,
+        "bounds": batch.bounds, "inference_us": batch.inference_us, "wall_ns": batch.wall_ns,
+        "inputs": {k: arrays.ref(a) for k, a in batch.inputs.items()},
+        "outputs": {k: arrays.ref(a) for k, a in batch.outputs.items()},
+        "queue_us": arrays.ref(batch.queue_us), "total_us": arrays.ref(batch.total_us),
+        "origins": [_origin(o, arrays) for o in batch.origins],
     }
     return _frame(header, arrays)
 
@@ -88,46 +93,40 @@ def _frame(header: dict, arrays: _Arrays) -> list:
     return [_U32.pack(len(head)), head, _PAD[:pad], *arrays.parts]
 
 
-def decode(record: bytes) -> tuple[dict, ScoredBatch | None]:
-    """(header, batch): the batch for a scored-batch record (arrays are read-only views of
-    `record`), None for a kind this version does not know."""
+def decode(record: bytes) -> tuple[int, ScoredBatch | None]:
+    """(stamp_ns, batch): the batch of a scored-batch record of this wire version (its arrays
+    are read-only views of `record`); (0, None) for a record this version does not read."""
     (n,) = _U32.unpack_from(record, 0)
     header = orjson.loads(record[4:4 + n])
-    if header["k"] != "b":
-        return header, None
+    if header.get("wire") != WIRE_VERSION or header.get("kind") != "batch":
+        return 0, None
     base = 4 + n + (-(4 + n) % 8)
 
     def array(ref):
-        if ref is None:
-            return None
         dtype, shape, at = ref
-        dtype = np.dtype(dtype)
-        count = math.prod(shape)
-        return np.frombuffer(record, dtype=dtype, count=count, offset=base + at).reshape(shape)
+        return np.frombuffer(record, dtype=np.dtype(dtype), count=math.prod(shape), offset=base + at).reshape(shape)
 
     def origin(o):
         if o is None:
             return None
-        if len(o) == 4:
-            return Origin(o[0], o[1], o[2], o[3])
-        role, routing, rid, rkey, topic, parts, offsets, index, keys = o
-        key_list = None
-        if keys is not None:
-            lengths, blob = array(keys[0]), array(keys[1]).tobytes()
-            key_list, at = [], 0
-            for length in lengths.tolist():
-                if length < 0:
-                    key_list.append(None)
-                else:
-                    key_list.append(blob[at:at + length])
-                    at += length
-        return Origin(role, routing, rid, rkey, topic, array(parts), array(offsets), key_list, array(index))
+        if "topic" not in o:
+            return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"))
+        blob = array(o["key_bytes"]).tobytes()
+        keys, at = [], 0
+        for length in array(o["key_lengths"]).tolist():
+            if length < 0:
+                keys.append(None)
+            else:
+                keys.append(blob[at:at + length])
+                at += length
+        return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"), o["topic"],
+                      array(o["partitions"]), array(o["offsets"]), keys)
 
     batch = ScoredBatch(
-        header["m"], header["v"], header["r"],
-        {k: array(r) for k, r in header["in"].items()},
-        {k: array(r) for k, r in header["out"].items()},
-        array(header["q"]), array(header["t"]), header["iu"], header["n"], tuple(header["b"]),
-        tuple(origin(o) for o in header["o"]), header["w"],
+        header["model"], header["version"], header["role"],
+        {k: array(r) for k, r in header["inputs"].items()},
+        {k: array(r) for k, r in header["outputs"].items()},
+        array(header["queue_us"]), array(header["total_us"]), header["inference_us"], header["rows"],
+        tuple(header["bounds"]), tuple(origin(o) for o in header["origins"]), header["wall_ns"],
     )
-    return header, batch
+    return header["stamp_ns"], batch

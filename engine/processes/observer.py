@@ -73,7 +73,7 @@ class Watch:
         self.board = board
         self.counts = Counts(board, control.observer)  # this process's counters go on from its predecessor's
         self.decode_failures = 0
-        self._held: list = []  # (stamp, ring, end, batch or None, header, record) read, not handed on (see poll)
+        self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
         self._receipts: dict[str, collections.deque] = {}  # per ring: records handed on, in order, not released
 
@@ -138,14 +138,15 @@ class Watch:
             last = self._last_stamp.get(ring.name, 0)
             for record, end in ring.read():
                 try:
-                    header, batch = decode(record)
+                    stamp, batch = decode(record)
+                    if batch is None:
+                        raise ValueError("a record of another wire version (a worker of another scorewire?)")
                 except Exception:
                     self.decode_failures += 1
                     log.exception("the observer could not read a record from a worker's ring")
-                    header, batch = None, None
-                if batch is not None:
-                    last = max(last, header["s"])
-                held.append((last, ring, end, batch, header, record))
+                    stamp, batch = 0, None
+                last = max(last, stamp)
+                held.append((last, ring, end, batch, record))
             self._last_stamp[ring.name] = last
         if len(held) > 1:
             held.sort(key=lambda item: item[0])  # stable: a ring's records keep their order
@@ -155,7 +156,7 @@ class Watch:
             n = bisect.bisect_left(held, started - HOLD_NS, key=lambda item: item[0])
             ready, self._held = held[:n], held[n:]
         put, forward, out = self.observer.put, self.forward, self.to_challengers
-        for _, ring, end, batch, header, record in ready:
+        for _, ring, end, batch, record in ready:
             receipt = Receipt(ring.name, end)
             self._receipts.setdefault(ring.name, collections.deque()).append(receipt)
             if batch is None:  # unreadable (counted)

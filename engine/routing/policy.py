@@ -34,12 +34,12 @@ class Split:
         raw = key.encode() if isinstance(key, str) else key
         return self.versions[int(self._arms(unit_interval(hash_keys([raw])))[0])], True
 
-    def arms(self, keys: list[bytes | None]) -> np.ndarray:
-        """Index into `versions` of each key's arm; rows without a key draw at random."""
+    def arms(self, keys: list[bytes | None]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Index into `versions` of each key's arm, and which rows had no key and drew their
+        arm at random (None when every row had one)."""
         missing = np.fromiter((k is None or k == b"" for k in keys), dtype=bool, count=len(keys))
         if missing.any():
             points = unit_interval(hash_keys([b"" if k is None else k for k in keys]))
             points[missing] = self._rng.random(int(missing.sum()))
-        else:
-            points = unit_interval(hash_keys(keys))
-        return self._arms(points)
+            return self._arms(points), missing
+        return self._arms(unit_interval(hash_keys(keys))), None

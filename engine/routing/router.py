@@ -10,11 +10,32 @@ the champion scores. A model without a route answers with its highest version.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
 
 from engine.codec.validate import ModelSchema
 from engine.routing.policy import Split
 from engine.runtime.registry import Registry, Served
 from engine.settings import RouteSettings
+
+
+class Role(StrEnum):
+    """Which part a version plays for the rows it scores (the scoring log's `role`)."""
+
+    CHAMPION = "champion"
+    ARM = "arm"  # a split's arm other than the champion
+    DIRECT = "direct"  # a request named this version, which is not the champion
+    CHALLENGER = "challenger"  # shadow rows
+
+
+class Routing(StrEnum):
+    """How the answering version was chosen (the scoring log's `routing`)."""
+
+    DEFAULT = "default"  # the champion (or the highest version)
+    STICKY = "sticky"  # a split, by the request's key
+    RANDOM = "random"  # a split, drawn at random (no key)
+    PINNED = "pinned"  # the request named its version
 
 
 @dataclass(frozen=True)
@@ -30,10 +51,10 @@ class Route:
         """The role of rows this version answers: a challenger's own batches only ever hold
         requests that named it ("direct"); its shadow rows are logged by the shadow."""
         if version == self.settings.champion:
-            return "champion"
+            return Role.CHAMPION
         if version in self.settings.split:
-            return "arm"
-        return "direct"
+            return Role.ARM
+        return Role.DIRECT
 
 
 def check_compatible(champion: ModelSchema, other: ModelSchema, other_label: str, champion_label: str) -> None:
@@ -60,19 +81,39 @@ class Router:
     def install(self, routes: dict[str, Route]) -> None:
         self.routes = routes
 
-    def resolve(self, name: str, version: str, key: str | None) -> tuple[Served, str, str]:
+    def resolve(self, name: str, version: str, key: str | None) -> tuple[Served, Role, Routing]:
         """(served version, role, routing decision) for one request."""
         route = self.routes.get(name)
         if version:
             served = self.registry.get(name, version)
-            role = "champion" if route is None or route.settings.champion == version else "direct"
-            return served, role, "pinned"
+            role = Role.CHAMPION if route is None or route.settings.champion == version else Role.DIRECT
+            return served, role, Routing.PINNED
         if route is None:
-            return self.registry.get(name, ""), "champion", "default"
+            return self.registry.get(name, ""), Role.CHAMPION, Routing.DEFAULT
         if route.split is None:
-            return self.registry.get(name, route.settings.champion), "champion", "default"
+            return self.registry.get(name, route.settings.champion), Role.CHAMPION, Routing.DEFAULT
         chosen, sticky = route.split.pick(key)
-        return self.registry.get(name, chosen), route.role_of(chosen), "sticky" if sticky else "random"
+        return self.registry.get(name, chosen), route.role_of(chosen), Routing.STICKY if sticky else Routing.RANDOM
+
+    def resolve_rows(self, name: str, version: str,
+                     keys: list[bytes | None]) -> list[tuple[Served, Role, Routing, np.ndarray | None]]:
+        """`resolve` for many rows at once (a Kafka chunk, by message key): (served, role,
+        routing, positions of its rows in `keys`, None for all) per group of rows answered
+        alike. Without a split, one group; with one, a group per arm and per decision (rows
+        without a key draw their arm at random, as a request without one does)."""
+        split = self.split_of(name, version)
+        if split is None:
+            return [(*self.resolve(name, version, None), None)]
+        arms, random = split.arms(keys)
+        groups = []
+        for i, chosen in enumerate(split.versions):
+            mine = arms == i
+            for routing, rows in ((Routing.STICKY, mine if random is None else mine & ~random),
+                                  (Routing.RANDOM, None if random is None else mine & random)):
+                if rows is not None and rows.any():
+                    groups.append((self.registry.get(name, chosen), self.role_of(name, chosen), routing,
+                                   np.flatnonzero(rows)))
+        return groups
 
     def split_of(self, name: str, version: str = "") -> Split | None:
         """The split that picks the version answering a request to `name` (none when the
@@ -86,4 +127,4 @@ class Router:
 
     def role_of(self, name: str, version: str) -> str:
         route = self.routes.get(name)
-        return "champion" if route is None else route.role_of(version)
+        return Role.CHAMPION if route is None else route.role_of(version)

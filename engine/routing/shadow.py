@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from engine.batching.batch import ScoredBatch
 from engine.batching.mailbox import Mailbox
+from engine.routing.router import Role
 from engine.runtime.session import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class Shadow:
             waited_us = (start - queued_ns) // 1000
             members = len(batch.queue_us)
             self._deliver(ScoredBatch(
-                self.name, self.version, "challenger", batch.inputs, part,
+                self.name, self.version, Role.CHALLENGER, batch.inputs, part,
                 np.full(members, waited_us, np.int64), np.full(members, waited_us + took_us, np.int64), took_us,
                 batch.rows, batch.bounds, batch.origins, wall_ns))
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.batching.batch import ScoredBatch
+from engine.batching.batch import SOURCE_SEP, ScoredBatch
 
 # A tensor wider than this (per row) is logged as one list column, not one column per value.
 MAX_EXPANDED_COLUMNS = 1024
@@ -52,11 +52,9 @@ def _member_column(origins, counts: np.ndarray, member_of_row: np.ndarray) -> tu
     id_parts, key_parts = [], []
     for o, n in zip(origins, counts.tolist()):
         if o is not None and o.topic is not None:  # Kafka piece: the source is the id
-            index = pa.array(o.index)
             id_parts.append(pc.binary_join_element_wise(
-                o.topic, pa.array(o.partitions[o.index]).cast(pa.string()),
-                pa.array(o.offsets[o.index]).cast(pa.string()), "/"))
-            raw = pc.take(pa.array(o.keys, type=pa.binary()), index)
+                o.topic, pa.array(o.partitions).cast(pa.string()), pa.array(o.offsets).cast(pa.string()), SOURCE_SEP))
+            raw = pa.array(o.keys, type=pa.binary())
             try:
                 key_parts.append(raw.cast(pa.string()))
             except pa.ArrowInvalid:  # keys that are not UTF-8: logged as hex

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from engine.batching.batch import Batch
+from engine.batching.batch import Batch, Origin
 from engine.batching.batcher import Batcher
 from engine.errors import EngineError, ErrorCode
 from engine.settings import BatchingSettings
@@ -204,6 +204,39 @@ def test_failing_batch_is_retried_member_by_member():
     np.testing.assert_array_equal(g2["y"][:, 0], [50, 60, 70])
     assert isinstance(bad, EngineError) and bad.code is ErrorCode.INTERNAL and "model exploded" in bad.message
     assert retried == 1
+
+
+def test_a_member_scored_each_row_loses_only_the_rows_that_break_the_model():
+    """A Kafka piece: one bad event among many fails alone; the log hears of each good row
+    with its own origin, and a plain request in the same batch is answered."""
+    logged = []
+
+    async def main():
+        run = Recorder(fail_if=lambda x: (x < 0).any())
+        settings = BatchingSettings(max_batch_size=100, max_queue_delay_us=20_000, queue_capacity=1000)
+        batcher = Batcher("m:1", settings, run, max_in_flight=1,
+                          on_scored=lambda batch, out, enq, a, b, origins: logged.extend(origins))
+        batcher.start()
+        x = np.array([[1.0], [-1.0], [3.0], [-4.0], [5.0]])
+        origin = Origin("champion", "sticky", topic="events", partitions=np.zeros(5, np.int32),
+                        offsets=np.arange(100, 105), keys=[b"a", b"b", None, b"d", b"e"])
+        piece = batcher.submit({"x": x}, 5, origin=origin, each_row=True)
+        plain = batcher.submit(rows(7, 1), 1)
+        whole = batcher.submit(rows(0, 2), 2, origin=origin.rows(0, 2), each_row=True)
+        results = await asyncio.gather(piece, plain, whole)
+        await batcher.close()
+        return results
+
+    piece, plain, whole = asyncio.run(main())
+    assert piece.scored.tolist() == [0, 2, 4]
+    np.testing.assert_array_equal(piece.outputs["y"][:, 0], [10, 30, 50])
+    assert [r for r, _ in piece.failures] == [1, 3]
+    assert all(why.startswith("internal: ") and "model exploded" in why for _, why in piece.failures)
+    np.testing.assert_array_equal(plain["y"][:, 0], [70])
+    assert whole.scored.tolist() == [0, 1] and whole.failures == []
+    rows_logged = [o for o in logged if o is not None and o.topic == "events" and len(o.offsets) == 1]
+    assert sorted(int(o.offsets[0]) for o in rows_logged) == [100, 102, 104]
+    assert [o.keys for o in rows_logged if o.offsets[0] == 102] == [[None]]
 
 
 def test_close_scores_what_is_queued_then_refuses():

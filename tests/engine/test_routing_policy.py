@@ -45,7 +45,8 @@ def test_unit_interval_is_uniform():
 def test_one_key_and_many_keys_agree():
     split = Split({"1": 80, "2": 15, "3": 5})
     keys = [f"acct-{i}".encode() for i in range(3000)]
-    many = split.arms(keys)
+    many, random = split.arms(keys)
+    assert random is None
     one = [split.versions.index(split.pick(k)[0]) for k in keys]
     assert many.tolist() == one
     assert split.pick("acct-7") == split.pick(b"acct-7")
@@ -57,12 +58,13 @@ def test_one_key_and_many_keys_agree():
 def test_config_order_does_not_move_keys():
     keys = [f"k{i}".encode() for i in range(1000)]
     a, b = Split({"1": 60, "2": 40}), Split({"2": 40, "1": 60})
-    assert [a.versions[i] for i in a.arms(keys)] == [b.versions[i] for i in b.arms(keys)]
+    assert [a.versions[i] for i in a.arms(keys)[0]] == [b.versions[i] for i in b.arms(keys)[0]]
 
 
 def test_missing_keys_draw_at_random():
     split = Split({"a": 50, "b": 50}, seed=3)
-    arms = split.arms([None] * 4000 + [b""] * 4000)
-    assert abs(arms.mean() - 0.5) < 4.5 * np.sqrt(0.25 / 8000)
+    arms, random = split.arms([None] * 4000 + [b""] * 4000 + [b"k"])
+    assert random.tolist() == [True] * 8000 + [False]
+    assert abs(arms[:8000].mean() - 0.5) < 4.5 * np.sqrt(0.25 / 8000)
     version, sticky = split.pick(None)
     assert version in ("a", "b") and sticky is False

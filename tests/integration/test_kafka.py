@@ -252,8 +252,9 @@ def test_binary_format_scores_raw_rows_and_the_key_is_the_id(cluster, model_dir,
 
 
 def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluster, model_dir, tmp_path, rng):
-    """Kafka uses the gRPC routing: the message key picks the arm; the champion's batches are
-    shadowed; the scoring log pairs them by source (topic/partition/offset)."""
+    """Kafka uses the gRPC routing: the message key picks the arm (an event without a key draws
+    one at random, logged as such); the champion's batches are shadowed; the scoring log pairs
+    them by source (topic/partition/offset)."""
     import shutil
 
     import duckdb
@@ -273,7 +274,7 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
 
     x = rng.normal(size=(2000, 32)).astype(np.float32)
     events = json_events(x)
-    keyed = [(b"user-%d" % (i % 300), value) for i, (_, value) in enumerate(events)]
+    keyed = [(None if i % 10 == 0 else b"user-%d" % (i % 300), value) for i, (_, value) in enumerate(events)]
     produce(cluster.bootstrap, "events", keyed)
     worker = launch(tmp_path, config)
     try:
@@ -284,20 +285,24 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
     arms: dict[bytes, set] = {}
     for key, r in results:
         arms.setdefault(key, set()).add(r["version"])
+    assert arms.pop(None) == {"1", "3"}  # 200 events without a key, drawn at random
     assert all(len(v) == 1 for v in arms.values())
     assert {v for vs in arms.values() for v in vs} == {"1", "3"}
     on_champion = {r["source"] for _, r in results if r["version"] == "1"}
     log = tmp_path / "log"
     rows = duckdb.connect().execute(
-        f"SELECT role, version, request_id, routing_key FROM read_parquet('{log}/**/*.parquet', hive_partitioning = 1)"
-    ).fetchall()
-    champion = {rid for role, _, rid, _ in rows if role == "champion"}
-    shadow = [rid for role, version, rid, _ in rows if role == "challenger" and version == "2"]
+        f"SELECT role, version, request_id, routing_key, routing FROM read_parquet('{log}/**/*.parquet', "
+        "hive_partitioning = 1)").fetchall()
+    champion = {rid for role, _, rid, _, _ in rows if role == "champion"}
+    shadow = [rid for role, version, rid, _, _ in rows if role == "challenger" and version == "2"]
     assert champion == on_champion
     assert sorted(shadow) == sorted(champion)  # one shadow row per champion row
-    assert {rid for role, _, rid, _ in rows if role == "arm"} == {r["source"] for _, r in results} - on_champion
-    key_of = {r["source"]: key.decode() for key, r in results}
-    assert all(key_of[rid] == key for _, _, rid, key in rows)
+    assert {rid for role, _, rid, _, _ in rows if role == "arm"} == {r["source"] for _, r in results} - on_champion
+    key_of = {r["source"]: None if key is None else key.decode() for key, r in results}
+    assert all(key_of[rid] == key for _, _, rid, key, _ in rows)
+    answered = [(key, routing) for role, _, _, key, routing in rows if role != "challenger"]
+    assert len(answered) == len(x)
+    assert all(routing == ("random" if key is None else "sticky") for key, routing in answered)
 
 
 LABELS = '{stream="events->scores",model="mlp"}'

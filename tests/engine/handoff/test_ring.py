@@ -7,6 +7,7 @@ import multiprocessing as mp
 import random
 
 import numpy as np
+import orjson
 import pytest
 
 from engine.batching.batch import Origin, ScoredBatch
@@ -72,16 +73,16 @@ def test_another_process_writes_while_this_one_reads(ring):
 
 def test_a_scored_batch_survives_the_trip():
     keys = [b"k1", None, b"", b"key-3"]
-    kafka = Origin("champion", "default", None, None, "events", np.array([0, 1, 1, 2], dtype=np.int32),
-                   np.array([10, 11, 12, 13]), keys, np.array([1, 3]))
+    kafka = Origin("champion", "random", None, None, "events", np.array([0, 1, 1, 2], dtype=np.int32),
+                   np.array([10, 11, 12, 13]), keys)
     grpc = Origin("arm", "sticky", "req-1", "user-7")
     inputs = {"x": np.arange(24, dtype=np.float32).reshape(3, 8), "n": np.array([1, 2, 3], dtype=np.int8)}
     outputs = {"label": np.array([0, 1, 1]), "p": np.random.default_rng(1).random((3, 2)).astype(np.float16)}
     batch = ScoredBatch("m", "2", "champion", inputs, outputs, np.array([5, 6]), np.array([50, 60]), 44, 3,
                         (0, 2, 3), (kafka, grpc), 123456789)
     record = b"".join(bytes(p) for p in encode_batch(batch, 987))
-    header, back = decode(record)
-    assert header["s"] == 987
+    stamp, back = decode(record)
+    assert stamp == 987
     for name in ("model", "version", "role", "inference_us", "rows", "bounds", "wall_ns"):
         assert getattr(back, name) == getattr(batch, name), name
     for side in ("inputs", "outputs"):
@@ -92,9 +93,13 @@ def test_a_scored_batch_survives_the_trip():
     assert np.array_equal(back.queue_us, batch.queue_us) and np.array_equal(back.total_us, batch.total_us)
     k, g = back.origins
     assert g == grpc
-    assert (k.role, k.routing, k.topic, k.keys) == ("champion", "default", "events", keys)
-    for name in ("partitions", "offsets", "index"):
+    assert (k.role, k.routing, k.topic, k.keys) == ("champion", "random", "events", keys)
+    for name in ("partitions", "offsets"):
         assert np.array_equal(getattr(k, name), getattr(kafka, name))
+    assert k.rows(1, 3).keys == [None, b""] and k.rows(1, 3).offsets.tolist() == [11, 12]
+    header = orjson.loads(record[4:4 + int.from_bytes(record[:4], "little")])
+    assert decode(record.replace(b'"wire":2', b'"wire":9', 1)) == (0, None)  # another wire version: skipped
+    assert header["wire"] == 2 and header["kind"] == "batch"
 
 
 def test_an_array_of_python_objects_is_refused_clearly():

@@ -1,0 +1,138 @@
+"""Scoring a chunk: routed by the Router, scored through the Pipeline, encoded as results.
+
+The rows of a chunk are routed like requests (`Router.resolve_rows`: one group, or one per
+split arm and decision), cut into pieces of at most max_batch_size rows and submitted to the
+model's batcher each row its own event (`Pipeline.submit_rows`): a row that breaks the model
+fails alone and becomes a dead letter, its piece-mates are scored. A full queue (gRPC traffic)
+is waited out; an engine that is stopping abandons the chunk (consumed again after restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from engine.batching.batch import Origin, source_id
+from engine.codec.kafka import ResultTemplate, encode_results
+from engine.errors import EngineError, ErrorCode
+from engine.ingress.kafka.chunk import Chunk
+from engine.ingress.kafka.delivery import log
+from engine.runtime.registry import Served
+
+
+class Scorer:
+    def __init__(self, stream, served: Served):
+        self.stream = stream
+        self.settings = stream.settings
+        self.pipeline = stream.pipeline
+        self.model = served.name
+        self.version = self.settings.version  # empty: the model's route (or highest version) decides
+        self.piece_rows = max(1, min(served.batcher.max_batch_size, served.limits.max_rows))
+        # Rows this stream keeps queued in the model's batcher: leaves room for gRPC callers.
+        self.piece_slots = max(2, min(16, served.batcher.capacity // (2 * self.piece_rows)))
+        self._slots: asyncio.Semaphore | None = None
+
+    def start(self) -> None:
+        self._slots = asyncio.Semaphore(self.piece_slots)
+
+    async def score(self, chunk: Chunk) -> None:
+        """Fill the chunk's results and dead letters; abandon it when it cannot be scored."""
+        stream, decoded = self.stream, chunk.decoded
+        stats = stream.stats
+        try:
+            started = time.monotonic_ns()
+            good = decoded.good
+            keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
+            groups = self.pipeline.router.resolve_rows(self.model, self.version, keys)
+            outcomes = await asyncio.gather(*(self._group(chunk, *group) for group in groups))
+            if chunk.abandoned:  # given up meanwhile (its data is gone): consumed again
+                return
+            timings = {"wait_us": (started - chunk.consumed_ns) // 1000,
+                       "score_us": (time.monotonic_ns() - started) // 1000}
+            errors = list(decoded.errors)
+            scored = 0
+            for (served, _role, _routing, picked), (at, outputs, failures) in zip(groups, outcomes):
+                every = len(at) == len(good)  # positions in decoded.good
+                rows = good if every else good[at]
+                if len(rows):
+                    template = ResultTemplate(self.model, served.version, self.settings.input_topic, outputs, timings)
+                    values = encode_results(template, decoded.id_text, decoded.id_spans if every else decoded.id_spans[at],
+                                            chunk.partitions[rows], chunk.offsets[rows], outputs)
+                    picked_keys = chunk.keys if len(rows) == chunk.size else [chunk.keys[i] for i in rows.tolist()]
+                    chunk.results.extend(zip(picked_keys, values))
+                    chunk.result_rows.append(rows)
+                scored += len(rows)
+                errors += [(int(good[r]), message) for r, message in failures]
+            for i, message in errors:
+                chunk.dead.append((chunk.keys[i], chunk.values[i], self.dead_headers(chunk, i, message)))
+            stats.scored += scored
+            stats.dead_lettered += len(errors)
+        except EngineError as exc:
+            if chunk.abandon():
+                stats.abandoned += chunk.size
+                log.warning("stream %s: %d events not scored (%s); they will be consumed again", stream.label,
+                            chunk.size, exc.message)
+        except Exception:
+            if chunk.abandon():
+                stats.abandoned += chunk.size
+                log.exception("stream %s: %d events not scored; they will be consumed again", stream.label, chunk.size)
+
+    async def _group(self, chunk: Chunk, served: Served, role: str, routing: str, picked: np.ndarray | None):
+        """Score one group's rows in pieces; returns (positions in decoded.good of the rows
+        scored, their outputs, [(position in decoded.good, error)] of the rows that failed)."""
+        decoded = chunk.decoded
+        inputs = decoded.inputs if picked is None else {n: a[picked] for n, a in decoded.inputs.items()}
+        at = decoded.good if picked is None else decoded.good[picked]  # message index of each row
+        rows = len(at)
+        if rows == 0:
+            return np.zeros(0, np.int64), {}, []
+        topic = self.settings.input_topic
+        step = self.piece_rows
+
+        def piece(a: int, b: int):
+            index = at[a:b]
+            origin = Origin(role, routing, topic=topic, partitions=chunk.partitions[index],
+                            offsets=chunk.offsets[index], keys=[chunk.keys[i] for i in index.tolist()])
+            return self._submit(served, {name: array[a:b] for name, array in inputs.items()}, origin)
+
+        starts = range(0, rows, step)
+        outcomes = await asyncio.gather(*(piece(a, min(a + step, rows)) for a in starts))
+        done, parts, failures = [], [], []
+        for a, outcome in zip(starts, outcomes):
+            if len(outcome.scored):
+                done.append(outcome.scored + a)
+                parts.append(outcome.outputs)
+            failures += [(r + a, message) for r, message in outcome.failures]
+        base = np.arange(rows) if picked is None else picked
+        if not parts:
+            return np.zeros(0, np.int64), {}, [(int(base[r]), m) for r, m in failures]
+        index = np.concatenate(done)
+        outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        return base[index], outputs, [(int(base[r]), m) for r, m in failures]
+
+    async def _submit(self, served: Served, piece: dict[str, np.ndarray], origin: Origin):
+        async with self._slots:
+            while True:
+                try:
+                    return await self.pipeline.submit_rows(served, piece, origin)
+                except EngineError as exc:
+                    if exc.code is not ErrorCode.RESOURCE_EXHAUSTED:
+                        raise
+                await asyncio.sleep(0.001)  # the model's queue is full (gRPC traffic): wait our turn
+
+    def dead_headers(self, chunk: Chunk, i: int, message: str) -> list:
+        source = source_id(self.settings.input_topic, chunk.partitions[i], chunk.offsets[i])
+        return [("scorewire.error", message.encode()), ("scorewire.source", source.encode()),
+                ("scorewire.model", self._model_tag().encode())]
+
+    def _model_tag(self) -> str:
+        """model:version that scores this stream (just the model when a split decides per key)."""
+        router = self.pipeline.router
+        if router.split_of(self.model, self.version) is not None:
+            return self.model
+        try:
+            return f"{self.model}:{router.resolve(self.model, self.version, None)[0].version}"
+        except EngineError:
+            return self.model
