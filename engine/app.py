@@ -18,16 +18,17 @@ from engine.errors import UsageError
 from engine.codec.validate import Limits
 from engine.ingress.kafka import KafkaStream
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
+from engine.frontdoor import FrontDoor
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
 from engine.ingress.rest import RestIngress
-from engine.monitor.export import MetricsServer, observer_families, serving_families, text
+from engine.monitor.export import serving_families
 from engine.batching.batch import ScoredBatch
-from engine.observer import Observer
 from engine.pipeline import Pipeline
 from engine.routing.router import Route, Router, check_compatible
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
 from engine.settings import RouteSettings, Settings, load_settings
+from engine.sink import LocalSink, Sink
 
 log = logging.getLogger("scorewire")
 
@@ -35,35 +36,30 @@ QUIET_S = 0.1  # drain: no request in flight or arriving for this long ends the 
 LOG_FLUSH_S = 2.0  # drain: the scoring log's least time to write what it holds
 
 
-def _announce(text: str) -> None:
-    """Lines on stdout that people and tests read ("listening on", "ready")."""
-    print(f"scorewire: {text}", flush=True)
-
-
-
 def _serving(ok: bool):
     return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
 
 class App:
-    """One serving path: gRPC and Kafka in, batchers and sessions, answers out; each scored
-    batch goes to `sink`. With `link` unset it is the whole server (`workers = 1`): the
-    Observer runs in this process and /metrics is served here. With `link` set it is one of
-    several worker processes (engine/processes/worker.py): scored batches and counters go
-    through the link to the observer process, which watches and serves /metrics."""
+    """One serving path: gRPC, REST and Kafka in through the front door, batchers and
+    sessions, answers out; each scored batch goes to the sink (engine/sink.py). With the
+    LocalSink (the default) it is the whole server (`workers = 1`): the Observer runs in this
+    process and /metrics is served here. With a worker's Link (engine/processes/worker.py) it is
+    one of several worker processes: scored batches and counters go to the observer process,
+    which watches and serves /metrics."""
 
-    def __init__(self, settings: Settings, config_path: Path | None = None, link=None):
+    def __init__(self, settings: Settings, config_path: Path | None = None, sink: Sink | None = None):
         self.settings = settings
         self.config_path = config_path  # read again on SIGHUP
-        self.link = link
+        self.sink = sink if sink is not None else LocalSink(settings)
         self.registry = Registry()
         self.router = Router(self.registry)
         self.pipeline = Pipeline(self.registry, self.router)
         self._reload_lock = asyncio.Lock()
         self.requests_by_code: collections.Counter = collections.Counter()
-        self.servicer: InferenceServicer | None = None
+        server = settings.server
+        self.front = FrontDoor(self.pipeline, server.max_message_bytes, server.max_inflight_bytes, count=self._count)
         self.server: grpc.aio.Server | None = None
         self.health = None
-        self.metrics: MetricsServer | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self.streams: list[KafkaStream] = []
@@ -71,17 +67,10 @@ class App:
         self._draining = False
         self.rest: RestIngress | None = None
         self.http_port = 0
-        self.observer = Observer(settings, self._say) if link is None else None
-        self._sink = self.observer.put if link is None else link.put
-
-    def _say(self, text: str) -> None:
-        if self.link is None:
-            _announce(text)
-        else:
-            self.link.announce(text)
+        self._say = self.sink.say
 
     def _on_scored(self, name: str, version: str):
-        sink, router = self._sink, self.router
+        sink, router = self.sink.put, self.router
 
         def on_scored(batch, outputs, enqueued, start, end, origins) -> None:
             scored = ScoredBatch(name, version, router.role_of(name, version), batch.inputs, outputs,
@@ -93,10 +82,7 @@ class App:
 
     def families(self) -> list:
         """This process's metric families (the serving path's, and the observer's if here)."""
-        families = serving_families(self.registry, self.requests_by_code, self.streams)
-        if self.observer is not None:
-            families += observer_families(self.observer)
-        return families
+        return serving_families(self.registry, self.requests_by_code, self.streams) + self.sink.families()
 
     def _build_routes(self, routes: list[RouteSettings]) -> dict[str, Route]:
         """Routes for `routes`, after checking every version a route names fits its champion."""
@@ -118,8 +104,7 @@ class App:
         model = OnnxModel(ms)
         if ms.warmup or model.io_binding is not None:  # IO binding is checked even without warm-up
             model.warm_up(full=ms.warmup)
-        if self.observer is not None:
-            self.observer.add_model(ms, model)
+        self.sink.add_model(ms, model)
         batcher = Batcher(model.label, ms.batching, model.run, max_in_flight=ms.instances,
                           on_scored=self._on_scored(ms.name, ms.version))
         limits = Limits(max_rows=ms.max_rows_per_request, allow_non_finite=ms.allow_non_finite)
@@ -128,8 +113,7 @@ class App:
         return Served(model, batcher, limits)
 
     def load_models(self) -> None:
-        if self.observer is not None:
-            self.observer.warm_up()
+        self.sink.warm_up()
         answering = {(r.model, v) for r in self.settings.routes for v in [r.champion, *r.split]}
         shadow_only = {(r.model, v) for r in self.settings.routes for v in r.challengers} - answering
         for ms in self.settings.models:
@@ -142,14 +126,12 @@ class App:
                 log.error("%s; the challenger is left out of its route", exc)
                 self._say(f"challenger {ms.name}:{ms.version} left out: {exc}")
         self.router.install(self._build_routes(self.settings.routes))
-        if self.observer is not None:
-            self.observer.install_shadows(self.settings.routes)  # none running yet: nothing retired
+        self.sink.install_shadows(self.settings.routes)  # none running yet: nothing retired
         for route in self.settings.routes:
             self._say(f"route {route.model}: champion {route.champion}"
                       + (f", challengers {', '.join(route.challengers)}" if route.challengers else "")
                       + (f", split {dict(route.split)} by {route.sticky_key!r}" if route.split else ""))
-        if self.observer is not None:
-            self.observer.open_scorelog()
+        self.sink.open_scorelog()
 
     async def start(self) -> None:
         server_settings = self.settings.server
@@ -179,17 +161,14 @@ class App:
                 ("grpc.server.max_pending_requests", server_settings.max_pending_calls),
                 ("grpc.server.max_pending_requests_hard_limit", server_settings.max_pending_calls),
                 # Workers share the port: the kernel spreads connections over them.
-                ("grpc.so_reuseport", 0 if self.link is None else 1),
+                ("grpc.so_reuseport", int(self.sink.shares_ports)),
             ]
         )
-        self.servicer = InferenceServicer(
-            self.pipeline, limit, server_settings.stream_max_in_flight, server_settings.max_inflight_bytes,
-            count=self._count,
-        )
-        self.server.add_generic_rpc_handlers((self.servicer.handler(),))
+        servicer = InferenceServicer(self.front, server_settings.stream_max_in_flight)
+        self.server.add_generic_rpc_handlers((servicer.handler(),))
         self.health = build_health()
         add_health(self.server, self.health)
-        port = server_settings.grpc_port if self.link is None else self.link.port
+        port, http_port = self.sink.ports(server_settings)
         address = f"{server_settings.host}:{port}"
         try:
             if credentials is not None:
@@ -202,32 +181,25 @@ class App:
             raise UsageError(f"cannot bind gRPC to {address}: the port is in use or the host is not this "
                              "machine's; change [server] grpc_port (0: any free port) or host")
         await self.server.start()
-        self.rest = RestIngress(self.servicer, server_settings.host,
-                                server_settings.http_port if self.link is None else self.link.http_port,
-                                reuse_port=self.link is not None, tls=server_settings.tls,
+        self.rest = RestIngress(self.front, server_settings.host, http_port,
+                                reuse_port=self.sink.shares_ports, tls=server_settings.tls,
                                 auth=interceptors[0] if interceptors else None,
                                 open_health=auth.open_health if auth is not None else True,
                                 on_denied=self._count_unauthenticated)
         self.http_port = await self.rest.start()
-        if self.link is None:  # a worker's counters go to the observer, which serves /metrics
-            self.metrics = MetricsServer(server_settings.metrics_bind, server_settings.metrics_port,
-                                         lambda: text(self.families()))
-            self.metrics_port = await self.metrics.start()
-        else:
-            self._spawn(self.link.run(self))
-        self.servicer.ready = True
+        self.metrics_port = await self.sink.start(self)  # 0: the observer process serves /metrics
+        self.front.ready = True
         await set_health(self.health, True, [s.name for s in self.registry.all()])
         tls = server_settings.tls
         self._say("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
                   + (", bearer tokens" if auth is not None else ""))
         self._say(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
         self._say(f"HTTP listening on {server_settings.host}:{self.http_port}")
-        if self.metrics is not None:
+        if self.metrics_port:
             self._say(f"metrics on http://{server_settings.metrics_bind}:{self.metrics_port}/metrics")
         for stream_settings in self.settings.streams:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
-            stream = KafkaStream(stream_settings, self.pipeline, served,
-                                 member=0 if self.link is None else self.link.slot)
+            stream = KafkaStream(stream_settings, self.front, served, member=self.sink.member)
             stream.on_down = self._stream_down
             stream.on_reachable = self._stream_reachable
             await stream.start()
@@ -237,16 +209,16 @@ class App:
                       f"from {stream_settings.bootstrap_servers}")
         self._say("ready")
 
-    def _spawn(self, coro) -> None:
+    def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def set_ready(self, ready: bool) -> None:
         """ServerReady and health: a worker is not ready while one of its peers is down."""
-        if self.servicer is None or self._draining or self.servicer.ready == ready:
+        if self._draining or self.front.ready == ready:
             return
-        self.servicer.ready = ready
+        self.front.ready = ready
         await set_health(self.health, ready, [s.name for s in self.registry.all()])
 
     async def reload(self, new: Settings | None = None) -> str | None:
@@ -287,23 +259,19 @@ class App:
         except BaseException:
             for served in added:
                 self.registry.remove(served.name, served.version)
-                if self.observer is not None:
-                    self.observer.remove_model((served.name, served.version))
+                self.sink.remove_model((served.name, served.version))
                 await served.batcher.close()
                 served.model.close()
             raise
         self.router.install(routes)
         self.settings = reloaded
-        retired = []
-        if self.observer is not None:
-            self.observer.settings = self.settings
-            retired = self.observer.install_shadows(new.routes)
+        self.sink.set_settings(self.settings)
+        retired = self.sink.install_shadows(new.routes)
         gone = []
         for name, version in removed:
             served = self.registry.remove(name, version)
             await served.batcher.close()  # scores what it queued
-            if self.observer is not None:
-                self.observer.remove_model((name, version))
+            self.sink.remove_model((name, version))
             gone.append(served)
         # Challengers that left the routes finish what they were offered; then the sessions go.
         await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
@@ -317,11 +285,11 @@ class App:
 
     def _stream_down(self, stream: KafkaStream, reason: str) -> None:
         self._say(f"stream {stream.label} stopped: {reason}")
-        self._spawn(self.health.set(stream.health_name, health_pb2.HealthCheckResponse.NOT_SERVING))
+        self.spawn(self.health.set(stream.health_name, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     def _stream_reachable(self, stream: KafkaStream, reachable: bool) -> None:
         if stream in self.streams and not self._draining:  # not yet in: start() sets its health
-            self._spawn(self.health.set(stream.health_name, _serving(reachable and stream.up)))
+            self.spawn(self.health.set(stream.health_name, _serving(reachable and stream.up)))
 
     def _count_unauthenticated(self) -> None:
         self.requests_by_code[("(unknown)", "unauthenticated")] += 1
@@ -333,12 +301,11 @@ class App:
         self.requests_by_code[(model, code)] += 1
 
     async def _quiesce(self, until: float) -> None:
-        """Answer whatever reaches the servicer -- requests the transport accepted before the
+        """Answer whatever reaches the front door -- requests the transport accepted before the
         signal among them -- until none has been in flight or arrived for QUIET_S, or `until`
         (monotonic s). Health already says NOT_SERVING, so balancers send no more."""
-        servicer = self.servicer
-        while servicer is not None and time.monotonic() < until:
-            quiet = servicer.quiet_for_ns()
+        while time.monotonic() < until:
+            quiet = self.front.quiet_for_ns()
             if quiet is not None and quiet >= QUIET_S * 1e9:
                 return
             await asyncio.sleep(0.01)
@@ -352,15 +319,13 @@ class App:
         self._say("draining")
         self._draining = True
         deadline = time.monotonic() + self.settings.server.drain_timeout_s
-        if self.servicer is not None:
-            self.servicer.ready = False
+        self.front.ready = False
         if self.health is not None:
             await set_health(self.health, False, [s.name for s in self.registry.all()])
         server = self.settings.server
         await self._quiesce(time.monotonic() + min(server.drain_grace_s, server.drain_timeout_s / 2))
-        if self.servicer is not None:  # what still reaches the servicer is refused, not cancelled
-            self.servicer.closing = True
-            await self._quiesce(time.monotonic() + min(1.0, self.settings.server.drain_timeout_s / 4))
+        self.front.closing = True  # what still reaches the front door is refused, not cancelled
+        await self._quiesce(time.monotonic() + min(1.0, self.settings.server.drain_timeout_s / 4))
         stopping = [stream.stop() for stream in self.streams]
         if self.server is not None:
             stopping.append(self.server.stop(grace=max(0.0, deadline - time.monotonic())))
@@ -369,15 +334,11 @@ class App:
         await asyncio.gather(*stopping)
         for served in self.registry.all():
             await served.batcher.close()
-        loop = asyncio.get_running_loop()
-        if self.observer is not None:  # challengers, then the monitor, then the log
-            await loop.run_in_executor(None, self.observer.close, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
+        # every batch is in the sink: challengers, the monitor and the log finish (a worker: the
+        # counters follow, final)
+        await self.sink.finish(self, lambda: deadline - time.monotonic(), LOG_FLUSH_S)
         for served in self.registry.all():
             served.model.close()
-        if self.link is not None:  # every batch is in the ring; the counters follow, final
-            await self.link.finish(self)
-        if self.metrics is not None:
-            await self.metrics.stop()
         self._say("stopped")
 
 

@@ -1,8 +1,9 @@
 """Open Inference Protocol gRPC servicer (grpc.aio) and the standard health service.
 
-Translation only: protobuf -> arrays (codec), Pipeline.submit(), arrays -> protobuf, and
-ErrorCode -> grpc.StatusCode. Requests larger than `max_message_bytes` are answered with
-INVALID_ARGUMENT before they are parsed (the deserializer only measures them).
+Translation only: protobuf -> arrays (codec), the front door (engine/frontdoor.py: admission,
+drain, ids, deadlines, counts), arrays -> protobuf, and ErrorCode -> grpc.StatusCode. Requests
+larger than `max_message_bytes`, or past `max_inflight_bytes`, are refused before they are
+parsed (the deserializer only measures them).
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import engine
-from engine.codec.oip import DecodedRequest, decode_request, encode_response
+from engine.codec.oip import decode_request, encode_response
 from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, clip
+from engine.frontdoor import FrontDoor
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
-from engine.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,17 @@ STATUS = {
 }
 
 
-class _Oversize:
-    """Stands in for a request that was too large to parse."""
+class _Refused:
+    """Stands in for a request refused before it was parsed (too large, past the bytes in
+    flight, or not a ModelInferRequest)."""
 
-    __slots__ = ("size",)
+    __slots__ = ("error",)
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, error: EngineError):
+        self.error = error
 
-
-class _Overloaded:
-    """Stands in for a request refused because the requests in flight hold too many bytes."""
-
-    __slots__ = ("size", "inflight")
-
-    def __init__(self, size: int, inflight: int):
-        self.size, self.inflight = size, inflight
+    def decode(self):
+        raise self.error
 
 
 class _Held:
@@ -75,15 +70,6 @@ class _Held:
 
 def _message(request):
     return request.message if isinstance(request, _Held) else request
-
-
-class _Unparsable:
-    """Stands in for request bytes that are not a ModelInferRequest."""
-
-    __slots__ = ("size", "reason")
-
-    def __init__(self, size: int, reason: str):
-        self.size, self.reason = size, reason
 
 
 def _param(value) -> pb.InferParameter:
@@ -115,45 +101,26 @@ def model_parameters(served) -> dict:
 
 
 class InferenceServicer:
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        max_message_bytes: int,
-        stream_max_in_flight: int,
-        max_inflight_bytes: int = 1 << 62,
-        count: Callable[[str, str], None] = lambda model, code: None,
-    ):
-        self.pipeline = pipeline
-        self.count = count  # (model name, status code name) of every inference request
-        self.registry = pipeline.registry
-        self.max_message_bytes = max_message_bytes
-        self.max_inflight_bytes = max_inflight_bytes
-        self.inflight_bytes = 0  # bytes of the parsed requests still alive
+    def __init__(self, front: FrontDoor, stream_max_in_flight: int):
+        self.front = front
+        self.registry = front.registry
         self.stream_max_in_flight = stream_max_in_flight
-        self.ready = False  # set once every model is loaded and warm; cleared on drain
-        self.closing = False  # draining, past the quiet phase: inference requests get UNAVAILABLE
-        self.active = 0  # inference requests being answered (ModelInfer calls, stream messages)
-        self.last_arrival_ns = 0  # monotonic time the last one arrived
-        self.succeeded: dict[tuple[str, str], tuple[int, int]] = {}  # (name, version) -> (requests, total ns)
-        self.failed: dict[str, int] = {}  # model name (as asked) -> failed requests
 
     # -- wiring --------------------------------------------------------------------------
     def _parse_infer(self, data: bytes):
         size = len(data)
-        if size > self.max_message_bytes:
-            return _Oversize(size)
-        if self.inflight_bytes and self.inflight_bytes + size > self.max_inflight_bytes:
-            return _Overloaded(size, self.inflight_bytes)  # not parsed: its bytes go now
+        front = self.front
+        refused = front.too_large(size) or front.over_budget(size)  # not parsed: its bytes go now
+        if refused is not None:
+            return _Refused(refused)
         try:
             held = _Held(pb.ModelInferRequest.FromString(data))
         except DecodeError as exc:
-            return _Unparsable(size, str(exc))
-        self.inflight_bytes += size
-        held.release = weakref.finalize(held, self._release, size)
+            return _Refused(EngineError(ErrorCode.INVALID_ARGUMENT, f"the {size} request bytes are not a valid "
+                                        f"inference.ModelInferRequest ({exc})"))
+        front.hold(size)
+        held.release = weakref.finalize(held, front.release, size)
         return held
-
-    def _release(self, size: int) -> None:
-        self.inflight_bytes -= size
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, req_type, resp_type):
@@ -164,13 +131,12 @@ class InferenceServicer:
                 try:
                     return req_type.FromString(data)
                 except DecodeError as exc:
-                    return _Unparsable(len(data), str(exc))
+                    return _Refused(EngineError(ErrorCode.INVALID_ARGUMENT, f"the {len(data)} request bytes are "
+                                                f"not a valid inference.{req_type.__name__} ({exc})"))
 
             async def checked(request, context):
-                if isinstance(request, _Unparsable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"the {request.size} request bytes are not a valid "
-                                        f"inference.{req_type.__name__} ({request.reason})")
+                if isinstance(request, _Refused):
+                    await context.abort(STATUS[request.error.code], request.error.message)
                 return await fn(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -203,14 +169,14 @@ class InferenceServicer:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request, context):
-        return pb.ServerReadyResponse(ready=self.ready)
+        return pb.ServerReadyResponse(ready=self.front.ready)
 
     async def model_ready(self, request, context):
         try:
             self.registry.get(request.name, request.version)
         except EngineError:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.ready)
+        return pb.ModelReadyResponse(ready=self.front.ready)
 
     async def server_metadata(self, request, context):
         return pb.ServerMetadataResponse(name="scorewire", version=engine.__version__, extensions=[])
@@ -275,13 +241,13 @@ class InferenceServicer:
         stats = []
         for served in versions:
             b = served.batcher.stats
-            ok_ns = self.succeeded.get((served.name, served.version), (0, 0))
+            ok_ns = self.front.succeeded.get((served.name, served.version), (0, 0))
             stats.append(pb.ModelStatistics(
                 name=served.name, version=served.version, last_inference=b.last_scored_ms,
                 inference_count=b.rows, execution_count=b.batches,
                 inference_stats=pb.InferStatistics(
                     success=duration(count=ok_ns[0], ns=ok_ns[1]),
-                    fail=duration(count=self.failed.get(served.name, 0)),
+                    fail=duration(count=self.front.failed.get(served.name, 0)),
                     queue=duration(count=b.requests, ns=b.queue_ns),
                     compute_input=duration(count=b.requests), compute_output=duration(count=b.requests),
                     compute_infer=duration(count=b.requests, ns=b.infer_ns)),
@@ -289,102 +255,17 @@ class InferenceServicer:
         return pb.ModelStatisticsResponse(model_stats=stats)
 
     # -- inference -----------------------------------------------------------------------
-    def _oversize_error(self, request: _Oversize) -> EngineError:
-        return EngineError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"request is {request.size} bytes, more than server.max_message_bytes = {self.max_message_bytes}",
-        )
-
-    async def _admitted(self, model_name: str, work: Callable[[], Awaitable]):
-        """One inference request, whichever ingress: in flight while `work()` runs (the drain's
-        quiet phase watches that), refused with UNAVAILABLE once the drain closes the door."""
-        self.active += 1
-        self.last_arrival_ns = time.monotonic_ns()
-        try:
-            if self.closing:
-                self.count(model_name, ErrorCode.UNAVAILABLE.name)
-                raise EngineError(ErrorCode.UNAVAILABLE, "the server is shutting down; send the request to "
-                                  "another replica or retry")
-            return await work()
-        finally:
-            self.active -= 1
-
-    async def _counted(self, model_name: str, work: Awaitable):
-        """`work`'s result, its outcome counted under `model_name` (OK, or the error's code)."""
-        try:
-            result = await work
-        except EngineError as exc:
-            self.count(model_name, exc.code.name)
-            raise
-        self.count(model_name, "OK")
-        return result
-
     async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
         try:
-            return await self._admitted(getattr(_message(request), "model_name", ""),
-                                        lambda: self._infer_counted(request, deadline_ns))
+            if isinstance(request, _Refused):
+                return await self.front.infer("", request.decode, deadline_ns)
+            message = request.message
+            served, request_id, outputs = await self.front.infer(
+                message.model_name, lambda: decode_request(message), deadline_ns)
+            return encode_response(served.name, served.version, request_id, outputs)
         finally:
             if isinstance(request, _Held):
                 request.done()
-
-    def quiet_for_ns(self) -> int | None:
-        """How long no inference request has been in flight or arrived; None while one is."""
-        return None if self.active else time.monotonic_ns() - self.last_arrival_ns
-
-    async def _infer_counted(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:
-        if isinstance(request, _Oversize):
-            self.count("", ErrorCode.INVALID_ARGUMENT.name)
-            raise self._oversize_error(request)
-        if isinstance(request, _Unparsable):
-            self.count("", ErrorCode.INVALID_ARGUMENT.name)
-            raise EngineError(ErrorCode.INVALID_ARGUMENT, f"the {request.size} request bytes are not a valid "
-                              f"inference.ModelInferRequest ({request.reason})")
-        if isinstance(request, _Overloaded):
-            self.count("", ErrorCode.RESOURCE_EXHAUSTED.name)
-            raise EngineError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"requests in flight hold {request.inflight} bytes; this one's {request.size} more would "
-                              f"pass server.max_inflight_bytes = {self.max_inflight_bytes}; retry later")
-        request = request.message
-        return await self._counted(request.model_name, self._infer_parsed(request, deadline_ns))
-
-    async def _infer_parsed(self, request: pb.ModelInferRequest, deadline_ns: int | None) -> pb.ModelInferResponse:
-        served, request_id, outputs = await self.submit_decoded(decode_request(request), deadline_ns)
-        return encode_response(served.name, served.version, request_id, outputs)
-
-    async def infer_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
-        """Another ingress's request (REST), already decoded: the same drain, counts and data
-        plane as ModelInfer. Returns (served, request id, outputs); raises EngineError."""
-        name = decoded.model_name
-        return await self._admitted(name, lambda: self._counted(name, self.submit_decoded(decoded, deadline_ns)))
-
-    async def submit_decoded(self, decoded: DecodedRequest, deadline_ns: int | None):
-        start = time.monotonic_ns()
-        try:
-            served, request_id, outputs = await self._submit(decoded, deadline_ns)
-        except EngineError:
-            if decoded.model_name in self.registry:  # served names only: the dict stays bounded
-                self.failed[decoded.model_name] = self.failed.get(decoded.model_name, 0) + 1
-            raise
-        key = (served.name, served.version)
-        count, ns = self.succeeded.get(key, (0, 0))
-        self.succeeded[key] = (count + 1, ns + time.monotonic_ns() - start)
-        return served, request_id, outputs
-
-    async def _submit(self, decoded: DecodedRequest, deadline_ns: int | None):
-        timeout_us = decoded.parameters.get("timeout")
-        if isinstance(timeout_us, int) and timeout_us > 0:  # Triton's per-request timeout, in us
-            own = time.monotonic_ns() + timeout_us * 1000
-            deadline_ns = own if deadline_ns is None else min(deadline_ns, own)
-        # A request without an id gets one (returned in the response): the scoring log pairs
-        # a champion's rows with its challengers' by it.
-        request_id = decoded.request_id or self.pipeline.new_request_id()
-        key_name = self.pipeline.router.sticky_key(decoded.model_name)
-        routing_key = decoded.parameters.get(key_name) if key_name is not None else None
-        served, outputs = await self.pipeline.submit(
-            decoded.model_name, decoded.model_version, decoded.inputs, decoded.requested_outputs, deadline_ns,
-            request_id, None if routing_key is None else str(routing_key),
-        )
-        return served, request_id, outputs
 
     async def model_infer(self, request, context: grpc.aio.ServicerContext):
         remaining = context.time_remaining()
@@ -396,7 +277,7 @@ class InferenceServicer:
             status, message = STATUS[exc.code], exc.message
         except Exception as exc:  # a bug, not bad input: keep the traceback in the server log
             log.exception("ModelInfer failed unexpectedly")
-            self.count(name, ErrorCode.INTERNAL.name)
+            self.front.count(name, ErrorCode.INTERNAL.name)
             status, message = grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}", MAX_MESSAGE)
         # Aborted outside the except: the transport keeps its abort's exception as long as the
         # call's state lives, and chained to ours it would keep the request's frames (and the
@@ -425,7 +306,7 @@ class InferenceServicer:
                 code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"
                 if not isinstance(exc, EngineError):
                     log.error("ModelStreamInfer: a request failed unexpectedly", exc_info=exc)
-                    self.count(name, code)
+                    self.front.count(name, code)
                 echo = pb.ModelInferResponse(id=rid, model_name=name, model_version=version)
                 done.put_nowait(
                     pb.ModelStreamInferResponse(error_message=f"[{code}] request '{clip(rid)}': {message}", infer_response=echo)

@@ -2,8 +2,9 @@
 
 uvicorn (httptools parser) serves a bare ASGI callable on the server's own event loop;
 bench/http_candidates.py measured it against aiohttp.web with the same client. Requests go
-through `InferenceServicer.infer_decoded`: the same routing, batching, limits, drain and
-counts as ModelInfer; errors are JSON `{"error": message}` with an HTTP status.
+through the front door (engine/frontdoor.py) as ModelInfer's do: the same admission (bytes in
+flight included), drain, ids, deadlines and counts; errors are JSON `{"error": message}`
+with an HTTP status.
 
     GET  /v2/health/live | /v2/health/ready       200 or 503
     GET  /v2                                      server metadata
@@ -24,6 +25,7 @@ import uvicorn
 import engine
 from engine.codec.oip_json import HEADER_LENGTH, decode_json_request, encode_json_response
 from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, cannot_bind, clip
+from engine.frontdoor import FrontDoor
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,10 @@ class _Embedded(uvicorn.Server):
 
 
 class RestIngress:
-    def __init__(self, servicer, host: str, port: int, reuse_port: bool = False, tls=None, auth=None,
+    def __init__(self, front: FrontDoor, host: str, port: int, reuse_port: bool = False, tls=None, auth=None,
                  open_health: bool = True, on_denied=None):
-        self.servicer = servicer
-        self.registry = servicer.registry
+        self.front = front
+        self.registry = front.registry
         self.host, self.port, self.reuse_port = host, port, reuse_port
         self.tls = tls  # [server.tls]: the same certificate (and client CA) as gRPC
         self.auth = auth  # a TokenAuth (its token check), or None
@@ -130,11 +132,11 @@ class RestIngress:
             return await _reply(send, 500, {"error": clip(f"internal error: {exc!r}", MAX_MESSAGE)})
 
     def _get(self, path: str) -> tuple[int, dict | None]:
-        servicer = self.servicer
+        front = self.front
         if path == "/v2/health/live":
             return 200, None
         if path == "/v2/health/ready":
-            return (200 if servicer.ready else 503), None
+            return (200 if front.ready else 503), None
         if path == "/v2":
             return 200, {"name": "scorewire", "version": engine.__version__, "extensions": []}
         parts = path.split("/")
@@ -149,7 +151,7 @@ class RestIngress:
                 except EngineError as exc:
                     return HTTP_STATUS[exc.code], {"error": exc.message}
                 if rest == ["ready"]:
-                    return (200 if servicer.ready else 503), None
+                    return (200 if front.ready else 503), None
                 return 200, _metadata(served)
         return 404, {"error": f"no such path: {clip(path)} (see the Open Inference Protocol's REST API)"}
 
@@ -162,29 +164,42 @@ class RestIngress:
         else:
             return await _reply(send, 404, {"error": f"no such path: {clip(path)}"})
         headers = dict(scope["headers"])
-        limit = self.servicer.max_message_bytes
+        front = self.front
+        limit = front.max_message_bytes
         if headers.get(b"content-encoding", b"identity") not in (b"identity", b""):
-            self.servicer.count(name, ErrorCode.INVALID_ARGUMENT.name)
+            front.count(name, ErrorCode.INVALID_ARGUMENT.name)
             return await _reply(send, 415, {"error": "compressed request bodies are not supported; send them "
                                                      "uncompressed"})
         body = await _read(receive, limit)
         if body is None:
-            self.servicer.count(name, ErrorCode.INVALID_ARGUMENT.name)
+            front.count(name, ErrorCode.INVALID_ARGUMENT.name)
             return await _reply(send, 400, {"error": f"the request body is more than server.max_message_bytes = "
                                                      f"{limit} bytes"})
+        size = len(body)
+        refused = front.over_budget(size)
+        if refused is not None:
+            front.count(name, refused.code.name)
+            return await _reply(send, HTTP_STATUS[refused.code], {"error": refused.message})
+        front.hold(size)
         try:
             raw_length = headers.get(HEADER_LENGTH.encode())
-            header_length = int(raw_length) if raw_length is not None else None
-            decoded, binary = decode_json_request(body, header_length, name, version)
-        except (EngineError, ValueError) as exc:
-            self.servicer.count(name, ErrorCode.INVALID_ARGUMENT.name)
-            message = exc.message if isinstance(exc, EngineError) else f"bad {HEADER_LENGTH} header"
-            return await _reply(send, 400, {"error": message})
-        try:
-            served, request_id, outputs = await self.servicer.infer_decoded(decoded, None)
+            binary = {}  # the requested outputs' binary flags, read with the request
+
+            def decode():
+                try:
+                    header_length = int(raw_length) if raw_length is not None else None
+                except ValueError:
+                    raise EngineError(ErrorCode.INVALID_ARGUMENT, f"bad {HEADER_LENGTH} header") from None
+                decoded, flags = decode_json_request(body, header_length, name, version)
+                binary.update(flags)
+                return decoded
+
+            served, request_id, outputs = await front.infer(name, decode, None)
             body, json_length = encode_json_response(served.name, served.version, request_id, outputs, binary)
         except EngineError as exc:
             return await _reply(send, HTTP_STATUS[exc.code], {"error": exc.message})
+        finally:
+            front.release(size)
         headers_out = list(_JSON) if json_length is None else [
             (b"content-type", b"application/octet-stream"), (HEADER_LENGTH.encode(), str(json_length).encode())]
         await send({"type": "http.response.start", "status": 200,

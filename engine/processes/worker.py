@@ -27,17 +27,45 @@ STATS_INTERVAL_S = 0.25  # a worker's counters reach /metrics this late at most
 
 
 class Link:
-    """What a worker's App calls instead of an in-process Observer."""
+    """A worker App's sink (engine/sink.py): the ring to the observer process, the board."""
+
+    shares_ports = True
 
     def __init__(self, slot: int, ports: tuple[int, int], ring: Ring, control: Control, board: Board,
                  conn: Connection):
         self.slot, self.ring, self.control = slot, ring, control
+        self.member = slot
         self.counts = Counts(board, slot)  # a restarted worker's counters go on from its predecessor's
         self.conn = conn  # the supervisor's pipe: lines out, orders (reloads) in
-        self.port, self.http_port = ports  # gRPC and HTTP, shared by the workers (SO_REUSEPORT)
-        self.announce = child.say_to(conn)  # a line for the supervisor
+        self._ports = ports  # gRPC and HTTP, shared by the workers (SO_REUSEPORT)
+        self.say = child.say_to(conn)  # a line for the supervisor
         self.encode_failures = 0
         self._last_failure_log = 0.0
+
+    def ports(self, server) -> tuple[int, int]:
+        return self._ports
+
+    # The observer process watches: nothing of it runs here.
+    def warm_up(self) -> None:
+        pass
+
+    def add_model(self, ms, model) -> None:
+        pass
+
+    def remove_model(self, key) -> None:
+        pass
+
+    def install_shadows(self, routes) -> list:
+        return []
+
+    def open_scorelog(self) -> None:
+        pass
+
+    def set_settings(self, settings) -> None:
+        pass
+
+    def families(self) -> list:
+        return []
 
     def put(self, batch: ScoredBatch) -> None:
         """On the serving path: never waits (a full ring drops the batch and counts it)."""
@@ -64,7 +92,11 @@ class Link:
                          [["", self.encode_failures]]])
         self.counts.publish(families)
 
-    async def run(self, app) -> None:
+    async def start(self, app) -> int:
+        app.spawn(self._run(app))
+        return 0  # the observer process serves /metrics
+
+    async def _run(self, app) -> None:
         """Every STATS_INTERVAL_S: this worker's counters, and its readiness from its peers'
         (not ready while any process of the server is down)."""
         while True:
@@ -72,7 +104,7 @@ class Link:
             await app.set_ready(self.control.all_up())
             await asyncio.sleep(STATS_INTERVAL_S)
 
-    async def finish(self, app) -> None:
+    async def finish(self, app, until, log_flush_s: float) -> None:
         """Drain: the last counters, after the last batch."""
         self.publish(app)
 

@@ -402,3 +402,49 @@ def test_requests_in_flight_are_bounded_in_bytes_together(model_dir):
         assert one(0) == ("OK", "")
     finally:
         srv.stop()
+
+
+def test_rest_requests_count_in_the_same_bytes_in_flight(model_dir):
+    """The front door bounds REST bodies with gRPC requests: two 2.5 MiB gRPC requests held in
+    flight, and a 2.5 MiB REST request is refused (429, naming the limit); once they are
+    answered, it is taken."""
+    import concurrent.futures
+
+    import tritonclient.http as httpclient
+
+    srv = launch(model_dir, INFLIGHT_CONFIG, name="inflight.toml")
+    rows = np.zeros((20_000, N_FEATURES), np.float32)  # 2.5 MiB
+
+    def grpc_one():
+        client = grpcclient.InferenceServerClient(srv.url)
+        inp = grpcclient.InferInput("float_input", list(rows.shape), "FP32")
+        inp.set_data_from_numpy(rows)
+        try:
+            client.infer("mlp", [inp])
+        finally:
+            client.close()
+
+    def rest_one():
+        client = httpclient.InferenceServerClient(srv.http_url)
+        inp = httpclient.InferInput("float_input", list(rows.shape), "FP32")
+        inp.set_data_from_numpy(rows, binary_data=True)
+        try:
+            client.infer("mlp", [inp])
+            return "OK"
+        except InferenceServerException as exc:
+            return exc.message()
+        finally:
+            client.close()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(grpc_one) for _ in range(2)]
+            time.sleep(0.6)  # both parsed and queued (1.5 s queue delay)
+            refused = rest_one()
+            for future in held:
+                future.result()
+        assert "server.max_inflight_bytes = 6291456" in refused, refused
+        assert rest_one() == "OK"  # the budget came back, and REST gave its own back
+        assert rest_one() == "OK"
+    finally:
+        srv.stop()

@@ -1,8 +1,8 @@
 """Scoring a chunk: routed by the Router, scored through the Pipeline, encoded as results.
 
 The rows of a chunk are routed like requests (`Router.resolve_rows`: one group, or one per
-split arm and decision), cut into pieces of at most max_batch_size rows and submitted to the
-model's batcher each row its own event (`Pipeline.submit_rows`): a row that breaks the model
+split arm and decision), cut into pieces of at most max_batch_size rows and submitted through
+the front door to the model's batcher, each row its own event (`Pipeline.submit_rows`): a row that breaks the model
 fails alone and becomes a dead letter, its piece-mates are scored. A full queue (gRPC traffic)
 is waited out; an engine that is stopping abandons the chunk (consumed again after restart).
 """
@@ -26,7 +26,8 @@ class Scorer:
     def __init__(self, stream, served: Served):
         self.stream = stream
         self.settings = stream.settings
-        self.pipeline = stream.pipeline
+        self.front = stream.front
+        self.router = stream.front.pipeline.router
         self.model = served.name
         self.version = self.settings.version  # empty: the model's route (or highest version) decides
         self.piece_rows = max(1, min(served.batcher.max_batch_size, served.limits.max_rows))
@@ -45,7 +46,7 @@ class Scorer:
             started = time.monotonic_ns()
             good = decoded.good
             keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
-            groups = self.pipeline.router.resolve_rows(self.model, self.version, keys)
+            groups = self.router.resolve_rows(self.model, self.version, keys)
             outcomes = await asyncio.gather(*(self._group(chunk, *group) for group in groups))
             if chunk.abandoned:  # given up meanwhile (its data is gone): consumed again
                 return
@@ -116,7 +117,7 @@ class Scorer:
         async with self._slots:
             while True:
                 try:
-                    return await self.pipeline.submit_rows(served, piece, origin)
+                    return await self.front.score_rows(served, piece, origin)
                 except EngineError as exc:
                     if exc.code is not ErrorCode.RESOURCE_EXHAUSTED:
                         raise
@@ -129,7 +130,7 @@ class Scorer:
 
     def _model_tag(self) -> str:
         """model:version that scores this stream (just the model when a split decides per key)."""
-        router = self.pipeline.router
+        router = self.router
         if router.split_of(self.model, self.version) is not None:
             return self.model
         try:

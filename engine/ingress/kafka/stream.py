@@ -25,7 +25,7 @@ from engine.ingress.kafka.scoring import Scorer
 from engine.ingress.kafka.topics import TOPICS_FIRST_WAIT_S, Topics
 from engine.ingress.kafka.transactions import Transactional
 from engine.codec.kafka import StreamCodec
-from engine.pipeline import Pipeline
+from engine.frontdoor import FrontDoor
 from engine.runtime.registry import Served
 from engine.settings import SettingsError, StreamSettings
 
@@ -41,12 +41,12 @@ class StreamStats:
 
 
 class KafkaStream:
-    def __init__(self, settings: StreamSettings, pipeline: Pipeline, served: Served, member: int = 0):
+    def __init__(self, settings: StreamSettings, front: FrontDoor, served: Served, member: int = 0):
         self.settings = settings
         self.exactly_once = settings.semantics == "exactly_once"
         # the worker's number: the last part of its transactional.id (exactly_once)
         self.transactional_id = transactional_id(settings, member) if self.exactly_once else None
-        self.pipeline = pipeline
+        self.front = front
         self.model = served.name
         self.name = f"{settings.input_topic}->{settings.output_topic}"
         self.label = f"{self.name} ({served.model.label})"
