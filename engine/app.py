@@ -207,7 +207,7 @@ class App:
             await self.health.set(stream.health_name, _serving(stream.up and stream.brokers_reachable))
             self._say(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
-        self._say("ready")
+        self.sink.ready()
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -33,7 +33,14 @@ def listed(names, limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-class UsageError(Exception):
+class UserFacing(Exception):
+    """An error found while starting or reloading whose message is for the user, not a bug's
+    (a model that does not load, a config that cannot be used): `startup_error` says it."""
+
+    prefix = ""  # "config error:\n" for a config's (unreadable certificates, tokens, secrets, drift references)
+
+
+class UsageError(UserFacing):
     """An everyday mistake outside a request -- a port in use, no server where one was
     expected, a file of the wrong kind: the `scorewire` command prints the message as one line
     (`scorewire: ...`, naming what to change) and exits 2, with the traceback only at
@@ -64,13 +71,6 @@ class EngineError(Exception):
 def startup_error(exc: BaseException) -> str | None:
     """What to tell the user about an error found while starting or reloading (None: not one
     of those: a bug, whose traceback goes to the log)."""
-    from engine.monitor.drift import MonitorConfigError
-    from engine.runtime.session import ModelLoadError
-    from engine.settings import SettingsError
-
-    if isinstance(exc, (ModelLoadError, UsageError)):
-        return str(exc)
-    if isinstance(exc, (SettingsError, MonitorConfigError)):  # unreadable certificates, tokens,
-        # secrets, drift references
-        return f"config error:\n{exc}"
+    if isinstance(exc, UserFacing):
+        return f"{exc.prefix}{exc}"
     return None

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.errors import UserFacing
+
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -510,8 +512,10 @@ class Settings(_Strict):
         return cls.model_validate_json(data)
 
 
-class SettingsError(ValueError):
+class SettingsError(ValueError, UserFacing):
     """A config file that cannot be used; the message names the file and the field."""
+
+    prefix = "config error:\n"
 
 
 def _field_path(loc: tuple, data: dict) -> str:

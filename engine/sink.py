@@ -32,6 +32,9 @@ class Sink(Protocol):
 
     def say(self, text: str) -> None: ...
 
+    def ready(self) -> None:
+        """The App serves (a worker tells its supervisor; alone, the "ready" line)."""
+
     def ports(self, server: ServerSettings) -> tuple[int, int]:
         """(gRPC, HTTP) ports to listen on."""
 
@@ -73,6 +76,9 @@ class LocalSink:
 
     def ports(self, server: ServerSettings) -> tuple[int, int]:
         return server.grpc_port, server.http_port
+
+    def ready(self) -> None:
+        announce("ready")
 
     def warm_up(self) -> None:
         self.observer.warm_up()

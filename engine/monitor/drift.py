@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.codec.validate import ModelSchema
+from engine.errors import UserFacing
 from engine.monitor.rule import ColumnState, DriftEvent, chi2_critical, corrected_significance, effect_h
 from engine.settings import MonitorSettings
 from kernels import KSColumns, SlidingChi2, SlidingKS
@@ -45,8 +46,10 @@ from kernels.sliding_ks import gather_columns
 REFRESH_EVENTS = 10_000  # exact statistics and p-values of every window at least this often (events)
 
 
-class MonitorConfigError(ValueError):
+class MonitorConfigError(ValueError, UserFacing):
     """A monitor that cannot be built; the message names the model and the problem."""
+
+    prefix = "config error:\n"
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
@@ -115,7 +116,7 @@ async def _run(settings: Settings, slot: int, inbound: Ring, outbound: Ring, boa
     await asyncio.get_running_loop().run_in_executor(None, host.load)
     signals = child.Signals()
     orders = child.Orders("challengers", conn, child.off_loop(host.reload))
-    say("ready")
+    child.ready(conn)
     next_stats = [0.0]
 
     def stats_now_and_then() -> None:
@@ -132,16 +133,27 @@ async def _run(settings: Settings, slot: int, inbound: Ring, outbound: Ring, boa
     host.publish()
 
 
-def main(settings: Settings, slot: int, inbound_name: str, outbound_name: str, board_name: str, conn: Connection,
-         log_level: str) -> None:
+@dataclass(frozen=True)
+class ChallengersSpec:
+    """What the supervisor starts the challengers process with (shared memory by name)."""
+
+    settings: Settings
+    slot: int
+    inbound: str  # the observer's forwarded batches
+    outbound: str  # the shadow results, back to the observer
+    board: str
+    log_level: str
+
+
+def main(spec: ChallengersSpec, conn: Connection) -> None:
     """The challengers process (multiprocessing's spawn target)."""
-    inbound, outbound = Ring.attach(inbound_name), Ring.attach(outbound_name)
-    board = Board.attach(board_name)
+    inbound, outbound = Ring.attach(spec.inbound), Ring.attach(spec.outbound)
+    board = Board.attach(spec.board)
 
     def cleanup() -> None:
         inbound.close()
         outbound.close()
         board.close()
 
-    child.run("challengers", log_level, conn,
-              lambda: _run(settings, slot, inbound, outbound, board, conn), cleanup)
+    child.run("challengers", spec.log_level, conn,
+              lambda: _run(spec.settings, spec.slot, inbound, outbound, board, conn), cleanup)

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 
+from engine.processes.messages import Kind, Message
 from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
@@ -45,7 +46,7 @@ def run(name: str, log_level: str, conn: Connection, main: Callable[[], Awaitabl
         if message is None:
             log.exception("%s failed", name)
         try:
-            conn.send(("failed", message or f"{name} failed: {type(exc).__name__}: {exc}"))
+            conn.send(Message(Kind.FAILED, message or f"{name} failed: {type(exc).__name__}: {exc}"))
         except OSError:
             pass
         raise SystemExit(2) from None
@@ -75,16 +76,25 @@ def orphaned() -> bool:
     return parent is not None and os.getppid() != parent.pid
 
 
+def send(conn: Connection, message: Message) -> None:
+    try:
+        conn.send(message)
+    except OSError:  # the supervisor is gone; so are we, soon
+        pass
+
+
 def say_to(conn: Connection) -> Callable[[str], None]:
     """A line for the supervisor to print (or log)."""
 
     def say(text: str) -> None:
-        try:
-            conn.send(("say", text))
-        except OSError:  # the supervisor is gone; so are we, soon
-            pass
+        send(conn, Message(Kind.SAY, text))
 
     return say
+
+
+def ready(conn: Connection) -> None:
+    """Tell the supervisor this process serves."""
+    send(conn, Message(Kind.READY))
 
 
 class Signals:
@@ -96,9 +106,9 @@ class Signals:
 
 
 class Orders:
-    """What the supervisor sends on the pipe: ("reload", a settings snapshot) runs
+    """What the supervisor sends on the pipe: RELOAD (a settings snapshot) runs
     `reload(settings)` (a coroutine function; it raises, or returns why, when the reload
-    failed and changed nothing), one reload at a time, and answers ("reloaded", None or why)."""
+    failed and changed nothing), one reload at a time, and answers RELOADED (None or why)."""
 
     def __init__(self, name: str, conn: Connection, reload: Callable[[Settings], Awaitable[str | None]]):
         self.name, self.conn, self.reload = name, conn, reload
@@ -109,12 +119,12 @@ class Orders:
 
     def _readable(self) -> None:
         try:
-            kind, value = self.conn.recv()
+            message = self.conn.recv()
         except (EOFError, OSError):  # the supervisor is gone
             self.loop.remove_reader(self.conn.fileno())
             return
-        if kind == "reload":
-            task = self.loop.create_task(self._reload(value))
+        if message.kind is Kind.RELOAD:
+            task = self.loop.create_task(self._reload(message.value))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -125,10 +135,7 @@ class Orders:
             except Exception as exc:
                 log.error("%s: reload failed, the running config stays: %s", self.name, exc)
                 error = str(exc) or type(exc).__name__
-        try:
-            self.conn.send(("reloaded", error))
-        except OSError:
-            pass
+        send(self.conn, Message(Kind.RELOADED, error))
 
     async def done(self) -> None:
         """Wait for a reload under way (before draining)."""

@@ -26,6 +26,7 @@ import bisect
 import collections
 import logging
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from engine.handoff.ring import Receipt, Ring, unlink_shm
@@ -35,6 +36,7 @@ from engine.observer import Observer
 from engine.processes import child
 from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
+from engine.processes.messages import Kind, Message
 from engine.runtime.session import OnnxModel
 from engine.settings import Settings
 
@@ -245,10 +247,10 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
     await loop.run_in_executor(None, watch.load)
     metrics = MetricsServer(settings.server.metrics_bind, metrics_port, lambda: text(watch.families()))
     port = await metrics.start()
-    conn.send(("metrics", port))
+    conn.send(Message(Kind.METRICS, port))
     signals = child.Signals()
     orders = child.Orders("observer", conn, child.off_loop(watch.reload))
-    say("ready")
+    child.ready(conn)
     next_publish = [0.0]
 
     def publish_now_and_then() -> None:
@@ -272,13 +274,26 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
     await metrics.stop()
 
 
-def main(settings: Settings, ring_names: list[str], control_name: str, board_name: str,
-         conn: Connection, metrics_port: int, log_level: str, challenger_ring_names: tuple[str, str]) -> None:
+@dataclass(frozen=True)
+class ObserverSpec:
+    """What the supervisor starts an observer process with (shared memory by name)."""
+
+    settings: Settings
+    rings: tuple[str, ...]  # the workers'
+    control: str
+    board: str
+    metrics_port: int
+    log_level: str
+    to_challengers: str
+    from_challengers: str
+
+
+def main(spec: ObserverSpec, conn: Connection) -> None:
     """The observer process (multiprocessing's spawn target)."""
-    rings = [Ring.attach(name) for name in ring_names]
-    to_challengers, from_challengers = (Ring.attach(name) for name in challenger_ring_names)
-    control = Control.attach(control_name)
-    board = Board.attach(board_name)
+    rings = [Ring.attach(name) for name in spec.rings]
+    to_challengers, from_challengers = Ring.attach(spec.to_challengers), Ring.attach(spec.from_challengers)
+    control = Control.attach(spec.control)
+    board = Board.attach(spec.board)
 
     def cleanup() -> None:
         segments = (*rings, to_challengers, from_challengers, control, board)
@@ -288,6 +303,6 @@ def main(settings: Settings, ring_names: list[str], control_name: str, board_nam
         for segment in segments:
             segment.close()
 
-    child.run("observer", log_level, conn,
-              lambda: _observe(settings, rings, control, board, conn, metrics_port, to_challengers,
+    child.run("observer", spec.log_level, conn,
+              lambda: _observe(spec.settings, rings, control, board, conn, spec.metrics_port, to_challengers,
                                from_challengers), cleanup)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from multiprocessing.connection import Connection
 
+from engine.processes.messages import Kind, Message
 from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
@@ -56,7 +57,7 @@ def check(old: Settings, new: Settings) -> None:
 
 
 def main(old: bytes, new: bytes, conn: Connection, log_level: str) -> None:
-    """The probe process (multiprocessing's spawn target): answers ("probed", None or why)."""
+    """The probe process (multiprocessing's spawn target): answers PROBED (None or why)."""
     from engine.errors import startup_error
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s reload-check %(name)s: %(message)s")
@@ -65,4 +66,4 @@ def main(old: bytes, new: bytes, conn: Connection, log_level: str) -> None:
         answer = None
     except Exception as exc:
         answer = startup_error(exc) or f"{type(exc).__name__}: {exc}"
-    conn.send(("probed", answer))
+    conn.send(Message(Kind.PROBED, answer))

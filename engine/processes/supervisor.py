@@ -43,6 +43,7 @@ from engine.processes import probe as probe_proc
 from engine.processes import worker as worker_proc
 from engine.processes.board import Board
 from engine.processes.control import PID, RESTARTS, UP, Control
+from engine.processes.messages import Kind, Message
 from engine.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("scorewire")
@@ -50,7 +51,7 @@ log = logging.getLogger("scorewire")
 BACKOFF_S = (0.5, 10.0)  # a child that keeps dying waits longer each time: from, up to
 HEALTHY_S = 30.0  # a child that ran this long starts again at the shortest backoff
 KILL_AFTER_S = 15.0  # drain: past drain_timeout_s plus this, a child is killed
-_QUIET = ("ready", "draining", "stopped")  # children's lines the supervisor says once for all
+_QUIET = ("draining", "stopped")  # children's lines the supervisor says once for all
 
 
 def _say(text: str) -> None:
@@ -102,19 +103,21 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         ours, theirs = self.ctx.Pipe()  # lines and failures come back, reloads go out
+        to_challengers, from_challengers = (r.name for r in self.challenger_rings)
         if slot == self.observer_slot:
             target = observer_proc.main
-            args = (self.settings, [r.name for r in self.rings], self.control.name, self.board.name, theirs,
-                    self.metrics_port, self.log_level, tuple(r.name for r in self.challenger_rings))
+            spec = observer_proc.ObserverSpec(self.settings, tuple(r.name for r in self.rings), self.control.name,
+                                              self.board.name, self.metrics_port, self.log_level, to_challengers,
+                                              from_challengers)
         elif slot == self.challengers_slot:
             target = challengers_proc.main
-            args = (self.settings, slot, self.challenger_rings[0].name, self.challenger_rings[1].name,
-                    self.board.name, theirs, self.log_level)
+            spec = challengers_proc.ChallengersSpec(self.settings, slot, to_challengers, from_challengers,
+                                                    self.board.name, self.log_level)
         else:
             target = worker_proc.main
-            args = (slot, self.settings, (self.port, self.http_port), self.rings[slot].name, self.control.name,
-                    self.board.name, theirs, self.log_level)
-        process = self.ctx.Process(target=target, args=args, name=f"scorewire-{self._name(slot).replace(' ', '-')}")
+            spec = worker_proc.WorkerSpec(slot, self.settings, (self.port, self.http_port), self.rings[slot].name,
+                                          self.control.name, self.board.name, self.log_level)
+        process = self.ctx.Process(target=target, args=(spec, theirs), name=f"scorewire-{self._name(slot).replace(' ', '-')}")
         process.start()
         theirs.close()
         self.control.table[slot, PID] = process.pid
@@ -123,28 +126,29 @@ class Supervisor:
     def _message(self, child: Child) -> bool:
         """Handle one message from `child`; False when its end of the pipe is closed."""
         try:
-            kind, value = child.conn.recv()
+            message = child.conn.recv()
         except (EOFError, OSError):
             return False
-        if kind == "say":
-            if value == "ready":
-                child.ready = True
-                self.control.table[child.slot, UP] = 1
-                if self._all_ready() and self.started:
-                    log.info("%s is ready again", self._name(child.slot))
-            elif value in _QUIET or value.startswith(("gRPC listening", "gRPC security", "HTTP listening")):
+        kind, value = message.kind, message.value
+        if kind is Kind.READY:
+            child.ready = True
+            self.control.table[child.slot, UP] = 1
+            if self._all_ready() and self.started:
+                log.info("%s is ready again", self._name(child.slot))
+        elif kind is Kind.SAY:
+            if value in _QUIET or value.startswith(("gRPC listening", "gRPC security", "HTTP listening")):
                 pass
             elif child.slot in (0, self.observer_slot, self.challengers_slot):
                 _say(value)
             else:
                 log.info("%s: %s", self._name(child.slot), value)
-        elif kind == "metrics":
+        elif kind is Kind.METRICS:
             self.metrics_port = value
-        elif kind == "reloaded" and value is not None and not self.stopping:
+        elif kind is Kind.RELOADED and value is not None and not self.stopping:
             # the probe passed, this process did not: restarted, it runs what its peers run
             log.error("%s failed a reload the others made (%s); restarting it", self._name(child.slot), value)
             child.process.terminate()
-        elif kind == "failed":
+        elif kind is Kind.FAILED:
             child.failed = value
             if self.started:  # while starting, the reason is printed once, as the start-up's failure
                 log.error("%s: %s", self._name(child.slot), value)
@@ -208,7 +212,7 @@ class Supervisor:
         process, conn, adopted = self.probe
         self.probe = None
         try:
-            _, problem = conn.recv() if conn.poll() else (None, None)
+            problem = conn.recv().value if conn.poll() else None
         except (EOFError, OSError):
             problem = None
         process.join()
@@ -222,7 +226,7 @@ class Supervisor:
         snapshot = adopted.snapshot()
         for child in self.children.values():
             try:
-                child.conn.send(("reload", snapshot))
+                child.conn.send(Message(Kind.RELOAD, snapshot))
             except OSError:  # it is exiting; it starts again with the new settings
                 pass
 

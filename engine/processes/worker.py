@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
@@ -104,22 +105,37 @@ class Link:
             await app.set_ready(self.control.all_up())
             await asyncio.sleep(STATS_INTERVAL_S)
 
+    def ready(self) -> None:
+        child.ready(self.conn)
+
     async def finish(self, app, until, log_flush_s: float) -> None:
         """Drain: the last counters, after the last batch."""
         self.publish(app)
 
 
-def main(slot: int, settings: Settings, ports: tuple[int, int], ring_name: str, control_name: str,
-         board_name: str, conn: Connection, log_level: str) -> None:
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the supervisor starts a worker process with (shared memory by name)."""
+
+    slot: int
+    settings: Settings
+    ports: tuple[int, int]  # gRPC, HTTP
+    ring: str
+    control: str
+    board: str
+    log_level: str
+
+
+def main(spec: WorkerSpec, conn: Connection) -> None:
     """The worker process (multiprocessing's spawn target)."""
     from engine.app import serve
 
-    board = Board.attach(board_name)
-    link = Link(slot, ports, Ring.attach(ring_name), Control.attach(control_name), board, conn)
+    board = Board.attach(spec.board)
+    link = Link(spec.slot, spec.ports, Ring.attach(spec.ring), Control.attach(spec.control), board, conn)
 
     def cleanup() -> None:
         link.ring.close()
         link.control.close()
         board.close()
 
-    child.run(f"worker {slot}", log_level, conn, lambda: serve(settings, None, link), cleanup)
+    child.run(f"worker {spec.slot}", spec.log_level, conn, lambda: serve(spec.settings, None, link), cleanup)

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from engine.batching.batch import Batch
 from engine.codec.dtypes import OIP_TO_NUMPY, ORT_TO_OIP
 from engine.codec.validate import ModelSchema, TensorSpec
-from engine.errors import EngineError, ErrorCode
+from engine.errors import EngineError, ErrorCode, UserFacing
 from engine.runtime.iobinding import BoundRunner, PlainRunner, pinned_memory
 from engine.settings import ModelSettings
 
@@ -54,7 +54,7 @@ def _fell_back(label: str, wanted: str, used: str) -> None:
 ort.set_default_logger_severity(4)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RuntimeError, UserFacing):
     """A model that cannot be served; the message names the model and file."""
 
 
