@@ -521,7 +521,10 @@ def test_a_reload_that_fails_changes_nothing_anywhere_then_one_that_works_reache
         wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 30, what="ready on every worker again")
         assert _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, "no crash loop"
         np.testing.assert_array_equal(infer(server.url, x), expected)
-        config.write_text(broken)  # fixed: version 2 is the demo's mlp again
+        # fixed: version 2 is the demo's mlp again; and version 1's batching changed in the file,
+        # which a reload leaves for the next restart (Settings.reloaded, in every process)
+        assert broken.count("max_batch_size = 64") == 1
+        config.write_text(broken.replace("max_batch_size = 64", "max_batch_size = 8"))
         server.proc.send_signal(signal.SIGHUP)
 
         def version_2_everywhere() -> bool:  # fresh connections land on either worker
@@ -550,5 +553,18 @@ def test_a_reload_that_fails_changes_nothing_anywhere_then_one_that_works_reache
                  what="the second restart")
         wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 30, what="ready again")
         wait_for(version_2_everywhere, 30, what="version 2 on the restarted worker")
+
+        def batch_sizes() -> list[int]:  # version 1's max_batch_size, as each worker answers it
+            sizes = []
+            for _ in range(8):
+                client = grpcclient.InferenceServerClient(server.url)
+                try:
+                    config = client.get_model_config("mlp", "1", as_json=True)["config"]
+                    sizes.append(int(config["dynamic_batching"]["preferred_batch_size"][0]))
+                finally:
+                    client.close()
+            return sizes
+
+        assert set(batch_sizes()) == {64}  # the restarted worker runs what its peer runs, not the file
     finally:
         assert server.stop() == 0
