@@ -23,7 +23,7 @@ from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
-from engine.runtime.session import OnnxModel
+from engine.runtime.session import ModelShape, OnnxModel
 from engine.scorelog.parquet import ScoreLog
 from engine.settings import ModelSettings, RouteSettings, Settings
 
@@ -45,7 +45,7 @@ class Observer:
         self._evaluations_written = time.monotonic()
         self.latency = LatencyMonitor()
         self.drift: dict[Key, DriftMonitor] = {}
-        self.models: dict[Key, OnnxModel] = {}  # monitored versions and challengers
+        self.models: dict[Key, OnnxModel | ModelShape] = {}  # monitored versions and challengers (sessions: to shadow)
         self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
         self.scorelog: ScoreLog | None = None
         monitors = [m.monitor for m in settings.models if m.monitor]
@@ -56,7 +56,7 @@ class Observer:
     def warm_up(self) -> None:
         self.latency.warm_up()
 
-    def add_model(self, ms: ModelSettings, model: OnnxModel) -> None:
+    def add_model(self, ms: ModelSettings, model: OnnxModel | ModelShape) -> None:
         """A loaded version: its drift monitor (if it has one), and its session for shadowing."""
         self.models[(ms.name, ms.version)] = model
         if ms.monitor is not None:

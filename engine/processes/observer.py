@@ -37,7 +37,7 @@ from engine.processes import child
 from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
-from engine.runtime.session import OnnxModel
+from engine.runtime.session import ModelShape
 from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
@@ -82,11 +82,11 @@ class Watch:
     # -- models -----------------------------------------------------------------------------
     @staticmethod
     def _wanted(settings: Settings) -> dict:
-        """The monitored versions (their sessions give the monitor their schema)."""
+        """The monitored versions (the monitor needs their schema, not their sessions)."""
         return {(m.name, m.version): m for m in settings.models if m.monitor is not None}
 
     def _load(self, ms) -> None:
-        self.observer.add_model(ms, OnnxModel(ms.model_copy(update={"instances": 1})))
+        self.observer.add_model(ms, ModelShape(ms))
 
     def _forwarding(self) -> None:
         self.forward = {(r.model, r.champion) for r in self.settings.routes if r.challengers}

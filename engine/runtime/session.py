@@ -86,6 +86,32 @@ def schema_of(session: ort.InferenceSession, label: str) -> ModelSchema:
     return ModelSchema(inputs, outputs)
 
 
+class ModelShape:
+    """What a watching process needs of a model it does not run: its label and schema."""
+
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        self.label = f"{settings.name}:{settings.version}"
+        path = Path(settings.path)
+        if not path.is_file():
+            raise ModelLoadError(f"{self.label}: model file {path} does not exist")
+        # A CPU session with no graph optimisation, dropped at once: not the serving sessions
+        # (no device memory, no optimised graph, no warm-up) -- onnxruntime reads the graph's
+        # inputs and outputs only through a session.
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(f"{self.label}: cannot load {path}: {exc}") from None
+        self.schema = schema_of(session, self.label)
+
+    def close(self) -> None:
+        pass
+
+
 def choose_providers(requested: list[str], available: list[str]) -> list[str]:
     """The requested providers this onnxruntime offers, in order, CPU always last resort."""
     chosen = [p for p in requested if p in available]
