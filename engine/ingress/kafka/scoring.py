@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from engine.batching.batch import Origin, source_id
-from engine.codec.kafka import ResultTemplate, encode_results
+from engine.codec.kafka import Decoded, ResultTemplate, encode_results
 from engine.errors import EngineError, ErrorCode
 from engine.ingress.kafka.chunk import Chunk
 from engine.ingress.kafka.delivery import log
@@ -47,7 +47,7 @@ class Scorer:
             good = decoded.good
             keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
             groups = self.router.resolve_rows(self.model, self.version, keys)
-            outcomes = await asyncio.gather(*(self._group(chunk, *group) for group in groups))
+            outcomes = await asyncio.gather(*(self._group(chunk, decoded, *group) for group in groups))
             if chunk.abandoned:  # given up meanwhile (its data is gone): consumed again
                 return
             timings = {"wait_us": (started - chunk.consumed_ns) // 1000,
@@ -80,10 +80,11 @@ class Scorer:
                 stats.abandoned += chunk.size
                 log.exception("stream %s: %d events not scored; they will be consumed again", stream.label, chunk.size)
 
-    async def _group(self, chunk: Chunk, served: Served, role: str, routing: str, picked: np.ndarray | None):
+    async def _group(self, chunk: Chunk, decoded: Decoded, served: Served, role: str, routing: str,
+                     picked: np.ndarray | None):
         """Score one group's rows in pieces; returns (positions in decoded.good of the rows
-        scored, their outputs, [(position in decoded.good, error)] of the rows that failed)."""
-        decoded = chunk.decoded
+        scored, their outputs, [(position in decoded.good, error)] of the rows that failed).
+        `decoded` is the chunk's, held here: a chunk given up meanwhile lets its own go."""
         inputs = decoded.inputs if picked is None else {n: a[picked] for n, a in decoded.inputs.items()}
         at = decoded.good if picked is None else decoded.good[picked]  # message index of each row
         rows = len(at)
