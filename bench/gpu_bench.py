@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="scorewire's io_binding_staging")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from engine.demo import WIDE_FEATURES, build_models, build_wide_mlp
+    from engine.harness.models import WIDE_FEATURES, build_models, build_wide_mlp
 
     directory = Path(tempfile.mkdtemp(prefix="scorewire-gpu-bench-"))
     paths = {"wide": (build_wide_mlp(directory / "models" / "wide.onnx"), "features", WIDE_FEATURES)}

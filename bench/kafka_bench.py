@@ -39,7 +39,8 @@ import numpy as np
 import orjson
 
 from bench.report import write_json
-from engine.demo import build_models, demo_data, start_server
+from engine.harness.models import build_models, demo_data
+from engine.harness.server import start_server
 from engine.mock_kafka import MockCluster
 
 EXACTLY_ONCE = 'semantics = "exactly_once"\n'
@@ -259,7 +260,7 @@ def run(events: int, partitions: int, timeout_s: float, skip_naive: bool, broker
             config = directory / f"scorewire-{tag}.toml"
             config.write_text(CONFIG.format(model=model, max_batch=MAX_BATCH, bootstrap=cluster.bootstrap, fmt=fmt,
                                             tag=tag, topic=f"events-{fmt}", extra=extra))
-            proc, _, _ = start_server(config, log_level="WARNING")
+            proc = start_server(config, log_level="WARNING").proc
             try:
                 results["rows"][f"scorewire-{name}"] = measure(
                     cluster.bootstrap, f"scores-scorewire-{tag}", partitions, events, timeout_s,

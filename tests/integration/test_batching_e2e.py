@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from engine.demo import N_FEATURES
+from engine.harness.models import N_FEATURES
 from tests.conftest import launch
 from tests.models import DTYPES, WIDTH
 
@@ -34,7 +34,7 @@ def test_64_clients_get_exactly_their_own_rows(server, rng):
     """64 concurrent clients x 50 requests of 1-16 rows. Even clients use the identity
     model with rows tagged by (client, request, row); odd clients use the MLP, checked
     against in-process onnxruntime on the same rows."""
-    session = ort.InferenceSession(str(server.dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(server.directory / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
     sizes = rng.integers(1, 17, size=(64, 50))
     features = rng.normal(size=(64, 50, 16, N_FEATURES)).astype(np.float32)
     failures: list[str] = []

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as grpcclient
 
-from engine.demo import N_FEATURES, demo_data
+from engine.harness.models import N_FEATURES, demo_data
 from engine.monitor.status import scrape
 from tests.conftest import launch
 
@@ -123,7 +123,7 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
 
     rows = duckdb.sql(
         f"select kind, model, event, feature, pvalue, \"window\", windows_fired, window_pvalues from "
-        f"read_parquet('{srv.dir}/drift-events/**/*.parquet', hive_partitioning = 1) order by time"
+        f"read_parquet('{srv.directory}/drift-events/**/*.parquet', hive_partitioning = 1) order by time"
     ).fetchall()
     raised = {r[3] for r in rows if r[2] == "raise"}
     for r in rows:  # a raise names the windows that fired, each with its p-value; its own is one of them
@@ -131,7 +131,7 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
             assert r[6] and set(r[6]) <= {500, 2000} and r[5] in r[6] and r[4] == min(r[7])
     assert {r[0] for r in rows} == {"drift"} and {r[1] for r in rows} == {"mlp"}
     assert raised - {"probabilities:1"} == set(SHIFTED)
-    assert not list((srv.dir / "drift-events").rglob(".*.tmp"))
+    assert not list((srv.directory / "drift-events").rglob(".*.tmp"))
 
 
 def test_metrics_parse_with_prometheus_client(monitored):

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
 
-from engine.demo import N_FEATURES, demo_data
+from engine.harness.models import N_FEATURES, demo_data
 from tests.conftest import launch
 
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]

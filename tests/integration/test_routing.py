@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import binomtest, ttest_rel
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from engine.demo import demo_data
+from engine.harness.models import demo_data
 from tests.conftest import launch
 from tests.models import hanging_classifier, one_row_classifier, raising_classifier
 

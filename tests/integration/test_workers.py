@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as grpcclient
 
-from engine.demo import N_FEATURES, demo_data
+from engine.harness.models import N_FEATURES, demo_data
 from engine.mock_kafka import MockCluster
 from tests.conftest import Server, launch
 from tests.integration.kafka_helpers import STREAM, json_events, produce, read_all, results_by_source, wait_for
@@ -294,10 +294,10 @@ def test_a_killed_supervisor_takes_its_processes_and_shared_memory_with_it(model
     wait_for(lambda: not any(_alive(pid) for pid in children), 10, what="every child to exit")
     wait_for(lambda: not set(os.listdir("/dev/shm")) - before, 10, what="the shared memory to go")
     # the ports are free: a new server takes the same one
-    again = launch(model_dir, BASE.format(workers=2).replace("grpc_port = 0", f"grpc_port = {server.port}"),
+    again = launch(model_dir, BASE.format(workers=2).replace("grpc_port = 0", f"grpc_port = {server.grpc_port}"),
                    "orphans-again.toml")
     try:
-        assert again.port == server.port
+        assert again.grpc_port == server.grpc_port
     finally:
         assert again.stop() == 0
     # the orphaned workers drained into the observer, which wrote the log out before it went
