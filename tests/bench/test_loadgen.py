@@ -8,8 +8,8 @@ import json
 import pytest
 
 from bench.cli import main as bench_main
-from bench.grpc_bench import _stop, start_null_server
 from bench.loadgen import Load, run
+from bench.servers import start_null_server, stop
 from engine.mock_kafka import MockCluster
 
 
@@ -55,7 +55,7 @@ def test_open_loop_shows_a_one_second_stall_that_closed_loop_hides():
             measured[closed] = run(Load(url=url, model="null", rate=500, duration_s=4, warmup_s=0.5,
                                         closed_loop=closed, concurrency=2, connections=2)).latency_us
         finally:
-            _stop(proc)
+            stop(proc)
     open_loop, closed_loop = measured[False], measured[True]
     # Open loop: every request scheduled during the stall waited for it.
     assert open_loop["p99"] >= 500_000 and open_loop["p99.9"] >= 900_000
