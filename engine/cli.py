@@ -145,10 +145,10 @@ def _report(args: argparse.Namespace) -> int:
     return report_main(args)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from bench.cli import main as bench_main
-
-    return bench_main(args.rest)
+def _bench(argv: list[str]) -> int:
+    """`python -m bench ARGV` in this process's place: the benches are a program of their own,
+    which the engine never imports."""
+    os.execv(sys.executable, [sys.executable, "-m", "bench", *argv])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,20 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     rep.set_defaults(func=_report)
 
-    bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report",
-                           add_help=False, description="scorewire bench grpc | kafka | sweep ... "
-                           "(scorewire bench --help for details)")
+    bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report "
+                           "(runs python -m bench)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=lambda args: _bench(args.rest))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own parser (bench/cli.py), --help included
-        from bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] == ["bench"]:  # its own program and parser (bench/cli.py), --help included
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -19,6 +19,8 @@ def test_help_explains_every_command():
         assert sub.returncode == 0 and "usage: scorewire " + command in sub.stdout
     assert "--prepare-only" in scorewire("demo", "--help").stdout
     assert "SIGTERM" in scorewire("serve", "--help").stdout
+    bench = scorewire("bench", "--help")  # runs `python -m bench --help`: the engine does not import it
+    assert bench.returncode == 0 and "usage: python -m bench" in bench.stdout and "sweep" in bench.stdout
 
 
 def test_serve_with_a_bad_config_exits_2_naming_the_field(tmp_path):

@@ -1,5 +1,5 @@
 """Who imports whom, function-local imports included: the benches import each other without a
-cycle and without another module's private names."""
+cycle and without another module's private names, and the engine never imports the benches."""
 
 from __future__ import annotations
 
@@ -48,3 +48,7 @@ def test_no_bench_imports_another_bench_modules_private_names():
                      and not n.rsplit(".", 1)[-1].startswith("__"))
     assert private == []
 
+
+def test_the_engine_never_imports_the_benches():
+    assert sorted(f"{m} -> {n}" for m, names in imports("engine").items() for n in names
+                  if n.split(".")[0] == "bench") == []

@@ -31,7 +31,7 @@ def test_short_sweep_writes_json_markdown_and_png(server, tmp_path):
         assert lv["errors"] == {} and lv["achieved_rps"] >= 0.95 * lv["offered_rps"]
         assert 0 < lv["latency_us"]["p50"] <= lv["latency_us"]["p99"] <= lv["latency_us"]["max"]
     md = out.with_suffix(".md").read_text()
-    assert "Highest offered rate meeting the SLO: 300 requests/s" in md and "scorewire bench sweep" in md
+    assert "Highest offered rate meeting the SLO: 300 requests/s" in md and "python -m bench sweep" in md
     image = matplotlib.image.imread(out.with_suffix(".png"))
     assert image.shape[0] > 100 and image.shape[1] > 100
 
