@@ -13,15 +13,17 @@ from engine.harness.server import Server
 from tests.conftest import launch
 
 
-def base(workers: int, **server_keys) -> Config:
+def base(workers: int, max_batch_size: int = 64, **server_keys) -> Config:
     """The mlp served by `workers` processes."""
+    batching = {"max_batch_size": max_batch_size, "max_queue_delay_us": 500}
     return Config(server_table(workers=workers, drain_timeout_s=20, **server_keys),
-                  [model_table("mlp", "models/mlp.onnx", batching={"max_batch_size": 64, "max_queue_delay_us": 500})])
+                  [model_table("mlp", "models/mlp.onnx", batching=batching)])
 
 
-def challenged(workers: int, log: str = "challenged-log", v2_path: str = "models/mlp.onnx") -> Config:
+def challenged(workers: int, log: str = "challenged-log", v2_path: str = "models/mlp.onnx",
+               max_batch_size: int = 64) -> Config:
     """base() with version 2 (`v2_path`) shadowing version 1, and the scoring log in `log`."""
-    return base(workers).add(models=[model_table("mlp", v2_path, version="2")],
+    return base(workers, max_batch_size).add(models=[model_table("mlp", v2_path, version="2")],
                              routes=[route_table("mlp", "1", challengers=["2"])],
                              scorelog={"dir": log, "max_file_age_s": 60})
 
