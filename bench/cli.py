@@ -1,4 +1,5 @@
-"""`scorewire bench grpc | kafka | sweep`: capacity planning against any OIP server or Kafka worker."""
+"""`python -m bench grpc | kafka | sweep`: capacity planning against any OIP server or Kafka worker.
+(`scorewire bench ...` runs this too.)"""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _need(module: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise SystemExit(f"scorewire bench needs {module}: pip install -e '.[bench]'") from None
+        raise SystemExit(f"python -m bench needs {module}: pip install -e '.[bench]'") from None
 
 
 def _load_args(p: argparse.ArgumentParser) -> None:
@@ -161,7 +162,7 @@ def _kafka(args) -> int:
         write_json(Path(args.json), result.as_dict())
         print(f"wrote {args.json}")
     if result.results == 0:
-        print("scorewire bench kafka: no result came back" + (
+        print("python -m bench kafka: no result came back" + (
             " (every measured event was dead-lettered: see the reasons above; --features and --input-name must "
             "match the model)" if result.dead_lettered else " (is a worker consuming the input topic?)"),
             file=sys.stderr)
@@ -195,7 +196,7 @@ def _sweep(args) -> int:
     result = sweep(load, args.slo, args.start, args.max_rate, args.factor, args.refine, not args.no_ceiling,
                    progress, args.metrics)
     bar.close()
-    command = "scorewire bench " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in args.argv)
     paths = write_sweep(result, Path(args.out), command)
     best = f"{result.best_rps:,.0f} requests/s" if result.best_rps else "none"
     print(f"highest rate meeting {args.slo}: {best}{' (interrupted)' if result.interrupted else ''}")
@@ -204,7 +205,7 @@ def _sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scorewire bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
     g = sub.add_parser("grpc", formatter_class=_Help, help="one load level: open loop at --rate, or --closed-loop --concurrency N")
     _load_args(g)

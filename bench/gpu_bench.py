@@ -38,31 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import _stop, serve
 from bench.loadgen import Load, run
 from bench.report import write_json
+from bench.servers import serve, stop
+from engine.harness.config import Config, model_table, server_table
 
-CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-max_message_bytes = 268435456
-
-[[models]]
-name = "{name}"
-path = "{path}"
-providers = {providers}
-instances = {instances}
-io_binding_staging = "{staging}"
-max_rows_per_request = 100000
-[models.batching]
-max_batch_size = {batch}
-max_queue_delay_us = 200
-queue_capacity = {capacity}
-"""
 
 SATURATED = 0.85
 ONE_ROW_BATCH = 64  # the server's max_batch_size when callers send one row each
@@ -214,12 +194,15 @@ def limit_of(usage: dict, client_cpu: float) -> str:
 
 def scorewire(path: Path, name: str, rows: int, batch: int, provider: str, seconds: float, concurrency: int,
               procs: int, instances: int, staging: str, directory: Path) -> dict:
-    providers = '["CUDAExecutionProvider", "CPUExecutionProvider"]' if provider == "cuda" else '["CPUExecutionProvider"]'
-    config = directory / f"{name}-{rows}-{batch}-{instances}.toml"
-    config.write_text(CONFIG.format(name=name, path=path, providers=providers, instances=instances, staging=staging,
-                                    batch=batch, capacity=max(batch, rows) * 8 + concurrency * rows))
-    proc, url = serve(config)
-    loaded = next((line for line in getattr(proc, "startup", []) if f"model {name}:1 loaded" in line), "")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    batching = {"max_batch_size": batch, "max_queue_delay_us": 200,
+                "queue_capacity": max(batch, rows) * 8 + concurrency * rows}
+    config = Config(server_table(workers=1, max_message_bytes=268435456),
+                    [model_table(name, path, providers=providers, instances=instances, io_binding_staging=staging,
+                                 max_rows_per_request=100000, batching=batching)])
+    served = serve(config.write(directory / f"{name}-{rows}-{batch}-{instances}.toml"))
+    proc, url = served.proc, served.url
+    loaded = next((line for line in served.startup if f"model {name}:1 loaded" in line), "")
     sampler = Sampler(proc.pid)
     sampler.start()
     warmup = 1.0
@@ -229,7 +212,7 @@ def scorewire(path: Path, name: str, rows: int, batch: int, provider: str, secon
                           connections=concurrency, duration_s=seconds, warmup_s=warmup))
     finally:
         sampler.stop()
-        _stop(proc)
+        stop(proc)
     if result.errors:
         raise RuntimeError(f"scorewire answered errors: {result.errors}")
     start = called + 1.0 + 0.3 * procs + warmup  # loadgen's measured window (its start_at + warm-up)
@@ -275,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="scorewire's io_binding_staging")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from engine.demo import WIDE_FEATURES, build_models, build_wide_mlp
+    from engine.harness.models import WIDE_FEATURES, build_models, build_wide_mlp
 
     directory = Path(tempfile.mkdtemp(prefix="scorewire-gpu-bench-"))
     paths = {"wide": (build_wide_mlp(directory / "models" / "wide.onnx"), "features", WIDE_FEATURES)}

@@ -18,9 +18,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import platform
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from bench.report import write_json
+from bench.servers import start_null_server, start_scorewire, stop
 
 N_FEATURES = 32
 LOWEST_US, HIGHEST_US, SIG_FIGS = 1, 60_000_000, 3
@@ -179,34 +177,6 @@ def run_in_process(model_path: Path, rows: int, duration_s: float) -> dict:
     return _summary(n, hist, duration_s, rows)
 
 
-# -- server under test --------------------------------------------------------------------
-def serve(config: Path) -> tuple[subprocess.Popen, str]:
-    """`scorewire serve --config CONFIG` as a subprocess, once it says "ready"; its gRPC address."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = None
-    proc.startup = []  # what it announced before "ready" (models, providers, IO binding)
-    for line in proc.stdout:
-        proc.startup.append(line.strip())
-        if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
-            port = int(m.group(1))
-        if line.strip() == "scorewire: ready":
-            return proc, f"127.0.0.1:{port}"
-    raise SystemExit(f"scorewire serve --config {config} did not start")
-
-
-def prepare_demo(directory: Path) -> None:
-    subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--dir", str(directory), "--prepare-only"],
-                   check=True, stdout=subprocess.DEVNULL)
-
-
-def start_scorewire(directory: Path) -> tuple[subprocess.Popen, str]:
-    prepare_demo(directory)
-    return serve(directory / "scorewire.toml")
-
-
 def server_name(url: str) -> str:
     import tritonclient.grpc as g
 
@@ -214,24 +184,6 @@ def server_name(url: str) -> str:
     meta = c.get_server_metadata()
     c.close()
     return f"{meta.name} {meta.version}"
-
-
-def start_null_server(*args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.null_server", *args], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r"on (127\.0\.0\.1:\d+)", line)
-    if not m:
-        raise SystemExit(f"null server did not start: {line!r}")
-    return proc, m.group(1)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _line(model, mode, c, r, ceiling=None) -> dict:
@@ -263,7 +215,8 @@ def main(argv=None) -> int:
     url = args.target
     try:
         if url is None:
-            proc, url = start_scorewire(workdir)
+            served = start_scorewire(workdir)
+            proc, url = served.proc, served.url
         if not args.no_ceiling:
             null, null_url = start_null_server()
         results = {"server": server_name(url), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -285,8 +238,8 @@ def main(argv=None) -> int:
             r = run_load(url, model, 64, args.procs, 1, args.warmup, args.duration, stream=True)
             runs.append(_line(model, "gRPC stream, 1 row/request", 64, r))
     finally:
-        _stop(proc)
-        _stop(null)
+        stop(proc)
+        stop(null)
     print()
     print(markdown(results))
     if args.json:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,41 +38,26 @@ import numpy as np
 import orjson
 
 from bench.report import write_json
-from engine.demo import build_models, demo_data, start_server
+from bench.servers import serve, stop
+from engine.harness.config import Config, model_table, server_table, stream_table
+from engine.harness.models import build_models, demo_data
 from engine.mock_kafka import MockCluster
 
-EXACTLY_ONCE = 'semantics = "exactly_once"\n'
 
 MAX_BATCH = 256
 # The one consumer setting scorewire changes from librdkafka's defaults for speed; the hand-written
 # loops get it too, so that the comparison is about the loops.
 CONSUMER_TUNING = {"fetch.queue.backoff.ms": 10}
 
-CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
 
-[[models]]
-name = "mlp"
-path = "{model}"
-[models.batching]
-max_batch_size = {max_batch}
-max_queue_delay_us = 500
-queue_capacity = 8192
 
-[[streams]]
-model = "mlp"
-bootstrap_servers = "{bootstrap}"
-group_id = "scorewire-{tag}"
-input_topic = "{topic}"
-output_topic = "scores-scorewire-{tag}"
-dead_letter_topic = "dlq-{tag}"
-format = "{fmt}"
-{extra}"""
+def scorewire_config(model: str, bootstrap: str, fmt: str, tag: str, semantics: str | None = None) -> Config:
+    """One process serving the MLP from events-FMT to scores-scorewire-TAG."""
+    return Config(server_table(workers=1),
+                  [model_table("mlp", model, batching={"max_batch_size": MAX_BATCH, "max_queue_delay_us": 500,
+                                                       "queue_capacity": 8192})],
+                  streams=[stream_table("mlp", bootstrap, f"events-{fmt}", f"scores-scorewire-{tag}", f"dlq-{tag}",
+                                        group_id=f"scorewire-{tag}", format=fmt, semantics=semantics)])
 
 # -- the hand-written contenders (run as `python -m bench.kafka_bench --loop ...`) -------------
 
@@ -209,16 +193,6 @@ def _produce_inputs(cluster, x: np.ndarray, partitions: int) -> None:
     producer.flush()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _broker(kind: str):
     if kind == "kafka":
         from bench.kafka_broker import KafkaBroker
@@ -249,23 +223,21 @@ def run(events: int, partitions: int, timeout_s: float, skip_naive: bool, broker
             try:
                 results["rows"][name] = measure(cluster.bootstrap, f"scores-{name}", partitions, events, timeout_s)
             finally:
-                _stop(proc)
+                stop(proc)
             print(name, results["rows"][name], flush=True)
-        contenders = [("json", "json", ""), ("binary", "binary", "")]
+        contenders = [("json", "json", None), ("binary", "binary", None)]
         if broker == "kafka":  # the mock accepts transactions without enforcing them: not measured there
-            contenders.append(("json-exactly-once", "json", EXACTLY_ONCE))
-        for name, fmt, extra in contenders:
-            tag = fmt if not extra else f"{fmt}-eos"
-            config = directory / f"scorewire-{tag}.toml"
-            config.write_text(CONFIG.format(model=model, max_batch=MAX_BATCH, bootstrap=cluster.bootstrap, fmt=fmt,
-                                            tag=tag, topic=f"events-{fmt}", extra=extra))
-            proc, _, _ = start_server(config, log_level="WARNING")
+            contenders.append(("json-exactly-once", "json", "exactly_once"))
+        for name, fmt, semantics in contenders:
+            tag = fmt if not semantics else f"{fmt}-eos"
+            config = scorewire_config(model, cluster.bootstrap, fmt, tag, semantics)
+            proc = serve(config.write(directory / f"scorewire-{tag}.toml")).proc
             try:
                 results["rows"][f"scorewire-{name}"] = measure(
                     cluster.bootstrap, f"scores-scorewire-{tag}", partitions, events, timeout_s,
-                    committed_by=(f"scorewire-{tag}", f"events-{fmt}") if extra else None)
+                    committed_by=(f"scorewire-{tag}", f"events-{fmt}") if semantics else None)
             finally:
-                _stop(proc)
+                stop(proc)
             print(f"scorewire-{name}", results["rows"][f"scorewire-{name}"], flush=True)
     results["in_process"] = in_process(model, MAX_BATCH, x)
     return results

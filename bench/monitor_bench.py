@@ -18,22 +18,15 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import prepare_demo
 from bench.onoff import BASE, alternate, finish, parse_args
+from bench.servers import prepare_demo
 
 FEATURES = [f"f{i}" for i in range(32)]
-MONITOR = """\
-[models.monitor]
-features = [{features}]
-outputs = ["probabilities:1"]
-reference = "ref.npz"
-{windows}
-every = {every}
-"""
 SUMMARY = re.compile(r"monitor: (\d+) rows observed, (\d+) dropped, (\d+) failed \((\d+) drift evaluations\)")
 
 
@@ -42,7 +35,7 @@ def main(argv=None) -> int:
         parser.add_argument("--windows", default="10000", help="window sizes, comma-separated (default: 10000)"),
         parser.add_argument("--every", type=int, default=1000, help="evaluate every N events (default: 1000)")))
     sizes = [int(w) for w in args.windows.split(",")]
-    windows = f"window = {sizes[0]}" if len(sizes) == 1 else f"windows = [{', '.join(map(str, sizes))}]"
+    windows = {"window": sizes[0]} if len(sizes) == 1 else {"windows": sizes}
     work = Path(tempfile.mkdtemp(prefix="scorewire-monitor-bench-"))
     prepare_demo(work)
     # reference: N(0, 1) columns like the load's rows (the drift work is the same whether
@@ -50,9 +43,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(7)
     np.savez(work / "ref.npz", **{f: rng.normal(size=10_000) for f in FEATURES},
              **{"probabilities:1": rng.uniform(size=10_000)})
-    (work / "off.toml").write_text(BASE)
-    (work / "on.toml").write_text(BASE + MONITOR.format(features=", ".join(f'"{f}"' for f in FEATURES),
-                                                        windows=windows, every=args.every))
+    monitor = {"features": FEATURES, "outputs": ["probabilities:1"], "reference": "ref.npz", **windows,
+               "every": args.every}
+    BASE.write(work / "off.toml")
+    replace(BASE, models=[{**BASE.models[0], "monitor": monitor}]).write(work / "on.toml")
     configs = {"off": work / "off.toml", "on": work / "on.toml"}
     on_runs: list[dict] = []
 

@@ -5,27 +5,17 @@ over time hits both alike. Used by monitor_bench and shadow_bench."""
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import run_load, serve
+from bench.grpc_bench import run_load
+from bench.servers import serve
+from engine.harness.config import Config, model_table, server_table
 
-BASE = """\
-[server]
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 256
-"""
+# The demo's MLP; workers = "auto" (one per core), as a user's server without [server] workers
+BASE = Config(server_table(), [model_table("mlp", "models/mlp.onnx", batching={"max_batch_size": 256})])
 LOAD = "closed loop, 32 callers, 16 rows/request, tritonclient.grpc.aio in 2 processes"
 
 
@@ -78,18 +68,17 @@ def alternate(configs: Callable[[int], dict[str, Path]], rounds: int, duration_s
     rows: dict[str, list[float]] = {"off": [], "on": []}
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     for i, mode in enumerate(("off", "on") * rounds):
-        proc, url = serve(configs(i)[mode])
+        server = serve(configs(i)[mode])
         try:
-            pids = tree(proc.pid)  # supervisor, workers, observer, challengers (or the one process)
+            pids = tree(server.proc.pid)  # supervisor, workers, observer, challengers (or the one process)
             before = cpu_s(pids)
             # distinct rows, as live traffic has (a short cycle of rows would make drift
             # windows hold repeats, and every evaluation new)
-            r = run_load(url, "mlp", 32, 2, 16, 2.0, duration_s, pool=131_072)
+            r = run_load(server.url, "mlp", 32, 2, 16, 2.0, duration_s, pool=131_072)
             # CPU of the server's processes (all their threads) over warm-up + measured load
             used = cpu_s(pids) - before
         finally:
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=120)
+            out = server.stop_and_read(timeout_s=120)
         rows[mode].append(r["rows_per_s"])
         cpu[mode].append(used / (r["rows_per_s"] * (duration_s + 2.0)) * 1e6)
         note = after(mode, out) if after is not None else ""

@@ -22,9 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.grpc_bench import _stop, prepare_demo, serve
 from bench.loadgen import Load, run
-from bench.workers_bench import SERVER
+from bench.servers import prepare_demo, serve, stop
+from bench.workers_bench import server_config
 
 
 def perf_analyzer(binary: str, lib_dir: str | None, url: str, concurrency: int) -> float:
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="perf-analyzer-"))
     prepare_demo(work)
-    config = work / "w1.toml"
-    config.write_text(SERVER.format(workers=1))
-    proc, url = serve(config)
+    served = serve(server_config(1).write(work / "w1.toml"))
+    proc, url = served.proc, served.url
     rows = []
     try:
         for concurrency in args.concurrency:
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                 duration_s=args.duration, warmup_s=1.0)).achieved_rps
                 rows.append((concurrency, pa, ours))
     finally:
-        _stop(proc)
+        stop(proc)
     print(f"# python -m bench.perf_analyzer_compare --concurrency {' '.join(map(str, args.concurrency))} "
           f"--rounds {args.rounds}\n")
     print("One-row requests to `scorewire serve` (workers = 1, the demo MLP) over gRPC, closed loop, on the same "

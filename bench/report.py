@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from bench.sweep import parse_slo
+
 PLOTTED = ("p50", "p90", "p99", "p99.9")
 
 
@@ -103,8 +105,6 @@ def plot_sweep(data: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bench.sweep import parse_slo
 
     levels = sorted(data["levels"], key=lambda lv: lv["offered_rps"])
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import _stop, prepare_demo, serve
 from bench.onoff import cpu_s, tree
-from bench.workers_bench import SERVER, start_mlserver
+from bench.servers import prepare_demo, serve, stop
+from bench.workers_bench import server_config, start_mlserver
 
 WARMUP_S = 2.0
 
@@ -97,11 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, tuple] = {}
     try:
         for workers in (1, 2):
-            config = work / f"w{workers}.toml"
-            config.write_text(SERVER.format(workers=workers))
-            proc, _ = serve(config)
-            http = next(line for line in proc.startup if "HTTP listening on" in line).rsplit(" ", 1)[1]
-            servers[f"scorewire workers={workers}"] = (proc, f"http://{http}/v2/models/mlp/infer")
+            served = serve(server_config(workers).write(work / f"w{workers}.toml"))
+            servers[f"scorewire workers={workers}"] = (served.proc, f"http://{served.http_url}/v2/models/mlp/infer")
         if args.mlserver:
             proc, _ = start_mlserver(args.mlserver, work)
             port = json.loads((work / "mlserver" / "settings.json").read_text())["http_port"]
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault(name, []).append(run(url, tree(proc.pid), args.duration))
     finally:
         for proc, _ in servers.values():
-            _stop(proc)
+            stop(proc)
     print(f"# python -m bench.rest_bench --rounds {args.rounds} --duration {args.duration:g}"
           + (" --mlserver ..." if args.mlserver else ""))
     print(f"\nOne-row JSON requests (OIP REST), closed loop, 8 callers (aiohttp in 2 processes, on the same "

@@ -19,25 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.grpc_bench import prepare_demo
 from bench.onoff import BASE, alternate, finish, parse_args
+from bench.servers import prepare_demo
+from engine.harness.config import model_table, route_table
 
-ON = """
-[[models]]
-name = "mlp"
-version = "2"
-path = "models/mlp-challenger.onnx"
-[models.batching]
-max_batch_size = 256
-
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
-
-[scorelog]
-dir = "{log}"
-"""
 SUMMARY = re.compile(r"challenger mlp:2: (\d+) rows scored, (\d+) dropped, (\d+) failed")
 LOG_SUMMARY = re.compile(r"scoring log: (\d+) rows written in (\d+) files, (\d+) dropped, (\d+) failed")
 
@@ -47,10 +32,12 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="scorewire-shadow-bench-"))
     prepare_demo(work)
     shutil.copy(work / "models" / "mlp.onnx", work / "models" / "mlp-challenger.onnx")
-    (work / "off.toml").write_text(BASE)
+    BASE.write(work / "off.toml")
+    challenger = model_table("mlp", "models/mlp-challenger.onnx", version="2", batching={"max_batch_size": 256})
 
     def configs(i: int) -> dict[str, Path]:  # a fresh log folder per run
-        (work / "on.toml").write_text(BASE + ON.format(log=work / f"log-{i}"))
+        BASE.add(models=[challenger], routes=[route_table("mlp", "1", challengers=["2"])],
+                 scorelog={"dir": work / f"log-{i}"}).write(work / "on.toml")
         return {"off": work / "off.toml", "on": work / "on.toml"}
 
     on_runs: list[dict] = []

@@ -14,8 +14,9 @@ At the end (load stopped, the stream's results all read back, SIGTERM): every an
 id (gRPC, REST) and every Kafka result's source must be a champion row of the log, exactly
 once; challenger rows are counted, and their duplicates (none expected). Writes NAME.json and
 NAME.md; exits 1 when an answered row is missing or logged twice. (A Kafka event scored twice, at-least-once, may be
-logged twice: only requests are held to once.) Uses only what a user has:
-the `scorewire` command, tritonclient, confluent-kafka and pyarrow.
+logged twice: only requests are held to once.) Uses only what a user has: the `scorewire`
+command (started by engine/harness/server.py, which reads its --ready-file), tritonclient,
+confluent-kafka and pyarrow.
 """
 
 from __future__ import annotations
@@ -38,47 +39,22 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.metrics import scrape
+from engine.harness.config import Config, model_table, route_table, server_table, stream_table
+from engine.harness.server import start_server
 
-CONFIG = """\
-[server]
-workers = 2
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-drain_timeout_s = 30
 
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 500
 
-[[models]]
-name = "mlp"
-path = "models/mlp-v2.onnx"
-version = "2"
-
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
-
-[scorelog]
-dir = "scorelog"
-max_file_age_s = 10
-
-[[streams]]
-model = "mlp"
-bootstrap_servers = "{bootstrap}"
-group_id = "soak"
-input_topic = "events"
-output_topic = "scores"
-dead_letter_topic = "scores-dlq"
-[streams.consumer]
-"session.timeout.ms" = 6000
-"""
+def soak_config(bootstrap: str) -> Config:
+    """Two workers; the demo's MLP, its second version shadowing it; the scoring log rotating
+    every 10 s; a stream from `bootstrap`."""
+    return Config(
+        server_table(workers=2, drain_timeout_s=30),
+        [model_table("mlp", "models/mlp.onnx", batching={"max_batch_size": 64, "max_queue_delay_us": 500}),
+         model_table("mlp", "models/mlp-v2.onnx", version="2")],
+        routes=[route_table("mlp", "1", challengers=["2"])],
+        scorelog={"dir": "scorelog", "max_file_age_s": 10},
+        streams=[stream_table("mlp", bootstrap, "events", "scores", "scores-dlq", group_id="soak",
+                              consumer={"session.timeout.ms": 6000})])
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -86,21 +62,10 @@ def _metrics(port: int) -> dict[str, float]:
 
 
 class Server:
-    def __init__(self, directory: Path):
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--config",
-                                      str(directory / "soak.toml")], stdout=subprocess.PIPE, text=True, cwd=directory)
-        self.grpc = self.http = self.metrics = 0
-        for line in self.proc.stdout:
-            if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
-                self.grpc = int(m.group(1))
-            if m := re.search(r"HTTP listening on .*:(\d+)$", line.strip()):
-                self.http = int(m.group(1))
-            if m := re.search(r"metrics on http://.*:(\d+)/metrics", line):
-                self.metrics = int(m.group(1))
-            if line.strip() == "scorewire: ready":
-                break
-        else:
-            raise SystemExit("scorewire serve stopped before it was ready")
+    def __init__(self, config: Path):
+        served = start_server(config)
+        self.proc = served.proc
+        self.grpc, self.http, self.metrics = served.grpc_port, served.http_port, served.metrics_port
         self.tail = threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True)
         self.tail.start()
 
@@ -247,8 +212,7 @@ def main(argv=None) -> int:
     broker = subprocess.Popen([sys.executable, "-m", "engine.mock_kafka", "--topic", "events:8", "--topic",
                                "scores:16", "--topic", "scores-dlq:8"], stdout=subprocess.PIPE, text=True)
     bootstrap = broker.stdout.readline().strip().split("=")[-1]  # "bootstrap.servers=HOST:PORT"
-    (work / "soak.toml").write_text(CONFIG.format(bootstrap=bootstrap))
-    server = Server(work)
+    server = Server(soak_config(bootstrap).write(work / "soak.toml"))
     print(f"soak: {args.minutes} min, server pid {server.proc.pid}, log in {work / 'scorelog'}", flush=True)
     results = Results(bootstrap)
     callers = Callers(server, bootstrap, args.events_per_s, args.seed)

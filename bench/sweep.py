@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from bench.loadgen import Load, Result, run
+from bench.servers import start_null_server, stop
 
 _UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
 
@@ -76,15 +77,13 @@ class Sweep:
 
 def measure_ceiling(load: Load) -> float:
     """The generator's own ceiling: closed loop, high concurrency, against the null server."""
-    from bench.grpc_bench import _stop, start_null_server
-
     proc, url = start_null_server()
     try:
         probe = replace(load, url=url, model="null", closed_loop=True, concurrency=max(64, 16 * load.procs),
                         duration_s=min(3.0, load.duration_s), warmup_s=0.5)
         return run(probe).achieved_rps
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def server_percentiles(metrics: str, model: str) -> dict:

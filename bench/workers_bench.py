@@ -27,60 +27,40 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_bench import prepare_demo, run_load, serve, start_null_server
+from bench.grpc_bench import run_load
 from bench.metrics import scrape
 from bench.onoff import cpu_s, tree
 from bench.report import write_json
+from bench.servers import prepare_demo, serve, start_null_server, stop
+from engine.harness.config import Config, model_table, route_table, server_table
 
 WARMUP_S = 2.0
 NULL = "null OIP server"  # bench/null_server.py: Python grpc.aio answering a canned response, no work
 FEATURES = [f"f{i}" for i in range(32)]
 
-SERVER = """\
-[server]
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-workers = {workers}
+MONITOR = {"features": FEATURES, "outputs": ["probabilities:1"], "reference": "ref.npz", "window": 10000,
+           "every": 1000}
 
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 200
-"""
-MONITOR = """[models.monitor]
-features = [{features}]
-outputs = ["probabilities:1"]
-reference = "ref.npz"
-window = 10000
-every = 1000
-"""
-CHALLENGER = """
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "2"
 
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
+def server_config(workers: int) -> Config:
+    """The demo's MLP served by `workers` processes."""
+    return Config(server_table(workers=workers),
+                  [model_table("mlp", "models/mlp.onnx", batching={"max_batch_size": 64, "max_queue_delay_us": 200})])
 
-[scorelog]
-dir = "log-{run}"
-"""
+
+def challenged(config: Config, run: int) -> Config:
+    """`config` with a second version of the MLP shadowing the first, every row logged in log-RUN."""
+    return config.add(models=[model_table("mlp", "models/mlp.onnx", version="2")],
+                      routes=[route_table("mlp", "1", challengers=["2"])], scorelog={"dir": f"log-{run}"})
 
 
 def machine_busy() -> tuple[float, float]:
@@ -147,28 +127,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or ""
-
-
-def _metrics_url(proc) -> str:
-    for line in proc.startup:
-        if m := re.search(r"metrics on (http://\S+)", line):
-            return m.group(1)
-    raise RuntimeError("no metrics line")
-
-
 def part_serving(work: Path, args) -> list[dict]:
     configs = {}
     for workers in (1, 2):
-        configs[f"scorewire workers={workers}"] = work / f"w{workers}.toml"
-        configs[f"scorewire workers={workers}"].write_text(SERVER.format(workers=workers))
+        configs[f"scorewire workers={workers}"] = server_config(workers).write(work / f"w{workers}.toml")
     names = list(configs) + (["mlserver 1.7"] if args.mlserver else []) + [NULL]
     rows = []
     for round_ in range(args.rounds):
@@ -178,7 +140,8 @@ def part_serving(work: Path, args) -> list[dict]:
             elif name == NULL:
                 proc, url = start_null_server()
             else:
-                proc, url = serve(configs[name])
+                served = serve(configs[name])
+                proc, url = served.proc, served.url
             try:
                 time.sleep(0.5)
                 pids = tree(proc.pid)
@@ -190,7 +153,7 @@ def part_serving(work: Path, args) -> list[dict]:
                           f"server {r['server_cores']:.2f} cores, client {r['client_cores']:.2f}, "
                           f"machine {r['machine_busy']:.0%}", flush=True)
             finally:
-                _stop(proc)
+                stop(proc, timeout_s=120)
     return rows
 
 
@@ -198,23 +161,21 @@ SUMMARY = re.compile(r"monitor: (\d+) rows observed, (\d+) dropped, (\d+) failed
 
 
 def part_watching(work: Path, args) -> list[dict]:
-    features = ", ".join(f'"{f}"' for f in FEATURES)
-    base = SERVER.format(workers=2)
-    modes = {"off": base, "drift on": base + MONITOR.format(features=features),
-             "challenger + scoring log": base + "{challenger}"}
+    base = server_config(2)
+    modes = {"off": lambda run: base,
+             "drift on": lambda run: replace(base, models=[{**base.models[0], "monitor": MONITOR}]),
+             "challenger + scoring log": lambda run: challenged(base, run)}
     rows = []
     for round_ in range(args.rounds):
-        for mode, text in modes.items():
-            config = work / f"watch-{len(rows)}.toml"
-            config.write_text(text.replace("{challenger}", CHALLENGER.format(run=len(rows))))
-            proc, url = serve(config)
+        for mode, config in modes.items():
+            served = serve(config(len(rows)).write(work / f"watch-{len(rows)}.toml"))
             try:
                 time.sleep(0.5)
-                r = measure(url, tree(proc.pid), 8, args.duration)
+                r = measure(served.url, tree(served.proc.pid), 8, args.duration)
                 time.sleep(1.0)
-                m = scrape(_metrics_url(proc))
+                m = scrape(served.metrics_url)
             finally:
-                out = _stop(proc)
+                out = stop(served.proc, timeout_s=120)
             summary = SUMMARY.search(out)
             handoff = sum(v for k, v in m.items() if k.startswith("scorewire_handoff_dropped_rows_total"))
             shadow = {k: v for k, v in m.items() if k.startswith("scorewire_shadow_rows_total")}

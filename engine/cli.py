@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,72 @@ scorewire: score ONNX models over the Open Inference Protocol (KServe v2 gRPC), 
 batching. Any OIP client (e.g. tritonclient.grpc) works unchanged."""
 
 
+class _ReadyFromAnnouncements:
+    """Stdout, passed through unchanged, that also writes the ready file (engine/ready.py)
+    from the lines the server announces: "gRPC listening on HOST:PORT", "HTTP listening on
+    HOST:PORT", "metrics on http://HOST:PORT/metrics", then "ready".
+
+    Interim: engine/app.py (one process) and engine/processes/supervisor.py (several) know the
+    ports, and are being rewritten elsewhere; once they call engine.ready.write() after saying
+    "ready", this class goes. Only the process that made it writes (a child that inherited it
+    passes lines through)."""
+
+    PORTS = (("grpc_port", "scorewire: gRPC listening on "), ("http_port", "scorewire: HTTP listening on "),
+             ("metrics_port", "scorewire: metrics on "))
+
+    def __init__(self, out, path: Path):
+        self.out, self.path = out, path
+        self.owner = os.getpid()
+        self.ports: dict[str, int] = {}
+        self.partial = ""
+        self.written = False
+
+    def write(self, text: str) -> int:
+        n = self.out.write(text)
+        if not self.written and os.getpid() == self.owner:
+            *lines, self.partial = (self.partial + text).split("\n")
+            for line in lines:
+                self._read(line.strip())
+        return n
+
+    def _read(self, line: str) -> None:
+        for key, prefix in self.PORTS:
+            if line.startswith(prefix):  # HOST:PORT, or http://HOST:PORT/metrics
+                self.ports[key] = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+        if line == "scorewire: ready":
+            from engine.ready import Ready, write
+
+            self.out.flush()  # "ready" is out before the file says so
+            write(self.path, Ready(pid=os.getpid(), grpc_port=self.ports.get("grpc_port", 0),
+                                   http_port=self.ports.get("http_port", 0),
+                                   metrics_port=self.ports.get("metrics_port", 0)))
+            self.written = True
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.out, name)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.ready_file is None:
+        return _serve_settings(args)
+    from engine.ready import remove
+
+    if not args.ready_file.parent.is_dir():
+        print(f"scorewire: --ready-file {args.ready_file}: there is no folder {args.ready_file.parent}", file=sys.stderr)
+        return 2
+    remove(args.ready_file)  # a stale one, from a server killed before it could remove its own
+    sys.stdout = _ReadyFromAnnouncements(sys.stdout, args.ready_file)
+    try:
+        return _serve_settings(args)
+    finally:
+        sys.stdout = sys.stdout.out
+        remove(args.ready_file)
+
+
+def _serve_settings(args: argparse.Namespace) -> int:
     from engine.settings import SettingsError, load_settings
 
     try:
@@ -79,10 +145,10 @@ def _report(args: argparse.Namespace) -> int:
     return report_main(args)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from bench.cli import main as bench_main
-
-    return bench_main(args.rest)
+def _bench(argv: list[str]) -> int:
+    """`python -m bench ARGV` in this process's place: the benches are a program of their own,
+    which the engine never imports."""
+    os.execv(sys.executable, [sys.executable, "-m", "bench", *argv])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "and 'ready' on stdout. SIGTERM or Ctrl-C: stop accepting, finish in-flight "
                            "requests, exit 0.")
     serve.add_argument("--config", required=True, type=Path, help="TOML config (see configs/example.toml)")
+    serve.add_argument("--ready-file", type=Path, metavar="PATH",
+                       help="once serving, write PATH (JSON, atomically): the server's pid and the gRPC, HTTP and "
+                       "metrics ports it bound; removed when it exits")
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="build two demo models and a config, serve them, send traffic",
@@ -158,20 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     rep.set_defaults(func=_report)
 
-    bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report",
-                           add_help=False, description="scorewire bench grpc | kafka | sweep ... "
-                           "(scorewire bench --help for details)")
+    bench = sub.add_parser("bench", help="capacity planning: open-loop gRPC or Kafka load, SLO sweep with a report "
+                           "(runs python -m bench)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=lambda args: _bench(args.rest))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own parser (bench/cli.py), --help included
-        from bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] == ["bench"]:  # its own program and parser (bench/cli.py), --help included
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

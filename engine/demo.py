@@ -2,178 +2,52 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 
-N_FEATURES = 32
+from engine.harness.config import COMMENT, Config, model_table, route_table, server_table, stream_table
+from engine.harness.models import N_FEATURES, build_models, build_wide_mlp, demo_split, write_reference
+from engine.harness.server import start_server
+
 DEMO_MODELS = ("mlp", "gbt")
-
-CONFIG = """\
-# scorewire demo config: written by `scorewire demo`. Every key: configs/example.toml.
-[server]
-host = "127.0.0.1"
-grpc_port = {grpc_port}
-metrics_port = {metrics_port}
-http_port = {http_port}
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "1"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 500
-queue_capacity = 4096
-[models.monitor]                 # drift of the 32 inputs against the training rows (ref.parquet)
-features = [{features}]
-reference = "ref.parquet"
-windows = [1000, 2000]           # small: strong drifts soon; large: weaker ones (the README's "Which windows")
-every = 250
-
-[[models]]
-name = "gbt"
-path = "models/gbt.onnx"
-version = "1"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 500
-queue_capacity = 4096
-
-[[models]]                       # 4.75M parameters: where a GPU matters (IO binding on CUDA)
-name = "wide"
-path = "models/wide.onnx"
-version = "1"
-[models.batching]
-max_batch_size = 256
-max_queue_delay_us = 1000
-queue_capacity = 8192
-"""
+BATCHING = {"max_batch_size": 64, "max_queue_delay_us": 500, "queue_capacity": 4096}
 
 
-TRAIN_ROWS = 4000
-HELD_OUT_ROWS = 2000
+def demo_config(grpc_port: int = 8001, metrics_port: int = 8002, http_port: int = 8000) -> Config:
+    """The config `scorewire demo --prepare-only` writes (the ports the README's snippets use)."""
+    monitor = {"features": [f"f{i}" for i in range(N_FEATURES)], "reference": "ref.parquet",
+               "windows": [1000, 2000], "every": 250}
+    why_monitor = ("monitor: drift of the 32 inputs against the training rows (ref.parquet); windows: the small\n"
+                   "one sees strong drifts soon, the large one weaker ones (the README's \"Which windows\")")
+    wide = {"max_batch_size": 256, "max_queue_delay_us": 1000, "queue_capacity": 8192}
+    return Config(
+        server_table(grpc_port=grpc_port, metrics_port=metrics_port, http_port=http_port),
+        [model_table("mlp", "models/mlp.onnx", version="1", batching=BATCHING, monitor=monitor, comment=why_monitor),
+         model_table("gbt", "models/gbt.onnx", version="1", batching=BATCHING),
+         model_table("wide", "models/wide.onnx", version="1", batching=wide,
+                     comment="4.75M parameters: where a GPU matters (IO binding on CUDA)")],
+        comment="scorewire demo config: written by `scorewire demo`. Every key: configs/example.toml.")
 
 
-def demo_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic binary classification set on 32 float32 features."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(
-        n_samples=rows, n_features=N_FEATURES, n_informative=12, n_redundant=6, random_state=seed
-    )
-    return x.astype(np.float32), y
-
-
-def demo_split(seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(x, y) of the demo models' training rows and of the rows held out from them: one
-    draw, since other `demo_data` seeds or sizes draw other distributions."""
-    x, y = demo_data(TRAIN_ROWS + HELD_OUT_ROWS, seed)
-    return (x[:TRAIN_ROWS], y[:TRAIN_ROWS]), (x[TRAIN_ROWS:], y[TRAIN_ROWS:])
-
-
-def build_models(directory: Path, seed: int = 0, challenger: bool = False) -> dict[str, Path]:
-    """Train a scikit-learn MLP and gradient-boosted trees and export them with skl2onnx
-    (zipmap off: outputs `label` INT64[-1] and `probabilities` FP32[-1, 2]). With
-    `challenger`, also `mlp-v2`: a wider MLP, the demo's challenger of `mlp`."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.ensemble import GradientBoostingClassifier
-    from sklearn.neural_network import MLPClassifier
-
-    (x, y), _ = demo_split(seed)  # the held-out rows are the demo's traffic
-    models = {
-        "mlp": MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=200, random_state=seed),
-        "gbt": GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=seed),
-    }
-    if challenger:
-        models["mlp-v2"] = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=300, random_state=seed + 1)
-    out = directory / "models"
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, estimator in models.items():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MLP convergence chatter
-            estimator.fit(x, y)
-        onx = to_onnx(
-            estimator,
-            initial_types=[("float_input", FloatTensorType([None, N_FEATURES]))],
-            options={id(estimator): {"zipmap": False}},
-            target_opset=17,
-        )
-        path = out / f"{name}.onnx"
-        path.write_bytes(onx.SerializeToString())
-        paths[name] = path
-    return paths
-
-
-def write_reference(path: Path, mlp: Path) -> Path:
-    """A drift reference for the mlp: the 32 features of its training rows as f0..f31, and
-    the model's P(class 1) on them as "probabilities:1" (configs/example.toml monitors both;
-    the demo the features)."""
-    import onnxruntime as ort
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    (x, _), _ = demo_split()
-    session = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"])
-    probabilities = session.run(["probabilities"], {"float_input": x})[0]
-    columns = {f"f{i}": x[:, i] for i in range(N_FEATURES)} | {"probabilities:1": probabilities[:, 1]}
-    pq.write_table(pa.table(columns), path)
-    return path
-
-
-WIDE_FEATURES, WIDE_HIDDEN, WIDE_CLASSES = 256, 2048, 16
-
-
-def build_wide_mlp(path: Path, seed: int = 0) -> Path:
-    """A model where a GPU matters: 256 features -> 2048 -> 2048 -> 16 classes (ReLU, softmax),
-    4.75M parameters with random weights, built with onnx.helper. Input `features` FP32[-1, 256],
-    output `probabilities` FP32[-1, 16]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    sizes = [WIDE_FEATURES, WIDE_HIDDEN, WIDE_HIDDEN, WIDE_CLASSES]
-    nodes, weights = [], []
-    current = "features"
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-        w = (rng.normal(size=(n_in, n_out)) * np.sqrt(2.0 / n_in)).astype(np.float32)
-        b = np.zeros(n_out, dtype=np.float32)
-        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        out = f"h{i}"
-        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
-        if i < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [out], [f"{out}r"]))
-            out = f"{out}r"
-        current = out
-    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=-1))
-    graph = helper.make_graph(
-        nodes, "wide_mlp", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", WIDE_FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", WIDE_CLASSES])], initializer=weights)
-    return save_graph(graph, path)
-
-
-def save_graph(graph, path: Path) -> Path:
-    """An onnx.helper graph as a checked model file (opset 17, IR 8, what onnxruntime takes)."""
-    import onnx
-    from onnx import helper
-
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+def demo_run_config(bootstrap: str) -> Config:
+    """The demo's own run: free ports (8001 may be taken), the challenger of 'mlp' with the
+    scoring log and drift events, and a Kafka stream on `bootstrap`, a broker that lives only
+    while the demo runs."""
+    return demo_config(0, 0, 0).add(
+        models=[model_table("mlp", "models/mlp-v2.onnx", version="2", batching={"max_batch_size": 64},
+                            comment="written by the demo: a wider MLP shadows version 1")],
+        routes=[route_table("mlp", "1", challengers=["2"])],
+        scorelog={"dir": "scorelog", "max_file_age_s": 5},
+        monitoring={"events_dir": "events",
+                    COMMENT: "drift raises, clears and every evaluation, for `scorewire report`"},
+        streams=[stream_table("mlp", bootstrap, "events", "scores", "scores-dlq", group_id="scorewire-demo",
+                              comment="written by the demo: librdkafka's built-in broker, gone when it ends")],
+        comment="The demo's run: its [[streams]] broker lived only while `scorewire demo` ran; serving this\n"
+                "file needs a broker at that address (python -m engine.mock_kafka starts one).")
 
 
 def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002, http_port: int = 8000) -> Path:
@@ -182,42 +56,7 @@ def prepare(directory: Path, grpc_port: int = 8001, metrics_port: int = 8002, ht
     paths = build_models(directory, challenger=True)
     build_wide_mlp(directory / "models" / "wide.onnx")
     write_reference(directory / "ref.parquet", paths["mlp"])
-    config = directory / "scorewire.toml"
-    config.write_text(CONFIG.format(grpc_port=grpc_port, metrics_port=metrics_port, http_port=http_port,
-                                    features=", ".join(f'"f{i}"' for i in range(N_FEATURES))))
-    return config
-
-
-def start_server(config: Path, timeout_s: float = 120.0, log_level: str = "INFO",
-                 wrapper: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int, int]:
-    """Start `scorewire serve` as a subprocess (run by `wrapper`, a command that execs its
-    arguments, when given); wait for "ready"; return it and its ports."""
-    proc = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "engine.cli", "--log-level", log_level, "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=None,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    grpc_port = metrics_port = 0
-    deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    proc.startup = []  # the lines it printed up to "ready"
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        proc.startup.append(line.strip())
-        if not line:
-            raise RuntimeError(f"scorewire serve exited with {proc.wait()} before it was ready")
-        if m := re.search(r"gRPC listening on .*:(\d+)$", line.strip()):
-            grpc_port = int(m.group(1))
-        if m := re.search(r"HTTP listening on .*:(\d+)$", line.strip()):
-            proc.http_port = int(m.group(1))  # the REST port, for who needs it
-        if m := re.search(r"metrics on http://.*:(\d+)/metrics", line):
-            metrics_port = int(m.group(1))
-        if line.strip() == "scorewire: ready":
-            return proc, grpc_port, metrics_port
-    proc.kill()
-    raise RuntimeError("scorewire serve was not ready in time")
+    return demo_config(grpc_port, metrics_port, http_port).write(directory / "scorewire.toml")
 
 
 def _traffic(url: str, directory: Path) -> None:
@@ -281,39 +120,6 @@ def _traffic(url: str, directory: Path) -> None:
     except Exception as exc:  # tritonclient raises InferenceServerException
         print(f"\na bad request (31 features instead of 32) is refused clearly:\n  {exc}")
     client.close()
-
-
-KAFKA_STREAM = """
-[[streams]]                      # written by the demo: librdkafka's built-in broker, gone when the demo ends
-model = "mlp"
-bootstrap_servers = "{bootstrap}"
-group_id = "scorewire-demo"
-input_topic = "events"
-output_topic = "scores"
-dead_letter_topic = "scores-dlq"
-"""
-
-
-CHALLENGER = """
-[[models]]                       # written by the demo: a wider MLP shadows version 1
-name = "mlp"
-path = "models/mlp-v2.onnx"
-version = "2"
-[models.batching]
-max_batch_size = 64
-
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
-
-[scorelog]
-dir = "scorelog"
-max_file_age_s = 5
-
-[monitoring]                     # drift raises, clears and every evaluation, for `scorewire report`
-events_dir = "events"
-"""
 
 
 def _labelled(url: str, directory: Path) -> Path:
@@ -444,29 +250,21 @@ def run(directory: Path, prepare_only: bool) -> int:
     cluster = MockCluster()
     for topic in ("events", "scores", "scores-dlq"):
         cluster.create_topic(topic, 8)
-    kafka_config = directory / "scorewire-kafka.toml"
-    # The demo's own server takes free ports (8001 may be taken); its broker lives only while
-    # the demo runs: the file says so.
-    own = (config.read_text().replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002", "metrics_port = 0")
-           .replace("http_port = 8000", "http_port = 0"))
-    kafka_config.write_text("# The demo's run: its [[streams]] broker lived only while `scorewire demo` ran; serving this\n"
-                            "# file needs a broker at that address (python -m engine.mock_kafka starts one).\n"
-                            + own + CHALLENGER + KAFKA_STREAM.format(bootstrap=cluster.bootstrap))
+    kafka_config = demo_run_config(cluster.bootstrap).write(directory / "scorewire-kafka.toml")
     shutil.rmtree(directory / "scorelog", ignore_errors=True)
     shutil.rmtree(directory / "events", ignore_errors=True)
     print("starting: scorewire serve --config", kafka_config, "(gRPC, a challenger of 'mlp' with the Parquet "
           "scoring log, and a Kafka stream: events -> scores)")
-    proc, port, metrics_port = start_server(kafka_config, log_level="WARNING")
+    served = start_server(kafka_config, log_level="WARNING")
     labels = None
     try:
-        _traffic(f"127.0.0.1:{port}", directory)
-        labels = _labelled(f"127.0.0.1:{port}", directory)
-        _drift(f"127.0.0.1:{port}", f"127.0.0.1:{metrics_port}")
+        _traffic(served.url, directory)
+        labels = _labelled(served.url, directory)
+        _drift(served.url, f"{served.host}:{served.metrics_port}")
         _kafka(cluster.bootstrap)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        summary, _ = proc.communicate(timeout=60)
-        print(f"\nserver drained and exited with code {proc.returncode} after SIGTERM")
+        summary = served.stop_and_read(timeout_s=60)
+        print(f"\nserver drained and exited with code {served.proc.returncode} after SIGTERM")
         for line in summary.splitlines():
             if "challenger" in line or "scoring log" in line or "monitor:" in line:
                 print(f"  {line}")

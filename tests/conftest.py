@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine.demo import build_models, start_server
+from engine.harness.config import Config, model_table, server_table
+from engine.harness.models import build_models
+from engine.harness.server import Server, start_server
 from tests.models import gather_model, identity_all_dtypes
 
 SEED = int(os.environ.get("SCOREWIRE_TEST_SEED", "20261123"))
@@ -46,101 +46,33 @@ def model_dir(tmp_path_factory) -> Path:
     return directory
 
 
-SERVER_CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-max_message_bytes = 1048576
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-max_rows_per_request = 1024
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 2000
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "2"
-[models.batching]
-max_batch_size = 64
-
-[[models]]
-name = "gbt"
-path = "models/gbt.onnx"
-instances = 2
-[models.batching]
-max_batch_size = 64
-
-[[models]]
-name = "identity"
-path = "models/identity.onnx"
-allow_non_finite = true
-io_binding = "on"              # every dtype through IO binding (on CPU here; on CUDA where there is one)
-[models.batching]
-max_batch_size = 128
-max_queue_delay_us = 1000
-
-[[models]]
-name = "gather"
-path = "models/gather.onnx"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 300000    # long: concurrent requests share one batch
-
-[[models]]
-name = "slow"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 1000
-max_queue_delay_us = 1500000   # requests wait 1.5 s: deadlines and overflow are observable
-queue_capacity = 8
-"""
+BATCH_64 = {"max_batch_size": 64}
+SERVER_CONFIG = Config(server_table(workers=1, max_message_bytes=1048576), [
+    model_table("mlp", "models/mlp.onnx", max_rows_per_request=1024,
+          batching={"max_batch_size": 64, "max_queue_delay_us": 2000}),
+    model_table("mlp", "models/mlp.onnx", version="2", batching=BATCH_64),
+    model_table("gbt", "models/gbt.onnx", instances=2, batching=BATCH_64),
+    # every dtype through IO binding (on CPU here; on CUDA where there is one)
+    model_table("identity", "models/identity.onnx", allow_non_finite=True, io_binding="on",
+          batching={"max_batch_size": 128, "max_queue_delay_us": 1000}),
+    # long: concurrent requests share one batch
+    model_table("gather", "models/gather.onnx", batching={"max_batch_size": 64, "max_queue_delay_us": 300000}),
+    # requests wait 1.5 s: deadlines and overflow are observable
+    model_table("slow", "models/mlp.onnx", batching={"max_batch_size": 1000, "max_queue_delay_us": 1500000,
+                                                "queue_capacity": 8}),
+])
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, metrics_port: int, directory: Path):
-        self.proc, self.port, self.metrics_port, self.dir = proc, port, metrics_port, directory
-        self.startup: list[str] = getattr(proc, "startup", [])  # its lines up to "ready"
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        """The REST port (tritonclient.http's url)."""
-        return f"127.0.0.1:{self.proc.http_port}"
-
-    def metrics(self) -> dict[str, float]:
-        """Scrape /metrics into {'name{labels}': value}."""
-        import urllib.request
-
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                values[key] = float(value)
-        return values
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
-def launch(directory: Path, config_text: str, name: str = "scorewire.toml", wrapper: tuple[str, ...] = ()) -> Server:
-    config = directory / name
-    config.write_text(config_text)
-    proc, port, metrics_port = start_server(config, log_level=os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING"),
-                                            wrapper=wrapper)
-    return Server(proc, port, metrics_port, directory)
+def launch(directory: Path, config: Config | str, name: str = "scorewire.toml", wrapper: tuple[str, ...] = (),
+           env: dict[str, str] | None = None) -> Server:
+    """`config` written to `directory`/`name` and served (log level: $SCOREWIRE_TEST_LOG_LEVEL)."""
+    path = directory / name
+    if isinstance(config, Config):
+        config.write(path)
+    else:
+        path.write_text(config)
+    return start_server(path, log_level=os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING"), wrapper=wrapper,
+                        env=env)
 
 
 @pytest.fixture(scope="session")

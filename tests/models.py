@@ -1,4 +1,4 @@
-"""ONNX models the tests build with onnx.helper (the demo models come from engine.demo)."""
+"""ONNX models the tests build with onnx.helper (the demo models come from engine.harness.models)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from onnx import TensorProto, helper
 
-from engine.demo import save_graph
+from engine.harness.models import save_graph
 
 # Every numeric element type ONNX models use, as OIP datatype -> ONNX element type.
 DTYPES = {

@@ -19,6 +19,8 @@ def test_help_explains_every_command():
         assert sub.returncode == 0 and "usage: scorewire " + command in sub.stdout
     assert "--prepare-only" in scorewire("demo", "--help").stdout
     assert "SIGTERM" in scorewire("serve", "--help").stdout
+    bench = scorewire("bench", "--help")  # runs `python -m bench --help`: the engine does not import it
+    assert bench.returncode == 0 and "usage: python -m bench" in bench.stdout and "sweep" in bench.stdout
 
 
 def test_serve_with_a_bad_config_exits_2_naming_the_field(tmp_path):
@@ -49,7 +51,7 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
     import pyarrow.parquet as pq
     import scipy.stats
 
-    from engine.demo import N_FEATURES, demo_split
+    from engine.harness.models import N_FEATURES, demo_split
 
     monitor = settings.models[0].monitor
     assert monitor is not None and monitor.features == [f"f{i}" for i in range(N_FEATURES)]
@@ -62,20 +64,19 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
 
 def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
     """configs/example.toml says it runs after `scorewire demo --dir scorewire-demo --prepare-only`."""
-    import shutil
+    import tomllib
 
-    from engine.demo import start_server
+    from engine.harness.config import dumps
+    from engine.harness.server import start_server
 
     (tmp_path / "configs").mkdir()
-    shutil.copy(Path(__file__).resolve().parents[1] / "configs" / "example.toml", tmp_path / "configs")
+    example = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "example.toml").read_text())
+    example["server"].update(grpc_port=0, metrics_port=0, http_port=0)  # 8000-8002 may be taken here
+    (tmp_path / "configs" / "example.toml").write_text(dumps(example))
     assert scorewire("demo", "--dir", str(tmp_path / "scorewire-demo"), "--prepare-only").returncode == 0
-    text = (tmp_path / "configs" / "example.toml").read_text()
-    text = text.replace("grpc_port = 8001", "grpc_port = 0").replace("metrics_port = 8002", "metrics_port = 0")
-    text = text.replace("http_port = 8000", "http_port = 0")
-    (tmp_path / "configs" / "example.toml").write_text(text)
-    proc, port, _ = start_server(tmp_path / "configs" / "example.toml", log_level="WARNING")
-    proc.terminate()
-    assert proc.wait(60) == 0 and port > 0
+    server = start_server(tmp_path / "configs" / "example.toml", log_level="WARNING")
+    server.proc.terminate()
+    assert server.proc.wait(60) == 0 and server.grpc_port > 0
 
 
 def _held_port():
@@ -175,3 +176,43 @@ def test_reference_from_csv_with_the_models_outputs(tmp_path):
     config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\nworkers = 1\n[[models]]\nname = "z"\npath = "z.onnx"\n')
     line = _one_line_error(scorewire("serve", "--config", str(config)))
     assert "seq(map" in line and "'zipmap': False" in line
+
+
+def test_serve_writes_its_ports_to_the_ready_file_and_removes_it_at_exit(tmp_path, model_dir):
+    """The ready file (engine/ready.py) names the ports `serve` printed, of one process and of
+    several; the server takes it away when it exits. A folder that is not there: exit 2."""
+    import json
+    import signal
+    import time
+
+    from engine.harness.config import Config, model_table, server_table
+
+    for workers in (1, 2):
+        config = Config(server_table(workers=workers), [model_table("m", model_dir / "models" / "gbt.onnx")])
+        ready = tmp_path / f"ready-{workers}.json"
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config",
+                                 str(config.write(tmp_path / f"c{workers}.toml")), "--ready-file", str(ready)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line.strip())
+                if line.strip() == "scorewire: ready":
+                    break
+            deadline = time.monotonic() + 10
+            while not ready.exists() and time.monotonic() < deadline:  # written just after "ready" is printed
+                time.sleep(0.01)
+            written = json.loads(ready.read_text())
+            assert set(written) == {"format", "pid", "grpc_port", "http_port", "metrics_port"}
+            assert written["format"] == 1 and written["pid"] == proc.pid
+            assert f"scorewire: gRPC listening on 127.0.0.1:{written['grpc_port']}" in lines
+            assert f"scorewire: HTTP listening on 127.0.0.1:{written['http_port']}" in lines
+            assert f"scorewire: metrics on http://127.0.0.1:{written['metrics_port']}/metrics" in lines
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+        assert proc.returncode == 0 and not ready.exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    line = _one_line_error(scorewire("serve", "--config", str(tmp_path / "c1.toml"), "--ready-file",
+                                     str(tmp_path / "nowhere" / "ready.json")))
+    assert "--ready-file" in line and "nowhere" in line

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from bench.cli import main as bench_main
-from bench.grpc_bench import _stop, start_null_server
 from bench.loadgen import Load, run
+from bench.servers import start_null_server, stop
 from engine.mock_kafka import MockCluster
 
 
@@ -31,7 +31,7 @@ def test_short_sweep_writes_json_markdown_and_png(server, tmp_path):
         assert lv["errors"] == {} and lv["achieved_rps"] >= 0.95 * lv["offered_rps"]
         assert 0 < lv["latency_us"]["p50"] <= lv["latency_us"]["p99"] <= lv["latency_us"]["max"]
     md = out.with_suffix(".md").read_text()
-    assert "Highest offered rate meeting the SLO: 300 requests/s" in md and "scorewire bench sweep" in md
+    assert "Highest offered rate meeting the SLO: 300 requests/s" in md and "python -m bench sweep" in md
     image = matplotlib.image.imread(out.with_suffix(".png"))
     assert image.shape[0] > 100 and image.shape[1] > 100
 
@@ -55,7 +55,7 @@ def test_open_loop_shows_a_one_second_stall_that_closed_loop_hides():
             measured[closed] = run(Load(url=url, model="null", rate=500, duration_s=4, warmup_s=0.5,
                                         closed_loop=closed, concurrency=2, connections=2)).latency_us
         finally:
-            _stop(proc)
+            stop(proc)
     open_loop, closed_loop = measured[False], measured[True]
     # Open loop: every request scheduled during the stall waited for it.
     assert open_loop["p99"] >= 500_000 and open_loop["p99.9"] >= 900_000

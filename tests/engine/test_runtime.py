@@ -111,7 +111,7 @@ def _bound_and_plain(path, **extra):
 
 
 def test_io_binding_gives_the_same_outputs_as_session_run(tmp_path, rng):
-    from engine.demo import build_wide_mlp
+    from engine.harness.models import build_wide_mlp
 
     path = build_wide_mlp(tmp_path / "wide.onnx")
     bound, plain = _bound_and_plain(path)
@@ -230,7 +230,7 @@ def test_a_model_that_fails_every_way_does_not_start(tmp_path, caplog):
 
 @pytest.mark.skipif(not CUDA_USABLE, reason="needs a GPU and the CUDA libraries (the device machine)")
 def test_cuda_with_io_binding_equals_cpu(tmp_path, rng):
-    from engine.demo import build_wide_mlp
+    from engine.harness.models import build_wide_mlp
 
     path = build_wide_mlp(tmp_path / "wide.onnx")
     cuda = OnnxModel(ModelSettings(name="w", path=path, providers=["CUDAExecutionProvider"], instances=2))
@@ -256,7 +256,7 @@ def _close_to(got, cuda_session, x, cpu):
 def test_cuda_staging_gives_the_same_outputs(tmp_path, rng, staging):
     """Both ways inputs reach the GPU answer what CPU answers, batch after batch (buffers are
     reused per size; results handed out must not change when the next batch runs)."""
-    from engine.demo import build_wide_mlp
+    from engine.harness.models import build_wide_mlp
 
     path = build_wide_mlp(tmp_path / "wide.onnx")
     cuda = OnnxModel(ModelSettings(name="w", path=path, providers=["CUDAExecutionProvider"],

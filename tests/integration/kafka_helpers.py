@@ -10,69 +10,34 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from tests.conftest import Server, launch
+from engine.harness.config import Config, Table, model_table, server_table, stream_table
+from engine.harness.server import Server
+from tests.conftest import launch
 
-class _Template(str):
-    """A config template whose newer fields have defaults (older callers do not pass them)."""
-
-    DEFAULTS = {"semantics": "at_least_once", "transactional_id": "", "extra": "", "message_timeout_ms": 120000,
-                "producer_extra": ""}
-
-    def format(self, **fields) -> str:
-        return str.format(self, **{**self.DEFAULTS, **fields})
+PARTITIONS = 16  # of each topic of the `cluster` fixture (tests/integration/conftest.py)
 
 
-STREAM = """
-[[streams]]
-model = "mlp"
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topic = "{topic}"
-output_topic = "{output}"
-dead_letter_topic = "{dlq}"
-format = "{fmt}"
-max_message_bytes = 4096
-settle_timeout_s = 10
-semantics = "{semantics}"
-transactional_id = "{transactional_id}"
-{extra}
-[streams.consumer]
-"session.timeout.ms" = 3000
-"heartbeat.interval.ms" = 500
-[streams.producer]
-"linger.ms" = {linger_ms}
-"message.timeout.ms" = {message_timeout_ms}
-{producer_extra}
-"""
-STREAM = _Template(STREAM)
-
-WORKER = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 128
-max_queue_delay_us = 1000
-""" + STREAM
-WORKER = _Template(WORKER)
+def stream(bootstrap: str, group: str = "scorewire", topic: str = "events", output: str = "scores",
+           dlq: str = "scores-dlq", fmt: str = "json", linger_ms: int = 2, semantics: str = "at_least_once",
+           transactional_id: str = "", message_timeout_ms: int = 120000, consumer: dict | None = None,
+           producer: dict | None = None, **keys) -> Table:
+    """The tests' [[streams]] table for the demo's mlp: small messages, a short settle time,
+    and a session timeout short enough for a group to rebalance within a test. `keys`: more
+    keys of the table (e.g. max_in_flight=2000); `consumer`/`producer`: more librdkafka settings."""
+    return stream_table("mlp", bootstrap, topic, output, dlq, group_id=group, format=fmt, max_message_bytes=4096,
+                        settle_timeout_s=10, semantics=semantics, transactional_id=transactional_id, **keys,
+                        consumer={"session.timeout.ms": 3000, "heartbeat.interval.ms": 500, **(consumer or {})},
+                        producer={"linger.ms": linger_ms, "message.timeout.ms": message_timeout_ms,
+                                  **(producer or {})})
 
 
-def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", group: str = "scorewire",
-                 topic: str = "events", output: str = "scores", dlq: str = "scores-dlq", fmt: str = "json",
-                 linger_ms: int = 2, semantics: str = "at_least_once", transactional_id: str = "",
-                 extra: str = "", **fields) -> Server:
-    """`extra`: more lines for the [[streams]] table (e.g. "max_in_flight = 2000"); `fields`:
-    message_timeout_ms, producer_extra (more lines for [streams.producer])."""
-    return launch(directory, WORKER.format(bootstrap=bootstrap, group=group, topic=topic, output=output, dlq=dlq,
-                                           fmt=fmt, linger_ms=linger_ms, semantics=semantics,
-                                           transactional_id=transactional_id, extra=extra, **fields), name)
+WORKER = Config(server_table(workers=1), [model_table("mlp", "models/mlp.onnx",
+                                                      batching={"max_batch_size": 128, "max_queue_delay_us": 1000})])
+
+
+def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", **stream_keys) -> Server:
+    """One process serving the mlp with one stream (`stream_keys`: stream()'s)."""
+    return launch(directory, WORKER.add(streams=[stream(bootstrap, **stream_keys)]), name)
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
@@ -169,6 +134,11 @@ def input_sources(bootstrap: str, topic: str, expected: int) -> dict[str, bytes]
     """'topic/partition/offset' -> value of every input message."""
     return {f"{m.topic()}/{m.partition()}/{m.offset()}": m.value() for m in read_all(bootstrap, topic, expected,
                                                                                         linger_s=0.2)}
+
+
+def total(offsets: dict[int, int]) -> int:
+    """Messages committed over all partitions (-1001, none committed, counts 0)."""
+    return sum(max(o, 0) for o in offsets.values())
 
 
 def wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.1, what: str = "condition"):

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from engine.demo import N_FEATURES
+from engine.harness.models import N_FEATURES
 
 
 @pytest.fixture(scope="module")

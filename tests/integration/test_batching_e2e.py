@@ -15,7 +15,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from engine.demo import N_FEATURES
+from engine.harness.config import Config, model_table, server_table
+from engine.harness.models import N_FEATURES
 from tests.conftest import launch
 from tests.models import DTYPES, WIDTH
 
@@ -34,7 +35,7 @@ def test_64_clients_get_exactly_their_own_rows(server, rng):
     """64 concurrent clients x 50 requests of 1-16 rows. Even clients use the identity
     model with rows tagged by (client, request, row); odd clients use the MLP, checked
     against in-process onnxruntime on the same rows."""
-    session = ort.InferenceSession(str(server.dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(server.directory / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
     sizes = rng.integers(1, 17, size=(64, 50))
     features = rng.normal(size=(64, 50, 16, N_FEATURES)).astype(np.float32)
     failures: list[str] = []
@@ -159,21 +160,14 @@ def test_expired_deadline_is_not_scored(server):
     client.close()
 
 
-SIGTERM_CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
+def mlp_config(batching: dict, server_keys: dict | None = None, **model_keys) -> Config:
+    """One process serving the demo MLP alone."""
+    return Config(server_table(workers=1, **(server_keys or {})),
+                  [model_table("mlp", "models/mlp.onnx", batching=batching, **model_keys)])
 
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 1000
-max_queue_delay_us = 1000000   # requests are in flight for ~1 s
-"""
+
+# requests are in flight for ~1 s
+SIGTERM_CONFIG = mlp_config({"max_batch_size": 1000, "max_queue_delay_us": 1000000})
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
@@ -199,23 +193,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
     client.close()
 
 
-DRAIN_CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-drain_timeout_s = 10
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 2000
-queue_capacity = 100000
-"""
+DRAIN_CONFIG = mlp_config({"max_batch_size": 64, "max_queue_delay_us": 2000, "queue_capacity": 100000},
+                          {"drain_timeout_s": 10})
 
 
 def test_sigterm_answers_every_request_already_sent(model_dir):
@@ -270,24 +249,8 @@ def test_sigterm_answers_every_request_already_sent(model_dir):
     assert codes["OK"] > 0 and took < 10 + 5, (codes, took)
 
 
-STREAM_CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-stream_max_in_flight = 4
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-max_rows_per_request = 4096
-[models.batching]
-max_batch_size = 4096
-max_queue_delay_us = 100
-queue_capacity = 100000
-"""
+STREAM_CONFIG = mlp_config({"max_batch_size": 4096, "max_queue_delay_us": 100, "queue_capacity": 100000},
+                           {"stream_max_in_flight": 4}, max_rows_per_request=4096)
 
 
 def test_a_stream_whose_responses_are_not_read_stops_being_read(model_dir):
@@ -341,25 +304,10 @@ def test_a_stream_whose_responses_are_not_read_stops_being_read(model_dir):
     assert scored < 300 and sent < 1000, (scored, sent)
 
 
-INFLIGHT_CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-max_message_bytes = 4194304
-max_inflight_bytes = 6291456
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-max_rows_per_request = 100000
-[models.batching]
-max_batch_size = 100000
-max_queue_delay_us = 1500000   # requests stay in flight for 1.5 s
-queue_capacity = 1000000
-"""
+# requests stay in flight for 1.5 s
+INFLIGHT_CONFIG = mlp_config({"max_batch_size": 100000, "max_queue_delay_us": 1500000, "queue_capacity": 1000000},
+                             {"max_message_bytes": 4194304, "max_inflight_bytes": 6291456},
+                             max_rows_per_request=100000)
 
 
 def test_requests_in_flight_are_bounded_in_bytes_together(model_dir):

@@ -13,42 +13,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
 
+from engine.harness.config import Config, model_table, route_table, server_table
 from engine.mock_kafka import MockCluster
 from tests.conftest import launch
-from tests.integration.kafka_helpers import STREAM, wait_for
+from tests.integration.kafka_helpers import stream, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana-dashboard.json"
 
-CONFIG = """\
-[server]
-workers = 2
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "1"
-[models.monitor]
-reference = "ref-dashboard.parquet"
-window = 100
-every = 50
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "2"
-
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
-
-[scorelog]
-dir = "log-dashboard"
-"""
+CONFIG = Config(
+    server_table(workers=2),
+    [model_table("mlp", "models/mlp.onnx", version="1",
+                 monitor={"reference": "ref-dashboard.parquet", "window": 100, "every": 50}),
+     model_table("mlp", "models/mlp.onnx", version="2")],
+    routes=[route_table("mlp", "1", challengers=["2"])],
+    scorelog={"dir": "log-dashboard"})
 
 
 def _exported(text: str) -> dict[str, set[str]]:
@@ -79,9 +57,8 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
     with MockCluster() as cluster:
         for topic in ("events", "scores", "scores-dlq"):
             cluster.create_topic(topic, 2)
-        stream = STREAM.format(bootstrap=cluster.bootstrap, group="dash", topic="events", output="scores",
-                               dlq="scores-dlq", fmt="json", linger_ms=2)
-        server = launch(model_dir, CONFIG + stream, "dashboard.toml")
+        config = CONFIG.add(streams=[stream(cluster.bootstrap, group="dash")])
+        server = launch(model_dir, config, "dashboard.toml")
         try:
             c = grpcclient.InferenceServerClient(server.url)
             for i in range(0, 200, 10):

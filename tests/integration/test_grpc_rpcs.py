@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.demo import N_FEATURES
+from engine.harness.models import N_FEATURES
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
 from tests.models import DTYPES, WIDTH
 
@@ -26,7 +26,8 @@ def client(server):
 
 
 def local_run(server, name: str, rows: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(server.dir / "models" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    path = server.directory / "models" / f"{name}.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, {"float_input": rows})))
 
@@ -72,7 +73,7 @@ def test_model_metadata_reports_the_provider_and_binding_in_use(server):
         )
         gbt, identity = call(pb.ModelMetadataRequest(name="gbt")), call(pb.ModelMetadataRequest(name="identity"))
     wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    used = ort.InferenceSession(str(server.dir / "models" / "gbt.onnx"), providers=wanted).get_providers()[0]
+    used = ort.InferenceSession(str(server.directory / "models" / "gbt.onnx"), providers=wanted).get_providers()[0]
     on_cuda = used == "CUDAExecutionProvider"
     assert gbt.parameters["execution_provider"].string_param == used
     assert gbt.parameters["instances"].int64_param == 2

@@ -86,10 +86,10 @@ def worker(model_dir, t: Topics, semantics: str, name: str = "worker.toml", tran
     # Small chunks and a small in-flight bound: many transactions, so a kill lands inside one.
     return start_worker(model_dir, t.bootstrap, name=name, group=t.group, topic=t.events, output=t.scores,
                         dlq=t.dlq, linger_ms=5, semantics=semantics, transactional_id=transactional_id,
-                        extra="consume_batch = 500\nmax_in_flight = 2000", message_timeout_ms=15000,
+                        consume_batch=500, max_in_flight=2000, message_timeout_ms=15000,
                         # A transaction the successor's init_transactions does not abort is aborted by
                         # the coordinator after this (seen once: the output waited 120 s, the timeout)
-                        producer_extra='"transaction.timeout.ms" = 15000')
+                        producer={"transaction.timeout.ms": 15000})
 
 
 def check_delivery(t: Topics, semantics: str, n: int, bad_keys: set[bytes], what: str) -> None:

@@ -14,39 +14,26 @@ import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as grpcclient
 
-from engine.demo import N_FEATURES, demo_data
+from engine.harness.config import Config, model_table, route_table, server_table
+from engine.harness.models import N_FEATURES, demo_data
 from engine.monitor.status import scrape
 from tests.conftest import launch
 
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 SHIFTED = ("f3", "f10")
 
-CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
 
-[monitoring]
-events_dir = "drift-events"
 
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 256
-[models.monitor]
-features = [{features}]
-outputs = ["probabilities:1"]
-reference = "ref.parquet"
-windows = [500, 2000]
-every = 500
-alpha = 0.001
-min_effect = 0.1
-consecutive = 2
-"""
+def monitored_config(windows: list[int], version: str | None = None) -> Config:
+    """The mlp with its 32 features and its P(class 1) monitored (outputs), drift events kept."""
+    monitor = {"features": FEATURES, "outputs": ["probabilities:1"], "reference": "ref.parquet", "windows": windows,
+               "every": 500, "alpha": 0.001, "min_effect": 0.1, "consecutive": 2}
+    return Config(server_table(workers=1), [model_table("mlp", "models/mlp.onnx", version=version,
+                                                        batching={"max_batch_size": 256}, monitor=monitor)],
+                  monitoring={"events_dir": "drift-events"})
+
+
+CONFIG = monitored_config([500, 2000])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def monitored(model_dir):
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     assert pq.read_metadata(model_dir / "ref.parquet").num_rows == 5000
-    srv = launch(model_dir, CONFIG.format(features=", ".join(f'"{f}"' for f in FEATURES)), name="monitored.toml")
+    srv = launch(model_dir, CONFIG, name="monitored.toml")
     live = x[20_000:].copy()
     for name in SHIFTED:
         live[4000:, FEATURES.index(name)] += 2.0  # onset after 4,000 live rows
@@ -123,7 +110,7 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
 
     rows = duckdb.sql(
         f"select kind, model, event, feature, pvalue, \"window\", windows_fired, window_pvalues from "
-        f"read_parquet('{srv.dir}/drift-events/**/*.parquet', hive_partitioning = 1) order by time"
+        f"read_parquet('{srv.directory}/drift-events/**/*.parquet', hive_partitioning = 1) order by time"
     ).fetchall()
     raised = {r[3] for r in rows if r[2] == "raise"}
     for r in rows:  # a raise names the windows that fired, each with its p-value; its own is one of them
@@ -131,7 +118,7 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
             assert r[6] and set(r[6]) <= {500, 2000} and r[5] in r[6] and r[4] == min(r[7])
     assert {r[0] for r in rows} == {"drift"} and {r[1] for r in rows} == {"mlp"}
     assert raised - {"probabilities:1"} == set(SHIFTED)
-    assert not list((srv.dir / "drift-events").rglob(".*.tmp"))
+    assert not list((srv.directory / "drift-events").rglob(".*.tmp"))
 
 
 def test_metrics_parse_with_prometheus_client(monitored):
@@ -165,11 +152,9 @@ def test_shutdown_summary_accounts_for_every_row(monitored):
 def test_a_monitored_challenger_has_drift_metrics_of_its_own(monitored, model_dir):
     """Champion and challenger both monitored: each (model, version, feature) is one sample,
     and each version counts the rows it saw (the challenger's shadow runs included)."""
-    config = CONFIG.format(features=", ".join(f'"{f}"' for f in FEATURES)).replace(
-        'name = "mlp"\npath = "models/mlp.onnx"', 'name = "mlp"\npath = "models/mlp.onnx"\nversion = "1"').replace(
-        "windows = [500, 2000]", "windows = [1000, 2000]")
-    second = config[config.index("[[models]]"):].replace('version = "1"', 'version = "2"')
-    config += "\n" + second + '\n[[routes]]\nmodel = "mlp"\nchampion = "1"\nchallengers = ["2"]\n'
+    config = monitored_config([1000, 2000], version="1")
+    config = config.add(models=[{**config.models[0], "version": "2"}],
+                        routes=[route_table("mlp", "1", challengers=["2"])])
     srv = launch(model_dir, config, name="monitored-two.toml")
     try:
         client = grpcclient.InferenceServerClient(srv.url)

@@ -12,46 +12,20 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
 
-from engine.demo import N_FEATURES, demo_data
+from engine.harness.config import Config, model_table, route_table, server_table
+from engine.harness.models import N_FEATURES, demo_data
 from tests.conftest import launch
 
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 
-CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-
-[monitoring]
-events_dir = "report-events"
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "1"
-[models.monitor]
-reference = "ref-report.parquet"
-window = 300
-every = 100
-consecutive = 2
-
-[[models]]
-name = "mlp"
-path = "models/gbt.onnx"
-version = "2"
-
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
-
-[scorelog]
-dir = "report-log"
-max_file_age_s = 1
-"""
+CONFIG = Config(
+    server_table(workers=1),
+    [model_table("mlp", "models/mlp.onnx", version="1",
+                 monitor={"reference": "ref-report.parquet", "window": 300, "every": 100, "consecutive": 2}),
+     model_table("mlp", "models/gbt.onnx", version="2")],
+    routes=[route_table("mlp", "1", challengers=["2"])],
+    scorelog={"dir": "report-log", "max_file_age_s": 1},
+    monitoring={"events_dir": "report-events"})
 
 
 def test_report_shows_the_drift_the_server_saw(model_dir, tmp_path):

@@ -1,6 +1,6 @@
 """Several serving processes (`[server] workers = 2`): one port, one /metrics, a supervisor
-that restarts what dies, a drain that loses no answered row, drift equal to one process's,
-and Kafka consumer groups spread over the workers."""
+that restarts what dies, a drain that loses no answered row, shared memory reserved whole.
+(test_workers_features.py: drift, Kafka, challengers and reloads with several processes.)"""
 
 from __future__ import annotations
 
@@ -13,73 +13,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as grpcclient
 
-from engine.demo import N_FEATURES, demo_data
-from engine.mock_kafka import MockCluster
-from tests.conftest import Server, launch
-from tests.integration.kafka_helpers import STREAM, json_events, produce, read_all, results_by_source, wait_for
-
-FEATURES = [f"f{i}" for i in range(N_FEATURES)]
-
-BASE = """\
-[server]
-workers = {workers}
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-drain_timeout_s = 20
-
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-[models.batching]
-max_batch_size = 64
-max_queue_delay_us = 500
-"""
-
-
-def infer(url: str, x: np.ndarray, request_id: str = "") -> np.ndarray:
-    """One request on a connection of its own (so that the kernel picks a worker for it)."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        inp = grpcclient.InferInput("float_input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        return client.infer("mlp", [inp], request_id=request_id).as_numpy("probabilities")
-    finally:
-        client.close()
-
-
-def ready(url: str) -> bool | None:
-    """ServerReady on a fresh connection; None when it did not answer."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        return client.is_server_ready()
-    except Exception:
-        return None
-    finally:
-        client.close()
-
-
-def pids(server: Server) -> tuple[list[int], int]:
-    """(worker pids by slot, observer pid), from the supervisor's start-up line."""
-    line = next(s for s in server.startup if "workers on the gRPC port" in s)
-    numbers = [int(n) for n in re.search(r"pids ([\d, ]+)", line).group(1).split(", ")]
-    return numbers[:-2], numbers[-2]
-
-
-def launch_workers(directory: Path, text: str, name: str) -> Server:
-    server = launch(directory, text, name)
-    assert server.startup is not None
-    return server
+from engine.harness.models import N_FEATURES
+from tests.conftest import launch
+from tests.integration.kafka_helpers import wait_for
+from tests.integration.workers_helpers import base, challenged, infer, launch_workers, metric, pids, ready
 
 
 def test_two_workers_share_the_port_and_one_metrics_endpoint(model_dir, rng):
-    server = launch_workers(model_dir, BASE.format(workers=2), "two.toml")
+    server = launch_workers(model_dir, base(2), "two.toml")
     try:
         workers, observer = pids(server)
         assert len(workers) == 2 and len(set(workers + [observer, server.proc.pid])) == 4
@@ -115,7 +60,7 @@ def test_two_workers_share_the_port_and_one_metrics_endpoint(model_dir, rng):
 
 
 def test_a_killed_worker_or_observer_is_restarted_while_the_others_answer(model_dir, rng):
-    server = launch_workers(model_dir, BASE.format(workers=2), "restart.toml")
+    server = launch_workers(model_dir, base(2), "restart.toml")
     try:
         workers, observer = pids(server)
         x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
@@ -132,7 +77,7 @@ def test_a_killed_worker_or_observer_is_restarted_while_the_others_answer(model_
                 got = infer(server.url, x)
             np.testing.assert_array_equal(got, expected)
             answered += 1
-            if _metric(server, "scorewire_workers_up") == 2:
+            if metric(server, "scorewire_workers_up") == 2:
                 break
         # each worker sees its peers every 0.25 s: ready everywhere soon after
         wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 5, what="ready on every worker again")
@@ -144,22 +89,15 @@ def test_a_killed_worker_or_observer_is_restarted_while_the_others_answer(model_
         os.kill(observer, signal.SIGKILL)
         for _ in range(20):
             np.testing.assert_array_equal(infer(server.url, x), expected)
-        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
+        wait_for(lambda: metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
                  what="the observer to come back")
         wait_for(lambda: ready(server.url), 30, what="ready again")
     finally:
         assert server.stop() == 0
 
 
-def _metric(server: Server, key: str) -> float | None:
-    try:
-        return server.metrics().get(key)
-    except OSError:
-        return None
-
-
 def test_sigterm_under_load_loses_no_answered_row(model_dir, rng):
-    config = BASE.format(workers=2) + '\n[scorelog]\ndir = "drain-log"\nmax_file_age_s = 60\n'
+    config = base(2).add(scorelog={"dir": "drain-log", "max_file_age_s": 60})
     server = launch_workers(model_dir, config, "drain.toml")
     x = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
     answered: list[str] = []
@@ -237,14 +175,14 @@ class Load:
 
 
 def test_an_observer_killed_under_load_loses_no_answered_row_and_logs_none_twice(model_dir, rng):
-    config = CHALLENGED.format(workers=2).replace("challenged-log", "killed-observer-log")
+    config = challenged(2, log="killed-observer-log")
     server = launch_workers(model_dir, config, "killed-observer.toml")
     load = Load(server.url, rng.normal(size=(64, N_FEATURES)).astype(np.float32))
     answered_ok = 'scorewire_requests_total{model="mlp",code="OK"}'
     seen: list[float] = []  # the server's count of answered requests, scraped as it goes
 
     def scraped(condition) -> bool:
-        value = _metric(server, answered_ok)
+        value = metric(server, answered_ok)
         if value is not None:
             seen.append(value)
         return condition()
@@ -254,7 +192,7 @@ def test_an_observer_killed_under_load_loses_no_answered_row_and_logs_none_twice
         wait_for(lambda: scraped(lambda: len(load.answered) >= 1500), 60, what="load")
         os.kill(observer, signal.SIGKILL)  # its log files in progress, and what it had read, die with it
         killed_at = len(load.answered)
-        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
+        wait_for(lambda: metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
                  what="the observer to come back")
         wait_for(lambda: scraped(lambda: len(load.answered) >= killed_at + 1500), 60, what="load after the restart")
     finally:
@@ -281,7 +219,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_killed_supervisor_takes_its_processes_and_shared_memory_with_it(model_dir, rng):
     before = set(os.listdir("/dev/shm"))
-    config = BASE.format(workers=2) + '\n[scorelog]\ndir = "orphans-log"\nmax_file_age_s = 60\n'
+    config = base(2).add(scorelog={"dir": "orphans-log", "max_file_age_s": 60})
     server = launch_workers(model_dir, config, "orphans.toml")
     workers, observer = pids(server)
     children = [*workers, observer, int(re.search(r"pids [\d, ]+", next(s for s in server.startup if "pids" in s))
@@ -294,10 +232,9 @@ def test_a_killed_supervisor_takes_its_processes_and_shared_memory_with_it(model
     wait_for(lambda: not any(_alive(pid) for pid in children), 10, what="every child to exit")
     wait_for(lambda: not set(os.listdir("/dev/shm")) - before, 10, what="the shared memory to go")
     # the ports are free: a new server takes the same one
-    again = launch(model_dir, BASE.format(workers=2).replace("grpc_port = 0", f"grpc_port = {server.port}"),
-                   "orphans-again.toml")
+    again = launch(model_dir, base(2).with_server(grpc_port=server.grpc_port), "orphans-again.toml")
     try:
-        assert again.port == server.port
+        assert again.grpc_port == server.grpc_port
     finally:
         assert again.stop() == 0
     # the orphaned workers drained into the observer, which wrote the log out before it went
@@ -317,7 +254,7 @@ def test_shared_memory_filling_up_after_start_kills_no_worker(model_dir, rng):
 
     if subprocess.run([*SMALL_SHM, "true"], capture_output=True).returncode != 0:
         pytest.skip("a mount namespace of its own needs root (unshare, mount)")
-    config = BASE.format(workers=2).replace("drain_timeout_s = 20", "drain_timeout_s = 20\nhandoff_ring_bytes = 8388608")
+    config = base(2, handoff_ring_bytes=8388608)
     server = launch(model_dir, config, "small-shm.toml", wrapper=SMALL_SHM)
     try:
         shm = Path(f"/proc/{server.proc.pid}/root/dev/shm")  # the server's /dev/shm, seen from here
@@ -330,9 +267,9 @@ def test_shared_memory_filling_up_after_start_kills_no_worker(model_dir, rng):
             wait_for(lambda: len(load.answered) >= 3000, 60, what="3,000 answers")  # ~1.5 MiB through each ring
         finally:
             answered = load.finish()
-        wait_for(lambda: _metric(server, 'scorewire_requests_total{model="mlp",code="OK"}') == len(answered), 10,
+        wait_for(lambda: metric(server, 'scorewire_requests_total{model="mlp",code="OK"}') == len(answered), 10,
                  what="every answer counted")
-        assert _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 0
+        assert metric(server, 'scorewire_process_restarts_total{process="worker"}') == 0
     finally:
         assert server.stop() == 0
 
@@ -342,229 +279,9 @@ def test_a_server_whose_rings_do_not_fit_says_so_in_one_line(model_dir):
 
     if subprocess.run([*SMALL_SHM, "true"], capture_output=True).returncode != 0:
         pytest.skip("a mount namespace of its own needs root (unshare, mount)")
-    config = model_dir / "no-room.toml"
-    config.write_text(BASE.format(workers=2).replace("drain_timeout_s = 20", "handoff_ring_bytes = 33554432"))
+    config = base(2, handoff_ring_bytes=33554432).with_server(drain_timeout_s=None).write(model_dir / "no-room.toml")
     done = subprocess.run([*SMALL_SHM, sys.executable, "-m", "engine.cli", "serve", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("scorewire: cannot reserve 32.0 MiB of shared memory for"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-
-
-MONITORED = BASE + """
-[monitoring]
-events_dir = "{events}"
-[models.monitor]
-features = [{features}]
-outputs = ["probabilities:1"]
-reference = "ref-workers.parquet"
-window = 300
-every = 100
-alpha = 0.001
-min_effect = 0.1
-consecutive = 2
-"""
-
-
-def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
-    x, _ = demo_data(6_000, seed=3)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
-    ref = x[:3000]
-    columns = {name: ref[:, i] for i, name in enumerate(FEATURES)}
-    columns["probabilities:1"] = session.run(["probabilities"], {"float_input": ref})[0][:, 1]
-    pq.write_table(pa.table(columns), model_dir / "ref-workers.parquet")
-    live = x[3000:4400].copy()
-    live[500:, FEATURES.index("f3")] += 2.0  # onset after 500 rows; alerts raise, then clear once it ends
-    live[1000:, FEATURES.index("f3")] -= 2.0
-    features = ", ".join(f'"{f}"' for f in FEATURES)
-    events = {}
-    for workers in (1, 2):
-        server = launch(model_dir, MONITORED.format(workers=workers, events=f"events-{workers}", features=features),
-                        f"drift-{workers}.toml")
-        # one at a time, the next after the answer, in turn on 8 connections (each accepted
-        # by whichever worker the kernel picked; opening one per request costs 10x the time)
-        clients = [grpcclient.InferenceServerClient(server.url) for _ in range(8)]
-        try:
-            for i in range(len(live)):
-                inp = grpcclient.InferInput("float_input", [1, len(FEATURES)], "FP32")
-                inp.set_data_from_numpy(live[i:i + 1])
-                clients[i % len(clients)].infer("mlp", [inp])
-        finally:
-            for client in clients:
-                client.close()
-            assert server.stop() == 0
-        table = pq.read_table(model_dir / f"events-{workers}", partitioning="hive").sort_by(
-            [("events_observed", "ascending"), ("feature", "ascending"), ("event", "ascending")])
-        events[workers] = table.select(["event", "feature", "statistic", "pvalue", "events_observed"]).to_pylist()
-    assert any(e["event"] == "raise" and e["feature"] == "f3" for e in events[1])
-    assert any(e["event"] == "clear" and e["feature"] == "f3" for e in events[1])
-    assert events[2] == events[1]
-
-
-@pytest.mark.slow
-def test_kafka_with_two_workers_scores_every_event_across_a_worker_restart(model_dir, rng):
-    n = 20_000
-    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
-    with MockCluster() as cluster:
-        for topic in ("events", "scores", "scores-dlq"):
-            cluster.create_topic(topic, 8)
-        stream = STREAM.format(bootstrap=cluster.bootstrap, group="two-workers", topic="events", output="scores",
-                               dlq="scores-dlq", fmt="json", linger_ms=5)
-        server = launch_workers(model_dir, BASE.format(workers=2) + stream, "kafka-workers.toml")
-        key = 'scorewire_stream_assigned_partitions{stream="events->scores",model="mlp"}'
-        try:
-            workers, _ = pids(server)
-            wait_for(lambda: _metric(server, key) == 8, 60, what="the workers to hold every partition")
-            messages = json_events(x)
-            produce(cluster.bootstrap, "events", messages[: n // 2])
-            consumed = 'scorewire_stream_consumed_total{stream="events->scores",model="mlp"}'
-            wait_for(lambda: (_metric(server, consumed) or 0) > 0, 60, what="consuming")
-            os.kill(workers[0], signal.SIGKILL)  # mid-stream
-            produce(cluster.bootstrap, "events", messages[n // 2:])
-            by_source = results_by_source(read_all(cluster.bootstrap, "scores", n, timeout_s=120))
-            ids = {r["id"] for results in by_source.values() for r in results}
-            assert ids == set(range(n)), f"{n - len(ids)} events have no result"
-            wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, 30,
-                     what="the restart to be counted")
-        finally:
-            assert server.stop() == 0
-
-
-CHALLENGED = BASE + """
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-version = "2"
-
-[[routes]]
-model = "mlp"
-champion = "1"
-challengers = ["2"]
-
-[scorelog]
-dir = "challenged-log"
-max_file_age_s = 60
-"""
-
-
-def test_challengers_run_in_their_own_process_and_their_crash_never_reaches_an_answer(model_dir, rng):
-    server = launch_workers(model_dir, CHALLENGED.format(workers=2), "challenged.toml")
-    try:
-        x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
-        for i in range(100):
-            infer(server.url, x, request_id=f"a-{i}")
-        scored = 'scorewire_shadow_rows_total{model="mlp",champion="1",version="2",outcome="scored"}'
-        wait_for(lambda: _metric(server, scored) == 100, 20, what="the challenger to score every champion row")
-        challengers = int(re.search(r"pids [\d, ]+", next(s for s in server.startup if "pids" in s)).group(0)
-                          .split()[-1])  # the last pid: the challengers process
-        os.kill(challengers, signal.SIGKILL)
-        for i in range(100, 150):  # answers go on, and the server stays ready
-            infer(server.url, x, request_id=f"a-{i}")
-            assert ready(server.url) is True
-        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="challengers"}') == 1, 30,
-                 what="the challengers to come back")
-        wait_for(lambda: _metric(server, 'scorewire_process_up{process="challengers"}') == 1, 30,
-                 what="the new challengers process to be ready")
-        for i in range(150, 200):
-            infer(server.url, x, request_id=f"a-{i}")
-    finally:
-        assert server.stop() == 0
-    out = server.proc.stdout.read()
-    table = pq.read_table(model_dir / "challenged-log", partitioning="hive")
-    roles = table.group_by("role").aggregate([("request_id", "count")]).to_pydict()
-    by_role = dict(zip(roles["role"], roles["request_id_count"]))
-    assert by_role["champion"] == 200
-    # the champion batches forwarded while the challengers process was down waited in its ring
-    # (it was idle when killed: nothing was half done), so the new process shadowed them too
-    assert by_role["challenger"] == 200, by_role
-    m = re.search(r"challenger mlp:2: (\d+) rows scored, (\d+) dropped", out)
-    assert m and int(m.group(1)) == 100 and int(m.group(2)) == 0, out  # the new process's own count
-
-
-def _lines(server: Server) -> list[str]:
-    """The server's stdout lines from now on, collected by a thread as they come."""
-    lines: list[str] = []
-
-    def read() -> None:
-        for line in server.proc.stdout:
-            lines.append(line.strip())
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
-def test_a_reload_that_fails_changes_nothing_anywhere_then_one_that_works_reaches_every_process(model_dir, rng):
-    from tests.models import raising_classifier
-
-    config = model_dir / "hup.toml"
-    raising_classifier(model_dir / "models" / "raising.onnx")
-    server = launch_workers(model_dir, BASE.format(workers=2), "hup.toml")
-    lines = _lines(server)
-    try:
-        x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
-        expected = infer(server.url, x)
-        # a version 2 that fails its warm-up: the reload is refused before any process makes it...
-        broken = CHALLENGED.format(workers=2).replace("challenged-log", "hup-log")
-        config.write_text(broken.replace('path = "models/mlp.onnx"\nversion = "2"',
-                                         'path = "models/raising.onnx"\nversion = "2"'))
-        server.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: any("reload failed, nothing changed" in line for line in lines), 60, what="the refusal")
-        assert any("mlp:2: warm-up failed" in line for line in lines if "reload failed" in line), lines
-        # ...so a worker started after it runs the running config, like its peer (it used to load
-        # the broken one, fail, and crash-loop with the whole server not ready)
-        workers, _ = pids(server)
-        os.kill(workers[0], signal.SIGKILL)
-        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, 30,
-                 what="the restart")
-        wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 30, what="ready on every worker again")
-        assert _metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, "no crash loop"
-        np.testing.assert_array_equal(infer(server.url, x), expected)
-        # fixed: version 2 is the demo's mlp again; and version 1's batching changed in the file,
-        # which a reload leaves for the next restart (Settings.reloaded, in every process)
-        assert broken.count("max_batch_size = 64") == 1
-        config.write_text(broken.replace("max_batch_size = 64", "max_batch_size = 8"))
-        server.proc.send_signal(signal.SIGHUP)
-
-        def version_2_everywhere() -> bool:  # fresh connections land on either worker
-            for _ in range(8):
-                client = grpcclient.InferenceServerClient(server.url)
-                try:
-                    if not client.is_model_ready("mlp", "2"):
-                        return False
-                finally:
-                    client.close()
-            return True
-
-        wait_for(version_2_everywhere, 60, what="every worker to load version 2")
-        scored = 'scorewire_shadow_rows_total{model="mlp",champion="1",version="2",outcome="scored"}'
-
-        def shadowed() -> bool:
-            infer(server.url, x)
-            return (_metric(server, scored) or 0) > 0
-
-        wait_for(shadowed, 60, what="the challengers process to shadow the new challenger")
-        # a worker started after this reload runs it too
-        workers, _ = pids(server)
-        restarts = _metric(server, 'scorewire_process_restarts_total{process="worker"}')
-        os.kill(workers[1], signal.SIGKILL)
-        wait_for(lambda: _metric(server, 'scorewire_process_restarts_total{process="worker"}') == restarts + 1, 30,
-                 what="the second restart")
-        wait_for(lambda: all(ready(server.url) is True for _ in range(6)), 30, what="ready again")
-        wait_for(version_2_everywhere, 30, what="version 2 on the restarted worker")
-
-        def batch_sizes() -> list[int]:  # version 1's max_batch_size, as each worker answers it
-            sizes = []
-            for _ in range(8):
-                client = grpcclient.InferenceServerClient(server.url)
-                try:
-                    config = client.get_model_config("mlp", "1", as_json=True)["config"]
-                    sizes.append(int(config["dynamic_batching"]["preferred_batch_size"][0]))
-                finally:
-                    client.close()
-            return sizes
-
-        assert set(batch_sizes()) == {64}  # the restarted worker runs what its peer runs, not the file
-    finally:
-        assert server.stop() == 0

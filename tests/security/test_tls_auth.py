@@ -14,25 +14,19 @@ import pytest
 import tritonclient.grpc as g
 from tritonclient.utils import InferenceServerException
 
+from engine.harness.config import Config, model_table, server_table, stream_table
+from engine.harness.server import Server
 from engine.mock_kafka import MockCluster
-from tests.conftest import Server, launch
+from tests.conftest import launch
 from tests.security.certs import make_pki
 
 TOKENS = "# accepted tokens\nalpha-token-123\nbeta-token-456\n"
 
-CONFIG = """\
-[server]
-workers = 1
-host = "127.0.0.1"
-grpc_port = 0
-metrics_port = 0
-http_port = 0
-{server_extra}
 
-[[models]]
-name = "mlp"
-path = "models/mlp.onnx"
-"""
+
+def config(**server_keys) -> Config:
+    """One process serving the mlp; `server_keys`: [server] tls, auth, ..."""
+    return Config(server_table(workers=1, **server_keys), [model_table("mlp", "models/mlp.onnx")])
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +36,9 @@ def pki(tmp_path_factory):
 
 def tls_server(model_dir, pki, mtls: bool, auth: bool, name: str) -> Server:
     (model_dir / "tokens.txt").write_text(TOKENS)
-    extra = f'[server.tls]\ncert_file = "{pki["server.pem"]}"\nkey_file = "{pki["server.key"]}"\n'
-    if mtls:
-        extra += f'client_ca_file = "{pki["ca.pem"]}"\n'
-    if auth:
-        extra += '[server.auth]\ntokens_file = "tokens.txt"\n'
-    return launch(model_dir, CONFIG.format(server_extra=extra), name)
+    tls = {"cert_file": pki["server.pem"], "key_file": pki["server.key"],
+           "client_ca_file": pki["ca.pem"] if mtls else None}
+    return launch(model_dir, config(tls=tls, auth={"tokens_file": "tokens.txt"} if auth else None), name)
 
 
 def client(url: str, pki, cert: str | None = None) -> g.InferenceServerClient:
@@ -123,32 +114,22 @@ def test_mtls_rejects_clients_without_a_certificate_from_the_ca(model_dir, pki):
 
 
 def test_tokens_from_the_environment(model_dir):
-    config = model_dir / "env-auth.toml"
-    config.write_text(CONFIG.format(server_extra='[server.auth]\ntokens_env = "SCOREWIRE_TEST_TOKENS"\n'))
     env = {**os.environ, "SCOREWIRE_TEST_TOKENS": "one-token,two-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "WARNING", "serve", "--config",
-                             str(config)], stdout=subprocess.PIPE, text=True, env=env)
+    server = launch(model_dir, config(auth={"tokens_env": "SCOREWIRE_TEST_TOKENS"}), "env-auth.toml", env=env)
     try:
-        port = None
-        for line in proc.stdout:
-            if "gRPC listening on" in line:
-                port = int(line.rsplit(":", 1)[1])
-            if line.strip() == "scorewire: ready":
-                break
-        c = g.InferenceServerClient(f"127.0.0.1:{port}")
+        c = g.InferenceServerClient(server.url)
         assert infer(c, "two-token").shape == (2, 2)
         with pytest.raises(InferenceServerException):
             infer(c, "three-token")
         c.close()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.proc.terminate()
+        server.proc.wait(30)
 
 
 def test_unset_token_variable_is_a_config_error(model_dir):
-    config = model_dir / "env-missing.toml"
-    config.write_text(CONFIG.format(server_extra='[server.auth]\ntokens_env = "SCOREWIRE_NO_SUCH_VARIABLE"\n'))
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(config)], capture_output=True,
+    path = config(auth={"tokens_env": "SCOREWIRE_NO_SUCH_VARIABLE"}).write(model_dir / "env-missing.toml")
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(path)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2
     assert "SCOREWIRE_NO_SUCH_VARIABLE is not set" in out.stderr
@@ -159,23 +140,13 @@ def test_kafka_secrets_come_from_the_environment_and_never_reach_the_logs(model_
     with MockCluster() as cluster:
         for topic in ("events", "scores", "scores-dlq"):
             cluster.create_topic(topic, 2)
-        config = model_dir / "kafka-secret.toml"
-        config.write_text(CONFIG.format(server_extra="") + f"""
-[[streams]]
-model = "mlp"
-bootstrap_servers = "{cluster.bootstrap}"
-input_topic = "events"
-output_topic = "scores"
-dead_letter_topic = "scores-dlq"
-[streams.kafka]
-"security.protocol" = "SASL_PLAINTEXT"
-"sasl.mechanisms" = "PLAIN"
-"sasl.username" = "scorewire"
-"sasl.password" = {{ env = "SCOREWIRE_TEST_KAFKA_PASSWORD" }}
-""")
+        kafka = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "PLAIN", "sasl.username": "scorewire",
+                 "sasl.password": {"env": "SCOREWIRE_TEST_KAFKA_PASSWORD"}}
+        path = config().add(streams=[stream_table("mlp", cluster.bootstrap, "events", "scores", "scores-dlq",
+                                                  kafka=kafka)]).write(model_dir / "kafka-secret.toml")
         env = {**os.environ, "SCOREWIRE_TEST_KAFKA_PASSWORD": secret}
         proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "DEBUG", "serve", "--config",
-                                 str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                 str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
         reader.start()
@@ -191,7 +162,7 @@ dead_letter_topic = "scores-dlq"
     assert "scorewire: ready" in stdout, stderr[-2000:]
     assert secret not in stdout and secret not in stderr
     # and without the variable: a config error naming the variable, not a value
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(config)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(path)], capture_output=True,
                          text=True, timeout=120, env={k: v for k, v in os.environ.items()
                                                       if k != "SCOREWIRE_TEST_KAFKA_PASSWORD"})
     assert out.returncode == 2 and "SCOREWIRE_TEST_KAFKA_PASSWORD, which is not set" in out.stderr
