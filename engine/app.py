@@ -6,6 +6,7 @@ import asyncio
 import collections
 import gc
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from engine.ingress.rest import RestIngress
 from engine.monitor.export import serving_families
 from engine.batching.batch import ScoredBatch
 from engine.pipeline import Pipeline
+from engine.ready import Ready, write as write_ready
 from engine.routing.router import Route, Router, check_compatible
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
@@ -351,7 +353,7 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(settings: Settings, config_path: Path | None = None, link=None) -> None:
+async def serve(settings: Settings, config_path: Path | None = None, link=None, ready_file: Path | None = None) -> None:
     """Run until SIGTERM or SIGINT (a worker: SIGTERM only, from its supervisor), then drain.
     SIGHUP reloads the config file's models and routes; a worker reloads what its supervisor
     sends instead (engine/processes/child.py's Orders)."""
@@ -361,6 +363,8 @@ async def serve(settings: Settings, config_path: Path | None = None, link=None) 
     for sig in (signal.SIGTERM,) if link is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    if ready_file is not None:  # after the "ready" line: the ports it bound, for the program that started it
+        write_ready(ready_file, Ready(os.getpid(), app.grpc_port, app.http_port, app.metrics_port))
     reloads: set[asyncio.Task] = set()
     orders = None
     if link is not None:

@@ -14,54 +14,6 @@ scorewire: score ONNX models over the Open Inference Protocol (KServe v2 gRPC), 
 batching. Any OIP client (e.g. tritonclient.grpc) works unchanged."""
 
 
-class _ReadyFromAnnouncements:
-    """Stdout, passed through unchanged, that also writes the ready file (engine/ready.py)
-    from the lines the server announces: "gRPC listening on HOST:PORT", "HTTP listening on
-    HOST:PORT", "metrics on http://HOST:PORT/metrics", then "ready".
-
-    Interim: engine/app.py (one process) and engine/processes/supervisor.py (several) know the
-    ports, and are being rewritten elsewhere; once they call engine.ready.write() after saying
-    "ready", this class goes. Only the process that made it writes (a child that inherited it
-    passes lines through)."""
-
-    PORTS = (("grpc_port", "scorewire: gRPC listening on "), ("http_port", "scorewire: HTTP listening on "),
-             ("metrics_port", "scorewire: metrics on "))
-
-    def __init__(self, out, path: Path):
-        self.out, self.path = out, path
-        self.owner = os.getpid()
-        self.ports: dict[str, int] = {}
-        self.partial = ""
-        self.written = False
-
-    def write(self, text: str) -> int:
-        n = self.out.write(text)
-        if not self.written and os.getpid() == self.owner:
-            *lines, self.partial = (self.partial + text).split("\n")
-            for line in lines:
-                self._read(line.strip())
-        return n
-
-    def _read(self, line: str) -> None:
-        for key, prefix in self.PORTS:
-            if line.startswith(prefix):  # HOST:PORT, or http://HOST:PORT/metrics
-                self.ports[key] = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-        if line == "scorewire: ready":
-            from engine.ready import Ready, write
-
-            self.out.flush()  # "ready" is out before the file says so
-            write(self.path, Ready(pid=os.getpid(), grpc_port=self.ports.get("grpc_port", 0),
-                                   http_port=self.ports.get("http_port", 0),
-                                   metrics_port=self.ports.get("metrics_port", 0)))
-            self.written = True
-
-    def flush(self) -> None:
-        self.out.flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self.out, name)
-
-
 def _serve(args: argparse.Namespace) -> int:
     if args.ready_file is None:
         return _serve_settings(args)
@@ -71,11 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"scorewire: --ready-file {args.ready_file}: there is no folder {args.ready_file.parent}", file=sys.stderr)
         return 2
     remove(args.ready_file)  # a stale one, from a server killed before it could remove its own
-    sys.stdout = _ReadyFromAnnouncements(sys.stdout, args.ready_file)
     try:
         return _serve_settings(args)
     finally:
-        sys.stdout = sys.stdout.out
         remove(args.ready_file)
 
 
@@ -91,14 +41,14 @@ def _serve_settings(args: argparse.Namespace) -> int:
     if workers > 1:
         from engine.processes.supervisor import supervise
 
-        return supervise(settings, args.config, workers, args.log_level)
+        return supervise(settings, args.config, workers, args.log_level, args.ready_file)
     from engine.app import serve
     from engine.errors import startup_error
     from engine.processes.child import fast_event_loop
 
     try:
         fast_event_loop()
-        asyncio.run(serve(settings, args.config))
+        asyncio.run(serve(settings, args.config, ready_file=args.ready_file))
     except Exception as exc:
         message = startup_error(exc)
         if message is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -44,6 +45,7 @@ from engine.processes import worker as worker_proc
 from engine.processes.board import Board
 from engine.processes.control import PID, RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
+from engine.ready import Ready, write as write_ready
 from engine.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("scorewire")
@@ -71,8 +73,9 @@ class Child:
 class Supervisor:
     def __init__(self, settings: Settings, config_path: Path | None, workers: int, log_level: str,
                  ports: tuple[int, int], rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control,
-                 board: Board):
+                 board: Board, ready_file: Path | None = None):
         self.settings = settings
+        self.ready_file = ready_file  # written once every process is ready (engine/ready.py)
         self.config_path = config_path
         self.workers = workers
         self.log_level = log_level
@@ -281,6 +284,8 @@ class Supervisor:
         self.started = True
         self.control.started = True
         _say("ready")
+        if self.ready_file is not None:
+            write_ready(self.ready_file, Ready(os.getpid(), self.port, self.http_port, self.metrics_port))
         while not self.stopping:
             now = time.monotonic()
             for slot, at in list(self.restart_at.items()):
@@ -381,7 +386,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return keeper
 
 
-def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str) -> int:
+def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str,
+              ready_file: Path | None = None) -> int:
     server = settings.server
     keepers = []
     for what, key, port in (("gRPC", "grpc_port", server.grpc_port), ("HTTP", "http_port", server.http_port)):
@@ -410,7 +416,7 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
     rings, challenger_rings, control, board = made[:workers], (made[workers], made[workers + 1]), made[-2], made[-1]
     supervisor = Supervisor(settings, config_path, workers, log_level,
                             (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control,
-                            board)
+                            board, ready_file)
     try:
         return supervisor.run()
     finally:
