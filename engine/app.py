@@ -59,7 +59,8 @@ class App:
         self._reload_lock = asyncio.Lock()
         self.requests_by_code: collections.Counter = collections.Counter()
         server = settings.server
-        self.front = FrontDoor(self.pipeline, server.max_message_bytes, server.max_inflight_bytes, count=self._count)
+        self.front = FrontDoor(self.pipeline, server.max_message_bytes, server.max_inflight_bytes, count=self._count,
+                               put_labels=self.sink.put_labels)
         self.server: grpc.aio.Server | None = None
         self.health = None
         self.grpc_port = 0
@@ -84,7 +85,8 @@ class App:
 
     def families(self) -> list:
         """This process's metric families (the serving path's, and the observer's if here)."""
-        return serving_families(self.registry, self.requests_by_code, self.streams) + self.sink.families()
+        return (serving_families(self.registry, self.requests_by_code, self.streams, self.front.labels_refused)
+                + self.sink.families())
 
     def _build_routes(self, routes: list[RouteSettings]) -> dict[str, Route]:
         """Routes for `routes`, after checking every version a route names fits its champion."""

@@ -11,6 +11,8 @@ Kafka's stream calls `score_rows`. The door holds what is not a transport's busi
 - counts: every request's outcome per model and code (`count`), and Triton's statistics
   (successes with their time, failures) per version.
 
+Labels sent back (`feedback`) are checked here and handed to the sink, for the observer's join.
+
 Kafka events are admitted by their stream's own flow control (max_in_flight) and drained by
 the stream's stop, which settles what it consumed: the door lets their rows through even
 while closing (a refused chunk would only be consumed again after the restart), and they are
@@ -27,15 +29,20 @@ import numpy as np
 from engine.batching.batch import Origin
 from engine.batching.batcher import RowOutcome
 from engine.codec.oip import DecodedRequest
-from engine.errors import EngineError, ErrorCode
+from engine.errors import EngineError, ErrorCode, clip
+from engine.performance.feedback import parse
+from engine.performance.join import Labels
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Served
 
 
 class FrontDoor:
     def __init__(self, pipeline: Pipeline, max_message_bytes: int, max_inflight_bytes: int = 1 << 62,
-                 count: Callable[[str, str], None] = lambda model, code: None):
+                 count: Callable[[str, str], None] = lambda model, code: None,
+                 put_labels: Callable[[Labels], None] = lambda labels: None):
         self.pipeline = pipeline
+        self.put_labels = put_labels  # labels sent back go to the sink, for the observer's join
+        self.labels_refused: dict[str, int] = {}  # model -> label objects refused at the door
         self.registry = pipeline.registry
         self.count = count  # (model name, status code name) of every inference request
         self.max_message_bytes = max_message_bytes
@@ -121,6 +128,24 @@ class FrontDoor:
         count, ns = self.succeeded.get(key, (0, 0))
         self.succeeded[key] = (count + 1, ns + time.monotonic_ns() - start)
         return served, request_id, outputs
+
+    def feedback(self, name: str, body: bytes) -> tuple[int, list[tuple[int, str]]]:
+        """Labels sent back for model `name` (engine/performance/feedback.py): the good objects
+        go to the join; returns (objects taken, [(index, error)] of those refused). EngineError
+        when the model is not served (NOT_FOUND) or none of its versions has [models.performance]."""
+        versions = [s for s in self.registry.all() if s.name == name]
+        if not versions:
+            raise EngineError(ErrorCode.NOT_FOUND, f"no model {clip(name)!r} is served")
+        tasks = [s.model.settings.performance.task for s in versions if s.model.settings.performance is not None]
+        if not tasks:
+            raise EngineError(ErrorCode.INVALID_ARGUMENT, f"model {clip(name)!r} takes no labels: none of its "
+                              "versions has [models.performance]")
+        labels, errors = parse(body, name, tasks[0])
+        if labels is not None:
+            self.put_labels(labels)
+        if errors:
+            self.labels_refused[name] = self.labels_refused.get(name, 0) + len(errors)
+        return (0 if labels is None else len(labels.ids)), errors
 
     async def score_rows(self, served: Served, inputs: dict[str, np.ndarray], origin: Origin) -> RowOutcome:
         """A piece of a Kafka chunk (see the module's docstring: not refused while closing)."""

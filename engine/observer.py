@@ -23,6 +23,7 @@ from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
+from engine.performance.join import Labels, PerformanceMonitor
 from engine.runtime.session import ModelShape, OnnxModel
 from engine.scorelog.parquet import ScoreLog
 from engine.settings import ModelSettings, RouteSettings, Settings
@@ -48,6 +49,7 @@ class Observer:
         self.models: dict[Key, OnnxModel | ModelShape] = {}  # monitored versions and challengers (sessions: to shadow)
         self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
         self.scorelog: ScoreLog | None = None
+        self.performance = PerformanceMonitor(settings)  # labels joined with scored rows (engine/performance/)
         monitors = [m.monitor for m in settings.models if m.monitor]
         self.tap = MonitorTap(self._monitor, max([m.queue_batches for m in monitors] or [16_384]),
                               max_rows=max([m.queue_rows for m in monitors] or [262_144]))
@@ -115,12 +117,21 @@ class Observer:
         """A batch the serving path scored. Never blocks. `receipt` (a ring record's) is done
         once the log has committed the batch's rows or given them up (at once without a log)."""
         self.tap.put(batch)
+        self.performance.put(batch)
         if self.scorelog is not None:
             self.scorelog.put(batch, receipt)
         elif receipt is not None:
             receipt.done = True
         if self.shadows:
             self.offer_shadows(batch)
+
+    def put_labels(self, labels: Labels) -> None:
+        """Labels sent back (any thread; never blocks)."""
+        self.performance.put_labels(labels)
+
+    def reloaded(self, settings: Settings) -> None:
+        self.settings = settings
+        self.performance.install(settings)
 
     def offer_shadows(self, batch: ScoredBatch) -> None:
         for shadow in self.shadows.get((batch.model, batch.version), ()):
@@ -132,6 +143,7 @@ class Observer:
             self._shadow_results(batch)
             return
         self.tap.put(batch)
+        self.performance.put(batch)
         if self.scorelog is not None:
             self.scorelog.put(batch)
 
@@ -209,6 +221,7 @@ class Observer:
         the event loop."""
         self.close_shadows(until)
         self.tap.close(max(0.1, until()))
+        self.performance.close(max(0.1, until()))
         self._write_evaluations(force=True)
         tap = self.tap
         evaluations = sum(m.evaluations for m in self.drift.values())

@@ -262,12 +262,49 @@ class ModelSettings(_Strict):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     monitor: MonitorSettings | None = None
     """Drift monitoring of this model's inputs (and outputs); latency is always monitored."""
+    performance: PerformanceSettings | None = None
+    """Live performance of this version against the labels sent back (POST
+    /v2/models/NAME/feedback), joined with its scored rows in the observer."""
 
     @field_validator("providers")
     @classmethod
     def _no_duplicates(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("lists a provider twice")
+        return value
+
+
+class PerformanceSettings(_Strict):
+    task: Literal["binary", "multiclass", "regression"]
+    """binary: labels 0/1, the score is the probability of class 1; multiclass: labels are
+    class indices, the score is the probability matrix; regression: the score is the prediction."""
+    score: str = Field(min_length=1)
+    """The output scored against the label: "OUTPUT" or "OUTPUT:COLUMN", e.g. "probabilities:1"
+    (binary), "probabilities" (multiclass), "variable" (regression)."""
+    window: int = Field(1_000, gt=0, le=1_000_000)
+    """Labelled rows per window: metrics are over the last `window` joined rows."""
+    label_ttl_s: float = Field(3_600.0, gt=0, le=30 * 86_400)
+    """How long a scored row waits for its label (and a label for its row) before it is
+    counted unmatched and let go."""
+    max_pending_rows: int = Field(1_000_000, gt=0, le=100_000_000)
+    """Scored rows and labels waiting to be joined, for this model all together; past it the
+    oldest are let go first and counted (outcome "evicted")."""
+
+    @property
+    def output(self) -> str:
+        return self.score.split(":", 1)[0]
+
+    @property
+    def column(self) -> int | None:
+        parts = self.score.split(":", 1)
+        return int(parts[1]) if len(parts) == 2 else None
+
+    @field_validator("score")
+    @classmethod
+    def _output_and_column(cls, value: str) -> str:
+        name, _, column = value.partition(":")
+        if not name or (column and not column.isdigit()):
+            raise ValueError(f"score {value!r}: write it as OUTPUT or OUTPUT:COLUMN (a column number)")
         return value
 
 
@@ -462,6 +499,14 @@ class Settings(_Strict):
             if stream.version and stream.version not in versions:
                 raise ValueError(f"a stream asks for model {stream.model!r} version {stream.version!r}; "
                                  f"configured: {versions}")
+        tasks: dict[str, set] = {}
+        for model in self.models:
+            if model.performance is not None:
+                tasks.setdefault(model.name, set()).add(model.performance.task)
+        for name, kinds in tasks.items():
+            if len(kinds) > 1:
+                raise ValueError(f"the versions of model {name!r} have [models.performance] tasks {sorted(kinds)}; "
+                                 "labels sent back are of one kind: give them one task")
         routed = set()
         for route in self.routes:
             if route.model in routed:

@@ -32,6 +32,9 @@ class Sink(Protocol):
 
     def say(self, text: str) -> None: ...
 
+    def put_labels(self, labels) -> None:
+        """Labels sent back (engine/performance/join.py's Labels), for the join: never waits."""
+
     def ready(self) -> None:
         """The App serves (a worker tells its supervisor; alone, the "ready" line)."""
 
@@ -71,6 +74,7 @@ class LocalSink:
     def __init__(self, settings: Settings):
         self.observer = Observer(settings, announce)
         self.put = self.observer.put
+        self.put_labels = self.observer.put_labels
         self.say = announce
         self.metrics: MetricsServer | None = None
 
@@ -96,7 +100,7 @@ class LocalSink:
         self.observer.open_scorelog()
 
     def set_settings(self, settings: Settings) -> None:
-        self.observer.settings = settings
+        self.observer.reloaded(settings)
 
     def families(self) -> list:
         return observer_families(self.observer)

@@ -6,7 +6,8 @@ into the ring by the worker and viewed with `np.frombuffer` by the observer (ove
 encode a one-row batch, 17 us to decode it. Arrow IPC was the other candidate (a schema and
 message framing per record); it was not measured against this.
 
-Records are scored batches (`"kind": "batch"`), in wire version WIRE_VERSION: a reader meeting
+Records are scored batches (`"kind": "batch"`) or labels sent back (`"kind": "labels"`), in
+wire version WIRE_VERSION: a reader meeting
 another version (a worker of an older or newer scorewire sharing the rings) skips the record
 and counts it unreadable. Counters go through the supervisor's board
 (engine/processes/board.py), not the rings.
@@ -21,6 +22,7 @@ import numpy as np
 import orjson
 
 from engine.batching.batch import Origin, ScoredBatch
+from engine.performance.join import Labels
 
 _U32 = struct.Struct("<I")
 _PAD = bytes(8)
@@ -87,24 +89,36 @@ def encode_batch(batch: ScoredBatch, stamp_ns: int) -> list:
     return _frame(header, arrays)
 
 
+def encode_labels(labels: Labels, stamp_ns: int) -> list:
+    """Labels sent back to a worker, for the observer's join (engine/performance/join.py)."""
+    arrays = _Arrays()
+    header = {"wire": WIRE_VERSION, "kind": "labels", "stamp_ns": stamp_ns, "model": labels.model,
+              "ids": list(labels.ids), "counts": arrays.ref(labels.counts), "values": arrays.ref(labels.values)}
+    return _frame(header, arrays)
+
+
 def _frame(header: dict, arrays: _Arrays) -> list:
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     pad = -(4 + len(head)) % 8
     return [_U32.pack(len(head)), head, _PAD[:pad], *arrays.parts]
 
 
-def decode(record: bytes) -> tuple[int, ScoredBatch | None]:
-    """(stamp_ns, batch): the batch of a scored-batch record of this wire version (its arrays
-    are read-only views of `record`); (0, None) for a record this version does not read."""
+def decode(record: bytes) -> tuple[int, ScoredBatch | Labels | None]:
+    """(stamp_ns, what the record holds): a scored batch (its arrays are read-only views of
+    `record`) or labels; (0, None) for a record this wire version does not read."""
     (n,) = _U32.unpack_from(record, 0)
     header = orjson.loads(record[4:4 + n])
-    if header.get("wire") != WIRE_VERSION or header.get("kind") != "batch":
+    if header.get("wire") != WIRE_VERSION or header.get("kind") not in ("batch", "labels"):
         return 0, None
     base = 4 + n + (-(4 + n) % 8)
 
     def array(ref):
         dtype, shape, at = ref
         return np.frombuffer(record, dtype=np.dtype(dtype), count=math.prod(shape), offset=base + at).reshape(shape)
+
+    if header["kind"] == "labels":
+        return header["stamp_ns"], Labels(header["model"], tuple(header["ids"]), array(header["counts"]),
+                                          array(header["values"]))
 
     def origin(o):
         if o is None:

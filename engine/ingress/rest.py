@@ -11,6 +11,7 @@ with an HTTP status.
     GET  /v2/models/NAME[/versions/V]             model metadata
     GET  /v2/models/NAME[/versions/V]/ready       200 or 503 (404: unknown)
     POST /v2/models/NAME[/versions/V]/infer       JSON, or the binary tensor data extension
+    POST /v2/models/NAME/feedback                 labels of earlier requests (engine/performance/)
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ class RestIngress:
                                                              "'Authorization: Bearer <token>')"})
             if method == "POST" and path.endswith("/infer"):
                 return await self._infer(scope, receive, send, path)
+            if method == "POST" and path.endswith("/feedback"):
+                return await self._feedback(receive, send, path)
             if method != "GET":
                 return await _reply(send, 405, {"error": f"{method} {clip(path)}: use GET, or POST .../infer"})
             status, body = self._get(path)
@@ -154,6 +157,22 @@ class RestIngress:
                     return (200 if front.ready else 503), None
                 return 200, _metadata(served)
         return 404, {"error": f"no such path: {clip(path)} (see the Open Inference Protocol's REST API)"}
+
+    async def _feedback(self, receive, send, path: str) -> None:
+        """POST /v2/models/NAME/feedback: labels for the rows of earlier requests (by request id)."""
+        parts = path.split("/")
+        if len(parts) != 5 or parts[:3] != ["", "v2", "models"]:
+            return await _reply(send, 404, {"error": f"no such path: {clip(path)} (labels go to "
+                                                     "/v2/models/NAME/feedback)"})
+        body = await _read(receive, self.front.max_message_bytes)
+        if body is None:
+            return await _reply(send, 400, {"error": f"the request body is more than server.max_message_bytes = "
+                                                     f"{self.front.max_message_bytes} bytes"})
+        try:
+            taken, errors = self.front.feedback(parts[3], body)
+        except EngineError as exc:
+            return await _reply(send, HTTP_STATUS[exc.code], {"error": exc.message})
+        await _feedback_reply(send, taken, errors)
 
     async def _infer(self, scope, receive, send, path: str) -> None:
         parts = path.split("/")  # /v2/models/NAME[/versions/V]/infer
@@ -205,6 +224,14 @@ class RestIngress:
         await send({"type": "http.response.start", "status": 200,
                     "headers": headers_out + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _feedback_reply(send, taken: int, errors: list) -> None:
+    if not errors:
+        return await _reply(send, 200, {"accepted": taken})
+    listed = [{"index": i, "error": e} for i, e in errors]
+    await _reply(send, 400, {"error": f"{len(errors)} of the labels were refused: {errors[0][1]}", "accepted": taken,
+                             "refused": listed})
 
 
 def _metadata(served) -> dict:

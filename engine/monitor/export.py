@@ -67,7 +67,8 @@ def merge(sources: list[list[Family]]) -> list[Family]:
     return list(merged.values())
 
 
-def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str], int], streams=()) -> list[Family]:
+def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str], int], streams=(),
+                     labels_refused: dict[str, int] | None = None) -> list[Family]:
     """What a serving process counts: requests, batches, queues, Kafka streams."""
     families: list[Family] = []
     family = _collector(families)
@@ -90,6 +91,9 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
            [(_labels(model=s.name, version=s.version), s.batcher.stats.cancelled) for s in served])
     family("scorewire_rejected_total", "counter", "Requests refused because the queue was full.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.rejected_full) for s in served])
+    family("scorewire_feedback_refused_total", "counter", "Label objects refused at the door (400: not an id "
+           "with a list of labels of the model's task); the good objects of the same body are taken.",
+           [(_labels(model=m), n) for m, n in sorted((labels_refused or {}).items())])
     _streams(streams, family)
     return families
 
@@ -97,7 +101,9 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
 def observer_families(observer) -> list[Family]:
     """What the watching side keeps: drift, latency, batch sizes, challengers, the log."""
     families: list[Family] = []
-    _monitoring(observer, _collector(families))
+    family = _collector(families)
+    _monitoring(observer, family)
+    observer.performance.families(family, _labels)
     return families
 
 

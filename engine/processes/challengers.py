@@ -104,7 +104,7 @@ class Challengers:
             except Exception:
                 log.exception("the challengers could not read a forwarded batch")
                 continue
-            if batch is not None:
+            if isinstance(batch, ScoredBatch):
                 self.observer.offer_shadows(batch)
                 n += 1
         return n

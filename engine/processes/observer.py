@@ -33,6 +33,7 @@ from engine.handoff.ring import Receipt, Ring, unlink_shm
 from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
+from engine.performance.join import Labels
 from engine.processes import child
 from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
@@ -113,7 +114,7 @@ class Watch:
             if key not in self.observer.models:
                 self._load(ms)
         self.settings = settings
-        self.observer.settings = settings
+        self.observer.reloaded(settings)
         if self.observer.scorelog is not None:
             self.observer.scorelog.feature_names = self.observer.feature_names()
         self._forwarding()
@@ -162,6 +163,10 @@ class Watch:
             receipt = Receipt(ring.name, end)
             self._receipts.setdefault(ring.name, collections.deque()).append(receipt)
             if batch is None:  # unreadable (counted)
+                receipt.done = True
+                continue
+            if isinstance(batch, Labels):
+                self.observer.put_labels(batch)
                 receipt.done = True
                 continue
             if out is not None and (batch.model, batch.version) in forward and end > ring.mark:

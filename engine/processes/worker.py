@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Ring
-from engine.handoff.wire import encode_batch
+from engine.handoff.wire import encode_batch, encode_labels
 from engine.processes import child
 from engine.processes.board import Board, Counts
 from engine.processes.control import Control
@@ -42,6 +42,10 @@ class Link:
         self.say = child.say_to(conn)  # a line for the supervisor
         self.encode_failures = 0
         self._last_failure_log = 0.0
+
+    def put_labels(self, labels) -> None:
+        """Labels sent to this worker, into its ring for the observer's join (full: dropped, counted)."""
+        self.ring.put(encode_labels(labels, time.monotonic_ns()), labels.rows)
 
     def ports(self, server) -> tuple[int, int]:
         return self._ports

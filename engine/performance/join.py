@@ -1,0 +1,291 @@
+"""The join: labels sent back meet the rows their request was scored with, on a thread of
+its own in the observer.
+
+Per model (any version with [models.performance]): a scored row waits up to label_ttl_s for
+its label, and a label for its rows (labels may come first); a label, once joined, stays for
+the same time so that the challengers' rows of its request (scored in the shadow, later)
+join it too: champion and challengers are judged on the same rows. The pending rows and
+labels of a model are bounded by max_pending_rows (the oldest go first, counted `evicted`).
+Labels are counted once each: `joined` (when their first rows meet them), `duplicate` (an id
+labelled already), `unmatched` (no rows within the TTL), `invalid` (not one label per row).
+Rows are matched by request id: the id a gRPC or REST request carried, or the one the
+server gave it (in the response). Rows scored from Kafka are not joined yet.
+
+Each version (and role: the champion, an arm, a challenger) keeps its last `window` joined
+rows; `metrics.realized` computes its numbers once per tick when they changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.batching.batch import ScoredBatch
+from engine.batching.mailbox import Mailbox
+from engine.performance.metrics import METRICS, realized
+from engine.settings import PerformanceSettings, Settings
+
+log = logging.getLogger("scorewire")
+
+OUTCOMES = ("joined", "duplicate", "unmatched", "invalid", "evicted")
+
+
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """Labels sent back for one model: per request id, one label per row of that request."""
+
+    model: str
+    ids: tuple[str, ...]
+    counts: np.ndarray  # labels per id
+    values: np.ndarray  # float64: every id's labels, one id after the other
+
+    @property
+    def rows(self) -> int:
+        return len(self.values)
+
+    def each(self):
+        ends = np.cumsum(self.counts)
+        return zip(self.ids, np.split(self.values, ends[:-1]))
+
+
+class Window:
+    """The last `size` joined (score, label) rows of one version and role."""
+
+    def __init__(self, task: str, size: int):
+        self.task, self.size = task, size
+        self.scores: np.ndarray | None = None
+        self.labels = np.zeros(size, np.float64)
+        self.n = 0  # rows ever added
+        self.changed = False
+
+    def add(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        if self.scores is None:
+            self.scores = np.zeros((self.size, *scores.shape[1:]), np.float64)
+        scores, labels = scores[-self.size:], labels[-self.size:]
+        at = (self.n + np.arange(len(labels))) % self.size
+        self.scores[at] = scores
+        self.labels[at] = labels
+        self.n += len(labels)
+        self.changed = True
+
+    @property
+    def rows(self) -> int:
+        return min(self.n, self.size)
+
+    def metrics(self) -> dict[str, float]:
+        if self.scores is None:
+            return realized(self.task, np.zeros(0), np.zeros(0))
+        n = self.rows
+        return realized(self.task, self.scores[:n], self.labels[:n])
+
+
+class _Model:
+    """The pending rows and labels of one model name."""
+
+    def __init__(self, name: str, versions: dict[str, PerformanceSettings]):
+        self.name = name
+        self.versions = versions
+        self.ttl_ns = int(max(p.label_ttl_s for p in versions.values()) * 1e9)
+        self.max_pending = max(p.max_pending_rows for p in versions.values())
+        self.rows: dict[str, list] = {}  # request id -> [(version, role, scores), ...] waiting for its label
+        self.labels: dict[str, list] = {}  # request id -> [labels, joined?] (kept for the TTL)
+        self.order: collections.deque = collections.deque()  # (time ns, "rows" | "labels", id, entry)
+        self.pending = 0  # rows and labels held
+        self.windows: dict[tuple[str, str], Window] = {}
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
+
+
+class PerformanceMonitor:
+    def __init__(self, settings: Settings, capacity: int = 65_536, tick_s: float = 0.1):
+        self.models: dict[str, _Model] = {}
+        self.install(settings)
+        self._box = Mailbox(capacity, tick_s)
+        self.failed = 0
+        self.results: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}  # (model, version, role)
+        self._bad_scores: set = set()
+        self._thread = threading.Thread(target=self._run, name="scorewire-performance", daemon=True)
+        self._thread.start()
+
+    def install(self, settings: Settings) -> None:
+        """The versions with [models.performance] (again on reload: a model's pending rows stay)."""
+        wanted: dict[str, dict[str, PerformanceSettings]] = {}
+        for m in settings.models:
+            if m.performance is not None:
+                wanted.setdefault(m.name, {})[m.version] = m.performance
+        for name, versions in wanted.items():
+            if name in self.models:
+                self.models[name].versions = versions
+            else:
+                self.models[name] = _Model(name, versions)
+
+    def wants(self, model: str) -> bool:
+        return model in self.models
+
+    # -- any thread ------------------------------------------------------------------------
+    def put(self, batch: ScoredBatch) -> None:
+        model = self.models.get(batch.model)
+        if model is not None and batch.version in model.versions:
+            self._box.put(batch, batch.rows)
+
+    def put_labels(self, labels: Labels) -> None:
+        self._box.put(labels, labels.rows)
+
+    @property
+    def dropped(self) -> int:
+        return self._box.refused
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._box.close()
+        self._thread.join(timeout_s)
+
+    # -- its thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            items, closing = self._box.take()
+            try:
+                now = time.monotonic_ns()
+                for item in items:
+                    if isinstance(item, Labels):
+                        self._labels(item, now)
+                    else:
+                        self._batch(item, now)
+                for model in self.models.values():
+                    self._expire(model, now)
+                self._publish()
+            except Exception:  # a monitoring bug must not stop monitoring, nor scoring
+                self.failed += len(items)
+                log.exception("performance monitoring failed on %d items", len(items))
+            if closing and not len(self._box):
+                return
+
+    def _scores(self, batch: ScoredBatch, settings: PerformanceSettings) -> np.ndarray | None:
+        output = batch.outputs.get(settings.output)
+        column = settings.column
+        if output is not None and column is not None and output.ndim == 2 and column < output.shape[1]:
+            return output[:, column]
+        if output is not None and column is None and (output.ndim == 1 or settings.task == "multiclass"
+                                                      or output.shape[1] == 1):
+            return output if output.ndim == 1 or settings.task == "multiclass" else output[:, 0]
+        key = (batch.model, batch.version)
+        if key not in self._bad_scores:  # once: the config names an output the model does not have
+            self._bad_scores.add(key)
+            log.error("performance of %s:%s: its outputs have no score %r (outputs: %s)", batch.model,
+                      batch.version, settings.score, {k: list(v.shape) for k, v in batch.outputs.items()})
+        return None
+
+    def _batch(self, batch: ScoredBatch, now: int) -> None:
+        model = self.models[batch.model]
+        settings = model.versions.get(batch.version)
+        if settings is None:
+            return
+        scores = self._scores(batch, settings)
+        if scores is None:
+            return
+        bounds = batch.bounds or (0, batch.rows)
+        for origin, a, b in zip(batch.origins, bounds[:-1], bounds[1:]):
+            if origin is None or origin.topic is not None or not origin.request_id:
+                continue
+            rid = origin.request_id
+            entry = (batch.version, batch.role, np.array(scores[a:b], dtype=np.float64))
+            label = model.labels.get(rid)
+            if label is not None:
+                self._join(model, label, entry)
+                continue
+            waiting = model.rows.get(rid)
+            if waiting is None:
+                waiting = model.rows[rid] = []
+                model.order.append((now, "rows", rid, waiting))
+            waiting.append(entry)
+            model.pending += b - a
+        self._bound(model)
+
+    def _labels(self, labels: Labels, now: int) -> None:
+        model = self.models.get(labels.model)
+        if model is None:  # the model lost its [models.performance] in a reload
+            return
+        for rid, values in labels.each():
+            if rid in model.labels:
+                model.counts["duplicate"] += 1
+                continue
+            label = model.labels[rid] = [values, False]
+            model.order.append((now, "labels", rid, label))
+            model.pending += len(values)
+            for entry in model.rows.pop(rid, ()):
+                model.pending -= len(entry[2])
+                self._join(model, label, entry)
+        self._bound(model)
+
+    def _join(self, model: _Model, label: list, entry: tuple) -> None:
+        values, state = label
+        version, role, scores = entry
+        if state is None:  # found invalid already
+            return
+        if len(values) != len(scores) or (scores.ndim == 2 and values.max() >= scores.shape[1]):
+            model.counts["invalid"] += 1  # not one label per row of the request (or no such class): none joins
+            label[1] = None
+            return
+        if not state:
+            label[1] = True
+            model.counts["joined"] += 1
+        window = model.windows.get((version, role))
+        if window is None:
+            settings = model.versions[version]
+            window = model.windows[(version, role)] = Window(settings.task, settings.window)
+        window.add(scores, values)
+
+    def _expire(self, model: _Model, now: int, evict: bool = False) -> None:
+        order = model.order
+        while order and (evict or now - order[0][0] > model.ttl_ns):
+            _, kind, rid, entry = order.popleft()
+            if kind == "rows":
+                if model.rows.get(rid) is entry:
+                    del model.rows[rid]
+                    n = sum(len(e[2]) for e in entry)
+                    model.pending -= n
+                    model.unlabelled += n
+            elif model.labels.get(rid) is entry:
+                del model.labels[rid]
+                model.pending -= len(entry[0])
+                if entry[1] is False:
+                    model.counts["evicted" if evict else "unmatched"] += 1
+            if evict and model.pending <= model.max_pending:
+                return
+
+    def _bound(self, model: _Model) -> None:
+        if model.pending > model.max_pending:
+            self._expire(model, 0, evict=True)
+
+    def _publish(self) -> None:
+        for model in self.models.values():
+            for (version, role), window in model.windows.items():
+                if window.changed:
+                    window.changed = False
+                    self.results[(model.name, version, role)] = (window.rows, window.metrics())
+
+    # -- /metrics ----------------------------------------------------------------------------
+    def families(self, family, labels) -> None:
+        family("scorewire_feedback_labels_total", "counter", "Labels sent back, by what became of them: joined with "
+               "their scored rows, duplicate (the id was labelled already), unmatched (no rows within label_ttl_s), "
+               "invalid (not one label per row, or refused at the door), evicted (max_pending_rows).",
+               [(labels(model=m.name, outcome=o), m.counts[o]) for m in self.models.values() for o in OUTCOMES])
+        family("scorewire_performance_unlabelled_rows_total", "counter", "Scored rows whose label did not come "
+               "within label_ttl_s (or that max_pending_rows let go).",
+               [(labels(model=m.name), m.unlabelled) for m in self.models.values()])
+        family("scorewire_performance_pending_rows", "gauge", "Scored rows and labels waiting to be joined.",
+               [(labels(model=m.name), m.pending) for m in self.models.values()])
+        results = sorted(self.results.items())
+        family("scorewire_performance", "gauge", "Realized performance over the last `window` labelled rows "
+               "(binary: accuracy, log_loss, brier, auc; multiclass: accuracy, log_loss; regression: mae, rmse).",
+               [(labels(model=m, version=v, role=r, metric=k), value) for (m, v, r), (_, values) in results
+                for k, value in values.items() if value == value])
+        family("scorewire_performance_rows", "gauge", "Labelled rows in the window the performance is computed on.",
+               [(labels(model=m, version=v, role=r), rows) for (m, v, r), (rows, _) in results])
+
+
+__all__ = ["Labels", "METRICS", "PerformanceMonitor", "Window"]

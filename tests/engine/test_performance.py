@@ -1,0 +1,96 @@
+"""The label join without a server: order, duplicates, the TTL, the bound; labels on the wire."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.batching.batch import Origin, ScoredBatch
+from engine.handoff.wire import decode, encode_labels
+from engine.performance.feedback import parse
+from engine.performance.join import Labels, PerformanceMonitor
+from engine.settings import ModelSettings, Settings
+
+S = 1_000_000_000
+
+
+def monitor(task="binary", score="p:1", **performance) -> PerformanceMonitor:
+    settings = Settings(models=[ModelSettings(name="m", path="m.onnx", version="1", performance={
+        "task": task, "score": score, "window": 100, "label_ttl_s": 10, **performance})])
+    return PerformanceMonitor(settings)
+
+
+def batch(ids: list[str], p: np.ndarray, role: str = "champion") -> ScoredBatch:
+    rows = len(ids)
+    return ScoredBatch("m", "1", role, {}, {"p": p}, np.zeros(rows), np.zeros(rows), 1, rows,
+                       tuple(range(rows + 1)), tuple(Origin(request_id=i) for i in ids), 0)
+
+
+def labels(pairs: dict[str, list[float]]) -> Labels:
+    return Labels("m", tuple(pairs), np.array([len(v) for v in pairs.values()]),
+                  np.array([x for v in pairs.values() for x in v], dtype=np.float64))
+
+
+def test_rows_and_labels_join_whichever_comes_first_and_a_label_counts_once():
+    pm = monitor()
+    try:
+        model = pm.models["m"]
+        pm._labels(labels({"a": [1]}), 0)  # before its row
+        pm._batch(batch(["a", "b", "c"], np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])), 1 * S)
+        pm._labels(labels({"b": [0], "c": [1, 0]}), 2 * S)  # c: two labels for one row
+        pm._labels(labels({"b": [1]}), 3 * S)  # again
+        pm._batch(batch(["a"], np.array([[0.1, 0.9]]), role="challenger"), 4 * S)  # the shadow, later: joins too
+        pm._publish()
+        assert model.counts == {"joined": 2, "duplicate": 1, "unmatched": 0, "invalid": 1, "evicted": 0}
+        rows, metrics = pm.results[("m", "1", "champion")]
+        assert rows == 2 and metrics["accuracy"] == 1.0
+        assert pm.results[("m", "1", "challenger")][0] == 1
+        pm._labels(labels({"never": [0]}), 5 * S)
+        pm._batch(batch(["unlabelled"], np.array([[0.3, 0.7]])), 5 * S)
+        pm._expire(model, 16 * S)  # past the TTL (10 s): everything goes
+        assert model.counts["unmatched"] == 1 and model.unlabelled == 1
+        assert model.pending == 0 and not model.rows and not model.labels
+    finally:
+        pm.close()
+
+
+def test_the_bound_lets_the_oldest_go_and_counts_them():
+    pm = monitor(max_pending_rows=3)
+    try:
+        model = pm.models["m"]
+        pm._labels(labels({"x1": [1], "x2": [0]}), 0)
+        pm._batch(batch(["r1", "r2"], np.full((2, 2), 0.5)), 1)  # one over: the oldest, x1, goes
+        assert model.pending == 3 and list(model.labels) == ["x2"] and model.counts["evicted"] == 1
+        pm._labels(labels({"x3": [1]}), 2)  # then x2
+        assert model.pending == 3 and list(model.labels) == ["x3"] and model.counts["evicted"] == 2
+        assert list(model.rows) == ["r1", "r2"]
+    finally:
+        pm.close()
+
+
+def test_a_class_the_scores_do_not_have_is_invalid():
+    pm = monitor(task="multiclass", score="p")
+    try:
+        pm._batch(batch(["a", "b"], np.array([[0.2, 0.8], [0.7, 0.3]])), 0)
+        pm._labels(labels({"a": [1], "b": [2]}), 1)
+        assert pm.models["m"].counts["invalid"] == 1 and pm.models["m"].counts["joined"] == 1
+    finally:
+        pm.close()
+
+
+def test_labels_survive_the_trip_through_a_ring_record():
+    sent = labels({"r-1": [1, 0, 1], "r-2": [0.5]})
+    record = b"".join(bytes(p) for p in encode_labels(sent, 42))
+    stamp, back = decode(record)
+    assert stamp == 42 and back.model == "m" and back.ids == ("r-1", "r-2")
+    assert [(rid, v.tolist()) for rid, v in back.each()] == [("r-1", [1.0, 0.0, 1.0]), ("r-2", [0.5])]
+
+
+def test_feedback_bodies_keep_their_good_objects():
+    good, errors = parse(b'[{"id": "a", "labels": [1, 0]}, {"id": "", "labels": [1]}, {"id": "b", "labels": [true]},'
+                         b' {"id": "c", "labels": [0], "extra": 1}, {"id": "d", "labels": [1]}]', "m", "binary")
+    assert good.ids == ("a", "d") and good.counts.tolist() == [2, 1]
+    assert [i for i, _ in errors] == [1, 2, 3]
+    assert "not a number" in errors[1][1] and "unknown field 'extra'" in errors[2][1]
+    assert parse(b"{nope", "m", "binary") == (None, [(0, parse(b"{nope", "m", "binary")[1][0][1])])
+    assert parse(b'{"id": "a", "labels": [1.5]}', "m", "multiclass")[0] is None
+    assert parse(b'{"id": "a", "labels": [1.5, -2]}', "m", "regression")[0].values.tolist() == [1.5, -2.0]

@@ -1,0 +1,134 @@
+"""Labels sent back over REST, with two workers: joined with the rows their requests were
+scored with (champion and challenger alike), and the realized performance equal to sklearn's
+on those rows; duplicates, unknown ids, wrong counts and bad objects counted."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
+
+from engine.harness.config import Config, model_table, route_table, server_table
+from engine.harness.models import N_FEATURES
+from engine.performance.metrics import realized
+from tests.conftest import launch
+from tests.integration.kafka_helpers import wait_for
+from tests.integration.workers_helpers import infer
+
+PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 1000, "label_ttl_s": 12}
+
+
+def post(url: str, body) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{url}/v2/models/mlp/feedback", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def labels_of(p: np.ndarray, rng) -> np.ndarray:
+    """Labels that mostly agree with the score (a useful model), some not."""
+    return (rng.random(len(p)) < p).astype(int)
+
+
+def test_labels_sent_to_any_worker_join_the_rows_of_champion_and_challenger(model_dir, rng):
+    config = Config(server_table(workers=2, drain_timeout_s=20),
+                    [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE),
+                     model_table("mlp", "models/gbt.onnx", version="2", performance=PERFORMANCE)],
+                    routes=[route_table("mlp", "1", challengers=["2"])])
+    server = launch(model_dir, config, "feedback.toml")
+    try:
+        x = rng.normal(size=(160, N_FEATURES)).astype(np.float32)
+        ids = [f"r-{i}" for i in range(len(x))]
+        # labels may come before their rows: the first 20, sent now
+        truth = labels_of(np.full(len(x), 0.5), rng)
+        early = [{"id": ids[i], "labels": [int(truth[i])]} for i in range(20)]
+        assert post(server.http_url, early) == (200, {"accepted": 20})
+        p = np.array([infer(server.url, x[i:i + 1], ids[i])[0, 1] for i in range(len(x))])
+        truth[20:] = labels_of(p[20:], rng)
+        late = [{"id": ids[i], "labels": [int(truth[i])]} for i in range(20, len(x))]
+        late[5:5] = [{"id": "r-0", "labels": [2]}, {"labels": [1]}, "no"]  # bad objects, refused alone
+        status, answer = post(server.http_url, late)
+        assert status == 400 and answer["accepted"] == len(x) - 20
+        assert [r["index"] for r in answer["refused"]] == [5, 6, 7]
+        assert "binary labels are 0 or 1" in answer["refused"][0]["error"]
+        assert post(server.http_url, {"id": "r-1", "labels": [0]}) == (200, {"accepted": 1})  # a duplicate
+        assert post(server.http_url, {"id": "ghost", "labels": [1]}) == (200, {"accepted": 1})  # never scored
+        infer(server.url, x[:1], "two-rows-labelled")
+        assert post(server.http_url, {"id": "two-rows-labelled", "labels": [0, 1]})[0] == 200  # one row: invalid
+        assert post(server.http_url, {"id": "x", "labels": []})[0] == 400
+
+        champion = '{model="mlp",version="1",role="champion"}'
+        challenger = '{model="mlp",version="2",role="challenger"}'
+        wait_for(lambda: server.metrics().get("scorewire_performance_rows" + challenger) == len(x), 30,
+                 what="every labelled row of the challenger joined")
+        wait_for(lambda: server.metrics().get('scorewire_feedback_labels_total{model="mlp",outcome="unmatched"}') == 1,
+                 30, what="the label without rows to expire")
+        m = server.metrics()
+        assert m["scorewire_performance_rows" + champion] == len(x)
+        want = {"accuracy": accuracy_score(truth, p > 0.5), "log_loss": log_loss(truth, p.astype(np.float64)),
+                "brier": brier_score_loss(truth, p), "auc": roc_auc_score(truth, p)}
+        for metric, value in want.items():
+            got = m[f'scorewire_performance{{model="mlp",version="1",role="champion",metric="{metric}"}}']
+            assert got == pytest.approx(value, rel=1e-6, abs=1e-9), metric
+        gbt = ort.InferenceSession(str(model_dir / "models" / "gbt.onnx"), providers=["CPUExecutionProvider"])
+        q = gbt.run(["probabilities"], {"float_input": x})[0][:, 1]
+        got = m['scorewire_performance{model="mlp",version="2",role="challenger",metric="auc"}']
+        assert got == pytest.approx(roc_auc_score(truth, q), rel=1e-6)
+        counts = {o: m[f'scorewire_feedback_labels_total{{model="mlp",outcome="{o}"}}']
+                  for o in ("joined", "duplicate", "unmatched", "invalid", "evicted")}
+        assert counts == {"joined": len(x), "duplicate": 1, "unmatched": 1, "invalid": 1, "evicted": 0}
+        assert m['scorewire_feedback_refused_total{model="mlp"}'] == 4
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_pending_rows_stay_within_their_bound_under_ids_never_labelled(model_dir, rng):
+    performance = {**PERFORMANCE, "max_pending_rows": 50, "label_ttl_s": 600}
+    config = Config(server_table(workers=1), [model_table("mlp", "models/mlp.onnx", performance=performance)])
+    server = launch(model_dir, config, "bounded.toml")
+    try:
+        x = rng.normal(size=(1, N_FEATURES)).astype(np.float32)
+        for i in range(200):
+            infer(server.url, x, f"never-{i}")
+        wait_for(lambda: server.metrics().get('scorewire_performance_unlabelled_rows_total{model="mlp"}', 0) >= 150,
+                 30, what="rows let go past the bound")
+        m = server.metrics()
+        assert m['scorewire_performance_pending_rows{model="mlp"}'] <= 50
+        assert m['scorewire_performance_unlabelled_rows_total{model="mlp"}'] + \
+            m['scorewire_performance_pending_rows{model="mlp"}'] == 200
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_realized_metrics_equal_sklearns(task, rng):
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    n = 997
+    if task == "binary":
+        scores = rng.random(n)
+        scores[:50] = 0.5  # ties
+        labels = (rng.random(n) < scores).astype(int)
+        want = {"accuracy": accuracy_score(labels, scores > 0.5), "log_loss": log_loss(labels, scores),
+                "brier": brier_score_loss(labels, scores), "auc": roc_auc_score(labels, scores)}
+    elif task == "multiclass":
+        scores = rng.dirichlet(np.ones(4), size=n)
+        labels = np.array([rng.choice(4, p=row) for row in scores])
+        want = {"accuracy": accuracy_score(labels, scores.argmax(axis=1)),
+                "log_loss": log_loss(labels, scores, labels=[0, 1, 2, 3])}
+    else:
+        scores = rng.normal(size=n)
+        labels = scores + rng.normal(scale=0.3, size=n)
+        want = {"mae": mean_absolute_error(labels, scores), "rmse": np.sqrt(mean_squared_error(labels, scores))}
+    got = realized(task, scores, labels.astype(np.float64))
+    assert got.keys() == want.keys()
+    for metric, value in want.items():
+        assert got[metric] == pytest.approx(value, rel=1e-9, abs=1e-12), metric
