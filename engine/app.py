@@ -18,6 +18,7 @@ from engine.batching.batcher import Batcher
 from engine.errors import UsageError
 from engine.codec.validate import Limits
 from engine.ingress.kafka import KafkaStream
+from engine.ingress.kafka.feedback import FeedbackReader
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
 from engine.frontdoor import FrontDoor
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
@@ -66,6 +67,7 @@ class App:
         self.grpc_port = 0
         self.metrics_port = 0
         self.streams: list[KafkaStream] = []
+        self.feedback: list[FeedbackReader] = []  # [[feedback]] topics
         self._background: set[asyncio.Task] = set()
         self._draining = False
         self.rest: RestIngress | None = None
@@ -211,6 +213,12 @@ class App:
             await self.health.set(stream.health_name, _serving(stream.up and stream.brokers_reachable))
             self._say(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
+        for feedback_settings in self.settings.feedback:
+            reader = FeedbackReader(feedback_settings, self.front)
+            reader.start(asyncio.get_running_loop())
+            self.feedback.append(reader)
+            self._say(f"{reader.label}: labels from {feedback_settings.bootstrap_servers}, group "
+                      f"{feedback_settings.group_id!r}")
         self.sink.ready()
 
     def spawn(self, coro) -> None:
@@ -330,7 +338,7 @@ class App:
         await self._quiesce(time.monotonic() + min(server.drain_grace_s, server.drain_timeout_s / 2))
         self.front.closing = True  # what still reaches the front door is refused, not cancelled
         await self._quiesce(time.monotonic() + min(1.0, self.settings.server.drain_timeout_s / 4))
-        stopping = [stream.stop() for stream in self.streams]
+        stopping = [stream.stop() for stream in self.streams] + [reader.stop() for reader in self.feedback]
         if self.server is not None:
             stopping.append(self.server.stop(grace=max(0.0, deadline - time.monotonic())))
         if self.rest is not None:

@@ -470,6 +470,29 @@ class StreamSettings(_Strict):
         return self
 
 
+class FeedbackSettings(_Strict):
+    """Labels from a Kafka topic: each message one {"id", "labels"} object, or an array of them
+    (the body POST /v2/models/NAME/feedback takes). The workers share the topic's partitions
+    as a consumer group; offsets are committed once the labels are handed to the join
+    (at least once: a label read twice counts as a duplicate, never joins twice)."""
+
+    model: str = Field(min_length=1)
+    """The model the labels are for (a version of it has [models.performance])."""
+    bootstrap_servers: str = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    group_id: str = Field("scorewire-feedback", min_length=1)
+    kafka: dict[str, KafkaValue] = Field(default_factory=dict)
+    """librdkafka settings of the consumer (security.protocol, sasl.*, ssl.*, client.id,
+    session.timeout.ms, ...); secrets as { env = ... } or { file = ... }."""
+
+    @model_validator(mode="after")
+    def _not_owned(self) -> "FeedbackSettings":
+        owned = [k for k in self.kafka if k in KAFKA_OWNED]
+        if owned:
+            raise ValueError(f"kafka sets {owned}, which scorewire controls (use bootstrap_servers and group_id)")
+        return self
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
@@ -477,6 +500,8 @@ class Settings(_Strict):
     """One entry per model version served."""
     streams: list[StreamSettings] = Field(default_factory=list)
     """Kafka streams scored by models of this config (none: gRPC only)."""
+    feedback: list[FeedbackSettings] = Field(default_factory=list)
+    """Kafka topics of labels sent back (besides POST /v2/models/NAME/feedback)."""
     routes: list[RouteSettings] = Field(default_factory=list)
     """Champion/challenger and A/B or canary routing, per model name (none: a request naming
     no version gets the highest version)."""
@@ -503,6 +528,10 @@ class Settings(_Strict):
         for model in self.models:
             if model.performance is not None:
                 tasks.setdefault(model.name, set()).add(model.performance.task)
+        for table in self.feedback:
+            if table.model not in tasks:
+                raise ValueError(f"[[feedback]] reads labels of model {table.model!r}, but no version of it has "
+                                 "[models.performance]")
         for name, kinds in tasks.items():
             if len(kinds) > 1:
                 raise ValueError(f"the versions of model {name!r} have [models.performance] tasks {sorted(kinds)}; "
@@ -540,7 +569,7 @@ class Settings(_Strict):
     def reload_warnings(self, new: "Settings") -> list[str]:
         """What a reload to `new` leaves for the next restart."""
         warnings = [f"[{section}] changed; it takes effect on restart"
-                    for section in ("server", "streams", "monitoring", "scorelog")
+                    for section in ("server", "streams", "feedback", "monitoring", "scorelog")
                     if getattr(new, section) != getattr(self, section)]
         old_models = {(m.name, m.version): m for m in self.models}
         warnings += [f"settings of model {m.name}:{m.version} changed; they take effect on restart"

@@ -70,6 +70,7 @@ class Config:
     monitoring: Table | None = None
     comment: str = ""
     """Lines at the top of the file."""
+    feedback: list[Table] = field(default_factory=list)
 
     def add(self, *, models: Iterable[Table] = (), routes: Iterable[Table] = (), streams: Iterable[Table] = (),
             scorelog: Table | None = None, monitoring: Table | None = None, comment: str = "") -> Config:
@@ -88,7 +89,8 @@ class Config:
 
     def text(self) -> str:
         document = {"server": self.server, "monitoring": self.monitoring, "models": self.models,
-                    "routes": self.routes, "scorelog": self.scorelog, "streams": self.streams}
+                    "routes": self.routes, "scorelog": self.scorelog, "streams": self.streams,
+                    "feedback": self.feedback}
         return dumps(document, self.comment)
 
     def write(self, path: Path) -> Path:

@@ -132,3 +132,40 @@ def test_realized_metrics_equal_sklearns(task, rng):
     assert got.keys() == want.keys()
     for metric, value in want.items():
         assert got[metric] == pytest.approx(value, rel=1e-9, abs=1e-12), metric
+
+
+def test_labels_from_a_kafka_topic_join_like_those_over_rest(model_dir, rng):
+    """[[feedback]] on the built-in broker, two workers sharing its partitions: every label
+    object joins once (one sent twice is a duplicate), a poison message is refused and the
+    rest of its batch is taken."""
+    import orjson
+
+    from engine.mock_kafka import MockCluster
+    from tests.integration.kafka_helpers import produce
+
+    with MockCluster() as cluster:
+        cluster.create_topic("labels", 4)
+        config = Config(server_table(workers=2, drain_timeout_s=20),
+                        [model_table("mlp", "models/mlp.onnx", performance={**PERFORMANCE, "label_ttl_s": 60})],
+                        feedback=[{"model": "mlp", "bootstrap_servers": cluster.bootstrap, "topic": "labels"}])
+        server = launch(model_dir, config, "kafka-feedback.toml")
+        try:
+            x = rng.normal(size=(120, N_FEATURES)).astype(np.float32)
+            p = np.array([infer(server.url, x[i:i + 1], f"k-{i}")[0, 1] for i in range(len(x))])
+            truth = labels_of(p, rng)
+            one = [(None, orjson.dumps({"id": f"k-{i}", "labels": [int(truth[i])]})) for i in range(100)]
+            many = orjson.dumps([{"id": f"k-{i}", "labels": [int(truth[i])]} for i in range(100, 120)])
+            produce(cluster.bootstrap, "labels", one + [(b"poison", b"not json {"), (None, many), one[0]])
+            champion = '{model="mlp",version="1",role="champion"}'
+            wait_for(lambda: server.metrics().get("scorewire_performance_rows" + champion) == len(x), 30,
+                     what="every label from the topic joined")
+            wait_for(lambda: server.metrics().get('scorewire_feedback_labels_total{model="mlp",outcome="duplicate"}')
+                     == 1, 10, what="the label sent twice counted")
+            wait_for(lambda: server.metrics().get('scorewire_feedback_refused_total{model="mlp"}') == 1, 10,
+                     what="the poison message counted (a worker's counters reach /metrics within a second)")
+            m = server.metrics()
+            assert m['scorewire_feedback_labels_total{model="mlp",outcome="joined"}'] == len(x)
+            got = m['scorewire_performance{model="mlp",version="1",role="champion",metric="log_loss"}']
+            assert got == pytest.approx(log_loss(truth, p.astype(np.float64)), rel=1e-6)
+        finally:
+            assert server.stop() == 0
