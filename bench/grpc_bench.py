@@ -42,7 +42,7 @@ def _rows(n: int, seed: int) -> np.ndarray:
 
 
 # -- load workers ------------------------------------------------------------------------
-async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed, stream, pool=1024):
+async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed, stream, pool=1024, ids=False):
     import tritonclient.grpc.aio as aio
 
     data = _rows(max(pool, rows + 1), seed)
@@ -63,7 +63,7 @@ async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed
         while True:
             inp = make_input(i)
             t0 = time.perf_counter_ns()
-            await client.infer(model, [inp])
+            await client.infer(model, [inp], request_id=f"s{seed}-{i}" if ids else "")
             t1 = time.perf_counter_ns()
             now = time.monotonic()
             if now >= t_end:
@@ -118,16 +118,17 @@ def _worker(args, out):
     out.send(asyncio.run(_worker_main(*args)))
 
 
-def run_load(url, model, concurrency, procs, rows, warmup_s, duration_s, stream=False, pool=1024) -> dict:
-    """Closed-loop load; each worker cycles through `pool` distinct random rows."""
+def run_load(url, model, concurrency, procs, rows, warmup_s, duration_s, stream=False, pool=1024, ids=False) -> dict:
+    """Closed-loop load; each worker cycles through `pool` distinct random rows. `ids`: the
+    requests carry ids "s<1000 + process>-<n>" (n: 0, 1, 2, ... over the process's callers)."""
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     ctx = mp.get_context("spawn")
     pipes, workers = [], []
     for i, share in enumerate(shares):
         parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=((url, model, share, rows, warmup_s, duration_s, 1000 + i, stream, pool),
-                                              child))
+        p = ctx.Process(target=_worker, args=((url, model, share, rows, warmup_s, duration_s, 1000 + i, stream, pool,
+                                               ids), child))
         p.start()
         pipes.append(parent)
         workers.append(p)

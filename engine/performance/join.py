@@ -102,15 +102,19 @@ class _Model:
 
 
 class PerformanceMonitor:
-    def __init__(self, settings: Settings, capacity: int = 65_536, tick_s: float = 0.1):
+    def __init__(self, settings: Settings, capacity: int = 65_536, tick_s: float = 0.1, thread: bool = True):
+        """`thread=False`: no thread of its own (tests and benches drive `_batch`, `_labels`,
+        `_expire` with times of their own)."""
         self.models: dict[str, _Model] = {}
         self.install(settings)
         self._box = Mailbox(capacity, tick_s)
         self.failed = 0
         self.results: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}  # (model, version, role)
         self._bad_scores: set = set()
-        self._thread = threading.Thread(target=self._run, name="scorewire-performance", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="scorewire-performance", daemon=True)
+            self._thread.start()
 
     def install(self, settings: Settings) -> None:
         """The versions with [models.performance] (again on reload: a model's pending rows stay)."""
@@ -142,7 +146,8 @@ class PerformanceMonitor:
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._box.close()
-        self._thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     # -- its thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -277,6 +282,8 @@ class PerformanceMonitor:
         family("scorewire_performance_unlabelled_rows_total", "counter", "Scored rows whose label did not come "
                "within label_ttl_s (or that max_pending_rows let go).",
                [(labels(model=m.name), m.unlabelled) for m in self.models.values()])
+        family("scorewire_performance_dropped_total", "counter", "Scored batches and label sets the join's "
+               "queue was too full to take (65,536 waiting).", [("", self.dropped)])
         family("scorewire_performance_pending_rows", "gauge", "Scored rows and labels waiting to be joined.",
                [(labels(model=m.name), m.pending) for m in self.models.values()])
         results = sorted(self.results.items())
