@@ -20,7 +20,7 @@ from tests.conftest import launch
 from tests.integration.kafka_helpers import wait_for
 from tests.integration.workers_helpers import infer
 
-PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 1000, "label_ttl_s": 12}
+PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 1000, "label_ttl_s": 8}
 
 
 def post(url: str, body) -> tuple[int, dict]:
@@ -45,7 +45,7 @@ def test_labels_sent_to_any_worker_join_the_rows_of_champion_and_challenger(mode
                     routes=[route_table("mlp", "1", challengers=["2"])])
     server = launch(model_dir, config, "feedback.toml")
     try:
-        x = rng.normal(size=(160, N_FEATURES)).astype(np.float32)
+        x = rng.normal(size=(100, N_FEATURES)).astype(np.float32)
         ids = [f"r-{i}" for i in range(len(x))]
         # labels may come before their rows: the first 20, sent now
         truth = labels_of(np.full(len(x), 0.5), rng)
