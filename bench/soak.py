@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench.metrics import scrape
+from engine.harness.server import scrape
 from engine.harness.config import Config, model_table, route_table, server_table, stream_table
 from engine.harness.server import start_server
 

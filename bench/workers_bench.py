@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.grpc_bench import run_load
-from bench.metrics import scrape
+from engine.harness.server import scrape
 from bench.onoff import cpu_s, tree
 from bench.report import write_json
 from bench.servers import prepare_demo, serve, start_null_server, stop

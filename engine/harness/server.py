@@ -48,13 +48,7 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """Scrape /metrics into {'name{labels}': value}."""
-        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                values[key] = float(value)
-        return values
+        return scrape(self.metrics_url, timeout_s=5)
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM (unless it exited already), then its exit code once it drained."""
@@ -127,3 +121,14 @@ def _read_available(fd: int, chunks: list[bytes], wait_s: float) -> bool:
         chunks.append(chunk)
         wait_s = 0.0
     return False
+
+
+def scrape(url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """GET `url` (a /metrics address): {'name{labels}': value} for every sample."""
+    text = urllib.request.urlopen(url, timeout=timeout_s).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values
