@@ -170,13 +170,18 @@ class PerformanceMonitor:
                 return
 
     def _scores(self, batch: ScoredBatch, settings: PerformanceSettings) -> np.ndarray | None:
+        """The version's scores ("OUTPUT:COLUMN", or the whole output: a vector, a one-column
+        matrix, or multiclass's probability matrix); None (said once) when its outputs have none."""
         output = batch.outputs.get(settings.output)
         column = settings.column
-        if output is not None and column is not None and output.ndim == 2 and column < output.shape[1]:
-            return output[:, column]
-        if output is not None and column is None and (output.ndim == 1 or settings.task == "multiclass"
-                                                      or output.shape[1] == 1):
-            return output if output.ndim == 1 or settings.task == "multiclass" else output[:, 0]
+        if output is not None:
+            if column is not None:
+                if output.ndim == 2 and column < output.shape[1]:
+                    return output[:, column]
+            elif output.ndim == 1 or settings.task == "multiclass":
+                return output
+            elif output.shape[1] == 1:
+                return output[:, 0]
         key = (batch.model, batch.version)
         if key not in self._bad_scores:  # once: the config names an output the model does not have
             self._bad_scores.add(key)

@@ -116,14 +116,22 @@ class Delivery:
                 stream.stats.abandoned += chunk.size
         stream.tracker.forget(None)
 
+    def topic_gone(self, err: KafkaError, topic: str) -> bool:
+        """A record refused because its topic was deleted under the stream: the stream stops
+        (dead-lettering every event helps nobody). True when it did."""
+        if err.code() not in TOPIC_GONE:
+            return False
+        stream = self.stream
+        stream.halt(stream.redact(f"the {stream.topic_role(topic)} does not exist any more ({err}); create it and "
+                                  "restart"))
+        return True
+
     def refused_for_good(self, chunk: Chunk, err: KafkaError, topic: str, value, headers):
         """A record the broker will never take. A result: its event's dead letter, (raw, key,
         headers), to send instead. A dead letter: there is nowhere left to put the event, the
         stream stops (None)."""
         stream = self.stream
-        if err.code() in TOPIC_GONE:  # deleted under the stream: dead-lettering every event helps nobody
-            stream.halt(stream.redact(f"the {stream.topic_role(topic)} does not exist any more ({err}); create it "
-                                      "and restart"))
+        if self.topic_gone(err, topic):
             return None
         if headers is not None:
             stream.halt(stream.redact(f"the dead-letter topic {topic!r} refuses records: {err}"))
@@ -217,9 +225,7 @@ class AtLeastOnce(Delivery):
         """A result or dead letter the producer or the broker did not take: retry it, send the
         event to the dead-letter topic instead, stop the stream, or restart the producer."""
         stream = self.stream
-        if err.code() in TOPIC_GONE:  # deleted under the stream: dead-lettering every event helps nobody
-            stream.halt(stream.redact(f"the {stream.topic_role(topic)} does not exist any more ({err}); create it "
-                                      "and restart"))
+        if self.topic_gone(err, topic):
             return
         kind = classify(err)
         if kind == FATAL:
