@@ -59,13 +59,15 @@ class Origin:
     partitions: np.ndarray | None = None  # per row
     offsets: np.ndarray | None = None  # per row
     keys: list | None = None  # Kafka message keys (bytes or None), per row
+    ids: list | None = None  # the JSON token of each row's "id" (bytes, None when absent), when the join wants them
 
     def rows(self, a: int, b: int) -> "Origin":
         """The origin of rows a:b of this member (a request's is the same for every row)."""
         if self.topic is None:
             return self
         return Origin(self.role, self.routing, self.request_id, self.routing_key, self.topic,
-                      self.partitions[a:b], self.offsets[a:b], self.keys[a:b])
+                      self.partitions[a:b], self.offsets[a:b], self.keys[a:b],
+                      None if self.ids is None else self.ids[a:b])
 
 
 SOURCE_SEP = "/"

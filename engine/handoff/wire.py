@@ -65,12 +65,19 @@ def _origin(o: Origin | None, arrays: _Arrays) -> dict | None:
         out["request_id"] = o.request_id
     if o.routing_key is not None:
         out["routing_key"] = o.routing_key
-    if o.topic is not None:  # a piece of a Kafka chunk: its own rows' sources and keys
-        lengths = np.fromiter((-1 if k is None else len(k) for k in o.keys), dtype=np.int32, count=len(o.keys))
-        blob = np.frombuffer(b"".join(k for k in o.keys if k is not None), dtype=np.uint8)
-        out.update(topic=o.topic, partitions=arrays.ref(o.partitions), offsets=arrays.ref(o.offsets),
-                   key_lengths=arrays.ref(lengths), key_bytes=arrays.ref(blob))
+    if o.topic is not None:  # a piece of a Kafka chunk: its own rows' sources and keys (and ids)
+        out.update(topic=o.topic, partitions=arrays.ref(o.partitions), offsets=arrays.ref(o.offsets))
+        out["key_lengths"], out["key_bytes"] = _blobs(o.keys, arrays)
+        if o.ids is not None:
+            out["id_lengths"], out["id_bytes"] = _blobs(o.ids, arrays)
     return out
+
+
+def _blobs(items: list, arrays: _Arrays) -> tuple:
+    """bytes-or-None items as (lengths, -1 for None; their bytes one after the other)."""
+    lengths = np.fromiter((-1 if k is None else len(k) for k in items), dtype=np.int32, count=len(items))
+    blob = np.frombuffer(b"".join(k for k in items if k is not None), dtype=np.uint8)
+    return arrays.ref(lengths), arrays.ref(blob)
 
 
 def encode_batch(batch: ScoredBatch, stamp_ns: int) -> list:
@@ -125,16 +132,20 @@ def decode(record: bytes) -> tuple[int, ScoredBatch | Labels | None]:
             return None
         if "topic" not in o:
             return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"))
-        blob = array(o["key_bytes"]).tobytes()
-        keys, at = [], 0
-        for length in array(o["key_lengths"]).tolist():
-            if length < 0:
-                keys.append(None)
-            else:
-                keys.append(blob[at:at + length])
-                at += length
+        ids = unblob(o["id_lengths"], o["id_bytes"]) if "id_lengths" in o else None
         return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"), o["topic"],
-                      array(o["partitions"]), array(o["offsets"]), keys)
+                      array(o["partitions"]), array(o["offsets"]), unblob(o["key_lengths"], o["key_bytes"]), ids)
+
+    def unblob(lengths, blob) -> list:
+        blob = array(blob).tobytes()
+        items, at = [], 0
+        for length in array(lengths).tolist():
+            if length < 0:
+                items.append(None)
+            else:
+                items.append(blob[at:at + length])
+                at += length
+        return items
 
     batch = ScoredBatch(
         header["model"], header["version"], header["role"],

@@ -9,7 +9,9 @@ labels of a model are bounded by max_pending_rows (the oldest go first, counted 
 Labels are counted once each: `joined` (when their first rows meet them), `duplicate` (an id
 labelled already), `unmatched` (no rows within the TTL), `invalid` (not one label per row).
 Rows are matched by request id: the id a gRPC or REST request carried, or the one the
-server gave it (in the response). Rows scored from Kafka are not joined yet.
+server gave it (in the response); for an event scored from Kafka, its "id" (a JSON string as
+is, a number as its JSON text) or, when it has none, its message key (UTF-8): each event is a
+request of one row.
 
 Each version (and role: the champion, an arm, a challenger) keeps its last `window` joined
 rows; `metrics.realized` computes its numbers once per tick when they changed.
@@ -24,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from engine.batching.batch import ScoredBatch
 from engine.batching.mailbox import Mailbox
@@ -82,6 +85,19 @@ class Window:
             return realized(self.task, np.zeros(0), np.zeros(0))
         n = self.rows
         return realized(self.task, self.scores[:n], self.labels[:n])
+
+
+def event_ids(origin) -> list:
+    """The id each Kafka event of `origin` is labelled by: its "id" (a JSON string's text, a
+    number's JSON text), else its message key (UTF-8); "" when it has neither."""
+    ids = origin.ids if origin.ids is not None else [None] * len(origin.keys)
+    out = []
+    for token, key in zip(ids, origin.keys):
+        if token is not None:
+            out.append(orjson.loads(token) if token[:1] == b'"' else token.decode())
+        else:
+            out.append("" if key is None else key.decode("utf-8", "replace"))
+    return out
 
 
 class _Model:
@@ -199,21 +215,28 @@ class PerformanceMonitor:
             return
         bounds = batch.bounds or (0, batch.rows)
         for origin, a, b in zip(batch.origins, bounds[:-1], bounds[1:]):
-            if origin is None or origin.topic is not None or not origin.request_id:
+            if origin is None:
                 continue
-            rid = origin.request_id
-            entry = (batch.version, batch.role, np.array(scores[a:b], dtype=np.float64))
-            label = model.labels.get(rid)
-            if label is not None:
-                self._join(model, label, entry)
-                continue
-            waiting = model.rows.get(rid)
-            if waiting is None:
-                waiting = model.rows[rid] = []
-                model.order.append((now, "rows", rid, waiting))
-            waiting.append(entry)
-            model.pending += b - a
+            if origin.topic is not None:
+                for r, rid in enumerate(event_ids(origin), a):
+                    if rid:
+                        self._row(model, rid, (batch.version, batch.role, np.array(scores[r:r + 1], np.float64)), now)
+            elif origin.request_id:
+                self._row(model, origin.request_id, (batch.version, batch.role, np.array(scores[a:b], np.float64)), now)
         self._bound(model)
+
+    def _row(self, model: _Model, rid: str, entry: tuple, now: int) -> None:
+        """A request's scored rows (one version, one role) meet their label, or wait for it."""
+        label = model.labels.get(rid)
+        if label is not None:
+            self._join(model, label, entry)
+            return
+        waiting = model.rows.get(rid)
+        if waiting is None:
+            waiting = model.rows[rid] = []
+            model.order.append((now, "rows", rid, waiting))
+        waiting.append(entry)
+        model.pending += len(entry[2])
 
     def _labels(self, labels: Labels, now: int) -> None:
         model = self.models.get(labels.model)

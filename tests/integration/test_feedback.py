@@ -169,3 +169,48 @@ def test_labels_from_a_kafka_topic_join_like_those_over_rest(model_dir, rng):
             assert got == pytest.approx(log_loss(truth, p.astype(np.float64)), rel=1e-6)
         finally:
             assert server.stop() == 0
+
+
+def test_events_scored_from_kafka_join_their_labels_by_id_or_key(model_dir, rng):
+    """Events scored from a stream join labels sent over REST: by their "id" (a string as is,
+    a number as its JSON text) or, when they have none, by their message key."""
+    import orjson
+
+    from engine.mock_kafka import MockCluster
+    from tests.integration.kafka_helpers import produce, read_all, stream
+
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 4)
+        config = Config(server_table(workers=2, drain_timeout_s=20),
+                        [model_table("mlp", "models/mlp.onnx", performance={**PERFORMANCE, "label_ttl_s": 60})],
+                        streams=[stream(cluster.bootstrap, group="joined")])
+        server = launch(model_dir, config, "kafka-joined.toml")
+        try:
+            x = rng.normal(size=(90, N_FEATURES)).astype(np.float32)
+            option = orjson.OPT_SERIALIZE_NUMPY
+            ids = [f"e-{i}" if i < 30 else str(i) if i < 60 else None for i in range(len(x))]
+            events = []
+            for i, row in enumerate(x):
+                body = {"float_input": row} if ids[i] is None else {"id": ids[i] if i < 30 else i, "float_input": row}
+                events.append((b"key-%d" % i, orjson.dumps(body, option=option)))
+            produce(cluster.bootstrap, "events", events)
+            results = read_all(cluster.bootstrap, "scores", len(x))
+            assert len(results) == len(x)
+            p = np.empty(len(x))
+            for m in results:
+                i = int(m.key()[4:])
+                p[i] = orjson.loads(m.value())["outputs"]["probabilities"][1]
+            truth = labels_of(p, rng)
+            labelled_by = [ids[i] if ids[i] is not None else f"key-{i}" for i in range(len(x))]
+            body = [{"id": labelled_by[i], "labels": [int(truth[i])]} for i in range(len(x))]
+            assert post(server.http_url, body) == (200, {"accepted": len(x)})
+            champion = '{model="mlp",version="1",role="champion"}'
+            wait_for(lambda: server.metrics().get("scorewire_performance_rows" + champion) == len(x), 30,
+                     what="every event's label joined")
+            m = server.metrics()
+            assert m['scorewire_feedback_labels_total{model="mlp",outcome="joined"}'] == len(x)
+            got = m['scorewire_performance{model="mlp",version="1",role="champion",metric="log_loss"}']
+            assert got == pytest.approx(log_loss(truth, p), rel=1e-6)
+        finally:
+            assert server.stop() == 0

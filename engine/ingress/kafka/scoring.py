@@ -92,11 +92,13 @@ class Scorer:
             return np.zeros(0, np.int64), {}, []
         topic = self.settings.input_topic
         step = self.piece_rows
+        ids = self._ids(decoded, picked) if self._joined() else None
 
         def piece(a: int, b: int):
             index = at[a:b]
             origin = Origin(role, routing, topic=topic, partitions=chunk.partitions[index],
-                            offsets=chunk.offsets[index], keys=[chunk.keys[i] for i in index.tolist()])
+                            offsets=chunk.offsets[index], keys=[chunk.keys[i] for i in index.tolist()],
+                            ids=None if ids is None else ids[a:b])
             return self._submit(served, {name: array[a:b] for name, array in inputs.items()}, origin)
 
         starts = range(0, rows, step)
@@ -113,6 +115,18 @@ class Scorer:
         index = np.concatenate(done)
         outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
         return base[index], outputs, [(int(base[r]), m) for r, m in failures]
+
+    def _joined(self) -> bool:
+        """Whether a version of the model has [models.performance]: its rows join labels by id."""
+        return any(s.model.settings.performance is not None for s in self.front.registry.all() if s.name == self.model)
+
+    @staticmethod
+    def _ids(decoded: Decoded, picked: np.ndarray | None) -> list:
+        """Each row's "id" as its JSON token (bytes; None when the event has none: the join
+        falls back to the message key)."""
+        spans = decoded.id_spans if picked is None else decoded.id_spans[picked]
+        text = decoded.id_text
+        return [None if text[a:b] == b"null" else text[a:b] for a, b in spans.tolist()]
 
     async def _submit(self, served: Served, piece: dict[str, np.ndarray], origin: Origin):
         async with self._slots:
