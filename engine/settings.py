@@ -289,6 +289,29 @@ class PerformanceSettings(_Strict):
     max_pending_rows: int = Field(1_000_000, gt=0, le=100_000_000)
     """Scored rows and labels waiting to be joined, for this model all together; past it the
     oldest are let go first and counted (outcome "evicted")."""
+    reference: Path | None = None
+    """Parquet (relative to the config file) with a `label` column and this version's scores on
+    the same rows, in columns named as `score` ("probabilities:1"; multiclass "probabilities:0",
+    "probabilities:1", ...): the baseline performance, the alert's reference, and what CBPE
+    calibrates on to estimate accuracy (and AUC) before the labels come."""
+    alpha: float = Field(0.001, gt=0, lt=1)
+    """Alert: significance of one evaluation over the tested metrics (Bonferroni)."""
+    min_effect: float = Field(0.02, ge=0)
+    """Alert: how much worse than the baseline the window must also be, in the metric's units."""
+    every: int = Field(100, gt=0, le=10_000_000)
+    """Alert: evaluate every this many labelled rows, once the window is full."""
+    consecutive: int = Field(3, gt=0, le=1000)
+    """Alert: raise after this many significant evaluations in a row, clear after as many clean ones."""
+    compare_metric: Literal["accuracy", "log_loss", "brier", "mae", "rmse"] | None = None
+    """Champion vs challenger: the metric whose per-row difference the confidence sequence
+    follows (default: log_loss, regression: mae)."""
+    compare_alpha: float = Field(0.05, gt=0, lt=1)
+    """Champion vs challenger: the confidence sequence holds the true difference at every
+    moment at once with probability about 1 - compare_alpha."""
+
+    @property
+    def decision(self) -> str:
+        return self.compare_metric or ("mae" if self.task == "regression" else "log_loss")
 
     @property
     def output(self) -> str:
@@ -306,6 +329,15 @@ class PerformanceSettings(_Strict):
         if not name or (column and not column.isdigit()):
             raise ValueError(f"score {value!r}: write it as OUTPUT or OUTPUT:COLUMN (a column number)")
         return value
+
+    @model_validator(mode="after")
+    def _metric_of_task(self) -> "PerformanceSettings":
+        from engine.performance.metrics import PER_ROW
+
+        if self.compare_metric is not None and self.compare_metric not in PER_ROW[self.task]:
+            raise ValueError(f"compare_metric {self.compare_metric!r} is not a {self.task} metric "
+                             f"(one of {list(PER_ROW[self.task])})")
+        return self
 
 
 class MonitoringSettings(_Strict):
@@ -636,6 +668,8 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
         update: dict = {"path": at(m.path)}
         if m.monitor is not None:
             update["monitor"] = m.monitor.model_copy(update={"reference": at(m.monitor.reference)})
+        if m.performance is not None and m.performance.reference is not None:
+            update["performance"] = m.performance.model_copy(update={"reference": at(m.performance.reference)})
         models.append(m.model_copy(update=update))
     server = settings.server
     server_update: dict = {"model_root": at(server.model_root)}
@@ -670,6 +704,8 @@ def _check_model_root(settings: Settings, source: str) -> None:
     problems = []
     for i, m in enumerate(settings.models):
         files = [("path", m.path)] + ([("monitor.reference", m.monitor.reference)] if m.monitor else [])
+        if m.performance is not None and m.performance.reference is not None:
+            files.append(("performance.reference", m.performance.reference))
         for field_name, path in files:
             if not path.resolve().is_relative_to(root):
                 problems.append(f"{source}: models[{i}] (name={m.name!r}).{field_name}: {path} is outside "

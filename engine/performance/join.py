@@ -14,7 +14,11 @@ is, a number as its JSON text) or, when it has none, its message key (UTF-8): ea
 request of one row.
 
 Each version (and role: the champion, an arm, a challenger) keeps its last `window` joined
-rows; `metrics.realized` computes its numbers once per tick when they changed.
+rows; `metrics.realized` computes its numbers once per tick when they changed. With a
+`reference`, a version also has its baseline and alerts (alert.py) and, for classification,
+an estimate from the scores of its last `window` scored rows, labelled or not (estimate.py).
+Each challenger's rows that joined the same label as the champion's give a paired difference
+of the decision metric, followed by a confidence sequence (sequence.py).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ import orjson
 
 from engine.batching.batch import ScoredBatch
 from engine.batching.mailbox import Mailbox
-from engine.performance.metrics import METRICS, realized
+from engine.performance.alert import Alerting, PerformanceEvent, load_reference, write_events
+from engine.performance.estimate import Calibration, estimate
+from engine.performance.metrics import METRICS, per_row, realized
+from engine.performance.sequence import PairedSequence
 from engine.settings import PerformanceSettings, Settings
 
 log = logging.getLogger("scorewire")
@@ -86,6 +93,32 @@ class Window:
         n = self.rows
         return realized(self.task, self.scores[:n], self.labels[:n])
 
+    def rows_in_order(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self.rows
+        return self.scores[:n], self.labels[:n]
+
+
+class Scored:
+    """The scores of the last `size` scored rows of one version and role (for CBPE)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.scores: np.ndarray | None = None
+        self.n = 0
+        self.changed = False
+
+    def add(self, scores: np.ndarray) -> None:
+        if self.scores is None:
+            self.scores = np.zeros((self.size, *scores.shape[1:]), np.float64)
+        scores = scores[-self.size:]
+        at = (self.n + np.arange(len(scores))) % self.size
+        self.scores[at] = scores
+        self.n += len(scores)
+        self.changed = True
+
+    def rows(self) -> np.ndarray:
+        return self.scores[:min(self.n, self.size)]
+
 
 def event_ids(origin) -> list:
     """The id each Kafka event of `origin` is labelled by: its "id" (a JSON string's text, a
@@ -113,6 +146,10 @@ class _Model:
         self.order: collections.deque = collections.deque()  # (time ns, "rows" | "labels", id, entry)
         self.pending = 0  # rows and labels held
         self.windows: dict[tuple[str, str], Window] = {}
+        self.scored: dict[tuple[str, str], Scored] = {}  # (version, role): for CBPE
+        self.alerting: dict[str, Alerting] = {}  # version -> its baseline and alerts
+        self.calibration: dict[str, Calibration] = {}  # version -> CBPE's (classification with a reference)
+        self.sequences: dict[tuple[str, str], PairedSequence] = {}  # (champion, challenger) versions
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
 
@@ -122,10 +159,14 @@ class PerformanceMonitor:
         """`thread=False`: no thread of its own (tests and benches drive `_batch`, `_labels`,
         `_expire` with times of their own)."""
         self.models: dict[str, _Model] = {}
+        self._references: dict[tuple[str, str], tuple] = {}
+        self.events_dir = None
+        self.alerts_raised = 0
         self.install(settings)
         self._box = Mailbox(capacity, tick_s)
         self.failed = 0
         self.results: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}  # (model, version, role)
+        self.estimated: dict[tuple[str, str, str], dict[str, float]] = {}  # (model, version, role): CBPE
         self._bad_scores: set = set()
         self._thread = None
         if thread:
@@ -133,7 +174,9 @@ class PerformanceMonitor:
             self._thread.start()
 
     def install(self, settings: Settings) -> None:
-        """The versions with [models.performance] (again on reload: a model's pending rows stay)."""
+        """The versions with [models.performance] (again on reload: a model's pending rows stay).
+        A reference that cannot be used raises BadReference."""
+        self.events_dir = settings.monitoring.events_dir
         wanted: dict[str, dict[str, PerformanceSettings]] = {}
         for m in settings.models:
             if m.performance is not None:
@@ -143,6 +186,23 @@ class PerformanceMonitor:
                 self.models[name].versions = versions
             else:
                 self.models[name] = _Model(name, versions)
+            model = self.models[name]
+            for version, p in versions.items():
+                if p.reference is None:
+                    model.alerting.pop(version, None)
+                    model.calibration.pop(version, None)
+                    continue
+                key = (str(p.reference), p.task, p.score)
+                if self._references.get((name, version), (None,))[0] != key:
+                    reference = load_reference(p.reference, p.task, p.score)
+                    self._references[(name, version)] = (key, reference)
+                    if p.task != "regression":
+                        model.calibration[version] = Calibration(p.task, reference.scores, reference.labels)
+                reference = self._references[(name, version)][1]
+                old = model.alerting.get(version)
+                model.alerting[version] = Alerting(name, version, p, reference)
+                if old is not None and old.settings == p:
+                    model.alerting[version] = old  # keeps its state across a reload that did not change it
 
     def wants(self, model: str) -> bool:
         return model in self.models
@@ -215,14 +275,20 @@ class PerformanceMonitor:
             return
         bounds = batch.bounds or (0, batch.rows)
         for origin, a, b in zip(batch.origins, bounds[:-1], bounds[1:]):
+            role = batch.role if origin is None or batch.role == "challenger" else origin.role
+            if batch.version in model.calibration:
+                ring = model.scored.get((batch.version, role))
+                if ring is None:
+                    ring = model.scored[(batch.version, role)] = Scored(settings.window)
+                ring.add(np.asarray(scores[a:b], np.float64))
             if origin is None:
                 continue
             if origin.topic is not None:
                 for r, rid in enumerate(event_ids(origin), a):
                     if rid:
-                        self._row(model, rid, (batch.version, batch.role, np.array(scores[r:r + 1], np.float64)), now)
+                        self._row(model, rid, (batch.version, role, np.array(scores[r:r + 1], np.float64)), now)
             elif origin.request_id:
-                self._row(model, origin.request_id, (batch.version, batch.role, np.array(scores[a:b], np.float64)), now)
+                self._row(model, origin.request_id, (batch.version, role, np.array(scores[a:b], np.float64)), now)
         self._bound(model)
 
     def _row(self, model: _Model, rid: str, entry: tuple, now: int) -> None:
@@ -246,7 +312,7 @@ class PerformanceMonitor:
             if rid in model.labels:
                 model.counts["duplicate"] += 1
                 continue
-            label = model.labels[rid] = [values, False]
+            label = model.labels[rid] = [values, False, {}]
             model.order.append((now, "labels", rid, label))
             model.pending += len(values)
             for entry in model.rows.pop(rid, ()):
@@ -255,7 +321,7 @@ class PerformanceMonitor:
         self._bound(model)
 
     def _join(self, model: _Model, label: list, entry: tuple) -> None:
-        values, state = label
+        values, state, paired = label
         version, role, scores = entry
         if state is None:  # found invalid already
             return
@@ -266,11 +332,33 @@ class PerformanceMonitor:
         if not state:
             label[1] = True
             model.counts["joined"] += 1
+        settings = model.versions[version]
         window = model.windows.get((version, role))
         if window is None:
-            settings = model.versions[version]
             window = model.windows[(version, role)] = Window(settings.task, settings.window)
         window.add(scores, values)
+        if role in ("champion", "challenger"):
+            self._pair(model, paired, version, role, per_row(settings.task, settings.decision, scores, values))
+
+    def _pair(self, model: _Model, paired: dict, version: str, role: str, values: np.ndarray) -> None:
+        """The champion's and each challenger's per-row decision values on one label's rows:
+        each challenger's difference goes to its confidence sequence, once."""
+        if (role, version) in paired:
+            return
+        paired[(role, version)] = values
+        if role == "champion":
+            pairs = [(version, v, c) for (r, v), c in paired.items() if r == "challenger"]
+            champion = values
+        else:
+            pairs = [(v, version, values) for (r, v), c in paired.items() if r == "champion"]
+            champion = next((c for (r, _), c in paired.items() if r == "champion"), None)
+        for champion_version, challenger_version, challenger in pairs:
+            settings = model.versions[champion_version]
+            key = (champion_version, challenger_version)
+            sequence = model.sequences.get(key)
+            if sequence is None:
+                sequence = model.sequences[key] = PairedSequence(settings.compare_alpha, settings.window)
+            sequence.add(challenger - champion)
 
     def _expire(self, model: _Model, now: int, evict: bool = False) -> None:
         order = model.order
@@ -294,12 +382,37 @@ class PerformanceMonitor:
         if model.pending > model.max_pending:
             self._expire(model, 0, evict=True)
 
-    def _publish(self) -> None:
+    def _publish(self, now_ns: int | None = None) -> None:
+        events: list[PerformanceEvent] = []
+        wall = time.time_ns() if now_ns is None else now_ns
         for model in self.models.values():
             for (version, role), window in model.windows.items():
                 if window.changed:
                     window.changed = False
                     self.results[(model.name, version, role)] = (window.rows, window.metrics())
+                    alerting = model.alerting.get(version)
+                    if alerting is not None and alerting.due(role, window.n, window.rows == window.size):
+                        events += alerting.evaluate(role, *window.rows_in_order(), window.n, wall)
+            for (version, role), ring in model.scored.items():
+                calibration = model.calibration.get(version)
+                if ring.changed and calibration is not None:
+                    ring.changed = False
+                    self.estimated[(model.name, version, role)] = estimate(calibration, ring.rows())
+        if events:
+            self._events(events)
+
+    def _events(self, events: list[PerformanceEvent]) -> None:
+        for e in events:
+            self.alerts_raised += e.kind == "raise"
+            (log.warning if e.kind == "raise" else log.info)(
+                "performance alert %s: %s:%s (%s) %s %.4g against the reference's %.4g (p %.3g, %d labelled rows)",
+                "RAISED" if e.kind == "raise" else "cleared", e.model, e.version, e.role, e.metric, e.value,
+                e.baseline, e.pvalue, e.rows)
+        if self.events_dir is not None:
+            try:
+                write_events(self.events_dir, events)
+            except OSError:
+                log.exception("could not write performance events to %s", self.events_dir)
 
     # -- /metrics ----------------------------------------------------------------------------
     def families(self, family, labels) -> None:
@@ -321,6 +434,36 @@ class PerformanceMonitor:
                 for k, value in values.items() if value == value])
         family("scorewire_performance_rows", "gauge", "Labelled rows in the window the performance is computed on.",
                [(labels(model=m, version=v, role=r), rows) for (m, v, r), (rows, _) in results])
+        family("scorewire_performance_estimated", "gauge", "Performance estimated before the labels come (CBPE: "
+               "scores calibrated on the reference's labels) over the last `window` scored rows: accuracy, "
+               "binary auc.", [(labels(model=m, version=v, role=r, metric=k), value)
+                               for (m, v, r), values in sorted(self.estimated.items())
+                               for k, value in values.items() if value == value])
+        baselines = [(m.name, v, a) for m in self.models.values() for v, a in sorted(m.alerting.items())]
+        family("scorewire_performance_baseline", "gauge", "Realized performance on the version's reference.",
+               [(labels(model=m, version=v, metric=k), value) for m, v, a in baselines
+                for k, value in a.baseline.items() if value == value])
+        family("scorewire_performance_alert", "gauge", "1 while the version (and role) is significantly worse "
+               "than its reference on the metric, else 0.",
+               [(labels(model=m, version=v, role=r, metric=k), int((r, k) in a.raised)) for m, v, a in baselines
+                for r in sorted({r for r, _ in a.last}) for k in a.metrics])
+        sequences = [(m.name, key, s) for m in self.models.values() for key, s in sorted(m.sequences.items())]
+        rows = []
+        for m, (champion, challenger), s in sequences:
+            bounds = s.bounds()
+            if bounds is not None:
+                metric = self.models[m].versions[champion].decision
+                rows += [(labels(model=m, champion=champion, challenger=challenger, metric=metric, bound=name), value)
+                         for name, value in zip(("estimate", "lower", "upper"), bounds)]
+        family("scorewire_performance_difference", "gauge", "Challenger minus champion on the same labelled rows "
+               "(the decision metric, per row): the estimate and an always-valid confidence sequence (safe to read "
+               "at any time; compare_alpha). For a loss, a lower bound above 0 means the challenger is worse.", rows)
+        family("scorewire_performance_difference_pvalue", "gauge", "Always-valid p-value of no difference "
+               "between challenger and champion (the running minimum).",
+               [(labels(model=m, champion=c, challenger=h), s.pvalue) for m, (c, h), s in sequences
+                if s.bounds() is not None])
+        family("scorewire_performance_difference_pairs", "gauge", "Labelled rows the champion and the challenger "
+               "both scored.", [(labels(model=m, champion=c, challenger=h), s.n) for m, (c, h), s in sequences])
 
 
-__all__ = ["Labels", "METRICS", "PerformanceMonitor", "Window"]
+__all__ = ["Labels", "METRICS", "PerformanceMonitor", "Scored", "Window"]

@@ -33,6 +33,36 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+# Metrics that are a mean over rows of a per-row value (`per_row`): what the alert and the
+# champion-vs-challenger sequence test. rmse's per-row value is the squared error.
+PER_ROW = {
+    "binary": ("accuracy", "log_loss", "brier"),
+    "multiclass": ("accuracy", "log_loss"),
+    "regression": ("mae", "rmse"),
+}
+LOWER_IS_BETTER = {"log_loss", "brier", "mae", "rmse"}
+
+
+def per_row(task: str, metric: str, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's share of `metric` (its mean over rows is the metric; rmse: its square)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if task == "binary":
+        y = np.asarray(labels, dtype=np.float64)
+        if metric == "accuracy":
+            return ((scores > 0.5) == (y == 1)).astype(np.float64)
+        if metric == "brier":
+            return (scores - y) ** 2
+        p = np.clip(scores, _EPS, 1 - _EPS)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    if task == "multiclass":
+        classes = np.asarray(labels).astype(np.int64)
+        if metric == "accuracy":
+            return (np.argmax(scores, axis=1) == classes).astype(np.float64)
+        return -np.log(np.clip(scores[np.arange(len(classes)), classes], _EPS, 1 - _EPS))
+    error = scores - np.asarray(labels, dtype=np.float64)
+    return np.abs(error) if metric == "mae" else error ** 2
+
+
 def realized(task: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The task's metrics over `scores` (rows, or rows x classes) and their `labels`."""
     scores = np.asarray(scores, dtype=np.float64)

@@ -1,0 +1,183 @@
+"""A version's realized performance against its reference's: the baseline, and an alert when
+the version is significantly worse.
+
+The reference (`[models.performance] reference`) is a Parquet file with a `label` column and
+the version's scores on the same rows, in columns named as `score` names them ("probabilities:1",
+"variable"; multiclass: "probabilities:0" ... "probabilities:K-1"), as `scorewire reference
+--model M --outputs ...` writes them. Its realized metrics are the baseline.
+
+Every `every` labelled rows, once a version's window is full, each metric that is a mean
+over rows (metrics.PER_ROW) is tested, one-sided, window against reference: Welch's t-test
+on the per-row values (scipy.stats.ttest_ind, equal_var=False), Bonferroni-corrected over
+the metrics (alpha / their number), and it counts only when the window is also worse by at
+least `min_effect` in the metric's own units (accuracy 0.02 = two points; rmse on rmse itself).
+As drift alerts do, an alert is raised after `consecutive` such evaluations in a row and
+cleared after as many clean ones; each raise and clear is an event (events_dir,
+kind=performance) and a log line. AUC has no per-row value: it is shown, not alerted on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.stats import ttest_ind
+
+from engine.errors import UserFacing
+from engine.performance.metrics import LOWER_IS_BETTER, PER_ROW, per_row, realized
+from engine.scorelog.files import write_parquet
+
+
+class BadReference(ValueError, UserFacing):
+    """A performance reference that cannot be used; the message names the file and the problem."""
+
+    prefix = "config error:\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    scores: np.ndarray  # rows (binary, regression) or rows x classes (multiclass)
+    labels: np.ndarray  # float64
+
+
+def load_reference(path: Path, task: str, score: str) -> Reference:
+    """The reference's labels and scores (see the module's docstring)."""
+    where = f"performance reference {path}"
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise BadReference(f"{where}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+    names = table.column_names
+    if "label" not in names:
+        raise BadReference(f"{where}: no 'label' column (it has {names[:10]})")
+
+    def column(name: str) -> np.ndarray:
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        if values.dtype.kind not in "biuf":
+            raise BadReference(f"{where}: column {name!r} is not numeric ({table.schema.field(name).type})")
+        return values.astype(np.float64)
+
+    labels = column("label")
+    if task == "multiclass":
+        output = score.split(":", 1)[0]
+        k = 0
+        while f"{output}:{k}" in names:
+            k += 1
+        if k < 2:
+            raise BadReference(f"{where}: multiclass needs the columns {output}:0, {output}:1, ... (one per "
+                                 f"class, as `scorewire reference --outputs` names them); it has {names[:10]}")
+        scores = np.column_stack([column(f"{output}:{j}") for j in range(k)])
+        if np.any((labels < 0) | (labels >= k) | (labels != np.rint(labels))):
+            raise BadReference(f"{where}: labels must be class indices 0..{k - 1}")
+    else:
+        if score not in names:
+            raise BadReference(f"{where}: no {score!r} column (the version's score; it has {names[:10]})")
+        scores = column(score)
+        if task == "binary" and not np.all((labels == 0) | (labels == 1)):
+            raise BadReference(f"{where}: binary labels must be 0 or 1")
+    finite = np.isfinite(labels) & np.isfinite(scores if scores.ndim == 1 else scores.sum(axis=1))
+    if finite.sum() < 100:
+        raise BadReference(f"{where}: {int(finite.sum())} rows with a finite label and score; at least 100 needed")
+    return Reference(scores[finite], labels[finite])
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceEvent:
+    time_ns: int
+    kind: str  # raise | clear
+    model: str
+    version: str
+    role: str
+    metric: str
+    value: float  # the window's
+    baseline: float  # the reference's
+    pvalue: float
+    rows: int  # labelled rows joined so far (this version and role)
+
+
+class Alerting:
+    """The baseline of one version and its alerts per role and metric."""
+
+    def __init__(self, model: str, version: str, settings, reference: Reference):
+        self.model, self.version, self.settings = model, version, settings
+        task = settings.task
+        self.metrics = PER_ROW[task]
+        self.baseline = realized(task, reference.scores, reference.labels)
+        self._reference = {m: per_row(task, m, reference.scores, reference.labels) for m in self.metrics}
+        self.streak: dict[tuple[str, str], int] = {}  # (role, metric) -> evaluations in a row against the state
+        self.raised: set[tuple[str, str]] = set()
+        self.evaluated: dict[str, int] = {}  # role -> rows joined at its last evaluation
+        self.last: dict[tuple[str, str], float] = {}  # (role, metric) -> last p-value
+
+    def due(self, role: str, rows_ever: int, full: bool) -> bool:
+        return full and rows_ever - self.evaluated.get(role, -self.settings.every) >= self.settings.every
+
+    def evaluate(self, role: str, scores: np.ndarray, labels: np.ndarray, rows_ever: int, now_ns: int) -> list:
+        s = self.settings
+        self.evaluated[role] = rows_ever
+        level = s.alpha / len(self.metrics)
+        values = realized(s.task, scores, labels)
+        events = []
+        for metric in self.metrics:
+            lower = metric in LOWER_IS_BETTER
+            x = per_row(s.task, metric, scores, labels)
+            p = float(ttest_ind(x, self._reference[metric], equal_var=False,
+                                alternative="greater" if lower else "less").pvalue)
+            worse_by = (values[metric] - self.baseline[metric]) * (1 if lower else -1)
+            bad = p < level and worse_by >= s.min_effect
+            key = (role, metric)
+            self.last[key] = p
+            raised = key in self.raised
+            self.streak[key] = self.streak.get(key, 0) + 1 if bad != raised else 0
+            if self.streak[key] >= s.consecutive:
+                self.streak[key] = 0
+                (self.raised.add if bad else self.raised.discard)(key)
+                events.append(PerformanceEvent(now_ns, "raise" if bad else "clear", self.model, self.version, role,
+                                               metric, values[metric], self.baseline[metric], p, rows_ever))
+        return events
+
+
+SCHEMA = pa.schema([
+    ("time", pa.timestamp("ns", tz="UTC")),
+    ("event", pa.string()),  # raise | clear
+    ("version", pa.string()),
+    ("role", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("baseline", pa.float64()),
+    ("pvalue", pa.float64()),
+    ("rows", pa.int64()),
+])
+_sequence = itertools.count()
+
+
+def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
+    """EVENTS_DIR/kind=performance/model=NAME/date=YYYY-MM-DD/part-*.parquet, published as the
+    drift events are (engine/monitor/events.py)."""
+    groups: dict[tuple[str, str], list[PerformanceEvent]] = {}
+    for e in events:
+        day = dt.datetime.fromtimestamp(e.time_ns / 1e9, dt.timezone.utc).date().isoformat()
+        groups.setdefault((e.model, day), []).append(e)
+    written = []
+    for (model, day), group in groups.items():
+        folder = Path(directory) / "kind=performance" / f"model={model}" / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table({
+            "time": pa.array([e.time_ns for e in group], pa.timestamp("ns", tz="UTC")),
+            "event": [e.kind for e in group], "version": [e.version for e in group],
+            "role": [e.role for e in group], "metric": [e.metric for e in group],
+            "value": [e.value for e in group], "baseline": [e.baseline for e in group],
+            "pvalue": [e.pvalue for e in group], "rows": [e.rows for e in group],
+        }, schema=SCHEMA)
+        final = folder / f"part-{group[0].time_ns}-{next(_sequence)}.parquet"
+        write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
+        written.append(final)
+    return written
+
+
+__all__ = ["Alerting", "PerformanceEvent", "Reference", "BadReference", "load_reference", "write_events"]
