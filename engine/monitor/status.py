@@ -74,6 +74,57 @@ def _gather(families: dict[str, list], names: tuple[str, ...], labels: tuple[str
     return out
 
 
+def _performance(families: dict[str, list]) -> list[str]:
+    """Realized (labelled rows), estimated (CBPE), baseline and alert per version, role and
+    metric; then each challenger against its champion on the same labelled rows."""
+    by = lambda name, sample: name  # noqa: E731
+    realized = _gather(families, ("scorewire_performance",), ("model", "version", "role", "metric"), by)
+    estimated = _gather(families, ("scorewire_performance_estimated",), ("model", "version", "role", "metric"), by)
+    alerts = _gather(families, ("scorewire_performance_alert",), ("model", "version", "role", "metric"), by)
+    baseline = _gather(families, ("scorewire_performance_baseline",), ("model", "version", "metric"), by)
+    rows_ = _gather(families, ("scorewire_performance_rows",), ("model", "version", "role"), by)
+    out = []
+    keys = sorted(set(realized) | set(estimated) | set(alerts))
+    if keys:
+        rows = []
+        for m, v, r, k in keys:
+            real = realized.get((m, v, r, k), {}).get("scorewire_performance")
+            est = estimated.get((m, v, r, k), {}).get("scorewire_performance_estimated")
+            base = baseline.get((m, v, k), {}).get("scorewire_performance_baseline")
+            alert = alerts.get((m, v, r, k), {}).get("scorewire_performance_alert")
+            n = rows_.get((m, v, r), {}).get("scorewire_performance_rows", 0)
+            show = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+            rows.append([m, v, r, k, show(real), f"{n:,.0f}", show(est), show(base),
+                         "-" if alert is None else "WORSE" if alert else "ok"])
+        out.append(_table(["model", "version", "role", "metric", "realized", "labelled", "estimated", "baseline",
+                           "alert"], rows))
+    difference = _gather(families, ("scorewire_performance_difference",),
+                         ("model", "champion", "challenger", "metric"), lambda _, sample: sample.labels["bound"])
+    pairs = _gather(families, ("scorewire_performance_difference_pairs", "scorewire_performance_difference_pvalue"),
+                    ("model", "champion", "challenger"), by)
+    if pairs:
+        rows = []
+        for (m, c, h), v in sorted(pairs.items()):
+            found = [(k, b) for (m2, c2, h2, k), b in difference.items() if (m2, c2, h2) == (m, c, h)]
+            n = v.get("scorewire_performance_difference_pairs", 0)
+            if not found:
+                rows.append([m, c, h, "-", f"{n:,.0f}", "-", "-", "too few labelled pairs yet"])
+                continue
+            metric, b = found[0]
+            lower_better = metric != "accuracy"
+            if b["lower"] > 0:
+                verdict = f"challenger {'worse' if lower_better else 'better'}"
+            elif b["upper"] < 0:
+                verdict = f"challenger {'better' if lower_better else 'worse'}"
+            else:
+                verdict = "no difference shown yet"
+            rows.append([m, c, h, metric, f"{n:,.0f}", f"{b['estimate']:+.4g}", f"[{b['lower']:+.4g}, {b['upper']:+.4g}]",
+                         f"{verdict} (p {v.get('scorewire_performance_difference_pvalue', 1):.3g})"])
+        out.append(_table(["model", "champion", "challenger", "metric", "pairs", "difference",
+                           "always-valid interval", "verdict"], rows))
+    return out
+
+
 def status(target: str, timeout_s: float = 5.0) -> str:
     families = scrape(target, timeout_s)
     drift = _gather(families, ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect",
@@ -103,6 +154,7 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         out.append(_table(["model", "version", "feature", "window", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
+    out += _performance(families)
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
                                  "scorewire_stream_input_missing", "scorewire_stream_in_flight",
                                  "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))

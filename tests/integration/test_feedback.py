@@ -5,6 +5,8 @@ on those rows; duplicates, unknown ids, wrong counts and bad objects counted."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -86,6 +88,21 @@ def test_labels_sent_to_any_worker_join_the_rows_of_champion_and_challenger(mode
                   for o in ("joined", "duplicate", "unmatched", "invalid", "evicted")}
         assert counts == {"joined": len(x), "duplicate": 1, "unmatched": 1, "invalid": 1, "evicted": 0}
         assert m['scorewire_feedback_refused_total{model="mlp"}'] == 4
+        # champion and challenger on the same labelled rows: the challenger's log loss minus the champion's
+        pair = '{model="mlp",champion="1",challenger="2"}'
+        assert m["scorewire_performance_difference_pairs" + pair] == len(x)
+        per_row = lambda s: -np.log(np.where(truth == 1, s, 1 - s).astype(np.float64))  # noqa: E731
+        d = per_row(q) - per_row(p)
+        bound = '{model="mlp",champion="1",challenger="2",metric="log_loss",bound="%s"}'
+        assert m["scorewire_performance_difference" + bound % "estimate"] == pytest.approx(d.mean(), rel=1e-5)
+        assert m["scorewire_performance_difference" + bound % "lower"] < d.mean() < \
+            m["scorewire_performance_difference" + bound % "upper"]
+        shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target",
+                                f"127.0.0.1:{server.metrics_port}"], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert any(line.split()[:4] == ["mlp", "1", "2", "log_loss"] for line in shown.stdout.splitlines()), shown.stdout
+        assert any(line.split()[:5] == ["mlp", "1", "champion", "auc", f"{want['auc']:.4g}"]
+                   for line in shown.stdout.splitlines()), shown.stdout
     finally:
         assert server.stop() == 0
 
