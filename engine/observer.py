@@ -23,6 +23,7 @@ from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
+from engine.errors import UserFacing
 from engine.performance.join import Labels, PerformanceMonitor
 from engine.runtime.session import ModelShape, OnnxModel
 from engine.scorelog.parquet import ScoreLog
@@ -131,7 +132,10 @@ class Observer:
 
     def reloaded(self, settings: Settings) -> None:
         self.settings = settings
-        self.performance.install(settings)
+        try:
+            self.performance.install(settings)
+        except UserFacing as exc:  # the reload's probe read it; it changed since
+            log.error("performance monitoring keeps its previous references: %s", exc)
 
     def offer_shadows(self, batch: ScoredBatch) -> None:
         for shadow in self.shadows.get((batch.model, batch.version), ()):

@@ -187,22 +187,23 @@ class PerformanceMonitor:
             else:
                 self.models[name] = _Model(name, versions)
             model = self.models[name]
+            alerting, calibration = {}, {}  # new dicts, swapped in whole: the join's thread reads them
             for version, p in versions.items():
                 if p.reference is None:
-                    model.alerting.pop(version, None)
-                    model.calibration.pop(version, None)
                     continue
                 key = (str(p.reference), p.task, p.score)
-                if self._references.get((name, version), (None,))[0] != key:
+                cached = self._references.get((name, version))
+                if cached is None or cached[0] != key:
                     reference = load_reference(p.reference, p.task, p.score)
-                    self._references[(name, version)] = (key, reference)
-                    if p.task != "regression":
-                        model.calibration[version] = Calibration(p.task, reference.scores, reference.labels)
-                reference = self._references[(name, version)][1]
+                    fitted = Calibration(p.task, reference.scores, reference.labels) if p.task != "regression" else None
+                    cached = self._references[(name, version)] = (key, reference, fitted)
+                _, reference, fitted = cached
+                if fitted is not None:
+                    calibration[version] = fitted
                 old = model.alerting.get(version)
-                model.alerting[version] = Alerting(name, version, p, reference)
-                if old is not None and old.settings == p:
-                    model.alerting[version] = old  # keeps its state across a reload that did not change it
+                # an unchanged version keeps its alerts' state across a reload
+                alerting[version] = old if old is not None and old.settings == p else Alerting(name, version, p, reference)
+            model.alerting, model.calibration = alerting, calibration
 
     def wants(self, model: str) -> bool:
         return model in self.models

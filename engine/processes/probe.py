@@ -3,7 +3,8 @@
 On SIGHUP the supervisor starts this process with the running settings and the ones a reload
 would run (Settings.reloaded); it does what would fail in a worker, the observer or the
 challengers process: loads and warms up every version the reload adds (and builds its drift
-monitor from its reference), and checks every route that changed against its champion's
+monitor from its reference), reads every performance reference the reload names anew, and
+checks every route that changed against its champion's
 inputs and outputs. Only when it succeeds does the supervisor send the reload to its processes
 and start later ones with it: a reload that fails anywhere changes nothing anywhere.
 """
@@ -51,6 +52,13 @@ def check(old: Settings, new: Settings) -> None:
                         check_compatible(champion.schema, other.schema, other.label, champion.label)
                     except ValueError as exc:
                         raise ModelLoadError(f"route of model {rs.model!r}: {exc}") from None
+        from engine.performance.alert import load_reference as load_performance_reference
+
+        running = {(m.name, m.version): m.performance for m in old.models}
+        for ms in new.models:  # as the observer's join does (it reads a reference when it changes)
+            p = ms.performance
+            if p is not None and p.reference is not None and running.get((ms.name, ms.version)) != p:
+                load_performance_reference(p.reference, p.task, p.score)
     finally:
         for model in models.values():
             model.close()
