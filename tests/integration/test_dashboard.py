@@ -1,6 +1,7 @@
 """configs/grafana-dashboard.json reads only what the server really exports: every metric
 its queries name, and every label they group by, checked against a running server with
-every part on (two workers, drift, a challenger, the scoring log, a Kafka stream)."""
+every part on (two workers, drift, a challenger, the scoring log, a Kafka stream, labels sent
+back to versions with a performance reference)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
@@ -20,11 +22,13 @@ from tests.integration.kafka_helpers import stream, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana-dashboard.json"
 
+PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 50, "every": 50,
+               "reference": "ref-dashboard-labelled.parquet"}
 CONFIG = Config(
     server_table(workers=2),
-    [model_table("mlp", "models/mlp.onnx", version="1",
+    [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE,
                  monitor={"reference": "ref-dashboard.parquet", "window": 100, "every": 50}),
-     model_table("mlp", "models/mlp.onnx", version="2")],
+     model_table("mlp", "models/mlp.onnx", version="2", performance=PERFORMANCE)],
     routes=[route_table("mlp", "1", challengers=["2"])],
     scorelog={"dir": "log-dashboard"})
 
@@ -54,6 +58,11 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
     assert len(queries) >= 20
     x = rng.random((400, 32), dtype=np.float32)
     pq.write_table(pa.table({f"f{i}": x[:200, i] for i in range(32)}), model_dir / "ref-dashboard.parquet")
+    session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    p = session.run(["probabilities"], {"float_input": x})[0][:, 1]
+    labels = (rng.random(len(x)) < p).astype(int)
+    pq.write_table(pa.table({"probabilities:1": p[:200], "label": labels[:200]}),
+                   model_dir / "ref-dashboard-labelled.parquet")
     with MockCluster() as cluster:
         for topic in ("events", "scores", "scores-dlq"):
             cluster.create_topic(topic, 2)
@@ -61,20 +70,27 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
         server = launch(model_dir, config, "dashboard.toml")
         try:
             c = grpcclient.InferenceServerClient(server.url)
-            for i in range(0, 200, 10):
+            for i in range(200, 400, 10):
                 inp = grpcclient.InferInput("float_input", [10, 32], "FP32")
                 inp.set_data_from_numpy(x[i:i + 10])
-                c.infer("mlp", [inp])
+                c.infer("mlp", [inp], request_id=f"d{i}")
             c.close()
             import urllib.request
+
+            body = json.dumps([{"id": f"d{i}", "labels": labels[i:i + 10].tolist()} for i in range(200, 400, 10)])
+            request = urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/feedback", data=body.encode(),
+                                             method="POST")
+            assert urllib.request.urlopen(request, timeout=10).status == 200
 
             def scrape() -> str:
                 url = f"http://127.0.0.1:{server.metrics_port}/metrics"
                 return urllib.request.urlopen(url, timeout=5).read().decode()
 
             # drift evaluated (200 rows, window 100), shadows scored: every family has samples
-            wait_for(lambda: "scorewire_drift_pvalue{" in scrape() and "scorewire_latency_recent_us{" in scrape(), 20,
-                     what="an evaluation and recent latency")
+            wait_for(lambda: all(f"{name}{{" in scrape() for name in (
+                "scorewire_drift_pvalue", "scorewire_latency_recent_us", "scorewire_performance_alert",
+                "scorewire_performance_estimated", "scorewire_performance_difference")), 20,
+                what="an evaluation, recent latency, performance alerts evaluated, estimates and the paired difference")
             exported = _exported(scrape())
         finally:
             assert server.stop() == 0
