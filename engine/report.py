@@ -9,6 +9,9 @@ Drift plots need `[monitoring] events_dir` (the per-evaluation statistics are wr
 as kind=evaluation, beside the raises and clears, kind=drift); the window at a raise is taken
 from the scoring log (the version's last `window` rows up to the raise), so it needs the
 inputs logged under the feature names (`[models.monitor] features`, or the reference's).
+Performance over time (realized and estimated per version, and its alerts) comes from the
+same folder (kind=performance_history, kind=performance), written by versions with
+`[models.performance]`.
 """
 
 from __future__ import annotations
@@ -112,6 +115,57 @@ def latency_section(log: pa.Table) -> str:
     axes.set_xlabel("time (UTC)")
     _time_axis(axes)
     out.append(_png(fig))
+    return "\n".join(out)
+
+
+def performance_section(events_dir: Path, model: str) -> str:
+    """Realized (labelled rows) and estimated (CBPE) performance over time per version and
+    role, one plot per metric, with the performance alerts raised and cleared."""
+    history = _read(events_dir, "performance_history")
+    if history is None:
+        return ""
+    history = history.filter(pc.equal(history.column("model"), model))
+    if history.num_rows == 0:
+        return ""
+    events = _read(events_dir, "performance")
+    if events is not None:
+        events = events.filter(pc.equal(events.column("model"), model)).to_pylist()
+    out = ["<h2>Performance over time</h2><p>Solid: realized over the last window of labelled rows; dashed: "
+           "estimated before the labels (CBPE), where the version has a reference; red marks: alerts raised, green: "
+           "cleared.</p>"]
+    rows = history.to_pylist()
+    for metric in dict.fromkeys(r["metric"] for r in rows):
+        fig, axes = _figure(10, 3.2)
+        drawn = False
+        for version, role in sorted({(r["version"], r["role"]) for r in rows if r["metric"] == metric}):
+            mine = [r for r in rows if r["metric"] == metric and r["version"] == version and r["role"] == role]
+            times = np.array([r["time"].replace(tzinfo=None) for r in mine], dtype="datetime64[us]")
+            for column, style in (("realized", "-"), ("estimated", "--")):
+                values = np.array([r[column] for r in mine], dtype=np.float64)
+                if np.isfinite(values).any():
+                    axes.plot(times, values, style, marker=".", label=f"{version} ({role}) {column}")
+                    drawn = True
+        for e in events or []:
+            if e["metric"] == metric:
+                axes.axvline(np.datetime64(e["time"].replace(tzinfo=None), "us"), alpha=0.5,
+                             color="tab:red" if e["event"] == "raise" else "tab:green")
+        if not drawn:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            continue
+        axes.set_title(f"{metric} per version and role")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        axes.grid(alpha=0.3)
+        axes.set_xlabel("time (UTC)")
+        _time_axis(axes)
+        out.append(_png(fig))
+    if events:
+        items = "".join(f"<li>{e['time']:%Y-%m-%d %H:%M:%S} {html.escape(e['event'])} {html.escape(e['version'])} "
+                        f"({html.escape(e['role'])}) {html.escape(e['metric'])} {e['value']:.4g} against the "
+                        f"reference's {e['baseline']:.4g} (p {e['pvalue']:.3g}, {e['rows']:,} labelled rows)</li>"
+                        for e in events)
+        out.append(f"<ul>{items}</ul>")
     return "\n".join(out)
 
 
@@ -250,6 +304,7 @@ def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Pat
                         f"<th>first (UTC)</th><th>last (UTC)</th></tr>{rows}</table>")
         if events_dir is not None:
             sections.append(drift_section(events_dir, part, name))
+            sections.append(performance_section(events_dir, name))
         sections.append(latency_section(part))
         try:
             comparison = render(compare(log_dir, name, labels))

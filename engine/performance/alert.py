@@ -180,4 +180,34 @@ def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
     return written
 
 
-__all__ = ["Alerting", "PerformanceEvent", "Reference", "BadReference", "load_reference", "write_events"]
+HISTORY_SCHEMA = pa.schema([
+    ("time", pa.timestamp("ns", tz="UTC")),
+    ("version", pa.string()),
+    ("role", pa.string()),
+    ("metric", pa.string()),
+    ("realized", pa.float64()),  # over the last `window` labelled rows (NaN: none yet)
+    ("labelled", pa.int64()),  # rows in that window
+    ("estimated", pa.float64()),  # CBPE over the last `window` scored rows (NaN: no estimate)
+])
+
+
+def write_history(directory: Path, model: str, history: list[tuple]) -> list[Path]:
+    """Snapshots of a model's performance, (time_ns, version, role, metric, realized, labelled,
+    estimated) rows, as EVENTS_DIR/kind=performance_history/model=NAME/date=YYYY-MM-DD/part-*.parquet
+    (`scorewire report` plots them)."""
+    by_day: dict[str, list[tuple]] = {}
+    for row in history:
+        day = dt.datetime.fromtimestamp(row[0] / 1e9, dt.timezone.utc).date().isoformat()
+        by_day.setdefault(day, []).append(row)
+    written = []
+    for day, rows in by_day.items():
+        folder = Path(directory) / "kind=performance_history" / f"model={model}" / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table(dict(zip(HISTORY_SCHEMA.names, map(list, zip(*rows))))).cast(HISTORY_SCHEMA)
+        final = folder / f"part-{rows[0][0]}-{next(_sequence)}.parquet"
+        write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
+        written.append(final)
+    return written
+
+
+__all__ = ["Alerting", "PerformanceEvent", "Reference", "BadReference", "load_reference", "write_events", "write_history"]

@@ -34,7 +34,7 @@ import orjson
 
 from engine.batching.batch import ScoredBatch
 from engine.batching.mailbox import Mailbox
-from engine.performance.alert import Alerting, PerformanceEvent, load_reference, write_events
+from engine.performance.alert import Alerting, PerformanceEvent, load_reference, write_events, write_history
 from engine.performance.estimate import Calibration, estimate
 from engine.performance.metrics import METRICS, per_row, realized
 from engine.performance.sequence import PairedSequence
@@ -43,6 +43,8 @@ from engine.settings import PerformanceSettings, Settings
 log = logging.getLogger("scorewire")
 
 OUTCOMES = ("joined", "duplicate", "unmatched", "invalid", "evicted")
+SNAPSHOT_EVERY_S = 10.0  # performance snapshots for `scorewire report` (events_dir, kind=performance_history)
+WRITE_EVERY_S = 60.0  # ... written this often (and at close)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,9 @@ class PerformanceMonitor:
         self.failed = 0
         self.results: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}  # (model, version, role)
         self.estimated: dict[tuple[str, str, str], dict[str, float]] = {}  # (model, version, role): CBPE
+        self.history: dict[str, list[tuple]] = {}  # model -> snapshots not yet written
+        self._snapshot_ns = 0
+        self._written_ns = time.time_ns()
         self._bad_scores: set = set()
         self._thread = None
         if thread:
@@ -225,6 +230,9 @@ class PerformanceMonitor:
         self._box.close()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self.events_dir is not None and (self._thread is None or not self._thread.is_alive()):
+            self._snapshot(time.time_ns())
+            self.write_history()
 
     # -- its thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -401,6 +409,33 @@ class PerformanceMonitor:
                     self.estimated[(model.name, version, role)] = estimate(calibration, ring.rows())
         if events:
             self._events(events)
+        if self.events_dir is not None and wall - self._snapshot_ns >= SNAPSHOT_EVERY_S * 1e9:
+            self._snapshot(wall)
+            if wall - self._written_ns >= WRITE_EVERY_S * 1e9:
+                self.write_history()
+
+    def _snapshot(self, wall: int) -> None:
+        self._snapshot_ns = wall
+        for key in sorted(set(self.results) | set(self.estimated)):
+            model, version, role = key
+            rows, real = self.results.get(key, (0, {}))
+            est = self.estimated.get(key, {})
+            task = self.models[model].versions.get(version)
+            if task is None:
+                continue
+            for metric in METRICS[task.task]:
+                self.history.setdefault(model, []).append(
+                    (wall, version, role, metric, real.get(metric, float("nan")), rows, est.get(metric, float("nan"))))
+
+    def write_history(self) -> None:
+        """The snapshots not yet written (the join's thread, and at close)."""
+        self._written_ns = time.time_ns()
+        history, self.history = self.history, {}
+        for model, rows in history.items():
+            try:
+                write_history(self.events_dir, model, rows)
+            except OSError:
+                log.exception("could not write performance history to %s", self.events_dir)
 
     def _events(self, events: list[PerformanceEvent]) -> None:
         for e in events:

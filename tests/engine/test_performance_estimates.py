@@ -229,3 +229,13 @@ def test_the_join_estimates_alerts_and_pairs_champion_with_challenger(tmp_path):
                    'bound="lower"}'] > 0  # the challenger's log loss is worse, and the sequence says so
     finally:
         pm.close()
+    # what `scorewire report` shows from the folder: performance over time and the alerts
+    history = pq.read_table(tmp_path / "events" / "kind=performance_history").to_pylist()
+    last = [h for h in history if (h["version"], h["role"], h["metric"]) == ("1", "champion", "accuracy")][-1]
+    assert last["realized"] == pytest.approx(realized("binary", scores[-400:], labels[-400:])["accuracy"])
+    assert last["estimated"] == pytest.approx(estimate(cal, scores[-400:])["accuracy"])
+    from engine.report import performance_section
+
+    page = performance_section(tmp_path / "events", "m")
+    assert page.count("<img") == 4  # accuracy, log_loss, brier, auc
+    assert "raise 1 (champion)" in page
