@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.harness.config import COMMENT, Config, model_table, route_table, server_table, stream_table
-from engine.harness.models import N_FEATURES, build_models, build_wide_mlp, demo_split, write_reference
+from engine.harness.models import (HELD_OUT_ROWS, N_FEATURES, build_models, build_wide_mlp, demo_split, write_labelled_reference,
+                                   write_reference)
 from engine.harness.server import start_server
 
 DEMO_MODELS = ("mlp", "gbt")
@@ -33,13 +34,22 @@ def demo_config(grpc_port: int = 8001, metrics_port: int = 8002, http_port: int 
         comment="scorewire demo config: written by `scorewire demo`. Every key: configs/example.toml.")
 
 
+REFERENCE_ROWS = slice(0, 400)  # held-out rows: the performance references' (the rest are labelled traffic)
+PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 500}
+
+
 def demo_run_config(bootstrap: str) -> Config:
     """The demo's own run: free ports (8001 may be taken), the challenger of 'mlp' with the
-    scoring log and drift events, and a Kafka stream on `bootstrap`, a broker that lives only
-    while the demo runs."""
-    return demo_config(0, 0, 0).add(
+    scoring log and drift events, labels joined live against both versions, and a Kafka stream
+    on `bootstrap`, a broker that lives only while the demo runs."""
+    config = demo_config(0, 0, 0)
+    for m in config.models:
+        if m["name"] == "mlp":
+            m["performance"] = {**PERFORMANCE, "reference": "ref-labelled-v1.parquet"}
+    return config.add(
         models=[model_table("mlp", "models/mlp-v2.onnx", version="2", batching={"max_batch_size": 64},
-                            comment="written by the demo: a wider MLP shadows version 1")],
+                            performance={**PERFORMANCE, "reference": "ref-labelled-v2.parquet"},
+                            comment="written by the demo: a wider MLP trained on fewer rows shadows version 1")],
         routes=[route_table("mlp", "1", challengers=["2"])],
         scorelog={"dir": "scorelog", "max_file_age_s": 5},
         monitoring={"events_dir": "events",
@@ -122,29 +132,64 @@ def _traffic(url: str, directory: Path) -> None:
     client.close()
 
 
-def _labelled(url: str, directory: Path) -> Path:
-    """The rows held out from training, with their labels, sent with request ids; the labels
-    go to a file that `scorewire compare --labels` joins by request id."""
+def _labelled(url: str, http: str, directory: Path) -> tuple[Path, list]:
+    """The rows held out from training (less the performance references'), sent with request
+    ids; their labels go back over REST (four in five now, the rest later: returned) and to a
+    file that `scorewire compare --labels` joins by request id."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tritonclient.grpc as grpcclient
 
     _, (x, y) = demo_split()
+    x, y = x[REFERENCE_ROWS.stop:], y[REFERENCE_ROWS.stop:]
     n = len(x)
     client = grpcclient.InferenceServerClient(url)
-    ids, rows = [], []
+    ids, rows, feedback = [], [], []
     for k in range(0, n, 8):
         inp = grpcclient.InferInput("float_input", [8, N_FEATURES], "FP32")
         inp.set_data_from_numpy(x[k:k + 8])
         client.infer("mlp", [inp], request_id=f"labelled-{k}")
         ids += [f"labelled-{k}"] * 8
         rows += list(range(8))
+        feedback.append({"id": f"labelled-{k}", "labels": y[k:k + 8].tolist()})
     client.close()
     path = directory / "labels.parquet"
     pq.write_table(pa.table({"request_id": ids, "row": pa.array(rows, pa.int32()), "label": y}), path)
+    now, late = [f for i, f in enumerate(feedback) if i % 5], feedback[::5]
+    accepted = _feedback(http, now)
     print(f"\nchampion/challenger: sent {n:,} labelled rows to 'mlp' (version 1 answers, version 2 shadows); "
-          f"labels in {path}")
-    return path
+          f"labels in {path}\n  their labels sent back: POST http://{http}/v2/models/mlp/feedback "
+          f"{{\"id\": \"labelled-0\", \"labels\": [...]}}: {accepted} requests' labels accepted now, "
+          f"{len(late)} held back to come late")
+    return path, late
+
+
+def _feedback(http: str, objects: list) -> int:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{http}/v2/models/mlp/feedback", data=json.dumps(objects).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["accepted"]
+
+
+def _performance(http: str, metrics: str, late: list, labelled_rows: int) -> None:
+    """The late labels, then what the server says of both versions' performance."""
+    from engine.monitor.status import _performance, scrape
+
+    accepted = _feedback(http, late)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the challenger's rows join too, once it has scored them
+        pairs = scrape(metrics).get("scorewire_performance_difference_pairs", [])
+        if pairs and pairs[0].value >= labelled_rows:
+            break
+        time.sleep(0.5)
+    print(f"\nthe late labels: {accepted} requests' more; `scorewire status --target {metrics}` now shows "
+          "performance (realized on the labels, estimated before them, the references' baseline) and the "
+          "challenger against the champion on the same labelled rows:")
+    for table in _performance(scrape(metrics)):
+        print("  " + table.replace("\n", "\n  "))
 
 
 DRIFTED = (3, 10)  # the features the demo's drift step shifts
@@ -241,6 +286,9 @@ def run(directory: Path, prepare_only: bool) -> int:
     print(f"scorewire demo: building two tabular models (MLP, gradient-boosted trees; 32 features) and a wide "
           f"MLP (4.75M parameters, for GPUs) in {directory}")
     config = prepare(directory)  # the ports the README's snippets use
+    for version, name in (("1", "mlp"), ("2", "mlp-v2")):
+        write_labelled_reference(directory / f"ref-labelled-v{version}.parquet", directory / "models" / f"{name}.onnx",
+                                 REFERENCE_ROWS)
     print(f"wrote {config} (gRPC on 127.0.0.1:8001, HTTP on 8000, metrics on 8002) and "
           f"{directory / 'models'}/{{mlp,mlp-v2,gbt,wide}}.onnx")
     if prepare_only:
@@ -259,9 +307,11 @@ def run(directory: Path, prepare_only: bool) -> int:
     labels = None
     try:
         _traffic(served.url, directory)
-        labels = _labelled(served.url, directory)
+        labels, late = _labelled(served.url, served.http_url, directory)
         _drift(served.url, f"{served.host}:{served.metrics_port}")
         _kafka(cluster.bootstrap)
+        _performance(served.http_url, f"{served.host}:{served.metrics_port}", late,
+                     HELD_OUT_ROWS - REFERENCE_ROWS.stop)
     finally:
         summary = served.stop_and_read(timeout_s=60)
         print(f"\nserver drained and exited with code {served.proc.returncode} after SIGTERM")
@@ -283,7 +333,7 @@ def run(directory: Path, prepare_only: bool) -> int:
           # Kafka: python -m engine.mock_kafka --topic events:8 --topic scores:8 --topic scores-dlq:8
           #   prints a bootstrap address; add a [[streams]] table like {kafka_config}'s with it
           #   (that file's broker lived only while the demo ran) and serve
-          # a report (drift over time, the windows at the alerts, latency, the comparison):
+          # a report (drift over time, the windows at the alerts, performance per version, latency, the comparison):
           #   scorewire report --log {directory}/scorelog --events {directory}/events --out report.html
           # config reference: configs/example.toml
           # the scoring log: DuckDB, SELECT role, version, count(*) FROM
