@@ -20,29 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-KEY = ["request_id", "row"]
-PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("role", pa.string()), ("date", pa.string())]),
-                               flavor="hive")
+from engine.scorelog.labelled import KEY, LogError, read_log
+
 QUANTILES = (0.5, 0.9, 0.99)
-
-
-class CompareError(ValueError):
-    """Nothing to compare, or an option that does not fit the log; the message says which."""
-
-
-def read_log(log_dir: Path, model: str) -> pa.Table:
-    """The model's rows of the dataset under log_dir (with the model/role/date partition columns)."""
-    if not any(Path(log_dir).glob("**/*.parquet")):
-        raise CompareError(f"no scoring log files under {log_dir}")
-    dataset = ds.dataset(log_dir, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False)
-    table = dataset.to_table(filter=ds.field("model") == model)
-    if table.num_rows == 0:
-        known = sorted(set(dataset.to_table(columns=["model"]).column("model").to_pylist()))
-        raise CompareError(f"the log under {log_dir} has no rows of model {model!r} (models: {known})")
-    return table
 
 
 def _unique_keys(table: pa.Table) -> tuple[pa.Table, int]:
@@ -90,14 +72,14 @@ def _default_score(columns: list[str]) -> str:
     for c in columns:
         if c.endswith("_1") and c[:-2] + "_0" in columns and c[:-2] + "_2" not in columns:
             return c
-    raise CompareError(f"cannot tell which output is the probability of class 1 among {columns}; pass --score")
+    raise LogError(f"cannot tell which output is the probability of class 1 among {columns}; pass --score")
 
 
 def _read_labels(path: Path, label_column: str) -> pa.Table:
     table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
     missing = [c for c in ("request_id", label_column) if c not in table.column_names]
     if missing:
-        raise CompareError(f"labels file {path} lacks columns {missing} (has {table.column_names})")
+        raise LogError(f"labels file {path} lacks columns {missing} (has {table.column_names})")
     table = table.set_column(table.column_names.index("request_id"), "request_id",
                              table.column("request_id").cast(pa.string()))
     if "row" not in table.column_names:
@@ -112,7 +94,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
     roles = table.column("role")
     champion_all = table.filter(pc.equal(roles, "champion"))
     if champion_all.num_rows == 0:
-        raise CompareError(f"model {model!r} has no champion rows in {log_dir}")
+        raise LogError(f"model {model!r} has no champion rows in {log_dir}")
     champion, ambiguous = _unique_keys(champion_all)
     outputs = _outputs(champion)
     report: dict = {"model": model, "atol": atol, "champion": {"versions": sorted(set(champion_all.column("version").to_pylist())),
@@ -125,7 +107,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
     label_table = _read_labels(Path(labels), label_column) if labels is not None else None
     score = score or (_default_score(outputs) if label_table is not None else None)
     if score is not None and score not in outputs:
-        raise CompareError(f"--score {score}: no such output column (have {outputs})")
+        raise LogError(f"--score {score}: no such output column (have {outputs})")
     if predicted is None and label_table is not None:
         ints = [c for c in outputs if pa.types.is_integer(champion.schema.field(c).type)]
         predicted = ints[0] if len(ints) == 1 else None
@@ -152,7 +134,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
         entry["verdict"] = verdict(entry)
         report["challengers"].append(entry)
     if not report["challengers"]:
-        raise CompareError(f"model {model!r} has no challenger rows in {log_dir}")
+        raise LogError(f"model {model!r} has no challenger rows in {log_dir}")
     return report
 
 
@@ -272,7 +254,7 @@ def main(args) -> int:
     try:
         report = compare(Path(args.log), args.model, args.labels, args.label_column, args.score, args.predicted,
                          args.atol)
-    except CompareError as exc:
+    except LogError as exc:
         print(f"scorewire compare: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else render(report))
