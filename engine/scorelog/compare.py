@@ -4,8 +4,8 @@ Rows pair by (request_id, row): a challenger scored exactly the champion's rows.
 challenger: how many champion rows it covered, agreement per output column (equality for
 integer outputs, |difference| <= atol for floats) with the distribution of |differences|,
 and latency percentiles per version. With labels (a Parquet or CSV file with request_id,
-the label and optionally row), on the rows both scored: accuracy, log-loss and AUC of each,
-McNemar's exact test on which rows each gets right, and a paired t-test on per-row log-loss.
+the label and optionally row; joined with the champion's rows as engine/scorelog/labelled.py
+says), on the rows both scored: accuracy, log-loss and AUC of each, McNemar's exact test on which rows each gets right, and a paired t-test on per-row log-loss.
 Binary classification: the score is the probability of class 1.
 """
 
@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
-from engine.scorelog.labelled import KEY, LogError, read_log
+from engine.scorelog.labelled import KEY, LogError, join_labels, read_labels, read_log
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -75,19 +73,6 @@ def _default_score(columns: list[str]) -> str:
     raise LogError(f"cannot tell which output is the probability of class 1 among {columns}; pass --score")
 
 
-def _read_labels(path: Path, label_column: str) -> pa.Table:
-    table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
-    missing = [c for c in ("request_id", label_column) if c not in table.column_names]
-    if missing:
-        raise LogError(f"labels file {path} lacks columns {missing} (has {table.column_names})")
-    table = table.set_column(table.column_names.index("request_id"), "request_id",
-                             table.column("request_id").cast(pa.string()))
-    if "row" not in table.column_names:
-        table = table.append_column("row", pa.array(np.zeros(table.num_rows, dtype=np.int32)))
-    table = table.set_column(table.column_names.index("row"), "row", table.column("row").cast(pa.int32()))
-    return table.select([*KEY, label_column]).rename_columns([*KEY, "label"])
-
-
 def compare(log_dir: Path, model: str, labels: Path | None = None, label_column: str = "label",
             score: str | None = None, predicted: str | None = None, atol: float = 1e-6) -> dict:
     table = read_log(log_dir, model)
@@ -104,7 +89,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
         for version, rows in _by_version(table.filter(pc.equal(roles, role))):
             report["latency_us"][f"{version} ({role})"] = {
                 stage: _percentiles(rows.column(f"{stage}_us").to_numpy()) for stage in ("queue", "inference", "total")}
-    label_table = _read_labels(Path(labels), label_column) if labels is not None else None
+    label_table = read_labels(Path(labels), label_column) if labels is not None else None
     score = score or (_default_score(outputs) if label_table is not None else None)
     if score is not None and score not in outputs:
         raise LogError(f"--score {score}: no such output column (have {outputs})")
@@ -115,7 +100,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
         rows, _ = _unique_keys(all_rows)
         renamed = rows.select([*KEY, *[c for c in outputs if c in rows.column_names]])
         renamed = renamed.rename_columns([*KEY, *[f"{c}__ch" for c in renamed.column_names[2:]]])
-        paired = champion.select([*KEY, *outputs]).join(renamed, keys=KEY, join_type="inner")
+        paired = champion.select([*KEY, "routing_key", *outputs]).join(renamed, keys=KEY, join_type="inner")
         entry: dict = {"version": version, "paired_rows": paired.num_rows,
                        "coverage": paired.num_rows / champion.num_rows, "outputs": {}}
         for c in outputs:
@@ -141,7 +126,7 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
 def _labelled(paired: pa.Table, labels: pa.Table, score: str, predicted: str | None) -> dict:
     from scipy.stats import binomtest, ttest_rel
 
-    joined = paired.join(labels, keys=KEY, join_type="inner")
+    joined = join_labels(paired, labels).table
     y = joined.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
     result: dict = {"rows": len(y), "score": score, "predicted": predicted or f"{score} >= 0.5"}
     if len(y) == 0:
