@@ -179,14 +179,16 @@ def default_score(task: str, table: pa.Table) -> Score:
     floats = [c for c in have if pa.types.is_floating(table.schema.field(c).type)]
     if task == "binary":
         found = [c for c in have if c.endswith("_1") and c[:-2] + "_0" in have and c[:-2] + "_2" not in have]
-        found = [Score(c.removeprefix("out_"), (c,)) for c in found[:1]]
+        found = [Score(f"{c[4:-2]}:1", (c,)) for c in found[:1]]
     elif task == "multiclass":
         names = [c[4:-2] for c in floats if c.endswith("_0") and c[:-2] + "_1" in floats]
         found = [find_score(task, n, table) for n in names]
     else:
-        found = [Score(c.removeprefix("out_"), (c,)) for c in floats]
+        found = [Score(c[4:-2] if c.endswith("_0") and c[:-2] + "_1" not in have else c[4:], (c,)) for c in floats]
     if len(found) != 1:
-        raise LogError(f"cannot tell which output --task {task} scores among {have}; pass --score OUTPUT[:COLUMN]")
+        wide = task == "binary" and any(c.endswith("_2") for c in have)
+        raise LogError(f"cannot tell which output --task {task} scores among {have}; pass --score OUTPUT[:COLUMN]"
+                       + (" (a probability matrix of 3 or more columns: --task multiclass)" if wide else ""))
     return found[0]
 
 
@@ -218,7 +220,8 @@ def join_labels(table: pa.Table, labels: pa.Table) -> Joined:
                      "request_id": table.column("request_id"),
                      "_row": pc.if_else(kafka, pa.scalar(0, pa.int32()), table.column("row").cast(pa.int32())),
                      "routing_key": table.column("routing_key")})
-    right = pa.table({"_id": labels.column("request_id"), "_lrow": labels.column("row"), "label": labels.column("label"),
+    right = pa.table({"_id": labels.column("request_id"), "_lrow": labels.column("row"),
+                      "label": labels.column("label"),
                       "_label_at": pa.array(np.arange(labels.num_rows, dtype=np.int64))})
     direct = keys.join(right, keys=["request_id", "_row"], right_keys=["_id", "_lrow"], join_type="inner")
     events = keys.filter(kafka)

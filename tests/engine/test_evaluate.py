@@ -68,7 +68,8 @@ def binary(tmp_path_factory):
     champion = probabilities(sum(counts))
     b.requests("1", "champion", ids, counts, champion)
     b.requests("2", "challenger", ids, counts, probabilities(sum(counts)))
-    b.requests("3", "arm", [f"a{i}" for i in range(30)], [1] * 30, probabilities(30), keys=[f"user-{i}" for i in range(30)])
+    b.requests("3", "arm", [f"a{i}" for i in range(30)], [1] * 30, probabilities(30),
+               keys=[f"user-{i}" for i in range(30)])
     offsets = list(range(100, 140))
     keys = [f"e{i}" for i in range(20)] + [f"k{i}" for i in range(15)] + ["shared"] * 5
     b.events("1", "champion", "events", offsets, keys, probabilities(40))
@@ -137,7 +138,8 @@ def test_multiclass_labels_from_a_csv_without_rows(tmp_path):
     assert "out_probabilities_0 ..." in render(report)
     labels[("q3", 0)] = 4.0
     with pytest.raises(LogError, match=r"class indices 0 to 3 .* has 4 too"):
-        evaluate(tmp_path / "log", "m", write_labels(tmp_path / "bad.csv", labels, False), "multiclass", "probabilities")
+        evaluate(tmp_path / "log", "m", write_labels(tmp_path / "bad.csv", labels, False), "multiclass",
+                 "probabilities")
 
 
 def test_regression_of_a_one_column_output(tmp_path):
@@ -164,9 +166,10 @@ def test_scores_name_outputs_as_performance_settings_do():
     n = 3
     table = pa.table({"out_a": np.zeros(n), "out_b_0": np.zeros(n), **{f"out_p_{j}": np.zeros(n) for j in range(3)},
                       "out_label": np.zeros(n, np.int64)})
+    matrix = ("out_p_0", "out_p_1", "out_p_2")
     cases = {("regression", "a"): ("out_a",), ("regression", "a:0"): ("out_a",), ("regression", "b"): ("out_b_0",),
              ("binary", "p:1"): ("out_p_1",), ("binary", "out_p_1"): ("out_p_1",),
-             ("multiclass", "p"): ("out_p_0", "out_p_1", "out_p_2"), ("multiclass", "out_p"): ("out_p_0", "out_p_1", "out_p_2")}
+             ("multiclass", "p"): matrix, ("multiclass", "out_p"): matrix}
     for (task, text), columns in cases.items():
         assert find_score(task, text, table).columns == columns, (task, text)
     with pytest.raises(LogError, match="name its column, e.g. --score p:1"):
