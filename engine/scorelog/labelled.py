@@ -65,7 +65,8 @@ def read_labels(path: Path, label_column: str = "label") -> pa.Table:
     """Columns request_id (string), row (int32), label (float64): one label per row, numbers."""
     path = Path(path)
     try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
+        table = (pq.read_table(path) if path.suffix == ".parquet" else  # CSV ids as written ("007", not 7)
+                 pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={"request_id": pa.string()})))
     except (OSError, pa.ArrowException) as exc:
         raise LogError(f"cannot read the labels file {path}: {_line(exc)}") from None
     missing = [c for c in ("request_id", label_column) if c not in table.column_names]

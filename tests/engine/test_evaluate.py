@@ -123,10 +123,10 @@ def test_binary_numbers_are_sklearns_on_the_joined_rows(binary, capsys):
 def test_multiclass_labels_from_a_csv_without_rows(tmp_path):
     rng = np.random.default_rng(SEED + 1)
     b = LogBuilder()
-    ids = [f"q{i}" for i in range(300)]
+    ids = [f"{i:03d}" for i in range(300)]  # ids a CSV reader would take for numbers
     for version, role in (("1", "champion"), ("2", "challenger")):
         b.requests(version, role, ids, [1] * 300, {"probabilities": rng.dirichlet(np.ones(4), 300).astype(np.float32)})
-    labels = {(f"q{i}", 0): float(c) for i, c in enumerate(rng.integers(0, 4, 280))}
+    labels = {(f"{i:03d}", 0): float(c) for i, c in enumerate(rng.integers(0, 4, 280))}
     path = write_labels(tmp_path / "labels.csv", labels, with_row=False)
     report = evaluate(b.write(tmp_path / "log"), "m", path, "multiclass", "probabilities")
     assert report["columns"] == [f"out_probabilities_{j}" for j in range(4)] and report["unmatched"] == 0
@@ -136,7 +136,7 @@ def test_multiclass_labels_from_a_csv_without_rows(tmp_path):
         assert v["metrics"]["accuracy"] == pytest.approx(accuracy_score(y, s.argmax(axis=1)), rel=1e-12)
         assert v["metrics"]["log_loss"] == pytest.approx(log_loss(y, s, labels=range(4)), rel=1e-9)
     assert "out_probabilities_0 ..." in render(report)
-    labels[("q3", 0)] = 4.0
+    labels[("003", 0)] = 4.0
     with pytest.raises(LogError, match=r"class indices 0 to 3 .* has 4 too"):
         evaluate(tmp_path / "log", "m", write_labels(tmp_path / "bad.csv", labels, False), "multiclass",
                  "probabilities")
