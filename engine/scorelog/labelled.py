@@ -64,6 +64,8 @@ def outputs(table: pa.Table) -> list[str]:
 def read_labels(path: Path, label_column: str = "label") -> pa.Table:
     """Columns request_id (string), row (int32), label (float64): one label per row, numbers."""
     path = Path(path)
+    if not path.is_file():
+        raise LogError(f"labels file {path}: no such file")
     try:
         table = (pq.read_table(path) if path.suffix == ".parquet" else  # CSV ids as written ("007", not 7)
                  pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={"request_id": pa.string()})))

@@ -181,7 +181,7 @@ def test_scores_name_outputs_as_performance_settings_do():
         default_score("regression", table)
 
 
-@pytest.mark.parametrize("case", ["no log", "no column", "not numbers", "not 0/1", "twice"])
+@pytest.mark.parametrize("case", ["no log", "no column", "no labels", "not numbers", "not 0/1", "twice"])
 def test_mistakes_are_one_line_and_exit_2(binary, tmp_path, capsys, case):
     args = {"--log": str(binary["log"]), "--model": "m", "--labels": str(binary["labels"]), "--task": "binary",
             "--score": "probabilities:1"}
@@ -191,6 +191,8 @@ def test_mistakes_are_one_line_and_exit_2(binary, tmp_path, capsys, case):
     elif case == "no column":
         args["--score"] = "proba:1"
         want = "its out_ columns: out_probabilities_0, out_probabilities_1, out_label"
+    elif case == "no labels":
+        args["--labels"], want = str(tmp_path / "late.parquet"), "late.parquet: no such file"
     elif case == "not numbers":
         (tmp_path / "l.csv").write_text("request_id,label\nr0,cat\nr1,1\n")
         args["--labels"], want = str(tmp_path / "l.csv"), "column 'label' holds string values ('cat', '1'), not numbers"
