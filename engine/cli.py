@@ -89,6 +89,12 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_main(args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from engine.scorelog.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from engine.report import main as report_main
 
@@ -152,18 +158,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compare", help="champion vs challengers from the Parquet scoring log",
                           description="Pair a model's champion rows with each challenger's by request id and "
-                          "row: agreement, output differences, latency per version; with --labels also accuracy, "
-                          "log-loss and AUC, McNemar's exact test and a paired t-test on log-loss.")
+                          "row: agreement, output differences, latency per version; with --labels also each one's "
+                          "metrics and paired tests (binary and multiclass: McNemar's exact test on accuracy and a "
+                          "paired t-test on per-row log-loss; regression: paired t-tests on per-row absolute and "
+                          "squared error), and a verdict that says which test favours whom.")
     comp.add_argument("--log", required=True, help="the scoring log's folder ([scorelog] dir)")
     comp.add_argument("--model", required=True, help="model name")
     comp.add_argument("--labels", type=Path, help="Parquet or CSV with request_id, the label, and optionally row")
-    comp.add_argument("--label-column", default="label", help="label column of --labels (default 'label'; 0/1)")
-    comp.add_argument("--score", help="output column holding P(class 1) (default: out_<name>_1 of a 2-column output)")
-    comp.add_argument("--predicted", help="output column holding the predicted class (default: the one integer "
-                      "output, else score >= 0.5)")
+    comp.add_argument("--label-column", default="label", help="label column of --labels (default 'label')")
+    comp.add_argument("--task", default="binary", choices=["binary", "multiclass", "regression"],
+                      help="binary (default): labels 0/1, the score is P(class 1); multiclass: labels are class "
+                      "indices, the score is the probability matrix; regression: the score is the prediction")
+    comp.add_argument("--score", metavar="OUTPUT[:COLUMN]", help="the output scored, as [models.performance] score "
+                      "or the log's column: binary probabilities:1 (default: the _1 column of a two-column output), "
+                      "multiclass probabilities, regression variable (default: the one float output)")
+    comp.add_argument("--predicted", help="binary: output column holding the predicted class (default: the one "
+                      "integer output, else score > 0.5)")
     comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol (default 1e-6; shown in the table)")
     comp.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     comp.set_defaults(func=_compare)
+
+    ev = sub.add_parser("evaluate", help="realized performance per version from the scoring log and late labels",
+                        description="Join a labels file with the Parquet scoring log by request id and row (events "
+                        "scored from Kafka: by their source id or message key) and give, per version and role, the "
+                        "labelled rows and the metrics [models.performance] gives live: for labels that came after "
+                        "label_ttl_s, or without a server.")
+    ev.add_argument("--log", required=True, help="the scoring log's folder ([scorelog] dir)")
+    ev.add_argument("--model", required=True, help="model name")
+    ev.add_argument("--labels", required=True, type=Path, help="Parquet or CSV with request_id, the label, and "
+                    "optionally row (default 0)")
+    ev.add_argument("--task", required=True, choices=["binary", "multiclass", "regression"],
+                    help="binary: labels 0/1, the score is P(class 1); multiclass: labels are class indices, the "
+                    "score is the probability matrix; regression: the score is the prediction")
+    ev.add_argument("--score", required=True, metavar="OUTPUT[:COLUMN]", help="as [models.performance] score: "
+                    "e.g. probabilities:1 (binary), probabilities (multiclass), variable (regression)")
+    ev.add_argument("--label-column", default="label", help="label column of --labels (default 'label')")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    ev.set_defaults(func=_evaluate)
 
     rep = sub.add_parser("report", help="an HTML report: drift over time, windows at alerts, latency, champion vs "
                          "challengers", description="One self-contained HTML page with PNG plots from the scoring "

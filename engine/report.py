@@ -280,7 +280,8 @@ def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None
 
 
 def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Path | None) -> str:
-    from engine.scorelog.compare import CompareError, compare, render
+    from engine.scorelog.compare import compare, render
+    from engine.scorelog.labelled import LogError
 
     try:
         import matplotlib  # noqa: F401
@@ -308,7 +309,7 @@ def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Pat
         sections.append(latency_section(part))
         try:
             comparison = render(compare(log_dir, name, labels))
-        except CompareError as exc:
+        except LogError as exc:
             comparison = f"(no comparison: {exc})"
         sections.append(f"<h2>Champion and challengers</h2><pre>{html.escape(comparison)}</pre>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"

@@ -4,9 +4,11 @@ Rows pair by (request_id, row): a challenger scored exactly the champion's rows.
 challenger: how many champion rows it covered, agreement per output column (equality for
 integer outputs, |difference| <= atol for floats) with the distribution of |differences|,
 and latency percentiles per version. With labels (a Parquet or CSV file with request_id,
-the label and optionally row), on the rows both scored: accuracy, log-loss and AUC of each,
-McNemar's exact test on which rows each gets right, and a paired t-test on per-row log-loss.
-Binary classification: the score is the probability of class 1.
+the label and optionally row; joined with the champion's rows as engine/scorelog/labelled.py
+says), on the rows both scored: each one's metrics and the paired tests of the task, and a
+verdict (engine/scorelog/paired.py). The task: binary (the score is P(class 1), labels 0/1;
+a score outside [0, 1] or other labels are refused), multiclass (the probability matrix,
+labels class indices) or regression (the prediction).
 """
 
 from __future__ import annotations
@@ -19,30 +21,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-KEY = ["request_id", "row"]
-PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("role", pa.string()), ("date", pa.string())]),
-                               flavor="hive")
+from engine.performance.metrics import METRICS
+from engine.scorelog import paired as paired_tests
+from engine.scorelog.labelled import (KEY, LogError, Score, check_labels, check_scores, default_score, find_score,
+                                      join_labels, outputs as _outputs, read_labels, read_log)
+
 QUANTILES = (0.5, 0.9, 0.99)
-
-
-class CompareError(ValueError):
-    """Nothing to compare, or an option that does not fit the log; the message says which."""
-
-
-def read_log(log_dir: Path, model: str) -> pa.Table:
-    """The model's rows of the dataset under log_dir (with the model/role/date partition columns)."""
-    if not any(Path(log_dir).glob("**/*.parquet")):
-        raise CompareError(f"no scoring log files under {log_dir}")
-    dataset = ds.dataset(log_dir, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False)
-    table = dataset.to_table(filter=ds.field("model") == model)
-    if table.num_rows == 0:
-        known = sorted(set(dataset.to_table(columns=["model"]).column("model").to_pylist()))
-        raise CompareError(f"the log under {log_dir} has no rows of model {model!r} (models: {known})")
-    return table
 
 
 def _unique_keys(table: pa.Table) -> tuple[pa.Table, int]:
@@ -65,54 +50,13 @@ def _percentiles(values: np.ndarray) -> dict:
     return {f"p{round(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES} | {"max": float(values.max())}
 
 
-def _outputs(table: pa.Table) -> list[str]:
-    return [c for c in table.column_names if c.startswith("out_")]
-
-
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    from scipy.stats import rankdata
-
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def _log_losses(y: np.ndarray, score: np.ndarray) -> np.ndarray:
-    p = np.clip(score.astype(np.float64), 1e-15, 1 - 1e-15)
-    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
-
-
-def _default_score(columns: list[str]) -> str:
-    for c in columns:
-        if c.endswith("_1") and c[:-2] + "_0" in columns and c[:-2] + "_2" not in columns:
-            return c
-    raise CompareError(f"cannot tell which output is the probability of class 1 among {columns}; pass --score")
-
-
-def _read_labels(path: Path, label_column: str) -> pa.Table:
-    table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
-    missing = [c for c in ("request_id", label_column) if c not in table.column_names]
-    if missing:
-        raise CompareError(f"labels file {path} lacks columns {missing} (has {table.column_names})")
-    table = table.set_column(table.column_names.index("request_id"), "request_id",
-                             table.column("request_id").cast(pa.string()))
-    if "row" not in table.column_names:
-        table = table.append_column("row", pa.array(np.zeros(table.num_rows, dtype=np.int32)))
-    table = table.set_column(table.column_names.index("row"), "row", table.column("row").cast(pa.int32()))
-    return table.select([*KEY, label_column]).rename_columns([*KEY, "label"])
-
-
 def compare(log_dir: Path, model: str, labels: Path | None = None, label_column: str = "label",
-            score: str | None = None, predicted: str | None = None, atol: float = 1e-6) -> dict:
+            score: str | None = None, predicted: str | None = None, atol: float = 1e-6, task: str = "binary") -> dict:
     table = read_log(log_dir, model)
     roles = table.column("role")
     champion_all = table.filter(pc.equal(roles, "champion"))
     if champion_all.num_rows == 0:
-        raise CompareError(f"model {model!r} has no champion rows in {log_dir}")
+        raise LogError(f"model {model!r} has no champion rows in {log_dir}")
     champion, ambiguous = _unique_keys(champion_all)
     outputs = _outputs(champion)
     report: dict = {"model": model, "atol": atol, "champion": {"versions": sorted(set(champion_all.column("version").to_pylist())),
@@ -122,18 +66,26 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
         for version, rows in _by_version(table.filter(pc.equal(roles, role))):
             report["latency_us"][f"{version} ({role})"] = {
                 stage: _percentiles(rows.column(f"{stage}_us").to_numpy()) for stage in ("queue", "inference", "total")}
-    label_table = _read_labels(Path(labels), label_column) if labels is not None else None
-    score = score or (_default_score(outputs) if label_table is not None else None)
-    if score is not None and score not in outputs:
-        raise CompareError(f"--score {score}: no such output column (have {outputs})")
-    if predicted is None and label_table is not None:
-        ints = [c for c in outputs if pa.types.is_integer(champion.schema.field(c).type)]
-        predicted = ints[0] if len(ints) == 1 else None
+    label_table = read_labels(Path(labels), label_column) if labels is not None else None
+    found = (find_score(task, score, champion) if score is not None
+             else default_score(task, champion) if label_table is not None else None)
+    if found is not None:
+        check_scores(task, found, table)
+    if predicted is not None and task != "binary":
+        raise LogError(f"--predicted is for --task binary (--task {task}: "
+                       + ("the argmax of the probability matrix)" if task == "multiclass" else "no classes)"))
+    if predicted is not None and predicted not in outputs:
+        raise LogError(f"--predicted {predicted}: no such output column (have {outputs})")
+    if label_table is not None:
+        check_labels(task, label_table.column("label").to_numpy(), found)
+        if predicted is None and task == "binary":
+            ints = [c for c in outputs if pa.types.is_integer(champion.schema.field(c).type)]
+            predicted = ints[0] if len(ints) == 1 else None
     for version, all_rows in _by_version(table.filter(pc.equal(roles, "challenger"))):
         rows, _ = _unique_keys(all_rows)
         renamed = rows.select([*KEY, *[c for c in outputs if c in rows.column_names]])
         renamed = renamed.rename_columns([*KEY, *[f"{c}__ch" for c in renamed.column_names[2:]]])
-        paired = champion.select([*KEY, *outputs]).join(renamed, keys=KEY, join_type="inner")
+        paired = champion.select([*KEY, "routing_key", *outputs]).join(renamed, keys=KEY, join_type="inner")
         entry: dict = {"version": version, "paired_rows": paired.num_rows,
                        "coverage": paired.num_rows / champion.num_rows, "outputs": {}}
         for c in outputs:
@@ -148,70 +100,44 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
             else:
                 entry["outputs"][c] = {"agreement": float(np.mean(a == b)) if len(a) else float("nan")}
         if label_table is not None:
-            entry["labelled"] = _labelled(paired, label_table, score, predicted)
+            entry["labelled"] = _labelled(version, paired, label_table, task, found, predicted)
         entry["verdict"] = verdict(entry)
         report["challengers"].append(entry)
     if not report["challengers"]:
-        raise CompareError(f"model {model!r} has no challenger rows in {log_dir}")
+        raise LogError(f"model {model!r} has no challenger rows in {log_dir}")
     return report
 
 
-def _labelled(paired: pa.Table, labels: pa.Table, score: str, predicted: str | None) -> dict:
-    from scipy.stats import binomtest, ttest_rel
-
-    joined = paired.join(labels, keys=KEY, join_type="inner")
-    y = joined.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-    result: dict = {"rows": len(y), "score": score, "predicted": predicted or f"{score} >= 0.5"}
-    if len(y) == 0:
-        return result
-    correct, losses = {}, {}
-    for side, suffix in (("champion", ""), ("challenger", "__ch")):
-        s = joined.column(score + suffix).to_numpy(zero_copy_only=False).astype(np.float64)
-        pred = (joined.column(predicted + suffix).to_numpy(zero_copy_only=False) if predicted
-                else (s >= 0.5).astype(np.int64))
-        correct[side] = pred == y
-        losses[side] = _log_losses(y, s)
-        result[side] = {"accuracy": float(correct[side].mean()), "log_loss": float(losses[side].mean()),
-                        "auc": _auc(y, s)}
-    b = int(np.sum(correct["champion"] & ~correct["challenger"]))
-    c = int(np.sum(~correct["champion"] & correct["challenger"]))
-    result["mcnemar"] = {"champion_only_right": b, "challenger_only_right": c,
-                         "pvalue": float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0}
-    diff = losses["champion"] - losses["challenger"]
-    if len(y) > 1 and np.any(diff != diff[0]):
-        t = ttest_rel(losses["champion"], losses["challenger"])
-        result["paired_t_log_loss"] = {"statistic": float(t.statistic), "pvalue": float(t.pvalue)}
-    else:
-        result["paired_t_log_loss"] = {"statistic": 0.0, "pvalue": 1.0}
-    return result
-
-
-ALPHA = 0.05  # the verdict's significance level
+def _labelled(version: str, paired: pa.Table, labels: pa.Table, task: str, score: Score, predicted: str | None) -> dict:
+    needed = [*score.columns, *([predicted] if predicted else [])]
+    missing = [c for c in needed if f"{c}__ch" not in paired.column_names]
+    if missing:
+        raise LogError(f"challenger {version}'s rows have no {', '.join(missing)}: it cannot be scored as the "
+                       "champion is")
+    joined = join_labels(paired, labels).table
+    y = joined.column("label").to_numpy()
+    shown = {"binary": predicted or f"{score.columns[0]} > 0.5", "multiclass": f"the argmax of {score.text}",
+             "regression": None}[task]
+    sides = {"champion": "", "challenger": "__ch"}
+    correct = None
+    if predicted is not None:
+        correct = {side: joined.column(predicted + suffix).to_numpy(zero_copy_only=False) == y
+                   for side, suffix in sides.items()}
+    scores = {side: score.values(joined, suffix) for side, suffix in sides.items()}
+    found = paired_tests.labelled(task, y, scores, correct)
+    return {"rows": found.pop("rows"), "task": task, "score": score.text, "columns": list(score.columns),
+            "predicted": shown} | found
 
 
 def verdict(entry: dict) -> str:
-    """One line: better, worse or no difference at ALPHA, with the test and its p-value (the
-    paired t-test on per-row log-loss; McNemar's exact test on accuracy beside it)."""
+    """One line: what the paired tests say (engine/scorelog/paired.py), or, without labels,
+    how far the outputs agree."""
     lab = entry.get("labelled")
     if not lab or not lab.get("rows"):
         agree = [o["agreement"] for o in entry["outputs"].values() if not math.isnan(o["agreement"])]
         return (f"no verdict without labels: the outputs agree on {min(agree):.1%} of the paired rows or more "
                 "(--labels adds the tests)" if agree else "no verdict: no paired rows")
-    tt, mc = lab["paired_t_log_loss"], lab["mcnemar"]
-    ch, cp = lab["challenger"], lab["champion"]
-    losses = f"log-loss {ch['log_loss']:.4f} vs the champion's {cp['log_loss']:.4f}"
-    beside = (f"; McNemar's exact test on accuracy ({ch['accuracy']:.4f} vs {cp['accuracy']:.4f}): "
-              f"p = {_p(mc['pvalue'])}")
-    if tt["pvalue"] < ALPHA:
-        better = ch["log_loss"] < cp["log_loss"]
-        return (f"challenger {entry['version']} is {'BETTER' if better else 'WORSE'}: {losses} "
-                f"(paired t-test on per-row log-loss, p = {_p(tt['pvalue'])} < {ALPHA}){beside}")
-    return (f"challenger {entry['version']}: no significant difference at {ALPHA}: {losses} "
-            f"(paired t-test on per-row log-loss, p = {_p(tt['pvalue'])}){beside}")
-
-
-def _p(p: float) -> str:
-    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+    return paired_tests.verdict(entry["version"], lab["task"], lab)
 
 
 def _us(x: float) -> str:
@@ -241,17 +167,7 @@ def render(report: dict) -> str:
                 f"{_fmt(d[k]) if k in d else '-':>{11 if k == 'p50' else 10}}" for k in ("p50", "p90", "p99", "max")))
         lab = ch.get("labelled")
         if lab:
-            lines.append(f"  labelled rows: {lab['rows']} (score {lab['score']}, predicted {lab['predicted']})")
-            if lab["rows"]:
-                lines.append(f"  {'':<12} {'accuracy':>10} {'log-loss':>10} {'AUC':>10}")
-                for side in ("champion", "challenger"):
-                    m = lab[side]
-                    lines.append(f"  {side:<12} {_fmt(m['accuracy']):>10} {_fmt(m['log_loss']):>10} {_fmt(m['auc']):>10}")
-                mc = lab["mcnemar"]
-                lines.append(f"  McNemar (exact): champion-only right {mc['champion_only_right']}, challenger-only "
-                             f"right {mc['challenger_only_right']}, p = {_fmt(mc['pvalue'])}")
-                tt = lab["paired_t_log_loss"]
-                lines.append(f"  paired t-test on log-loss: t = {_fmt(tt['statistic'])}, p = {_fmt(tt['pvalue'])}")
+            lines += _render_labelled(lab)
         lines.append(f"  verdict: {ch['verdict']}")
     lines.append("")
     lines.append(f"latency (us)  {'':<18} {'wait p50':>10} {'p99':>8} {'inference p50':>14} {'p99':>8} "
@@ -268,11 +184,33 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+NAMES = {"accuracy": "accuracy", "log_loss": "log-loss", "brier": "Brier", "auc": "AUC", "mae": "MAE", "rmse": "RMSE"}
+
+
+def _render_labelled(lab: dict) -> list[str]:
+    lines = [f"  labelled rows: {lab['rows']} (--task {lab['task']}, score {lab['score']}"
+             + (f", predicted {lab['predicted']})" if lab["predicted"] else ")")]
+    if not lab["rows"]:
+        return lines
+    metrics = METRICS[lab["task"]]
+    lines.append(f"  {'':<12} " + " ".join(f"{NAMES[m]:>10}" for m in metrics))
+    for side in paired_tests.SIDES:
+        lines.append(f"  {side:<12} " + " ".join(f"{_fmt(lab[side][m]):>10}" for m in metrics))
+    for test, _, name in paired_tests.TESTS[lab["task"]]:
+        r = lab[test]
+        if test == "mcnemar":
+            lines.append(f"  McNemar (exact): champion-only right {r['champion_only_right']}, challenger-only "
+                         f"right {r['challenger_only_right']}, p = {_fmt(r['pvalue'])}")
+        else:
+            lines.append(f"  {name}: t = {_fmt(r['statistic'])}, p = {_fmt(r['pvalue'])}")
+    return lines
+
+
 def main(args) -> int:
     try:
         report = compare(Path(args.log), args.model, args.labels, args.label_column, args.score, args.predicted,
-                         args.atol)
-    except CompareError as exc:
+                         args.atol, args.task)
+    except LogError as exc:
         print(f"scorewire compare: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else render(report))
