@@ -164,6 +164,7 @@ class PerformanceMonitor:
         self._references: dict[tuple[str, str], tuple] = {}
         self.events_dir = None
         self.alerts_raised = 0
+        self.lost_at_restart = 0  # rows and labels a predecessor observer's join held when it died
         self.install(settings)
         self._box = Mailbox(capacity, tick_s)
         self.failed = 0
@@ -459,6 +460,9 @@ class PerformanceMonitor:
         family("scorewire_performance_unlabelled_rows_total", "counter", "Scored rows whose label did not come "
                "within label_ttl_s (or that max_pending_rows let go).",
                [(labels(model=m.name), m.unlabelled) for m in self.models.values()])
+        family("scorewire_performance_lost_total", "counter", "Scored rows and labels the join held when its "
+               "observer process died (its restart starts with none): their labels count unmatched, the rows are "
+               "in the scoring log for `scorewire evaluate`.", [("", self.lost_at_restart)])
         family("scorewire_performance_dropped_total", "counter", "Scored batches and label sets the join's "
                "queue was too full to take (65,536 waiting).", [("", self.dropped)])
         family("scorewire_performance_pending_rows", "gauge", "Scored rows and labels waiting to be joined.",

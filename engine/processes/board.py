@@ -95,6 +95,7 @@ class Counts:
     def __init__(self, board: Board, slot: int):
         self.board, self.slot = board, slot
         self.base = board.carried(slot)
+        self.left = {f[0]: f for f in board.read(slot) if f[1] not in CARRIED}  # the predecessor's last gauges
 
     def publish(self, families: list[Family]) -> bool:
         return self.board.write(self.slot, merge([self.base, families]) if self.base else families)

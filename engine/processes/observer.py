@@ -75,6 +75,9 @@ class Watch:
         self.observer = Observer(settings, say)
         self.board = board
         self.counts = Counts(board, control.observer)  # this process's counters go on from its predecessor's
+        # what the join of a predecessor held when it last published: lost with it, counted
+        pending = self.counts.left.get("scorewire_performance_pending_rows")
+        self.observer.performance.lost_at_restart = int(sum(v for _, v in pending[3])) if pending else 0
         self.decode_failures = 0
         self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
@@ -203,8 +206,10 @@ class Watch:
         return merge([counts.base, own]) if counts.base else own
 
     def publish(self) -> None:
-        """This process's counters on the board, for the next observer if this one dies."""
-        self.counts.board.write(self.counts.slot, [f for f in self.own_families() if f[1] in CARRIED])
+        """This process's counters on the board, for the next observer if this one dies (and
+        the join's pending rows: what a next observer counts lost)."""
+        self.counts.board.write(self.counts.slot, [f for f in self.own_families()
+                                                   if f[1] in CARRIED or f[0] == "scorewire_performance_pending_rows"])
 
     def _process_families(self) -> list:
         table = self.control.table

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -231,3 +232,34 @@ def test_events_scored_from_kafka_join_their_labels_by_id_or_key(model_dir, rng)
             assert got == pytest.approx(log_loss(truth, p), rel=1e-6)
         finally:
             assert server.stop() == 0
+
+
+def test_what_the_join_held_when_its_observer_was_killed_is_counted_lost(model_dir, rng):
+    """The join lives in the observer's memory: SIGKILL the observer while 60 scored rows wait
+    for their labels, and the restarted one counts them lost (and their labels unmatched)."""
+    import os
+    import signal
+
+    from tests.integration.workers_helpers import metric, pids
+
+    config = Config(server_table(workers=2, drain_timeout_s=20),
+                    [model_table("mlp", "models/mlp.onnx", performance={**PERFORMANCE, "label_ttl_s": 4})])
+    server = launch(model_dir, config, "feedback-killed.toml")
+    try:
+        x = rng.normal(size=(60, N_FEATURES)).astype(np.float32)
+        for i in range(len(x)):
+            infer(server.url, x[i:i + 1], f"held-{i}")
+        wait_for(lambda: server.metrics().get('scorewire_performance_pending_rows{model="mlp"}') == len(x), 10,
+                 what="the rows waiting for their labels")
+        time.sleep(1.5)  # the observer publishes what it holds every second
+        os.kill(pids(server)[1], signal.SIGKILL)
+        wait_for(lambda: metric(server, 'scorewire_process_restarts_total{process="observer"}') == 1, 30,
+                 what="the observer to come back")
+        m = server.metrics()
+        assert m["scorewire_performance_lost_total"] == len(x)
+        assert m['scorewire_performance_pending_rows{model="mlp"}'] == 0
+        assert post(server.http_url, [{"id": f"held-{i}", "labels": [1]} for i in range(5)]) == (200, {"accepted": 5})
+        wait_for(lambda: server.metrics().get('scorewire_feedback_labels_total{model="mlp",outcome="unmatched"}') == 5,
+                 20, what="their labels unmatched after the TTL")
+    finally:
+        assert server.stop() == 0
