@@ -287,8 +287,10 @@ class PerformanceSettings(_Strict):
     """How long a scored row waits for its label (and a label for its row) before it is
     counted unmatched and let go."""
     max_pending_rows: int = Field(1_000_000, gt=0, le=100_000_000)
-    """Scored rows and labels waiting to be joined, for this model all together; past it the
-    oldest are let go first and counted (outcome "evicted")."""
+    """Scored rows and labels the join holds for this model, all together (waiting, or joined
+    and kept for label_ttl_s so that challengers' rows join too; about 70 bytes a binary row);
+    past it the oldest are let go first, and those still waiting are counted (labels: outcome
+    "evicted"; rows: scorewire_performance_unlabelled_rows_total)."""
     reference: Path | None = None
     """Parquet (relative to the config file) with a `label` column and this version's scores on
     the same rows, in columns named as `score` ("probabilities:1"; multiclass "probabilities:0",

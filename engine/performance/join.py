@@ -23,7 +23,6 @@ of the decision metric, followed by a confidence sequence (sequence.py).
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -37,8 +36,10 @@ from engine.batching.mailbox import Mailbox
 from engine.performance.alert import Alerting, PerformanceEvent, load_reference, write_events, write_history
 from engine.performance.estimate import Calibration, estimate
 from engine.performance.metrics import METRICS, per_row, realized
+from engine.performance.pending import DROPPED, JOINED, LABELS, WAITING, Pending
 from engine.performance.sequence import PairedSequence
 from engine.settings import PerformanceSettings, Settings
+from kernels.idtable import id_key
 
 log = logging.getLogger("scorewire")
 
@@ -136,17 +137,16 @@ def event_ids(origin) -> list:
 
 
 class _Model:
-    """The pending rows and labels of one model name."""
+    """The pending rows and labels of one model name (pending.py), and what joined."""
 
     def __init__(self, name: str, versions: dict[str, PerformanceSettings]):
         self.name = name
         self.versions = versions
         self.ttl_ns = int(max(p.label_ttl_s for p in versions.values()) * 1e9)
         self.max_pending = max(p.max_pending_rows for p in versions.values())
-        self.rows: dict[str, list] = {}  # request id -> [(version, role, scores), ...] waiting for its label
-        self.labels: dict[str, list] = {}  # request id -> [labels, joined?] (kept for the TTL)
-        self.order: collections.deque = collections.deque()  # (time ns, "rows" | "labels", id, entry)
-        self.pending = 0  # rows and labels held
+        self.pending = Pending(self.max_pending)
+        self.codes: list[tuple[str, str]] = []  # version-role code -> (version, role)
+        self.code_of: dict[tuple[str, str], int] = {}
         self.windows: dict[tuple[str, str], Window] = {}
         self.scored: dict[tuple[str, str], Scored] = {}  # (version, role): for CBPE
         self.alerting: dict[str, Alerting] = {}  # version -> its baseline and alerts
@@ -154,6 +154,17 @@ class _Model:
         self.sequences: dict[tuple[str, str], PairedSequence] = {}  # (champion, challenger) versions
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
+
+    def code(self, version: str, role: str) -> int:
+        code = self.code_of.get((version, role))
+        if code is None:
+            code = self.code_of[(version, role)] = len(self.codes)
+            self.codes.append((version, role))
+        return code
+
+    @property
+    def held(self) -> int:
+        return self.pending.held
 
 
 class PerformanceMonitor:
@@ -299,98 +310,128 @@ class PerformanceMonitor:
                         self._row(model, rid, (batch.version, role, np.array(scores[r:r + 1], np.float64)), now)
             elif origin.request_id:
                 self._row(model, origin.request_id, (batch.version, role, np.array(scores[a:b], np.float64)), now)
-        self._bound(model)
 
     def _row(self, model: _Model, rid: str, entry: tuple, now: int) -> None:
         """A request's scored rows (one version, one role) meet their label, or wait for it."""
-        label = model.labels.get(rid)
-        if label is not None:
-            self._join(model, label, entry)
+        version, role, scores = entry
+        pending, key = model.pending, id_key(rid)
+        label = next((seq for seq in pending.chain(key) if pending.code[seq % pending.capacity] == LABELS), None)
+        if label is not None and pending.state[label % pending.capacity] == DROPPED:
+            return  # its label was found invalid: none of its rows joins
+        if not self._room(model, len(scores), 1, now):
+            model.unlabelled += len(scores)
             return
-        waiting = model.rows.get(rid)
-        if waiting is None:
-            waiting = model.rows[rid] = []
-            model.order.append((now, "rows", rid, waiting))
-        waiting.append(entry)
-        model.pending += len(entry[2])
+        seq = pending.add(key, now, model.code(version, role), WAITING, scores)
+        if label is not None and label >= pending.tail:  # (not let go to make room)
+            self._join(model, label, seq)
 
     def _labels(self, labels: Labels, now: int) -> None:
         model = self.models.get(labels.model)
         if model is None:  # the model lost its [models.performance] in a reload
             return
+        pending = model.pending
         for rid, values in labels.each():
-            if rid in model.labels:
+            key = id_key(rid)
+            waiting = []
+            duplicate = False
+            for seq in pending.chain(key):
+                if pending.code[seq % pending.capacity] == LABELS:
+                    duplicate = True
+                    break
+                waiting.append(seq)
+            if duplicate:
                 model.counts["duplicate"] += 1
                 continue
-            label = model.labels[rid] = [values, False, {}]
-            model.order.append((now, "labels", rid, label))
-            model.pending += len(values)
-            for entry in model.rows.pop(rid, ()):
-                model.pending -= len(entry[2])
-                self._join(model, label, entry)
-        self._bound(model)
+            if not self._room(model, len(values), 0, now):
+                model.counts["evicted"] += 1
+                continue
+            label = pending.add(key, now, LABELS, WAITING, values)
+            for seq in reversed(waiting):  # oldest first
+                if pending.tail <= seq and pending.state[seq % pending.capacity] == WAITING:
+                    self._join(model, label, seq)
 
-    def _join(self, model: _Model, label: list, entry: tuple) -> None:
-        values, state, paired = label
-        version, role, scores = entry
-        if state is None:  # found invalid already
+    def _join(self, model: _Model, label: int, seq: int) -> None:
+        """Waiting rows `seq` meet their label `label`."""
+        pending = model.pending
+        at = label % pending.capacity
+        if pending.state[at] == DROPPED:
+            pending.settle(seq, DROPPED)
             return
+        values, scores = pending.values(label), pending.values(seq)
         if len(values) != len(scores) or (scores.ndim == 2 and values.max() >= scores.shape[1]):
             model.counts["invalid"] += 1  # not one label per row of the request (or no such class): none joins
-            label[1] = None
+            pending.settle(label, DROPPED)
+            pending.settle(seq, DROPPED)
+            for other in pending.chain(int(pending.key[at])):
+                if pending.code[other % pending.capacity] != LABELS:
+                    pending.settle(other, DROPPED)
             return
-        if not state:
-            label[1] = True
+        if pending.state[at] == WAITING:
+            pending.settle(label, JOINED)
             model.counts["joined"] += 1
-        settings = model.versions[version]
+        pending.settle(seq, JOINED)
+        version, role = model.codes[int(pending.code[seq % pending.capacity])]
+        settings = model.versions.get(version)
+        if settings is None:  # the version lost its [models.performance] in a reload
+            return
         window = model.windows.get((version, role))
         if window is None:
             window = model.windows[(version, role)] = Window(settings.task, settings.window)
         window.add(scores, values)
         if role in ("champion", "challenger"):
-            self._pair(model, paired, version, role, per_row(settings.task, settings.decision, scores, values))
+            self._pair(model, label, seq, version, role, scores, values)
 
-    def _pair(self, model: _Model, paired: dict, version: str, role: str, values: np.ndarray) -> None:
-        """The champion's and each challenger's per-row decision values on one label's rows:
-        each challenger's difference goes to its confidence sequence, once."""
-        if (role, version) in paired:
-            return
-        paired[(role, version)] = values
-        if role == "champion":
-            pairs = [(version, v, c) for (r, v), c in paired.items() if r == "challenger"]
-            champion = values
-        else:
-            pairs = [(v, version, values) for (r, v), c in paired.items() if r == "champion"]
-            champion = next((c for (r, _), c in paired.items() if r == "champion"), None)
-        for champion_version, challenger_version, challenger in pairs:
-            settings = model.versions[champion_version]
-            key = (champion_version, challenger_version)
-            sequence = model.sequences.get(key)
+    def _pair(self, model: _Model, label: int, seq: int, version: str, role: str, scores: np.ndarray,
+              values: np.ndarray) -> None:
+        """Rows `seq` of a champion (a challenger) just joined: each challenger's (the
+        champion's) rows that joined the same label before make one paired difference."""
+        pending = model.pending
+        other_role = "challenger" if role == "champion" else "champion"
+        for other in pending.chain(int(pending.key[label % pending.capacity])):
+            at = other % pending.capacity
+            if other == seq or pending.code[at] == LABELS or pending.state[at] != JOINED:
+                continue
+            other_version, their_role = model.codes[int(pending.code[at])]
+            if their_role != other_role or other_version not in model.versions:
+                continue
+            champion, challenger = (version, other_version) if role == "champion" else (other_version, version)
+            settings = model.versions[champion]
+            mine = per_row(settings.task, settings.decision, scores, values)
+            theirs = per_row(settings.task, settings.decision, pending.values(other), values)
+            sequence = model.sequences.get((champion, challenger))
             if sequence is None:
-                sequence = model.sequences[key] = PairedSequence(settings.compare_alpha, settings.window)
-            sequence.add(challenger - champion)
+                sequence = model.sequences[(champion, challenger)] = PairedSequence(settings.compare_alpha,
+                                                                                    settings.window)
+            sequence.add(theirs - mine if role == "champion" else mine - theirs)
 
-    def _expire(self, model: _Model, now: int, evict: bool = False) -> None:
-        order = model.order
-        while order and (evict or now - order[0][0] > model.ttl_ns):
-            _, kind, rid, entry = order.popleft()
-            if kind == "rows":
-                if model.rows.get(rid) is entry:
-                    del model.rows[rid]
-                    n = sum(len(e[2]) for e in entry)
-                    model.pending -= n
-                    model.unlabelled += n
-            elif model.labels.get(rid) is entry:
-                del model.labels[rid]
-                model.pending -= len(entry[0])
-                if entry[1] is False:
-                    model.counts["evicted" if evict else "unmatched"] += 1
-            if evict and model.pending <= model.max_pending:
+    def _room(self, model: _Model, rows: int, kind: int, now: int) -> bool:
+        """Room for `rows` values of `kind` (labels 0, rows 1), the oldest let go as needed;
+        False when they alone are more than max_pending_rows."""
+        pending = model.pending
+        if not pending.room(rows):
+            return False
+        while pending.full(rows, kind):
+            self._let_go(model, evict=True)
+        return True
+
+    def _expire(self, model: _Model, now: int) -> None:
+        pending = model.pending
+        while True:
+            oldest = pending.oldest()
+            if oldest is None or now - oldest[0] <= model.ttl_ns:
                 return
+            self._let_go(model, evict=False)
 
-    def _bound(self, model: _Model) -> None:
-        if model.pending > model.max_pending:
-            self._expire(model, 0, evict=True)
+    def _let_go(self, model: _Model, evict: bool) -> None:
+        """The oldest entry goes: waiting rows count unlabelled, a waiting label unmatched
+        (evicted, when the bound made it go)."""
+        _, code, state, length = model.pending.oldest()
+        if state == WAITING:
+            if code == LABELS:
+                model.counts["evicted" if evict else "unmatched"] += 1
+            else:
+                model.unlabelled += length
+        model.pending.pop()
 
     def _publish(self, now_ns: int | None = None) -> None:
         events: list[PerformanceEvent] = []
@@ -465,8 +506,9 @@ class PerformanceMonitor:
                "in the scoring log for `scorewire evaluate`.", [("", self.lost_at_restart)])
         family("scorewire_performance_dropped_total", "counter", "Scored batches and label sets the join's "
                "queue was too full to take (65,536 waiting).", [("", self.dropped)])
-        family("scorewire_performance_pending_rows", "gauge", "Scored rows and labels waiting to be joined.",
-               [(labels(model=m.name), m.pending) for m in self.models.values()])
+        family("scorewire_performance_pending_rows", "gauge", "Scored rows and labels the join holds: waiting for "
+               "each other, or joined and kept for label_ttl_s so that challengers' rows join them too.",
+               [(labels(model=m.name), m.held) for m in self.models.values()])
         results = sorted(self.results.items())
         family("scorewire_performance", "gauge", "Realized performance over the last `window` labelled rows "
                "(binary: accuracy, log_loss, brier, auc; multiclass: accuracy, log_loss; regression: mae, rmse).",

@@ -8,6 +8,8 @@ from engine.batching.batch import Origin, ScoredBatch
 from engine.handoff.wire import decode, encode_labels
 from engine.performance.feedback import parse
 from engine.performance.join import Labels, PerformanceMonitor
+from engine.performance.pending import LABELS
+from kernels.idtable import id_key
 from engine.settings import ModelSettings, Settings
 
 S = 1_000_000_000
@@ -30,6 +32,42 @@ def labels(pairs: dict[str, list[float]]) -> Labels:
                   np.array([x for v in pairs.values() for x in v], dtype=np.float64))
 
 
+def held(model, kind: str) -> list[str]:
+    """The ids (of those this test uses) of the entries the join holds, oldest first."""
+    pending = model.pending
+    names = {id_key(i): i for i in ("a", "b", "c", "r1", "r2", "x1", "x2", "x3")}
+    return [names[int(pending.key[s % pending.capacity])] for s in range(pending.tail, pending.head)
+            if (pending.code[s % pending.capacity] == LABELS) == (kind == "labels")]
+
+
+def test_memory_stays_flat_and_small_under_a_flood_of_ids_never_labelled():
+    """200,000 one-row requests that never get labels, through a bound of 50,000: the join
+    lets the oldest go (counted) and its memory stays flat, under 100 bytes a row held
+    (Python dicts took 456)."""
+    import tracemalloc
+
+    pm = monitor(max_pending_rows=50_000, label_ttl_s=3600)
+    try:
+        model = pm.models["m"]
+        p = np.full((1000, 2), 0.5)
+        flood = [batch([f"flood-{j}" for j in range(k, k + 1000)], p) for k in range(0, 200_000, 1000)]
+        for b in flood[:60]:  # past the bound
+            pm._batch(b, 0)
+        tracemalloc.start()  # (it sees the frees of what it saw allocated: compare two equal stretches)
+        for b in flood[60:130]:
+            pm._batch(b, 0)
+        before = tracemalloc.get_traced_memory()[0]
+        for b in flood[130:]:
+            pm._batch(b, 0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert model.held == 50_000 and model.unlabelled == 150_000
+        assert grown < 200_000, grown  # flat: nothing kept per row let go
+        assert model.pending.nbytes / 50_000 < 100
+    finally:
+        pm.close()
+
+
 def test_rows_and_labels_join_whichever_comes_first_and_a_label_counts_once():
     pm = monitor()
     try:
@@ -48,7 +86,7 @@ def test_rows_and_labels_join_whichever_comes_first_and_a_label_counts_once():
         pm._batch(batch(["unlabelled"], np.array([[0.3, 0.7]])), 5 * S)
         pm._expire(model, 16 * S)  # past the TTL (10 s): everything goes
         assert model.counts["unmatched"] == 1 and model.unlabelled == 1
-        assert model.pending == 0 and not model.rows and not model.labels
+        assert model.held == 0 and model.pending.tail == model.pending.head and model.pending.table.live == 0
     finally:
         pm.close()
 
@@ -59,10 +97,10 @@ def test_the_bound_lets_the_oldest_go_and_counts_them():
         model = pm.models["m"]
         pm._labels(labels({"x1": [1], "x2": [0]}), 0)
         pm._batch(batch(["r1", "r2"], np.full((2, 2), 0.5)), 1)  # one over: the oldest, x1, goes
-        assert model.pending == 3 and list(model.labels) == ["x2"] and model.counts["evicted"] == 1
+        assert model.held == 3 and held(model, "labels") == ["x2"] and model.counts["evicted"] == 1
         pm._labels(labels({"x3": [1]}), 2)  # then x2
-        assert model.pending == 3 and list(model.labels) == ["x3"] and model.counts["evicted"] == 2
-        assert list(model.rows) == ["r1", "r2"]
+        assert model.held == 3 and held(model, "labels") == ["x3"] and model.counts["evicted"] == 2
+        assert held(model, "rows") == ["r1", "r2"]
     finally:
         pm.close()
 
