@@ -4,6 +4,8 @@
 `parse` keeps the good objects and says what is wrong with each bad one; one bad object
 never costs the good ones of the same body. What a label may be depends on the task:
 binary 0 or 1, multiclass a class index (0, 1, ...), regression any finite number.
+The id is a string, or an integer (taken as its digits: an event scored from Kafka with
+`"id": 17` is labelled by `"id": 17` or `"id": "17"`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def _object_error(item, task: str) -> str | None:
     if not isinstance(item, dict):
         return 'not an object {"id": ..., "labels": [...]}'
     rid, labels = item.get("id"), item.get("labels")
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        rid = str(rid)
     if not isinstance(rid, str) or not rid:
-        return 'no "id" (the request id, a string)'
+        return 'no "id" (the request id: a string, or an integer)'
     if len(rid) > MAX_ID:
         return f'"id" is {len(rid)} characters, more than {MAX_ID}'
     if not isinstance(labels, list) or not labels:
@@ -67,7 +71,7 @@ def parse(body: bytes, model: str, task: str) -> tuple[Labels | None, list[tuple
         if error is not None:
             errors.append((index, error))
             continue
-        ids.append(item["id"])
+        ids.append(str(item["id"]))
         values.append(item["labels"])
     if not ids:
         return None, errors

@@ -132,3 +132,7 @@ def test_feedback_bodies_keep_their_good_objects():
     assert parse(b"{nope", "m", "binary") == (None, [(0, parse(b"{nope", "m", "binary")[1][0][1])])
     assert parse(b'{"id": "a", "labels": [1.5]}', "m", "multiclass")[0] is None
     assert parse(b'{"id": "a", "labels": [1.5, -2]}', "m", "regression")[0].values.tolist() == [1.5, -2.0]
+    # an integer id (an event's "id": 17) is its digits; a boolean or a fraction is no id
+    good, errors = parse(b'[{"id": 17, "labels": [1]}, {"id": true, "labels": [1]}, {"id": 1.5, "labels": [1]}]',
+                         "m", "binary")
+    assert good.ids == ("17",) and [i for i, _ in errors] == [1, 2]

@@ -209,3 +209,55 @@ def test_a_second_server_with_the_same_transactional_id_fences_the_first(broker,
 def test_the_broker_is_the_version_the_readme_names():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"Apache Kafka {KAFKA_VERSION}" in readme
+
+
+def test_labels_from_a_topic_join_events_scored_from_a_stream_through_a_broker_kill(broker, topics, model_dir, rng):
+    """The loop on Apache Kafka: 3,000 events scored from a stream by two workers, their labels
+    (by each event's "id") from a [[feedback]] topic while the broker is SIGKILLed and
+    restarted: every label joins once (one redelivered counts as a duplicate, never twice),
+    and the performance equals sklearn's on the joined rows."""
+    from sklearn.metrics import log_loss
+
+    from engine.harness.config import Config, model_table, server_table
+    from tests.conftest import launch
+    from tests.integration.kafka_helpers import stream
+
+    labels_topic = f"labels-{topics.group}"
+    broker.create_topic(labels_topic, 4)
+    n = 3_000
+    performance = {"task": "binary", "score": "probabilities:1", "window": n, "label_ttl_s": 300}
+    config = Config(server_table(workers=2, drain_timeout_s=20),
+                    [model_table("mlp", "models/mlp.onnx", performance=performance)],
+                    streams=[stream(topics.bootstrap, group=topics.group, topic=topics.events, output=topics.scores,
+                                    dlq=topics.dlq)],
+                    feedback=[{"model": "mlp", "bootstrap_servers": topics.bootstrap, "topic": labels_topic,
+                               "group_id": f"{topics.group}-labels",
+                               "kafka": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}}])
+    server = launch(model_dir, config, "real-feedback.toml")
+    try:
+        produce(topics.bootstrap, topics.events, json_events(rng.normal(size=(n, 32)).astype(np.float32)))
+        results = read_all(topics.bootstrap, topics.scores, n, timeout_s=120, linger_s=0.5)
+        p = np.empty(n)
+        for m in results:
+            doc = orjson.loads(m.value())
+            p[doc["id"]] = doc["outputs"]["probabilities"][1]
+        truth = (rng.random(n) < p).astype(int)
+        messages = [(None, orjson.dumps({"id": i, "labels": [int(truth[i])]})) for i in range(n)]
+        produce(topics.bootstrap, labels_topic, messages[:n // 2])
+        joined = 'scorewire_feedback_labels_total{model="mlp",outcome="joined"}'
+        wait_for(lambda: server.metrics().get(joined, 0) >= 500, 60, what="labels joining before the kill")
+        broker.kill()
+        time.sleep(2.0)
+        broker.start()
+        produce(topics.bootstrap, labels_topic, messages[n // 2:] + messages[:1])  # the first, sent again
+        wait_for(lambda: server.metrics().get(joined, 0) == n, 120, what="every label joined")
+        wait_for(lambda: server.metrics().get('scorewire_feedback_labels_total{model="mlp",outcome="duplicate"}', 0)
+                 >= 1, 30, what="the label sent twice counted a duplicate")
+        m = server.metrics()
+        assert m['scorewire_performance_rows{model="mlp",version="1",role="champion"}'] == n
+        got = m['scorewire_performance{model="mlp",version="1",role="champion",metric="log_loss"}']
+        assert got == pytest.approx(log_loss(truth, p), rel=1e-6)
+        duplicates = m['scorewire_feedback_labels_total{model="mlp",outcome="duplicate"}']
+        REPORT.append(f"labels through a broker SIGKILL: {n:,} joined once each, {duplicates:.0f} duplicates counted")
+    finally:
+        assert server.stop() == 0

@@ -191,5 +191,8 @@ def test_rest_takes_the_same_tls_and_tokens(tls_auth_server, pki):
     assert call("/v2/health/ready") == 200
     assert call("/v2/models/mlp") == 401 and call("/v2/models/mlp/infer", "wrong", body) == 401
     assert call("/v2/models/mlp/infer", "alpha-token-123", body) == 200
+    label = b'{"id": "r1", "labels": [1]}'  # labels sent back: the same door
+    assert call("/v2/models/mlp/feedback", None, label) == 401 and call("/v2/models/mlp/feedback", "wrong", label) == 401
+    assert call("/v2/models/mlp/feedback", "alpha-token-123", label) == 400  # past the door: mlp takes no labels
     with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port: refused
         urllib.request.urlopen(f"http://{tls_auth_server.http_url}/v2/health/ready", timeout=10).read()
