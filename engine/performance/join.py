@@ -4,8 +4,9 @@ its own in the observer.
 Per model (any version with [models.performance]): a scored row waits up to label_ttl_s for
 its label, and a label for its rows (labels may come first); a label, once joined, stays for
 the same time so that the challengers' rows of its request (scored in the shadow, later)
-join it too: champion and challengers are judged on the same rows. The pending rows and
-labels of a model are bounded by max_pending_rows (the oldest go first, counted `evicted`).
+join it too: champion and challengers are judged on the same rows. What a model's join holds
+(pending.py: flat arrays, under 100 bytes a row) is bounded by max_pending_rows: the oldest
+go first, waiting labels counted `evicted`, waiting rows unlabelled.
 Labels are counted once each: `joined` (when their first rows meet them), `duplicate` (an id
 labelled already), `unmatched` (no rows within the TTL), `invalid` (not one label per row).
 Rows are matched by request id: the id a gRPC or REST request carried, or the one the
