@@ -1,0 +1,1 @@
+"""Rollouts that decide: a canary steps up, rolls back or is promoted on its own evidence."""

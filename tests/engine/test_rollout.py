@@ -1,0 +1,84 @@
+"""The rollout's decisions by simulation over many seeds, on the decision code alone: the
+rollback rate when the candidate is as good as the champion (read after every batch of
+labels), beside what a fixed-horizon test read the same way does; how soon a worse one is
+rolled back; that a better one is promoted; guards."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import ttest_ind
+
+from engine.rollout.decide import Plan, Rollout, State
+
+PLAN = Plan(steps=(5, 25, 50, 100), min_labelled_rows=300, metric="log_loss", margin=0.0, alpha=0.05)
+
+
+def simulate(seed: int, candidate_loss: float, plan: Plan = PLAN, batch: int = 100, limit: int = 40_000):
+    """Labelled rows arrive in batches of `batch`, split by the current weight; per-row log
+    losses are exponential (mean 0.3 for the champion, `candidate_loss` for the candidate).
+    Returns (final state, candidate rows seen, fixed-horizon test ever significant)."""
+    rng = np.random.default_rng(seed)
+    rollout = Rollout(plan)
+    seen = {"candidate": [], "champion": []}
+    fixed_fired = False
+    rows = 0
+    while rollout.state is State.RUNNING and rows < limit:
+        share = rollout.weight / 100
+        n_candidate = rng.binomial(batch, share)
+        for arm, n, mean in (("candidate", n_candidate, candidate_loss), ("champion", batch - n_candidate, 0.3)):
+            losses = rng.exponential(mean, n)
+            rollout.observe(arm, losses)
+            seen[arm].append(losses)
+        rows += batch
+        rollout.decide()
+        a, b = np.concatenate(seen["candidate"]), np.concatenate(seen["champion"])
+        if not fixed_fired and len(a) > 30 and len(b) > 30:  # a fixed-horizon test, peeked at every batch
+            fixed_fired = ttest_ind(a, b, equal_var=False, alternative="greater").pvalue < plan.alpha / 2
+    return rollout.state, sum(len(s) for s in seen["candidate"]), fixed_fired
+
+
+def test_an_equal_candidate_is_rarely_rolled_back_and_peeking_at_a_fixed_test_would_be():
+    runs = [simulate(seed, 0.3) for seed in range(300)]
+    rolled_back = sum(state is State.ROLLED_BACK for state, _, _ in runs) / len(runs)
+    fixed = sum(fired for _, _, fired in runs) / len(runs)
+    assert rolled_back <= PLAN.alpha / 2 + 0.015, rolled_back  # one-sided: "worse" only
+    assert fixed > 2 * max(rolled_back, 0.01), (fixed, rolled_back)
+    assert sum(state is State.PROMOTED for state, _, _ in runs) / len(runs) >= 0.95
+
+
+def test_a_worse_candidate_is_rolled_back_in_its_first_step():
+    runs = [simulate(seed, 0.6) for seed in range(200)]
+    assert all(state is State.ROLLED_BACK for state, _, _ in runs)
+    # the first step's share (5%) of traffic: 300 labelled rows would end the step
+    first_step = sum(seen <= PLAN.min_labelled_rows for _, seen, _ in runs) / len(runs)
+    assert first_step >= 0.95, first_step
+
+
+def test_a_better_candidate_is_promoted():
+    runs = [simulate(seed, 0.2) for seed in range(200)]
+    assert all(state is State.PROMOTED for state, _, _ in runs)
+
+
+def test_accuracy_is_worse_when_lower():
+    plan = Plan(steps=(10, 50), min_labelled_rows=200, metric="accuracy", margin=0.0, alpha=0.05)
+    rollout = Rollout(plan)
+    rng = np.random.default_rng(1)
+    while rollout.state is State.RUNNING:
+        rollout.observe("candidate", (rng.random(50) < 0.7).astype(float))
+        rollout.observe("champion", (rng.random(50) < 0.9).astype(float))
+        rollout.decide()
+    assert rollout.state is State.ROLLED_BACK and "accuracy" in rollout.reason
+
+
+def test_a_failing_guard_rolls_back_without_labels():
+    plan = Plan(steps=(5, 100), min_labelled_rows=100, metric="log_loss", margin=0.0, alpha=0.05,
+                max_error_rate=0.01, max_p99_ratio=3.0)
+    assert Rollout(plan).guard(error_rate=0.0, p99_ratio=1.2) is None
+    decision = Rollout(plan).guard(error_rate=0.0, p99_ratio=3.5)
+    assert decision.state is State.ROLLED_BACK and "p99" in decision.reason
+    decision = Rollout(plan).guard(error_rate=0.2)
+    assert decision.state is State.ROLLED_BACK and "error rate" in decision.reason
+    rollout = Rollout(plan)
+    rollout.observe("candidate", np.full(100, 0.3))
+    rollout.observe("champion", np.full(100, 0.3))
+    assert rollout.decide().state is State.PROMOTED and rollout.weight == 100  # the next step is 100%
