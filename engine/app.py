@@ -27,6 +27,7 @@ from engine.monitor.export import serving_families
 from engine.batching.batch import ScoredBatch
 from engine.pipeline import Pipeline
 from engine.ready import Ready, write as write_ready
+from engine.rollout import state as rollout_state
 from engine.routing.router import Route, Router, check_compatible
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
@@ -58,6 +59,8 @@ class App:
         self.router = Router(self.registry)
         self.pipeline = Pipeline(self.registry, self.router)
         self._reload_lock = asyncio.Lock()
+        self._rollouts_seen: dict[str, object] = {}  # model -> the rollout state its routes were built from
+        self._follower: asyncio.Task | None = None
         self.requests_by_code: collections.Counter = collections.Counter()
         server = settings.server
         self.front = FrontDoor(self.pipeline, server.max_message_bytes, server.max_inflight_bytes, count=self._count,
@@ -87,16 +90,22 @@ class App:
 
     def families(self) -> list:
         """This process's metric families (the serving path's, and the observer's if here)."""
-        return (serving_families(self.registry, self.requests_by_code, self.streams, self.front.labels_refused)
+        return (serving_families(self.registry, self.requests_by_code, self.streams, self.front.labels_refused,
+                                 self.pipeline.failures)
                 + self.sink.families())
 
     def _build_routes(self, routes: list[RouteSettings]) -> dict[str, Route]:
-        """Routes for `routes`, after checking every version a route names fits its champion."""
+        """Routes for `routes` (as their rollouts make them now: engine/rollout/state.py),
+        after checking every version a route names fits its champion."""
         built = {}
         for rs in routes:
+            if rs.rollout is not None:
+                saved = rollout_state.read(rs)
+                self._rollouts_seen[rs.model] = saved
+                rs = rollout_state.effective(rs, saved)
             champion = self.registry.get(rs.model, rs.champion)
             loaded = set(self.registry.versions(rs.model))  # a challenger may have failed its warm-up
-            for version in dict.fromkeys([*rs.challengers, *rs.split]):
+            for version in dict.fromkeys([*rs.challengers, *rs.split, *([rs.rollout.candidate] if rs.rollout else [])]):
                 if version != rs.champion and version in loaded:
                     other = self.registry.get(rs.model, version).model
                     try:
@@ -120,7 +129,8 @@ class App:
 
     def load_models(self) -> None:
         self.sink.warm_up()
-        answering = {(r.model, v) for r in self.settings.routes for v in [r.champion, *r.split]}
+        answering = {(r.model, v) for r in self.settings.routes
+                     for v in [r.champion, *r.split, *([r.rollout.candidate] if r.rollout else [])]}
         shadow_only = {(r.model, v) for r in self.settings.routes for v in r.challengers} - answering
         for ms in self.settings.models:
             try:
@@ -219,7 +229,21 @@ class App:
             self.feedback.append(reader)
             self._say(f"{reader.label}: labels from {feedback_settings.bootstrap_servers}, group "
                       f"{feedback_settings.group_id!r}")
+        if any(rs.rollout is not None for rs in self.settings.routes):
+            self._follower = asyncio.get_running_loop().create_task(self._follow_rollouts())
         self.sink.ready()
+
+    async def _follow_rollouts(self) -> None:
+        """Route as each rollout's state file says (the observer decides; every worker follows
+        within ROLLOUT_POLL_S)."""
+        while True:
+            await asyncio.sleep(rollout_state.ROLLOUT_POLL_S)
+            routes = [rs for rs in self.settings.routes if rs.rollout is not None]
+            if any(rollout_state.read(rs) != self._rollouts_seen.get(rs.model) for rs in routes):
+                try:
+                    self.router.install(self._build_routes(self.settings.routes))
+                except Exception:  # the routes stay as they were; said once a change
+                    log.exception("could not follow a rollout's change")
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -330,6 +354,8 @@ class App:
         least LOG_FLUSH_S, to write what it holds)."""
         self._say("draining")
         self._draining = True
+        if self._follower is not None:
+            self._follower.cancel()
         deadline = time.monotonic() + self.settings.server.drain_timeout_s
         self.front.ready = False
         if self.health is not None:

@@ -10,6 +10,7 @@ import numpy as np
 from engine.batching.batch import Origin
 from engine.batching.batcher import RowOutcome
 from engine.codec.validate import select_outputs, validate_inputs
+from engine.errors import EngineError, ErrorCode
 from engine.routing.router import Router
 from engine.runtime.registry import Registry, Served
 
@@ -19,6 +20,7 @@ class Pipeline:
         self.registry = registry
         self.router = router if router is not None else Router(registry)
         self._ids = itertools.count(1)
+        self.failures: dict[tuple[str, str], int] = {}  # (model, version) -> requests the model run failed
         self._id_prefix = f"{os.getpid():x}-{os.urandom(4).hex()}"
 
     def new_request_id(self) -> str:
@@ -43,7 +45,13 @@ class Pipeline:
         schema = served.model.schema
         names = select_outputs(schema, requested_outputs)
         rows = validate_inputs(schema, inputs, served.limits)
-        outputs = await served.batcher.submit(inputs, rows, deadline_ns, origin)
+        try:
+            outputs = await served.batcher.submit(inputs, rows, deadline_ns, origin)
+        except EngineError as exc:
+            if exc.code is ErrorCode.INTERNAL:  # the model failed (a rollout's guard reads these)
+                key = (served.name, served.version)
+                self.failures[key] = self.failures.get(key, 0) + 1
+            raise
         if len(names) != len(outputs):
             outputs = {name: outputs[name] for name in names}
         return served, outputs

@@ -348,6 +348,41 @@ class MonitoringSettings(_Strict):
     kind=drift/model=/date=. None: drift events go to the server log only."""
 
 
+class RolloutSettings(_Strict):
+    """A canary that decides (engine/rollout/): the candidate answers `steps` of the route's
+    traffic in turn, steps up while its labelled rows show no harm, rolls back as soon as an
+    always-valid test shows it worse by more than `margin`, and is promoted past the last step."""
+
+    candidate: str = Field(min_length=1)
+    """The version rolled out (it needs [models.performance], as the champion does)."""
+    steps: list[Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
+                                                                min_length=1, max_length=20)
+    """Percent of the route's traffic the candidate answers, step by step, increasing; a step
+    of 100 promotes it."""
+    min_labelled_rows: int = Field(500, gt=0, le=100_000_000)
+    """Labelled rows each arm needs in a step before the next step."""
+    metric: Literal["accuracy", "log_loss", "brier", "mae", "rmse"] | None = None
+    """The decision metric, per row (default: the candidate's performance compare_metric)."""
+    margin: float = Field(0.0, ge=0)
+    """Non-inferiority margin in the metric's units: worse by more than this rolls back."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """The chance, for a candidate as good as the champion, of a rollback over the whole rollout."""
+    max_error_rate: float | None = Field(0.01, ge=0, le=1)
+    """Guard: the candidate's failed requests over its requests (since the step began)."""
+    max_p99_ratio: float | None = Field(3.0, gt=1)
+    """Guard: the candidate's p99 inference time over the champion's (each of its last 200 batches)."""
+    state_file: Path | None = None
+    """Where the rollout's state is kept across restarts (relative to the config file;
+    default: scorewire-rollout-MODEL.json beside it)."""
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"steps must increase, got {steps}")
+        return steps
+
+
 class RouteSettings(_Strict):
     """Which versions of one model answer its requests, and which shadow them."""
 
@@ -368,11 +403,19 @@ class RouteSettings(_Strict):
     """Batches waiting for each challenger; when full, shadow work is dropped and counted."""
     shadow_timeout_s: float = Field(2.0, gt=0, le=3600)
     """A challenger run taking longer is terminated (onnxruntime's terminate flag) and counted."""
+    rollout: RolloutSettings | None = None
+    """A rollout of a candidate version (it sets the split while it runs: no `split` beside it)."""
 
     @model_validator(mode="after")
     def _roles(self) -> "RouteSettings":
         if self.champion in self.challengers:
             raise ValueError(f"version {self.champion!r} is the champion and a challenger")
+        if self.rollout is not None:
+            candidate = self.rollout.candidate
+            if self.split:
+                raise ValueError("a rollout sets the split itself: remove `split` (or the rollout)")
+            if candidate == self.champion or candidate in self.challengers:
+                raise ValueError(f"rollout candidate {candidate!r} is the champion or a challenger")
         if len(set(self.challengers)) != len(self.challengers):
             raise ValueError("challengers lists a version twice")
         if self.split:
@@ -576,10 +619,24 @@ class Settings(_Strict):
                 raise ValueError(f"model {route.model!r} has two [[routes]]")
             routed.add(route.model)
             versions = [m.version for m in self.models if m.name == route.model]
-            missing = [v for v in [route.champion, *route.challengers, *route.split] if v not in versions]
+            rollout = [route.rollout.candidate] if route.rollout is not None else []
+            missing = [v for v in [route.champion, *route.challengers, *route.split, *rollout] if v not in versions]
             if missing:
                 raise ValueError(f"the route of model {route.model!r} names versions {sorted(set(missing))}, "
                                  f"which are not configured in [[models]] (configured: {versions})")
+            if rollout:
+                performance = {m.version: m.performance for m in self.models if m.name == route.model}
+                lacking = [v for v in (route.champion, *rollout) if performance.get(v) is None]
+                if lacking:
+                    raise ValueError(f"the rollout of model {route.model!r} decides on labels: versions {lacking} "
+                                     "need [models.performance]")
+                metric = route.rollout.metric or performance[rollout[0]].decision
+                from engine.performance.metrics import PER_ROW
+
+                task = performance[rollout[0]].task
+                if metric not in PER_ROW[task]:
+                    raise ValueError(f"the rollout of model {route.model!r}: metric {metric!r} is not a {task} "
+                                     f"metric (one of {list(PER_ROW[task])})")
         return self
 
 
@@ -694,8 +751,15 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
     scorelog = settings.scorelog
     if scorelog is not None:
         scorelog = scorelog.model_copy(update={"dir": at(scorelog.dir)})
+    routes = []
+    for route in settings.routes:
+        if route.rollout is not None:
+            state_file = route.rollout.state_file or Path(f"scorewire-rollout-{route.model}.json")
+            route = route.model_copy(update={"rollout": route.rollout.model_copy(update={"state_file": at(state_file)})})
+        routes.append(route)
     return settings.model_copy(update={"models": models, "server": server.model_copy(update=server_update),
-                                       "streams": streams, "monitoring": monitoring, "scorelog": scorelog})
+                                       "streams": streams, "monitoring": monitoring, "scorelog": scorelog,
+                                       "routes": routes})
 
 
 def _check_model_root(settings: Settings, source: str) -> None:

@@ -107,6 +107,11 @@ class LocalSink:
 
     async def start(self, app) -> int:
         server = app.settings.server
+
+        def requests(model: str, version: str) -> tuple[int, int]:  # a rollout's error guard reads these
+            return app.registry.get(model, version).batcher.stats.requests, app.pipeline.failures.get((model, version), 0)
+
+        self.observer.performance.requests = requests
         self.metrics = MetricsServer(server.metrics_bind, server.metrics_port, lambda: text(app.families()))
         return await self.metrics.start()
 

@@ -68,7 +68,8 @@ def merge(sources: list[list[Family]]) -> list[Family]:
 
 
 def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str], int], streams=(),
-                     labels_refused: dict[str, int] | None = None) -> list[Family]:
+                     labels_refused: dict[str, int] | None = None,
+                     failures: dict[tuple[str, str], int] | None = None) -> list[Family]:
     """What a serving process counts: requests, batches, queues, Kafka streams."""
     families: list[Family] = []
     family = _collector(families)
@@ -79,6 +80,10 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
                      staging=s.model.staging or "none"), 1) for s in served])
     family("scorewire_requests_total", "counter", "Inference requests (gRPC and REST) by model and status code.",
            [(_labels(model=m, code=c), n) for (m, c), n in sorted(requests_by_code.items())])
+    family("scorewire_version_requests_total", "counter", "Requests each version scored (ok) or whose model run "
+           "failed (failed: INTERNAL).",
+           [(_labels(model=s.name, version=s.version, outcome="ok"), s.batcher.stats.requests) for s in served]
+           + [(_labels(model=m, version=v, outcome="failed"), n) for (m, v), n in sorted((failures or {}).items())])
     family("scorewire_batches_total", "counter", "Batches scored.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.batches) for s in served])
     family("scorewire_rows_total", "counter", "Rows scored.",

@@ -174,6 +174,8 @@ class PerformanceMonitor:
         `_expire` with times of their own)."""
         self.models: dict[str, _Model] = {}
         self._references: dict[tuple[str, str], tuple] = {}
+        self.rollouts: dict = {}  # model -> its route's rollout (engine/rollout/driver.py)
+        self.requests = None  # (model, version) -> (requests scored, failed): set by the observer's owner
         self.events_dir = None
         self.alerts_raised = 0
         self.lost_at_restart = 0  # rows and labels a predecessor observer's join held when it died
@@ -192,26 +194,31 @@ class PerformanceMonitor:
             self._thread.start()
 
     def install(self, settings: Settings) -> None:
-        """The versions with [models.performance] (again on reload: a model's pending rows stay).
-        A reference that cannot be used raises BadReference."""
+        """The versions with [models.performance] (again on reload: a model's pending rows stay),
+        and the routes' rollouts. A reference that cannot be used raises BadReference."""
         self.events_dir = settings.monitoring.events_dir
         wanted: dict[str, dict[str, PerformanceSettings]] = {}
         for m in settings.models:
             if m.performance is not None:
                 wanted.setdefault(m.name, {})[m.version] = m.performance
+        models = dict(self.models)  # swapped in whole below: the join's thread iterates it
+        staged = []
         for name, versions in wanted.items():
-            if name in self.models:
-                self.models[name].versions = versions
-            else:
-                self.models[name] = _Model(name, versions)
-            model = self.models[name]
+            if name not in models:
+                models[name] = _Model(name, versions)
+            model = models[name]
             alerting, calibration = {}, {}  # new dicts, swapped in whole: the join's thread reads them
             for version, p in versions.items():
                 if p.reference is None:
                     continue
-                key = (str(p.reference), p.task, p.score)
+                try:
+                    stat = p.reference.stat()
+                    key = (str(p.reference), stat.st_mtime_ns, stat.st_size, p.task, p.score)
+                except OSError:
+                    key = (str(p.reference), None, None, p.task, p.score)
                 cached = self._references.get((name, version))
-                if cached is None or cached[0] != key:
+                fresh = cached is None or cached[0] != key
+                if fresh:
                     reference = load_reference(p.reference, p.task, p.score)
                     fitted = Calibration(p.task, reference.scores, reference.labels) if p.task != "regression" else None
                     cached = self._references[(name, version)] = (key, reference, fitted)
@@ -220,8 +227,32 @@ class PerformanceMonitor:
                     calibration[version] = fitted
                 old = model.alerting.get(version)
                 # an unchanged version keeps its alerts' state across a reload
-                alerting[version] = old if old is not None and old.settings == p else Alerting(name, version, p, reference)
-            model.alerting, model.calibration = alerting, calibration
+                keep = old is not None and old.settings == p and not fresh
+                alerting[version] = old if keep else Alerting(name, version, p, reference)
+            staged.append((model, versions, alerting, calibration))
+        for model, versions, alerting, calibration in staged:  # every reference read: now swap
+            model.versions, model.alerting, model.calibration = versions, alerting, calibration
+        self.models = models
+        self._install_rollouts(settings)
+
+    def _install_rollouts(self, settings: Settings) -> None:
+        from engine.rollout.driver import Driver
+
+        performance: dict[str, dict[str, PerformanceSettings]] = {}
+        for m in settings.models:
+            if m.performance is not None:
+                performance.setdefault(m.name, {})[m.version] = m.performance
+        drivers = {}
+        for route in settings.routes:
+            if route.rollout is None:
+                continue
+            old = self.rollouts.get(route.model)
+            drivers[route.model] = old if old is not None and old.route == route else Driver(
+                route, performance[route.model], self.events_dir, self._requests)
+        self.rollouts = drivers  # swapped whole: the join's thread reads it
+
+    def _requests(self, model: str, version: str) -> tuple[int, int]:
+        return (0, 0) if self.requests is None else self.requests(model, version)
 
     def wants(self, model: str) -> bool:
         return model in self.models
@@ -251,19 +282,23 @@ class PerformanceMonitor:
     def _run(self) -> None:
         while True:
             items, closing = self._box.take()
-            try:
-                now = time.monotonic_ns()
-                for item in items:
+            now = time.monotonic_ns()
+            for item in items:
+                try:
                     if isinstance(item, Labels):
                         self._labels(item, now)
                     else:
                         self._batch(item, now)
-                for model in self.models.values():
+                except Exception:  # a monitoring bug must not stop monitoring, nor scoring
+                    self.failed += 1
+                    if self.failed == 1 or self.failed % 1000 == 0:
+                        log.exception("performance monitoring failed on an item (%d so far)", self.failed)
+            try:
+                for model in list(self.models.values()):
                     self._expire(model, now)
                 self._publish()
-            except Exception:  # a monitoring bug must not stop monitoring, nor scoring
-                self.failed += len(items)
-                log.exception("performance monitoring failed on %d items", len(items))
+            except Exception:
+                log.exception("performance monitoring failed to expire or publish")
             if closing and not len(self._box):
                 return
 
@@ -295,6 +330,11 @@ class PerformanceMonitor:
         scores = self._scores(batch, settings)
         if scores is None:
             return
+        driver = self.rollouts.get(batch.model)
+        if driver is not None:
+            first = batch.origins[0] if batch.origins else None
+            driver.scored(batch.version, batch.role if first is None or batch.role == "challenger" else first.role,
+                          batch.inference_us)
         bounds = batch.bounds or (0, batch.rows)
         for origin, a, b in zip(batch.origins, bounds[:-1], bounds[1:]):
             role = batch.role if origin is None or batch.role == "challenger" else origin.role
@@ -316,6 +356,14 @@ class PerformanceMonitor:
         """A request's scored rows (one version, one role) meet their label, or wait for it."""
         version, role, scores = entry
         pending, key = model.pending, id_key(rid)
+        if pending.scores is not None and scores.shape[1:] != pending.scores.shape[1:]:
+            model.unlabelled += len(scores)  # another version's score width (a class count): not joined, said once
+            if (version, "width") not in self._bad_scores:
+                self._bad_scores.add((version, "width"))
+                log.error("performance of %s:%s: its scores have shape %s per row, the model's other versions' %s; "
+                          "its rows are not joined", model.name, version, list(scores.shape[1:]),
+                          list(pending.scores.shape[1:]))
+            return
         label = next((seq for seq in pending.chain(key) if pending.code[seq % pending.capacity] == LABELS), None)
         if label is not None and pending.state[label % pending.capacity] == DROPPED:
             return  # its label was found invalid: none of its rows joins
@@ -360,6 +408,9 @@ class PerformanceMonitor:
             return
         values, scores = pending.values(label), pending.values(seq)
         if len(values) != len(scores) or (scores.ndim == 2 and values.max() >= scores.shape[1]):
+            if pending.state[at] == JOINED:  # other rows of the id joined it already: only these do not
+                pending.settle(seq, DROPPED)
+                return
             model.counts["invalid"] += 1  # not one label per row of the request (or no such class): none joins
             pending.settle(label, DROPPED)
             pending.settle(seq, DROPPED)
@@ -379,31 +430,53 @@ class PerformanceMonitor:
         if window is None:
             window = model.windows[(version, role)] = Window(settings.task, settings.window)
         window.add(scores, values)
+        driver = self.rollouts.get(model.name)
+        if driver is not None:
+            driver.labelled(version, role, scores, values)
         if role in ("champion", "challenger"):
             self._pair(model, label, seq, version, role, scores, values)
 
     def _pair(self, model: _Model, label: int, seq: int, version: str, role: str, scores: np.ndarray,
               values: np.ndarray) -> None:
-        """Rows `seq` of a champion (a challenger) just joined: each challenger's (the
-        champion's) rows that joined the same label before make one paired difference."""
-        pending = model.pending
-        other_role = "challenger" if role == "champion" else "champion"
+        """Rows `seq` of a champion (a challenger) just joined: each challenger's entry that
+        joined the same label pairs with one champion entry, once (a retried request id has
+        several of each): a paired difference for its confidence sequence."""
+        pending, versions = model.pending, model.versions
+        if role == "challenger":
+            candidates = [seq] if not pending.paired[seq % pending.capacity] else []
+        else:
+            candidates = []
+        champion_seq = seq if role == "champion" else None
+        taken: set[str] = set()
         for other in pending.chain(int(pending.key[label % pending.capacity])):
             at = other % pending.capacity
             if other == seq or pending.code[at] == LABELS or pending.state[at] != JOINED:
                 continue
             other_version, their_role = model.codes[int(pending.code[at])]
-            if their_role != other_role or other_version not in model.versions:
+            if role == "champion" and their_role == "challenger" and not pending.paired[at] \
+                    and other_version not in taken:
+                taken.add(other_version)
+                candidates.append(other)
+            elif role == "challenger" and their_role == "champion" and champion_seq is None:
+                champion_seq = other
+        if champion_seq is None:
+            return
+        champion_version = model.codes[int(pending.code[champion_seq % pending.capacity])][0]
+        settings = versions.get(champion_version)
+        if settings is None:
+            return
+        champion_values = per_row(settings.task, settings.decision, pending.values(champion_seq), values)
+        for challenger_seq in candidates:
+            challenger_version = model.codes[int(pending.code[challenger_seq % pending.capacity])][0]
+            if challenger_version not in versions:
                 continue
-            champion, challenger = (version, other_version) if role == "champion" else (other_version, version)
-            settings = model.versions[champion]
-            mine = per_row(settings.task, settings.decision, scores, values)
-            theirs = per_row(settings.task, settings.decision, pending.values(other), values)
-            sequence = model.sequences.get((champion, challenger))
+            pending.paired[challenger_seq % pending.capacity] = 1
+            theirs = per_row(settings.task, settings.decision, pending.values(challenger_seq), values)
+            key = (champion_version, challenger_version)
+            sequence = model.sequences.get(key)
             if sequence is None:
-                sequence = model.sequences[(champion, challenger)] = PairedSequence(settings.compare_alpha,
-                                                                                    settings.window)
-            sequence.add(theirs - mine if role == "champion" else mine - theirs)
+                sequence = model.sequences[key] = PairedSequence(settings.compare_alpha, settings.window)
+            sequence.add(theirs - champion_values)
 
     def _room(self, model: _Model, rows: int, kind: int, now: int) -> bool:
         """Room for `rows` values of `kind` (labels 0, rows 1), the oldest let go as needed;
@@ -411,6 +484,7 @@ class PerformanceMonitor:
         pending = model.pending
         if not pending.room(rows):
             return False
+        self._expire(model, now)  # what its TTL let go first: unmatched, not evicted
         while pending.full(rows, kind):
             self._let_go(model, evict=True)
         return True
@@ -435,17 +509,19 @@ class PerformanceMonitor:
         model.pending.pop()
 
     def _publish(self, now_ns: int | None = None) -> None:
+        for driver in self.rollouts.values():
+            driver.tick()
         events: list[PerformanceEvent] = []
         wall = time.time_ns() if now_ns is None else now_ns
-        for model in self.models.values():
-            for (version, role), window in model.windows.items():
+        for model in list(self.models.values()):
+            for (version, role), window in list(model.windows.items()):
                 if window.changed:
                     window.changed = False
                     self.results[(model.name, version, role)] = (window.rows, window.metrics())
                     alerting = model.alerting.get(version)
                     if alerting is not None and alerting.due(role, window.n, window.rows == window.size):
                         events += alerting.evaluate(role, *window.rows_in_order(), window.n, wall)
-            for (version, role), ring in model.scored.items():
+            for (version, role), ring in list(model.scored.items()):
                 calibration = model.calibration.get(version)
                 if ring.changed and calibration is not None:
                     ring.changed = False
@@ -495,6 +571,15 @@ class PerformanceMonitor:
 
     # -- /metrics ----------------------------------------------------------------------------
     def families(self, family, labels) -> None:
+        self._families(family, labels)
+        gathered: dict[str, list] = {}  # one family per name, every rollout's samples in it
+        for driver in list(self.rollouts.values()):
+            driver.families(lambda name, kind, help_, samples: gathered.setdefault(name, [kind, help_, []])[2]
+                            .extend(samples), labels)
+        for name, (kind, help_, samples) in gathered.items():
+            family(name, kind, help_, samples)
+
+    def _families(self, family, labels) -> None:
         family("scorewire_feedback_labels_total", "counter", "Labels sent back, by what became of them: joined with "
                "their scored rows, duplicate (the id was labelled already), unmatched (no rows within label_ttl_s), "
                "invalid (not one label per row, or refused at the door), evicted (max_pending_rows).",
@@ -510,6 +595,9 @@ class PerformanceMonitor:
         family("scorewire_performance_pending_rows", "gauge", "Scored rows and labels the join holds: waiting for "
                "each other, or joined and kept for label_ttl_s so that challengers' rows join them too.",
                [(labels(model=m.name), m.held) for m in self.models.values()])
+        family("scorewire_performance_waiting_rows", "gauge", "Scored rows and labels waiting for each other (what "
+               "a restart of the observer would lose: it counts them in scorewire_performance_lost_total).",
+               [(labels(model=m.name), sum(m.pending.waiting)) for m in self.models.values()])
         results = sorted(self.results.items())
         family("scorewire_performance", "gauge", "Realized performance over the last `window` labelled rows "
                "(binary: accuracy, log_loss, brier, auc; multiclass: accuracy, log_loss; regression: mae, rmse).",
@@ -529,7 +617,7 @@ class PerformanceMonitor:
         family("scorewire_performance_alert", "gauge", "1 while the version (and role) is significantly worse "
                "than its reference on the metric, else 0.",
                [(labels(model=m, version=v, role=r, metric=k), int((r, k) in a.raised)) for m, v, a in baselines
-                for r in sorted({r for r, _ in a.last}) for k in a.metrics])
+                for r in sorted({r for r, _ in list(a.last)}) for k in a.metrics])
         sequences = [(m.name, key, s) for m in self.models.values() for key, s in sorted(m.sequences.items())]
         rows = []
         for m, (champion, challenger), s in sequences:

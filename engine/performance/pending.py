@@ -7,9 +7,11 @@ joined, dropped), where its values are and how many, and the previous entry of t
 a chain, newest first, that an open-addressing table (kernels/idtable.py) enters by the
 id's hash. Scores wait in a ring of rows x score width, labels in a ring of their own.
 
-Per one-row request of a binary model: about 39 bytes of entry, 8 of score, 8 of label
-and 16 to 32 of table (its slots are twice the entries, rounded up to a power of two).
-Arrays are allocated for `capacity` rows at once, but pages are only touched when used.
+Per one-row request of a binary model: about 40 bytes of entry, 8 of score, 8 of label
+and 16 to 32 of table (its slots are twice the entries, rounded up to a power of two); a
+multiclass model's score takes 8 bytes a class. The arrays are sized for `capacity` rows at
+start; the operating system maps their pages as the rings first pass over them, so memory
+grows to the full size once `capacity` rows have gone through, and stays there.
 Two ids whose 64-bit hashes are equal would be taken for one (one chance in about 10^13
 for a million ids held at once).
 """
@@ -34,6 +36,7 @@ class Pending:
         self.length = np.zeros(capacity, np.int32)
         self.code = np.zeros(capacity, np.int16)
         self.state = np.zeros(capacity, np.int8)
+        self.paired = np.zeros(capacity, np.int8)  # a challenger's rows already compared with a champion's
         self.table = IdTable(capacity)
         self.scores: np.ndarray | None = None  # capacity x width, made with the first rows
         self.labels = np.zeros(capacity, np.float64)
@@ -49,7 +52,8 @@ class Pending:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.key, self.time, self.prev, self.start, self.length, self.code, self.state, self.labels)
+        arrays = (self.key, self.time, self.prev, self.start, self.length, self.code, self.state, self.paired,
+                  self.labels)
         return sum(a.nbytes for a in arrays) + self.table.nbytes + (0 if self.scores is None else self.scores.nbytes)
 
     def chain(self, key: int):
@@ -95,6 +99,7 @@ class Pending:
         self.time[at] = now
         self.code[at] = code
         self.state[at] = state
+        self.paired[at] = 0
         self.start[at] = end
         self.length[at] = n
         self.prev[at] = self.table.put(key, seq)

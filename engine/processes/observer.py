@@ -76,8 +76,25 @@ class Watch:
         self.board = board
         self.counts = Counts(board, control.observer)  # this process's counters go on from its predecessor's
         # what the join of a predecessor held when it last published: lost with it, counted
-        pending = self.counts.left.get("scorewire_performance_pending_rows")
+        pending = self.counts.left.get("scorewire_performance_waiting_rows")
         self.observer.performance.lost_at_restart = int(sum(v for _, v in pending[3])) if pending else 0
+        self.observer.performance.requests = self._requests  # a rollout's error guard reads the workers'
+
+    def _requests(self, model: str, version: str) -> tuple[int, int]:
+        """(requests scored, requests the model failed) of one version, over the workers (as
+        each last wrote its counters on the board)."""
+        ok = failed = 0
+        wanted = (f'model="{model}"', f'version="{version}"')
+        for slot in range(self.control.workers):
+            for name, _, _, samples in self.board.read(slot):
+                if name == "scorewire_version_requests_total":
+                    for labels, value in samples:
+                        if all(w in labels for w in wanted):
+                            if 'outcome="failed"' in labels:
+                                failed += value
+                            else:
+                                ok += value
+        return int(ok), int(failed)
         self.decode_failures = 0
         self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
@@ -209,7 +226,7 @@ class Watch:
         """This process's counters on the board, for the next observer if this one dies (and
         the join's pending rows: what a next observer counts lost)."""
         self.counts.board.write(self.counts.slot, [f for f in self.own_families()
-                                                   if f[1] in CARRIED or f[0] == "scorewire_performance_pending_rows"])
+                                                   if f[1] in CARRIED or f[0] == "scorewire_performance_waiting_rows"])
 
     def _process_families(self) -> list:
         table = self.control.table

@@ -136,3 +136,23 @@ def test_feedback_bodies_keep_their_good_objects():
     good, errors = parse(b'[{"id": 17, "labels": [1]}, {"id": true, "labels": [1]}, {"id": 1.5, "labels": [1]}]',
                          "m", "binary")
     assert good.ids == ("17",) and [i for i, _ in errors] == [1, 2]
+
+
+def test_a_retried_id_pairs_each_challenger_scoring_once_and_another_width_is_refused():
+    pm = monitor()
+    try:
+        model = pm.models["m"]
+        for _ in range(2):  # a client retried the request with the same id
+            pm._batch(batch(["r"], np.array([[0.3, 0.7]])), 0)
+            pm._batch(batch(["r"], np.array([[0.6, 0.4]]), role="challenger"), 0)
+        pm._labels(labels({"r": [1]}), 1)
+        assert model.sequences[("1", "1")].n == 2  # one per challenger scoring, not 2 x 2
+    finally:
+        pm.close()
+    pm = monitor(task="multiclass", score="p")
+    try:
+        pm._batch(batch(["a"], np.array([[0.2, 0.8]])), 0)
+        pm._batch(batch(["w"], np.array([[0.2, 0.3, 0.5]])), 0)  # three classes where the model's first had two
+        assert pm.models["m"].unlabelled == 1 and pm.models["m"].held == 1
+    finally:
+        pm.close()

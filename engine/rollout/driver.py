@@ -1,0 +1,196 @@
+"""A route's rollout in the observer, on the join's thread (engine/performance/join.py): the
+join hands it the labelled rows of both arms and the scored batches (for the latency
+guard); once a tick it checks the guards, lets the decision (decide.py) speak, and when the
+rollout changes writes the state file the workers route by (state.py), an event
+(events_dir, kind=rollout) and a log line. The decision is made here only: once per server.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.performance.metrics import per_row
+from engine.rollout import state as saved_state
+from engine.rollout.decide import Decision, Plan, Rollout, State
+from engine.scorelog.files import write_parquet
+from engine.settings import PerformanceSettings, RouteSettings
+
+log = logging.getLogger("scorewire")
+
+LATENCY_BATCHES = 200  # each arm's last batches the p99 guard reads
+MIN_GUARD_BATCHES = 20  # ... and how many it needs first
+MIN_GUARD_REQUESTS = 20  # requests the candidate answered in the step before its error rate counts
+GUARD_EVERY_S = 1.0
+
+# (model, version) -> (requests scored, requests the model failed), summed over the workers
+Requests = Callable[[str, str], tuple[int, int]]
+
+
+class Driver:
+    def __init__(self, route: RouteSettings, performance: dict[str, PerformanceSettings], events_dir: Path | None,
+                 requests: Requests | None = None):
+        r = route.rollout
+        self.route, self.model, self.champion, self.candidate = route, route.model, route.champion, r.candidate
+        settings = performance[r.candidate]
+        self.task = settings.task
+        self.metric = r.metric or settings.decision
+        self.plan = Plan(tuple(r.steps), r.min_labelled_rows, self.metric, r.margin, r.alpha, r.max_error_rate,
+                         r.max_p99_ratio)
+        self.events_dir = events_dir
+        self.requests = requests
+        saved = saved_state.read(route)
+        if saved is None:
+            self.rollout = Rollout(self.plan)
+            self._save("started")
+        else:
+            self.rollout = Rollout(self.plan, saved.step, State(saved.state))
+            log.info("rollout of %s:%s resumed: %s, step %d (%g%%)", self.model, self.candidate, saved.state,
+                     saved.step + 1, saved.weight)
+        self.latency = {"candidate": collections.deque(maxlen=LATENCY_BATCHES),
+                        "champion": collections.deque(maxlen=LATENCY_BATCHES)}
+        self.rows = {"candidate": 0, "champion": 0}  # labelled rows, ever
+        self._guarded = 0.0
+        self._step_requests: tuple[int, int] | None = None  # the candidate's (ok, failed) when the step began
+
+    def arm(self, version: str, role: str) -> str | None:
+        if role not in ("champion", "arm"):  # challengers' shadow rows and pinned requests are no arm's
+            return None
+        return "candidate" if version == self.candidate else "champion" if version == self.champion else None
+
+    # -- from the join ---------------------------------------------------------------------
+    def scored(self, version: str, role: str, inference_us: int) -> None:
+        arm = self.arm(version, role)
+        if arm is not None:
+            self.latency[arm].append(inference_us)
+
+    def labelled(self, version: str, role: str, scores: np.ndarray, labels: np.ndarray) -> None:
+        arm = self.arm(version, role)
+        if arm is not None and self.rollout.state is State.RUNNING:
+            self.rollout.observe(arm, per_row(self.task, self.metric, scores, labels))
+            self.rows[arm] += len(labels)
+
+    # -- once a tick ---------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> Decision | None:
+        now = time.monotonic() if now is None else now
+        decision = None
+        if now - self._guarded >= GUARD_EVERY_S:
+            self._guarded = now
+            decision = self.rollout.guard(self._error_rate(), self._p99_ratio())
+        step = self.rollout.step
+        decision = decision or self.rollout.decide()
+        if decision is not None:
+            if decision.step != step:
+                self._step_requests = None
+            self._save(decision.reason, decision)
+        return decision
+
+    def _p99_ratio(self) -> float | None:
+        a, b = self.latency["candidate"], self.latency["champion"]
+        if len(a) < MIN_GUARD_BATCHES or len(b) < MIN_GUARD_BATCHES:
+            return None
+        return float(np.percentile(a, 99)) / max(1.0, float(np.percentile(b, 99)))
+
+    def _error_rate(self) -> float | None:
+        if self.requests is None:
+            return None
+        try:
+            ok, failed = self.requests(self.model, self.candidate)
+        except Exception:  # the counters are someone else's: no guard this time
+            log.exception("rollout of %s: could not read the candidate's request counts", self.model)
+            return None
+        if self._step_requests is None:
+            self._step_requests = (ok, failed)
+        ok, failed = ok - self._step_requests[0], failed - self._step_requests[1]
+        return None if ok + failed < MIN_GUARD_REQUESTS else failed / (ok + failed)
+
+    def _save(self, reason: str, decision: Decision | None = None) -> None:
+        r = self.rollout
+        saved = saved_state.Saved(self.model, self.champion, self.candidate, r.state.value, r.step, r.weight, reason,
+                                  time.time())
+        try:
+            saved_state.write(self.route, saved)
+        except OSError:
+            log.exception("rollout of %s: could not write its state to %s (the workers keep routing as before)",
+                          self.model, self.route.rollout.state_file)
+        if decision is None:
+            return
+        level = logging.WARNING if r.state is State.ROLLED_BACK else logging.INFO
+        log.log(level, "rollout of %s:%s: %s, step %d (%g%%): %s", self.model, self.candidate, r.state.value,
+                r.step + 1, r.weight, reason)
+        if self.events_dir is not None:
+            try:
+                write_event(self.events_dir, self, decision)
+            except OSError:
+                log.exception("could not write a rollout event to %s", self.events_dir)
+
+    # -- /metrics --------------------------------------------------------------------------------
+    def families(self, family, labels) -> None:
+        r = self.rollout
+        family("scorewire_rollout_state", "gauge", "1 for the rollout's state now (running, paused, promoted, "
+               "rolled_back), 0 for the others.",
+               [(labels(model=self.model, candidate=self.candidate, state=s.value), int(r.state is s)) for s in State])
+        family("scorewire_rollout_weight", "gauge", "Percent of the route's traffic each version answers now.",
+               [(labels(model=self.model, version=self.candidate), r.weight),
+                (labels(model=self.model, version=self.champion), 100.0 - r.weight)])
+        family("scorewire_rollout_step", "gauge", "The rollout's step (1 is the first).",
+               [(labels(model=self.model, candidate=self.candidate), r.step + 1)])
+        family("scorewire_rollout_labelled_rows", "gauge", "Labelled rows of each arm the decision has seen "
+               "(ever; the step needs min_labelled_rows of each since it began).",
+               [(labels(model=self.model, arm=arm), n) for arm, n in self.rows.items()])
+        d = r.difference()  # "worse is higher" units: back to the metric's own
+        if d is not None:
+            est, lower, upper = d if r.sign > 0 else (-d[0], -d[2], -d[1])
+            family("scorewire_rollout_difference", "gauge", "Candidate minus champion on the decision metric "
+                   "(its own units), with the always-valid bounds the decision reads.",
+                   [(labels(model=self.model, metric=self.metric, bound=name), value)
+                    for name, value in (("estimate", est), ("lower", lower), ("upper", upper))])
+
+
+SCHEMA = pa.schema([
+    ("time", pa.timestamp("ns", tz="UTC")),
+    ("state", pa.string()),
+    ("step", pa.int64()),
+    ("weight", pa.float64()),
+    ("champion", pa.string()),
+    ("candidate", pa.string()),
+    ("metric", pa.string()),
+    ("difference", pa.float64()),  # candidate - champion ("worse is higher" units), and its bounds
+    ("lower", pa.float64()),
+    ("upper", pa.float64()),
+    ("candidate_rows", pa.int64()),
+    ("champion_rows", pa.int64()),
+    ("reason", pa.string()),
+])
+_sequence = itertools.count()
+
+
+def write_event(directory: Path, driver: Driver, decision: Decision) -> Path:
+    """EVENTS_DIR/kind=rollout/model=NAME/date=YYYY-MM-DD/part-*.parquet."""
+    now = time.time_ns()
+    day = dt.datetime.fromtimestamp(now / 1e9, dt.timezone.utc).date().isoformat()
+    folder = Path(directory) / "kind=rollout" / f"model={driver.model}" / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    d = decision.difference or (float("nan"),) * 3
+    table = pa.table({
+        "time": pa.array([now], pa.timestamp("ns", tz="UTC")), "state": [decision.state.value],
+        "step": [decision.step], "weight": [driver.rollout.weight], "champion": [driver.champion],
+        "candidate": [driver.candidate], "metric": [driver.metric], "difference": [d[0]], "lower": [d[1]],
+        "upper": [d[2]], "candidate_rows": [driver.rows["candidate"]], "champion_rows": [driver.rows["champion"]],
+        "reason": [decision.reason],
+    }, schema=SCHEMA)
+    final = folder / f"part-{now}-{next(_sequence)}.parquet"
+    write_parquet(final, lambda tmp: pq.write_table(table, tmp), 1)
+    return final
+
+
+__all__ = ["Driver", "write_event"]

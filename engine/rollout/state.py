@@ -1,0 +1,78 @@
+"""A rollout's state on disk, and the route it makes.
+
+One small JSON file per rollout (`[routes.rollout] state_file`): the observer writes it
+(atomically: a temporary file renamed over it) when the rollout steps, rolls back, is
+promoted or paused; every worker reads it every ROLLOUT_POLL_S and routes by it, so all
+switch together, and a restarted server resumes where the rollout stood. A file that names
+another candidate or champion than the config is a finished rollout's: the config's new
+rollout starts from its first step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.rollout.decide import State
+from engine.settings import RouteSettings
+
+ROLLOUT_POLL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    model: str
+    champion: str
+    candidate: str
+    state: str
+    step: int
+    weight: float  # the candidate's percent of the route now
+    reason: str
+    time: float  # unix seconds of the last change
+
+
+def read(route: RouteSettings) -> Saved | None:
+    """The rollout's saved state, if it is this rollout's (same champion and candidate)."""
+    path = route.rollout.state_file
+    try:
+        data = json.loads(Path(path).read_text())
+        saved = Saved(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if (saved.model, saved.champion, saved.candidate) != (route.model, route.champion, route.rollout.candidate):
+        return None
+    return saved
+
+
+def write(route: RouteSettings, saved: Saved) -> None:
+    path = Path(route.rollout.state_file)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(saved)))
+    os.replace(tmp, path)
+
+
+def first(route: RouteSettings) -> Saved:
+    """The state of a rollout that has not started."""
+    r = route.rollout
+    return Saved(route.model, route.champion, r.candidate, State.RUNNING.value, 0, r.steps[0], "started", 0.0)
+
+
+def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:
+    """The route as the rollout makes it now: a split champion/candidate while it runs (or is
+    paused), the candidate as the champion once promoted, the champion alone once rolled back."""
+    if route.rollout is None:
+        return route
+    saved = saved or first(route)
+    candidate = route.rollout.candidate
+    if saved.state == State.PROMOTED:
+        return route.model_copy(update={"champion": candidate, "split": {}})
+    if saved.state == State.ROLLED_BACK or saved.weight <= 0:
+        return route.model_copy(update={"split": {}})
+    if saved.weight >= 100:
+        return route.model_copy(update={"champion": candidate, "split": {}})
+    return route.model_copy(update={"split": {route.champion: 100.0 - saved.weight, candidate: saved.weight}})
+
+
+__all__ = ["ROLLOUT_POLL_S", "Saved", "effective", "first", "read", "write"]
