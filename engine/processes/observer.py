@@ -79,6 +79,10 @@ class Watch:
         pending = self.counts.left.get("scorewire_performance_waiting_rows")
         self.observer.performance.lost_at_restart = int(sum(v for _, v in pending[3])) if pending else 0
         self.observer.performance.requests = self._requests  # a rollout's error guard reads the workers'
+        self.decode_failures = 0
+        self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
+        self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
+        self._receipts: dict[str, collections.deque] = {}  # per ring: records handed on, in order, not released
 
     def _requests(self, model: str, version: str) -> tuple[int, int]:
         """(requests scored, requests the model failed) of one version, over the workers (as
@@ -95,10 +99,6 @@ class Watch:
                             else:
                                 ok += value
         return int(ok), int(failed)
-        self.decode_failures = 0
-        self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
-        self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
-        self._receipts: dict[str, collections.deque] = {}  # per ring: records handed on, in order, not released
 
     # -- models -----------------------------------------------------------------------------
     @staticmethod
