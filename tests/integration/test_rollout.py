@@ -1,0 +1,145 @@
+"""Rollouts with a real server, two workers, labels over REST: a worse candidate rolled back
+having answered about its first step's share; a better one promoted, keeping the traffic
+after a restart; a much slower one rolled back by its guard without any label."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as grpcclient
+
+from engine.harness.config import Config, model_table, route_table, server_table
+from engine.harness.models import N_FEATURES
+from tests.conftest import launch
+from tests.integration.kafka_helpers import wait_for
+
+PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 2000, "label_ttl_s": 60}
+
+
+def config(candidate_path: str, state_file: str, **rollout) -> Config:
+    plan = {"candidate": "2", "steps": [10, 50, 100], "min_labelled_rows": 60, "alpha": 0.05,
+            "max_p99_ratio": None, "state_file": state_file, **rollout}
+    return Config(server_table(workers=2, drain_timeout_s=20),
+                  [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE),
+                   model_table("mlp", candidate_path, version="2", performance=PERFORMANCE)],
+                  routes=[route_table("mlp", "1", rollout=plan)])
+
+
+def state(server) -> str:
+    m = server.metrics()
+    return next((s for s in ("running", "paused", "promoted", "rolled_back")
+                 if m.get(f'scorewire_rollout_state{{model="mlp",candidate="2",state="{s}"}}') == 1), "none")
+
+
+def send(server, x: np.ndarray, first_id: int) -> list[str]:
+    """One-row requests, no routing key (each draws its arm); the version that answered each."""
+    client = grpcclient.InferenceServerClient(server.url)
+    answered = []
+    for i, row in enumerate(x):
+        inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+        inp.set_data_from_numpy(row[None, :])
+        answered.append(client.infer("mlp", [inp], request_id=f"q{first_id + i}").get_response().model_version)
+    client.close()
+    return answered
+
+
+def post_labels(server, first_id: int, labels: np.ndarray) -> None:
+    body = json.dumps([{"id": f"q{first_id + i}", "labels": [int(v)]} for i, v in enumerate(labels)]).encode()
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/feedback", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def drive(server, truth, rng, rounds: int = 60, per_round: int = 50) -> list[str]:
+    """Requests and their labels (truth(x)) in rounds until the rollout ends; the versions
+    that answered."""
+    answered: list[str] = []
+    for r in range(rounds):
+        x = rng.normal(size=(per_round, N_FEATURES)).astype(np.float32)
+        answered += send(server, x, r * per_round)
+        post_labels(server, r * per_round, truth(x))
+        if state(server) != "running":
+            break
+        time.sleep(0.2)
+    return answered
+
+
+def test_a_worse_candidate_is_rolled_back_having_answered_about_its_first_step(model_dir, rng):
+    mlp = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    truth = lambda x: mlp.run(["probabilities"], {"float_input": x})[0][:, 1] > 0.5  # noqa: E731: the champion is right
+    server = launch(model_dir, config("models/gbt.onnx", "rollout-worse.json"), "rollout-worse.toml")
+    try:
+        answered = drive(server, truth, rng)
+        wait_for(lambda: state(server) == "rolled_back", 20, what="the rollback")
+        share = answered.count("2") / len(answered)
+        assert share < 0.2, share  # its first step is 10% of the traffic
+        m = server.metrics()
+        assert m['scorewire_rollout_weight{model="mlp",version="2"}'] == 0
+        x = rng.normal(size=(40, N_FEATURES)).astype(np.float32)
+        time.sleep(1.0)  # the workers follow the state file within 0.25 s
+        assert set(send(server, x, 10_000)) == {"1"}
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_better_candidate_is_promoted_and_keeps_the_traffic_after_a_restart(model_dir, rng):
+    gbt = ort.InferenceSession(str(model_dir / "models" / "gbt.onnx"), providers=["CPUExecutionProvider"])
+    truth = lambda x: gbt.run(["probabilities"], {"float_input": x})[0][:, 1] > 0.5  # noqa: E731: the candidate is right
+    cfg = config("models/gbt.onnx", "rollout-better.json")
+    server = launch(model_dir, cfg, "rollout-better.toml")
+    try:
+        drive(server, truth, rng)
+        wait_for(lambda: state(server) == "promoted", 20, what="the promotion")
+    finally:
+        assert server.stop() == 0
+    saved = json.loads((model_dir / "rollout-better.json").read_text())
+    assert saved["state"] == "promoted" and saved["weight"] == 100
+    server = launch(model_dir, cfg, "rollout-better.toml")  # the same config again: it resumes promoted
+    try:
+        assert state(server) == "promoted"
+        assert set(send(server, rng.normal(size=(40, N_FEATURES)).astype(np.float32), 20_000)) == {"2"}
+    finally:
+        assert server.stop() == 0
+
+
+def slow_model(path, layers: int = 6, width: int = 1536) -> None:
+    """The mlp's inputs and outputs, many times its work: a candidate far slower."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    sizes = [N_FEATURES] + [width] * layers + [2]
+    nodes, weights, x = [], [], "float_input"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        weights.append(numpy_helper.from_array((rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
+        x = f"h{i}"
+    nodes += [helper.make_node("Softmax", [x], ["probabilities"], axis=1),
+              helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("float_input", TensorProto.FLOAT,
+                                                                            [None, N_FEATURES])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+                              weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.write_bytes(model.SerializeToString())
+
+
+def test_a_much_slower_candidate_is_rolled_back_by_its_guard_without_labels(model_dir, rng):
+    slow_model(model_dir / "models" / "slow.onnx")
+    cfg = config("models/slow.onnx", "rollout-slow.json", steps=[30, 100], max_p99_ratio=3.0)
+    server = launch(model_dir, cfg, "rollout-slow.toml")
+    try:
+        for r in range(20):
+            send(server, rng.normal(size=(50, N_FEATURES)).astype(np.float32), r * 50)  # no labels at all
+            if state(server) == "rolled_back":
+                break
+        wait_for(lambda: state(server) == "rolled_back", 20, what="the guard's rollback")
+        saved = json.loads((model_dir / "rollout-slow.json").read_text())
+        assert "p99" in saved["reason"], saved
+    finally:
+        assert server.stop() == 0
