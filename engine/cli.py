@@ -89,6 +89,43 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_main(args)
 
 
+def _rollout(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from engine.errors import UsageError
+    from engine.rollout import state
+    from engine.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        raise UsageError(f"config error: {exc}") from None
+    routes = [r for r in settings.routes if r.rollout is not None and (args.model is None or r.model == args.model)]
+    if len(routes) != 1:
+        names = [r.model for r in settings.routes if r.rollout is not None]
+        raise UsageError(f"--model: name one of the models with a rollout in {args.config}: {names}" if names
+                         else f"{args.config} has no [routes.rollout]")
+    route = routes[0]
+    before = state.read(route)
+    if args.command != "show":
+        state.give_command(route, args.command)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and state.command_file(route).exists():
+            time.sleep(0.1)
+        if state.command_file(route).exists():
+            raise UsageError(f"no server took the command within {args.timeout:g} s (is one serving {args.config}?); "
+                             f"it waits in {state.command_file(route)}")
+    now = state.read(route)
+    shown = None if now is None else {"model": now.model, "champion": now.champion, "candidate": now.candidate,
+                                      "state": now.state, "step": now.step + 1, "weight": now.weight,
+                                      "reason": now.reason}
+    print(json.dumps(shown, indent=2))
+    if args.command != "show" and now == before:
+        print(f"(the rollout did not change: a {args.command} does nothing to a rollout {now.state if now else 'not started'})")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from engine.scorelog.evaluate import main as evaluate_main
 
@@ -177,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol (default 1e-6; shown in the table)")
     comp.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     comp.set_defaults(func=_compare)
+
+    ro = sub.add_parser("rollout", help="a rollout's state; pause, resume or abort it (the person on call)",
+                        description="Show the rollout of a served config ([routes.rollout]), or pause it (the split "
+                        "holds, nothing is decided), resume it, or abort it (the candidate gets no more traffic). "
+                        "The server's observer takes the command within a second; all workers follow it.")
+    ro.add_argument("command", choices=["show", "pause", "resume", "abort"])
+    ro.add_argument("--config", required=True, type=Path, help="the config the server serves")
+    ro.add_argument("--model", help="the model whose rollout (when the config has several)")
+    ro.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to take it")
+    ro.set_defaults(func=_rollout)
 
     ev = sub.add_parser("evaluate", help="realized performance per version from the scoring log and late labels",
                         description="Join a labels file with the Parquet scoring log by request id and row (events "

@@ -85,7 +85,7 @@ class Driver:
         decision = None
         if now - self._guarded >= GUARD_EVERY_S:
             self._guarded = now
-            decision = self.rollout.guard(self._error_rate(), self._p99_ratio())
+            decision = self._operator() or self.rollout.guard(self._error_rate(), self._p99_ratio())
         step = self.rollout.step
         decision = decision or self.rollout.decide()
         if decision is not None:
@@ -93,6 +93,22 @@ class Driver:
                 self._step_requests = None
             self._save(decision.reason, decision)
         return decision
+
+    def _operator(self) -> Decision | None:
+        """A command `scorewire rollout` left: pause, resume or abort."""
+        command = saved_state.take_command(self.route)
+        r = self.rollout
+        if command is None or r.state in (State.PROMOTED, State.ROLLED_BACK):
+            return None
+        if command == "abort":
+            r.state, r.reason = State.ROLLED_BACK, "aborted by the operator (scorewire rollout abort)"
+        elif command == "pause" and r.state is State.RUNNING:
+            r.state, r.reason = State.PAUSED, "paused by the operator: the split holds, nothing is decided"
+        elif command == "resume" and r.state is State.PAUSED:
+            r.state, r.reason = State.RUNNING, "resumed by the operator"
+        else:
+            return None
+        return Decision(r.state, r.step, r.reason, r.difference())
 
     def _p99_ratio(self) -> float | None:
         a, b = self.latency["candidate"], self.latency["champion"]

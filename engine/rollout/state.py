@@ -75,4 +75,32 @@ def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:
     return route.model_copy(update={"split": {route.champion: 100.0 - saved.weight, candidate: saved.weight}})
 
 
-__all__ = ["ROLLOUT_POLL_S", "Saved", "effective", "first", "read", "write"]
+COMMANDS = ("pause", "resume", "abort")
+
+
+def command_file(route: RouteSettings) -> Path:
+    """Where `scorewire rollout` leaves a command for the observer (it takes it within a second)."""
+    path = Path(route.rollout.state_file)
+    return path.with_name(path.name + ".command")
+
+
+def take_command(route: RouteSettings) -> str | None:
+    """The operator's command waiting, if any (removed: taken once)."""
+    path = command_file(route)
+    try:
+        command = json.loads(path.read_text()).get("command")
+        path.unlink()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if command in COMMANDS else None
+
+
+def give_command(route: RouteSettings, command: str) -> None:
+    path = command_file(route)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"command": command}))
+    os.replace(tmp, path)
+
+
+__all__ = ["COMMANDS", "ROLLOUT_POLL_S", "Saved", "effective", "first", "give_command", "read", "take_command",
+           "write"]

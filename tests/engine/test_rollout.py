@@ -82,3 +82,23 @@ def test_a_failing_guard_rolls_back_without_labels():
     rollout.observe("candidate", np.full(100, 0.3))
     rollout.observe("champion", np.full(100, 0.3))
     assert rollout.decide().state is State.PROMOTED and rollout.weight == 100  # the next step is 100%
+
+
+def test_the_operator_aborts_and_the_state_file_says_so(tmp_path):
+    from engine.rollout import state
+    from engine.rollout.driver import Driver
+    from engine.settings import PerformanceSettings, RouteSettings
+
+    route = RouteSettings(model="m", champion="1", rollout={"candidate": "2", "state_file": str(tmp_path / "s.json")})
+    performance = {v: PerformanceSettings(task="binary", score="p:1") for v in ("1", "2")}
+    driver = Driver(route, performance, None)
+    assert state.read(route).state == "running" and state.read(route).weight == 5
+    state.give_command(route, "pause")
+    assert driver.tick(now=10.0).state is State.PAUSED and state.read(route).state == "paused"
+    state.give_command(route, "abort")
+    assert driver.tick(now=20.0).state is State.ROLLED_BACK
+    saved = state.read(route)
+    assert saved.state == "rolled_back" and "operator" in saved.reason and not state.command_file(route).exists()
+    assert state.effective(route, saved).split == {}
+    resumed = Driver(route, performance, None)  # a restarted observer: where it stood
+    assert resumed.rollout.state is State.ROLLED_BACK and resumed.rollout.weight == 0

@@ -5,6 +5,8 @@ after a restart; a much slower one rolled back by its guard without any label.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -73,6 +75,12 @@ def test_a_worse_candidate_is_rolled_back_having_answered_about_its_first_step(m
     truth = lambda x: mlp.run(["probabilities"], {"float_input": x})[0][:, 1] > 0.5  # noqa: E731: the champion is right
     server = launch(model_dir, config("models/gbt.onnx", "rollout-worse.json"), "rollout-worse.toml")
     try:
+        for command, after in (("pause", "paused"), ("resume", "running")):  # the person on call
+            shown = subprocess.run([sys.executable, "-m", "engine.cli", "rollout", command, "--config",
+                                    str(model_dir / "rollout-worse.toml")], capture_output=True, text=True, timeout=60)
+            assert shown.returncode == 0, shown.stderr
+            assert json.loads(shown.stdout.split("\n(")[0])["state"] == after
+            wait_for(lambda: state(server) == after, 10, what=f"{after} in /metrics")
         answered = drive(server, truth, rng)
         wait_for(lambda: state(server) == "rolled_back", 20, what="the rollback")
         share = answered.count("2") / len(answered)
