@@ -50,7 +50,9 @@ class Observer:
         self.models: dict[Key, OnnxModel | ModelShape] = {}  # monitored versions and challengers (sessions: to shadow)
         self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
         self.scorelog: ScoreLog | None = None
-        self.performance = PerformanceMonitor(settings)  # labels joined with scored rows (engine/performance/)
+        # labels joined with scored rows (engine/performance/); rollouts decided by the observer
+        # only, not by the challengers process (which hands its results to the observer)
+        self.performance = PerformanceMonitor(settings, rollouts=shadow_results is None)
         monitors = [m.monitor for m in settings.models if m.monitor]
         self.tap = MonitorTap(self._monitor, max([m.queue_batches for m in monitors] or [16_384]),
                               max_rows=max([m.queue_rows for m in monitors] or [262_144]))

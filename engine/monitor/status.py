@@ -125,6 +125,37 @@ def _performance(families: dict[str, list]) -> list[str]:
     return out
 
 
+def _rollouts(families: dict[str, list]) -> list[str]:
+    """Each rollout: where it stands (state, step, weights), its labelled rows, the difference
+    and its always-valid interval, and why."""
+    states = {}
+    for sample in families.get("scorewire_rollout_state", []):
+        if sample.value == 1:
+            states[sample.labels["model"]] = (sample.labels["candidate"], sample.labels["state"])
+    if not states:
+        return []
+    by = lambda name, sample: name  # noqa: E731
+    steps = _gather(families, ("scorewire_rollout_step",), ("model",), by)
+    weights = _gather(families, ("scorewire_rollout_weight",), ("model", "version"), by)
+    rows_ = _gather(families, ("scorewire_rollout_labelled_rows",), ("model", "arm"), by)
+    difference = _gather(families, ("scorewire_rollout_difference",), ("model", "metric"),
+                         lambda _, sample: sample.labels["bound"])
+    reasons = {s.labels["model"]: s.labels.get("reason", "") for s in families.get("scorewire_rollout_reason", [])}
+    table = []
+    for model, (candidate, state) in sorted(states.items()):
+        weight = weights.get((model, candidate), {}).get("scorewire_rollout_weight", 0)
+        found = [(metric, b) for (m, metric), b in difference.items() if m == model]
+        shown = (f"{found[0][0]} {found[0][1]['estimate']:+.4g} [{found[0][1]['lower']:+.4g}, "
+                 f"{found[0][1]['upper']:+.4g}]") if found else "-"
+        table.append([model, candidate, state, f"{steps.get((model,), {}).get('scorewire_rollout_step', 0):.0f}",
+                      f"{weight:g}%",
+                      f"{rows_.get((model, 'candidate'), {}).get('scorewire_rollout_labelled_rows', 0):,.0f} / "
+                      f"{rows_.get((model, 'champion'), {}).get('scorewire_rollout_labelled_rows', 0):,.0f}",
+                      shown, reasons.get(model, "")])
+    return [_table(["model", "candidate", "state", "step", "weight", "labelled (cand / champ)",
+                    "difference (always-valid)", "why"], table)]
+
+
 def status(target: str, timeout_s: float = 5.0) -> str:
     families = scrape(target, timeout_s)
     drift = _gather(families, ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect",
@@ -155,6 +186,7 @@ def status(target: str, timeout_s: float = 5.0) -> str:
     else:
         out.append("no drift monitors configured")
     out += _performance(families)
+    out += _rollouts(families)
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
                                  "scorewire_stream_input_missing", "scorewire_stream_in_flight",
                                  "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))

@@ -169,9 +169,12 @@ class _Model:
 
 
 class PerformanceMonitor:
-    def __init__(self, settings: Settings, capacity: int = 65_536, tick_s: float = 0.1, thread: bool = True):
+    def __init__(self, settings: Settings, capacity: int = 65_536, tick_s: float = 0.1, thread: bool = True,
+                 rollouts: bool = True):
         """`thread=False`: no thread of its own (tests and benches drive `_batch`, `_labels`,
-        `_expire` with times of their own)."""
+        `_expire` with times of their own). `rollouts=False`: this one does not decide them
+        (one process of a server does: the observer)."""
+        self.decides = rollouts
         self.models: dict[str, _Model] = {}
         self._references: dict[tuple[str, str], tuple] = {}
         self.rollouts: dict = {}  # model -> its route's rollout (engine/rollout/driver.py)
@@ -238,6 +241,8 @@ class PerformanceMonitor:
     def _install_rollouts(self, settings: Settings) -> None:
         from engine.rollout.driver import Driver
 
+        if not self.decides:
+            return
         performance: dict[str, dict[str, PerformanceSettings]] = {}
         for m in settings.models:
             if m.performance is not None:

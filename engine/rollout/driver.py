@@ -158,6 +158,8 @@ class Driver:
         family("scorewire_rollout_weight", "gauge", "Percent of the route's traffic each version answers now.",
                [(labels(model=self.model, version=self.candidate), r.weight),
                 (labels(model=self.model, version=self.champion), 100.0 - r.weight)])
+        family("scorewire_rollout_reason", "gauge", "Why the rollout stands where it does (1; the reason in a label).",
+               [(labels(model=self.model, candidate=self.candidate, reason=r.reason), 1)])
         family("scorewire_rollout_step", "gauge", "The rollout's step (1 is the first).",
                [(labels(model=self.model, candidate=self.candidate), r.step + 1)])
         family("scorewire_rollout_labelled_rows", "gauge", "Labelled rows of each arm the decision has seen "

@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pyarrow.parquet as pq
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 
@@ -28,7 +29,7 @@ def config(candidate_path: str, state_file: str, **rollout) -> Config:
     return Config(server_table(workers=2, drain_timeout_s=20),
                   [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE),
                    model_table("mlp", candidate_path, version="2", performance=PERFORMANCE)],
-                  routes=[route_table("mlp", "1", rollout=plan)])
+                  routes=[route_table("mlp", "1", rollout=plan)], monitoring={"events_dir": "events-rollout"})
 
 
 def state(server) -> str:
@@ -87,6 +88,13 @@ def test_a_worse_candidate_is_rolled_back_having_answered_about_its_first_step(m
         assert share < 0.2, share  # its first step is 10% of the traffic
         m = server.metrics()
         assert m['scorewire_rollout_weight{model="mlp",version="2"}'] == 0
+        shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target",
+                                f"127.0.0.1:{server.metrics_port}"], capture_output=True, text=True, timeout=60)
+        line = next((x for x in shown.stdout.splitlines() if "rolled_back" in x), "")
+        assert line.split()[:3] == ["mlp", "2", "rolled_back"] and "worse than the champion" in line, shown.stdout
+        events = pq.read_table(model_dir / "events-rollout" / "kind=rollout").to_pylist()
+        last = max(events, key=lambda e: e["time"])
+        assert last["state"] == "rolled_back" and last["lower"] > 0 and last["candidate_rows"] > 0
         x = rng.normal(size=(40, N_FEATURES)).astype(np.float32)
         time.sleep(1.0)  # the workers follow the state file within 0.25 s
         assert set(send(server, x, 10_000)) == {"1"}
