@@ -125,6 +125,29 @@ def _performance(families: dict[str, list]) -> list[str]:
     return out
 
 
+def _splits(families: dict[str, list]) -> list[str]:
+    """Each plain split's arm against its champion: the always-valid interval and a verdict."""
+    difference = _gather(families, ("scorewire_split_difference",), ("model", "champion", "arm", "metric"),
+                         lambda _, sample: sample.labels["bound"])
+    rows_ = _gather(families, ("scorewire_split_labelled_rows",), ("model", "version"), lambda name, _: name)
+    if not difference:
+        return []
+    table = []
+    for (model, champion, arm, metric), b in sorted(difference.items()):
+        worse_if_higher = metric != "accuracy"
+        if b["lower"] > 0:
+            verdict = "arm worse" if worse_if_higher else "arm better"
+        elif b["upper"] < 0:
+            verdict = "arm better" if worse_if_higher else "arm worse"
+        else:
+            verdict = "no difference shown yet"
+        n = lambda v: rows_.get((model, v), {}).get("scorewire_split_labelled_rows", 0)  # noqa: E731
+        table.append([model, champion, arm, metric, f"{n(arm):,.0f} / {n(champion):,.0f}", f"{b['estimate']:+.4g}",
+                      f"[{b['lower']:+.4g}, {b['upper']:+.4g}]", verdict])
+    return [_table(["model", "champion", "arm", "metric", "labelled (arm / champ)", "difference",
+                    "always-valid interval", "verdict"], table)]
+
+
 def _rollouts(families: dict[str, list]) -> list[str]:
     """Each rollout: where it stands (state, step, weights), its labelled rows, the difference
     and its always-valid interval, and why."""
@@ -187,6 +210,7 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         out.append("no drift monitors configured")
     out += _performance(families)
     out += _rollouts(families)
+    out += _splits(families)
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
                                  "scorewire_stream_input_missing", "scorewire_stream_in_flight",
                                  "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))

@@ -178,6 +178,7 @@ class PerformanceMonitor:
         self.models: dict[str, _Model] = {}
         self._references: dict[tuple[str, str], tuple] = {}
         self.rollouts: dict = {}  # model -> its route's rollout (engine/rollout/driver.py)
+        self.splits: dict = {}  # model -> its plain split's arms (engine/rollout/decide.py Arms)
         self.requests = None  # (model, version) -> (requests scored, failed): set by the observer's owner
         self.events_dir = None
         self.alerts_raised = 0
@@ -239,17 +240,26 @@ class PerformanceMonitor:
         self._install_rollouts(settings)
 
     def _install_rollouts(self, settings: Settings) -> None:
+        """The routes' rollouts (decided here, when this monitor decides) and plain splits'
+        arms (compared)."""
+        from engine.rollout.decide import Arms
         from engine.rollout.driver import Driver
 
-        if not self.decides:
-            return
         performance: dict[str, dict[str, PerformanceSettings]] = {}
         for m in settings.models:
             if m.performance is not None:
                 performance.setdefault(m.name, {})[m.version] = m.performance
+        splits = {}
+        for route in settings.routes:  # plain splits: their arms compared, nothing decided
+            if route.split and route.model in performance and route.champion in performance[route.model]:
+                p = performance[route.model][route.champion]
+                old = self.splits.get(route.model)
+                splits[route.model] = old if old is not None and old.champion == route.champion else Arms(
+                    route.champion, p.decision, p.compare_alpha, p.window)
+        self.splits = splits
         drivers = {}
         for route in settings.routes:
-            if route.rollout is None:
+            if route.rollout is None or not self.decides:
                 continue
             old = self.rollouts.get(route.model)
             drivers[route.model] = old if old is not None and old.route == route else Driver(
@@ -438,6 +448,9 @@ class PerformanceMonitor:
         driver = self.rollouts.get(model.name)
         if driver is not None:
             driver.labelled(version, role, scores, values)
+        arms = self.splits.get(model.name)
+        if arms is not None and role in ("champion", "arm"):
+            arms.observe(version, per_row(settings.task, arms.metric, scores, values))
         if role in ("champion", "challenger"):
             self._pair(model, label, seq, version, role, scores, values)
 
@@ -583,6 +596,19 @@ class PerformanceMonitor:
                             .extend(samples), labels)
         for name, (kind, help_, samples) in gathered.items():
             family(name, kind, help_, samples)
+        splits = list(self.splits.items())
+        rows = []
+        for model, arms in splits:
+            for version in sorted(v for v in list(arms.versions) if v != arms.champion):
+                d = arms.difference(version)
+                if d is not None:
+                    rows += [(labels(model=model, champion=arms.champion, arm=version, metric=arms.metric, bound=b), v)
+                             for b, v in zip(("estimate", "lower", "upper"), d)]
+        family("scorewire_split_difference", "gauge", "A split's arm minus its champion on the decision metric "
+               "(labelled rows of each, different requests), with an always-valid interval: safe to read at any "
+               "time (each arm's mean in a confidence sequence at compare_alpha / 2).", rows)
+        family("scorewire_split_labelled_rows", "gauge", "Labelled rows of each version of a split.",
+               [(labels(model=model, version=v), s.n) for model, arms in splits for v, s in list(arms.versions.items())])
 
     def _families(self, family, labels) -> None:
         family("scorewire_feedback_labels_total", "counter", "Labels sent back, by what became of them: joined with "

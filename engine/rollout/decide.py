@@ -130,4 +130,29 @@ class Rollout:
         return Decision(state, self.step, reason, self.difference())
 
 
-__all__ = ["Decision", "Plan", "Rollout", "State"]
+class Arms:
+    """A plain split's arms against its champion, safe to peek at: the rollout's test
+    (each version's mean in a sequence at alpha / 2; their difference bounded), without
+    deciding anything."""
+
+    def __init__(self, champion: str, metric: str, alpha: float, tuning_rows: int):
+        self.champion, self.metric, self.alpha, self.tuning = champion, metric, alpha, max(MIN_PAIRS, tuning_rows)
+        self.sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+        self.versions: dict[str, PairedSequence] = {}
+
+    def observe(self, version: str, values: np.ndarray) -> None:
+        sequence = self.versions.get(version)
+        if sequence is None:
+            sequence = self.versions[version] = PairedSequence(self.alpha / 2, self.tuning)
+        sequence.add(np.asarray(values, np.float64))
+
+    def difference(self, arm: str) -> tuple[float, float, float] | None:
+        """(estimate, lower, upper) of arm - champion in the metric's own units."""
+        a, b = self.versions.get(arm), self.versions.get(self.champion)
+        if a is None or b is None or a.bounds() is None or b.bounds() is None:
+            return None
+        a, b = a.bounds(), b.bounds()
+        return a[0] - b[0], a[1] - b[2], a[2] - b[1]
+
+
+__all__ = ["Arms", "Decision", "Plan", "Rollout", "State"]

@@ -159,3 +159,30 @@ def test_a_much_slower_candidate_is_rolled_back_by_its_guard_without_labels(mode
         assert "p99" in saved["reason"], saved
     finally:
         assert server.stop() == 0
+
+
+def test_a_plain_split_can_be_peeked_at(model_dir, rng):
+    """A/B with a fixed split: the arms' difference with an always-valid interval in /metrics
+    and status (nothing is decided)."""
+    mlp = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    truth = lambda x: mlp.run(["probabilities"], {"float_input": x})[0][:, 1] > 0.5  # noqa: E731
+    cfg = Config(server_table(workers=2, drain_timeout_s=20),
+                 [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE),
+                  model_table("mlp", "models/gbt.onnx", version="2", performance=PERFORMANCE)],
+                 routes=[route_table("mlp", "1", split={"1": 50, "2": 50})])
+    server = launch(model_dir, cfg, "split-peek.toml")
+    try:
+        for r in range(6):
+            x = rng.normal(size=(50, N_FEATURES)).astype(np.float32)
+            send(server, x, r * 50)
+            post_labels(server, r * 50, truth(x))
+        key = 'scorewire_split_difference{model="mlp",champion="1",arm="2",metric="log_loss",bound="%s"}'
+        wait_for(lambda: server.metrics().get(key % "lower", 0) > 0, 20, what="the arm shown worse")
+        m = server.metrics()
+        assert m[key % "lower"] < m[key % "estimate"] < m[key % "upper"]
+        shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target",
+                                f"127.0.0.1:{server.metrics_port}"], capture_output=True, text=True, timeout=60)
+        assert any(line.split()[:4] == ["mlp", "1", "2", "log_loss"] and line.rstrip().endswith("arm worse")
+                   for line in shown.stdout.splitlines()), shown.stdout
+    finally:
+        assert server.stop() == 0
