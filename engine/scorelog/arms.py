@@ -36,6 +36,8 @@ ALWAYS_VALID = "always-valid (safe to read at any time)"
 FIXED_HORIZON = "fixed-horizon: valid only if this is the one look planned in advance"
 NONE_SHOWN = "no difference shown yet"
 NAMES = {"accuracy": "accuracy", "log_loss": "log-loss", "brier": "Brier", "auc": "AUC", "mae": "MAE", "rmse": "RMSE"}
+# What the difference is of: the mean of metrics.per_row (rmse's per-row value is the squared error).
+DIFFERENCE_OF = NAMES | {"rmse": "squared error (RMSE's per-row value)"}
 
 
 def decision_metric(task: str, metric: str | None) -> str:
@@ -166,7 +168,8 @@ def verdict(entry: dict) -> tuple[str | None, str]:
     if av["estimate"] is None:
         line = f"{decision}: {lab['rows']['arm']:,} and {lab['rows']['champion']:,} labelled rows ({av['note']})"
     else:
-        line = (f"{decision}: {means}, always-valid {1 - lab['alpha']:.0%} interval of the difference "
+        of = "" if metric != "rmse" else " of the mean squared error"
+        line = (f"{decision}: {means}, always-valid {1 - lab['alpha']:.0%} interval of the difference{of} "
                 f"[{av['lower']:+.4g}, {av['upper']:+.4g}]")
     if w["shows"] != av["shows"] and w["pvalue"] is not None:
         said = w["shows"] or "no difference"
@@ -206,7 +209,7 @@ def render(entry: dict) -> list[str]:
         av, w = lab["always_valid"], lab["welch"]
         level = f"{1 - lab['alpha']:.0%}"
         estimate = av["estimate"] if av["estimate"] is not None else w["estimate"]
-        lines.append(f"  {NAMES[lab['metric']]}, arm minus champion (per row, unpaired): {_bound(estimate)}")
+        lines.append(f"  {DIFFERENCE_OF[lab['metric']]}, arm minus champion (per row, unpaired): {_bound(estimate)}")
         lines.append(f"    {ALWAYS_VALID}: " + (f"{level} interval [{_bound(av['lower'])}, {_bound(av['upper'])}] "
                                                f"(alpha/2 per side, tuned for {lab['tuning_rows']:,} rows)"
                                                if av["estimate"] is not None else av["note"]))
