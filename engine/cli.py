@@ -193,12 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
     stat.set_defaults(func=_status)
 
-    comp = sub.add_parser("compare", help="champion vs challengers from the Parquet scoring log",
+    comp = sub.add_parser("compare", help="champion vs challengers and a split's arms from the Parquet scoring log",
                           description="Pair a model's champion rows with each challenger's by request id and "
                           "row: agreement, output differences, latency per version; with --labels also each one's "
                           "metrics and paired tests (binary and multiclass: McNemar's exact test on accuracy and a "
                           "paired t-test on per-row log-loss; regression: paired t-tests on per-row absolute and "
-                          "squared error), and a verdict that says which test favours whom.")
+                          "squared error), and a verdict that says which test favours whom. A split's arms (other "
+                          "requests than the champion's) against the champion, unpaired: rows, and with --labels "
+                          "each one's metrics, an always-valid interval of the decision metric's difference (safe "
+                          "to read at any time), Welch's fixed-horizon t-test beside it, and a verdict.")
     comp.add_argument("--log", required=True, help="the scoring log's folder ([scorelog] dir)")
     comp.add_argument("--model", required=True, help="model name")
     comp.add_argument("--labels", type=Path, help="Parquet or CSV with request_id, the label, and optionally row")
@@ -211,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "multiclass probabilities, regression variable (default: the one float output)")
     comp.add_argument("--predicted", help="binary: output column holding the predicted class (default: the one "
                       "integer output, else score > 0.5)")
+    comp.add_argument("--metric", choices=["accuracy", "log_loss", "brier", "mae", "rmse"],
+                      help="arms: the decision metric, per row (default log_loss; --task regression mae)")
+    comp.add_argument("--alpha", type=float, default=0.05, help="arms: the always-valid interval holds at every "
+                      "look with probability about 1 - alpha (alpha/2 per side); Welch's test at alpha (default 0.05)")
+    comp.add_argument("--tuning-rows", type=int, default=1000, help="arms: labelled rows per side where the "
+                      "always-valid interval is narrowest (default 1000)")
     comp.add_argument("--atol", type=float, default=1e-6, help="float outputs agree when |difference| <= atol (default 1e-6; shown in the table)")
     comp.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     comp.set_defaults(func=_compare)

@@ -87,4 +87,15 @@ class PairedSequence:
         return self.mean, self.mean - w, self.mean + w
 
 
-__all__ = ["MIN_PAIRS", "PairedSequence", "half_width", "tuning"]
+def difference(a: PairedSequence, b: PairedSequence) -> tuple[float, float, float] | None:
+    """(estimate, lower, upper) of mean(a) - mean(b), two arms' means each followed by its own
+    sequence of one sample's values (different rows, not pairs) at alpha / 2: both hold at
+    every moment with probability about 1 - alpha (a union bound), and so does
+    [L_a - U_b, U_a - L_b]. None while either has fewer than MIN_PAIRS values."""
+    x, y = a.bounds(), b.bounds()
+    if x is None or y is None:
+        return None
+    return x[0] - y[0], x[1] - y[2], x[2] - y[1]
+
+
+__all__ = ["MIN_PAIRS", "PairedSequence", "difference", "half_width", "tuning"]

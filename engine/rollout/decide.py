@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.performance.metrics import LOWER_IS_BETTER
-from engine.performance.sequence import MIN_PAIRS, PairedSequence
+from engine.performance.sequence import MIN_PAIRS, PairedSequence, difference
 
 
 class State(enum.StrEnum):
@@ -87,10 +87,7 @@ class Rollout:
 
     def difference(self) -> tuple[float, float, float] | None:
         """(estimate, lower, upper) of candidate - champion in "worse is higher" units."""
-        a, b = self.arms["candidate"].bounds(), self.arms["champion"].bounds()
-        if a is None or b is None:
-            return None
-        return a[0] - b[0], a[1] - b[2], a[2] - b[1]
+        return difference(self.arms["candidate"], self.arms["champion"])
 
     def guard(self, error_rate: float | None = None, p99_ratio: float | None = None) -> Decision | None:
         """The guards that need no labels (the candidate's error rate, its p99 latency over

@@ -9,6 +9,11 @@ says), on the rows both scored: each one's metrics and the paired tests of the t
 verdict (engine/scorelog/paired.py). The task: binary (the score is P(class 1), labels 0/1;
 a score outside [0, 1] or other labels are refused), multiclass (the probability matrix,
 labels class indices) or regression (the prediction).
+
+A route with a split has arms: versions answering other requests than the champion's (the
+log's role "arm"). Nothing pairs there; each arm against the champion, on the labelled rows
+of each, is engine/scorelog/arms.py's: metrics, an always-valid interval and Welch's
+fixed-horizon test of the decision metric's difference (--metric, --alpha, --tuning-rows).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.performance.metrics import METRICS
+from engine.scorelog import arms as arm_tests
 from engine.scorelog import paired as paired_tests
 from engine.scorelog.labelled import (KEY, LogError, Score, check_labels, check_scores, default_score, find_score,
                                       join_labels, outputs as _outputs, read_labels, read_log)
@@ -51,7 +57,16 @@ def _percentiles(values: np.ndarray) -> dict:
 
 
 def compare(log_dir: Path, model: str, labels: Path | None = None, label_column: str = "label",
-            score: str | None = None, predicted: str | None = None, atol: float = 1e-6, task: str = "binary") -> dict:
+            score: str | None = None, predicted: str | None = None, atol: float = 1e-6, task: str = "binary",
+            metric: str | None = None, alpha: float = 0.05, tuning_rows: int = 1000) -> dict:
+    """Challengers paired with the champion, arms (a split's) against it unpaired; `metric`,
+    `alpha` and `tuning_rows` are the arms' (engine/scorelog/arms.py)."""
+    if not 0 < alpha < 1:
+        raise LogError(f"--alpha {alpha:g}: give a level between 0 and 1 (e.g. 0.05)")
+    if tuning_rows < 1:
+        raise LogError(f"--tuning-rows {tuning_rows}: give the number of labelled rows per arm the always-valid "
+                       "interval is to be narrowest at (e.g. 1000)")
+    metric = arm_tests.decision_metric(task, metric)
     table = read_log(log_dir, model)
     roles = table.column("role")
     champion_all = table.filter(pc.equal(roles, "champion"))
@@ -103,8 +118,9 @@ def compare(log_dir: Path, model: str, labels: Path | None = None, label_column:
             entry["labelled"] = _labelled(version, paired, label_table, task, found, predicted)
         entry["verdict"] = verdict(entry)
         report["challengers"].append(entry)
-    if not report["challengers"]:
-        raise LogError(f"model {model!r} has no challenger rows in {log_dir}")
+    report["arms"] = arm_tests.arms(table, label_table, task, found, metric, alpha, tuning_rows)
+    if not report["challengers"] and not report["arms"]:
+        raise LogError(f"model {model!r} has no challenger or arm rows in {log_dir}")
     return report
 
 
@@ -169,6 +185,9 @@ def render(report: dict) -> str:
         if lab:
             lines += _render_labelled(lab)
         lines.append(f"  verdict: {ch['verdict']}")
+    for arm in report.get("arms", []):
+        lines.append("")
+        lines += arm_tests.render(arm)
     lines.append("")
     lines.append(f"latency (us)  {'':<18} {'wait p50':>10} {'p99':>8} {'inference p50':>14} {'p99':>8} "
                  f"{'total p50':>10} {'p99':>8}")
@@ -209,7 +228,7 @@ def _render_labelled(lab: dict) -> list[str]:
 def main(args) -> int:
     try:
         report = compare(Path(args.log), args.model, args.labels, args.label_column, args.score, args.predicted,
-                         args.atol, args.task)
+                         args.atol, args.task, args.metric, args.alpha, args.tuning_rows)
     except LogError as exc:
         print(f"scorewire compare: {exc}", file=sys.stderr)
         return 2
