@@ -146,10 +146,7 @@ class Arms:
     def difference(self, arm: str) -> tuple[float, float, float] | None:
         """(estimate, lower, upper) of arm - champion in the metric's own units."""
         a, b = self.versions.get(arm), self.versions.get(self.champion)
-        if a is None or b is None or a.bounds() is None or b.bounds() is None:
-            return None
-        a, b = a.bounds(), b.bounds()
-        return a[0] - b[0], a[1] - b[2], a[2] - b[1]
+        return None if a is None or b is None else difference(a, b)
 
 
 __all__ = ["Arms", "Decision", "Plan", "Rollout", "State"]
