@@ -53,9 +53,15 @@ class Observer:
         # labels joined with scored rows (engine/performance/); rollouts decided by the observer
         # only, not by the challengers process (which hands its results to the observer)
         self.performance = PerformanceMonitor(settings, rollouts=shadow_results is None)
+        self.performance.drift_alerts = self._drift_alerts
         monitors = [m.monitor for m in settings.models if m.monitor]
         self.tap = MonitorTap(self._monitor, max([m.queue_batches for m in monitors] or [16_384]),
                               max_rows=max([m.queue_rows for m in monitors] or [262_144]))
+
+    def _drift_alerts(self, model: str, version: str) -> set[str]:
+        """The columns of a version's drift monitor with an alert raised now (any thread)."""
+        monitor = self.drift.get((model, version))
+        return set() if monitor is None else {name for name, st in list(monitor.state.items()) if st.alert}
 
     # -- set-up -----------------------------------------------------------------------------
     def warm_up(self) -> None:

@@ -371,6 +371,13 @@ class RolloutSettings(_Strict):
     """Guard: the candidate's failed requests over its requests (since the step began)."""
     max_p99_ratio: float | None = Field(3.0, gt=1)
     """Guard: the candidate's p99 inference time over the champion's (each of its last 200 batches)."""
+    rollback_on_drift: bool = True
+    """Guard: a drift alert on the candidate's monitor ([models.monitor], e.g. its prediction
+    drift) for a column whose alert the champion's monitor has not raised."""
+    max_estimated_drop: float | None = Field(None, gt=0, le=1)
+    """Guard before labels: the candidate's estimated accuracy (CBPE; both versions need a
+    performance reference) below the champion's by more than this. A threshold on two
+    estimates, not a test: set it well above their noise (e.g. 0.05)."""
     state_file: Path | None = None
     """Where the rollout's state is kept across restarts (relative to the config file;
     default: scorewire-rollout-MODEL.json beside it)."""

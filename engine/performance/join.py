@@ -180,6 +180,7 @@ class PerformanceMonitor:
         self.rollouts: dict = {}  # model -> its route's rollout (engine/rollout/driver.py)
         self.splits: dict = {}  # model -> its plain split's arms (engine/rollout/decide.py Arms)
         self.requests = None  # (model, version) -> (requests scored, failed): set by the observer's owner
+        self.drift_alerts = None  # (model, version) -> drift alert columns: set by the Observer
         self.events_dir = None
         self.alerts_raised = 0
         self.lost_at_restart = 0  # rows and labels a predecessor observer's join held when it died
@@ -262,9 +263,20 @@ class PerformanceMonitor:
             if route.rollout is None or not self.decides:
                 continue
             old = self.rollouts.get(route.model)
-            drivers[route.model] = old if old is not None and old.route == route else Driver(
+            driver = drivers[route.model] = old if old is not None and old.route == route else Driver(
                 route, performance[route.model], self.events_dir, self._requests)
+            driver.drift_alerts = lambda m, v: self.drift_alerts(m, v) if self.drift_alerts else set()
+            driver.estimated = self._estimated_accuracy
         self.rollouts = drivers  # swapped whole: the join's thread reads it
+
+    def _estimated_accuracy(self, model: str, version: str) -> float | None:
+        """The version's CBPE accuracy over its last window of scored rows (a split's arm or
+        the champion), None without one."""
+        for role in ("arm", "champion"):
+            value = self.estimated.get((model, version, role), {}).get("accuracy")
+            if value is not None and value == value:
+                return value
+        return None
 
     def _requests(self, model: str, version: str) -> tuple[int, int]:
         return (0, 0) if self.requests is None else self.requests(model, version)

@@ -49,6 +49,8 @@ class Plan:
     alpha: float
     max_error_rate: float | None = None
     max_p99_ratio: float | None = None
+    rollback_on_drift: bool = False
+    max_estimated_drop: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +91,11 @@ class Rollout:
         """(estimate, lower, upper) of candidate - champion in "worse is higher" units."""
         return difference(self.arms["candidate"], self.arms["champion"])
 
-    def guard(self, error_rate: float | None = None, p99_ratio: float | None = None) -> Decision | None:
+    def guard(self, error_rate: float | None = None, p99_ratio: float | None = None, drifted: list[str] | None = None,
+              estimated_drop: float | None = None) -> Decision | None:
         """The guards that need no labels (the candidate's error rate, its p99 latency over
-        the champion's); a failing one rolls back at once."""
+        the champion's, drift alerts only it raised, its estimated accuracy below the
+        champion's); a failing one rolls back at once."""
         if self.state not in (State.RUNNING, State.PAUSED):
             return None
         plan = self.plan
@@ -101,6 +105,11 @@ class Rollout:
         if plan.max_p99_ratio is not None and p99_ratio is not None and p99_ratio > plan.max_p99_ratio:
             return self._end(State.ROLLED_BACK, f"guard: p99 latency {p99_ratio:.3g}x the champion's > "
                                                 f"max_p99_ratio {plan.max_p99_ratio:g}")
+        if plan.rollback_on_drift and drifted:
+            return self._end(State.ROLLED_BACK, f"guard: drift alert on the candidate only ({', '.join(drifted[:5])})")
+        if plan.max_estimated_drop is not None and estimated_drop is not None and estimated_drop > plan.max_estimated_drop:
+            return self._end(State.ROLLED_BACK, f"guard: estimated accuracy {estimated_drop:.3g} below the "
+                                                f"champion's > max_estimated_drop {plan.max_estimated_drop:g}")
         return None
 
     def decide(self) -> Decision | None:

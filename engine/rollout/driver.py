@@ -45,7 +45,9 @@ class Driver:
         self.task = settings.task
         self.metric = r.metric or settings.decision
         self.plan = Plan(tuple(r.steps), r.min_labelled_rows, self.metric, r.margin, r.alpha, r.max_error_rate,
-                         r.max_p99_ratio)
+                         r.max_p99_ratio, r.rollback_on_drift, r.max_estimated_drop)
+        self.drift_alerts: Callable[[str, str], set[str]] | None = None  # (model, version) -> columns alerted
+        self.estimated: Callable[[str, str], float | None] | None = None  # (model, version) -> CBPE accuracy
         self.events_dir = events_dir
         self.requests = requests
         saved = saved_state.read(route)
@@ -85,7 +87,8 @@ class Driver:
         decision = None
         if now - self._guarded >= GUARD_EVERY_S:
             self._guarded = now
-            decision = self._operator() or self.rollout.guard(self._error_rate(), self._p99_ratio())
+            decision = self._operator() or self.rollout.guard(self._error_rate(), self._p99_ratio(), self._drifted(),
+                                                              self._estimated_drop())
         step = self.rollout.step
         decision = decision or self.rollout.decide()
         if decision is not None:
@@ -109,6 +112,18 @@ class Driver:
         else:
             return None
         return Decision(r.state, r.step, r.reason, r.difference())
+
+    def _drifted(self) -> list[str] | None:
+        """Columns whose drift alert the candidate's monitor raised and the champion's did not."""
+        if self.drift_alerts is None:
+            return None
+        return sorted(self.drift_alerts(self.model, self.candidate) - self.drift_alerts(self.model, self.champion))
+
+    def _estimated_drop(self) -> float | None:
+        if self.estimated is None:
+            return None
+        mine, theirs = self.estimated(self.model, self.candidate), self.estimated(self.model, self.champion)
+        return None if mine is None or theirs is None else theirs - mine
 
     def _p99_ratio(self) -> float | None:
         a, b = self.latency["candidate"], self.latency["champion"]

@@ -102,3 +102,13 @@ def test_the_operator_aborts_and_the_state_file_says_so(tmp_path):
     assert state.effective(route, saved).split == {}
     resumed = Driver(route, performance, None)  # a restarted observer: where it stood
     assert resumed.rollout.state is State.ROLLED_BACK and resumed.rollout.weight == 0
+
+
+def test_drift_only_the_candidate_raised_and_an_estimated_drop_roll_back():
+    plan = Plan(steps=(5, 100), min_labelled_rows=100, metric="log_loss", margin=0.0, alpha=0.05,
+                rollback_on_drift=True, max_estimated_drop=0.05)
+    assert Rollout(plan).guard(drifted=[], estimated_drop=0.01) is None
+    decision = Rollout(plan).guard(drifted=["probabilities:1"])
+    assert decision.state is State.ROLLED_BACK and "probabilities:1" in decision.reason
+    decision = Rollout(plan).guard(estimated_drop=0.08)
+    assert decision.state is State.ROLLED_BACK and "estimated accuracy" in decision.reason
