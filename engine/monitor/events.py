@@ -60,6 +60,17 @@ EVALUATION_SCHEMA = pa.schema([
 ])
 
 
+def publish(directory: Path, kind: str, model: str, time_ns: int, table: pa.Table) -> Path:
+    """One events file, EVENTS_DIR/kind=KIND/model=NAME/date=YYYY-MM-DD/part-<time_ns>-<n>.parquet
+    (the date of `time_ns`, UTC), published whole (engine/scorelog/files.py write_parquet)."""
+    day = dt.datetime.fromtimestamp(time_ns / 1e9, dt.timezone.utc).date().isoformat()
+    folder = Path(directory) / f"kind={kind}" / f"model={model}" / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"part-{int(time_ns)}-{next(_sequence)}.parquet"
+    write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
+    return final
+
+
 def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
     """Every evaluation of `monitor` in `history` (DriftMonitor.take_history()), one row per
     column and window (NaN: a window not yet full):
@@ -86,12 +97,8 @@ def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
         "reference": [str(monitor.settings.reference)] * len(times),
     }, schema=EVALUATION_SCHEMA)
     for day in sorted(set(days.tolist())):
-        folder = Path(directory) / "kind=evaluation" / f"model={model}" / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"part-{int(times[0])}-{next(_sequence)}.parquet"
-        part = table.filter(pa.array(days == day))
-        write_parquet(final, lambda tmp: pq.write_table(part, tmp), part.num_rows)
-        written.append(final)
+        at = days == day
+        written.append(publish(directory, "evaluation", model, int(times[at][0]), table.filter(pa.array(at))))
     return written
 
 
@@ -102,8 +109,6 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
         day = dt.datetime.fromtimestamp(e.time_ns / 1e9, dt.timezone.utc).date().isoformat()
         groups.setdefault((e.model.split(":")[0], day), []).append(e)
     for (model, day), group in groups.items():
-        folder = Path(directory) / "kind=drift" / f"model={model}" / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
         table = pa.table({
             "time": pa.array([e.time_ns for e in group], pa.timestamp("ns", tz="UTC")),
             "event": [e.kind for e in group],
@@ -118,7 +123,5 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
             "window_statistics": [list(e.statistics) for e in group],
             "window_pvalues": [list(e.pvalues) for e in group],
         }, schema=SCHEMA)
-        final = folder / f"part-{group[0].time_ns}-{next(_sequence)}.parquet"
-        write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
-        written.append(final)
+        written.append(publish(directory, "drift", model, group[0].time_ns, table))
     return written

@@ -20,7 +20,6 @@ kind=performance) and a log line. AUC has no per-row value: it is shown, not ale
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from scipy.stats import t as student_t
 
 from engine.errors import UserFacing
 from engine.performance.metrics import LOWER_IS_BETTER, PER_ROW, per_row, realized
-from engine.scorelog.files import write_parquet
+from engine.monitor.events import publish
 
 
 class BadReference(ValueError, UserFacing):
@@ -168,7 +167,6 @@ SCHEMA = pa.schema([
     ("pvalue", pa.float64()),
     ("rows", pa.int64()),
 ])
-_sequence = itertools.count()
 
 
 def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
@@ -180,8 +178,6 @@ def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
         groups.setdefault((e.model, day), []).append(e)
     written = []
     for (model, day), group in groups.items():
-        folder = Path(directory) / "kind=performance" / f"model={model}" / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
         table = pa.table({
             "time": pa.array([e.time_ns for e in group], pa.timestamp("ns", tz="UTC")),
             "event": [e.kind for e in group], "version": [e.version for e in group],
@@ -189,9 +185,7 @@ def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
             "value": [e.value for e in group], "baseline": [e.baseline for e in group],
             "pvalue": [e.pvalue for e in group], "rows": [e.rows for e in group],
         }, schema=SCHEMA)
-        final = folder / f"part-{group[0].time_ns}-{next(_sequence)}.parquet"
-        write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
-        written.append(final)
+        written.append(publish(directory, "performance", model, group[0].time_ns, table))
     return written
 
 
@@ -215,13 +209,9 @@ def write_history(directory: Path, model: str, history: list[tuple]) -> list[Pat
         day = dt.datetime.fromtimestamp(row[0] / 1e9, dt.timezone.utc).date().isoformat()
         by_day.setdefault(day, []).append(row)
     written = []
-    for day, rows in by_day.items():
-        folder = Path(directory) / "kind=performance_history" / f"model={model}" / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
+    for rows in by_day.values():
         table = pa.table(dict(zip(HISTORY_SCHEMA.names, map(list, zip(*rows))))).cast(HISTORY_SCHEMA)
-        final = folder / f"part-{rows[0][0]}-{next(_sequence)}.parquet"
-        write_parquet(final, lambda tmp: pq.write_table(table, tmp), table.num_rows)
-        written.append(final)
+        written.append(publish(directory, "performance_history", model, rows[0][0], table))
     return written
 
 

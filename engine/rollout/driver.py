@@ -8,8 +8,6 @@ rollout changes writes the state file the workers route by (state.py), an event
 from __future__ import annotations
 
 import collections
-import datetime as dt
-import itertools
 import logging
 import time
 from pathlib import Path
@@ -17,12 +15,11 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.performance.metrics import per_row
 from engine.rollout import state as saved_state
 from engine.rollout.decide import Decision, Plan, Rollout, State
-from engine.scorelog.files import write_parquet
+from engine.monitor.events import publish
 from engine.settings import PerformanceSettings, RouteSettings
 
 log = logging.getLogger("scorewire")
@@ -204,15 +201,11 @@ SCHEMA = pa.schema([
     ("champion_rows", pa.int64()),
     ("reason", pa.string()),
 ])
-_sequence = itertools.count()
 
 
 def write_event(directory: Path, driver: Driver, decision: Decision) -> Path:
     """EVENTS_DIR/kind=rollout/model=NAME/date=YYYY-MM-DD/part-*.parquet."""
     now = time.time_ns()
-    day = dt.datetime.fromtimestamp(now / 1e9, dt.timezone.utc).date().isoformat()
-    folder = Path(directory) / "kind=rollout" / f"model={driver.model}" / f"date={day}"
-    folder.mkdir(parents=True, exist_ok=True)
     d = decision.difference or (float("nan"),) * 3
     table = pa.table({
         "time": pa.array([now], pa.timestamp("ns", tz="UTC")), "state": [decision.state.value],
@@ -221,9 +214,7 @@ def write_event(directory: Path, driver: Driver, decision: Decision) -> Path:
         "upper": [d[2]], "candidate_rows": [driver.rows["candidate"]], "champion_rows": [driver.rows["champion"]],
         "reason": [decision.reason],
     }, schema=SCHEMA)
-    final = folder / f"part-{now}-{next(_sequence)}.parquet"
-    write_parquet(final, lambda tmp: pq.write_table(table, tmp), 1)
-    return final
+    return publish(directory, "rollout", driver.model, now, table)
 
 
 __all__ = ["Driver", "write_event"]
