@@ -126,6 +126,13 @@ def _rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from engine.audit import story
+
+    print(story(args.log, args.events, args.id, args.labels))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from engine.scorelog.evaluate import main as evaluate_main
 
@@ -233,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--model", help="the model whose rollout (when the config has several)")
     ro.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to take it")
     ro.set_defaults(func=_rollout)
+
+    au = sub.add_parser("audit", help="the whole story of one answer: versions, artifact hashes, inputs, outputs, "
+                        "the rollout then, its label", description="Every row the scoring log holds under one request "
+                        "id (the answer and the challengers' shadow rows): when, which version and role, the ONNX "
+                        "file's and the settings' sha256, inputs and outputs; with --events the version's last load "
+                        "before it (the same file?) and the rollout's state then; with --labels its label.")
+    au.add_argument("--log", required=True, type=Path, help="the scoring log's folder ([scorelog] dir)")
+    au.add_argument("--events", type=Path, help="[monitoring] events_dir (audit and rollout events)")
+    au.add_argument("--id", required=True, help="the request id (or a Kafka event's source topic/partition/offset)")
+    au.add_argument("--labels", type=Path, help="Parquet or CSV with request_id, label and optionally row")
+    au.set_defaults(func=_audit)
 
     ev = sub.add_parser("evaluate", help="realized performance per version from the scoring log and late labels",
                         description="Join a labels file with the Parquet scoring log by request id and row (events "

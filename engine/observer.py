@@ -23,6 +23,7 @@ from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
+from engine import audit
 from engine.errors import UserFacing
 from engine.performance.join import Labels, PerformanceMonitor
 from engine.runtime.session import ModelShape, OnnxModel
@@ -50,6 +51,7 @@ class Observer:
         self.models: dict[Key, OnnxModel | ModelShape] = {}  # monitored versions and challengers (sessions: to shadow)
         self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
         self.scorelog: ScoreLog | None = None
+        self.provenance: dict[Key, tuple[str | None, str]] = {}  # (model, version) -> (ONNX file, settings) sha256
         # labels joined with scored rows (engine/performance/); rollouts decided by the observer
         # only, not by the challengers process (which hands its results to the observer)
         self.performance = PerformanceMonitor(settings, rollouts=shadow_results is None)
@@ -80,10 +82,40 @@ class Observer:
         self.models.pop(key, None)
         self.drift.pop(key, None)
 
+    def _track(self, settings: Settings, event: str) -> None:
+        """Every version's provenance (the ONNX file's and its settings' sha256: the scoring
+        log's columns) and, from the observer only (the challengers process serves the same
+        versions), an audit row (events_dir, kind=audit) for each version loaded, changed
+        or unloaded."""
+        old = self.provenance
+        new = {(m.name, m.version): audit.provenance(m) for m in settings.models}
+        self.provenance = new
+        if self.scorelog is not None:
+            self.scorelog.provenance = dict(new)
+        directory = settings.monitoring.events_dir
+        if directory is None or self._shadow_results is not None:
+            return
+        paths = {(m.name, m.version): str(m.path) for m in settings.models}
+        rows: dict[str, list] = {}
+        for key, (sha, config) in new.items():
+            if old.get(key) != (sha, config):
+                detail = "" if key not in old else f"from model {old[key][0]} settings {old[key][1]}"
+                rows.setdefault(key[0], []).append({"event": event, "version": key[1], "model_sha256": sha,
+                                                    "config_sha256": config, "path": paths[key], "detail": detail})
+        for key in old.keys() - new.keys():
+            rows.setdefault(key[0], []).append({"event": "unload", "version": key[1], "model_sha256": old[key][0],
+                                                "config_sha256": old[key][1], "detail": "removed by a reload"})
+        for model, items in rows.items():
+            try:
+                audit.write(directory, model, items)
+            except OSError:
+                log.exception("could not write the audit trail to %s", directory)
+
     def open_scorelog(self) -> None:
         if self.settings.scorelog is not None:
             self.scorelog = ScoreLog(self.settings.scorelog, self.feature_names())
             self._announce(f"scoring log in {self.settings.scorelog.dir}")
+        self._track(self.settings, "load")
 
     def feature_names(self) -> dict[tuple[str, str], list[str]]:
         """Log column names of monitored inputs: the features the monitor config names."""
@@ -140,6 +172,7 @@ class Observer:
 
     def reloaded(self, settings: Settings) -> None:
         self.settings = settings
+        self._track(settings, "reload")
         try:
             self.performance.install(settings)
         except UserFacing as exc:  # the reload's probe read it; it changed since

@@ -67,6 +67,9 @@ def _read(folder: Path, kind: str | None = None) -> pa.Table | None:
     return table
 
 
+read_folder = _read  # (engine/audit.py reads the log and the events folders alike)
+
+
 def _figure(width: float = 9, height: float = 3.2):
     import matplotlib
 

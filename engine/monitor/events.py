@@ -13,7 +13,8 @@ One small file per evaluation that raised or cleared something (events are rare)
 under a temporary name, checked and published like the scoring log's files (fsync, rename,
 fsync of the folder), so a reader never sees a partial file; a write that fails (a full disk)
 leaves nothing behind. DuckDB:
-read_parquet('EVENTS_DIR/**/*.parquet', hive_partitioning = 1).
+read_parquet('EVENTS_DIR/kind=drift/**/*.parquet', hive_partitioning = 1) (one kind at a time:
+the kinds' columns differ).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import pyarrow as pa
 from engine.performance.metrics import per_row
 from engine.rollout import state as saved_state
 from engine.rollout.decide import Decision, Plan, Rollout, State
+from engine import audit
 from engine.monitor.events import publish
 from engine.settings import PerformanceSettings, RouteSettings
 
@@ -158,6 +159,9 @@ class Driver:
         if self.events_dir is not None:
             try:
                 write_event(self.events_dir, self, decision)
+                audit.write(self.events_dir, self.model, [{
+                    "event": "rollout", "version": self.candidate,
+                    "detail": f"{r.state.value}, step {r.step + 1} ({r.weight:g}%), champion {self.champion}: {reason}"}])
             except OSError:
                 log.exception("could not write a rollout event to %s", self.events_dir)
 

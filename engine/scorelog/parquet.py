@@ -122,6 +122,7 @@ class ScoreLog:
         self.root = Path(settings.dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.feature_names = feature_names or {}
+        self.provenance: dict[tuple[str, str], tuple[str, str]] = {}  # (model, version) -> (model, config sha256)
         self._stats = ScoreLogStats()
         self._compression = None if settings.compression == "none" else settings.compression
         self._seq = itertools.count()
@@ -219,11 +220,12 @@ class ScoreLog:
             groups.setdefault((batch.model, batch.version, batch.role, date), []).append(batch)
         for (model, _version, _role, date), group in groups.items():
             names = {i: self.feature_names[(model, i)] for i in group[0].inputs if (model, i) in self.feature_names}
+            provenance = self.provenance.get((model, _version), (None, None))
             try:
                 try:
-                    converted = [to_table(group, names)]
+                    converted = [to_table(group, names, provenance)]
                 except ValueError:  # shapes differ between batches (dynamic trailing dims): one by one
-                    converted = [to_table([b], names) for b in group]
+                    converted = [to_table([b], names, provenance) for b in group]
             except Exception:
                 self._stats.rows_failed += sum(b.rows for b in group)
                 log.exception("scoring log: cannot convert %d batches of %s:%s", len(group), model, _version)

@@ -1,7 +1,9 @@
 """Scored batches -> Arrow tables of log rows: one row per scored row.
 
 Columns: time (UTC, when the batch was scored), request_id, row (index inside the request),
-routing_key, version, routing (default | sticky | random | pinned | shadow), one column per input
+routing_key, version, model_sha256 (of the ONNX file that answered) and config_sha256 (of
+that version's effective settings; engine/audit.py), routing (default | sticky | random |
+pinned | shadow), one column per input
 feature (in_*) and per output column (out_*), queue_us, inference_us, total_us. The writer
 (engine/scorelog/parquet.py) calls `to_table` on its own thread, never on the request path.
 """
@@ -69,7 +71,8 @@ def _joined(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
-def to_table(batches: list[ScoredBatch], feature_names: dict[str, list[str]]) -> tuple[pa.Table, list]:
+def to_table(batches: list[ScoredBatch], feature_names: dict[str, list[str]],
+             provenance: tuple[str | None, str | None] = (None, None)) -> tuple[pa.Table, list]:
     """Log rows of batches of one model version (in order), and which rows have which role
     (the members of one batch may differ: routed and pinned requests share a version's batches)."""
     members = [len(b.bounds) - 1 if b.bounds else 1 for b in batches]
@@ -97,6 +100,8 @@ def to_table(batches: list[ScoredBatch], feature_names: dict[str, list[str]]) ->
         ("row", pa.array((np.arange(n, dtype=np.int64) - bounds[:-1][member_of_row]).astype(np.int32))),
         ("routing_key", routing_key),
         ("version", pa.repeat(pa.scalar(first.version, pa.string()), n)),
+        ("model_sha256", pa.repeat(pa.scalar(provenance[0], pa.string()), n)),
+        ("config_sha256", pa.repeat(pa.scalar(provenance[1], pa.string()), n)),
         ("routing", pc.take(routing, take)),
     ]
     for name in first.inputs:

@@ -32,8 +32,9 @@ def test_rotation_by_rows_and_a_full_flush_on_close(tmp_path):
     assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [100, 100, 50]
     assert not list(tmp_path.glob("**/*.tmp"))
     table = pq.read_table(files[0])
-    assert table.column_names == ["time", "request_id", "row", "routing_key", "version", "routing", "in_a", "in_b",
-                                  "in_c", "out_y", "out_p_0", "out_p_1", "queue_us", "inference_us", "total_us"]
+    assert table.column_names == ["time", "request_id", "row", "routing_key", "version", "model_sha256",
+                                  "config_sha256", "routing", "in_a", "in_b", "in_c", "out_y", "out_p_0", "out_p_1",
+                                  "queue_us", "inference_us", "total_us"]
     first = table.slice(0, 10).to_pydict()
     assert first["request_id"] == ["r0"] * 5 + ["r1"] * 5
     assert first["row"] == list(range(5)) * 2

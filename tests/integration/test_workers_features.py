@@ -62,7 +62,7 @@ def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
             for client in clients:
                 client.close()
             assert server.stop() == 0
-        table = pq.read_table(model_dir / f"events-{workers}", partitioning="hive").sort_by(
+        table = pq.read_table(model_dir / f"events-{workers}" / "kind=drift", partitioning="hive").sort_by(
             [("events_observed", "ascending"), ("feature", "ascending"), ("event", "ascending")])
         events[workers] = table.select(["event", "feature", "statistic", "pvalue", "events_observed"]).to_pylist()
     assert any(e["event"] == "raise" and e["feature"] == "f3" for e in events[1])
