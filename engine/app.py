@@ -146,7 +146,9 @@ class App:
         for route in self.settings.routes:
             self._say(f"route {route.model}: champion {route.champion}"
                       + (f", challengers {', '.join(route.challengers)}" if route.challengers else "")
-                      + (f", split {dict(route.split)} by {route.sticky_key!r}" if route.split else ""))
+                      + (f", split {dict(route.split)} by {route.sticky_key!r}" if route.split else "")
+                      + (f", rollout of {route.rollout.candidate} (now: {self._rollout_said(route)})"
+                         if route.rollout else ""))
         self.sink.open_scorelog()
 
     async def start(self) -> None:
@@ -232,6 +234,10 @@ class App:
         if any(rs.rollout is not None for rs in self.settings.routes):
             self._follower = asyncio.get_running_loop().create_task(self._follow_rollouts())
         self.sink.ready()
+
+    def _rollout_said(self, route: RouteSettings) -> str:
+        saved = self._rollouts_seen.get(route.model)
+        return "not started" if saved is None else f"{saved.state}, {saved.weight:g}% of the traffic"
 
     async def _follow_rollouts(self) -> None:
         """Route as each rollout's state file says (the observer decides; every worker follows

@@ -71,7 +71,8 @@ def _reference(args: argparse.Namespace) -> int:
 
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
     rows = make_reference(Path(args.source), Path(args.out), args.sample, args.seed,
-                          Path(args.model) if args.model else None, split(args.outputs), args.input, split(args.features))
+                          Path(args.model) if args.model else None, split(args.outputs), args.input, split(args.features),
+                          args.label)
     print(f"wrote {rows} rows to {args.out}")
     return 0
 
@@ -108,8 +109,8 @@ def _rollout(args: argparse.Namespace) -> int:
                          else f"{args.config} has no [routes.rollout]")
     route = routes[0]
     before = state.read(route)
-    if args.command != "show":
-        state.give_command(route, args.command)
+    if args.action != "show":
+        state.give_command(route, args.action)
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline and state.command_file(route).exists():
             time.sleep(0.1)
@@ -117,12 +118,14 @@ def _rollout(args: argparse.Namespace) -> int:
             raise UsageError(f"no server took the command within {args.timeout:g} s (is one serving {args.config}?); "
                              f"it waits in {state.command_file(route)}")
     now = state.read(route)
-    shown = None if now is None else {"model": now.model, "champion": now.champion, "candidate": now.candidate,
-                                      "state": now.state, "step": now.step + 1, "weight": now.weight,
-                                      "reason": now.reason}
-    print(json.dumps(shown, indent=2))
-    if args.command != "show" and now == before:
-        print(f"(the rollout did not change: a {args.command} does nothing to a rollout {now.state if now else 'not started'})")
+    if now is None:
+        print(f"rollout of {route.model}:{route.rollout.candidate}: no state yet in {route.rollout.state_file} "
+              "(no server has started it)")
+        return 0
+    print(json.dumps({"model": now.model, "champion": now.champion, "candidate": now.candidate, "state": now.state,
+                      "step": now.step, "weight": now.weight, "reason": now.reason}, indent=2))
+    if args.action != "show" and now == before:
+        print(f"(the rollout did not change: {args.action} does nothing to a rollout that is {now.state})")
     return 0
 
 
@@ -189,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--model", help="ONNX model that scores the sampled rows (with --outputs)")
     reference.add_argument("--outputs", help="output columns to add, as in monitor.outputs: e.g. probabilities:1,label")
     reference.add_argument("--input", help="the model input the features feed (default: its first)")
+    reference.add_argument("--label", help="the true label column: kept as `label` and not a feature (a "
+                           "[models.performance] reference: with --outputs probabilities:1, say)")
     reference.add_argument("--features", help="feature columns, in the model's order (default: every numeric "
                            "column); the reference keeps only these and the outputs")
     reference.set_defaults(func=_reference)
@@ -235,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Show the rollout of a served config ([routes.rollout]), or pause it (the split "
                         "holds, nothing is decided), resume it, or abort it (the candidate gets no more traffic). "
                         "The server's observer takes the command within a second; all workers follow it.")
-    ro.add_argument("command", choices=["show", "pause", "resume", "abort"])
+    ro.add_argument("action", choices=["show", "pause", "resume", "abort"])
     ro.add_argument("--config", required=True, type=Path, help="the config the server serves")
     ro.add_argument("--model", help="the model whose rollout (when the config has several)")
     ro.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to take it")

@@ -216,3 +216,28 @@ def test_serve_writes_its_ports_to_the_ready_file_and_removes_it_at_exit(tmp_pat
     line = _one_line_error(scorewire("serve", "--config", str(tmp_path / "c1.toml"), "--ready-file",
                                      str(tmp_path / "nowhere" / "ready.json")))
     assert "--ready-file" in line and "nowhere" in line
+
+
+def test_reference_keeps_the_true_labels_for_a_performance_reference(tmp_path):
+    """`--label y`: the label column is not a feature, is kept as `label`, and the model's own
+    `label` output may not overwrite it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.harness.models import N_FEATURES, build_models
+
+    paths = build_models(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, N_FEATURES)).astype(np.float32)
+    data = {f"f{i}": x[:, i] for i in range(N_FEATURES)} | {"y": rng.integers(0, 2, 300)}
+    pq.write_table(pa.table(data), tmp_path / "holdout.parquet")
+    common = ["--from", str(tmp_path / "holdout.parquet"), "--model", str(paths["mlp"])]
+    done = scorewire("reference", *common, "--out", str(tmp_path / "ref.parquet"), "--outputs", "probabilities:1",
+                     "--label", "y")
+    assert done.returncode == 0, done.stderr
+    ref = pq.read_table(tmp_path / "ref.parquet")
+    assert ref.column("label").to_pylist() == data["y"].tolist() and "y" not in ref.column_names
+    clash = scorewire("reference", *common, "--out", str(tmp_path / "r2.parquet"), "--outputs", "label",
+                      "--label", "y")
+    assert clash.returncode == 2 and "would overwrite the true labels" in clash.stderr

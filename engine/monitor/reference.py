@@ -1,5 +1,6 @@
 """`scorewire reference`: a seeded uniform sample of training rows as a drift reference,
-optionally with the model's outputs on those rows (for prediction drift, `monitor.outputs`)."""
+optionally with the model's outputs on those rows (for prediction drift, `monitor.outputs`),
+and the true labels (`--label COLUMN`, kept as `label`: a [models.performance] reference)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def read_table(source: Path) -> pa.Table:
 
 
 def score_outputs(table: pa.Table, model_path: Path, outputs: list[str], input_name: str | None = None,
-                  features: list[str] | None = None) -> dict[str, np.ndarray]:
+                  features: list[str] | None = None, exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The columns `outputs` names ("name" of a [rows] output, "name:column" of a [rows, k]
     one), computed by running the model (CPU) on the table's feature columns."""
     import onnxruntime as ort
@@ -47,9 +48,10 @@ def score_outputs(table: pa.Table, model_path: Path, outputs: list[str], input_n
     name = input_name or next(iter(inputs))
     if name not in inputs:
         raise UsageError(f"--input {name}: the model's inputs are {list(inputs)}")
+    named = features is not None
     if features is None:
-        features = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-                    or pa.types.is_boolean(f.type)]
+        features = [f.name for f in table.schema if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                    or pa.types.is_boolean(f.type)) and f.name not in exclude]
     missing = [f for f in features if f not in table.column_names]
     if missing:
         raise UsageError(f"--features: {missing[:5]} not in the data (it has {table.column_names[:8]}...)")
@@ -57,7 +59,7 @@ def score_outputs(table: pa.Table, model_path: Path, outputs: list[str], input_n
     width = shape[1] if len(shape) == 2 else 1
     if isinstance(width, int) and width != len(features):
         raise UsageError(f"the model's input '{name}' takes {width} columns, the data gives {len(features)} "
-                         f"({'--features' if features else 'its numeric columns'}); name them with --features")
+                         f"({'--features' if named else 'its numeric columns'}); name them with --features")
     dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32}.get(inputs[name].type)
     if dtype is None:
@@ -94,14 +96,20 @@ def score_outputs(table: pa.Table, model_path: Path, outputs: list[str], input_n
 
 def make_reference(source: Path, out: Path, sample: int, seed: int = 0, model: Path | None = None,
                    outputs: list[str] | None = None, input_name: str | None = None,
-                   features: list[str] | None = None) -> int:
+                   features: list[str] | None = None, label: str | None = None) -> int:
     """Write `sample` rows of `source` (all of them if fewer) to `out`, with the model's
-    `outputs` on them when given; returns the row count."""
+    `outputs` on them when given, and the ground truth `label` column kept as "label" (a
+    [models.performance] reference); returns the row count."""
     if sample <= 0:
         raise UsageError("--sample must be positive")
+    if label is not None and "label" in (outputs or []):
+        raise UsageError("--outputs label: the model's output 'label' would overwrite the true labels (--label); "
+                         "leave it out (the performance reference needs the score, e.g. probabilities:1)")
     if bool(model) != bool(outputs):
         raise UsageError("--model and --outputs go together: the outputs are computed by scoring the rows")
     table = read_table(source)
+    if label is not None and label not in table.column_names:
+        raise UsageError(f"--label {label}: no such column (the data has {table.column_names[:8]}...)")
     if table.num_rows > sample:
         rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=sample, replace=False))
         table = table.take(rows)
@@ -110,12 +118,17 @@ def make_reference(source: Path, out: Path, sample: int, seed: int = 0, model: P
         if missing:
             raise UsageError(f"--features: {missing[:5]} not in the data (it has {table.column_names[:8]}...)")
     if model is not None:
-        for name, values in score_outputs(table, model, outputs, input_name, features).items():
+        for name, values in score_outputs(table, model, outputs, input_name, features, (label,) if label else ()).items():
             if name in table.column_names:
                 table = table.drop_columns([name])
             table = table.append_column(name, pa.array(values))
-    if features is not None:  # the feature columns in the order given, then the outputs
-        table = table.select(features + [c for c in (outputs or []) if c not in features])
+    if features is not None:  # the feature columns in the order given, then the outputs (and the label)
+        table = table.select(features + [c for c in (outputs or []) if c not in features]
+                             + ([label] if label and label not in features else []))
+    if label is not None and label != "label":
+        if "label" in table.column_names:
+            table = table.drop_columns(["label"])
+        table = table.rename_columns(["label" if c == label else c for c in table.column_names])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)

@@ -13,7 +13,8 @@ variance computed once), Bonferroni-corrected over
 the metrics (alpha / their number), and it counts only when the window is also worse by at
 least `min_effect` in the metric's own units (accuracy 0.02 = two points; rmse on rmse itself).
 As drift alerts do, an alert is raised after `consecutive` such evaluations in a row and
-cleared after as many clean ones; each raise and clear is an event (events_dir,
+cleared after as many clean ones (labels that come in bulk are evaluated once, over the last
+window, and that evaluation counts once for every `every` new rows in it); each raise and clear is an event (events_dir,
 kind=performance) and a log line. AUC has no per-row value: it is shown, not alerted on.
 """
 
@@ -120,6 +121,10 @@ class Alerting:
 
     def evaluate(self, role: str, scores: np.ndarray, labels: np.ndarray, rows_ever: int, now_ns: int) -> list:
         s = self.settings
+        last = self.evaluated.get(role)
+        # labels in bulk: one evaluation over the window stands for each `every` new rows in it
+        new = rows_ever if last is None else rows_ever - last
+        weight = max(1, min(new // s.every, max(1, s.window // s.every)))
         self.evaluated[role] = rows_ever
         level = s.alpha / len(self.metrics)
         values = realized(s.task, scores, labels)
@@ -133,7 +138,7 @@ class Alerting:
             key = (role, metric)
             self.last[key] = p
             raised = key in self.raised
-            self.streak[key] = self.streak.get(key, 0) + 1 if bad != raised else 0
+            self.streak[key] = self.streak.get(key, 0) + weight if bad != raised else 0
             if self.streak[key] >= s.consecutive:
                 self.streak[key] = 0
                 (self.raised.add if bad else self.raised.discard)(key)

@@ -62,11 +62,11 @@ class Decision:
 
 
 class Rollout:
-    def __init__(self, plan: Plan, step: int = 0, state: State = State.RUNNING):
+    def __init__(self, plan: Plan, step: int = 0, state: State = State.RUNNING, reason: str | None = None):
         self.plan = plan
-        self.step = step
+        self.step = min(step, len(plan.steps) - 1)  # (a reload may have shortened the steps)
         self.state = state
-        self.reason = "started" if step == 0 else f"resumed at step {step + 1}"
+        self.reason = reason or ("started" if step == 0 else f"resumed at step {step + 1}")
         self.arms = {arm: PairedSequence(plan.alpha / 2, max(MIN_PAIRS, plan.min_labelled_rows))
                      for arm in ("candidate", "champion")}
         self.in_step = {"candidate": 0, "champion": 0}  # labelled rows since the step began

@@ -53,9 +53,12 @@ class Driver:
             self.rollout = Rollout(self.plan)
             self._save("started")
         else:
-            self.rollout = Rollout(self.plan, saved.step, State(saved.state))
+            self.rollout = Rollout(self.plan, max(0, saved.step - 1), State(saved.state), saved.reason)
             log.info("rollout of %s:%s resumed: %s, step %d (%g%%)", self.model, self.candidate, saved.state,
-                     saved.step + 1, saved.weight)
+                     saved.step, saved.weight)
+            if self.rollout.weight != saved.weight:  # the steps changed (a reload): the workers follow the file
+                self._save(f"steps changed by a reload: step {self.rollout.step + 1} is now "
+                           f"{self.rollout.weight:g}% (was {saved.weight:g}%)")
         self.latency = {"candidate": collections.deque(maxlen=LATENCY_BATCHES),
                         "champion": collections.deque(maxlen=LATENCY_BATCHES)}
         self.rows = {"candidate": 0, "champion": 0}  # labelled rows, ever
@@ -75,7 +78,7 @@ class Driver:
 
     def labelled(self, version: str, role: str, scores: np.ndarray, labels: np.ndarray) -> None:
         arm = self.arm(version, role)
-        if arm is not None and self.rollout.state is State.RUNNING:
+        if arm is not None and self.rollout.state in (State.RUNNING, State.PAUSED):  # paused: kept, not decided on
             self.rollout.observe(arm, per_row(self.task, self.metric, scores, labels))
             self.rows[arm] += len(labels)
 
@@ -144,8 +147,9 @@ class Driver:
 
     def _save(self, reason: str, decision: Decision | None = None) -> None:
         r = self.rollout
-        saved = saved_state.Saved(self.model, self.champion, self.candidate, r.state.value, r.step, r.weight, reason,
-                                  time.time())
+        r.reason = reason
+        saved = saved_state.Saved(self.model, self.champion, self.candidate, r.state.value, r.step + 1, r.weight,
+                                  reason, time.time())
         try:
             saved_state.write(self.route, saved)
         except OSError:
@@ -193,7 +197,7 @@ class Driver:
 SCHEMA = pa.schema([
     ("time", pa.timestamp("ns", tz="UTC")),
     ("state", pa.string()),
-    ("step", pa.int64()),
+    ("step", pa.int64()),  # 1 is the first
     ("weight", pa.float64()),
     ("champion", pa.string()),
     ("candidate", pa.string()),
@@ -213,7 +217,7 @@ def write_event(directory: Path, driver: Driver, decision: Decision) -> Path:
     d = decision.difference or (float("nan"),) * 3
     table = pa.table({
         "time": pa.array([now], pa.timestamp("ns", tz="UTC")), "state": [decision.state.value],
-        "step": [decision.step], "weight": [driver.rollout.weight], "champion": [driver.champion],
+        "step": [decision.step + 1], "weight": [driver.rollout.weight], "champion": [driver.champion],
         "candidate": [driver.candidate], "metric": [driver.metric], "difference": [d[0]], "lower": [d[1]],
         "upper": [d[2]], "candidate_rows": [driver.rows["candidate"]], "champion_rows": [driver.rows["champion"]],
         "reason": [decision.reason],

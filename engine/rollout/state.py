@@ -27,7 +27,7 @@ class Saved:
     champion: str
     candidate: str
     state: str
-    step: int
+    step: int  # 1 is the first (as status, /metrics and the events count them)
     weight: float  # the candidate's percent of the route now
     reason: str
     time: float  # unix seconds of the last change
@@ -56,7 +56,7 @@ def write(route: RouteSettings, saved: Saved) -> None:
 def first(route: RouteSettings) -> Saved:
     """The state of a rollout that has not started."""
     r = route.rollout
-    return Saved(route.model, route.champion, r.candidate, State.RUNNING.value, 0, r.steps[0], "started", 0.0)
+    return Saved(route.model, route.champion, r.candidate, State.RUNNING.value, 1, r.steps[0], "started", 0.0)
 
 
 def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:

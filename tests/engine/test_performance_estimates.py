@@ -239,3 +239,14 @@ def test_the_join_estimates_alerts_and_pairs_champion_with_challenger(tmp_path):
     page = performance_section(tmp_path / "events", "m")
     assert page.count("<img") == 4  # accuracy, log_loss, brier, auc
     assert "raise 1 (champion)" in page
+
+
+def test_labels_in_bulk_raise_the_alert_at_once():
+    """One evaluation over a window of all-new rows counts for each `every` rows in it: a
+    day's labels sent at once raise the alert, not three days later."""
+    alert = alerting()  # window 500, every 100, consecutive 3
+    scores, labels = binary(500, 0.0, 3, flip=0.3)
+    events = alert.evaluate("champion", scores, labels, 500, 0)  # 500 new rows: counts as 5 evaluations
+    assert {e.kind for e in events} == {"raise"}
+    scores, labels = binary(500, 0.0, 4)  # the next bulk is fine: cleared at once too
+    assert {e.kind for e in alert.evaluate("champion", scores, labels, 1000, 0)} == {"clear"}
