@@ -265,6 +265,9 @@ class ModelSettings(_Strict):
     performance: PerformanceSettings | None = None
     """Live performance of this version against the labels sent back (POST
     /v2/models/NAME/feedback), joined with its scored rows in the observer."""
+    fairness: FairnessSettings | None = None
+    """Statistical parity and disparate impact of this version's predictions between a
+    protected feature's groups (needs [models.monitor] features and [models.performance])."""
 
     @field_validator("providers")
     @classmethod
@@ -272,6 +275,21 @@ class ModelSettings(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("lists a provider twice")
         return value
+
+    @model_validator(mode="after")
+    def _fairness_needs(self) -> "ModelSettings":
+        f = self.fairness
+        if f is None:
+            return self
+        if self.performance is None or self.performance.task == "regression":
+            raise ValueError("fairness reads the predicted class: it needs [models.performance] with task "
+                             "binary or multiclass")
+        if self.monitor is None or not self.monitor.features or f.protected not in self.monitor.features:
+            raise ValueError(f"fairness.protected {f.protected!r} must be one of [models.monitor] features "
+                             "(the names of the input's columns)")
+        if not f.dir_band[0] < 1 < f.dir_band[1]:
+            raise ValueError(f"fairness.dir_band {list(f.dir_band)} must hold 1 (parity) strictly inside")
+        return self
 
 
 class PerformanceSettings(_Strict):
@@ -340,6 +358,22 @@ class PerformanceSettings(_Strict):
             raise ValueError(f"compare_metric {self.compare_metric!r} is not a {self.task} metric "
                              f"(one of {list(PER_ROW[self.task])})")
         return self
+
+
+class FairnessSettings(_Strict):
+    """Group fairness of a version's predictions over its last `window` scored rows
+    (engine/performance/fairness.py): a protected feature's privileged group against the rest."""
+
+    protected: str = Field(min_length=1)
+    """The protected feature: a name in [models.monitor] features (its values are group codes)."""
+    privileged: float
+    """The protected feature's value of the privileged group; every other value is unprivileged."""
+    favorable: int = Field(1, ge=0)
+    """The favourable predicted class (binary: the score above 0.5 is class 1)."""
+    window: int = Field(1_000, gt=0, le=10_000_000)
+    """Scored rows the figures are over."""
+    dir_band: tuple[float, float] = (0.8, 1.25)
+    """Disparate impact outside this band raises an alert (default: the four-fifths rule)."""
 
 
 class MonitoringSettings(_Strict):

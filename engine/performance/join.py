@@ -36,6 +36,7 @@ from engine.batching.batch import ScoredBatch
 from engine.batching.mailbox import Mailbox
 from engine.performance.alert import Alerting, PerformanceEvent, load_reference, write_events, write_history
 from engine.performance.estimate import Calibration, estimate
+from engine.performance.fairness import Fairness
 from engine.performance.metrics import METRICS, per_row, realized
 from engine.performance.pending import DROPPED, JOINED, LABELS, WAITING, Pending
 from engine.performance.sequence import PairedSequence
@@ -152,6 +153,7 @@ class _Model:
         self.scored: dict[tuple[str, str], Scored] = {}  # (version, role): for CBPE
         self.alerting: dict[str, Alerting] = {}  # version -> its baseline and alerts
         self.calibration: dict[str, Calibration] = {}  # version -> CBPE's (classification with a reference)
+        self.fairness: dict[str, tuple] = {}  # version -> (Fairness, its input tensor's name or None: the first)
         self.sequences: dict[tuple[str, str], PairedSequence] = {}  # (champion, challenger) versions
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
@@ -203,9 +205,13 @@ class PerformanceMonitor:
         and the routes' rollouts. A reference that cannot be used raises BadReference."""
         self.events_dir = settings.monitoring.events_dir
         wanted: dict[str, dict[str, PerformanceSettings]] = {}
+        fairness: dict[tuple[str, str], tuple] = {}
         for m in settings.models:
             if m.performance is not None:
                 wanted.setdefault(m.name, {})[m.version] = m.performance
+            if m.fairness is not None:
+                fairness[(m.name, m.version)] = (m.fairness, m.performance.task, m.monitor.features.index(m.fairness.protected),
+                                                 m.monitor.input)
         models = dict(self.models)  # swapped in whole below: the join's thread iterates it
         staged = []
         for name, versions in wanted.items():
@@ -234,9 +240,16 @@ class PerformanceMonitor:
                 # an unchanged version keeps its alerts' state across a reload
                 keep = old is not None and old.settings == p and not fresh
                 alerting[version] = old if keep else Alerting(name, version, p, reference)
-            staged.append((model, versions, alerting, calibration))
-        for model, versions, alerting, calibration in staged:  # every reference read: now swap
-            model.versions, model.alerting, model.calibration = versions, alerting, calibration
+            fair = {}
+            for version in versions:
+                spec = fairness.get((name, version))
+                if spec is not None:
+                    old = model.fairness.get(version)
+                    keep = old is not None and old[0].settings == spec[0] and old[0].column == spec[2]
+                    fair[version] = old if keep else (Fairness(spec[0], spec[1], spec[2]), spec[3])
+            staged.append((model, versions, alerting, calibration, fair))
+        for model, versions, alerting, calibration, fair in staged:  # every reference read: now swap
+            model.versions, model.alerting, model.calibration, model.fairness = versions, alerting, calibration, fair
         self.models = models
         self._install_rollouts(settings)
 
@@ -357,6 +370,11 @@ class PerformanceMonitor:
         scores = self._scores(batch, settings)
         if scores is None:
             return
+        fair = model.fairness.get(batch.version)
+        if fair is not None and batch.inputs:
+            features = batch.inputs.get(fair[1]) if fair[1] else next(iter(batch.inputs.values()))
+            if features is not None and features.ndim == 2:
+                fair[0].add(features, scores)
         driver = self.rollouts.get(batch.model)
         if driver is not None:
             first = batch.origins[0] if batch.origins else None
@@ -551,6 +569,17 @@ class PerformanceMonitor:
                     alerting = model.alerting.get(version)
                     if alerting is not None and alerting.due(role, window.n, window.rows == window.size):
                         events += alerting.evaluate(role, *window.rows_in_order(), window.n, wall)
+            for version, (fair, _) in list(model.fairness.items()):
+                if fair.changed:
+                    fair.changed = False
+                    change = fair.check()
+                    if change is not None:
+                        figures = fair.figures()
+                        (log.warning if change == "raise" else log.info)(
+                            "fairness alert %s: %s:%s disparate impact %.3g (statistical parity difference %+.3g) "
+                            "over %d rows, band %s", "RAISED" if change == "raise" else "cleared", model.name,
+                            version, figures["dir"], figures["spd"], min(fair.n, fair.settings.window),
+                            list(fair.settings.dir_band))
             for (version, role), ring in list(model.scored.items()):
                 calibration = model.calibration.get(version)
                 if ring.changed and calibration is not None:
@@ -608,6 +637,16 @@ class PerformanceMonitor:
                             .extend(samples), labels)
         for name, (kind, help_, samples) in gathered.items():
             family(name, kind, help_, samples)
+        fair = [(m.name, v, f) for m in list(self.models.values()) for v, (f, _) in sorted(m.fairness.items())]
+        family("scorewire_fairness", "gauge", "Over the version's last fairness window of scored rows: spd "
+               "(P(favourable | unprivileged) - P(favourable | privileged)) and dir (their ratio).",
+               [(labels(model=m, version=v, metric=k), value) for m, v, f in fair
+                for k, value in f.figures().items() if k in ("spd", "dir") and value == value])
+        family("scorewire_fairness_rows", "gauge", "Rows of each group in the fairness window.",
+               [(labels(model=m, version=v, group=g), f.figures()[f"{g}_rows"]) for m, v, f in fair
+                for g in ("privileged", "unprivileged")])
+        family("scorewire_fairness_alert", "gauge", "1 while the disparate impact is outside dir_band.",
+               [(labels(model=m, version=v), int(f.alert)) for m, v, f in fair])
         splits = list(self.splits.items())
         rows = []
         for model, arms in splits:

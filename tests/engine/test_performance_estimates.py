@@ -250,3 +250,40 @@ def test_labels_in_bulk_raise_the_alert_at_once():
     assert {e.kind for e in events} == {"raise"}
     scores, labels = binary(500, 0.0, 4)  # the next bulk is fine: cleared at once too
     assert {e.kind for e in alert.evaluate("champion", scores, labels, 1000, 0)} == {"clear"}
+
+
+def test_fairness_figures_equal_a_direct_computation_and_fairlearns(tmp_path):
+    """spd and dir over the last window of scored rows, equal to numpy on the same rows and to
+    fairlearn's demographic parity (difference: |spd|; ratio: min(dir, 1/dir)); an alert when
+    dir leaves its band."""
+    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio
+
+    monitor = {"features": ["f0", "group"], "reference": str(tmp_path / "ref.parquet")}
+    fairness = {"protected": "group", "privileged": 1, "window": 400}
+    settings = Settings(models=[ModelSettings(name="m", path="m.onnx", version="1", monitor=monitor,
+                                              performance={"task": "binary", "score": "p:1"}, fairness=fairness)])
+    pm = PerformanceMonitor(settings, thread=False)
+    rng = np.random.default_rng(8)
+    try:
+        x = np.column_stack([rng.normal(size=1000), rng.integers(0, 3, 1000)]).astype(np.float32)
+        p = np.clip(0.55 + 0.2 * (x[:, 1] == 1) - 0.1 * (x[:, 1] == 2) + rng.normal(0, 0.2, 1000), 0, 1)
+        for a in range(0, 1000, 100):
+            rows = slice(a, a + 100)
+            pm._batch(ScoredBatch("m", "1", "champion", {"x": x[rows]}, {"p": np.column_stack([1 - p[rows], p[rows]])},
+                                  np.zeros(100), np.zeros(100), 1, 100, (0, 100), (None,), 0), 0)
+        pm._publish()
+        fair = pm.models["m"].fairness["1"][0]
+        figures = fair.figures()
+        last = slice(600, 1000)
+        privileged, favorable = x[last, 1] == 1, p[last] > 0.5
+        spd = favorable[~privileged].mean() - favorable[privileged].mean()
+        assert figures["spd"] == pytest.approx(spd, abs=1e-12)
+        assert figures["dir"] == pytest.approx(favorable[~privileged].mean() / favorable[privileged].mean())
+        groups = np.where(privileged, "privileged", "other")
+        assert abs(figures["spd"]) == pytest.approx(
+            demographic_parity_difference(favorable, favorable, sensitive_features=groups))
+        assert min(figures["dir"], 1 / figures["dir"]) == pytest.approx(
+            demographic_parity_ratio(favorable, favorable, sensitive_features=groups))
+        assert fair.alert == (not 0.8 <= figures["dir"] <= 1.25) and fair.alert  # 0.55 vs 0.9 favourable
+    finally:
+        pm.close()
