@@ -118,16 +118,18 @@ def test_example_configs_are_valid():
 def test_example_config_documents_every_key():
     from pathlib import Path
 
-    from engine.settings import (AuthSettings, BatchingSettings, ModelSettings, MonitoringSettings, MonitorSettings,
-                                 FeedbackSettings, PerformanceSettings, ServerSettings, StreamSettings, TlsSettings)
+    from engine.settings import (AuthSettings, BatchingSettings, FairnessSettings, FeedbackSettings, ModelSettings,
+                                 MonitoringSettings, MonitorSettings, PerformanceSettings, RolloutSettings,
+                                 RouteSettings, ServerSettings, StreamSettings, TlsSettings)
 
     text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
     tables = {"batching": "[models.batching]", "monitor": "[models.monitor]", "performance": "[models.performance]",
-              "tls": "[server.tls]",
+              "fairness": "[models.fairness]", "rollout": "[routes.rollout]", "tls": "[server.tls]",
               "auth": "[server.auth]", "kafka": "[streams.kafka]", "consumer": "[streams.consumer]",
               "producer": "[streams.producer]"}
     for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, PerformanceSettings,
-                  MonitoringSettings, StreamSettings, FeedbackSettings, TlsSettings, AuthSettings):
+                  FairnessSettings, RouteSettings, RolloutSettings, MonitoringSettings, StreamSettings,
+                  FeedbackSettings, TlsSettings, AuthSettings):
         for name in model.model_fields:
             if name in tables:  # optional tables may be shown commented out, so that the file runs
                 assert tables[name] in text, f"configs/example.toml does not show {tables[name]}"
