@@ -268,6 +268,9 @@ class ModelSettings(_Strict):
     fairness: FairnessSettings | None = None
     """Statistical parity and disparate impact of this version's predictions between a
     protected feature's groups (needs [models.monitor] features and [models.performance])."""
+    conformal: ConformalSettings | None = None
+    """Prediction sets (intervals) with a coverage guarantee, calibrated on the performance
+    reference (needs [models.performance] with `reference`)."""
 
     @field_validator("providers")
     @classmethod
@@ -278,6 +281,9 @@ class ModelSettings(_Strict):
 
     @model_validator(mode="after")
     def _fairness_needs(self) -> "ModelSettings":
+        if self.conformal is not None and (self.performance is None or self.performance.reference is None):
+            raise ValueError("conformal is calibrated on the performance reference: it needs [models.performance] "
+                             "with `reference` (a Parquet file with `label` and the version's scores)")
         f = self.fairness
         if f is None:
             return self
@@ -358,6 +364,17 @@ class PerformanceSettings(_Strict):
             raise ValueError(f"compare_metric {self.compare_metric!r} is not a {self.task} metric "
                              f"(one of {list(PER_ROW[self.task])})")
         return self
+
+
+class ConformalSettings(_Strict):
+    """Conformal prediction (engine/performance/conformal.py): split conformal, calibrated at
+    load on the version's performance reference (its `label` and scores). Classification: an
+    output `prediction_set` (BOOL [rows, classes], LAC score); regression: an output
+    `prediction_interval` (FP32 [rows, 2]). With exchangeable rows, the set (interval) holds
+    the true label with probability at least 1 - alpha."""
+
+    alpha: float = Field(0.1, gt=0, lt=1)
+    """Miscoverage: the sets miss the true label at most this often (on exchangeable rows)."""
 
 
 class FairnessSettings(_Strict):

@@ -36,6 +36,7 @@ from engine.batching.batch import ScoredBatch
 from engine.batching.mailbox import Mailbox
 from engine.performance.alert import Alerting, PerformanceEvent, load_reference, write_events, write_history
 from engine.performance.estimate import Calibration, estimate
+from engine.performance.conformal import for_version
 from engine.performance.fairness import Fairness
 from engine.performance.metrics import METRICS, per_row, realized
 from engine.performance.pending import DROPPED, JOINED, LABELS, WAITING, Pending
@@ -154,6 +155,7 @@ class _Model:
         self.alerting: dict[str, Alerting] = {}  # version -> its baseline and alerts
         self.calibration: dict[str, Calibration] = {}  # version -> CBPE's (classification with a reference)
         self.fairness: dict[str, tuple] = {}  # version -> (Fairness, its input tensor's name or None: the first)
+        self.conformal: dict[str, object] = {}  # version -> its Conformal (coverage on the labelled window)
         self.sequences: dict[tuple[str, str], PairedSequence] = {}  # (champion, challenger) versions
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
@@ -191,6 +193,7 @@ class PerformanceMonitor:
         self.failed = 0
         self.results: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}  # (model, version, role)
         self.estimated: dict[tuple[str, str, str], dict[str, float]] = {}  # (model, version, role): CBPE
+        self.coverage: dict[tuple[str, str, str], tuple] = {}  # (model, version, role): conformal (coverage, size, n, low)
         self.history: dict[str, list[tuple]] = {}  # model -> snapshots not yet written
         self._snapshot_ns = 0
         self._written_ns = time.time_ns()
@@ -206,6 +209,7 @@ class PerformanceMonitor:
         self.events_dir = settings.monitoring.events_dir
         wanted: dict[str, dict[str, PerformanceSettings]] = {}
         fairness: dict[tuple[str, str], tuple] = {}
+        conformal_of = {(m.name, m.version): m for m in settings.models if m.conformal is not None}
         for m in settings.models:
             if m.performance is not None:
                 wanted.setdefault(m.name, {})[m.version] = m.performance
@@ -247,9 +251,15 @@ class PerformanceMonitor:
                     old = model.fairness.get(version)
                     keep = old is not None and old[0].settings == spec[0] and old[0].column == spec[2]
                     fair[version] = old if keep else (Fairness(spec[0], spec[1], spec[2]), spec[3])
-            staged.append((model, versions, alerting, calibration, fair))
-        for model, versions, alerting, calibration, fair in staged:  # every reference read: now swap
+            cover = {}
+            for version in versions:
+                ms = conformal_of.get((name, version))
+                if ms is not None:  # (rebuilt on each install: the reference may have changed)
+                    cover[version] = for_version(ms)
+            staged.append((model, versions, alerting, calibration, fair, cover))
+        for model, versions, alerting, calibration, fair, cover in staged:  # every reference read: now swap
             model.versions, model.alerting, model.calibration, model.fairness = versions, alerting, calibration, fair
+            model.conformal = cover
         self.models = models
         self._install_rollouts(settings)
 
@@ -566,6 +576,9 @@ class PerformanceMonitor:
                 if window.changed:
                     window.changed = False
                     self.results[(model.name, version, role)] = (window.rows, window.metrics())
+                    conformal = model.conformal.get(version)
+                    if conformal is not None:
+                        self._coverage(model.name, version, role, conformal, *window.rows_in_order())
                     alerting = model.alerting.get(version)
                     if alerting is not None and alerting.due(role, window.n, window.rows == window.size):
                         events += alerting.evaluate(role, *window.rows_in_order(), window.n, wall)
@@ -591,6 +604,23 @@ class PerformanceMonitor:
             self._snapshot(wall)
             if wall - self._written_ns >= WRITE_EVERY_S * 1e9:
                 self.write_history()
+
+    def _coverage(self, model: str, version: str, role: str, conformal, scores: np.ndarray, labels: np.ndarray) -> None:
+        """The conformal sets' coverage of the labelled window, and an alert (a log line) while
+        it is significantly below 1 - alpha (exact binomial test, p < 0.001): exchangeability
+        with the reference broken, e.g. by drift."""
+        from scipy.stats import binomtest
+
+        coverage, size = conformal.coverage(scores, labels)
+        n = len(labels)
+        low = n > 0 and binomtest(int(round(coverage * n)), n, 1 - conformal.alpha, alternative="less").pvalue < 0.001
+        key = (model, version, role)
+        was = self.coverage.get(key, (0, 0, 0, False))[3]
+        self.coverage[key] = (coverage, size, n, low)
+        if low != was:
+            (log.warning if low else log.info)(
+                "conformal coverage alert %s: %s:%s (%s) %.3f of %d labelled rows in their sets, promised >= %.3f",
+                "RAISED" if low else "cleared", model, version, role, coverage, n, 1 - conformal.alpha)
 
     def _snapshot(self, wall: int) -> None:
         self._snapshot_ns = wall
@@ -637,6 +667,16 @@ class PerformanceMonitor:
                             .extend(samples), labels)
         for name, (kind, help_, samples) in gathered.items():
             family(name, kind, help_, samples)
+        coverage = sorted(self.coverage.items())
+        family("scorewire_conformal_coverage", "gauge", "Share of the labelled window's rows whose label is in "
+               "their conformal set (interval): at least 1 - alpha on rows exchangeable with the reference.",
+               [(labels(model=m, version=v, role=r), c[0]) for (m, v, r), c in coverage if c[0] == c[0]])
+        family("scorewire_conformal_set_size", "gauge", "Mean size of the conformal sets (regression: interval "
+               "width) over the labelled window.",
+               [(labels(model=m, version=v, role=r), c[1]) for (m, v, r), c in coverage if c[1] == c[1]])
+        family("scorewire_conformal_alert", "gauge", "1 while the coverage is significantly below 1 - alpha "
+               "(exact binomial test, p < 0.001).", [(labels(model=m, version=v, role=r), int(c[3]))
+                                                     for (m, v, r), c in coverage])
         fair = [(m.name, v, f) for m in list(self.models.values()) for v, (f, _) in sorted(m.fairness.items())]
         family("scorewire_fairness", "gauge", "Over the version's last fairness window of scored rows: spd "
                "(P(favourable | unprivileged) - P(favourable | privileged)) and dir (their ratio).",

@@ -63,8 +63,10 @@ def check_compatible(champion: ModelSchema, other: ModelSchema, other_label: str
     other_ins = [(t.name, t.datatype) for t in other.inputs]
     if ins != other_ins:
         raise ValueError(f"{other_label} takes inputs {other_ins}, but its champion {champion_label} takes {ins}")
-    outs = sorted((t.name, t.datatype) for t in champion.outputs)
-    other_outs = sorted((t.name, t.datatype) for t in other.outputs)
+    from engine.performance.conformal import DERIVED  # outputs scorewire adds: one version may have them alone
+
+    outs = sorted((t.name, t.datatype) for t in champion.outputs if t.name not in DERIVED)
+    other_outs = sorted((t.name, t.datatype) for t in other.outputs if t.name not in DERIVED)
     if outs != other_outs:
         raise ValueError(f"{other_label} has outputs {other_outs}, but its champion {champion_label} has {outs}")
 

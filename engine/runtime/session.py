@@ -176,7 +176,8 @@ class OnnxModel:
         if not self.path.is_file():
             raise ModelLoadError(f"{self.label}: model file {self.path} does not exist")
         self._open(list(settings.providers))
-        self.schema = schema_of(self.sessions[0], self.label)
+        self.schema = self.onnx_schema = schema_of(self.sessions[0], self.label)  # served; the graph's own
+        self.conformal = self._conformal(settings)
         self._use(self._plain_runners())
         if settings.io_binding == "on" or (settings.io_binding == "auto" and self.provider == "CUDAExecutionProvider"):
             try:
@@ -208,10 +209,10 @@ class OnnxModel:
             host, why = pinned_memory(0)
             if host is None:
                 raise RuntimeError(f"pinned input staging is not available: {why}")
-        return [BoundRunner(s, self.schema, device, host_memory=host) for s in self.sessions]
+        return [BoundRunner(s, self.onnx_schema, device, host_memory=host) for s in self.sessions]
 
     def _plain_runners(self) -> list:
-        return [PlainRunner(s, self.schema) for s in self.sessions]
+        return [PlainRunner(s, self.onnx_schema) for s in self.sessions]
 
     def _use(self, runners: list) -> None:
         self._runners = {id(r.session): r for r in runners}
@@ -299,7 +300,7 @@ class OnnxModel:
         for fill in (1, 0):
             feed = self._feed(2, fill)
             try:
-                want = PlainRunner(self.sessions[0], self.schema).run(feed, options)
+                want = PlainRunner(self.sessions[0], self.onnx_schema).run(feed, options)
             except Exception:
                 if fill == 0 or options.terminate:
                     raise
@@ -316,13 +317,36 @@ class OnnxModel:
                  options: ort.RunOptions | None = None) -> dict[str, np.ndarray]:
         return self._runners[id(session)].run(inputs, options)
 
+    def _conformal(self, settings: ModelSettings):
+        """[models.conformal]: its predictor, and its output in the schema (ModelMetadata lists it)."""
+        from engine.performance.conformal import for_version
+
+        try:
+            conformal = for_version(settings)
+        except ValueError as exc:  # a reference that cannot be used (BadReference)
+            raise ModelLoadError(f"{self.label}: conformal: {exc}") from None
+        if conformal is None:
+            return None
+        output = next((o for o in self.schema.outputs if o.name == conformal.output), None)
+        if output is None:
+            raise ModelLoadError(f"{self.label}: conformal reads output {conformal.output!r}, which the model does not "
+                                 f"have ({list(self.schema.output_names)})")
+        self.schema = ModelSchema(self.schema.inputs, (*self.schema.outputs, conformal.spec(output)))
+        return conformal
+
     async def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Score a batch on a free session (the batcher never has more in flight than instances)."""
+        """Score a batch on a free session (the batcher never has more in flight than instances);
+        with [models.conformal], its prediction sets (intervals) added."""
         session = self._free.pop()
         try:
             if self.inline:
-                return self.run_sync(session, batch.inputs)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self.run_sync, session, batch.inputs)
+                outputs = self.run_sync(session, batch.inputs)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._pool, self.run_sync, session,
+                                                                           batch.inputs)
+            if self.conformal is not None:
+                outputs = {**outputs, self.conformal.name: self.conformal.derive(outputs)}
+            return outputs
         except EngineError:
             raise
         except Exception as exc:
