@@ -45,6 +45,10 @@ class Pipeline:
         schema = served.model.schema
         names = select_outputs(schema, requested_outputs)
         rows = validate_inputs(schema, inputs, served.limits)
+        guards = served.model.guards
+        rejects = guards is not None and guards.action == "reject"
+        if rejects:
+            guards.check_request(inputs)  # out of the model's domain: refused before it is batched
         try:
             outputs = await served.batcher.submit(inputs, rows, deadline_ns, origin)
         except EngineError as exc:
@@ -52,6 +56,8 @@ class Pipeline:
                 key = (served.name, served.version)
                 self.failures[key] = self.failures.get(key, 0) + 1
             raise
+        if rejects and guards.checks_outputs:
+            guards.check_request(inputs, outputs)  # unconfident, or out of its interval (scored, logged, refused)
         if len(names) != len(outputs):
             outputs = {name: outputs[name] for name in names}
         return served, outputs

@@ -271,6 +271,8 @@ class ModelSettings(_Strict):
     conformal: ConformalSettings | None = None
     """Prediction sets (intervals) with a coverage guarantee, calibrated on the performance
     reference (needs [models.performance] with `reference`)."""
+    guards: GuardSettings | None = None
+    """Out-of-domain inputs and unconfident or out-of-range predictions refused or flagged."""
 
     @field_validator("providers")
     @classmethod
@@ -278,6 +280,27 @@ class ModelSettings(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("lists a provider twice")
         return value
+
+    @model_validator(mode="after")
+    def _guards_need(self) -> "ModelSettings":
+        g = self.guards
+        if g is None:
+            return self
+        features = self.monitor.features if self.monitor is not None else None
+        if (g.input_domain or g.bounds) and not features:
+            raise ValueError("guards on inputs name features: they need [models.monitor] with `features`")
+        unknown = sorted(set(g.bounds) - set(features or []))
+        if unknown:
+            raise ValueError(f"guards.bounds names {unknown}, which are not in [models.monitor] features")
+        bad = [f for f, (lo, hi) in g.bounds.items() if not lo <= hi]
+        if bad:
+            raise ValueError(f"guards.bounds of {bad}: lo must not exceed hi")
+        if (g.min_confidence is not None or g.interval is not None) and g.score is None and self.performance is None:
+            raise ValueError("guards.min_confidence / interval read an output: name it in guards.score "
+                             "(or give [models.performance] a score)")
+        if not (g.input_domain or g.bounds or g.min_confidence is not None or g.interval is not None):
+            raise ValueError("[models.guards] guards nothing: set input_domain, bounds, min_confidence or interval")
+        return self
 
     @model_validator(mode="after")
     def _fairness_needs(self) -> "ModelSettings":
@@ -364,6 +387,30 @@ class PerformanceSettings(_Strict):
             raise ValueError(f"compare_metric {self.compare_metric!r} is not a {self.task} metric "
                              f"(one of {list(PER_ROW[self.task])})")
         return self
+
+
+class GuardSettings(_Strict):
+    """The model's domain enforced (engine/guards.py): rows outside it are refused, or flagged."""
+
+    input_domain: Literal["reference"] | None = None
+    """"reference": a continuous feature outside the drift reference's [min, max] (widened by
+    `margin` of the range), or a categorical code the reference never had, violates the domain
+    (features named by [models.monitor] features; categorical ones by monitor.categorical)."""
+    margin: float = Field(0.0, ge=0, le=10)
+    """How far past the reference's range a value may go, as a fraction of the range."""
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """Explicit [lo, hi] per feature (named by monitor.features), instead of or beside the reference's."""
+    score: str | None = None
+    """The output the confidence and interval guards read (default: [models.performance] score's output)."""
+    min_confidence: float | None = Field(None, gt=0, lt=1)
+    """Classification: the largest class probability below this violates (bit 2)."""
+    interval: tuple[float, float] | None = None
+    """Regression: a prediction outside [lo, hi] violates (bit 4)."""
+    action: Literal["reject", "flag"] = "reject"
+    """reject: the request is refused (INVALID_ARGUMENT / HTTP 400, a dead letter for a Kafka
+    event) with one line naming row, feature, value and bound, its batch-mates answered as
+    usual; flag: answered as usual with an added output `scorewire_guard` (UINT8 per row: 1
+    input domain, 2 confidence, 4 interval)."""
 
 
 class ConformalSettings(_Strict):

@@ -84,6 +84,11 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
            "failed (failed: INTERNAL).",
            [(_labels(model=s.name, version=s.version, outcome="ok"), s.batcher.stats.requests) for s in served]
            + [(_labels(model=m, version=v, outcome="failed"), n) for (m, v), n in sorted((failures or {}).items())])
+    family("scorewire_guard_rows_total", "counter", "Rows a guard found outside the model's domain "
+           "(input_domain), unconfident (confidence) or out of their interval (interval), by what was done: "
+           "reject (the request refused) or flag (answered, scorewire_guard output).",
+           [(_labels(model=s.name, version=s.version, guard=g, action=a), n) for s in served
+            if getattr(s.model, "guards", None) is not None for (g, a), n in sorted(s.model.guards.counts.items())])
     family("scorewire_batches_total", "counter", "Batches scored.",
            [(_labels(model=s.name, version=s.version), s.batcher.stats.batches) for s in served])
     family("scorewire_rows_total", "counter", "Rows scored.",

@@ -65,8 +65,9 @@ def check_compatible(champion: ModelSchema, other: ModelSchema, other_label: str
         raise ValueError(f"{other_label} takes inputs {other_ins}, but its champion {champion_label} takes {ins}")
     from engine.performance.conformal import DERIVED  # outputs scorewire adds: one version may have them alone
 
-    outs = sorted((t.name, t.datatype) for t in champion.outputs if t.name not in DERIVED)
-    other_outs = sorted((t.name, t.datatype) for t in other.outputs if t.name not in DERIVED)
+    added = (*DERIVED, "scorewire_guard")
+    outs = sorted((t.name, t.datatype) for t in champion.outputs if t.name not in added)
+    other_outs = sorted((t.name, t.datatype) for t in other.outputs if t.name not in added)
     if outs != other_outs:
         raise ValueError(f"{other_label} has outputs {other_outs}, but its champion {champion_label} has {outs}")
 

@@ -178,6 +178,7 @@ class OnnxModel:
         self._open(list(settings.providers))
         self.schema = self.onnx_schema = schema_of(self.sessions[0], self.label)  # served; the graph's own
         self.conformal = self._conformal(settings)
+        self.guards = self._guards(settings)
         self._use(self._plain_runners())
         if settings.io_binding == "on" or (settings.io_binding == "auto" and self.provider == "CUDAExecutionProvider"):
             try:
@@ -334,6 +335,18 @@ class OnnxModel:
         self.schema = ModelSchema(self.schema.inputs, (*self.schema.outputs, conformal.spec(output)))
         return conformal
 
+    def _guards(self, settings: ModelSettings):
+        """[models.guards]: its checks, and with action "flag" its output in the schema."""
+        from engine.guards import for_version
+
+        try:
+            guards = for_version(settings, self.schema.inputs[0].name)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.label}: guards: {exc}") from None
+        if guards is not None and guards.action == "flag":
+            self.schema = ModelSchema(self.schema.inputs, (*self.schema.outputs, guards.spec()))
+        return guards
+
     async def run(self, batch: Batch) -> dict[str, np.ndarray]:
         """Score a batch on a free session (the batcher never has more in flight than instances);
         with [models.conformal], its prediction sets (intervals) added."""
@@ -346,6 +359,10 @@ class OnnxModel:
                                                                            batch.inputs)
             if self.conformal is not None:
                 outputs = {**outputs, self.conformal.name: self.conformal.derive(outputs)}
+            if self.guards is not None and self.guards.action == "flag":
+                flags = self.guards.flags(batch.inputs, outputs)
+                self.guards.count(flags, "flag")
+                outputs = {**outputs, "scorewire_guard": flags}
             return outputs
         except EngineError:
             raise

@@ -87,9 +87,23 @@ class Scorer:
         `decoded` is the chunk's, held here: a chunk given up meanwhile lets its own go."""
         inputs = decoded.inputs if picked is None else {n: a[picked] for n, a in decoded.inputs.items()}
         at = decoded.good if picked is None else decoded.good[picked]  # message index of each row
+        positions = np.arange(len(at)) if picked is None else picked  # of each row, in decoded.good
+        refused: list[tuple[int, str]] = []
+        guards = served.model.guards
+        rejects = guards is not None and guards.action == "reject"
+        if rejects and len(at):  # out of the model's domain: a dead letter each, never batched
+            bits = guards.input_bits(inputs)
+            if bits is not None and bits.any():
+                guards.count(bits, "reject")
+                refused += [(int(positions[r]), "invalid_argument: " + guards.refuse(
+                    guards.why({n: a[r:r + 1] for n, a in inputs.items()}, None, bits[r:r + 1])).message)
+                    for r in np.flatnonzero(bits).tolist()]
+                keep = np.flatnonzero(bits == 0)
+                inputs, at, positions = {n: a[keep] for n, a in inputs.items()}, at[keep], positions[keep]
+                picked = positions
         rows = len(at)
         if rows == 0:
-            return np.zeros(0, np.int64), {}, []
+            return np.zeros(0, np.int64), {}, refused
         topic = self.settings.input_topic
         step = self.piece_rows
         ids = self._ids(decoded, picked) if self._joined() else None
@@ -109,12 +123,22 @@ class Scorer:
                 done.append(outcome.scored + a)
                 parts.append(outcome.outputs)
             failures += [(r + a, message) for r, message in outcome.failures]
-        base = np.arange(rows) if picked is None else picked
+        failures = refused + [(int(positions[r]), m) for r, m in failures]
         if not parts:
-            return np.zeros(0, np.int64), {}, [(int(base[r]), m) for r, m in failures]
+            return np.zeros(0, np.int64), {}, failures
         index = np.concatenate(done)
         outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
-        return base[index], outputs, [(int(base[r]), m) for r, m in failures]
+        if rejects and guards.checks_outputs:  # unconfident or out of the interval: scored, logged, dead-lettered
+            bits = guards.output_bits(outputs)
+            if bits is not None and bits.any():
+                guards.count(bits, "reject")
+                for r in np.flatnonzero(bits).tolist():
+                    one = {n: a[r:r + 1] for n, a in outputs.items()}
+                    failures.append((int(positions[index[r]]), "invalid_argument: " + guards.refuse(
+                        guards.why({}, one, bits[r:r + 1])).message))
+                keep = bits == 0
+                index, outputs = index[keep], {n: a[keep] for n, a in outputs.items()}
+        return positions[index], outputs, failures
 
     def _joined(self) -> bool:
         """Whether a version of the model has [models.performance]: its rows join labels by id."""

@@ -1,0 +1,119 @@
+"""Guards with a real server (two workers): rows outside the reference's domain refused over
+gRPC (their batch-mates answered exactly as onnxruntime does), REST (400) and Kafka (dead
+letters, the other events scored); flagged instead, with the confidence guard, as an output
+equal to a numpy computation of its bits."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tritonclient.grpc as grpcclient
+
+from engine.harness.config import Config, model_table, server_table
+from engine.harness.models import N_FEATURES
+from engine.mock_kafka import MockCluster
+from tests.conftest import launch
+from tests.integration.kafka_helpers import produce, read_all, stream
+
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+
+
+def reference(model_dir, rng) -> np.ndarray:
+    x = rng.normal(size=(2000, N_FEATURES)).astype(np.float32)
+    pq.write_table(pa.table({f: x[:, i] for i, f in enumerate(FEATURES)}), model_dir / "ref-guards.parquet")
+    return x
+
+
+def config(guards: dict, **extra) -> Config:
+    monitor = {"features": FEATURES, "reference": "ref-guards.parquet"}
+    return Config(server_table(workers=2, drain_timeout_s=20),
+                  [model_table("mlp", "models/mlp.onnx", monitor=monitor, guards=guards,
+                               batching={"max_batch_size": 64, "max_queue_delay_us": 20_000},
+                               performance={"task": "binary", "score": "probabilities:1"})], **extra)
+
+
+def test_out_of_domain_rows_are_refused_alone_over_grpc_rest_and_kafka(model_dir, rng):
+    x_ref = reference(model_dir, rng)
+    session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(40, N_FEATURES)).astype(np.float32) * 0.5
+    outside = [3, 17, 29]
+    x[outside, 5] = x_ref[:, 5].max() + 1.0  # past the reference's range of f5
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 2)
+        server = launch(model_dir, config({"input_domain": "reference"},
+                                          streams=[stream(cluster.bootstrap, group="guards")]), "guards.toml")
+        try:
+            answers: dict[int, object] = {}
+
+            def call(i: int) -> None:  # concurrent one-row requests: they share batches
+                client = grpcclient.InferenceServerClient(server.url)
+                inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+                inp.set_data_from_numpy(x[i:i + 1])
+                try:
+                    answers[i] = client.infer("mlp", [inp]).as_numpy("probabilities")
+                except Exception as exc:
+                    answers[i] = exc
+                client.close()
+
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(len(x))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            expected = session.run(["probabilities"], {"float_input": x})[0]
+            for i in range(len(x)):
+                if i in outside:
+                    assert "feature f5" in str(answers[i]) and "input domain" in str(answers[i]), answers[i]
+                else:
+                    np.testing.assert_array_equal(answers[i], expected[i:i + 1])
+            body = json.dumps({"inputs": [{"name": "float_input", "shape": [2, N_FEATURES], "datatype": "FP32",
+                                           "data": x[[0, 3]].ravel().tolist()}]}).encode()
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer",
+                                                              data=body), timeout=10)
+                raise AssertionError("the REST request with an out-of-domain row was answered")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 400 and "row 1: feature f5" in exc.read().decode()
+            events = [(b"k%d" % i, orjson.dumps({"id": i, "float_input": x[i]}, option=orjson.OPT_SERIALIZE_NUMPY))
+                      for i in range(len(x))]
+            produce(cluster.bootstrap, "events", events)
+            results = read_all(cluster.bootstrap, "scores", len(x) - len(outside))
+            dead = read_all(cluster.bootstrap, "scores-dlq", len(outside))
+            assert sorted(orjson.loads(m.value())["id"] for m in results) == [i for i in range(len(x)) if i not in outside]
+            assert sorted(int(m.key()[1:]) for m in dead) == outside
+            assert all(b"input domain" in dict(m.headers())["scorewire.error"] for m in dead)
+            m = server.metrics()
+            assert m['scorewire_guard_rows_total{model="mlp",version="1",guard="input_domain",action="reject"}'] == \
+                len(outside) * 2 + 1  # gRPC, Kafka, and the REST request's row
+        finally:
+            assert server.stop() == 0
+
+
+def test_flagged_rows_are_answered_with_their_bits(model_dir, rng):
+    reference(model_dir, rng)
+    server = launch(model_dir, config({"input_domain": "reference", "min_confidence": 0.9, "action": "flag"}),
+                    "guards-flag.toml")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        outputs = [o.name for o in client.get_model_metadata("mlp").outputs]
+        assert "scorewire_guard" in outputs
+        x = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
+        x[:4, 0] = 1e3
+        inp = grpcclient.InferInput("float_input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("mlp", [inp])
+        client.close()
+        p = result.as_numpy("probabilities")
+        bits = (np.arange(64) < 4).astype(np.uint8) | (p.max(axis=1) < 0.9).astype(np.uint8) * 2
+        np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
+    finally:
+        assert server.stop() == 0
