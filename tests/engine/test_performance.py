@@ -64,7 +64,9 @@ def test_memory_stays_flat_and_small_under_a_flood_of_ids_never_labelled():
         grown = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
         assert model.held == 20_000 and model.unlabelled == 75_000
-        assert grown < model.pending.table.nbytes + 200_000, grown  # flat: nothing kept per row let go
+        # flat: at most the id table's rebuilds (ids hash differently each run), nothing per row
+        # let go (Python dicts grew 16 MB over these 35,000 rows)
+        assert grown < 2 * model.pending.table.nbytes + 200_000, grown
         assert model.pending.nbytes / 20_000 < 110
     finally:
         pm.close()

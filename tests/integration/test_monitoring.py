@@ -110,7 +110,7 @@ def test_drift_alerts_and_latency_in_metrics_and_status(monitored):
 
     rows = duckdb.sql(
         f"select kind, model, event, feature, pvalue, \"window\", windows_fired, window_pvalues from "
-        f"read_parquet('{srv.directory}/drift-events/**/*.parquet', hive_partitioning = 1) order by time"
+        f"read_parquet('{srv.directory}/drift-events/kind=drift/**/*.parquet', hive_partitioning = 1) order by time"
     ).fetchall()
     raised = {r[3] for r in rows if r[2] == "raise"}
     for r in rows:  # a raise names the windows that fired, each with its p-value; its own is one of them
