@@ -125,6 +125,36 @@ def _performance(families: dict[str, list]) -> list[str]:
     return out
 
 
+def _quality(families: dict[str, list]) -> list[str]:
+    """Guards (rows refused or flagged), conformal coverage and set size, group fairness."""
+    out = []
+    # (a counter's family is named without its _total: prometheus_client's parser)
+    guards = _gather(families, ("scorewire_guard_rows",), ("model", "version", "guard", "action"),
+                     lambda name, _: name)
+    if guards:
+        out.append(_table(["model", "version", "guard", "action", "rows"],
+                          [[m, v, g, a, f"{x['scorewire_guard_rows']:,.0f}"]
+                           for (m, v, g, a), x in sorted(guards.items())]))
+    by = lambda name, _: name  # noqa: E731
+    conformal = _gather(families, ("scorewire_conformal_coverage", "scorewire_conformal_set_size",
+                                   "scorewire_conformal_alert"), ("model", "version", "role"), by)
+    if conformal:
+        out.append(_table(["model", "version", "role", "conformal coverage", "set size", "alert"],
+                          [[m, v, r, f"{x.get('scorewire_conformal_coverage', float('nan')):.4g}",
+                            f"{x.get('scorewire_conformal_set_size', float('nan')):.4g}",
+                            "BELOW 1 - alpha" if x.get("scorewire_conformal_alert") else "ok"]
+                           for (m, v, r), x in sorted(conformal.items())]))
+    fairness = _gather(families, ("scorewire_fairness",), ("model", "version"), lambda _, sample: sample.labels["metric"])
+    alerts = _gather(families, ("scorewire_fairness_alert",), ("model", "version"), by)
+    if fairness or alerts:
+        out.append(_table(["model", "version", "statistical parity difference", "disparate impact", "alert"],
+                          [[m, v, f"{fairness.get((m, v), {}).get('spd', float('nan')):+.4g}",
+                            f"{fairness.get((m, v), {}).get('dir', float('nan')):.4g}",
+                            "OUTSIDE its band" if x.get("scorewire_fairness_alert") else "ok"]
+                           for (m, v), x in sorted(alerts.items())]))
+    return out
+
+
 def _splits(families: dict[str, list]) -> list[str]:
     """Each plain split's arm against its champion: the always-valid interval and a verdict."""
     difference = _gather(families, ("scorewire_split_difference",), ("model", "champion", "arm", "metric"),
@@ -211,6 +241,7 @@ def status(target: str, timeout_s: float = 5.0) -> str:
     out += _performance(families)
     out += _rollouts(families)
     out += _splits(families)
+    out += _quality(families)
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
                                  "scorewire_stream_input_missing", "scorewire_stream_in_flight",
                                  "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))

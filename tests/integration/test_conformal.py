@@ -5,6 +5,8 @@ model's metadata; their coverage on labelled rows in /metrics."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import math
 import urllib.request
 
@@ -68,5 +70,9 @@ def test_prediction_sets_over_grpc_and_rest_and_their_coverage(model_dir, rng):
         assert m[key] == pytest.approx(expected.mean())
         assert m['scorewire_conformal_set_size{model="mlp",version="1",role="champion"}'] == pytest.approx(
             (p >= 1 - q).sum(axis=1).mean())
+        shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target",
+                                f"127.0.0.1:{server.metrics_port}"], capture_output=True, text=True, timeout=60)
+        assert any(line.split()[:4] == ["mlp", "1", "champion", f"{expected.mean():.4g}"]
+                   for line in shown.stdout.splitlines()), shown.stdout
     finally:
         assert server.stop() == 0

@@ -6,6 +6,8 @@ equal to a numpy computation of its bits."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -94,6 +96,10 @@ def test_out_of_domain_rows_are_refused_alone_over_grpc_rest_and_kafka(model_dir
             m = server.metrics()
             assert m['scorewire_guard_rows_total{model="mlp",version="1",guard="input_domain",action="reject"}'] == \
                 len(outside) * 2 + 1  # gRPC, Kafka, and the REST request's row
+            shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target",
+                                    f"127.0.0.1:{server.metrics_port}"], capture_output=True, text=True, timeout=60)
+            assert any(line.split() == ["mlp", "1", "input_domain", "reject", str(len(outside) * 2 + 1)]
+                       for line in shown.stdout.splitlines()), shown.stdout
         finally:
             assert server.stop() == 0
 
