@@ -159,6 +159,7 @@ class _Model:
         self.sequences: dict[tuple[str, str], PairedSequence] = {}  # (champion, challenger) versions
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
+        self.rescored = 0  # rows of a request id (and version and role) held already: not joined twice
 
     def code(self, version: str, role: str) -> int:
         code = self.code_of.get((version, role))
@@ -422,10 +423,14 @@ class PerformanceMonitor:
         label = next((seq for seq in pending.chain(key) if pending.code[seq % pending.capacity] == LABELS), None)
         if label is not None and pending.state[label % pending.capacity] == DROPPED:
             return  # its label was found invalid: none of its rows joins
+        code = model.code(version, role)
+        if any(pending.code[other % pending.capacity] == code for other in pending.chain(key)):
+            model.rescored += len(scores)  # the same request scored again (a retry, a Kafka redelivery): once
+            return
         if not self._room(model, len(scores), 1, now):
             model.unlabelled += len(scores)
             return
-        seq = pending.add(key, now, model.code(version, role), WAITING, scores)
+        seq = pending.add(key, now, code, WAITING, scores)
         if label is not None and label >= pending.tail:  # (not let go to make room)
             self._join(model, label, seq)
 
@@ -709,6 +714,10 @@ class PerformanceMonitor:
         family("scorewire_performance_unlabelled_rows_total", "counter", "Scored rows whose label did not come "
                "within label_ttl_s (or that max_pending_rows let go).",
                [(labels(model=m.name), m.unlabelled) for m in self.models.values()])
+        family("scorewire_performance_rescored_rows_total", "counter", "Rows of a request id scored again by "
+               "the same version and role while its first scoring was held (a client's retry, a Kafka event "
+               "redelivered at-least-once): joined once, not twice.",
+               [(labels(model=m.name), m.rescored) for m in self.models.values()])
         family("scorewire_performance_lost_total", "counter", "Scored rows and labels the join held when its "
                "observer process died (its restart starts with none): their labels count unmatched, the rows are "
                "in the scoring log for `scorewire evaluate`.", [("", self.lost_at_restart)])

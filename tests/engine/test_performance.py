@@ -142,7 +142,7 @@ def test_feedback_bodies_keep_their_good_objects():
     assert good.ids == ("17",) and [i for i, _ in errors] == [1, 2]
 
 
-def test_a_retried_id_pairs_each_challenger_scoring_once_and_another_width_is_refused():
+def test_a_retried_id_is_joined_once_and_another_width_is_refused():
     pm = monitor()
     try:
         model = pm.models["m"]
@@ -150,7 +150,9 @@ def test_a_retried_id_pairs_each_challenger_scoring_once_and_another_width_is_re
             pm._batch(batch(["r"], np.array([[0.3, 0.7]])), 0)
             pm._batch(batch(["r"], np.array([[0.6, 0.4]]), role="challenger"), 0)
         pm._labels(labels({"r": [1]}), 1)
-        assert model.sequences[("1", "1")].n == 2  # one per challenger scoring, not 2 x 2
+        # the retry's scorings are not joined again: one pair, one row in each window
+        assert model.sequences[("1", "1")].n == 1 and model.rescored == 2
+        assert [w.n for w in model.windows.values()] == [1, 1]
     finally:
         pm.close()
     pm = monitor(task="multiclass", score="p")
