@@ -118,12 +118,6 @@ class IdTable:
         """Remove key if its value is `value`."""
         self.live -= _remove_if(self.keys, self.values, key, value)
 
-    def remove(self, key: int) -> None:
-        i = _find(self.keys, key)
-        if i >= 0:
-            self.keys[i] = GONE
-            self.live -= 1
-
     def _rebuild(self) -> None:
         size = len(self.keys)
         if 2 * self.live > size:  # more than half live: grow (the join bounds what it holds: rarely)

@@ -74,6 +74,17 @@ def _gather(families: dict[str, list], names: tuple[str, ...], labels: tuple[str
     return out
 
 
+def _verdict(who: str, metric: str, bounds: dict[str, float]) -> str:
+    """What an always-valid interval of (who - champion) on `metric` says: worse, better, or
+    nothing yet (accuracy is worse when lower; the losses when higher)."""
+    higher_is_worse = metric != "accuracy"
+    if bounds["lower"] > 0:
+        return f"{who} {'worse' if higher_is_worse else 'better'}"
+    if bounds["upper"] < 0:
+        return f"{who} {'better' if higher_is_worse else 'worse'}"
+    return "no difference shown yet"
+
+
 def _performance(families: dict[str, list]) -> list[str]:
     """Realized (labelled rows), estimated (CBPE), baseline and alert per version, role and
     metric; then each challenger against its champion on the same labelled rows."""
@@ -111,13 +122,7 @@ def _performance(families: dict[str, list]) -> list[str]:
                 rows.append([m, c, h, "-", f"{n:,.0f}", "-", "-", "too few labelled pairs yet"])
                 continue
             metric, b = found[0]
-            lower_better = metric != "accuracy"
-            if b["lower"] > 0:
-                verdict = f"challenger {'worse' if lower_better else 'better'}"
-            elif b["upper"] < 0:
-                verdict = f"challenger {'better' if lower_better else 'worse'}"
-            else:
-                verdict = "no difference shown yet"
+            verdict = _verdict("challenger", metric, b)
             rows.append([m, c, h, metric, f"{n:,.0f}", f"{b['estimate']:+.4g}", f"[{b['lower']:+.4g}, {b['upper']:+.4g}]",
                          f"{verdict} (p {v.get('scorewire_performance_difference_pvalue', 1):.3g})"])
         out.append(_table(["model", "champion", "challenger", "metric", "pairs", "difference",
@@ -164,13 +169,7 @@ def _splits(families: dict[str, list]) -> list[str]:
         return []
     table = []
     for (model, champion, arm, metric), b in sorted(difference.items()):
-        worse_if_higher = metric != "accuracy"
-        if b["lower"] > 0:
-            verdict = "arm worse" if worse_if_higher else "arm better"
-        elif b["upper"] < 0:
-            verdict = "arm better" if worse_if_higher else "arm worse"
-        else:
-            verdict = "no difference shown yet"
+        verdict = _verdict("arm", metric, b)
         n = lambda v: rows_.get((model, v), {}).get("scorewire_split_labelled_rows", 0)  # noqa: E731
         table.append([model, champion, arm, metric, f"{n(arm):,.0f} / {n(champion):,.0f}", f"{b['estimate']:+.4g}",
                       f"[{b['lower']:+.4g}, {b['upper']:+.4g}]", verdict])
