@@ -132,7 +132,11 @@ class App:
         answering = {(r.model, v) for r in self.settings.routes
                      for v in [r.champion, *r.split, *([r.rollout.candidate] if r.rollout else [])]}
         shadow_only = {(r.model, v) for r in self.settings.routes for v in r.challengers} - answering
+        unloaded = rollout_state.unloaded(self.settings.routes)
         for ms in self.settings.models:
+            if (ms.name, ms.version) in unloaded:
+                self._say(f"model {ms.name}:{ms.version} not loaded: its rollout promoted the candidate")
+                continue
             try:
                 self.registry.add(self._load_model(ms))
             except WarmupError as exc:
@@ -142,7 +146,7 @@ class App:
                 log.error("%s; the challenger is left out of its route", exc)
                 self._say(f"challenger {ms.name}:{ms.version} left out: {exc}")
         self.router.install(self._build_routes(self.settings.routes))
-        self.sink.install_shadows(self.settings.routes)  # none running yet: nothing retired
+        self.sink.install_shadows(rollout_state.effective_routes(self.settings.routes))  # none yet: none retired
         for route in self.settings.routes:
             self._say(f"route {route.model}: champion {route.champion}"
                       + (f", challengers {', '.join(route.challengers)}" if route.challengers else "")
@@ -247,9 +251,30 @@ class App:
             routes = [rs for rs in self.settings.routes if rs.rollout is not None]
             if any(rollout_state.read(rs) != self._rollouts_seen.get(rs.model) for rs in routes):
                 try:
-                    self.router.install(self._build_routes(self.settings.routes))
+                    async with self._reload_lock:
+                        await self._follow_change()
                 except Exception:  # the routes stay as they were; said once a change
                     log.exception("could not follow a rollout's change")
+
+    async def _follow_change(self) -> None:
+        """A rollout stepped, rolled back or was promoted: route by it; a promoted one's old
+        champion becomes a challenger (its shadows start) or is unloaded, as configured."""
+        loop = asyncio.get_running_loop()
+        self.router.install(self._build_routes(self.settings.routes))
+        retired = self.sink.install_shadows(rollout_state.effective_routes(self.settings.routes))
+        await asyncio.gather(*(loop.run_in_executor(None, sh.close, self.settings.server.drain_timeout_s)
+                               for sh in retired))
+        for name, version in rollout_state.unloaded(self.settings.routes):
+            if version in self.registry.versions(name) and not self._pinned(name, version):
+                served = self.registry.remove(name, version)
+                await served.batcher.close()  # scores what it queued
+                self.sink.remove_model((name, version))
+                served.model.close()
+                self._say(f"model {name}:{version} unloaded: its rollout promoted the candidate")
+
+    def _pinned(self, name: str, version: str) -> bool:
+        """A Kafka stream scores with this version by name: it stays loaded."""
+        return any(s.model == name and s.version == version for s in self.settings.streams)
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -288,11 +313,13 @@ class App:
         reloaded = old.reloaded(new)
         old_models = {(m.name, m.version): m for m in old.models}
         new_models = {(m.name, m.version): m for m in reloaded.models}
-        removed = [key for key in old_models if key not in new_models]
+        unloaded = rollout_state.unloaded(new.routes)  # a promoted rollout's old champion stays out
+        loaded = {(s.name, s.version) for s in self.registry.all()}
+        removed = [key for key in old_models if key in loaded and (key not in new_models or key in unloaded)]
         added = []
         try:
             for key, ms in new_models.items():
-                if key not in old_models:
+                if key not in loaded and key not in unloaded:
                     served = await loop.run_in_executor(None, self._load_model, ms)
                     served.batcher.start()
                     self.registry.add(served)
@@ -308,7 +335,7 @@ class App:
         self.router.install(routes)
         self.settings = reloaded
         self.sink.set_settings(self.settings)
-        retired = self.sink.install_shadows(new.routes)
+        retired = self.sink.install_shadows(rollout_state.effective_routes(new.routes))
         gone = []
         for name, version in removed:
             served = self.registry.remove(name, version)

@@ -466,9 +466,11 @@ class RolloutSettings(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1)
     """The chance, for a candidate as good as the champion, of a rollback over the whole rollout."""
     max_error_rate: float | None = Field(0.01, ge=0, le=1)
-    """Guard: the candidate's failed requests over its requests (since the step began)."""
-    max_p99_ratio: float | None = Field(3.0, gt=1)
-    """Guard: the candidate's p99 inference time over the champion's (each of its last 200 batches)."""
+    """Guard: the candidate's failed requests over its requests (since the step began) above
+    this rolls back (1: off)."""
+    max_p99_ratio: float | None = Field(3.0, ge=0)
+    """Guard: the candidate's p99 inference time over the champion's (each of its last 200
+    batches) above this rolls back (0: off)."""
     rollback_on_drift: bool = True
     """Guard: a drift alert on the candidate's monitor ([models.monitor], e.g. its prediction
     drift) for a column whose alert the champion's monitor has not raised."""
@@ -476,9 +478,21 @@ class RolloutSettings(_Strict):
     """Guard before labels: the candidate's estimated accuracy (CBPE; both versions need a
     performance reference) below the champion's by more than this. A threshold on two
     estimates, not a test: set it well above their noise (e.g. 0.05)."""
+    after_promotion: Literal["unload", "challenger"] = "unload"
+    """What becomes of the old champion once the candidate is promoted: "unload" (its session
+    is closed in every worker: requests naming its version are refused), or "challenger" (it
+    shadows the new champion, scored beside it and logged, its labelled rows compared with the
+    new champion's as any challenger's)."""
     state_file: Path | None = None
     """Where the rollout's state is kept across restarts (relative to the config file;
     default: scorewire-rollout-MODEL.json beside it)."""
+
+    @field_validator("max_p99_ratio")
+    @classmethod
+    def _ratio(cls, ratio: float | None) -> float | None:
+        if ratio is not None and 0 < ratio <= 1:
+            raise ValueError(f"max_p99_ratio must be above 1 (or 0: off), got {ratio}")
+        return ratio or None
 
     @field_validator("steps")
     @classmethod

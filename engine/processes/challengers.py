@@ -27,6 +27,7 @@ from engine.monitor.export import shadow_families
 from engine.observer import Observer
 from engine.processes import child
 from engine.processes.board import Board, Counts
+from engine.rollout import state as rollout_state
 from engine.runtime.session import OnnxModel, WarmupError
 from engine.settings import Settings
 
@@ -46,6 +47,8 @@ class Challengers:
         self.observer = Observer(settings, say, shadow_results=self._send)
         self.observer.tap.close(0)  # this process monitors nothing: the observer process does
         self.encode_failures = 0
+        self.rollouts = rollout_state.Follower(settings.routes)
+        self._applying = threading.Lock()  # a reload (off the loop) and following a rollout take turns
 
     def _send(self, batch: ScoredBatch) -> None:
         with self._out_lock:  # stamped in the order they go in
@@ -61,7 +64,7 @@ class Challengers:
         self.counts.publish(shadow_families(self.observer))
 
     def _load(self, settings: Settings) -> None:
-        versions = {(r.model, v) for r in settings.routes for v in r.challengers}
+        versions = {(r.model, v) for r in rollout_state.effective_routes(settings.routes) for v in r.challengers}
         for ms in settings.models:
             key = (ms.name, ms.version)
             if key not in versions or key in self.observer.models:
@@ -79,15 +82,25 @@ class Challengers:
 
     def load(self) -> None:
         self._load(self.settings)
-        self.observer.install_shadows(self.settings.routes)
+        self.observer.install_shadows(rollout_state.effective_routes(self.settings.routes))
 
     def reload(self, new: Settings) -> None:
         """A reload (engine/processes/child.py's Orders): the challengers the routes name now."""
-        settings = self.settings.reloaded(new)
+        with self._applying:
+            self._apply(self.settings.reloaded(new))
+            self.rollouts = rollout_state.Follower(self.settings.routes)
+
+    def follow_rollouts(self) -> None:
+        """A promoted rollout that keeps its old champion as a challenger: shadow with it."""
+        with self._applying:
+            if self.rollouts.changed():
+                self._apply(self.settings)
+
+    def _apply(self, settings: Settings) -> None:
         self._load(settings)
         self.settings = settings
         self.observer.settings = settings
-        retired = self.observer.install_shadows(settings.routes)
+        retired = self.observer.install_shadows(rollout_state.effective_routes(settings.routes))
         for sh in retired:
             sh.close(settings.server.drain_timeout_s)
         in_use = {sh.model for sh in self.observer.all_shadows()}
@@ -117,9 +130,12 @@ async def _run(settings: Settings, slot: int, inbound: Ring, outbound: Ring, boa
     signals = child.Signals()
     orders = child.Orders("challengers", conn, child.off_loop(host.reload))
     child.ready(conn)
-    next_stats = [0.0]
+    next_stats, next_follow = [0.0], [0.0]
 
     def stats_now_and_then() -> None:
+        if time.monotonic() >= next_follow[0]:
+            next_follow[0] = time.monotonic() + rollout_state.ROLLOUT_POLL_S
+            host.follow_rollouts()
         if time.monotonic() >= next_stats[0]:
             host.publish()
             next_stats[0] = time.monotonic() + STATS_INTERVAL_S

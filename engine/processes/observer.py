@@ -38,6 +38,7 @@ from engine.processes import child
 from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
+from engine.rollout import state as rollout_state
 from engine.runtime.session import ModelShape
 from engine.settings import Settings
 
@@ -110,7 +111,15 @@ class Watch:
         self.observer.add_model(ms, ModelShape(ms))
 
     def _forwarding(self) -> None:
-        self.forward = {(r.model, r.champion) for r in self.settings.routes if r.challengers}
+        self.forward = {(r.model, r.champion) for r in rollout_state.effective_routes(self.settings.routes)
+                        if r.challengers}
+        self.rollouts = rollout_state.Follower(self.settings.routes)
+
+    def follow_rollouts(self) -> None:
+        """A promoted rollout that keeps its old champion as a challenger: forward the new
+        champion's batches to the challengers process."""
+        if self.rollouts.changed():
+            self._forwarding()
 
     def load(self) -> None:
         self.observer.warm_up()
@@ -278,9 +287,12 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
     signals = child.Signals()
     orders = child.Orders("observer", conn, child.off_loop(watch.reload))
     child.ready(conn)
-    next_publish = [0.0]
+    next_publish, next_follow = [0.0], [0.0]
 
     def publish_now_and_then() -> None:
+        if time.monotonic() >= next_follow[0]:
+            next_follow[0] = time.monotonic() + rollout_state.ROLLOUT_POLL_S
+            watch.follow_rollouts()
         if time.monotonic() >= next_publish[0]:
             watch.publish()
             next_publish[0] = time.monotonic() + PUBLISH_S

@@ -67,12 +67,47 @@ def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:
     saved = saved or first(route)
     candidate = route.rollout.candidate
     if saved.state == State.PROMOTED:
-        return route.model_copy(update={"champion": candidate, "split": {}})
+        kept = [route.champion] if route.rollout.after_promotion == "challenger" else []
+        return route.model_copy(update={"champion": candidate, "split": {},
+                                        "challengers": [*route.challengers, *kept]})
     if saved.state == State.ROLLED_BACK or saved.weight <= 0:
         return route.model_copy(update={"split": {}})
     if saved.weight >= 100:
         return route.model_copy(update={"champion": candidate, "split": {}})
     return route.model_copy(update={"split": {route.champion: 100.0 - saved.weight, candidate: saved.weight}})
+
+
+def effective_routes(routes: list[RouteSettings]) -> list[RouteSettings]:
+    """Every route as its rollout (if any) makes it now."""
+    return [effective(r, read(r)) if r.rollout is not None else r for r in routes]
+
+
+def unloaded(routes: list[RouteSettings]) -> set[tuple[str, str]]:
+    """(model, version) of the old champions that promoted rollouts unloaded
+    (after_promotion = "unload"): no process keeps a session for them."""
+    gone = set()
+    for route in routes:
+        if route.rollout is not None and route.rollout.after_promotion == "unload":
+            saved = read(route)
+            if saved is not None and saved.state == State.PROMOTED:
+                gone.add((route.model, route.champion))
+    return gone
+
+
+class Follower:
+    """Notices when a rollout's saved state changed (for the processes that route, forward or
+    shadow by it: the workers, the observer process, the challengers process)."""
+
+    def __init__(self, routes: list[RouteSettings]):
+        self.routes = [r for r in routes if r.rollout is not None]
+        self.seen = {r.model: read(r) for r in self.routes}
+
+    def changed(self) -> bool:
+        now = {r.model: read(r) for r in self.routes}
+        if now == self.seen:
+            return False
+        self.seen = now
+        return True
 
 
 COMMANDS = ("pause", "resume", "abort")
@@ -102,5 +137,5 @@ def give_command(route: RouteSettings, command: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["COMMANDS", "ROLLOUT_POLL_S", "Saved", "effective", "first", "give_command", "read", "take_command",
-           "write"]
+__all__ = ["COMMANDS", "ROLLOUT_POLL_S", "Follower", "Saved", "effective", "effective_routes", "first", "give_command",
+           "read", "take_command", "unloaded", "write"]

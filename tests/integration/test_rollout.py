@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from engine.harness.config import Config, model_table, route_table, server_table
 from engine.harness.models import N_FEATURES
@@ -25,7 +26,7 @@ PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 2000, "la
 
 def config(candidate_path: str, state_file: str, **rollout) -> Config:
     plan = {"candidate": "2", "steps": [10, 50, 100], "min_labelled_rows": 60, "alpha": 0.05,
-            "max_p99_ratio": None, "state_file": state_file, **rollout}
+            "max_p99_ratio": 0, "state_file": state_file, **rollout}
     return Config(server_table(workers=2, drain_timeout_s=20),
                   [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE),
                    model_table("mlp", candidate_path, version="2", performance=PERFORMANCE)],
@@ -102,22 +103,47 @@ def test_a_worse_candidate_is_rolled_back_having_answered_about_its_first_step(m
         assert server.stop() == 0
 
 
+def pinned_answers(server, version: str, connections: int = 8) -> list[str]:
+    """One request naming `version` on each of several new connections (they spread over the
+    workers): the version that answered, or the error's status."""
+    said = []
+    for _ in range(connections):
+        client = grpcclient.InferenceServerClient(server.url)
+        inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, N_FEATURES), np.float32))
+        try:
+            said.append(client.infer("mlp", [inp], model_version=version).get_response().model_version)
+        except InferenceServerException as exc:
+            said.append(exc.status())
+        client.close()
+    return said
+
+
 def test_a_better_candidate_is_promoted_and_keeps_the_traffic_after_a_restart(model_dir, rng):
+    """Promoted, the old champion is unloaded in every worker (the default); restarted with
+    after_promotion = "challenger", the new champion still answers all and the old one
+    shadows it."""
     gbt = ort.InferenceSession(str(model_dir / "models" / "gbt.onnx"), providers=["CPUExecutionProvider"])
     truth = lambda x: gbt.run(["probabilities"], {"float_input": x})[0][:, 1] > 0.5  # noqa: E731: the candidate is right
-    cfg = config("models/gbt.onnx", "rollout-better.json")
-    server = launch(model_dir, cfg, "rollout-better.toml")
+    server = launch(model_dir, config("models/gbt.onnx", "rollout-better.json"), "rollout-better.toml")
     try:
+        assert set(pinned_answers(server, "1")) == {"1"}
         drive(server, truth, rng)
         wait_for(lambda: state(server) == "promoted", 20, what="the promotion")
+        wait_for(lambda: set(pinned_answers(server, "1")) == {"StatusCode.NOT_FOUND"}, 10,
+                 what="version 1 unloaded in every worker")
     finally:
         assert server.stop() == 0
     saved = json.loads((model_dir / "rollout-better.json").read_text())
     assert saved["state"] == "promoted" and saved["weight"] == 100
-    server = launch(model_dir, cfg, "rollout-better.toml")  # the same config again: it resumes promoted
+    # the same rollout again (it resumes promoted), now keeping the old champion as a challenger
+    cfg = config("models/gbt.onnx", "rollout-better.json", after_promotion="challenger")
+    server = launch(model_dir, cfg, "rollout-better.toml")
     try:
         assert state(server) == "promoted"
         assert set(send(server, rng.normal(size=(40, N_FEATURES)).astype(np.float32), 20_000)) == {"2"}
+        key = 'scorewire_shadow_rows_total{model="mlp",champion="2",version="1",outcome="scored"}'
+        wait_for(lambda: server.metrics().get(key, 0) == 40, 20, what="the old champion shadowing the new one")
     finally:
         assert server.stop() == 0
 
