@@ -103,6 +103,8 @@ class App:
                 saved = rollout_state.read(rs)
                 self._rollouts_seen[rs.model] = saved
                 rs = rollout_state.effective(rs, saved)
+            elif rs.split_policy == "thompson":
+                rs = rollout_state.effective(rs, None)
             champion = self.registry.get(rs.model, rs.champion)
             loaded = set(self.registry.versions(rs.model))  # a challenger may have failed its warm-up
             for version in dict.fromkeys([*rs.challengers, *rs.split, *([rs.rollout.candidate] if rs.rollout else [])]):
@@ -235,8 +237,8 @@ class App:
             self.feedback.append(reader)
             self._say(f"{reader.label}: labels from {feedback_settings.bootstrap_servers}, group "
                       f"{feedback_settings.group_id!r}")
-        if any(rs.rollout is not None for rs in self.settings.routes):
-            self._follower = asyncio.get_running_loop().create_task(self._follow_rollouts())
+        self._followed = rollout_state.Follower(self.settings.routes)  # a reload may add a rollout: always on
+        self._follower = asyncio.get_running_loop().create_task(self._follow_rollouts())
         self.sink.ready()
 
     def _rollout_said(self, route: RouteSettings) -> str:
@@ -248,8 +250,7 @@ class App:
         within ROLLOUT_POLL_S)."""
         while True:
             await asyncio.sleep(rollout_state.ROLLOUT_POLL_S)
-            routes = [rs for rs in self.settings.routes if rs.rollout is not None]
-            if any(rollout_state.read(rs) != self._rollouts_seen.get(rs.model) for rs in routes):
+            if self._followed.changed():
                 try:
                     async with self._reload_lock:
                         await self._follow_change()
@@ -333,6 +334,7 @@ class App:
                 served.model.close()
             raise
         self.router.install(routes)
+        self._followed = rollout_state.Follower(new.routes)
         self.settings = reloaded
         self.sink.set_settings(self.settings)
         retired = self.sink.install_shadows(rollout_state.effective_routes(new.routes))

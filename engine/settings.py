@@ -502,6 +502,24 @@ class RolloutSettings(_Strict):
         return steps
 
 
+class BanditSettings(_Strict):
+    """A bandit split (`split_policy = "thompson"`, engine/rollout/bandit.py): every `every_s`
+    the observer gives each arm its chance of being the best on the decision metric
+    (Thompson sampling over the arms' labelled rows), never less than `floor`."""
+
+    floor: float = Field(5.0, ge=0, lt=100)
+    """Percent each arm keeps whatever its rows say: none starves, each keeps being measured."""
+    every_s: float = Field(10.0, gt=0, le=86_400)
+    """How often the weights move."""
+    min_labelled_rows: int = Field(100, gt=1, le=100_000_000)
+    """Labelled rows each arm needs before the weights first move from the split's."""
+    metric: Literal["accuracy", "log_loss", "brier", "mae", "rmse"] | None = None
+    """The metric per row (default: the champion's performance compare_metric)."""
+    state_file: Path | None = None
+    """Where the weights are kept across restarts, and the workers read them (relative to the
+    config file; default: scorewire-split-MODEL.json beside it)."""
+
+
 class RouteSettings(_Strict):
     """Which versions of one model answer its requests, and which shadow them."""
 
@@ -524,6 +542,10 @@ class RouteSettings(_Strict):
     """A challenger run taking longer is terminated (onnxruntime's terminate flag) and counted."""
     rollout: RolloutSettings | None = None
     """A rollout of a candidate version (it sets the split while it runs: no `split` beside it)."""
+    split_policy: Literal["fixed", "thompson"] = "fixed"
+    """fixed: `split`'s weights hold; thompson: they start there and move to the arm the
+    labels show best (a bandit, [routes.bandit]); every arm needs [models.performance]."""
+    bandit: BanditSettings = Field(default_factory=BanditSettings)
 
     @model_validator(mode="after")
     def _roles(self) -> "RouteSettings":
@@ -545,6 +567,12 @@ class RouteSettings(_Strict):
             both = sorted(set(self.split) & set(self.challengers))
             if both:
                 raise ValueError(f"versions {both} are both split arms and challengers")
+        if self.split_policy == "thompson":
+            if len(self.split) < 2:
+                raise ValueError('split_policy = "thompson" moves the weights of a `split`: give it two arms or more')
+            if self.bandit.floor * len(self.split) >= 100:
+                raise ValueError(f"bandit floor {self.bandit.floor:g}% for each of {len(self.split)} arms leaves "
+                                 "nothing to move: lower it")
         return self
 
 
@@ -743,6 +771,19 @@ class Settings(_Strict):
             if missing:
                 raise ValueError(f"the route of model {route.model!r} names versions {sorted(set(missing))}, "
                                  f"which are not configured in [[models]] (configured: {versions})")
+            if route.split_policy == "thompson":
+                performance = {m.version: m.performance for m in self.models if m.name == route.model}
+                lacking = [v for v in route.split if performance.get(v) is None]
+                if lacking:
+                    raise ValueError(f"the bandit split of model {route.model!r} moves on labels: versions {lacking} "
+                                     "need [models.performance]")
+                from engine.performance.metrics import PER_ROW
+
+                task = performance[route.champion].task
+                metric = route.bandit.metric or performance[route.champion].decision
+                if metric not in PER_ROW[task]:
+                    raise ValueError(f"the bandit split of model {route.model!r}: metric {metric!r} is not a {task} "
+                                     f"metric (one of {list(PER_ROW[task])})")
             if rollout:
                 performance = {m.version: m.performance for m in self.models if m.name == route.model}
                 lacking = [v for v in (route.champion, *rollout) if performance.get(v) is None]
@@ -875,6 +916,9 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
         if route.rollout is not None:
             state_file = route.rollout.state_file or Path(f"scorewire-rollout-{route.model}.json")
             route = route.model_copy(update={"rollout": route.rollout.model_copy(update={"state_file": at(state_file)})})
+        if route.split_policy == "thompson":
+            state_file = route.bandit.state_file or Path(f"scorewire-split-{route.model}.json")
+            route = route.model_copy(update={"bandit": route.bandit.model_copy(update={"state_file": at(state_file)})})
         routes.append(route)
     return settings.model_copy(update={"models": models, "server": server.model_copy(update=server_update),
                                        "streams": streams, "monitoring": monitoring, "scorelog": scorelog,

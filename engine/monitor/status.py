@@ -164,17 +164,22 @@ def _splits(families: dict[str, list]) -> list[str]:
     """Each plain split's arm against its champion: the always-valid interval and a verdict."""
     difference = _gather(families, ("scorewire_split_difference",), ("model", "champion", "arm", "metric"),
                          lambda _, sample: sample.labels["bound"])
-    rows_ = _gather(families, ("scorewire_split_labelled_rows",), ("model", "version"), lambda name, _: name)
+    rows_ = _gather(families, ("scorewire_split_labelled_rows", "scorewire_split_weight"), ("model", "version"),
+                    lambda name, _: name)
     if not difference:
         return []
     table = []
     for (model, champion, arm, metric), b in sorted(difference.items()):
         verdict = _verdict("arm", metric, b)
         n = lambda v: rows_.get((model, v), {}).get("scorewire_split_labelled_rows", 0)  # noqa: E731
+        weight = rows_.get((model, arm), {}).get("scorewire_split_weight")  # a bandit split's, now
         table.append([model, champion, arm, metric, f"{n(arm):,.0f} / {n(champion):,.0f}", f"{b['estimate']:+.4g}",
-                      f"[{b['lower']:+.4g}, {b['upper']:+.4g}]", verdict])
+                      f"[{b['lower']:+.4g}, {b['upper']:+.4g}]", verdict]
+                     + ([] if weight is None else [f"{weight:.1f}% (bandit)"]))
+    weighted = any(len(row) > 8 for row in table)
     return [_table(["model", "champion", "arm", "metric", "labelled (arm / champ)", "difference",
-                    "always-valid interval", "verdict"], table)]
+                    "always-valid interval", "verdict", *(["weight now"] if weighted else [])],
+                   [row + ["fixed"] * (weighted and len(row) == 8) for row in table])]
 
 
 def _rollouts(families: dict[str, list]) -> list[str]:

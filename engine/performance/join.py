@@ -182,7 +182,7 @@ class PerformanceMonitor:
         self.decides = rollouts
         self.models: dict[str, _Model] = {}
         self._references: dict[tuple[str, str], tuple] = {}
-        self.rollouts: dict = {}  # model -> its route's rollout (engine/rollout/driver.py)
+        self.rollouts: dict = {}  # model -> its route's rollout (engine/rollout/driver.py) or bandit (bandit.py)
         self.splits: dict = {}  # model -> its plain split's arms (engine/rollout/decide.py Arms)
         self.requests = None  # (model, version) -> (requests scored, failed): set by the observer's owner
         self.drift_alerts = None  # (model, version) -> drift alert columns: set by the Observer
@@ -284,6 +284,12 @@ class PerformanceMonitor:
         self.splits = splits
         drivers = {}
         for route in settings.routes:
+            if route.split_policy == "thompson" and self.decides:
+                from engine.rollout.bandit import BanditDriver
+
+                old = self.rollouts.get(route.model)
+                drivers[route.model] = old if isinstance(old, BanditDriver) and old.route == route else BanditDriver(
+                    route, performance[route.model])
             if route.rollout is None or not self.decides:
                 continue
             old = self.rollouts.get(route.model)

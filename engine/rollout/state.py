@@ -1,4 +1,4 @@
-"""A rollout's state on disk, and the route it makes.
+"""A rollout's state on disk, and the route it makes (and a bandit split's weights).
 
 One small JSON file per rollout (`[routes.rollout] state_file`): the observer writes it
 (atomically: a temporary file renamed over it) when the rollout steps, rolls back, is
@@ -59,10 +59,34 @@ def first(route: RouteSettings) -> Saved:
     return Saved(route.model, route.champion, r.candidate, State.RUNNING.value, 1, r.steps[0], "started", 0.0)
 
 
+def read_split(route: RouteSettings) -> dict[str, float] | None:
+    """A bandit split's weights now (engine/rollout/bandit.py), if its state file has them for
+    the split's arms."""
+    try:
+        weights = json.loads(Path(route.bandit.state_file).read_text())["weights"]
+        weights = {str(v): float(w) for v, w in weights.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if set(weights) != set(route.split) or any(w <= 0 for w in weights.values()):
+        return None
+    return weights
+
+
+def write_split(route: RouteSettings, weights: dict[str, float], reason: str, when: float) -> None:
+    path = Path(route.bandit.state_file)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"model": route.model, "weights": weights, "reason": reason, "time": when}))
+    os.replace(tmp, path)
+
+
 def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:
     """The route as the rollout makes it now: a split champion/candidate while it runs (or is
-    paused), the candidate as the champion once promoted, the champion alone once rolled back."""
+    paused), the candidate as the champion once promoted, the champion alone once rolled back.
+    A bandit split: its weights now."""
     if route.rollout is None:
+        if route.split_policy == "thompson":
+            weights = read_split(route)
+            return route if weights is None else route.model_copy(update={"split": weights})
         return route
     saved = saved or first(route)
     candidate = route.rollout.candidate
@@ -79,7 +103,7 @@ def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:
 
 def effective_routes(routes: list[RouteSettings]) -> list[RouteSettings]:
     """Every route as its rollout (if any) makes it now."""
-    return [effective(r, read(r)) if r.rollout is not None else r for r in routes]
+    return [effective(r, read(r) if r.rollout is not None else None) for r in routes]
 
 
 def unloaded(routes: list[RouteSettings]) -> set[tuple[str, str]]:
@@ -99,11 +123,14 @@ class Follower:
     shadow by it: the workers, the observer process, the challengers process)."""
 
     def __init__(self, routes: list[RouteSettings]):
-        self.routes = [r for r in routes if r.rollout is not None]
-        self.seen = {r.model: read(r) for r in self.routes}
+        self.routes = [r for r in routes if r.rollout is not None or r.split_policy == "thompson"]
+        self.seen = self._now()
+
+    def _now(self) -> dict:
+        return {r.model: read(r) if r.rollout is not None else read_split(r) for r in self.routes}
 
     def changed(self) -> bool:
-        now = {r.model: read(r) for r in self.routes}
+        now = self._now()
         if now == self.seen:
             return False
         self.seen = now
@@ -138,4 +165,4 @@ def give_command(route: RouteSettings, command: str) -> None:
 
 
 __all__ = ["COMMANDS", "ROLLOUT_POLL_S", "Follower", "Saved", "effective", "effective_routes", "first", "give_command",
-           "read", "take_command", "unloaded", "write"]
+           "read", "read_split", "take_command", "unloaded", "write", "write_split"]

@@ -118,18 +118,18 @@ def test_example_configs_are_valid():
 def test_example_config_documents_every_key():
     from pathlib import Path
 
-    from engine.settings import (AuthSettings, BatchingSettings, ConformalSettings, FairnessSettings, GuardSettings, FeedbackSettings, ModelSettings,
+    from engine.settings import (AuthSettings, BanditSettings, BatchingSettings, ConformalSettings, FairnessSettings, GuardSettings, FeedbackSettings, ModelSettings,
                                  MonitoringSettings, MonitorSettings, PerformanceSettings, RolloutSettings,
                                  RouteSettings, ServerSettings, StreamSettings, TlsSettings)
 
     text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
     tables = {"batching": "[models.batching]", "monitor": "[models.monitor]", "performance": "[models.performance]",
-              "fairness": "[models.fairness]", "conformal": "[models.conformal]", "guards": "[models.guards]", "rollout": "[routes.rollout]", "tls": "[server.tls]",
+              "fairness": "[models.fairness]", "conformal": "[models.conformal]", "guards": "[models.guards]", "rollout": "[routes.rollout]", "bandit": "[routes.bandit]", "tls": "[server.tls]",
               "auth": "[server.auth]", "kafka": "[streams.kafka]", "consumer": "[streams.consumer]",
               "producer": "[streams.producer]"}
     for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, PerformanceSettings,
                   FairnessSettings, ConformalSettings, GuardSettings, RouteSettings, RolloutSettings, MonitoringSettings, StreamSettings,
-                  FeedbackSettings, TlsSettings, AuthSettings):
+                  FeedbackSettings, BanditSettings, TlsSettings, AuthSettings):
         for name in model.model_fields:
             if name in tables:  # optional tables may be shown commented out, so that the file runs
                 assert tables[name] in text, f"configs/example.toml does not show {tables[name]}"

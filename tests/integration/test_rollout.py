@@ -212,3 +212,36 @@ def test_a_plain_split_can_be_peeked_at(model_dir, rng):
                    for line in shown.stdout.splitlines()), shown.stdout
     finally:
         assert server.stop() == 0
+
+
+def test_a_bandit_split_moves_the_traffic_to_the_better_arm(model_dir, rng):
+    """split_policy = "thompson": labels show version 2 worse; its weight falls to the floor in
+    /metrics, and the workers send it about that share."""
+    mlp = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    truth = lambda x: mlp.run(["probabilities"], {"float_input": x})[0][:, 1] > 0.5  # noqa: E731: version 1 is right
+    bandit = {"every_s": 0.5, "min_labelled_rows": 50, "floor": 10, "state_file": "split-bandit.json"}
+    cfg = Config(server_table(workers=2, drain_timeout_s=20),
+                 [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE),
+                  model_table("mlp", "models/gbt.onnx", version="2", performance=PERFORMANCE)],
+                 routes=[route_table("mlp", "1", split={"1": 50, "2": 50}, split_policy="thompson", bandit=bandit)])
+    server = launch(model_dir, cfg, "split-bandit.toml")
+    key = 'scorewire_split_weight{model="mlp",version="2"}'
+    try:
+        assert server.metrics().get(key) == 50
+        for r in range(20):
+            x = rng.normal(size=(50, N_FEATURES)).astype(np.float32)
+            send(server, x, r * 50)
+            post_labels(server, r * 50, truth(x))
+            if server.metrics().get(key, 50) < 11:
+                break
+        wait_for(lambda: server.metrics().get(key, 50) < 11, 20, what="the worse arm's weight at its floor")
+        time.sleep(1.0)  # the workers follow the state file within 0.25 s
+        answered = send(server, rng.normal(size=(200, N_FEATURES)).astype(np.float32), 50_000)
+        assert 0.02 < answered.count("2") / len(answered) < 0.25, answered.count("2")
+        assert json.loads((model_dir / "split-bandit.json").read_text())["weights"]["2"] < 11
+        shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target",
+                                f"127.0.0.1:{server.metrics_port}"], capture_output=True, text=True, timeout=60)
+        assert any(line.split()[:3] == ["mlp", "1", "2"] and line.rstrip().endswith("% (bandit)")
+                   for line in shown.stdout.splitlines()), shown.stdout
+    finally:
+        assert server.stop() == 0
