@@ -115,7 +115,28 @@ class App:
                     except ValueError as exc:
                         raise ModelLoadError(f"route of model {rs.model!r}: {exc}") from None
             built[rs.model] = Route.build(rs)
+        self._check_fallbacks()
         return built
+
+    def _check_fallbacks(self) -> None:
+        """A guarded version's fallback takes its inputs and gives every output it gives."""
+        for served in self.registry.all():
+            guards = served.model.guards
+            if guards is None or guards.action != "fallback":
+                continue
+            label = served.model.label
+            if guards.fallback_version not in self.registry.versions(served.name):
+                raise ModelLoadError(f"{label}: guards.fallback_version {guards.fallback_version!r} is not loaded")
+            other = self.registry.get(served.name, guards.fallback_version).model
+            ins = [(t.name, t.datatype, tuple(t.shape)) for t in served.model.schema.inputs]
+            theirs = {(t.name, t.datatype, tuple(t.shape)) for t in other.schema.outputs}
+            if [(t.name, t.datatype, tuple(t.shape)) for t in other.schema.inputs] != ins:
+                raise ModelLoadError(f"{label}: its fallback {other.label} takes other inputs")
+            missing = [t.name for t in served.model.schema.outputs
+                       if t.name != "scorewire_guard" and (t.name, t.datatype, tuple(t.shape)) not in theirs]
+            if missing:
+                raise ModelLoadError(f"{label}: its fallback {other.label} does not give outputs {missing} alike "
+                                     "(same name, type and shape)")
 
     def _load_model(self, ms) -> Served:
         model = OnnxModel(ms)

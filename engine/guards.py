@@ -25,7 +25,7 @@ class Guards:
     def __init__(self, ms: ModelSettings, input_name: str, reference: dict[str, np.ndarray] | None):
         g = ms.guards
         self.label = f"{ms.name}:{ms.version}"
-        self.action = g.action
+        self.action, self.fallback_version = g.action, g.fallback_version
         self.input = ms.monitor.input or input_name if ms.monitor is not None else input_name
         features = list(ms.monitor.features) if ms.monitor is not None and ms.monitor.features else []
         self.features = features

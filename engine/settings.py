@@ -406,11 +406,25 @@ class GuardSettings(_Strict):
     """Classification: the largest class probability below this violates (bit 2)."""
     interval: tuple[float, float] | None = None
     """Regression: a prediction outside [lo, hi] violates (bit 4)."""
-    action: Literal["reject", "flag"] = "reject"
+    action: Literal["reject", "flag", "fallback"] = "reject"
     """reject: the request is refused (INVALID_ARGUMENT / HTTP 400, a dead letter for a Kafka
     event) with one line naming row, feature, value and bound, its batch-mates answered as
     usual; flag: answered as usual with an added output `scorewire_guard` (UINT8 per row: 1
-    input domain, 2 confidence, 4 interval)."""
+    input domain, 2 confidence, 4 interval); fallback: the violating rows are answered by
+    `fallback_version` (rows outside the input domain by it alone; unconfident or
+    out-of-interval rows scored again by it), every answer with `scorewire_guard` saying which."""
+    fallback_version: str | None = None
+    """action "fallback": another version of the same model (its own guards are not applied),
+    taking the same inputs and giving the same outputs."""
+    alert_share: float | None = Field(None, gt=0, le=1)
+    """An alert (an event, kind=guard, and a log line) while a guard's rows are more than this
+    share of the version's rows over the monitor's smallest window (1,000 rows without one)."""
+
+    @model_validator(mode="after")
+    def _fallback(self) -> "GuardSettings":
+        if (self.action == "fallback") != (self.fallback_version is not None):
+            raise ValueError('action = "fallback" and fallback_version go together')
+        return self
 
 
 class ConformalSettings(_Strict):
@@ -740,6 +754,13 @@ class Settings(_Strict):
             if key in seen:
                 raise ValueError(f"model {model.name!r} version {model.version!r} is configured twice")
             seen.add(key)
+        for model in self.models:
+            fallback = model.guards.fallback_version if model.guards is not None else None
+            if fallback is not None:
+                versions = [m.version for m in self.models if m.name == model.name]
+                if fallback == model.version or fallback not in versions:
+                    raise ValueError(f"model {model.name!r} version {model.version!r}: guards.fallback_version "
+                                     f"{fallback!r} must be another configured version of it (configured: {versions})")
         for stream in self.streams:
             versions = [m.version for m in self.models if m.name == stream.model]
             if not versions:

@@ -86,7 +86,8 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
            + [(_labels(model=m, version=v, outcome="failed"), n) for (m, v), n in sorted((failures or {}).items())])
     family("scorewire_guard_rows_total", "counter", "Rows a guard found outside the model's domain "
            "(input_domain), unconfident (confidence) or out of their interval (interval), by what was done: "
-           "reject (the request refused) or flag (answered, scorewire_guard output).",
+           "reject (the request refused), flag (answered, scorewire_guard output) or fallback (answered by the "
+           "fallback version).",
            [(_labels(model=s.name, version=s.version, guard=g, action=a), n) for s in served
             if getattr(s.model, "guards", None) is not None for (g, a), n in sorted(s.model.guards.counts.items())])
     family("scorewire_batches_total", "counter", "Batches scored.",

@@ -27,6 +27,7 @@ class Role(StrEnum):
     ARM = "arm"  # a split's arm other than the champion
     DIRECT = "direct"  # a request named this version, which is not the champion
     CHALLENGER = "challenger"  # shadow rows
+    FALLBACK = "fallback"  # rows a guarded version's fallback answered (guards action "fallback")
 
 
 class Routing(StrEnum):

@@ -343,7 +343,7 @@ class OnnxModel:
             guards = for_version(settings, self.schema.inputs[0].name)
         except ValueError as exc:
             raise ModelLoadError(f"{self.label}: guards: {exc}") from None
-        if guards is not None and guards.action == "flag":
+        if guards is not None and guards.action in ("flag", "fallback"):  # fallback: the pipeline adds it
             self.schema = ModelSchema(self.schema.inputs, (*self.schema.outputs, guards.spec()))
         return guards
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
 
-from engine.harness.config import Config, model_table, server_table
+from engine.harness.config import Config, model_table, route_table, server_table
 from engine.harness.models import N_FEATURES
 from engine.mock_kafka import MockCluster
 from tests.conftest import launch
@@ -123,3 +123,60 @@ def test_flagged_rows_are_answered_with_their_bits(model_dir, rng):
         np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
     finally:
         assert server.stop() == 0
+
+
+def test_violating_rows_fall_back_to_another_version_over_grpc_rest_and_kafka(model_dir, rng):
+    """action = "fallback": rows outside the domain are answered by version 2 alone, rows
+    version 1 scored unconfident by version 2 again; every other row is version 1's, all equal
+    to onnxruntime's, and `scorewire_guard` says which fell back."""
+    reference(model_dir, rng)
+    mlp = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    gbt = ort.InferenceSession(str(model_dir / "models" / "gbt.onnx"), providers=["CPUExecutionProvider"])
+    guards = {"input_domain": "reference", "min_confidence": 0.9, "score": "probabilities", "action": "fallback",
+              "fallback_version": "2"}
+    monitor = {"features": FEATURES, "reference": "ref-guards.parquet"}
+    x = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
+    x[:4, 0] = 1e3
+    p1 = mlp.run(["probabilities"], {"float_input": x})[0]
+    p2 = gbt.run(["probabilities"], {"float_input": x})[0]
+    bits = (np.arange(64) < 4).astype(np.uint8)
+    bits[4:] |= (p1[4:].max(axis=1) < 0.9).astype(np.uint8) * 2
+    assert 0 < (bits == 2).sum() < 60  # some rows fall back for confidence, most do not
+    expected = np.where(bits[:, None] > 0, p2, p1)
+    with MockCluster() as cluster:
+        for topic in ("events", "scores", "scores-dlq"):
+            cluster.create_topic(topic, 2)
+        cfg = Config(server_table(workers=2, drain_timeout_s=20),
+                     [model_table("mlp", "models/mlp.onnx", version="1", monitor=monitor, guards=guards),
+                      model_table("mlp", "models/gbt.onnx", version="2")],
+                     routes=[route_table("mlp", "1")], streams=[stream(cluster.bootstrap, group="fallback")])
+        server = launch(model_dir, cfg, "guards-fallback.toml")
+        try:
+            client = grpcclient.InferenceServerClient(server.url)
+            inp = grpcclient.InferInput("float_input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            result = client.infer("mlp", [inp])
+            client.close()
+            assert result.get_response().model_version == "1"
+            np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
+            np.testing.assert_array_equal(result.as_numpy("probabilities"), expected)
+            body = json.dumps({"inputs": [{"name": "float_input", "shape": list(x.shape), "datatype": "FP32",
+                                           "data": x.ravel().tolist()}]}).encode()
+            with urllib.request.urlopen(urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer",
+                                                               data=body), timeout=10) as response:
+                outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+            np.testing.assert_array_equal(np.array(outputs["scorewire_guard"]["data"]), bits)
+            np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(64, 2), expected, rtol=1e-6)
+            events = [(b"k%d" % i, orjson.dumps({"id": i, "float_input": x[i]}, option=orjson.OPT_SERIALIZE_NUMPY))
+                      for i in range(len(x))]
+            produce(cluster.bootstrap, "events", events)
+            results = {(e := orjson.loads(m.value()))["id"]: e for m in read_all(cluster.bootstrap, "scores", len(x))}
+            assert sorted(results) == list(range(len(x)))
+            assert [results[i]["version"] for i in range(len(x))] == ["2" if b else "1" for b in bits]
+            got = np.array([results[i]["outputs"]["probabilities"] for i in range(len(x))], np.float32)
+            np.testing.assert_array_equal(got, expected)
+            m = server.metrics()
+            key = 'scorewire_guard_rows_total{model="mlp",version="1",guard="%s",action="fallback"}'
+            assert m[key % "input_domain"] == 4 * 3 and m[key % "confidence"] == (bits == 2).sum() * 3
+        finally:
+            assert server.stop() == 0

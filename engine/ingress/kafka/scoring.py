@@ -19,6 +19,7 @@ from engine.codec.kafka import Decoded, ResultTemplate, encode_results
 from engine.errors import EngineError, ErrorCode
 from engine.ingress.kafka.chunk import Chunk
 from engine.ingress.kafka.delivery import log
+from engine.routing.router import Role
 from engine.runtime.registry import Served
 
 
@@ -46,8 +47,9 @@ class Scorer:
             started = time.monotonic_ns()
             good = decoded.good
             keys = chunk.keys if len(good) == chunk.size else [chunk.keys[i] for i in good.tolist()]
-            groups = self.router.resolve_rows(self.model, self.version, keys)
+            groups = self._fallen_back(decoded, self.router.resolve_rows(self.model, self.version, keys))
             outcomes = await asyncio.gather(*(self._group(chunk, decoded, *group) for group in groups))
+            groups, outcomes = await self._fall_back_outputs(chunk, decoded, groups, outcomes)
             if chunk.abandoned:  # given up meanwhile (its data is gone): consumed again
                 return
             timings = {"wait_us": (started - chunk.consumed_ns) // 1000,
@@ -89,7 +91,7 @@ class Scorer:
         at = decoded.good if picked is None else decoded.good[picked]  # message index of each row
         positions = np.arange(len(at)) if picked is None else picked  # of each row, in decoded.good
         refused: list[tuple[int, str]] = []
-        guards = served.model.guards
+        guards = served.model.guards if role != Role.FALLBACK else None  # a fallback answers as it is
         rejects = guards is not None and guards.action == "reject"
         if rejects and len(at):  # out of the model's domain: a dead letter each, never batched
             bits = guards.input_bits(inputs)
@@ -139,6 +141,50 @@ class Scorer:
                 keep = bits == 0
                 index, outputs = index[keep], {n: a[keep] for n, a in outputs.items()}
         return positions[index], outputs, failures
+
+    def _fallen_back(self, decoded: Decoded, groups: list) -> list:
+        """Guards with action "fallback": a group's rows outside its version's input domain go
+        to the fallback version, as a group of their own (role "fallback": its result events
+        name the version that answered)."""
+        out = []
+        for served, role, routing, picked in groups:
+            guards = served.model.guards
+            if guards is None or guards.action != "fallback" or not guards.checks_inputs:
+                out.append((served, role, routing, picked))
+                continue
+            inputs = decoded.inputs if picked is None else {n: a[picked] for n, a in decoded.inputs.items()}
+            bits = guards.input_bits(inputs)
+            if bits is None or not bits.any():
+                out.append((served, role, routing, picked))
+                continue
+            guards.count(bits, "fallback")
+            positions = np.arange(len(decoded.good)) if picked is None else picked
+            if not bits.all():
+                out.append((served, role, routing, positions[bits == 0]))
+            fallback = self.front.registry.get(served.name, guards.fallback_version)
+            out.append((fallback, Role.FALLBACK, routing, positions[bits != 0]))
+        return out
+
+    async def _fall_back_outputs(self, chunk: Chunk, decoded: Decoded, groups: list, outcomes: list):
+        """Guards with action "fallback": rows their version scored unconfident or out of its
+        interval are scored again by the fallback version, whose answer goes out instead."""
+        more_groups, more = [], []
+        for i, ((served, role, routing, picked), (at, outputs, failures)) in enumerate(zip(groups, outcomes)):
+            guards = served.model.guards
+            if (role == Role.FALLBACK or guards is None or guards.action != "fallback" or not guards.checks_outputs
+                    or not len(at)):
+                continue
+            bits = guards.output_bits(outputs)
+            if bits is None or not bits.any():
+                continue
+            guards.count(bits, "fallback")
+            keep = bits == 0
+            outcomes[i] = (at[keep], {n: a[keep] for n, a in outputs.items()}, failures)
+            fallback = self.front.registry.get(served.name, guards.fallback_version)
+            more_groups.append((fallback, Role.FALLBACK, routing, at[~keep]))
+        if more_groups:
+            more = await asyncio.gather(*(self._group(chunk, decoded, *group) for group in more_groups))
+        return groups + more_groups, outcomes + list(more)
 
     def _joined(self) -> bool:
         """Whether a version of the model has [models.performance]: its rows join labels by id."""
