@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Receipt
+from engine.monitor.guardwatch import GuardWatch
 from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
@@ -56,6 +57,7 @@ class Observer:
         # only, not by the challengers process (which hands its results to the observer)
         self.performance = PerformanceMonitor(settings, rollouts=shadow_results is None)
         self.performance.drift_alerts = self._drift_alerts
+        self.guards = GuardWatch(settings)  # the guards' alert (its counts: set by the observer's owner)
         monitors = [m.monitor for m in settings.models if m.monitor]
         self.tap = MonitorTap(self._monitor, max([m.queue_batches for m in monitors] or [16_384]),
                               max_rows=max([m.queue_rows for m in monitors] or [262_144]))
@@ -172,6 +174,7 @@ class Observer:
 
     def reloaded(self, settings: Settings) -> None:
         self.settings = settings
+        self.guards = self.guards.reloaded(settings)
         self._track(settings, "reload")
         try:
             self.performance.install(settings)
@@ -199,6 +202,9 @@ class Observer:
         for batch in batches:
             groups.setdefault((batch.model, batch.version, batch.role), []).append(batch)
             self.latency.record_batch(batch.model, batch.version, batch.rows)
+            if batch.role != "challenger":
+                self.guards.rows(batch.model, batch.version, batch.rows)
+        self.guards.check()
         for (model, version, role), group in groups.items():
             self.latency.record(model, version, role, "queue", np.concatenate([b.queue_us for b in group]))
             self.latency.record(model, version, role, "total", np.concatenate([b.total_us for b in group]))

@@ -112,6 +112,12 @@ class LocalSink:
             return app.registry.get(model, version).batcher.stats.requests, app.pipeline.failures.get((model, version), 0)
 
         self.observer.performance.requests = requests
+
+        def guard_counts() -> dict:  # the guards' alert reads these
+            return {(s.name, s.version, g, a): n for s in app.registry.all() if s.model.guards is not None
+                    for (g, a), n in list(s.model.guards.counts.items())}
+
+        self.observer.guards.counts = guard_counts
         self.metrics = MetricsServer(server.metrics_bind, server.metrics_port, lambda: text(app.families()))
         return await self.metrics.start()
 

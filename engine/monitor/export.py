@@ -115,6 +115,7 @@ def observer_families(observer) -> list[Family]:
     family = _collector(families)
     _monitoring(observer, family)
     observer.performance.families(family, _labels)
+    observer.guards.families(family, _labels)
     return families
 
 

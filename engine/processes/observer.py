@@ -25,6 +25,7 @@ import asyncio
 import bisect
 import collections
 import logging
+import re
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -41,6 +42,8 @@ from engine.processes.messages import Kind, Message
 from engine.rollout import state as rollout_state
 from engine.runtime.session import ModelShape
 from engine.settings import Settings
+
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')  # name="value" in a sample's labels
 
 log = logging.getLogger("scorewire")
 
@@ -80,6 +83,7 @@ class Watch:
         pending = self.counts.left.get("scorewire_performance_waiting_rows")
         self.observer.performance.lost_at_restart = int(sum(v for _, v in pending[3])) if pending else 0
         self.observer.performance.requests = self._requests  # a rollout's error guard reads the workers'
+        self.observer.guards.counts = self._guard_counts  # and the guards' alert their guards' counts
         self.decode_failures = 0
         self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
@@ -100,6 +104,19 @@ class Watch:
                             else:
                                 ok += value
         return int(ok), int(failed)
+
+    def _guard_counts(self) -> dict[tuple[str, str, str, str], int]:
+        """(model, version, guard, action) -> rows, over the workers (as each last wrote its
+        counters on the board)."""
+        counts: dict = {}
+        for slot in range(self.control.workers):
+            for name, _, _, samples in self.board.read(slot):
+                if name == "scorewire_guard_rows_total":
+                    for labels, value in samples:
+                        parts = dict(LABEL.findall(labels))
+                        key = tuple(parts.get(k, "") for k in ("model", "version", "guard", "action"))
+                        counts[key] = counts.get(key, 0) + int(value)
+        return counts
 
     # -- models -----------------------------------------------------------------------------
     @staticmethod
@@ -294,6 +311,7 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
             next_follow[0] = time.monotonic() + rollout_state.ROLLOUT_POLL_S
             watch.follow_rollouts()
         if time.monotonic() >= next_publish[0]:
+            watch.observer.guards.check()  # a version whose every row is refused has no batch to check on
             watch.publish()
             next_publish[0] = time.monotonic() + PUBLISH_S
 

@@ -23,7 +23,7 @@ from engine.harness.config import Config, model_table, route_table, server_table
 from engine.harness.models import N_FEATURES
 from engine.mock_kafka import MockCluster
 from tests.conftest import launch
-from tests.integration.kafka_helpers import produce, read_all, stream
+from tests.integration.kafka_helpers import produce, read_all, stream, wait_for
 
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 
@@ -104,10 +104,12 @@ def test_out_of_domain_rows_are_refused_alone_over_grpc_rest_and_kafka(model_dir
             assert server.stop() == 0
 
 
-def test_flagged_rows_are_answered_with_their_bits(model_dir, rng):
+def test_flagged_rows_are_answered_with_their_bits_and_their_share_alerts(model_dir, rng):
     reference(model_dir, rng)
-    server = launch(model_dir, config({"input_domain": "reference", "min_confidence": 0.9, "action": "flag"}),
-                    "guards-flag.toml")
+    cfg = config({"input_domain": "reference", "min_confidence": 0.9, "action": "flag", "alert_share": 0.2},
+                 monitoring={"events_dir": "events-guards"})
+    cfg.models[0]["monitor"]["window"] = 500
+    server = launch(model_dir, cfg, "guards-flag.toml")
     try:
         client = grpcclient.InferenceServerClient(server.url)
         outputs = [o.name for o in client.get_model_metadata("mlp").outputs]
@@ -121,6 +123,29 @@ def test_flagged_rows_are_answered_with_their_bits(model_dir, rng):
         p = result.as_numpy("probabilities")
         bits = (np.arange(64) < 4).astype(np.uint8) | (p.max(axis=1) < 0.9).astype(np.uint8) * 2
         np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
+        # a third of the rows outside the domain, over more than the monitor's window: the alert
+        alert = 'scorewire_guard_alert{model="mlp",version="1",guard="input_domain"}'
+        share = 'scorewire_guard_share{model="mlp",version="1",guard="input_domain"}'
+
+        def rows(n: int, outside: float) -> None:
+            client = grpcclient.InferenceServerClient(server.url)
+            for _ in range(n // 100):
+                x = rng.normal(size=(100, N_FEATURES)).astype(np.float32) * 0.5
+                x[: int(100 * outside), 3] = 1e3
+                inp = grpcclient.InferInput("float_input", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                client.infer("mlp", [inp])
+            client.close()
+
+        rows(1200, 1 / 3)
+        wait_for(lambda: server.metrics().get(alert) == 1, 20, what="the guard's alert")
+        assert 0.3 <= server.metrics()[share] <= 0.45  # the stretch read may hold the first request's rows too
+        rows(1200, 0.0)
+        wait_for(lambda: server.metrics().get(alert) == 0, 20, what="the alert cleared")
+        events = sorted(pq.read_table(model_dir / "events-guards" / "kind=guard").to_pylist(), key=lambda e: e["time"])
+        assert [e["state"] for e in events if e["guard"] == "input_domain"] == ["raised", "cleared"]
+        audit = pq.read_table(model_dir / "events-guards" / "kind=audit").to_pylist()
+        assert sum(a["event"] == "guard_alert" and "input_domain" in a["detail"] for a in audit) == 2
     finally:
         assert server.stop() == 0
 
