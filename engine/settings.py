@@ -266,8 +266,9 @@ class ModelSettings(_Strict):
     """Live performance of this version against the labels sent back (POST
     /v2/models/NAME/feedback), joined with its scored rows in the observer."""
     fairness: FairnessSettings | None = None
-    """Statistical parity and disparate impact of this version's predictions between a
-    protected feature's groups (needs [models.monitor] features and [models.performance])."""
+    """Statistical parity, disparate impact and (with labels) equal opportunity of this
+    version's predictions between a protected feature's groups (needs [models.monitor]
+    features and [models.performance])."""
     segments: SegmentSettings | None = None
     """Rows, score drift and realized performance per segment of the rows (a feature's code or
     bin; needs [models.monitor] features and [models.performance])."""
@@ -448,8 +449,9 @@ class ConformalSettings(_Strict):
 
 
 class FairnessSettings(_Strict):
-    """Group fairness of a version's predictions over its last `window` scored rows
-    (engine/performance/fairness.py): a protected feature's privileged group against the rest."""
+    """Group fairness of a version's predictions (engine/performance/fairness.py): a protected
+    feature's privileged group against the rest; spd and dir over its last `window` scored
+    rows, eod (equal opportunity difference) over its last `window` labelled rows."""
 
     protected: str = Field(min_length=1)
     """The protected feature: a name in [models.monitor] features (its values are group codes)."""
@@ -458,7 +460,7 @@ class FairnessSettings(_Strict):
     favorable: int = Field(1, ge=0)
     """The favourable predicted class (binary: the score above 0.5 is class 1)."""
     window: int = Field(1_000, gt=0, le=10_000_000)
-    """Scored rows the figures are over."""
+    """Rows the figures are over: the last scored ones (spd, dir), the last labelled ones (eod)."""
     dir_band: tuple[float, float] = (0.8, 1.25)
     """Disparate impact outside this band raises an alert (default: the four-fifths rule)."""
 
