@@ -216,13 +216,13 @@ class PerformanceMonitor:
         self.events_dir = None
         self.alerts_raised = 0
         self.lost_at_restart = 0  # rows and labels a predecessor observer's join held when it died
+        self.segment_results: dict[tuple[str, str, str], dict] = {}  # (model, version, role): segment -> (rows, metrics)
         self.install(settings)
         self._box = Mailbox(capacity, tick_s)
         self.failed = 0
         self.results: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}  # (model, version, role)
         self.estimated: dict[tuple[str, str, str], dict[str, float]] = {}  # (model, version, role): CBPE
         self.coverage: dict[tuple[str, str, str], tuple] = {}  # (model, version, role): conformal (coverage, size, n, low)
-        self.segment_results: dict[tuple[str, str, str], dict] = {}  # (model, version, role): segment -> (rows, metrics)
         self.history: dict[str, list[tuple]] = {}  # model -> snapshots not yet written
         self._snapshot_ns = 0
         self._written_ns = time.time_ns()
@@ -299,6 +299,8 @@ class PerformanceMonitor:
             model.versions, model.alerting, model.calibration, model.fairness = versions, alerting, calibration, fair
             model.conformal, model.segments = cover, segments
         self.models = models
+        self.segment_results = {key: per for key, per in self.segment_results.items()  # versions that lost theirs: gone
+                                if key[0] in models and key[1] in models[key[0]].segments}
         self._install_rollouts(settings)
 
     def _install_rollouts(self, settings: Settings) -> None:

@@ -95,15 +95,18 @@ def test_segment_settings_name_what_is_wrong():
         ModelSettings(name="m", path="m.onnx", monitor=monitor, segments={"columns": ["f1"]})
 
 
-def monitor_with(tmp_path, rng, window: int, fairness_window: int) -> PerformanceMonitor:
+def settings_with(tmp_path, rng, window: int, fairness_window: int) -> Settings:
     monitor = {"features": FEATURES, "categorical": ["f1"], "reference": reference(tmp_path, rng),
                "outputs": ["p:1"]}
-    settings = Settings(models=[ModelSettings(
+    return Settings(models=[ModelSettings(
         name="m", path="m.onnx", version="1", monitor=monitor,
         performance={"task": "binary", "score": "p:1", "window": window},
         segments={"columns": ["f1", "f2"], "bins": {"f2": EDGES}, "max_values": 3},
         fairness={"protected": "f1", "privileged": 1, "window": fairness_window})])
-    return PerformanceMonitor(settings, thread=False)
+
+
+def monitor_with(tmp_path, rng, window: int, fairness_window: int) -> PerformanceMonitor:
+    return PerformanceMonitor(settings_with(tmp_path, rng, window, fairness_window), thread=False)
 
 
 def test_segment_rows_drift_and_performance_and_eod_equal_a_direct_computation(tmp_path, rng):
@@ -201,3 +204,40 @@ def test_rows_scored_without_the_monitored_input_are_in_no_segment(tmp_path, rng
         assert math.isnan(pm.models["m"].fairness["1"][0].figures()["eod"])
     finally:
         pm.close()
+
+
+def test_a_reload_keeps_an_unchanged_versions_segments_and_drops_removed_ones(tmp_path, rng):
+    settings = settings_with(tmp_path, rng, window=50, fairness_window=50)
+    pm = PerformanceMonitor(settings, thread=False)
+    try:
+        x = draw(rng, 8)
+        p = score(x)
+        pm._batch(ScoredBatch("m", "1", "champion", {"x": x}, {"p": np.column_stack([1 - p, p])}, np.zeros(1),
+                              np.zeros(1), 1, 8, (0, 8), (Origin(request_id="a"),), 0), 0)
+        pm._labels(Labels("m", ("a",), np.array([8]), np.ones(8)), 1)
+        pm._publish()
+        segments = pm.models["m"].segments["1"]
+        assert pm.segment_results[("m", "1", "champion")]
+        pm.install(Settings.from_snapshot(settings.snapshot()))  # a reload that leaves the version as it was
+        assert pm.models["m"].segments["1"] is segments and segments.rows.sum() == 8 * 2  # its counts go on
+        pm.install(Settings(models=[settings.models[0].model_copy(update={"segments": None})]))
+        assert pm.models["m"].segments == {} and pm.segment_results == {}
+    finally:
+        pm.close()
+
+
+def test_pending_rows_keep_their_codes_when_a_wider_version_comes():
+    from engine.performance.pending import WAITING, Pending
+
+    pending = Pending(8)
+    narrow = pending.add(1, 0, 0, WAITING, np.zeros(2), np.array([[3], [4]], np.int16))
+    wide = pending.add(2, 0, 1, WAITING, np.zeros(1), np.array([[5, 6, 7]], np.int16))  # a reload added it
+    none = pending.add(3, 0, 2, WAITING, np.zeros(3))  # a version with neither segments nor fairness
+    assert pending.group_values(narrow).tolist() == [[3, -1, -1], [4, -1, -1]]
+    assert pending.group_values(wide).tolist() == [[5, 6, 7]]
+    assert pending.group_values(none).tolist() == [[-1, -1, -1]] * 3
+    for _ in range(3):
+        pending.pop()
+    again = pending.add(4, 0, 0, WAITING, np.zeros(4), np.array([[1], [2], [1], [2]], np.int16))  # wraps around
+    assert pending.group_values(again)[:, 0].tolist() == [1, 2, 1, 2]
+    assert (pending.group_values(again)[:, 1:] == -1).all()
