@@ -101,7 +101,8 @@ class Fairness:
         tpr_unpriv = predicted[~group].mean() if (~group).any() else float("nan")
         return {"spd": spd, "dir": ratio, "eod": float(tpr_unpriv - tpr_priv),
                 "privileged_rows": float(privileged.sum()), "unprivileged_rows": float((~privileged).sum()),
-                "privileged_favourable_labels": float(group.sum()), "unprivileged_favourable_labels": float((~group).sum())}
+                "privileged_favourable_labels": float(group.sum()),
+                "unprivileged_favourable_labels": float((~group).sum())}
 
     def check(self) -> str | None:
         """'raise' or 'clear' when dir left or came back into its band, else None."""

@@ -216,7 +216,8 @@ class PerformanceMonitor:
         self.events_dir = None
         self.alerts_raised = 0
         self.lost_at_restart = 0  # rows and labels a predecessor observer's join held when it died
-        self.segment_results: dict[tuple[str, str, str], dict] = {}  # (model, version, role): segment -> (rows, metrics)
+        # (model, version, role) -> segment -> (labelled rows, metrics)
+        self.segment_results: dict[tuple[str, str, str], dict] = {}
         self.install(settings)
         self._box = Mailbox(capacity, tick_s)
         self.failed = 0

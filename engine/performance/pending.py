@@ -12,9 +12,10 @@ was scored in when its label comes.
 
 Per one-row request of a binary model: about 40 bytes of entry, 8 of score, 8 of label
 and 16 to 32 of table (its slots are twice the entries, rounded up to a power of two); a
-multiclass model's score takes 8 bytes a class, and group codes 2 bytes a column. The arrays are sized for `capacity` rows at
-start; the operating system maps their pages as the rings first pass over them, so memory
-grows to the full size once `capacity` rows have gone through, and stays there.
+multiclass model's score takes 8 bytes a class, and group codes 2 bytes a column. The arrays
+are sized for `capacity` rows at start; the operating system maps their pages as the rings
+first pass over them, so memory grows to the full size once `capacity` rows have gone
+through, and stays there.
 Two ids whose 64-bit hashes are equal would be taken for one (one chance in about 10^13
 for a million ids held at once).
 """
@@ -87,12 +88,14 @@ class Pending:
         return self.groups[(start + np.arange(n)) % self.capacity]
 
     def _put_groups(self, end: int, n: int, groups: np.ndarray | None) -> None:
-        """Rows end..end+n's group codes (-1 where not given), the ring made or widened as needed."""
+        """Rows end..end+n's group codes (-1 where not given), the ring made or widened as needed.
+        Made with zeros, so that its pages are mapped as it is written: a row written before
+        it was made has none, but it is of a version without codes, which never reads them."""
         if groups is None and self.groups is None:
             return
         width = 0 if groups is None else groups.shape[1]
         if self.groups is None or width > self.groups.shape[1]:  # widened: a reload added wider versions
-            grown = np.full((self.capacity, width), -1, np.int16)
+            grown = np.zeros((self.capacity, width), np.int16)
             if self.groups is not None:
                 grown[:, :self.groups.shape[1]] = self.groups
             self.groups = grown
