@@ -559,9 +559,10 @@ class PerformanceMonitor:
         window = model.windows.get((version, role))
         if window is None:
             window = model.windows[(version, role)] = Window(settings.task, settings.window)
-        groups = pending.group_values(seq)  # as scored
-        window.add(scores, values, groups)
         fair = model.fairness.get(version)
+        grouped = fair is not None or version in model.segments
+        groups = pending.group_values(seq) if grouped else None  # as scored
+        window.add(scores, values, groups)
         if fair is not None and groups is not None:
             column = model.fairness_column(version)
             if column < groups.shape[1]:
