@@ -266,8 +266,12 @@ class ModelSettings(_Strict):
     """Live performance of this version against the labels sent back (POST
     /v2/models/NAME/feedback), joined with its scored rows in the observer."""
     fairness: FairnessSettings | None = None
-    """Statistical parity and disparate impact of this version's predictions between a
-    protected feature's groups (needs [models.monitor] features and [models.performance])."""
+    """Statistical parity, disparate impact and (with labels) equal opportunity of this
+    version's predictions between a protected feature's groups (needs [models.monitor]
+    features and [models.performance])."""
+    segments: SegmentSettings | None = None
+    """Rows, score drift and realized performance per segment of the rows (a feature's code or
+    bin; needs [models.monitor] features and [models.performance])."""
     conformal: ConformalSettings | None = None
     """Prediction sets (intervals) with a coverage guarantee, calibrated on the performance
     reference (needs [models.performance] with `reference`)."""
@@ -318,6 +322,26 @@ class ModelSettings(_Strict):
                              "(the names of the input's columns)")
         if not f.dir_band[0] < 1 < f.dir_band[1]:
             raise ValueError(f"fairness.dir_band {list(f.dir_band)} must hold 1 (parity) strictly inside")
+        return self
+
+    @model_validator(mode="after")
+    def _segments_need(self) -> "ModelSettings":
+        s = self.segments
+        if s is None:
+            return self
+        if self.performance is None:
+            raise ValueError("segments are watched in the label join: they need [models.performance] (its score "
+                             "is what each segment's drift and performance are of)")
+        features = self.monitor.features if self.monitor is not None else None
+        unknown = [c for c in s.columns if c not in (features or [])]
+        if unknown:
+            raise ValueError(f"segments.columns names {unknown}, which are not in [models.monitor] features "
+                             "(the names of the input's columns)")
+        categorical = set(self.monitor.categorical)
+        unsplit = [c for c in s.columns if c not in s.bins and c not in categorical]
+        if unsplit:
+            raise ValueError(f"segments.columns {unsplit} are continuous: give their edges in segments.bins "
+                             "(bins = { f2 = [0, 1.5, 3] }), or list them in [models.monitor] categorical")
         return self
 
 
@@ -439,8 +463,9 @@ class ConformalSettings(_Strict):
 
 
 class FairnessSettings(_Strict):
-    """Group fairness of a version's predictions over its last `window` scored rows
-    (engine/performance/fairness.py): a protected feature's privileged group against the rest."""
+    """Group fairness of a version's predictions (engine/performance/fairness.py): a protected
+    feature's privileged group against the rest; spd and dir over its last `window` scored
+    rows, eod (equal opportunity difference) over its last `window` labelled rows."""
 
     protected: str = Field(min_length=1)
     """The protected feature: a name in [models.monitor] features (its values are group codes)."""
@@ -449,9 +474,42 @@ class FairnessSettings(_Strict):
     favorable: int = Field(1, ge=0)
     """The favourable predicted class (binary: the score above 0.5 is class 1)."""
     window: int = Field(1_000, gt=0, le=10_000_000)
-    """Scored rows the figures are over."""
+    """Rows the figures are over: the last scored ones (spd, dir), the last labelled ones (eod)."""
     dir_band: tuple[float, float] = (0.8, 1.25)
     """Disparate impact outside this band raises an alert (default: the four-fifths rule)."""
+
+
+class SegmentSettings(_Strict):
+    """Segments of a version's rows (engine/performance/segments.py): each column splits them,
+    a categorical feature by its code, a continuous one by `bins`; per segment the rows scored,
+    the drift of the score and, with labels, the realized performance. Segments do not cross
+    columns: there are at most the sum over columns of (max_values + 1) (a binned column: its
+    bins + 1), each row in one segment per column."""
+
+    columns: list[str] = Field(min_length=1, max_length=8)
+    """Features that split the rows: names in [models.monitor] features; a categorical one
+    (in monitor.categorical) by its code, a continuous one by its `bins`."""
+    bins: dict[str, list[float]] = Field(default_factory=dict)
+    """Edges per continuous column, increasing: `f2 = [0, 1.5, 3]` makes `f2=[0,1.5)` and
+    `f2=[1.5,3)`; a value outside [first, last) or NaN is `f2=other` (write -inf and inf as
+    the outer edges to leave none out)."""
+    max_values: int = Field(10, gt=0, le=1000)
+    """Per categorical column: its `max_values` most frequent codes in the drift reference
+    ([models.monitor] reference) are a segment each; every other code is `other` (counted)."""
+
+    @model_validator(mode="after")
+    def _bins_of_columns(self) -> "SegmentSettings":
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"columns lists a name twice: {self.columns}")
+        stray = sorted(set(self.bins) - set(self.columns))
+        if stray:
+            raise ValueError(f"bins gives edges of {stray}, which are not in columns")
+        for name, edges in self.bins.items():
+            if not 2 <= len(edges) <= 1001:
+                raise ValueError(f"bins.{name}: give 2 to 1001 edges (1 to 1000 bins), not {len(edges)}")
+            if any(e != e for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ValueError(f"bins.{name} {edges}: edges must be numbers, strictly increasing")
+        return self
 
 
 class MonitoringSettings(_Strict):

@@ -1,4 +1,5 @@
-"""`scorewire status`: drift per feature and latency percentiles from a server's /metrics."""
+"""`scorewire status`: drift per feature and latency percentiles from a server's /metrics; with
+labels, performance, rollouts and splits; guards, conformal coverage, fairness and segments."""
 
 from __future__ import annotations
 
@@ -152,12 +153,41 @@ def _quality(families: dict[str, list]) -> list[str]:
     fairness = _gather(families, ("scorewire_fairness",), ("model", "version"), lambda _, sample: sample.labels["metric"])
     alerts = _gather(families, ("scorewire_fairness_alert",), ("model", "version"), by)
     if fairness or alerts:
-        out.append(_table(["model", "version", "statistical parity difference", "disparate impact", "alert"],
+        out.append(_table(["model", "version", "statistical parity difference", "disparate impact", "alert",
+                           "equal opportunity difference"],
                           [[m, v, f"{fairness.get((m, v), {}).get('spd', float('nan')):+.4g}",
                             f"{fairness.get((m, v), {}).get('dir', float('nan')):.4g}",
-                            "OUTSIDE its band" if x.get("scorewire_fairness_alert") else "ok"]
+                            "OUTSIDE its band" if x.get("scorewire_fairness_alert") else "ok",
+                            f"{fairness.get((m, v), {}).get('eod', float('nan')):+.4g}"]
                            for (m, v), x in sorted(alerts.items())]))
     return out
+
+
+def _segments(families: dict[str, list]) -> list[str]:
+    """Per segment: rows scored, score drift (KS D against the reference's rows of the segment)
+    and, per role, the realized performance of its rows in the version's labelled window."""
+    by = lambda name, _: name  # noqa: E731
+    scored = _gather(families, ("scorewire_segment_rows", "scorewire_segment_score_drift"),
+                     ("model", "version", "segment"), by)  # (in the server's order: a column's segments together)
+    performance = _gather(families, ("scorewire_segment_performance",), ("model", "version", "role", "segment"),
+                          lambda _, sample: sample.labels["metric"])
+    labelled = _gather(families, ("scorewire_segment_performance_rows",), ("model", "version", "role", "segment"), by)
+    if not scored:
+        return []
+    metrics = list(dict.fromkeys(k for values in performance.values() for k in values))
+    roles: dict[tuple, list[str]] = {}
+    for m, v, r, segment in labelled:
+        roles.setdefault((m, v, segment), []).append(r)
+    rows = []
+    for (m, v, segment), x in scored.items():
+        drift = x.get("scorewire_segment_score_drift")
+        first = [m, v, segment, f"{x.get('scorewire_segment_rows', 0):,.0f}", "-" if drift is None else f"{drift:.3f}"]
+        for r in sorted(roles.get((m, v, segment), [])) or ["-"]:
+            values = performance.get((m, v, r, segment), {})
+            n = labelled.get((m, v, r, segment), {}).get("scorewire_segment_performance_rows", 0)
+            rows.append(first + [r, f"{n:,.0f}"] + [f"{values[k]:.4g}" if k in values else "-" for k in metrics])
+    return [_table(["model", "version", "segment", "scored", "score drift (KS D)", "role", "labelled", *metrics],
+                   rows)]
 
 
 def _splits(families: dict[str, list]) -> list[str]:
@@ -246,6 +276,7 @@ def status(target: str, timeout_s: float = 5.0) -> str:
     out += _rollouts(families)
     out += _splits(families)
     out += _quality(families)
+    out += _segments(families)
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
                                  "scorewire_stream_input_missing", "scorewire_stream_in_flight",
                                  "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))

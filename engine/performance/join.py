@@ -18,6 +18,10 @@ Each version (and role: the champion, an arm, a challenger) keeps its last `wind
 rows; `metrics.realized` computes its numbers once per tick when they changed. With a
 `reference`, a version also has its baseline and alerts (alert.py) and, for classification,
 an estimate from the scores of its last `window` scored rows, labelled or not (estimate.py).
+A version with [models.segments] or [models.fairness] has each scored row's group codes
+computed once per batch (segments.py, fairness.py) and kept with the row until its label:
+per-segment performance over the window and the equal opportunity difference judge a
+labelled row in the groups it was scored in.
 Each challenger's rows that joined the same label as the champion's give a paired difference
 of the decision metric, followed by a confidence sequence (sequence.py).
 """
@@ -40,6 +44,7 @@ from engine.performance.conformal import for_version
 from engine.performance.fairness import Fairness
 from engine.performance.metrics import METRICS, per_row, realized
 from engine.performance.pending import DROPPED, JOINED, LABELS, WAITING, Pending
+from engine.performance import segments as segmenting
 from engine.performance.sequence import PairedSequence
 from engine.settings import PerformanceSettings, Settings
 from kernels.idtable import id_key
@@ -70,22 +75,34 @@ class Labels:
 
 
 class Window:
-    """The last `size` joined (score, label) rows of one version and role."""
+    """The last `size` joined (score, label) rows of one version and role, and their group
+    codes when the version has segments or fairness."""
 
     def __init__(self, task: str, size: int):
         self.task, self.size = task, size
         self.scores: np.ndarray | None = None
         self.labels = np.zeros(size, np.float64)
+        self.groups: np.ndarray | None = None  # size x columns (int16, -1: none)
         self.n = 0  # rows ever added
         self.changed = False
 
-    def add(self, scores: np.ndarray, labels: np.ndarray) -> None:
+    def add(self, scores: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> None:
         if self.scores is None:
             self.scores = np.zeros((self.size, *scores.shape[1:]), np.float64)
         scores, labels = scores[-self.size:], labels[-self.size:]
         at = (self.n + np.arange(len(labels))) % self.size
         self.scores[at] = scores
         self.labels[at] = labels
+        if groups is not None or self.groups is not None:
+            width = 0 if groups is None else groups.shape[1]
+            if self.groups is None or width > self.groups.shape[1]:
+                grown = np.full((self.size, width), -1, np.int16)
+                if self.groups is not None:
+                    grown[:, :self.groups.shape[1]] = self.groups
+                self.groups = grown
+            self.groups[at] = -1
+            if width:
+                self.groups[at, :width] = groups[-self.size:]
         self.n += len(labels)
         self.changed = True
 
@@ -102,6 +119,10 @@ class Window:
     def rows_in_order(self) -> tuple[np.ndarray, np.ndarray]:
         n = self.rows
         return self.scores[:n], self.labels[:n]
+
+    def groups_held(self) -> np.ndarray | None:
+        """The group codes of the rows `rows_in_order` gives, None when none are kept."""
+        return None if self.groups is None else self.groups[:self.rows]
 
 
 class Scored:
@@ -156,6 +177,7 @@ class _Model:
         self.calibration: dict[str, Calibration] = {}  # version -> CBPE's (classification with a reference)
         self.fairness: dict[str, tuple] = {}  # version -> (Fairness, its input tensor's name or None: the first)
         self.conformal: dict[str, object] = {}  # version -> its Conformal (coverage on the labelled window)
+        self.segments: dict[str, segmenting.Segments] = {}  # version -> its segments ([models.segments])
         self.sequences: dict[tuple[str, str], PairedSequence] = {}  # (champion, challenger) versions
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.unlabelled = 0  # scored rows that waited their TTL (or were evicted) without a label
@@ -171,6 +193,11 @@ class _Model:
     @property
     def held(self) -> int:
         return self.pending.held
+
+    def fairness_column(self, version: str) -> int:
+        """Where the fairness group is among a version's group codes: after its segments'."""
+        segments = self.segments.get(version)
+        return 0 if segments is None else segments.width
 
 
 class PerformanceMonitor:
@@ -189,6 +216,8 @@ class PerformanceMonitor:
         self.events_dir = None
         self.alerts_raised = 0
         self.lost_at_restart = 0  # rows and labels a predecessor observer's join held when it died
+        # (model, version, role) -> segment -> (labelled rows, metrics)
+        self.segment_results: dict[tuple[str, str, str], dict] = {}
         self.install(settings)
         self._box = Mailbox(capacity, tick_s)
         self.failed = 0
@@ -211,6 +240,7 @@ class PerformanceMonitor:
         wanted: dict[str, dict[str, PerformanceSettings]] = {}
         fairness: dict[tuple[str, str], tuple] = {}
         conformal_of = {(m.name, m.version): m for m in settings.models if m.conformal is not None}
+        segments_of = {(m.name, m.version): m for m in settings.models if m.segments is not None}
         for m in settings.models:
             if m.performance is not None:
                 wanted.setdefault(m.name, {})[m.version] = m.performance
@@ -257,11 +287,21 @@ class PerformanceMonitor:
                 ms = conformal_of.get((name, version))
                 if ms is not None:  # (rebuilt on each install: the reference may have changed)
                     cover[version] = for_version(ms)
-            staged.append((model, versions, alerting, calibration, fair, cover))
-        for model, versions, alerting, calibration, fair, cover in staged:  # every reference read: now swap
+            segments = {}
+            for version, p in versions.items():
+                ms = segments_of.get((name, version))
+                if ms is not None:  # an unchanged version keeps its segments (their codes, counts)
+                    old = model.segments.get(version)
+                    keep = (old is not None and old.settings == ms.segments and old.features == ms.monitor.features
+                            and old.window == p.window)
+                    segments[version] = old if keep else segmenting.for_version(ms, p.window)
+            staged.append((model, versions, alerting, calibration, fair, cover, segments))
+        for model, versions, alerting, calibration, fair, cover, segments in staged:  # every reference read: now swap
             model.versions, model.alerting, model.calibration, model.fairness = versions, alerting, calibration, fair
-            model.conformal = cover
+            model.conformal, model.segments = cover, segments
         self.models = models
+        self.segment_results = {key: per for key, per in self.segment_results.items()  # versions that lost theirs: gone
+                                if key[0] in models and key[1] in models[key[0]].segments}
         self._install_rollouts(settings)
 
     def _install_rollouts(self, settings: Settings) -> None:
@@ -387,11 +427,7 @@ class PerformanceMonitor:
         scores = self._scores(batch, settings)
         if scores is None:
             return
-        fair = model.fairness.get(batch.version)
-        if fair is not None and batch.inputs:
-            features = batch.inputs.get(fair[1]) if fair[1] else next(iter(batch.inputs.values()))
-            if features is not None and features.ndim == 2:
-                fair[0].add(features, scores)
+        groups = self._groups(model, batch, scores)
         driver = self.rollouts.get(batch.model)
         if driver is not None:
             first = batch.origins[0] if batch.origins else None
@@ -410,13 +446,41 @@ class PerformanceMonitor:
             if origin.topic is not None:
                 for r, rid in enumerate(event_ids(origin), a):
                     if rid:
-                        self._row(model, rid, (batch.version, role, np.array(scores[r:r + 1], np.float64)), now)
+                        self._row(model, rid, (batch.version, role, np.array(scores[r:r + 1], np.float64),
+                                               None if groups is None else groups[r:r + 1]), now)
             elif origin.request_id:
-                self._row(model, origin.request_id, (batch.version, role, np.array(scores[a:b], np.float64)), now)
+                self._row(model, origin.request_id, (batch.version, role, np.array(scores[a:b], np.float64),
+                                                     None if groups is None else groups[a:b]), now)
+
+    def _groups(self, model: _Model, batch: ScoredBatch, scores: np.ndarray) -> np.ndarray | None:
+        """The batch's rows' group codes (rows x columns, int16), computed once at scoring: each
+        [models.segments] column's segment, then the fairness group (1 privileged, 0 not); -1
+        where the batch lacks the monitored input. The segments' and fairness's scored rows are
+        fed on the way. None when the version has neither."""
+        fair, segments = model.fairness.get(batch.version), model.segments.get(batch.version)
+        if fair is None and segments is None:
+            return None
+        name = fair[1] if fair is not None else segments.input
+        features = batch.inputs.get(name) if name else next(iter(batch.inputs.values()), None)
+        if features is not None and (features.ndim != 2 or len(features) != len(scores)):
+            features = None
+        parts = []
+        if segments is not None:
+            codes = (segments.codes(features) if features is not None
+                     else np.full((len(scores), segments.width), segmenting.NONE, np.int16))
+            segments.scored(codes, scores)
+            parts.append(codes)
+        if fair is not None:
+            if features is not None:
+                fair[0].add(features, scores)
+                parts.append(fair[0].groups(features))
+            else:
+                parts.append(np.full((len(scores), 1), segmenting.NONE, np.int16))
+        return parts[0] if len(parts) == 1 else np.hstack(parts)
 
     def _row(self, model: _Model, rid: str, entry: tuple, now: int) -> None:
         """A request's scored rows (one version, one role) meet their label, or wait for it."""
-        version, role, scores = entry
+        version, role, scores, groups = entry
         pending, key = model.pending, id_key(rid)
         if pending.scores is not None and scores.shape[1:] != pending.scores.shape[1:]:
             model.unlabelled += len(scores)  # another version's score width (a class count): not joined, said once
@@ -436,7 +500,7 @@ class PerformanceMonitor:
         if not self._room(model, len(scores), 1, now):
             model.unlabelled += len(scores)
             return
-        seq = pending.add(key, now, code, WAITING, scores)
+        seq = pending.add(key, now, code, WAITING, scores, groups)
         if label is not None and label >= pending.tail:  # (not let go to make room)
             self._join(model, label, seq)
 
@@ -495,7 +559,14 @@ class PerformanceMonitor:
         window = model.windows.get((version, role))
         if window is None:
             window = model.windows[(version, role)] = Window(settings.task, settings.window)
-        window.add(scores, values)
+        fair = model.fairness.get(version)
+        grouped = fair is not None or version in model.segments
+        groups = pending.group_values(seq) if grouped else None  # as scored
+        window.add(scores, values, groups)
+        if fair is not None and groups is not None:
+            column = model.fairness_column(version)
+            if column < groups.shape[1]:
+                fair[0].labelled(groups[:, column], scores, values)
         driver = self.rollouts.get(model.name)
         if driver is not None:
             driver.labelled(version, role, scores, values)
@@ -590,6 +661,10 @@ class PerformanceMonitor:
                     conformal = model.conformal.get(version)
                     if conformal is not None:
                         self._coverage(model.name, version, role, conformal, *window.rows_in_order())
+                    segments, groups = model.segments.get(version), window.groups_held()
+                    if segments is not None and groups is not None:
+                        self.segment_results[(model.name, version, role)] = segments.performance(
+                            window.task, *window.rows_in_order(), groups)
                     alerting = model.alerting.get(version)
                     if alerting is not None and alerting.due(role, window.n, window.rows == window.size):
                         events += alerting.evaluate(role, *window.rows_in_order(), window.n, wall)
@@ -604,6 +679,8 @@ class PerformanceMonitor:
                             "over %d rows, band %s", "RAISED" if change == "raise" else "cleared", model.name,
                             version, figures["dir"], figures["spd"], min(fair.n, fair.settings.window),
                             list(fair.settings.dir_band))
+            for segments in list(model.segments.values()):
+                segments.update_drift()
             for (version, role), ring in list(model.scored.items()):
                 calibration = model.calibration.get(version)
                 if ring.changed and calibration is not None:
@@ -688,16 +765,24 @@ class PerformanceMonitor:
         family("scorewire_conformal_alert", "gauge", "1 while the coverage is significantly below 1 - alpha "
                "(exact binomial test, p < 0.001).", [(labels(model=m, version=v, role=r), int(c[3]))
                                                      for (m, v, r), c in coverage])
-        fair = [(m.name, v, f) for m in list(self.models.values()) for v, (f, _) in sorted(m.fairness.items())]
+        fair = [(m.name, v, f, f.figures()) for m in list(self.models.values())
+                for v, (f, _) in sorted(m.fairness.items())]
         family("scorewire_fairness", "gauge", "Over the version's last fairness window of scored rows: spd "
-               "(P(favourable | unprivileged) - P(favourable | privileged)) and dir (their ratio).",
-               [(labels(model=m, version=v, metric=k), value) for m, v, f in fair
-                for k, value in f.figures().items() if k in ("spd", "dir") and value == value])
+               "(P(favourable | unprivileged) - P(favourable | privileged)) and dir (their ratio); of labelled "
+               "rows: eod (true-positive rate of the unprivileged minus the privileged group's).",
+               [(labels(model=m, version=v, metric=k), value) for m, v, f, figures in fair
+                for k, value in figures.items() if k in ("spd", "dir", "eod") and value == value])
         family("scorewire_fairness_rows", "gauge", "Rows of each group in the fairness window.",
-               [(labels(model=m, version=v, group=g), f.figures()[f"{g}_rows"]) for m, v, f in fair
+               [(labels(model=m, version=v, group=g), figures[f"{g}_rows"]) for m, v, f, figures in fair
                 for g in ("privileged", "unprivileged")])
+        family("scorewire_fairness_favourable_labels", "gauge", "Labelled rows of each group with the favourable "
+               "label in the last fairness window of labelled rows: what each true-positive rate of eod is over.",
+               [(labels(model=m, version=v, group=g), figures[f"{g}_favourable_labels"]) for m, v, f, figures in fair
+                for g in ("privileged", "unprivileged")])
+        segmenting.families(family, labels, [(m.name, v, s) for m in list(self.models.values())
+                                             for v, s in sorted(m.segments.items())], dict(self.segment_results))
         family("scorewire_fairness_alert", "gauge", "1 while the disparate impact is outside dir_band.",
-               [(labels(model=m, version=v), int(f.alert)) for m, v, f in fair])
+               [(labels(model=m, version=v), int(f.alert)) for m, v, f, _ in fair])
         splits = list(self.splits.items())
         rows = []
         for model, arms in splits:

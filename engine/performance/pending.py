@@ -5,13 +5,17 @@ is an entry of one ring, in arrival order, which is also the order they expire i
 holds its id's 64-bit hash, its time, its version-role code (-1: labels), its state (waiting,
 joined, dropped), where its values are and how many, and the previous entry of the same id:
 a chain, newest first, that an open-addressing table (kernels/idtable.py) enters by the
-id's hash. Scores wait in a ring of rows x score width, labels in a ring of their own.
+id's hash. Scores wait in a ring of rows x score width, labels in a ring of their own; a
+model with segments or fairness also keeps each row's group codes (segments.py; int16 per
+column, computed at scoring) in a ring beside the scores, so a row is judged in the groups it
+was scored in when its label comes.
 
 Per one-row request of a binary model: about 40 bytes of entry, 8 of score, 8 of label
 and 16 to 32 of table (its slots are twice the entries, rounded up to a power of two); a
-multiclass model's score takes 8 bytes a class. The arrays are sized for `capacity` rows at
-start; the operating system maps their pages as the rings first pass over them, so memory
-grows to the full size once `capacity` rows have gone through, and stays there.
+multiclass model's score takes 8 bytes a class, and group codes 2 bytes a column. The arrays
+are sized for `capacity` rows at start; the operating system maps their pages as the rings
+first pass over them, so memory grows to the full size once `capacity` rows have gone
+through, and stays there.
 Two ids whose 64-bit hashes are equal would be taken for one (one chance in about 10^13
 for a million ids held at once).
 """
@@ -39,6 +43,7 @@ class Pending:
         self.paired = np.zeros(capacity, np.int8)  # a challenger's rows already compared with a champion's
         self.table = IdTable(capacity)
         self.scores: np.ndarray | None = None  # capacity x width, made with the first rows
+        self.groups: np.ndarray | None = None  # capacity x columns (int16, -1: none), made with the first codes
         self.labels = np.zeros(capacity, np.float64)
         self.head = self.tail = 0  # entry sequence numbers: next, oldest held
         self.ends = [0, 0]  # values written (labels, rows), ever
@@ -54,7 +59,8 @@ class Pending:
     def nbytes(self) -> int:
         arrays = (self.key, self.time, self.prev, self.start, self.length, self.code, self.state, self.paired,
                   self.labels)
-        return sum(a.nbytes for a in arrays) + self.table.nbytes + (0 if self.scores is None else self.scores.nbytes)
+        return (sum(a.nbytes for a in arrays) + self.table.nbytes + (0 if self.scores is None else self.scores.nbytes)
+                + (0 if self.groups is None else self.groups.nbytes))
 
     def chain(self, key: int):
         """The held entries of `key`, newest first."""
@@ -73,6 +79,31 @@ class Pending:
             return ring[start % self.capacity: start % self.capacity + 1]
         return ring[(start + np.arange(n)) % self.capacity]
 
+    def group_values(self, seq: int) -> np.ndarray | None:
+        """A rows entry's group codes (rows x columns), None when none are kept."""
+        if self.groups is None:
+            return None
+        at = seq % self.capacity
+        start, n = int(self.start[at]), int(self.length[at])
+        return self.groups[(start + np.arange(n)) % self.capacity]
+
+    def _put_groups(self, end: int, n: int, groups: np.ndarray | None) -> None:
+        """Rows end..end+n's group codes (-1 where not given), the ring made or widened as needed.
+        Made with zeros, so that its pages are mapped as it is written: a row written before
+        it was made has none, but it is of a version without codes, which never reads them."""
+        if groups is None and self.groups is None:
+            return
+        width = 0 if groups is None else groups.shape[1]
+        if self.groups is None or width > self.groups.shape[1]:  # widened: a reload added wider versions
+            grown = np.zeros((self.capacity, width), np.int16)
+            if self.groups is not None:
+                grown[:, :self.groups.shape[1]] = self.groups
+            self.groups = grown
+        at = (end + np.arange(n)) % self.capacity
+        self.groups[at] = -1
+        if width:
+            self.groups[at, :width] = groups
+
     def room(self, rows: int) -> bool:
         return rows <= self.capacity
 
@@ -81,8 +112,10 @@ class Pending:
         return (self.head - self.tail >= self.capacity or self.held + rows > self.capacity
                 or self.ends[kind] + rows - self.starts[kind] > self.capacity)
 
-    def add(self, key: int, now: int, code: int, state: int, values: np.ndarray) -> int:
-        """A new entry (the caller made room); returns its sequence number."""
+    def add(self, key: int, now: int, code: int, state: int, values: np.ndarray,
+            groups: np.ndarray | None = None) -> int:
+        """A new entry (the caller made room); returns its sequence number. `groups`: rows'
+        group codes (rows x columns), kept beside their scores."""
         kind = 1 if code >= 0 else 0
         n = len(values)
         if kind and self.scores is None:
@@ -93,6 +126,8 @@ class Pending:
             ring[end % self.capacity] = values[0]
         else:
             ring[(end + np.arange(n)) % self.capacity] = values
+        if kind:
+            self._put_groups(end, n, groups)
         seq = self.head
         at = seq % self.capacity
         self.key[at] = key

@@ -3,8 +3,8 @@
 On SIGHUP the supervisor starts this process with the running settings and the ones a reload
 would run (Settings.reloaded); it does what would fail in a worker, the observer or the
 challengers process: loads and warms up every version the reload adds (and builds its drift
-monitor from its reference), reads every performance reference the reload names anew, and
-checks every route that changed against its champion's
+monitor from its reference, and its segments), reads every performance reference the reload
+names anew, and checks every route that changed against its champion's
 inputs and outputs. Only when it succeeds does the supervisor send the reload to its processes
 and start later ones with it: a reload that fails anywhere changes nothing anywhere.
 """
@@ -59,6 +59,10 @@ def check(old: Settings, new: Settings) -> None:
             p = ms.performance
             if p is not None and p.reference is not None and running.get((ms.name, ms.version)) != p:
                 load_performance_reference(p.reference, p.task, p.score)
+            if ms.segments is not None and (ms.name, ms.version) not in running:  # its segments' reference
+                from engine.performance.segments import for_version as segments_for_version
+
+                segments_for_version(ms, p.window)
     finally:
         for model in models.values():
             model.close()

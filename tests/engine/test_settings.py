@@ -119,6 +119,7 @@ def test_example_config_documents_every_key():
     from pathlib import Path
 
     from engine.settings import (AuthSettings, BanditSettings, BatchingSettings, ConformalSettings, FairnessSettings, GuardSettings, FeedbackSettings, ModelSettings,
+                                 SegmentSettings,
                                  MonitoringSettings, MonitorSettings, PerformanceSettings, RolloutSettings,
                                  RouteSettings, ServerSettings, StreamSettings, TlsSettings)
 
@@ -127,9 +128,10 @@ def test_example_config_documents_every_key():
               "fairness": "[models.fairness]", "conformal": "[models.conformal]", "guards": "[models.guards]", "rollout": "[routes.rollout]", "bandit": "[routes.bandit]", "tls": "[server.tls]",
               "auth": "[server.auth]", "kafka": "[streams.kafka]", "consumer": "[streams.consumer]",
               "producer": "[streams.producer]"}
+    tables["segments"] = "[models.segments]"
     for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, PerformanceSettings,
                   FairnessSettings, ConformalSettings, GuardSettings, RouteSettings, RolloutSettings, MonitoringSettings, StreamSettings,
-                  FeedbackSettings, BanditSettings, TlsSettings, AuthSettings):
+                  FeedbackSettings, BanditSettings, TlsSettings, AuthSettings, SegmentSettings):
         for name in model.model_fields:
             if name in tables:  # optional tables may be shown commented out, so that the file runs
                 assert tables[name] in text, f"configs/example.toml does not show {tables[name]}"
