@@ -61,6 +61,7 @@ class App:
         self._reload_lock = asyncio.Lock()
         self._rollouts_seen: dict[str, object] = {}  # model -> the rollout state its routes were built from
         self._follower: asyncio.Task | None = None
+        self._unloaded: set[tuple[str, str]] = set()  # versions a promoted rollout unloaded here
         self.requests_by_code: collections.Counter = collections.Counter()
         server = settings.server
         self.front = FrontDoor(self.pipeline, server.max_message_bytes, server.max_inflight_bytes, count=self._count,
@@ -158,6 +159,7 @@ class App:
         unloaded = rollout_state.unloaded(self.settings.routes)
         for ms in self.settings.models:
             if (ms.name, ms.version) in unloaded:
+                self._unloaded.add((ms.name, ms.version))
                 self._say(f"model {ms.name}:{ms.version} not loaded: its rollout promoted the candidate")
                 continue
             try:
@@ -292,6 +294,7 @@ class App:
                 await served.batcher.close()  # scores what it queued
                 self.sink.remove_model((name, version))
                 served.model.close()
+                self._unloaded.add((name, version))
                 self._say(f"model {name}:{version} unloaded: its rollout promoted the candidate")
 
     def _pinned(self, name: str, version: str) -> bool:
@@ -341,7 +344,9 @@ class App:
         added = []
         try:
             for key, ms in new_models.items():
-                if key not in loaded and key not in unloaded:
+                # new versions, and a promoted rollout's old champion brought back (the config
+                # changed the rollout); not a challenger that failed its warm-up at start
+                if key not in unloaded and (key not in old_models or (key in self._unloaded and key not in loaded)):
                     served = await loop.run_in_executor(None, self._load_model, ms)
                     served.batcher.start()
                     self.registry.add(served)
@@ -355,6 +360,7 @@ class App:
                 served.model.close()
             raise
         self.router.install(routes)
+        self._unloaded = (self._unloaded - {(s.name, s.version) for s in added}) | (set(removed) & unloaded)
         self._followed = rollout_state.Follower(new.routes)
         self.settings = reloaded
         self.sink.set_settings(self.settings)
