@@ -679,6 +679,10 @@ class PerformanceMonitor:
         family("scorewire_conformal_set_size", "gauge", "Mean size of the conformal sets (regression: interval "
                "width) over the labelled window.",
                [(labels(model=m, version=v, role=r), c[1]) for (m, v, r), c in coverage if c[1] == c[1]])
+        family("scorewire_conformal_target", "gauge", "1 - alpha: the coverage the sets promise on rows "
+               "exchangeable with the reference (what scorewire_conformal_coverage is held against).",
+               [(labels(model=m, version=v, role=r), 1 - self.models[m].conformal[v].alpha) for (m, v, r), _ in coverage
+                if m in self.models and v in self.models[m].conformal])
         family("scorewire_conformal_alert", "gauge", "1 while the coverage is significantly below 1 - alpha "
                "(exact binomial test, p < 0.001).", [(labels(model=m, version=v, role=r), int(c[3]))
                                                      for (m, v, r), c in coverage])
