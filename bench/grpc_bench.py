@@ -53,25 +53,7 @@ async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed
     t_end = t_start + duration_s
 
     def make_input(i):
-        x = aio.InferInput("float_input", [rows, N_FEATURES], "FP32")
-        start = (i * rows) % (len(data) - rows)
-        x.set_data_from_numpy(data[start : start + rows])
-        return x
-
-    async def caller(k):
-        i = k
-        while True:
-            inp = make_input(i)
-            t0 = time.perf_counter_ns()
-            await client.infer(model, [inp], request_id=f"s{seed}-{i}" if ids else "")
-            t1 = time.perf_counter_ns()
-            now = time.monotonic()
-            if now >= t_end:
-                return
-            if now >= t_start:
-                hist.record_value(max(1, (t1 - t0) // 1000))
-                done[0] += 1
-            i += concurrency
+        return _input(aio, data, rows, i)
 
     async def streamer():
         # One bidirectional stream keeping `concurrency` requests in flight.
@@ -108,14 +90,115 @@ async def _worker_main(url, model, concurrency, rows, warmup_s, duration_s, seed
         if stream:
             await streamer()
         else:
-            await asyncio.gather(*(caller(k) for k in range(concurrency)))
+            done[0] = await _closed_loop(client, model, concurrency, rows, data, t_start, t_end, hist,
+                                         f"s{seed}" if ids else None)
     finally:
         await client.close()
     return done[0], hist.encode()
 
 
+def _input(aio, data: np.ndarray, rows: int, i: int):
+    x = aio.InferInput("float_input", [rows, N_FEATURES], "FP32")
+    start = (i * rows) % (len(data) - rows)
+    x.set_data_from_numpy(data[start : start + rows])
+    return x
+
+
+async def _closed_loop(client, model, concurrency, rows, data, t_start, t_end, hist, ids: str | None,
+                       first: int = 0) -> int:
+    """`concurrency` callers back to back until t_end (monotonic); each answer after t_start
+    into `hist`. Ids "<ids>-<n>" where `ids` is given. Returns the answers counted."""
+    import tritonclient.grpc.aio as aio
+
+    done = 0
+
+    async def caller(k):
+        nonlocal done
+        i = first + k
+        while True:
+            inp = _input(aio, data, rows, i)
+            t0 = time.perf_counter_ns()
+            await client.infer(model, [inp], request_id=f"{ids}-{i}" if ids else "")
+            t1 = time.perf_counter_ns()
+            now = time.monotonic()
+            if now >= t_end:
+                return
+            if now >= t_start:
+                hist.record_value(max(1, (t1 - t0) // 1000))
+                done += 1
+            i += concurrency
+
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    return done
+
+
 def _worker(args, out):
     out.send(asyncio.run(_worker_main(*args)))
+
+
+# -- the same load in turns, against several servers ------------------------------------
+class TurnLoad:
+    """The closed-loop load of `run_load` kept up across turns: `procs` processes, each with a
+    client (a connection) per target, load one target at a time when told. No process starts
+    between turns, so turns can be short and many: A/B comparisons on a machine whose other
+    work moves faster than a server starts."""
+
+    def __init__(self, urls: list[str], model: str, concurrency: int, procs: int, rows: int, pool: int = 1024):
+        procs = max(1, min(procs, concurrency))
+        shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+        ctx = mp.get_context("spawn")
+        self.rows, self.pipes, self.workers = rows, [], []
+        for i, share in enumerate(shares):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_turns_worker, args=((urls, model, share, rows, 1000 + i, pool), child))
+            p.start()
+            self.pipes.append(parent)
+            self.workers.append(p)
+        for parent in self.pipes:  # connected to every target
+            parent.recv()
+
+    def run(self, url: str, warmup_s: float, duration_s: float) -> dict:
+        for parent in self.pipes:
+            parent.send((url, warmup_s, duration_s))
+        total, hist = 0, _histogram()
+        for parent in self.pipes:
+            n, encoded = parent.recv()
+            total += n
+            hist.add(HdrHistogram.decode(encoded))
+        return _summary(total, hist, duration_s, self.rows)
+
+    def close(self) -> None:
+        for parent in self.pipes:
+            parent.send(None)
+        for p in self.workers:
+            p.join(30)
+
+
+async def _turns_main(urls, model, concurrency, rows, seed, pool, conn):
+    import tritonclient.grpc.aio as aio
+
+    data = _rows(max(pool, rows + 1), seed)
+    clients = {url: aio.InferenceServerClient(url) for url in urls}
+    try:
+        for client in clients.values():
+            await client.is_server_ready()
+        conn.send("ready")
+        loop, first = asyncio.get_running_loop(), 0
+        while (turn := await loop.run_in_executor(None, conn.recv)) is not None:
+            url, warmup_s, duration_s = turn
+            hist = _histogram()
+            t_start = time.monotonic() + warmup_s
+            done = await _closed_loop(clients[url], model, concurrency, rows, data, t_start, t_start + duration_s,
+                                      hist, None, first)
+            first += 1_000_000  # the next turn's rows: further along the pool
+            conn.send((done, hist.encode()))
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+def _turns_worker(args, conn):
+    asyncio.run(_turns_main(*args, conn))
 
 
 def run_load(url, model, concurrency, procs, rows, warmup_s, duration_s, stream=False, pool=1024, ids=False) -> dict:

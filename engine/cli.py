@@ -275,11 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     ev.set_defaults(func=_evaluate)
 
-    rep = sub.add_parser("report", help="an HTML report: drift over time, windows at alerts, latency, champion vs "
-                         "challengers", description="One self-contained HTML page with PNG plots from the scoring "
+    rep = sub.add_parser("report", help="an HTML report: drift over time, windows at alerts, performance, "
+                         "guards, conformal coverage, fairness, latency, champion vs challengers", description="One self-contained HTML page with PNG plots from the scoring "
                          "log and the drift events folder ([monitoring] events_dir): each monitored feature's "
                          "statistic over time with its raises and clears, the window against the reference at "
-                         "each raise, p99 latency over time per version, and `scorewire compare`'s table.")
+                         "each raise, performance over time, the share of rows each guard flagged, conformal "
+                         "coverage against 1 - alpha and set size, disparate impact and parity difference, p99 "
+                         "latency over time per version, and `scorewire compare`'s table.")
     rep.add_argument("--log", required=True, help="the scoring log's folder ([scorelog] dir)")
     rep.add_argument("--events", help="the drift events folder ([monitoring] events_dir)")
     rep.add_argument("--model", help="one model (default: every model in the log)")

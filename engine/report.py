@@ -1,7 +1,7 @@
 """`scorewire report`: one self-contained HTML page (PNG plots inline) from the scoring log
 and the drift events folder -- what drifted and when, what the window looked like against
-the reference when an alert was raised, latency over time per version, and the champion /
-challenger comparison.
+the reference when an alert was raised, performance, guards, conformal coverage and fairness,
+latency over time per version, and the champion / challenger comparison.
 
     scorewire report --log DIR [--events DIR] [--model NAME] [--labels FILE] --out report.html
 
@@ -11,15 +11,15 @@ from the scoring log (the version's last `window` rows up to the raise), so it n
 inputs logged under the feature names (`[models.monitor] features`, or the reference's).
 Performance over time (realized and estimated per version, and its alerts) comes from the
 same folder (kind=performance_history, kind=performance), written by versions with
-`[models.performance]`.
+`[models.performance]`. Guards, conformal sets and fairness (engine/report_quality.py): the
+share of rows each guard flagged and the sets' size from the log, coverage against 1 - alpha
+and the fairness figures from the same snapshots.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
-import io
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from engine.errors import UsageError
+from engine.performance.alert import QUALITY_FIGURES
+from engine.plotting import discard, figure as _figure, png as _png, time_axis as _time_axis
+from engine.report_quality import conformal_section, fairness_section, guards_section
 
 MAX_FEATURES = 8  # drift plots per model version: the features that raised, else the highest statistics
 MAX_RAISES = 3  # distribution plots per feature
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def _read(folder: Path, kind: str | None = None) -> pa.Table | None:
@@ -68,23 +62,6 @@ def _read(folder: Path, kind: str | None = None) -> pa.Table | None:
 
 
 read_folder = _read  # (engine/audit.py reads the log and the events folders alike)
-
-
-def _figure(width: float = 9, height: float = 3.2):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height))
-
-
-def _time_axis(axes) -> None:
-    import matplotlib.dates as mdates
-
-    locator = mdates.AutoDateLocator()
-    axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def latency_section(log: pa.Table) -> str:
@@ -127,7 +104,8 @@ def performance_section(events_dir: Path, model: str) -> str:
     history = _read(events_dir, "performance_history")
     if history is None:
         return ""
-    history = history.filter(pc.equal(history.column("model"), model))
+    history = history.filter(pc.and_(pc.equal(history.column("model"), model),
+                                     pc.invert(pc.is_in(history.column("metric"), pa.array(QUALITY_FIGURES)))))
     if history.num_rows == 0:
         return ""
     events = _read(events_dir, "performance")
@@ -153,9 +131,7 @@ def performance_section(events_dir: Path, model: str) -> str:
                 axes.axvline(np.datetime64(e["time"].replace(tzinfo=None), "us"), alpha=0.5,
                              color="tab:red" if e["event"] == "raise" else "tab:green")
         if not drawn:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+            discard(fig)
             continue
         axes.set_title(f"{metric} per version and role")
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -306,9 +282,15 @@ def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Pat
                        f"<td>{r['time_max']:%Y-%m-%d %H:%M:%S}</td></tr>" for r in summary.to_pylist())
         sections.append(f"<h1>Model {html.escape(name)}</h1><table><tr><th>version</th><th>role</th><th>rows</th>"
                         f"<th>first (UTC)</th><th>last (UTC)</th></tr>{rows}</table>")
+        history = None
         if events_dir is not None:
             sections.append(drift_section(events_dir, part, name))
             sections.append(performance_section(events_dir, name))
+            history = _read(events_dir, "performance_history")
+            history = None if history is None else history.filter(pc.equal(history.column("model"), name))
+        sections.append(guards_section(part))
+        sections.append(conformal_section(history, part))
+        sections.append(fairness_section(history))
         sections.append(latency_section(part))
         try:
             comparison = render(compare(log_dir, name, labels))

@@ -198,11 +198,17 @@ HISTORY_SCHEMA = pa.schema([
     ("time", pa.timestamp("ns", tz="UTC")),
     ("version", pa.string()),
     ("role", pa.string()),
-    ("metric", pa.string()),
+    ("metric", pa.string()),  # a performance metric, or one of QUALITY_FIGURES (its value in realized)
     ("realized", pa.float64()),  # over the last `window` labelled rows (NaN: none yet)
     ("labelled", pa.int64()),  # rows in that window
     ("estimated", pa.float64()),  # CBPE over the last `window` scored rows (NaN: no estimate)
 ])
+
+
+# beside the metrics in the snapshots (join.py's _snapshot_quality); `labelled` holds the labelled
+# rows of the conformal window, the scored rows of the fairness window (role "any")
+QUALITY_FIGURES = ("conformal_coverage", "conformal_set_size", "conformal_target", "fairness_spd", "fairness_dir",
+                   "fairness_alert")
 
 
 def write_history(directory: Path, model: str, history: list[tuple]) -> list[Path]:
@@ -220,4 +226,5 @@ def write_history(directory: Path, model: str, history: list[tuple]) -> list[Pat
     return written
 
 
-__all__ = ["Alerting", "PerformanceEvent", "Reference", "BadReference", "load_reference", "write_events", "write_history"]
+__all__ = ["Alerting", "PerformanceEvent", "QUALITY_FIGURES", "Reference", "BadReference", "load_reference",
+           "write_events", "write_history"]

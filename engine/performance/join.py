@@ -722,6 +722,27 @@ class PerformanceMonitor:
             for metric in METRICS[task.task]:
                 self.history.setdefault(model, []).append(
                     (wall, version, role, metric, real.get(metric, float("nan")), rows, est.get(metric, float("nan"))))
+        self._snapshot_quality(wall)
+
+    def _snapshot_quality(self, wall: int) -> None:
+        """Conformal coverage and fairness in the same snapshots, as figures of their own
+        (alert.py's QUALITY_FIGURES; value in `realized`, its rows in `labelled`: labelled rows for
+        coverage, scored rows of the window for fairness, whose role is "any")."""
+        nan = float("nan")
+        for (model, version, role), (coverage, size, n, _) in sorted(self.coverage.items()):
+            conformal = self.models[model].conformal.get(version) if model in self.models else None
+            target = 1 - conformal.alpha if conformal is not None else nan
+            for figure, value in (("conformal_coverage", coverage), ("conformal_set_size", size),
+                                  ("conformal_target", target)):
+                self.history.setdefault(model, []).append((wall, version, role, figure, value, n, nan))
+        for m in list(self.models.values()):
+            for version, (fair, _) in sorted(m.fairness.items()):
+                if fair.n == 0:
+                    continue
+                figures, n = fair.figures(), min(fair.n, fair.settings.window)
+                for figure, value in (("fairness_spd", figures["spd"]), ("fairness_dir", figures["dir"]),
+                                      ("fairness_alert", float(fair.alert))):
+                    self.history.setdefault(m.name, []).append((wall, version, "any", figure, value, n, nan))
 
     def write_history(self) -> None:
         """The snapshots not yet written (the join's thread, and at close)."""
@@ -762,6 +783,10 @@ class PerformanceMonitor:
         family("scorewire_conformal_set_size", "gauge", "Mean size of the conformal sets (regression: interval "
                "width) over the labelled window.",
                [(labels(model=m, version=v, role=r), c[1]) for (m, v, r), c in coverage if c[1] == c[1]])
+        family("scorewire_conformal_target", "gauge", "1 - alpha: the coverage the sets promise on rows "
+               "exchangeable with the reference (what scorewire_conformal_coverage is held against).",
+               [(labels(model=m, version=v, role=r), 1 - self.models[m].conformal[v].alpha) for (m, v, r), _ in coverage
+                if m in self.models and v in self.models[m].conformal])
         family("scorewire_conformal_alert", "gauge", "1 while the coverage is significantly below 1 - alpha "
                "(exact binomial test, p < 0.001).", [(labels(model=m, version=v, role=r), int(c[3]))
                                                      for (m, v, r), c in coverage])

@@ -1,7 +1,7 @@
 """configs/grafana-dashboard.json reads only what the server really exports: every metric
 its queries name, and every label they group by, checked against a running server with
 every part on (two workers, drift, a challenger, the scoring log, a Kafka stream, labels sent
-back to versions with a performance reference)."""
+back to versions with a performance reference, guards that flag, conformal sets, fairness)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,16 @@ from tests.integration.kafka_helpers import stream, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana-dashboard.json"
 
+FEATURES = [f"f{i}" for i in range(32)]
 PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 50, "every": 50,
                "reference": "ref-dashboard-labelled.parquet"}
 CONFIG = Config(
     server_table(workers=2),
     [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE,
-                 monitor={"reference": "ref-dashboard.parquet", "window": 100, "every": 50}),
+                 monitor={"reference": "ref-dashboard.parquet", "window": 100, "every": 50, "features": FEATURES,
+                          "categorical": ["f0"]},
+                 guards={"input_domain": "reference", "min_confidence": 0.9, "action": "flag"},
+                 conformal={"alpha": 0.1}, fairness={"protected": "f0", "privileged": 1, "window": 100}),
      model_table("mlp", "models/mlp.onnx", version="2", performance=PERFORMANCE)],
     routes=[route_table("mlp", "1", challengers=["2"])],
     scorelog={"dir": "log-dashboard"})
@@ -52,11 +56,38 @@ def _exported(text: str) -> dict[str, set[str]]:
     return names
 
 
+def _closing(text: str, at: int) -> int:
+    """The index of the parenthesis closing the one at `at`."""
+    depth = 0
+    for i in range(at, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise AssertionError(f"unbalanced parentheses in {text!r}")
+
+
+def _groupings(query: str) -> list[tuple[list[str], set[str]]]:
+    """(labels, metric names they must be on): `by (...)` groups the expression it applies to
+    (the parenthesis after it), `on (...)` matches both sides: every name of the query."""
+    names = lambda text: set(re.findall(r"\bscorewire_[a-z0-9_]+", text))  # noqa: E731
+    found = []
+    for m in re.finditer(r"\b(by|on) \(([^)]*)\)", query):
+        labels = [g.strip() for g in m.group(2).split(",")]
+        if m.group(1) == "on":
+            found.append((labels, names(query)))
+        else:
+            rest = query[m.end():].lstrip()
+            inner = rest[:_closing(rest, 0) + 1] if rest.startswith("(") else query[:m.start()]
+            found.append((labels, names(inner)))
+    return found
+
+
 def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
     dashboard = json.loads(DASHBOARD.read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(queries) >= 20
     x = rng.random((400, 32), dtype=np.float32)
+    x[:, 0] = rng.integers(0, 2, 400)  # the protected feature: two groups
     pq.write_table(pa.table({f"f{i}": x[:200, i] for i in range(32)}), model_dir / "ref-dashboard.parquet")
     session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
     p = session.run(["probabilities"], {"float_input": x})[0][:, 1]
@@ -89,14 +120,27 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
             # drift evaluated (200 rows, window 100), shadows scored: every family has samples
             wait_for(lambda: all(f"{name}{{" in scrape() for name in (
                 "scorewire_drift_pvalue", "scorewire_latency_recent_us", "scorewire_performance_alert",
-                "scorewire_performance_estimated", "scorewire_performance_difference")), 20,
-                what="an evaluation, recent latency, performance alerts evaluated, estimates and the paired difference")
+                "scorewire_performance_estimated", "scorewire_performance_difference", "scorewire_guard_rows_total",
+                "scorewire_conformal_coverage", "scorewire_fairness")), 20,
+                what="an evaluation, recent latency, performance alerts evaluated, estimates, the paired difference, "
+                     "guarded rows, coverage and fairness")
             exported = _exported(scrape())
         finally:
             assert server.stop() == 0
     for query in queries:
         for name in set(re.findall(r"\bscorewire_[a-z0-9_]+", query)):
             assert name in exported, f"{name} (in {query!r}) is not exported"
-            for group in re.findall(r"by \(([^)]*)\)", query):
-                for label in (g.strip() for g in group.split(",")):
+        for labels, names in _groupings(query):
+            for name in names:
+                for label in labels:
                     assert label in exported[name], f"{name} has no label {label!r} (in {query!r})"
+        for name, label in re.findall(r"\b(scorewire_[a-z0-9_]+)\{(\w+)[=!~]", query):
+            assert label in exported[name], f"{name} has no label {label!r} (in {query!r})"
+
+
+def test_groupings_name_the_metrics_they_apply_to():
+    query = ("sum by (model, version, guard) (rate(scorewire_guard_rows_total[5m])) / on (model, version) "
+             "group_left sum by (model, version) (rate(scorewire_rows_total[5m]))")
+    assert _groupings(query) == [(["model", "version", "guard"], {"scorewire_guard_rows_total"}),
+                                 (["model", "version"], {"scorewire_guard_rows_total", "scorewire_rows_total"}),
+                                 (["model", "version"], {"scorewire_rows_total"})]
