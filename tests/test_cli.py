@@ -137,6 +137,16 @@ def test_status_pointed_at_the_grpc_port_says_so(server):
     assert "gRPC port" in line and "metrics_port" in line
 
 
+def test_status_into_a_closed_pipe_is_quiet_and_its_target_has_a_default(server):
+    """`scorewire status | head`: the reader leaving early is no error; --target defaults to
+    the metrics port a config without one gets."""
+    target = f"{server.host}:{server.metrics_port}"
+    piped = subprocess.run(["bash", "-c", f"{sys.executable} -m engine.cli status --target {target} | true; "
+                            "exit ${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+    assert "127.0.0.1:8002" in scorewire("status", "--help").stdout
+
+
 def test_reference_from_csv_with_the_models_outputs(tmp_path):
     """A CSV file is read (a header row names the columns); --model/--outputs add the columns that
     monitor.outputs needs, computed by scoring the sampled rows; the ZipMap mistake gets its fix."""
