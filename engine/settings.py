@@ -164,10 +164,12 @@ class MonitorSettings(_Strict):
     input: str | None = None
     """The input tensor the features are columns of (default: the model's first input)."""
     categorical: list[str] = Field(default_factory=list)
-    """Features tested with chi-squared on integer category codes; the rest with two-sample KS."""
+    """Features tested with chi-squared on integer category codes; the rest with two-sample KS.
+    Input features only: outputs need no entry (see `outputs`)."""
     outputs: list[str] = Field(default_factory=list)
     """Prediction drift: output columns as "name" (a [rows] output) or "name:column" (column of
-    a [rows, k] output), e.g. "probabilities:1". The reference file has a column of each name."""
+    a [rows, k] output), e.g. "probabilities:1". The reference file has a column of each name.
+    An integer or boolean output (a class label) is tested with chi-squared, a float one with KS."""
     reference: ConfigPath
     """Parquet or NPZ file (relative to the config file) with one column per feature/output."""
     window: int = Field(10_000, gt=0, le=10_000_000)
@@ -211,6 +213,10 @@ class MonitorSettings(_Strict):
 
     @model_validator(mode="after")
     def _categorical_are_features(self) -> "MonitorSettings":
+        outputs = [c for c in self.categorical if c in self.outputs]
+        if outputs:
+            raise ValueError(f"categorical lists {outputs}, which are outputs: leave them out (an integer output, a "
+                             "class label, is tested with chi-squared anyway; a float one with KS)")
         if self.features is None:  # the reference's columns: checked when it is read
             return self
         unknown = [c for c in self.categorical if c not in self.features]

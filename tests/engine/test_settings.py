@@ -49,6 +49,9 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path):
          "model 'mlp' version '3' is configured twice"),
         (lambda t: t.replace('path = "models/mlp.onnx"\n', ""), "models[0] (name='mlp').path: Field required"),
         (lambda t: "[server]\ngrpc_port = 1\n", "models: Field required"),
+        (lambda t: t + '[models.monitor]\nreference = "r.parquet"\noutputs = ["label"]\ncategorical = ["label"]\n',
+         "monitor: categorical lists ['label'], which are outputs: leave them out (an integer output, a class label, "
+         "is tested with chi-squared anyway"),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, mutate, expected):
