@@ -35,6 +35,7 @@ class KafkaLoad:
     seed: int = 0
     dead_letter_topic: str | None = None  # read too: events dead-lettered, and why
     data: str | None = None  # rows to replay (bench/data.py); None: random normal rows
+    outputs: tuple[str, ...] = ()  # the model's output names: columns of `data` left out
 
 
 @dataclass
@@ -74,7 +75,8 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     if load.data is not None:
         from bench.data import fit, load_rows
 
-        rows = fit(load_rows(load.data, load.input_name), load.features, np.float32, f"--features {load.features}")
+        rows = fit(load_rows(load.data, load.input_name, load.outputs), load.features, np.float32,
+                   f"--features {load.features}")
     else:
         rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
     offsets = arrival_offsets(load.rate, n, load.arrival, rng)
