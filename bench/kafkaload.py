@@ -9,6 +9,7 @@ it (binary format: the key is the id), e.g. a `scorewire serve` [[streams]] tabl
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -77,6 +78,9 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
 
         rows = fit(load_rows(load.data, load.input_name, load.outputs), load.features, np.float32,
                    f"--features {load.features}")
+        if n > len(rows):
+            print(f"note: --data gives {len(rows):,} distinct rows and this run sends {n:,}: rows are sent again, "
+                  "and a drift monitor on the model may see the repeats as drift", file=sys.stderr)
     else:
         rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
     offsets = arrival_offsets(load.rate, n, load.arrival, rng)

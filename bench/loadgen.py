@@ -22,6 +22,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -305,7 +306,12 @@ def run(load: Load) -> Result:
     """Run one load level; returns merged percentiles (microseconds) and counts."""
     spec = input_spec(load.url, load.model)
     if load.data is not None:  # a file that does not fit stops here, not in every worker
-        _rows(spec[1], spec[2], load.rows, 1, 0, load.data, spec[0], spec[3])
+        distinct = len(_rows(spec[1], spec[2], load.rows, 1, 0, load.data, spec[0], spec[3])) * load.rows
+        sent = load.rate * (load.warmup_s + load.duration_s) * load.rows
+        if not load.closed_loop and sent > distinct:
+            print(f"note: --data gives {distinct:,} distinct rows and this run sends about {sent:,.0f}: rows are "
+                  "sent again, and a drift monitor on the model may see the repeats as drift (a window of repeated "
+                  "rows is narrower than the reference)", file=sys.stderr)
     context = mp.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 1.0 + 0.3 * load.procs  # time for the workers to start and connect

@@ -203,7 +203,7 @@ def test_kafka_bench_reports_dead_letters_and_fails_when_nothing_comes_back(mode
     assert "every measured event was dead-lettered" in captured.err
 
 
-def test_sweep_grpc_and_kafka_take_a_users_model_and_its_reference(tmp_path):
+def test_sweep_grpc_and_kafka_take_a_users_model_and_its_reference(tmp_path, capsys):
     """A model not shaped like the demo's (10 features, input 'X') and its drift reference
     (with a plain-name output column, 'label', and 'probabilities:1') as --data: the sweep's
     ceiling probe and `grpc` send those rows; `kafka` reads the input name and width from it."""
@@ -237,6 +237,11 @@ def test_sweep_grpc_and_kafka_take_a_users_model_and_its_reference(tmp_path):
         assert bench_main(["grpc", "--target", srv.url, "--model", "rf", "--data", str(tmp_path / "ref.parquet"),
                            "--rate", "50", "--duration", "0.5", "--warmup", "0.2", "--json", str(run_json)]) == 0
         assert json.loads(run_json.read_text())["ok"] > 0
+        assert "note: --data gives" not in capsys.readouterr().err  # 500 rows, about 35 sent
+        assert bench_main(["grpc", "--target", srv.url, "--model", "rf", "--data", str(tmp_path / "ref.parquet"),
+                           "--rate", "1000", "--duration", "0.5", "--warmup", "0.2"]) == 0
+        assert "note: --data gives 500 distinct rows and this run sends about 700: rows are sent again" in (
+            capsys.readouterr().err)
         args = argparse.Namespace(target=srv.url, model="rf", input_name=None, features=None,
                                   data=str(tmp_path / "ref.parquet"))
         assert _kafka_input(args) == ("X", 10, ("label", "probabilities"))
