@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from engine.errors import UserFacing
 
@@ -22,6 +22,9 @@ PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 ConfigPath = Annotated[Path, Strict(False)]
 """A path in the config: TOML has no path type, so a string is taken (and resolved later)."""
+
+Pair = Annotated[tuple[float, float], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+"""[lo, hi] in the config: TOML has no tuple type, so its array is taken (each number strict)."""
 
 
 class _Strict(BaseModel):
@@ -437,13 +440,13 @@ class GuardSettings(_Strict):
     (features named by [models.monitor] features; categorical ones by monitor.categorical)."""
     margin: float = Field(0.0, ge=0, le=10)
     """How far past the reference's range a value may go, as a fraction of the range."""
-    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    bounds: dict[str, Pair] = Field(default_factory=dict)
     """Explicit [lo, hi] per feature (named by monitor.features), instead of or beside the reference's."""
     score: str | None = None
     """The output the confidence and interval guards read (default: [models.performance] score's output)."""
     min_confidence: float | None = Field(None, gt=0, lt=1)
     """Classification: the largest class probability below this violates (bit 2)."""
-    interval: tuple[float, float] | None = None
+    interval: Pair | None = None
     """Regression: a prediction outside [lo, hi] violates (bit 4)."""
     action: Literal["reject", "flag", "fallback"] = "reject"
     """reject: the request is refused (INVALID_ARGUMENT / HTTP 400, a dead letter for a Kafka
@@ -490,7 +493,7 @@ class FairnessSettings(_Strict):
     """The favourable predicted class (binary: the score above 0.5 is class 1)."""
     window: int = Field(1_000, gt=0, le=10_000_000)
     """Rows the figures are over: the last scored ones (spd, dir), the last labelled ones (eod)."""
-    dir_band: tuple[float, float] = (0.8, 1.25)
+    dir_band: Pair = (0.8, 1.25)
     """Disparate impact outside this band raises an alert (default: the four-fifths rule)."""
 
 

@@ -239,3 +239,16 @@ def test_metrics_stay_on_loopback_when_the_server_has_tls_or_tokens_unless_told(
     config.write_text(plain.replace('host = "0.0.0.0"', 'host = "0.0.0.0"\nmetrics_host = "0.0.0.0"\n'
                                                          '[server.auth]\ntokens_env = "T"'))
     assert load_settings(config).server.metrics_bind == "0.0.0.0"
+
+
+def test_pairs_are_toml_arrays(tmp_path):
+    """Strict values, but [lo, hi] is written as a TOML array (TOML has no tuple)."""
+    from engine.settings import FairnessSettings, GuardSettings
+
+    g = GuardSettings.model_validate({"interval": [0, 100], "bounds": {"f3": [0.0, 1.0]}})
+    assert g.interval == (0.0, 100.0) and g.bounds == {"f3": (0.0, 1.0)}
+    assert FairnessSettings.model_validate({"protected": "f", "privileged": 1, "dir_band": [0.7, 1.3]}).dir_band == (0.7, 1.3)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        GuardSettings.model_validate({"interval": ["0", 100]})
