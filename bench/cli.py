@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import threading
@@ -137,14 +138,38 @@ def _grpc(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def _kafka_input(args) -> tuple[str, int, tuple[str, ...]]:
+    """The events' input name, width and the model's output names: given, else read from the
+    model (--target and --model, as `grpc` does), else the --data file's width, else the demo's."""
+    name, width, outputs = args.input_name, args.features, ()
+    if args.target:
+        if not args.model:
+            raise SystemExit("python -m bench kafka: --target needs --model (the model the stream scores)")
+        from bench.loadgen import input_spec
+
+        spec_name, _, shape, outputs = input_spec(args.target, args.model)
+        name = name or spec_name
+        wide = math.prod(d for d in shape[1:] if d > 0)
+        width = width or wide
+    if width is None and args.data:
+        from bench.data import load_rows
+
+        width = load_rows(args.data, name, outputs).shape[1]
+    return name or "float_input", width or 32, outputs
+
+
 def _kafka(args) -> int:
     from bench.kafkaload import KafkaLoad, run_kafka
     from bench.report import write_json
 
+    input_name, features, outputs = _kafka_input(args)
     load = KafkaLoad(bootstrap=args.bootstrap, input_topic=args.input_topic, output_topic=args.output_topic,
-                     rate=args.rate, duration_s=args.duration, warmup_s=args.warmup, input_name=args.input_name,
-                     features=args.features, format=args.format, arrival=args.arrival,
-                     dead_letter_topic=args.dead_letter_topic or f"{args.output_topic}-dlq", data=args.data)
+                     rate=args.rate, duration_s=args.duration, warmup_s=args.warmup, input_name=input_name,
+                     features=features, format=args.format, arrival=args.arrival,
+                     dead_letter_topic=args.dead_letter_topic or f"{args.output_topic}-dlq", data=args.data,
+                     outputs=outputs)
+    print(f"events of input '{input_name}', {features} values each"
+          + (f" (read from model '{args.model}' at {args.target})" if args.target else ""))
     result = _with_progress(args.duration + args.warmup, "kafka load", lambda: run_kafka(load))
     lat = result.latency_us
     print(f"{result.results:,} results for {result.produced:,} events produced at {args.rate:,.0f}/s "
@@ -221,9 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--rate", type=float, default=1000.0, help="events produced per second")
     k.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     k.add_argument("--warmup", type=float, default=1.0, help="seconds produced first and not measured")
-    k.add_argument("--input-name", default="float_input", help="the model input the JSON events carry")
-    k.add_argument("--features", type=int, default=32, help="values per event (the model input's width)")
-    k.add_argument("--data", help="rows to replay (Parquet numeric columns or NPZ); their width must be --features")
+    k.add_argument("--target", help="HOST:PORT of the serving gRPC port: the input name, its width and the "
+                   "outputs are read from --model there, as `grpc` does")
+    k.add_argument("--model", help="the model the stream scores (with --target)")
+    k.add_argument("--input-name", help="the model input the JSON events carry (default: read with --target, "
+                   "else float_input)")
+    k.add_argument("--features", type=int, help="values per event, the model input's width (default: read with "
+                   "--target, else --data's width, else 32)")
+    k.add_argument("--data", help="rows to replay (Parquet numeric columns, less the model's outputs, or NPZ)")
     k.add_argument("--dead-letter-topic", help="read too, to count dead-lettered events and why "
                    "(default: OUTPUT_TOPIC-dlq)")
     k.add_argument("--format", choices=["json", "binary"], default="json", help="the stream's format")

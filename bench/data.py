@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 
-def load_rows(path: str | Path, input_name: str | None = None) -> np.ndarray:
-    """[rows, columns] from a Parquet file (its numeric columns in order, less output columns
-    named NAME:COLUMN: a drift reference works as it is) or an NPZ file (the array named like the
-    input, else its only array)."""
+def load_rows(path: str | Path, input_name: str | None = None, outputs: tuple[str, ...] = ()) -> np.ndarray:
+    """[rows, columns] from a Parquet file (its numeric columns in order, less a drift
+    reference's output columns: NAME:COLUMN ones and those named as one of the model's
+    `outputs`, e.g. "label", so a reference works as it is) or an NPZ file (the array named like
+    the input, else its only array)."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"--data {path}: no such file")
@@ -33,9 +34,9 @@ def load_rows(path: str | Path, input_name: str | None = None) -> np.ndarray:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SystemExit(f"--data {path}: not a Parquet or NPZ file ({str(exc).splitlines()[0]})") from None
-    # numeric columns, less a drift reference's output columns ("probabilities:1")
+    # numeric columns, less a drift reference's output columns ("probabilities:1", "label")
     numeric = [f.name for f in table.schema if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
-               and ":" not in f.name]
+               and ":" not in f.name and f.name not in outputs]
     if not numeric:
         raise SystemExit(f"--data {path}: no numeric columns")
     return np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in numeric])

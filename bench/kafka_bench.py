@@ -206,8 +206,12 @@ BROKERS = {"mock": "librdkafka mock cluster in the bench process",
 
 
 def run(events: int, partitions: int, timeout_s: float, skip_naive: bool, broker: str = "mock") -> dict:
+    with tempfile.TemporaryDirectory(prefix="scorewire-kafka-bench-") as scratch:  # removed after, whatever happens
+        return _run(Path(scratch), events, partitions, timeout_s, skip_naive, broker)
+
+
+def _run(directory: Path, events: int, partitions: int, timeout_s: float, skip_naive: bool, broker: str) -> dict:
     x, _ = demo_data(events, seed=11)
-    directory = Path(tempfile.mkdtemp(prefix="scorewire-kafka-bench-"))
     model = str(build_models(directory)["mlp"])
     from bench.kafka_broker import KAFKA_VERSION
 

@@ -9,6 +9,7 @@ it (binary format: the key is the id), e.g. a `scorewire serve` [[streams]] tabl
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ class KafkaLoad:
     seed: int = 0
     dead_letter_topic: str | None = None  # read too: events dead-lettered, and why
     data: str | None = None  # rows to replay (bench/data.py); None: random normal rows
+    outputs: tuple[str, ...] = ()  # the model's output names: columns of `data` left out
 
 
 @dataclass
@@ -74,7 +76,11 @@ def run_kafka(load: KafkaLoad) -> KafkaResult:
     if load.data is not None:
         from bench.data import fit, load_rows
 
-        rows = fit(load_rows(load.data, load.input_name), load.features, np.float32, f"--features {load.features}")
+        rows = fit(load_rows(load.data, load.input_name, load.outputs), load.features, np.float32,
+                   f"--features {load.features}")
+        if n > len(rows):
+            print(f"note: --data gives {len(rows):,} distinct rows and this run sends {n:,}: rows are sent again, "
+                  "and a drift monitor on the model may see the repeats as drift", file=sys.stderr)
     else:
         rows = rng.normal(size=(min(n, 4096), load.features)).astype(np.float32)
     offsets = arrival_offsets(load.rate, n, load.arrival, rng)

@@ -22,6 +22,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -91,20 +92,21 @@ def describe(h: HdrHistogram) -> dict:
 
 
 # -- one worker process ---------------------------------------------------------------------------
-def _input_spec(url: str, model: str) -> tuple[str, str, list[int]]:
+def input_spec(url: str, model: str) -> tuple[str, str, list[int], tuple[str, ...]]:
+    """The model's first input (name, datatype, shape) and its output names, from ModelMetadata."""
     import tritonclient.grpc as g
 
     client = g.InferenceServerClient(url)
     try:
         meta = client.get_model_metadata(model)
         first = meta.inputs[0]
-        return first.name, first.datatype, [int(d) for d in first.shape]
+        return first.name, first.datatype, [int(d) for d in first.shape], tuple(o.name for o in meta.outputs)
     finally:
         client.close()
 
 
 def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int, data: str | None = None,
-          name: str | None = None) -> list[np.ndarray]:
+          name: str | None = None, outputs: tuple[str, ...] = ()) -> list[np.ndarray]:
     """`count` requests of `rows` rows: consecutive rows of `data` (from a seeded start, so
     generator processes send different ones), or random normal ones."""
     from tritonclient.utils import triton_to_np_dtype
@@ -116,7 +118,7 @@ def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int, dat
         return [rng.normal(size=[rows] + row_shape).astype(dtype) for _ in range(count)]
     from bench.data import fit, load_rows
 
-    table = fit(load_rows(data, name), int(np.prod(row_shape)), dtype, f"input '{name}' {shape}")
+    table = fit(load_rows(data, name, outputs), int(np.prod(row_shape)), dtype, f"input '{name}' {shape}")
     count = max(count, min(4096, len(table) // rows))  # as many distinct requests as the data holds
     start = int(rng.integers(len(table)))
     picks = (start + np.arange(count * rows)) % len(table)
@@ -126,11 +128,11 @@ def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int, dat
 async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
     import tritonclient.grpc.aio as aio
 
-    name, datatype, shape = spec
+    name, datatype, shape, outputs = spec
     procs = load.procs
     connections = max(1, load.connections // procs + (share < load.connections % procs))
     clients = [aio.InferenceServerClient(load.url) for _ in range(connections)]
-    pool = _rows(datatype, shape, load.rows, 64, load.seed * 1000 + share, load.data, name)
+    pool = _rows(datatype, shape, load.rows, 64, load.seed * 1000 + share, load.data, name, outputs)
     inputs = []
     for array in pool:
         x = aio.InferInput(name, list(array.shape), datatype)
@@ -302,9 +304,14 @@ def server_name(url: str) -> str:
 
 def run(load: Load) -> Result:
     """Run one load level; returns merged percentiles (microseconds) and counts."""
-    spec = _input_spec(load.url, load.model)
+    spec = input_spec(load.url, load.model)
     if load.data is not None:  # a file that does not fit stops here, not in every worker
-        _rows(spec[1], spec[2], load.rows, 1, 0, load.data, spec[0])
+        distinct = len(_rows(spec[1], spec[2], load.rows, 1, 0, load.data, spec[0], spec[3])) * load.rows
+        sent = load.rate * (load.warmup_s + load.duration_s) * load.rows
+        if not load.closed_loop and sent > distinct:
+            print(f"note: --data gives {distinct:,} distinct rows and this run sends about {sent:,.0f}: rows are "
+                  "sent again, and a drift monitor on the model may see the repeats as drift (a window of repeated "
+                  "rows is narrower than the reference)", file=sys.stderr)
     context = mp.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 1.0 + 0.3 * load.procs  # time for the workers to start and connect

@@ -1,5 +1,7 @@
 """A null Open Inference Protocol server: answers ModelInfer at once with a canned response
-shaped like the demo models' (label INT64[1], probabilities FP32[1, 2]), doing no work.
+shaped like the demo models' (label INT64[1], probabilities FP32[1, 2]), doing no work. Its
+ModelMetadata names the demo's input, or the one `--input` gives (a real model's: the sweep's
+ceiling probe sends the rows it sends that model).
 
 It measures what the load generator and Python gRPC cost on this machine: no real server
 can beat it with the same client, so it is the ceiling printed next to scorewire's numbers.
@@ -29,8 +31,10 @@ def canned_response() -> bytes:
     return response.SerializeToString()
 
 
-async def serve(port: int, stall_after_s: float | None = None, stall_s: float = 1.0) -> None:
+async def serve(port: int, stall_after_s: float | None = None, stall_s: float = 1.0,
+                input_spec: str = "float_input:FP32:-1,32", outputs: str = "") -> None:
     answer = canned_response()
+    input_name, input_type, input_shape = input_spec.rsplit(":", 2)
     first = []
 
     async def infer(request: bytes, context) -> bytes:
@@ -48,9 +52,12 @@ async def serve(port: int, stall_after_s: float | None = None, stall_s: float = 
 
     async def model_metadata(request, context):
         response = pb.ModelMetadataResponse(name=request.name or "null", versions=["1"], platform="null")
-        response.inputs.add(name="float_input", datatype="FP32", shape=[-1, 32])
+        response.inputs.add(name=input_name, datatype=input_type, shape=[int(d) for d in input_shape.split(",")])
         response.outputs.add(name="label", datatype="INT64", shape=[-1])
         response.outputs.add(name="probabilities", datatype="FP32", shape=[-1, 2])
+        for name in filter(None, outputs.split(",")):  # a real model's, named (what it answers is the canned)
+            if name not in ("label", "probabilities"):
+                response.outputs.add(name=name, datatype="FP32", shape=[-1])
         return response
 
     server = grpc.aio.server()
@@ -75,6 +82,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--stall-after-s", type=float, help="freeze once, this long after the first request")
     parser.add_argument("--stall-s", type=float, default=1.0, help="how long the freeze lasts")
+    parser.add_argument("--input", default="float_input:FP32:-1,32", help="the input its ModelMetadata names, "
+                        "NAME:DATATYPE:SHAPE (a real model's, so that the same rows can be sent to it)")
+    parser.add_argument("--outputs", default="", help="more output names its ModelMetadata lists (comma-separated)")
     args = parser.parse_args()
     try:
         import uvloop  # the same event loop scorewire uses, for a like-for-like ceiling
@@ -82,7 +92,7 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    asyncio.run(serve(args.port, args.stall_after_s, args.stall_s))
+    asyncio.run(serve(args.port, args.stall_after_s, args.stall_s, args.input, args.outputs))
 
 
 if __name__ == "__main__":

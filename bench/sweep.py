@@ -9,7 +9,8 @@ reached; then `refine` bisection steps between the last pass and the first failu
 answer is the highest passing offered rate.
 
 Before that, the generator measures its own ceiling: the same settings, closed loop at high
-concurrency, against the null server (bench/null_server.py). Levels above ~80% of it measure
+concurrency, against the null server (bench/null_server.py), which names the model's input
+(the same rows go to it, --data included). Levels above ~80% of it measure
 the generator, not the server; the report says so.
 """
 
@@ -77,7 +78,11 @@ class Sweep:
 
 def measure_ceiling(load: Load) -> float:
     """The generator's own ceiling: closed loop, high concurrency, against the null server."""
-    proc, url = start_null_server()
+    from bench.loadgen import input_spec
+
+    name, datatype, shape, outputs = input_spec(load.url, load.model)  # the model's rows: any model, --data
+    proc, url = start_null_server("--input", f"{name}:{datatype}:{','.join(str(d) for d in shape)}",
+                                  "--outputs", ",".join(outputs))
     try:
         probe = replace(load, url=url, model="null", closed_loop=True, concurrency=max(64, 16 * load.procs),
                         duration_s=min(3.0, load.duration_s), warmup_s=0.5)

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     stat = sub.add_parser("status", help="drift per feature and latency percentiles of a running server",
                           description="Read a running server's /metrics (its metrics port) and print drift per "
                           "feature and latency percentiles as tables.")
-    stat.add_argument("--target", required=True, help="HOST:PORT of the server's metrics endpoint")
+    stat.add_argument("--target", default="127.0.0.1:8002", help="HOST:PORT of the server's metrics endpoint "
+                      "([server] metrics_port; default 127.0.0.1:8002, the port a config without one gets)")
     stat.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
     stat.set_defaults(func=_status)
 
@@ -307,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # `scorewire status | head`: the reader had what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except UsageError as exc:
         if args.log_level == "DEBUG":
             logging.getLogger("scorewire").exception("the traceback, at --log-level DEBUG")

@@ -22,6 +22,7 @@ from engine.monitor.guardwatch import GuardWatch
 from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
+from engine.monitor.rule import event_line
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
 from engine import audit
@@ -224,12 +225,10 @@ class Observer:
                     write_events(self.settings.monitoring.events_dir, events)
                 except OSError:
                     log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
-            for event in events:
-                log.warning("drift %s: model %s feature %s statistic %.4g p-value %.3g effect %.4g (window %d%s) "
-                            "after %d events", event.kind, event.model, event.feature, event.statistic, event.pvalue,
-                            event.effect, event.window,
-                            f"; fired: {', '.join(f'{w} (D/chi2 {st:.4g}, p {p:.3g})' for w, st, p in zip(event.windows, event.statistics, event.pvalues))}"
-                            if len(monitor.sizes) > 1 and event.windows else "", event.events)
+            for event in events:  # a raise is a warning; a clear is news, said with its reason
+                log.log(logging.WARNING if event.kind == "raise" else logging.INFO, "%s",
+                        event_line(event, monitor.settings.min_effect, monitor.settings.consecutive,
+                                   len(monitor.sizes) > 1))
         self._write_evaluations(force=False)
 
     def _write_evaluations(self, force: bool) -> None:

@@ -260,7 +260,7 @@ def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None
 
 def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Path | None) -> str:
     from engine.scorelog.compare import compare, render
-    from engine.scorelog.labelled import LogError
+    from engine.scorelog.labelled import LogError, still_written
 
     try:
         import matplotlib  # noqa: F401
@@ -268,7 +268,9 @@ def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Pat
         raise UsageError("the report draws with matplotlib: pip install -e '.[demo]'") from None
     log = _read(log_dir)
     if log is None:
-        raise UsageError(f"--log {log_dir}: no Parquet files (the [scorelog] dir of a server)")
+        note = still_written(log_dir)
+        raise UsageError(f"--log {log_dir}: no Parquet files " + (f"yet: {note}" if note else
+                                                                   "(the [scorelog] dir of a server)"))
     models = sorted(set(log.column("model").to_pylist()))
     if model is not None and model not in models:
         raise UsageError(f"--model {model}: not in the log (it has {models})")

@@ -6,33 +6,45 @@ Every field is documented and bounded; unknown keys are errors. `load_settings` 
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from engine.errors import UserFacing
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+ConfigPath = Annotated[Path, Strict(False)]
+"""A path in the config: TOML has no path type, so a string is taken (and resolved later)."""
+
+Pair = Annotated[tuple[float, float], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+"""[lo, hi] in the config: TOML has no tuple type, so its array is taken (each number strict)."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and values are taken as written: `grpc_port = "19001"` (a
+    string) or `workers = 2.0` is refused rather than converted, so a config means what it says."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TlsSettings(_Strict):
-    cert_file: Path
+    cert_file: ConfigPath
     """PEM certificate (chain) the server presents (relative to the config file)."""
-    key_file: Path
+    key_file: ConfigPath
     """PEM private key of that certificate."""
-    client_ca_file: Path | None = None
+    client_ca_file: ConfigPath | None = None
     """mTLS: PEM CA bundle. When set, every client must present a certificate signed by it."""
 
 
 class AuthSettings(_Strict):
-    tokens_file: Path | None = None
+    tokens_file: ConfigPath | None = None
     """File of accepted bearer tokens, one per line ('#' comments). Clients send the gRPC
     metadata `authorization: Bearer <token>`; anything else gets UNAUTHENTICATED."""
     tokens_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -97,7 +109,7 @@ class ServerSettings(_Strict):
     to this long (less once none has arrived for 0.1 s), so that balancers watching health stop
     sending; then new calls get UNAVAILABLE and the listeners close while those in flight finish.
     Raise it to the health-check period of balancers that only drop a replica on a failed check."""
-    model_root: Path | None = None
+    model_root: ConfigPath | None = None
     """When set, every model file and drift reference must lie inside this folder (after
     resolving symlinks); a config pointing elsewhere is refused."""
     @field_validator("handoff_ring_bytes")
@@ -155,11 +167,13 @@ class MonitorSettings(_Strict):
     input: str | None = None
     """The input tensor the features are columns of (default: the model's first input)."""
     categorical: list[str] = Field(default_factory=list)
-    """Features tested with chi-squared on integer category codes; the rest with two-sample KS."""
+    """Features tested with chi-squared on integer category codes; the rest with two-sample KS.
+    Input features only: outputs need no entry (see `outputs`)."""
     outputs: list[str] = Field(default_factory=list)
     """Prediction drift: output columns as "name" (a [rows] output) or "name:column" (column of
-    a [rows, k] output), e.g. "probabilities:1". The reference file has a column of each name."""
-    reference: Path
+    a [rows, k] output), e.g. "probabilities:1". The reference file has a column of each name.
+    An integer or boolean output (a class label) is tested with chi-squared, a float one with KS."""
+    reference: ConfigPath
     """Parquet or NPZ file (relative to the config file) with one column per feature/output."""
     window: int = Field(10_000, gt=0, le=10_000_000)
     """Sliding window, events (rows). `windows` gives several instead."""
@@ -202,6 +216,10 @@ class MonitorSettings(_Strict):
 
     @model_validator(mode="after")
     def _categorical_are_features(self) -> "MonitorSettings":
+        outputs = [c for c in self.categorical if c in self.outputs]
+        if outputs:
+            raise ValueError(f"categorical lists {outputs}, which are outputs: leave them out (an integer output, a "
+                             "class label, is tested with chi-squared anyway; a float one with KS)")
         if self.features is None:  # the reference's columns: checked when it is read
             return self
         unknown = [c for c in self.categorical if c not in self.features]
@@ -215,7 +233,7 @@ class MonitorSettings(_Strict):
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.\-]+$")
     """Model name clients use."""
-    path: Path
+    path: ConfigPath
     """ONNX file, relative to the config file's folder."""
     version: str = Field("1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     """Version label. Several [[models]] may share a name with different versions; a request
@@ -362,7 +380,7 @@ class PerformanceSettings(_Strict):
     and kept for label_ttl_s so that challengers' rows join too; about 70 bytes a binary row);
     past it the oldest are let go first, and those still waiting are counted (labels: outcome
     "evicted"; rows: scorewire_performance_unlabelled_rows_total)."""
-    reference: Path | None = None
+    reference: ConfigPath | None = None
     """Parquet (relative to the config file) with a `label` column and this version's scores on
     the same rows, in columns named as `score` ("probabilities:1"; multiclass "probabilities:0",
     "probabilities:1", ...): the baseline performance, the alert's reference, and what CBPE
@@ -422,13 +440,13 @@ class GuardSettings(_Strict):
     (features named by [models.monitor] features; categorical ones by monitor.categorical)."""
     margin: float = Field(0.0, ge=0, le=10)
     """How far past the reference's range a value may go, as a fraction of the range."""
-    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    bounds: dict[str, Pair] = Field(default_factory=dict)
     """Explicit [lo, hi] per feature (named by monitor.features), instead of or beside the reference's."""
     score: str | None = None
     """The output the confidence and interval guards read (default: [models.performance] score's output)."""
     min_confidence: float | None = Field(None, gt=0, lt=1)
     """Classification: the largest class probability below this violates (bit 2)."""
-    interval: tuple[float, float] | None = None
+    interval: Pair | None = None
     """Regression: a prediction outside [lo, hi] violates (bit 4)."""
     action: Literal["reject", "flag", "fallback"] = "reject"
     """reject: the request is refused (INVALID_ARGUMENT / HTTP 400, a dead letter for a Kafka
@@ -475,7 +493,7 @@ class FairnessSettings(_Strict):
     """The favourable predicted class (binary: the score above 0.5 is class 1)."""
     window: int = Field(1_000, gt=0, le=10_000_000)
     """Rows the figures are over: the last scored ones (spd, dir), the last labelled ones (eod)."""
-    dir_band: tuple[float, float] = (0.8, 1.25)
+    dir_band: Pair = (0.8, 1.25)
     """Disparate impact outside this band raises an alert (default: the four-fifths rule)."""
 
 
@@ -513,7 +531,7 @@ class SegmentSettings(_Strict):
 
 
 class MonitoringSettings(_Strict):
-    events_dir: Path | None = None
+    events_dir: ConfigPath | None = None
     """Folder (relative to the config file) for drift events as Parquet, Hive-partitioned
     kind=drift/model=/date=. None: drift events go to the server log only."""
 
@@ -555,7 +573,7 @@ class RolloutSettings(_Strict):
     is closed in every worker: requests naming its version are refused), or "challenger" (it
     shadows the new champion, scored beside it and logged, its labelled rows compared with the
     new champion's as any challenger's)."""
-    state_file: Path | None = None
+    state_file: ConfigPath | None = None
     """Where the rollout's state is kept across restarts (relative to the config file;
     default: scorewire-rollout-MODEL.json beside it)."""
 
@@ -587,7 +605,7 @@ class BanditSettings(_Strict):
     """Labelled rows each arm needs before the weights first move from the split's."""
     metric: Literal["accuracy", "log_loss", "brier", "mae", "rmse"] | None = None
     """The metric per row (default: the champion's performance compare_metric)."""
-    state_file: Path | None = None
+    state_file: ConfigPath | None = None
     """Where the weights are kept across restarts, and the workers read them (relative to the
     config file; default: scorewire-split-MODEL.json beside it)."""
 
@@ -651,7 +669,7 @@ class RouteSettings(_Strict):
 class ScoreLogSettings(_Strict):
     """The Parquet scoring log: one row per scored row, for every model, role and version."""
 
-    dir: Path
+    dir: ConfigPath
     """Dataset folder (relative to the config file), Hive-partitioned model=/role=/date=."""
     max_rows_per_file: int = Field(1_000_000, gt=0, le=1_000_000_000)
     """A file is closed (and a new one opened) after this many rows..."""
@@ -675,7 +693,7 @@ class SecretRef(_Strict):
     config holds no secret: `"sasl.password" = { env = "KAFKA_PASSWORD" }`."""
 
     env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    file: Path | None = None
+    file: ConfigPath | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "SecretRef":
@@ -936,6 +954,23 @@ def _field_path(loc: tuple, data: dict) -> str:
     return ".".join(parts) or "(top level)"
 
 
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the settings table at `loc` (a validation error's location) takes."""
+    model: type[BaseModel] | None = Settings
+    for item in loc:
+        if model is None or isinstance(item, int):
+            continue
+        info = model.model_fields.get(str(item))
+        model = None
+        if info is not None:
+            for kind in (info.annotation, *typing.get_args(info.annotation)):
+                kinds = (kind, *typing.get_args(kind))
+                model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+                if model is not None:
+                    break
+    return list(model.model_fields) if model is not None else []
+
+
 def parse_settings(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Settings:
     """Validate a config mapping; relative model paths are resolved against `base_dir`."""
     try:
@@ -943,11 +978,16 @@ def parse_settings(data: dict, source: str = "<config>", base_dir: Path | None =
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            field = _field_path(tuple(err["loc"]), data)
-            msg = err["msg"]
+            loc = tuple(err["loc"])
+            field = _field_path(loc, data)
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check its spelling; see configs/example.toml for every key)"
-            lines.append(f"{source}: {field}: {msg}")
+                near = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
+                hint = f"did you mean {near[0]!r}? " if near else "check its spelling; "
+                msg = f"unknown key ({hint}see configs/example.toml for every key)"
+            elif isinstance(err.get("input"), str) and err["type"] in ("int_type", "float_type", "bool_type"):
+                msg += f" (got the string {err['input']!r}: write the value without quotes)"
+            lines.append(f"{source}: {msg}" if field == "(top level)" else f"{source}: {field}: {msg}")
         raise SettingsError("\n".join(lines)) from None
     if base_dir is not None:
         settings = _resolve_paths(settings, base_dir)

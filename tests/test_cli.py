@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import glob
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,16 @@ def test_status_pointed_at_the_grpc_port_says_so(server):
     assert "gRPC port" in line and "metrics_port" in line
 
 
+def test_status_into_a_closed_pipe_is_quiet_and_its_target_has_a_default(server):
+    """`scorewire status | head`: the reader leaving early is no error; --target defaults to
+    the metrics port a config without one gets."""
+    target = f"{server.host}:{server.metrics_port}"
+    piped = subprocess.run(["bash", "-c", f"{sys.executable} -m engine.cli status --target {target} | true; "
+                            "exit ${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+    assert "127.0.0.1:8002" in scorewire("status", "--help").stdout
+
+
 def test_reference_from_csv_with_the_models_outputs(tmp_path):
     """A CSV file is read (a header row names the columns); --model/--outputs add the columns that
     monitor.outputs needs, computed by scoring the sampled rows; the ZipMap mistake gets its fix."""
@@ -176,6 +187,32 @@ def test_reference_from_csv_with_the_models_outputs(tmp_path):
     config.write_text('[server]\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\nworkers = 1\n[[models]]\nname = "z"\npath = "z.onnx"\n')
     line = _one_line_error(scorewire("serve", "--config", str(config)))
     assert "seq(map" in line and "'zipmap': False" in line
+
+
+def test_models_a_new_user_brings_fail_with_what_to_do(tmp_path):
+    """String class labels get the integer-labels hint; a corrupt file blames the file, not a
+    GPU this machine lacks; a start that fails says its reason alone (no shutdown summary)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    clf = LogisticRegression().fit(x, np.where(x[:, 0] > 0, "yes", "no"))
+    (tmp_path / "s.onnx").write_bytes(to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}).SerializeToString())
+    (tmp_path / "bad.onnx").write_bytes(b"not an onnx model" * 10)
+    lines = {}
+    for name, workers in (("s", 1), ("bad", 2)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[server]\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\nworkers = {workers}\n'
+                          f'[[models]]\nname = "{name}"\npath = "{name}.onnx"\n')
+        result = scorewire("serve", "--config", str(config))
+        lines[name] = _one_line_error(result)
+        assert "rows observed" not in result.stderr + result.stdout
+        if not glob.glob("/dev/nvidia[0-9]*"):
+            assert "session on CUDAExecutionProvider failed" not in result.stderr, result.stderr
+    assert "tensor(string)" in lines["s"] and "integer labels" in lines["s"]
+    assert "cannot load" in lines["bad"] and "bad.onnx" in lines["bad"]
 
 
 def test_serve_writes_its_ports_to_the_ready_file_and_removes_it_at_exit(tmp_path, model_dir):

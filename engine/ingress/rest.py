@@ -126,9 +126,9 @@ class RestIngress:
                 return await self._infer(scope, receive, send, path)
             if method == "POST" and path.endswith("/feedback"):
                 return await self._feedback(receive, send, path)
-            if method != "GET":
-                return await _reply(send, 405, {"error": f"{method} {clip(path)}: use GET, or POST .../infer"})
             status, body = self._get(path)
+            if method != "GET" and status != 404:  # a path that exists, by GET
+                return await _reply(send, 405, {"error": f"{method} {clip(path)}: use GET"})
             return await _reply(send, status, body)
         except Exception as exc:  # a bug, not bad input: the traceback stays in the server log
             log.exception("REST %s %s failed unexpectedly", method, clip(path))
@@ -156,7 +156,9 @@ class RestIngress:
                 if rest == ["ready"]:
                     return (200 if front.ready else 503), None
                 return 200, _metadata(served)
-        return 404, {"error": f"no such path: {clip(path)} (see the Open Inference Protocol's REST API)"}
+        return 404, {"error": f"no such path: {clip(path)} (served: GET /v2, /v2/health/live|ready, "
+                            "/v2/models/NAME[/versions/V][/ready]; POST /v2/models/NAME[/versions/V]/infer, "
+                            "/v2/models/NAME/feedback)"}
 
     async def _feedback(self, receive, send, path: str) -> None:
         """POST /v2/models/NAME/feedback: labels for the rows of earlier requests (by request id)."""

@@ -93,6 +93,11 @@ class DriftMonitor:
         self._schema = schema
         self.features = list(settings.features) if settings.features is not None else [
             name for name in reference if name not in settings.outputs]
+        outputs = [c for c in settings.categorical if c in settings.outputs]
+        if outputs:
+            raise MonitorConfigError(f"model {model}: monitor.categorical lists {outputs}, which are outputs: leave "
+                                     "them out (an integer output, a class label, is tested with chi-squared anyway; "
+                                     "a float one with KS)")
         unknown = [c for c in settings.categorical if c not in self.features]
         if unknown:
             raise MonitorConfigError(f"model {model}: monitor.categorical lists {unknown}, which are not features "

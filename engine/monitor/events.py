@@ -30,8 +30,9 @@ import pyarrow.parquet as pq
 from engine.monitor.drift import DriftEvent
 from engine.scorelog.files import write_parquet
 
+TIME = pa.timestamp("us", tz="UTC")  # microseconds: what Python's datetime holds (to_pylist() needs no pandas)
 SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
+    ("time", TIME),
     ("event", pa.string()),  # raise | clear
     ("version", pa.string()),
     ("feature", pa.string()),
@@ -48,7 +49,7 @@ _sequence = itertools.count()
 
 
 EVALUATION_SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
+    ("time", TIME),
     ("version", pa.string()),
     ("feature", pa.string()),
     ("test", pa.string()),  # ks | chi2
@@ -86,7 +87,7 @@ def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
     written = []
     days = np.array([dt.datetime.fromtimestamp(t / 1e9, dt.timezone.utc).date().isoformat() for t in times])
     table = pa.table({
-        "time": pa.array(times, pa.timestamp("ns", tz="UTC")),
+        "time": pa.array(times // 1000, TIME),
         "version": [version] * len(times),
         "feature": [c.name for _ in history for c in columns for _ in sizes],
         "test": ["chi2" if c.categorical else "ks" for _ in history for c in columns for _ in sizes],
@@ -111,7 +112,7 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
         groups.setdefault((e.model.split(":")[0], day), []).append(e)
     for (model, day), group in groups.items():
         table = pa.table({
-            "time": pa.array([e.time_ns for e in group], pa.timestamp("ns", tz="UTC")),
+            "time": pa.array([e.time_ns // 1000 for e in group], TIME),
             "event": [e.kind for e in group],
             "version": [e.model.split(":", 1)[1] for e in group],
             "feature": [e.feature for e in group],

@@ -86,6 +86,23 @@ class DriftEvent:
     time_ns: int = field(default_factory=time.time_ns)
 
 
+def event_line(event: DriftEvent, min_effect: float, consecutive: int, several_windows: bool) -> str:
+    """The log line of a raise or a clear. A clear says why: a large window can still find a
+    small shift significant (p 1e-9) while its effect is below min_effect, and such a line
+    must not read like drift."""
+    where = (f"model {event.model} feature {event.feature} statistic {event.statistic:.4g} p-value "
+             f"{event.pvalue:.3g} effect {event.effect:.4g} (window {event.window}")
+    if event.kind == "raise":
+        each = zip(event.windows, event.statistics, event.pvalues)
+        fired = (f"; fired: {', '.join(f'{w} (D/chi2 {st:.4g}, p {p:.3g})' for w, st, p in each)}"
+                 if several_windows and event.windows else "")
+        return f"drift raise: {where}{fired}) after {event.events} events"
+    reason = (f"effect {event.effect:.4g} is below min_effect {min_effect:g}, however small the p-value"
+              if event.effect < min_effect else "not significant after the correction")
+    return (f"drift clear: {where}) after {event.events} events: no window fired for {consecutive} evaluations "
+            f"in a row ({reason})")
+
+
 def corrected_significance(pvalues: np.ndarray, alpha: float, method: str) -> np.ndarray:
     """Which p-values are significant at family-wise (Bonferroni) or false-discovery (BH) level alpha."""
     k = len(pvalues)

@@ -141,6 +141,8 @@ class Supervisor:
         elif kind is Kind.SAY:
             if value in _QUIET or value.startswith(("gRPC listening", "gRPC security", "HTTP listening")):
                 pass
+            elif self.stopping and not self.started:  # a start that failed: its reason alone is said
+                log.debug("%s: %s", self._name(child.slot), value)
             elif child.slot in (0, self.observer_slot, self.challengers_slot):
                 _say(value)
             else:

@@ -69,6 +69,11 @@ def _spec(arg, label: str, what: str) -> TensorSpec:
         if str(arg.type).startswith("seq(map"):  # skl2onnx's ZipMap: one dict per row
             hint = ("; it is skl2onnx's ZipMap: convert the classifier with "
                     "options={id(model): {'zipmap': False}} to get the probabilities as a tensor")
+        elif arg.type == "tensor(string)" and what == "output":  # a classifier fitted on string labels
+            hint = ("; string class labels: fit the classifier on integer labels (e.g. sklearn's LabelEncoder) "
+                    "so its label output is int64, and map the codes back to names in the client")
+        elif arg.type == "tensor(string)":
+            hint = "; encode strings as numbers before the model (e.g. one-hot or ordinal codes in the pipeline)"
         raise ModelLoadError(f"{label}: {what} '{arg.name}' has type {arg.type}, which scorewire cannot serve{hint}")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
     return TensorSpec(arg.name, datatype, OIP_TO_NUMPY[datatype], shape)
@@ -151,13 +156,15 @@ def open_session(path: Path, settings: ModelSettings, label: str,
     except Exception as exc:
         if providers == ["CPUExecutionProvider"]:
             raise ModelLoadError(f"{label}: cannot load {path}: {exc}") from None
-        log.warning("%s: session on %s failed (%s); falling back to CPUExecutionProvider", label, providers[0], exc)
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=_session_options(settings), providers=["CPUExecutionProvider"]
             )
-        except Exception as cpu_exc:
+        except Exception as cpu_exc:  # the file itself (corrupt, unsupported): no provider is to blame
             raise ModelLoadError(f"{label}: cannot load {path}: {cpu_exc}") from None
+        # the CPU took it: the failure was the accelerator's (where there is none, _fell_back says so once)
+        log.log(logging.WARNING if has_gpu_device() else logging.DEBUG,
+                "%s: session on %s failed (%s); falling back to CPUExecutionProvider", label, providers[0], exc)
     return session, session.get_providers()[0]
 
 

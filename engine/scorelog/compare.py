@@ -150,9 +150,9 @@ def verdict(entry: dict) -> str:
     how far the outputs agree."""
     lab = entry.get("labelled")
     if not lab or not lab.get("rows"):
-        agree = [o["agreement"] for o in entry["outputs"].values() if not math.isnan(o["agreement"])]
-        return (f"no verdict without labels: the outputs agree on {min(agree):.1%} of the paired rows or more "
-                "(--labels adds the tests)" if agree else "no verdict: no paired rows")
+        agree = [f"{name} {o['agreement']:.1%}" for name, o in entry["outputs"].items() if not math.isnan(o["agreement"])]
+        return (f"no verdict without labels (--labels adds the tests); the paired rows agree on {', '.join(agree)} "
+                "(floats: within atol)" if agree else "no verdict: no paired rows")
     return paired_tests.verdict(entry["version"], lab["task"], lab)
 
 

@@ -18,6 +18,8 @@ its label, by (request_id, row), as the live join matches them (engine/performan
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from engine.errors import clip, listed
+from engine.scorelog.files import STREAM_SUFFIX
+
+log = logging.getLogger(__name__)
 
 KEY = ["request_id", "row"]
 PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("role", pa.string()), ("date", pa.string())]),
@@ -44,10 +49,39 @@ class LogError(ValueError):
     says which (the commands print it as one line and exit 2)."""
 
 
+DEFAULT_FILE_AGE_S = 60  # ScoreLogSettings.max_file_age_s's default
+
+
+def still_written(log_dir: Path, now: dt.datetime | None = None) -> str | None:
+    """What the files in progress under log_dir (engine/scorelog/files.py: hidden Arrow streams
+    named by the UTC time they were opened) are, and when the first will be published; None
+    when there are none."""
+    opened = []
+    for path in Path(log_dir).glob(f"**/.part-*{STREAM_SUFFIX}"):
+        try:
+            stamp = dt.datetime.strptime(path.name.split("-")[1], "%Y%m%dT%H%M%S%f")
+        except (IndexError, ValueError):
+            continue
+        opened.append(stamp.replace(tzinfo=dt.timezone.utc))
+    if not opened:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    due = min(opened) + dt.timedelta(seconds=DEFAULT_FILE_AGE_S)
+    when = (f"with the default max_file_age_s = {DEFAULT_FILE_AGE_S} s the first appears at {due:%H:%M:%S} UTC, in "
+            f"about {max(1, round((due - now).total_seconds()))} s" if due > now else
+            f"the first was opened at {min(opened):%H:%M:%S} UTC: max_file_age_s is longer than the default "
+            f"{DEFAULT_FILE_AGE_S} s, or the server writing it is not running (its next start publishes it)")
+    return (f"{len(opened)} file{'s are' if len(opened) > 1 else ' is'} still being written (a file is published "
+            f"max_file_age_s after it was opened, at max_rows_per_file rows, or when the server stops): {when}")
+
+
 def read_log(log_dir: Path, model: str) -> pa.Table:
     """The model's rows of the dataset under log_dir (with the model/role/date partition columns)."""
+    open_files = still_written(log_dir)
     if not any(Path(log_dir).glob("**/*.parquet")):
-        raise LogError(f"no scoring log files under {log_dir}")
+        raise LogError(f"no scoring log files under {log_dir}" + (f" yet: {open_files}" if open_files else ""))
+    if open_files:
+        log.warning("scoring log under %s: %s; their rows are not read now", log_dir, open_files)
     dataset = ds.dataset(log_dir, format="parquet", partitioning=PARTITIONING, exclude_invalid_files=False)
     table = dataset.to_table(filter=ds.field("model") == model)
     if table.num_rows == 0:

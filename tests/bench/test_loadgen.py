@@ -201,3 +201,51 @@ def test_kafka_bench_reports_dead_letters_and_fails_when_nothing_comes_back(mode
     assert "0 results for 240 events" in captured.out and "200 dead-lettered" in captured.out, captured.out
     assert "dead-lettered 200: " in captured.out and "float_input" in captured.out
     assert "every measured event was dead-lettered" in captured.err
+
+
+def test_sweep_grpc_and_kafka_take_a_users_model_and_its_reference(tmp_path, capsys):
+    """A model not shaped like the demo's (10 features, input 'X') and its drift reference
+    (with a plain-name output column, 'label', and 'probabilities:1') as --data: the sweep's
+    ceiling probe and `grpc` send those rows; `kafka` reads the input name and width from it."""
+    import argparse
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+
+    from bench.cli import _kafka_input
+    from tests.conftest import launch
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 10)).astype(np.float32)
+    clf = LogisticRegression().fit(x, (x[:, 0] > 0).astype(np.int64))
+    (tmp_path / "rf.onnx").write_bytes(to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}).SerializeToString())
+    pq.write_table(pa.table({**{f"f{i}": x[:, i] for i in range(10)}, "probabilities:1": clf.predict_proba(x)[:, 1],
+                             "label": clf.predict(x)}), tmp_path / "ref.parquet")
+    srv = launch(tmp_path, '[server]\ngrpc_port = 0\nmetrics_port = 0\nhttp_port = 0\nworkers = 1\n'
+                           '[[models]]\nname = "rf"\npath = "rf.onnx"\n')
+    try:
+        out = tmp_path / "sweep"
+        assert bench_main(["sweep", "--target", srv.url, "--model", "rf", "--data", str(tmp_path / "ref.parquet"),
+                           "--slo", "p99<1s", "--start", "50", "--max-rate", "50", "--duration", "0.5",
+                           "--warmup", "0.2", "--out", str(out)]) == 0
+        data = json.loads(out.with_suffix(".json").read_text())
+        assert data["generator_ceiling_rps"] > 50 and data["best_rps"] == 50
+        run_json = tmp_path / "run.json"
+        assert bench_main(["grpc", "--target", srv.url, "--model", "rf", "--data", str(tmp_path / "ref.parquet"),
+                           "--rate", "50", "--duration", "0.5", "--warmup", "0.2", "--json", str(run_json)]) == 0
+        assert json.loads(run_json.read_text())["ok"] > 0
+        assert "note: --data gives" not in capsys.readouterr().err  # 500 rows, about 35 sent
+        assert bench_main(["grpc", "--target", srv.url, "--model", "rf", "--data", str(tmp_path / "ref.parquet"),
+                           "--rate", "1000", "--duration", "0.5", "--warmup", "0.2"]) == 0
+        assert "note: --data gives 500 distinct rows and this run sends about 700: rows are sent again" in (
+            capsys.readouterr().err)
+        args = argparse.Namespace(target=srv.url, model="rf", input_name=None, features=None,
+                                  data=str(tmp_path / "ref.parquet"))
+        assert _kafka_input(args) == ("X", 10, ("label", "probabilities"))
+        assert _kafka_input(argparse.Namespace(target=None, model=None, input_name=None, features=None,
+                                               data=str(tmp_path / "ref.parquet")))[1] == 11  # no model: 'label' kept
+    finally:
+        srv.stop()

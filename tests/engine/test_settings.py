@@ -32,16 +32,26 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path):
     [
         (lambda t: t.replace("max_batch_size = 32", "max_batch_sise = 32"),
          "models[0] (name='mlp').batching.max_batch_sise: unknown key"),
+        (lambda t: t.replace("max_batch_size = 32", "max_batch_sise = 32"), "did you mean 'max_batch_size'?"),
+        (lambda t: t.replace("grpc_port = 0", "grpc_prot = 0"), "server.grpc_prot: unknown key (did you mean 'grpc_port'?"),
+        (lambda t: t.replace("grpc_port = 0", 'grpc_port = "19001"'),
+         "server.grpc_port: Input should be a valid integer (got the string '19001': write the value without quotes)"),
+        (lambda t: t.replace("grpc_port = 0", "grpc_port = 0\nworkers = 2.0"), "server.workers"),
+        (lambda t: t.replace("max_batch_size = 32", "max_batch_size = 32.0"), "batching.max_batch_size: Input should be a valid integer"),
+        (lambda t: t.replace("grpc_port = 0", 'grpc_port = 0\ndrain_timeout_s = "30"'), "server.drain_timeout_s: Input should be a valid number"),
         (lambda t: t.replace("max_batch_size = 32", "max_batch_size = 0"),
          "models[0] (name='mlp').batching.max_batch_size: Input should be greater than 0"),
         (lambda t: t.replace("grpc_port = 0", "grpc_port = 70000"), "server.grpc_port: Input should be less than"),
         (lambda t: t.replace("grpc_port = 0", "grpc_port = 0\nhandoff_ring_bytes = 1048577"),
-         "server.handoff_ring_bytes: Value error, must be a multiple of 8 (records are 8-byte aligned), e.g. 1048576"),
+         "server.handoff_ring_bytes: must be a multiple of 8 (records are 8-byte aligned), e.g. 1048576"),
         (lambda t: t.replace('version = "3"', 'version = "3"\nproviders = ["TPU"]'), "models[0] (name='mlp').providers"),
         (lambda t: t + t.split("[server]")[0] + '[[models]]\nname = "mlp"\npath = "x.onnx"\nversion = "3"\n',
          "model 'mlp' version '3' is configured twice"),
         (lambda t: t.replace('path = "models/mlp.onnx"\n', ""), "models[0] (name='mlp').path: Field required"),
         (lambda t: "[server]\ngrpc_port = 1\n", "models: Field required"),
+        (lambda t: t + '[models.monitor]\nreference = "r.parquet"\noutputs = ["label"]\ncategorical = ["label"]\n',
+         "monitor: categorical lists ['label'], which are outputs: leave them out (an integer output, a class label, "
+         "is tested with chi-squared anyway"),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, mutate, expected):
@@ -229,3 +239,16 @@ def test_metrics_stay_on_loopback_when_the_server_has_tls_or_tokens_unless_told(
     config.write_text(plain.replace('host = "0.0.0.0"', 'host = "0.0.0.0"\nmetrics_host = "0.0.0.0"\n'
                                                          '[server.auth]\ntokens_env = "T"'))
     assert load_settings(config).server.metrics_bind == "0.0.0.0"
+
+
+def test_pairs_are_toml_arrays(tmp_path):
+    """Strict values, but [lo, hi] is written as a TOML array (TOML has no tuple)."""
+    from engine.settings import FairnessSettings, GuardSettings
+
+    g = GuardSettings.model_validate({"interval": [0, 100], "bounds": {"f3": [0.0, 1.0]}})
+    assert g.interval == (0.0, 100.0) and g.bounds == {"f3": (0.0, 1.0)}
+    assert FairnessSettings.model_validate({"protected": "f", "privileged": 1, "dir_band": [0.7, 1.3]}).dir_band == (0.7, 1.3)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        GuardSettings.model_validate({"interval": ["0", 100]})

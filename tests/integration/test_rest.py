@@ -72,6 +72,11 @@ def test_rest_errors_are_http_statuses_with_the_message(server):
     for url, body, status, text in cases:
         got_status, got = _post(url, json.dumps(body).encode())
         assert (got_status, text in got["error"]) == (status, True), (url, body, got_status, got)
+    # a path not served is 404 whatever the method, naming what is served; a GET path POSTed to is 405
+    status, got = _post(f"http://{server.http_url}/v2/repository/index", b"{}")
+    assert status == 404 and "GET /v2" in got["error"] and "use GET" not in got["error"], got
+    status, got = _post(f"{base}/mlp", b"{}")
+    assert status == 405 and "use GET" in got["error"], got
     status, got = _post(f"{base}/mlp/infer", b"{not json")
     assert status == 400 and "not JSON" in got["error"]
     # binary data that does not add up

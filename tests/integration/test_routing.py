@@ -228,3 +228,34 @@ def test_compare_reports_what_sklearn_and_scipy_compute(shadowed, model_dir):
     missing = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "nope"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no rows of model 'nope'" in missing.stderr
+
+
+def test_compare_right_after_traffic_says_when_the_files_appear(model_dir, tmp_path):
+    """`scorewire compare` while the log's files are still open (max_file_age_s, 60 s by
+    default): exit 2 saying so and when the first will appear; once the server stops, the
+    comparison, whose verdict without labels gives each output's agreement."""
+    for name in ("mlp", "gbt"):
+        shutil.copy(model_dir / "models" / f"{name}.onnx", tmp_path / f"{name}.onnx")
+    srv = launch(tmp_path, served(mlp("1", "mlp.onnx"), mlp("2", "gbt.onnx"),
+                                  route=route_table("mlp", "1", challengers=["2"]), log={"dir": "log"}))
+    try:
+        x, _ = demo_data(200, seed=3)
+        assert not [r for r in send_all(srv.url, [(x[i:i + 4], f"r{i}", None) for i in range(0, 200, 4)])
+                    if isinstance(r, Exception)]
+        log = tmp_path / "log"
+        deadline = time.monotonic() + 30  # the observer starts the files a tick after the rows
+        while not list(log.glob("**/.part-*.arrows")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        early = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "mlp"],
+                               capture_output=True, text=True, timeout=120)
+        assert early.returncode == 2, early.stderr
+        assert f"no scoring log files under {log} yet: " in early.stderr and "still being written" in early.stderr
+        assert re.search(r"the first appears at \d\d:\d\d:\d\d UTC, in about \d+ s", early.stderr), early.stderr
+    finally:
+        stop_and_read(srv)
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "compare", "--log", str(log), "--model", "mlp"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    verdict = next(line for line in done.stdout.splitlines() if line.startswith("  verdict:"))
+    assert re.search(r"the paired rows agree on out_label \d+\.\d%, out_probabilities_0 \d+\.\d%", verdict), verdict
+    assert "or more" not in verdict

@@ -8,6 +8,7 @@ import pytest
 
 from engine.codec.validate import ModelSchema, TensorSpec
 from engine.monitor.drift import DriftMonitor, MonitorConfigError, corrected_significance
+from engine.monitor.rule import DriftEvent, event_line
 from engine.settings import MonitorSettings
 from tests.conftest import REPORT
 
@@ -66,6 +67,19 @@ def test_alert_clears_after_the_stream_returns(rng):
     kinds = [(e.feature, e.kind) for e in events]
     assert ("f2", "raise") in kinds and ("f2", "clear") in kinds
     assert not monitor.state["f2"].alert
+    clear = next(e for e in events if e.kind == "clear" and e.feature == "f2")
+    line = event_line(clear, monitor.settings.min_effect, monitor.settings.consecutive, False)
+    assert line.startswith("drift clear: model") and "no window fired for 2 evaluations in a row (" in line
+
+
+def test_a_clear_says_why_when_its_p_value_is_tiny():
+    """A large window still finds a small shift significant: the clear line says the effect
+    is below min_effect, so p 1.7e-9 does not read like drift."""
+    clear = DriftEvent("clear", "m:1", "f3", 0.031, 1.7e-9, 0.031, 120_000, 10_000)
+    line = event_line(clear, 0.05, 3, True)
+    assert "p-value 1.7e-09" in line and "effect 0.031 is below min_effect 0.05" in line
+    raise_ = DriftEvent("raise", "m:1", "f3", 0.2, 1e-30, 0.2, 9_000, 1_000, (1_000,), (0.2,), (1e-30,))
+    assert event_line(raise_, 0.05, 3, True).endswith("fired: 1000 (D/chi2 0.2, p 1e-30)) after 9000 events")
 
 
 @pytest.mark.slow
