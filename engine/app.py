@@ -236,8 +236,9 @@ class App:
                                 on_denied=self._count_unauthenticated)
         self.http_port = await self.rest.start()
         self.metrics_port = await self.sink.start(self)  # 0: the observer process serves /metrics
-        self.front.ready = True
-        await set_health(self.health, True, [s.name for s in self.registry.all()])
+        # alone: ready now; a worker: once every process of the server is (engine/processes/worker.py)
+        self.front.ready = not self.sink.shares_ports
+        await set_health(self.health, self.front.ready, [s.name for s in self.registry.all()])
         tls = server_settings.tls
         self._say("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
                   + (", bearer tokens" if auth is not None else ""))
