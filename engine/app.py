@@ -209,6 +209,7 @@ class App:
                 ("grpc.server.max_pending_requests_hard_limit", server_settings.max_pending_calls),
                 # Workers share the port: the kernel spreads connections over them.
                 ("grpc.so_reuseport", int(self.sink.shares_ports)),
+                *_moving_connections(server_settings.max_connection_age_s, self.sink.shares_ports),
             ]
         )
         servicer = InferenceServicer(self.front, server_settings.stream_max_in_flight)
@@ -235,8 +236,9 @@ class App:
                                 on_denied=self._count_unauthenticated)
         self.http_port = await self.rest.start()
         self.metrics_port = await self.sink.start(self)  # 0: the observer process serves /metrics
-        self.front.ready = True
-        await set_health(self.health, True, [s.name for s in self.registry.all()])
+        # alone: ready now; a worker: once every process of the server is (engine/processes/worker.py)
+        self.front.ready = not self.sink.shares_ports
+        await set_health(self.health, self.front.ready, [s.name for s in self.registry.all()])
         tls = server_settings.tls
         self._say("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
                   + (", bearer tokens" if auth is not None else ""))
@@ -440,6 +442,17 @@ class App:
         for served in self.registry.all():
             served.model.close()
         self._say("stopped")
+
+
+def _moving_connections(age_s: float, shares_ports: bool) -> list[tuple[str, int]]:
+    """gRPC options that make each connection move after about `age_s` (none with one worker,
+    or 0): the kernel's SO_REUSEPORT hash picks a worker per connection, blind to load, so few
+    long-lived connections can all sit on one worker; asked to go (GOAWAY), a client connects
+    again and the new connection is hashed afresh. No grace limit: a call in flight, a
+    ModelStreamInfer stream too, always finishes on the old connection."""
+    if not shares_ports or age_s <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", max(1, round(age_s * 1000)))]
 
 
 def _tune_gc() -> None:

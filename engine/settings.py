@@ -89,6 +89,14 @@ class ServerSettings(_Strict):
     """Requests of one ModelStreamInfer stream read and not yet answered on the wire; at the
     bound the stream reads no further messages (a client that stops reading its responses
     stops the server reading its requests)."""
+    max_connection_age_s: float = Field(30.0, ge=0, le=86400)
+    """With several workers: a gRPC connection is asked to move (HTTP/2 GOAWAY) after about
+    this long (gRPC adds +-10% jitter); its client opens a new one, which the kernel hands to a
+    worker picked afresh, so a client holding as few long-lived channels as there are workers
+    does not keep one worker idle for good (each connection lands on a worker at random,
+    SO_REUSEPORT's hash: two land on the same one half of the time). Calls in flight finish on
+    the old connection, however long they take (no grace cut-off: streams included); calls the
+    client starts meanwhile go to the new one. 0: connections stay where they landed."""
     workers: int | Literal["auto"] = "auto"
     """Serving processes. Each is a whole serving path (gRPC on the shared port, its share of
     each Kafka consumer group, its own batchers and sessions); one more process, the

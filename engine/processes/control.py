@@ -60,9 +60,10 @@ class Control:
         return int(self.table[:self.workers, UP].sum())
 
     def all_up(self) -> bool:
-        """Every worker and the observer are up (or the server is still starting: each worker
-        answers for itself)."""
-        return not self.started or bool(self.table[:self.workers + 1, UP].all())
+        """Every worker and the observer are up, and all were ready once. While the server
+        starts no worker says ready: a client waiting for ServerReady would connect while only
+        the first worker listens on the port, and its connections would all stay on it."""
+        return self.started and bool(self.table[:self.workers + 1, UP].all())
 
     def pids(self, slots) -> list[int]:
         """The process ids the supervisor last started in those slots (0: none yet)."""

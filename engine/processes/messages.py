@@ -13,6 +13,7 @@ from enum import StrEnum
 class Kind(StrEnum):
     SAY = "say"  # child -> supervisor: a line (str) to print or log
     READY = "ready"  # child -> supervisor: serving (no value)
+    ANSWERS_READY = "answers-ready"  # worker -> supervisor: it now says ready to clients (no value)
     FAILED = "failed"  # child -> supervisor: why it could not start or run (str); it exits 2
     METRICS = "metrics"  # observer -> supervisor: the port /metrics listens on (int)
     PROBED = "probed"  # reload check -> supervisor: None, or why the reload cannot be made (str)

@@ -67,6 +67,7 @@ class Child:
     conn: Connection
     started: float
     ready: bool = False
+    answers_ready: bool = False  # a worker: it says ready to clients (ANSWERS_READY)
     failed: str | None = None
 
 
@@ -133,7 +134,9 @@ class Supervisor:
         except (EOFError, OSError):
             return False
         kind, value = message.kind, message.value
-        if kind is Kind.READY:
+        if kind is Kind.ANSWERS_READY:
+            child.answers_ready = True
+        elif kind is Kind.READY:
             child.ready = True
             self.control.table[child.slot, UP] = 1
             if self._all_ready() and self.started:
@@ -285,6 +288,8 @@ class Supervisor:
         _say(f"metrics on http://{self.settings.server.metrics_bind}:{self.metrics_port}/metrics")
         self.started = True
         self.control.started = True
+        if not self._wait_answering_ready():
+            return self._abort()
         _say("ready")
         if self.ready_file is not None:
             write_ready(self.ready_file, Ready(os.getpid(), self.port, self.http_port, self.metrics_port))
@@ -306,6 +311,17 @@ class Supervisor:
             if any(c is None for c in children):  # one exited before it was ready
                 return False
             if all(c.ready for c in children):
+                return True
+            self._step(1.0)
+        return False
+
+    def _wait_answering_ready(self) -> bool:
+        """Every worker says ready to clients (they do once the table says all were ready)."""
+        while not self.stopping:
+            workers = [self.children.get(s) for s in range(self.workers)]
+            if any(c is None for c in workers):
+                return False
+            if all(c.answers_ready for c in workers):
                 return True
             self._step(1.0)
         return False

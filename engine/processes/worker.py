@@ -20,6 +20,7 @@ from engine.handoff.wire import encode_batch, encode_labels
 from engine.processes import child
 from engine.processes.board import Board, Counts
 from engine.processes.control import Control
+from engine.processes.messages import Kind, Message
 from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
@@ -103,11 +104,18 @@ class Link:
 
     async def _run(self, app) -> None:
         """Every STATS_INTERVAL_S: this worker's counters, and its readiness from its peers'
-        (not ready while any process of the server is down)."""
+        (not ready while any process of the server is down, nor before all were ready once).
+        Until it first says ready it looks often, and tells the supervisor when it does, so
+        that the server's "ready" comes after every worker says so."""
+        told = False
         while True:
             self.publish(app)
-            await app.set_ready(self.control.all_up())
-            await asyncio.sleep(STATS_INTERVAL_S)
+            up = self.control.all_up()
+            await app.set_ready(up)
+            if up and not told:
+                told = True
+                child.send(self.conn, Message(Kind.ANSWERS_READY))
+            await asyncio.sleep(STATS_INTERVAL_S if told else 0.01)
 
     def ready(self) -> None:
         child.ready(self.conn)

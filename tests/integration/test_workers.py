@@ -285,3 +285,71 @@ def test_a_server_whose_rings_do_not_fit_says_so_in_one_line(model_dir):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("scorewire: cannot reserve 32.0 MiB of shared memory for"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# One client process: one connection (tritonclient's channel), 3 callers on it, until the time is up;
+# prints "<answered> <failed> <first failure>".
+_CALLER = r'''
+import sys, threading, time
+import numpy as np, tritonclient.grpc as g
+url, seconds, n_features = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+client = g.InferenceServerClient(url)
+x = np.full((1, n_features), 0.5, np.float32)
+answered, failed = [0], []
+end = time.monotonic() + seconds
+def call():
+    inp = g.InferInput("float_input", [1, n_features], "FP32")
+    inp.set_data_from_numpy(x)
+    while time.monotonic() < end:
+        try:
+            client.infer("mlp", [inp])
+            answered[0] += 1
+        except Exception as exc:
+            failed.append(repr(exc))
+threads = [threading.Thread(target=call) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(answered[0], len(failed), failed[:1])
+'''
+
+
+def test_two_connections_move_until_both_workers_serve_and_no_call_fails(model_dir):
+    """Two clients holding one connection each: the kernel's hash puts both on one worker half
+    of the time. max_connection_age_s makes them move (GOAWAY, a new connection hashed afresh)
+    every 0.3 s here: both workers answer a fair share, and no call fails across the moves, a
+    ModelStreamInfer stream open through all of them included."""
+    import subprocess
+    import queue
+
+    server = launch_workers(model_dir, base(2, max_connection_age_s=0.3), "moving.toml")
+    try:
+        seconds = 4.0
+        clients = [subprocess.Popen([sys.executable, "-c", _CALLER, server.url, str(seconds), str(N_FEATURES)],
+                                    stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        # a stream on a connection of its own, open across many ages: it stays where it is
+        stream = grpcclient.InferenceServerClient(server.url, channel_args=[("scorewire.test", "stream")])
+        answers: queue.Queue = queue.Queue()
+        stream.start_stream(callback=lambda result, error: answers.put(error))
+        inp = grpcclient.InferInput("float_input", [1, N_FEATURES], "FP32")
+        inp.set_data_from_numpy(np.full((1, N_FEATURES), 0.5, np.float32))
+        sent = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            stream.async_stream_infer("mlp", [inp])
+            sent += 1
+            assert answers.get(timeout=10) is None
+            time.sleep(0.02)
+        stream.stop_stream()
+        stream.close()
+        outs = [c.communicate(timeout=60)[0].split(maxsplit=2) for c in clients]
+        assert all(c.returncode == 0 for c in clients)
+        assert [o[1] for o in outs] == ["0", "0"], f"calls failed across the moves: {outs}"
+        unary = sum(int(o[0]) for o in outs)
+        answered = 'scorewire_requests_total{model="mlp",code="OK"}'
+        m = wait_for(lambda: (v := server.metrics()).get(answered) == unary + sent and v, 10,
+                     what="every call counted")
+        per_worker = [m[f'scorewire_worker_requests_total{{worker="{i}"}}'] for i in range(2)]
+        # ~13 ages for each connection, a worker drawn afresh at each: each worker's share is far from 0
+        assert min(per_worker) > 0.15 * sum(per_worker), f"one worker did most of the work: {per_worker}"
+    finally:
+        assert server.stop() == 0
