@@ -469,6 +469,8 @@ class PerformanceMonitor:
             codes = (segments.codes(features) if features is not None
                      else np.full((len(scores), segments.width), segmenting.NONE, np.int16))
             segments.scored(codes, scores)
+            if features is not None:
+                segments.quality(codes, features)
             parts.append(codes)
         if fair is not None:
             if features is not None:

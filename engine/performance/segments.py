@@ -19,6 +19,9 @@ the segment's index in `names`. They travel with the row through the join's pend
 
 Per segment:
 - rows scored (np.bincount per batch): `scorewire_segment_rows_total`;
+- data quality: rows with a non-finite monitored feature (NaN, inf: a missing value), per
+  segment, `scorewire_segment_nonfinite_rows_total` (over the rows scored: its share). A row
+  whose segment column itself is NaN is in that column's `other`;
 - with labels, the realized performance over the version's performance window (its last
   `window` labelled rows, per role), on that window's rows of the segment: the version's
   metrics (metrics.realized) and how many rows they are over. A segment with few rows in the
@@ -107,6 +110,7 @@ class Segments:
         self.names = names
         self.width = len(self._columns)
         self.rows = np.zeros(len(names), np.int64)  # scored, ever (scorewire_segment_rows_total)
+        self.nonfinite = np.zeros(len(names), np.int64)  # of those, with a non-finite feature
         self.window = window
         self._scores = np.zeros(window, np.float64)  # the last `window` scored rows, for drift
         self._codes = np.full((window, self.width), NONE, np.int16)
@@ -157,6 +161,14 @@ class Segments:
         self._n += len(codes)
         self._changed = True
 
+    def quality(self, codes: np.ndarray, features: np.ndarray) -> None:
+        """A scored batch's rows with a non-finite monitored feature, counted per segment."""
+        incomplete = ~np.isfinite(features).all(axis=1)
+        if incomplete.any():
+            known = codes[incomplete]
+            known = known[known != NONE]
+            self.nonfinite += np.bincount(known, minlength=len(self.names))[:len(self.names)]
+
     def update_drift(self, now_s: float | None = None) -> bool:
         """Each segment's score drift over the last `window` scored rows, when rows came since
         and a second has passed (False: not due)."""
@@ -200,6 +212,10 @@ def families(family, labels, segments: list[tuple[str, str, Segments]],
     family("scorewire_segment_rows_total", "counter", "Rows scored per segment ([models.segments]: a column's "
            "code or bin, or its `other`).", [(labels(model=m, version=v, segment=name), int(n))
                                              for m, v, s in segments for name, n in zip(s.names, s.rows)])
+    family("scorewire_segment_nonfinite_rows_total", "counter", "Rows scored per segment with a non-finite "
+           "monitored feature (a missing value): data quality per segment.",
+           [(labels(model=m, version=v, segment=name), int(n)) for m, v, s in segments
+            for name, n in zip(s.names, s.nonfinite)])
     family("scorewire_segment_score_drift", "gauge", "Per segment: KS statistic D between its scores among the "
            "version's last performance window of scored rows and the drift reference's scores in the segment.",
            [(labels(model=m, version=v, segment=name), d) for m, v, s in segments

@@ -241,3 +241,25 @@ def test_pending_rows_keep_their_codes_when_a_wider_version_comes():
     again = pending.add(4, 0, 0, WAITING, np.zeros(4), np.array([[1], [2], [1], [2]], np.int16))  # wraps around
     assert pending.group_values(again)[:, 0].tolist() == [1, 2, 1, 2]
     assert (pending.group_values(again)[:, 1:] == -1).all()
+
+
+def test_rows_with_a_missing_feature_are_counted_per_segment(tmp_path, rng):
+    """Data quality per segment: rows with a non-finite monitored feature, in the segments
+    they were scored in (a NaN in the segment column itself: that column's `other`)."""
+    pm = monitor_with(tmp_path, rng, window=300, fairness_window=250)
+    try:
+        x = draw(rng, 400)
+        x[rng.random(400) < 0.1, 0] = np.nan  # f0, not a segment column
+        x[:7, 2] = np.inf  # f2, binned: these rows are f2=other
+        p = score(np.nan_to_num(x, posinf=0.0))
+        batch = ScoredBatch("m", "1", "champion", {"x": x}, {"p": np.column_stack([1 - p, p])}, np.zeros(1),
+                            np.zeros(1), 1, 400, (0, 400), (Origin(request_id="q"),), 0)
+        pm._batch(batch, 0)
+        segments = pm.models["m"].segments["1"]
+        names = np.array(segments.names)[segments.codes(x)]
+        bad = ~np.isfinite(x).all(axis=1)
+        expected = {name: int(np.sum(names[bad] == name)) for name in segments.names}
+        assert dict(zip(segments.names, segments.nonfinite.tolist())) == expected
+        assert expected["f2=other"] >= 7 and sum(expected.values()) == 2 * bad.sum()  # one segment per column
+    finally:
+        pm.close()
