@@ -106,8 +106,9 @@ class GuardWatch:
                     share = (n - last[1].get(guard, 0)) / rows
                     self.share[(*key, guard)] = share
                     raised = share > limit
-                    if raised != self.alert.get((*key, guard), False):
-                        self.alert[(*key, guard)] = raised
+                    was = self.alert.get((*key, guard), False)
+                    self.alert[(*key, guard)] = raised  # 0 or 1 once read, raised or not
+                    if raised != was:
                         self._said(key, guard, raised, share, limit, rows)
 
     def _said(self, key: tuple[str, str], guard: str, raised: bool, share: float, limit: float, rows: int) -> None:

@@ -1,7 +1,8 @@
 """configs/grafana-dashboard.json reads only what the server really exports: every metric
 its queries name, and every label they group by, checked against a running server with
 every part on (two workers, drift, a challenger, the scoring log, a Kafka stream, labels sent
-back to versions with a performance reference, guards that flag, conformal sets, fairness)."""
+back to versions with a performance reference, guards that flag (with their alert), conformal
+sets, fairness, segments)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ CONFIG = Config(
     [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE,
                  monitor={"reference": "ref-dashboard.parquet", "window": 100, "every": 50, "features": FEATURES,
                           "categorical": ["f0"]},
-                 guards={"input_domain": "reference", "min_confidence": 0.9, "action": "flag"},
-                 conformal={"alpha": 0.1}, fairness={"protected": "f0", "privileged": 1, "window": 100}),
+                 guards={"input_domain": "reference", "min_confidence": 0.9, "action": "flag", "alert_share": 0.5},
+                 conformal={"alpha": 0.1}, fairness={"protected": "f0", "privileged": 1, "window": 100},
+                 segments={"columns": ["f0", "f1"], "bins": {"f1": [0, 0.5, 1]}}),
      model_table("mlp", "models/mlp.onnx", version="2", performance=PERFORMANCE)],
     routes=[route_table("mlp", "1", challengers=["2"])],
     scorelog={"dir": "log-dashboard"})
@@ -121,7 +123,8 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
             wait_for(lambda: all(f"{name}{{" in scrape() for name in (
                 "scorewire_drift_pvalue", "scorewire_latency_recent_us", "scorewire_performance_alert",
                 "scorewire_performance_estimated", "scorewire_performance_difference", "scorewire_guard_rows_total",
-                "scorewire_conformal_coverage", "scorewire_fairness")), 20,
+                "scorewire_conformal_coverage", "scorewire_fairness", "scorewire_segment_performance",
+                "scorewire_guard_share")), 20,
                 what="an evaluation, recent latency, performance alerts evaluated, estimates, the paired difference, "
                      "guarded rows, coverage and fairness")
             exported = _exported(scrape())
