@@ -123,6 +123,13 @@ def test_flagged_rows_are_answered_with_their_bits_and_their_share_alerts(model_
         p = result.as_numpy("probabilities")
         bits = (np.arange(64) < 4).astype(np.uint8) | (p.max(axis=1) < 0.9).astype(np.uint8) * 2
         np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
+        body = json.dumps({"inputs": [{"name": "float_input", "shape": list(x.shape), "datatype": "FP32",
+                                       "data": x.ravel().tolist()}]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer",
+                                                           data=body), timeout=10) as response:
+            outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+        assert outputs["scorewire_guard"]["datatype"] == "UINT8"
+        np.testing.assert_array_equal(np.array(outputs["scorewire_guard"]["data"]), bits)  # the same over REST
         # a third of the rows outside the domain, over more than the monitor's window: the alert
         alert = 'scorewire_guard_alert{model="mlp",version="1",guard="input_domain"}'
         share = 'scorewire_guard_share{model="mlp",version="1",guard="input_domain"}'
