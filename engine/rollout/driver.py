@@ -100,16 +100,17 @@ class Driver:
 
     def _operator(self) -> Decision | None:
         """A command `scorewire rollout` left: pause, resume or abort."""
-        command = saved_state.take_command(self.route)
+        given = saved_state.take_command(self.route)
         r = self.rollout
-        if command is None or r.state in (State.PROMOTED, State.ROLLED_BACK):
+        if given is None or r.state in (State.PROMOTED, State.ROLLED_BACK):
             return None
+        command, by = given
         if command == "abort":
-            r.state, r.reason = State.ROLLED_BACK, "aborted by the operator (scorewire rollout abort)"
+            r.state, r.reason = State.ROLLED_BACK, f"aborted by the operator {by} (scorewire rollout abort)"
         elif command == "pause" and r.state is State.RUNNING:
-            r.state, r.reason = State.PAUSED, "paused by the operator: the split holds, nothing is decided"
+            r.state, r.reason = State.PAUSED, f"paused by the operator {by}: the split holds, nothing is decided"
         elif command == "resume" and r.state is State.PAUSED:
-            r.state, r.reason = State.RUNNING, "resumed by the operator"
+            r.state, r.reason = State.RUNNING, f"resumed by the operator {by}"
         else:
             return None
         return Decision(r.state, r.step, r.reason, r.difference())

@@ -146,21 +146,31 @@ def command_file(route: RouteSettings) -> Path:
     return path.with_name(path.name + ".command")
 
 
-def take_command(route: RouteSettings) -> str | None:
-    """The operator's command waiting, if any (removed: taken once)."""
+def take_command(route: RouteSettings) -> tuple[str, str] | None:
+    """The operator's command waiting, if any, and who gave it (removed: taken once)."""
     path = command_file(route)
     try:
-        command = json.loads(path.read_text()).get("command")
+        data = json.loads(path.read_text())
+        command, by = data.get("command"), str(data.get("by") or "unknown")
         path.unlink()
     except (OSError, ValueError, AttributeError):
         return None
-    return command if command in COMMANDS else None
+    return (command, by) if command in COMMANDS else None
 
 
 def give_command(route: RouteSettings, command: str) -> None:
+    """Leave `command` for the observer, signed with the OS user and host that gave it (the
+    audit trail names them)."""
+    import getpass
+    import socket
+
+    try:
+        by = f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # no user name (a container without one): the uid
+        by = f"uid {os.getuid()}"
     path = command_file(route)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"command": command}))
+    tmp.write_text(json.dumps({"command": command, "by": by}))
     os.replace(tmp, path)
 
 

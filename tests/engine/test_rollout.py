@@ -96,7 +96,7 @@ def test_the_operator_aborts_and_the_state_file_says_so(tmp_path):
 
     route = RouteSettings(model="m", champion="1", rollout={"candidate": "2", "state_file": str(tmp_path / "s.json")})
     performance = {v: PerformanceSettings(task="binary", score="p:1") for v in ("1", "2")}
-    driver = Driver(route, performance, None)
+    driver = Driver(route, performance, tmp_path / "events")
     assert state.read(route).state == "running" and state.read(route).weight == 5
     state.give_command(route, "pause")
     assert driver.tick(now=10.0).state is State.PAUSED and state.read(route).state == "paused"
@@ -104,6 +104,14 @@ def test_the_operator_aborts_and_the_state_file_says_so(tmp_path):
     assert driver.tick(now=20.0).state is State.ROLLED_BACK
     saved = state.read(route)
     assert saved.state == "rolled_back" and "operator" in saved.reason and not state.command_file(route).exists()
+    import getpass
+
+    import pyarrow.parquet as pq
+
+    assert f"operator {getpass.getuser()}@" in saved.reason  # who gave it, in the state and the audit trail
+    audit = pq.read_table(tmp_path / "events" / "kind=audit").to_pylist()
+    assert any(a["event"] == "rollout" and f"aborted by the operator {getpass.getuser()}@" in a["detail"]
+               for a in audit), audit
     assert state.effective(route, saved).split == {}
     resumed = Driver(route, performance, None)  # a restarted observer: where it stood
     assert resumed.rollout.state is State.ROLLED_BACK and resumed.rollout.weight == 0
