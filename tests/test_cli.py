@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.settings import load_settings
 
 
@@ -41,10 +43,19 @@ def test_serve_with_a_missing_model_exits_2(tmp_path):
     assert result.stderr.count("does not exist") == 1, result.stderr  # said once, whatever the processes
 
 
-def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
-    result = scorewire("demo", "--dir", str(tmp_path / "d"), "--prepare-only")
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A folder holding `scorewire-demo`, made by `scorewire demo --dir scorewire-demo
+    --prepare-only` (what configs/example.toml says to run first), once for this module."""
+    root = tmp_path_factory.mktemp("prepared")
+    result = scorewire("demo", "--dir", str(root / "scorewire-demo"), "--prepare-only")
     assert result.returncode == 0, result.stderr
-    settings = load_settings(tmp_path / "d" / "scorewire.toml")
+    return root
+
+
+def test_demo_prepare_only_writes_models_and_a_valid_config(prepared):
+    demo = prepared / "scorewire-demo"
+    settings = load_settings(demo / "scorewire.toml")
     assert [m.name for m in settings.models] == ["mlp", "gbt", "wide"]
     assert all(m.path.is_file() for m in settings.models)
     # the mlp's drift monitor: its reference is the training distribution, so the held-out
@@ -56,26 +67,26 @@ def test_demo_prepare_only_writes_models_and_a_valid_config(tmp_path):
 
     monitor = settings.models[0].monitor
     assert monitor is not None and monitor.features == [f"f{i}" for i in range(N_FEATURES)]
-    reference = pq.read_table(tmp_path / "d" / "ref.parquet")
+    reference = pq.read_table(demo / "ref.parquet")
     _, (held_out, _) = demo_split()
     pvalues = [scipy.stats.ks_2samp(held_out[:, i], reference.column(f"f{i}").to_numpy()).pvalue
                for i in range(N_FEATURES)]
     assert min(pvalues) > 0.001 / N_FEATURES
 
 
-def test_example_config_runs_after_the_demo_is_prepared(tmp_path):
-    """configs/example.toml says it runs after `scorewire demo --dir scorewire-demo --prepare-only`."""
+def test_example_config_runs_after_the_demo_is_prepared(prepared):
+    """configs/example.toml says it runs after `scorewire demo --dir scorewire-demo --prepare-only`
+    (the `prepared` fixture ran it)."""
     import tomllib
 
     from engine.harness.config import dumps
     from engine.harness.server import start_server
 
-    (tmp_path / "configs").mkdir()
+    (prepared / "configs").mkdir()
     example = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "example.toml").read_text())
     example["server"].update(grpc_port=0, metrics_port=0, http_port=0)  # 8000-8002 may be taken here
-    (tmp_path / "configs" / "example.toml").write_text(dumps(example))
-    assert scorewire("demo", "--dir", str(tmp_path / "scorewire-demo"), "--prepare-only").returncode == 0
-    server = start_server(tmp_path / "configs" / "example.toml", log_level="WARNING")
+    (prepared / "configs" / "example.toml").write_text(dumps(example))
+    server = start_server(prepared / "configs" / "example.toml", log_level="WARNING")
     server.proc.terminate()
     assert server.proc.wait(60) == 0 and server.grpc_port > 0
 
@@ -100,6 +111,7 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path, model_dir):
     held = _held_port()
     port = held.getsockname()[1]
+    started = {}  # the six servers start at once (each fails alone, on the one port held here)
     try:
         for workers in (1, 2):
             for key in ("grpc_port", "metrics_port", "http_port"):
@@ -109,9 +121,18 @@ def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path, model_dir):
                                   f'metrics_port = {ports["metrics_port"]}\nhttp_port = {ports["http_port"]}\n'
                                   f'[[models]]\nname = "m"\n'
                                   f'path = "{model_dir / "models" / "gbt.onnx"}"\n')
-                line = _one_line_error(scorewire("serve", "--config", str(config)))
-                assert f"127.0.0.1:{port}" in line and f"[server] {key}" in line, (workers, key, line)
+                args = [sys.executable, "-m", "engine.cli", "serve", "--config", str(config)]
+                started[workers, key] = args, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                               text=True)
+        for (workers, key), (args, proc) in started.items():
+            stdout, stderr = proc.communicate(timeout=300)
+            line = _one_line_error(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
+            assert f"127.0.0.1:{port}" in line and f"[server] {key}" in line, (workers, key, line)
     finally:
+        for _, proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         held.close()
 
 

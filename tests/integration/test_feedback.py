@@ -54,6 +54,8 @@ def test_labels_sent_to_any_worker_join_the_rows_of_champion_and_challenger(mode
         truth = labels_of(np.full(len(x), 0.5), rng)
         early = [{"id": ids[i], "labels": [int(truth[i])]} for i in range(20)]
         assert post(server.http_url, early) == (200, {"accepted": 20})
+        # never scored: unmatched once its label_ttl_s is over (sent now, that runs while the rows are scored)
+        assert post(server.http_url, {"id": "ghost", "labels": [1]}) == (200, {"accepted": 1})
         p = np.array([infer(server.url, x[i:i + 1], ids[i])[0, 1] for i in range(len(x))])
         truth[20:] = labels_of(p[20:], rng)
         late = [{"id": ids[i], "labels": [int(truth[i])]} for i in range(20, len(x))]
@@ -63,7 +65,6 @@ def test_labels_sent_to_any_worker_join_the_rows_of_champion_and_challenger(mode
         assert [r["index"] for r in answer["refused"]] == [5, 6, 7]
         assert "binary labels are 0 or 1" in answer["refused"][0]["error"]
         assert post(server.http_url, {"id": "r-1", "labels": [0]}) == (200, {"accepted": 1})  # a duplicate
-        assert post(server.http_url, {"id": "ghost", "labels": [1]}) == (200, {"accepted": 1})  # never scored
         infer(server.url, x[:1], "two-rows-labelled")
         assert post(server.http_url, {"id": "two-rows-labelled", "labels": [0, 1]})[0] == 200  # one row: invalid
         assert post(server.http_url, {"id": "x", "labels": []})[0] == 400

@@ -35,6 +35,26 @@ def monitored(workers: int, events: str) -> Config:
     return replace(config, models=[{**config.models[0], "monitor": monitor}], monitoring={"events_dir": events})
 
 
+def _on_threads(function, arguments) -> tuple[dict, dict[object, BaseException]]:
+    """function(a) for each a of `arguments`, each on a thread of its own: ({a: result},
+    {a: exception raised})."""
+    results: dict = {}
+    failures: dict[object, BaseException] = {}
+
+    def run(a) -> None:
+        try:
+            results[a] = function(a)
+        except BaseException as exc:
+            failures[a] = exc
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in arguments]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, failures
+
+
 def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
     x, _ = demo_data(6_000, seed=3)
     import onnxruntime as ort
@@ -47,12 +67,14 @@ def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
     live = x[3000:4400].copy()
     live[500:, FEATURES.index("f3")] += 2.0  # onset after 500 rows; alerts raise, then clear once it ends
     live[1000:, FEATURES.index("f3")] -= 2.0
-    events = {}
-    for workers in (1, 2):
-        server = launch(model_dir, monitored(workers, f"events-{workers}"), f"drift-{workers}.toml")
+    # the two servers (one process, two workers) side by side, each sent the same rows by a thread of its own
+    servers, failures = _on_threads(lambda w: launch(model_dir, monitored(w, f"events-{w}"), f"drift-{w}.toml"),
+                                    (1, 2))
+
+    def send(workers: int) -> None:
         # one at a time, the next after the answer, in turn on 8 connections (each accepted
         # by whichever worker the kernel picked; opening one per request costs 10x the time)
-        clients = [grpcclient.InferenceServerClient(server.url) for _ in range(8)]
+        clients = [grpcclient.InferenceServerClient(servers[workers].url) for _ in range(8)]
         try:
             for i in range(len(live)):
                 inp = grpcclient.InferInput("float_input", [1, len(FEATURES)], "FP32")
@@ -61,7 +83,17 @@ def test_drift_alerts_with_two_workers_equal_those_with_one(model_dir):
         finally:
             for client in clients:
                 client.close()
-            assert server.stop() == 0
+
+    try:
+        if not failures:
+            failures = _on_threads(send, (1, 2))[1]
+    finally:
+        codes = {w: s.stop() for w, s in servers.items()}
+    for exc in failures.values():
+        raise exc
+    assert codes == {1: 0, 2: 0}
+    events = {}
+    for workers in (1, 2):
         table = pq.read_table(model_dir / f"events-{workers}" / "kind=drift", partitioning="hive").sort_by(
             [("events_observed", "ascending"), ("feature", "ascending"), ("event", "ascending")])
         events[workers] = table.select(["event", "feature", "statistic", "pvalue", "events_observed"]).to_pylist()
