@@ -55,7 +55,11 @@ def demo_run_config(bootstrap: str) -> Config:
         monitoring={"events_dir": "events",
                     COMMENT: "drift raises, clears and every evaluation, for `scorewire report`"},
         streams=[stream_table("mlp", bootstrap, "events", "scores", "scores-dlq", group_id="scorewire-demo",
-                              comment="written by the demo: librdkafka's built-in broker, gone when it ends")],
+                              # the built-in broker's coordinator holds each rebalance for a session
+                              # timeout (45 s by default): the second worker waited that long to join
+                              consumer={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+                              comment="written by the demo: librdkafka's built-in broker, gone when it ends; its "
+                                      "coordinator holds a rebalance for a session timeout, hence 6 s")],
         comment="The demo's run: its [[streams]] broker lived only while `scorewire demo` ran; serving this\n"
                 "file needs a broker at that address (python -m engine.mock_kafka starts one).")
 
