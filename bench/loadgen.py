@@ -125,13 +125,27 @@ def _rows(datatype: str, shape: list[int], rows: int, count: int, seed: int, dat
     return [table[picks[i * rows:(i + 1) * rows]].reshape([rows] + row_shape) for i in range(count)]
 
 
+def own_connection(url: str):
+    """An aio client on a TCP connection of its own. gRPC shares one connection between the
+    channels of a process that have the same target and arguments (its global subchannel
+    pool): without this, `--connections 4 --procs 2` was 2 connections, and with several
+    workers they are what the kernel spreads over them."""
+    import tritonclient.grpc.aio as aio
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+
+    return aio.InferenceServerClient(url, channel_args=[
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.use_local_subchannel_pool", 1)])
+
+
 async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
     import tritonclient.grpc.aio as aio
 
     name, datatype, shape, outputs = spec
     procs = load.procs
     connections = max(1, load.connections // procs + (share < load.connections % procs))
-    clients = [aio.InferenceServerClient(load.url) for _ in range(connections)]
+    clients = [own_connection(load.url) for _ in range(connections)]
     pool = _rows(datatype, shape, load.rows, 64, load.seed * 1000 + share, load.data, name, outputs)
     inputs = []
     for array in pool:

@@ -249,3 +249,39 @@ def test_sweep_grpc_and_kafka_take_a_users_model_and_its_reference(tmp_path, cap
                                                data=str(tmp_path / "ref.parquet")))[1] == 11  # no model: 'label' kept
     finally:
         srv.stop()
+
+
+def test_each_connection_of_the_load_is_a_tcp_connection_of_its_own():
+    """gRPC shares one TCP connection between a process's channels to one target: the load's
+    clients must not, or `--connections` overstates what the server's workers are spread over
+    (with plain clients this sees one peer)."""
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    from bench.loadgen import own_connection
+
+    peers: set[str] = set()
+
+    async def live(request, context):
+        peers.add(context.peer())  # ipv4:127.0.0.1:PORT: one per connection
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+            "ServerLive": grpc.unary_unary_rpc_method_handler(
+                live, request_deserializer=service_pb2.ServerLiveRequest.FromString,
+                response_serializer=service_pb2.ServerLiveResponse.SerializeToString)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        clients = [own_connection(f"127.0.0.1:{port}") for _ in range(4)]
+        for c in clients:
+            assert await c.is_server_live()
+        for c in clients:
+            await c.close()
+        await server.stop(None)
+
+    asyncio.run(main())
+    assert len(peers) == 4, peers
