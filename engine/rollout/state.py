@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.rollout.decide import State
+from engine.scorelog.files import publish
 from engine.settings import RouteSettings
 
 ROLLOUT_POLL_S = 0.25
@@ -46,11 +47,17 @@ def read(route: RouteSettings) -> Saved | None:
     return saved
 
 
-def write(route: RouteSettings, saved: Saved) -> None:
-    path = Path(route.rollout.state_file)
+def _write_json(path: Path, data: dict) -> None:
+    """`data` at `path`, atomically and durably (a temporary file published over it): a reader
+    sees the old file or the new one, and a crash right after keeps the new one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(saved)))
-    os.replace(tmp, path)
+    tmp.write_text(json.dumps(data))
+    publish(tmp, path)
+
+
+def write(route: RouteSettings, saved: Saved) -> None:
+    _write_json(route.rollout.state_file, asdict(saved))
 
 
 def first(route: RouteSettings) -> Saved:
@@ -73,10 +80,7 @@ def read_split(route: RouteSettings) -> dict[str, float] | None:
 
 
 def write_split(route: RouteSettings, weights: dict[str, float], reason: str, when: float) -> None:
-    path = Path(route.bandit.state_file)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"model": route.model, "weights": weights, "reason": reason, "time": when}))
-    os.replace(tmp, path)
+    _write_json(route.bandit.state_file, {"model": route.model, "weights": weights, "reason": reason, "time": when})
 
 
 def effective(route: RouteSettings, saved: Saved | None) -> RouteSettings:
@@ -168,10 +172,7 @@ def give_command(route: RouteSettings, command: str) -> None:
         by = f"{getpass.getuser()}@{socket.gethostname()}"
     except Exception:  # no user name (a container without one): the uid
         by = f"uid {os.getuid()}"
-    path = command_file(route)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"command": command, "by": by}))
-    os.replace(tmp, path)
+    _write_json(command_file(route), {"command": command, "by": by})
 
 
 __all__ = ["COMMANDS", "ROLLOUT_POLL_S", "Follower", "Saved", "effective", "effective_routes", "first", "give_command",
