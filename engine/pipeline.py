@@ -56,13 +56,7 @@ class Pipeline:
         rejects = guards is not None and guards.action == "reject"
         if rejects:
             guards.check_request(inputs)  # out of the model's domain: refused before it is batched
-        try:
-            outputs = await served.batcher.submit(inputs, rows, deadline_ns, origin)
-        except EngineError as exc:
-            if exc.code is ErrorCode.INTERNAL:  # the model failed (a rollout's guard reads these)
-                key = (served.name, served.version)
-                self.failures[key] = self.failures.get(key, 0) + 1
-            raise
+        outputs = await self._run(served, inputs, rows, deadline_ns, origin)
         if rejects and guards.checks_outputs:
             guards.check_request(inputs, outputs)  # unconfident, or out of its interval (scored, logged, refused)
         if len(names) != len(outputs):
@@ -71,10 +65,12 @@ class Pipeline:
 
     async def _run(self, served: Served, inputs: dict[str, np.ndarray], rows: int, deadline_ns: int | None,
                    origin: Origin) -> dict[str, np.ndarray]:
+        """The version's outputs for these rows; a failed model run is counted (a rollout's
+        error guard reads the counts) and raised."""
         try:
             return await served.batcher.submit(inputs, rows, deadline_ns, origin)
         except EngineError as exc:
-            if exc.code is ErrorCode.INTERNAL:  # the model failed (a rollout's guard reads these)
+            if exc.code is ErrorCode.INTERNAL:  # the model failed
                 key = (served.name, served.version)
                 self.failures[key] = self.failures.get(key, 0) + 1
             raise
@@ -110,8 +106,8 @@ class Pipeline:
             other = await self._run(fallback, {n: a[again] for n, a in inputs.items()}, len(again), deadline_ns,
                                     behind)
             outputs = {n: a.copy() if a is part[n] else a for n, a in outputs.items()}
-            for n, a in other.items():
-                outputs[n][again] = a
+            for n, a in outputs.items():  # the version's outputs (a fallback may give more)
+                a[again] = other[n]
             bits[mine] |= unsure
         guards.count(bits, "fallback")
         return {**outputs, OUTPUT: bits}
