@@ -89,33 +89,32 @@ class Watch:
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
         self._receipts: dict[str, collections.deque] = {}  # per ring: records handed on, in order, not released
 
-    def _requests(self, model: str, version: str) -> tuple[int, int]:
-        """(requests scored, requests the model failed) of one version, over the workers (as
-        each last wrote its counters on the board)."""
-        ok = failed = 0
-        wanted = (f'model="{model}"', f'version="{version}"')
+    def _worker_samples(self, family: str):
+        """(labels by name, value) of each sample of a family, over the workers (as each last
+        wrote its counters on the board)."""
         for slot in range(self.control.workers):
             for name, _, _, samples in self.board.read(slot):
-                if name == "scorewire_version_requests_total":
+                if name == family:
                     for labels, value in samples:
-                        if all(w in labels for w in wanted):
-                            if 'outcome="failed"' in labels:
-                                failed += value
-                            else:
-                                ok += value
+                        yield dict(LABEL.findall(labels)), value
+
+    def _requests(self, model: str, version: str) -> tuple[int, int]:
+        """(requests scored, requests the model failed) of one version, over the workers."""
+        ok = failed = 0
+        for labels, value in self._worker_samples("scorewire_version_requests_total"):
+            if labels.get("model") == model and labels.get("version") == version:
+                if labels.get("outcome") == "failed":
+                    failed += value
+                else:
+                    ok += value
         return int(ok), int(failed)
 
     def _guard_counts(self) -> dict[tuple[str, str, str, str], int]:
-        """(model, version, guard, action) -> rows, over the workers (as each last wrote its
-        counters on the board)."""
+        """(model, version, guard, action) -> rows, over the workers."""
         counts: dict = {}
-        for slot in range(self.control.workers):
-            for name, _, _, samples in self.board.read(slot):
-                if name == "scorewire_guard_rows_total":
-                    for labels, value in samples:
-                        parts = dict(LABEL.findall(labels))
-                        key = tuple(parts.get(k, "") for k in ("model", "version", "guard", "action"))
-                        counts[key] = counts.get(key, 0) + int(value)
+        for labels, value in self._worker_samples("scorewire_guard_rows_total"):
+            key = tuple(labels.get(k, "") for k in ("model", "version", "guard", "action"))
+            counts[key] = counts.get(key, 0) + int(value)
         return counts
 
     # -- models -----------------------------------------------------------------------------
@@ -130,7 +129,6 @@ class Watch:
     def _forwarding(self) -> None:
         self.forward = {(r.model, r.champion) for r in rollout_state.effective_routes(self.settings.routes)
                         if r.challengers}
-        self.rollouts = rollout_state.Follower(self.settings.routes)
 
     def follow_rollouts(self) -> None:
         """A promoted rollout that keeps its old champion as a challenger: forward the new
@@ -142,6 +140,7 @@ class Watch:
         self.observer.warm_up()
         for ms in self._wanted(self.settings).values():
             self._load(ms)
+        self.rollouts = rollout_state.Follower(self.settings.routes)
         self._forwarding()
         self.observer.open_scorelog()
         if self.observer.scorelog is not None:  # what an observer before this one committed
@@ -163,6 +162,7 @@ class Watch:
         self.observer.reloaded(settings)
         if self.observer.scorelog is not None:
             self.observer.scorelog.feature_names = self.observer.feature_names()
+        self.rollouts = rollout_state.Follower(settings.routes)
         self._forwarding()
         for key in list(self.observer.models):
             if key not in wanted:
