@@ -30,6 +30,9 @@ from engine.settings import Settings
 log = logging.getLogger("scorewire")
 
 DEFAULT_WINDOW = 1_000
+# between readings of the counts: a window is read at the first check after it (with one worker,
+# the next batch's; with several, the observer process's clock too)
+CHECK_EVERY_S = 0.2
 # (model, version, guard, action) -> rows, summed over the workers (as each last published)
 Counts = Callable[[], dict[tuple[str, str, str, str], int]]
 
@@ -58,6 +61,7 @@ class GuardWatch:
         self.share: dict[tuple[str, str, str], float] = {}
         self.alert: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
+        self._next_check = 0.0
 
     def reloaded(self, settings: Settings) -> "GuardWatch":
         """The watch of the new settings, going on from this one's readings."""
@@ -75,10 +79,16 @@ class GuardWatch:
         if key in self.watched:
             self.scored[key] = self.scored.get(key, 0) + rows
 
-    def check(self) -> None:
-        """Read every watched version whose window of rows has passed since its last reading."""
+    def check(self, now: float | None = None) -> None:
+        """Read every watched version whose window of rows has passed since its last reading.
+        At most every CHECK_EVERY_S: the monitor calls it per pass of batches, and the workers'
+        counts are read from the board."""
         if not self.watched or self.counts is None:
             return
+        now = time.monotonic() if now is None else now
+        if now < self._next_check:
+            return
+        self._next_check = now + CHECK_EVERY_S
         with self._lock:
             try:
                 counts = self.counts()
