@@ -62,9 +62,10 @@ class Thompson:
         draws = self.rng.normal(mean, np.sqrt(var / self.n), size=(DRAWS, len(self.arms)))
         return np.bincount(np.argmin(draws, axis=1), minlength=len(self.arms)) / DRAWS
 
-    def weights(self) -> dict[str, float] | None:
-        """Percent per arm: floor + the rest in proportion to each arm's chance of being best."""
-        p = self.best()
+    def weights(self, p: np.ndarray | None = None) -> dict[str, float] | None:
+        """Percent per arm: floor + the rest in proportion to each arm's chance of being best
+        (`p`: best()'s, drawn now when not given)."""
+        p = self.best() if p is None else p
         if p is None:
             return None
         rest = 100.0 - self.floor * len(self.arms)
@@ -104,9 +105,9 @@ class BanditDriver:
             return None
         self._next = now + self.bandit.every_s
         p = self.thompson.best()
-        weights = self.thompson.weights()
-        if p is None or weights is None:
+        if p is None:
             return None
+        weights = self.thompson.weights(p)  # from the same draws as the probabilities shown
         self.best = dict(zip(self.thompson.arms, p.tolist()))
         if all(abs(weights[v] - self.weights.get(v, 0.0)) < MOVE_PCT for v in weights):
             return None
