@@ -198,18 +198,17 @@ def _splits(families: dict[str, list]) -> list[str]:
                     lambda name, _: name)
     if not difference:
         return []
+    weighted = any("scorewire_split_weight" in x for x in rows_.values())  # a bandit split's weights, now
     table = []
     for (model, champion, arm, metric), b in sorted(difference.items()):
         verdict = _verdict("arm", metric, b)
         n = lambda v: rows_.get((model, v), {}).get("scorewire_split_labelled_rows", 0)  # noqa: E731
-        weight = rows_.get((model, arm), {}).get("scorewire_split_weight")  # a bandit split's, now
+        weight = rows_.get((model, arm), {}).get("scorewire_split_weight")
         table.append([model, champion, arm, metric, f"{n(arm):,.0f} / {n(champion):,.0f}", f"{b['estimate']:+.4g}",
                       f"[{b['lower']:+.4g}, {b['upper']:+.4g}]", verdict]
-                     + ([] if weight is None else [f"{weight:.1f}% (bandit)"]))
-    weighted = any(len(row) > 8 for row in table)
+                     + ([] if not weighted else ["fixed" if weight is None else f"{weight:.1f}% (bandit)"]))
     return [_table(["model", "champion", "arm", "metric", "labelled (arm / champ)", "difference",
-                    "always-valid interval", "verdict", *(["weight now"] if weighted else [])],
-                   [row + ["fixed"] * (weighted and len(row) == 8) for row in table])]
+                    "always-valid interval", "verdict", *(["weight now"] if weighted else [])], table)]
 
 
 def _rollouts(families: dict[str, list]) -> list[str]:
