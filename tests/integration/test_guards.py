@@ -34,6 +34,15 @@ def reference(model_dir, rng) -> np.ndarray:
     return x
 
 
+def rest_infer(server, x: np.ndarray) -> dict:
+    """One REST infer of the rows `x`: its outputs by name."""
+    body = json.dumps({"inputs": [{"name": "float_input", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer", data=body),
+                                timeout=10) as response:
+        return {o["name"]: o for o in json.loads(response.read())["outputs"]}
+
+
 def config(guards: dict, **extra) -> Config:
     monitor = {"features": FEATURES, "reference": "ref-guards.parquet"}
     return Config(server_table(workers=2, drain_timeout_s=20),
@@ -123,11 +132,7 @@ def test_flagged_rows_are_answered_with_their_bits_and_their_share_alerts(model_
         p = result.as_numpy("probabilities")
         bits = (np.arange(64) < 4).astype(np.uint8) | (p.max(axis=1) < 0.9).astype(np.uint8) * 2
         np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
-        body = json.dumps({"inputs": [{"name": "float_input", "shape": list(x.shape), "datatype": "FP32",
-                                       "data": x.ravel().tolist()}]}).encode()
-        with urllib.request.urlopen(urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer",
-                                                           data=body), timeout=10) as response:
-            outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+        outputs = rest_infer(server, x)
         assert outputs["scorewire_guard"]["datatype"] == "UINT8"
         np.testing.assert_array_equal(np.array(outputs["scorewire_guard"]["data"]), bits)  # the same over REST
         # a third of the rows outside the domain, over more than the monitor's window: the alert
@@ -192,11 +197,7 @@ def test_violating_rows_fall_back_to_another_version_over_grpc_rest_and_kafka(mo
             assert result.get_response().model_version == "1"
             np.testing.assert_array_equal(result.as_numpy("scorewire_guard"), bits)
             np.testing.assert_array_equal(result.as_numpy("probabilities"), expected)
-            body = json.dumps({"inputs": [{"name": "float_input", "shape": list(x.shape), "datatype": "FP32",
-                                           "data": x.ravel().tolist()}]}).encode()
-            with urllib.request.urlopen(urllib.request.Request(f"http://{server.http_url}/v2/models/mlp/infer",
-                                                               data=body), timeout=10) as response:
-                outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+            outputs = rest_infer(server, x)
             np.testing.assert_array_equal(np.array(outputs["scorewire_guard"]["data"]), bits)
             np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(64, 2), expected, rtol=1e-6)
             events = [(b"k%d" % i, orjson.dumps({"id": i, "float_input": x[i]}, option=orjson.OPT_SERIALIZE_NUMPY))
