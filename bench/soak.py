@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     answered_ids = set(requests)
     twice = sorted({rid for (rid, _), n in champion.items() if n > 1 and rid in answered_ids})
     report = {
-        "minutes": args.minutes, "seed": args.seed, "exit_code": code,
+        "minutes": args.minutes, "seed": args.seed, "kill_every_s": [low, high], "exit_code": code,
         "kills": Counter(k["process"] for k in kills), "kill_log": kills,
         "answered": {k: len(v) for k, v in callers.answered.items()} | {"kafka results": len(sources)},
         "failed_calls": dict(callers.failed.most_common(8)),
@@ -286,8 +286,9 @@ def main(argv=None) -> int:
 
 def _markdown(r: dict) -> str:
     kills = ", ".join(f"{n} {k}" for k, n in sorted(r["kills"].items()))
+    every = "-".join(f"{v:g}" for v in r.get("kill_every_s", (20, 40)))  # older reports: the default
     lines = [
-        f"# Soak: {r['minutes']:g} minutes, SIGKILL every 20-40 s ({kills}), seed {r['seed']}",
+        f"# Soak: {r['minutes']:g} minutes, SIGKILL every {every} s ({kills}), seed {r['seed']}",
         "",
         "`python -m bench.soak` (workers = 2, a challenger, a Kafka stream on librdkafka's built-in broker, the "
         "scoring log rotating every 10 s; one-row gRPC x2, one-row REST, 16-row gRPC, 200 events/s).",
