@@ -166,7 +166,10 @@ def test_labels_from_a_kafka_topic_join_like_those_over_rest(model_dir, rng):
         cluster.create_topic("labels", 4)
         config = Config(server_table(workers=2, drain_timeout_s=20),
                         [model_table("mlp", "models/mlp.onnx", performance={**PERFORMANCE, "label_ttl_s": 60})],
-                        feedback=[{"model": "mlp", "bootstrap_servers": cluster.bootstrap, "topic": "labels"}])
+                        # the built-in broker holds a rebalance for a session timeout (45 s by default):
+                        # a short one, as the streams' tests use, so both workers' readers join in time
+                        feedback=[{"model": "mlp", "bootstrap_servers": cluster.bootstrap, "topic": "labels",
+                                   "kafka": {"session.timeout.ms": 3000, "heartbeat.interval.ms": 500}}])
         server = launch(model_dir, config, "kafka-feedback.toml")
         try:
             x = rng.normal(size=(120, N_FEATURES)).astype(np.float32)
