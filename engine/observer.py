@@ -208,7 +208,9 @@ class Observer:
         self.guards.check()
         for (model, version, role), group in groups.items():
             self.latency.record(model, version, role, "queue", np.concatenate([b.queue_us for b in group]))
-            self.latency.record(model, version, role, "total", np.concatenate([b.total_us for b in group]))
+            total_us = np.concatenate([b.total_us for b in group])
+            self.latency.record(model, version, role, "total", total_us)
+            self.latency.record_durations(model, version, role, total_us)
             self.latency.record(model, version, role, "inference", np.array([b.inference_us for b in group]))
             monitor = self.drift.get((model, version))
             if monitor is None:

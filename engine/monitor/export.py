@@ -120,7 +120,9 @@ def observer_families(observer) -> list[Family]:
 
 
 def _monitoring(app, family) -> None:  # app: the Observer
-    from engine.monitor.latency import QUANTILES
+    import numpy as np
+
+    from engine.monitor.latency import DURATION_BUCKETS_S, QUANTILES
 
     # labelled by version too: a challenger may be monitored beside its champion
     # Statistic, p-value and effect only once evaluated: a p-value of 1 before the first
@@ -183,6 +185,19 @@ def _monitoring(app, family) -> None:  # app: the Observer
     counts = [("_count" + _labels(model=m, version=v), int(c.sum())) for (m, v), c in rows_by_version]
     family("scorewire_batch_rows", "histogram", "Rows per scored batch.",
            [(("_bucket" + lbl), v) for lbl, v in buckets] + sums + counts)
+    duration = []
+    for (model, version, role), counts in sorted(app.latency.durations.items()):
+        labels = dict(model=model, version=version, role=role)
+        cumulative = np.cumsum(counts)
+        duration.extend(("_bucket" + _labels(**labels, le=repr(bound)), int(n))
+                        for bound, n in zip(DURATION_BUCKETS_S, cumulative))
+        duration.append(("_bucket" + _labels(**labels, le="+Inf"), int(cumulative[-1])))
+        duration.append(("_sum" + _labels(**labels), app.latency.durations_sum_us[(model, version, role)] / 1e6))
+        duration.append(("_count" + _labels(**labels), int(cumulative[-1])))
+    family("scorewire_request_duration_seconds", "histogram", "Each request's time in the server, queue and "
+           "inference (stage total), by model version and role: for SLO shares and burn rates across replicas. "
+           "Counted by the monitor: a batch it skipped (scorewire_monitor_dropped_batches_total) is not in it.",
+           duration)
     family("scorewire_monitor_dropped_batches_total", "counter",
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
     _shadows(app, family)

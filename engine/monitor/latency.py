@@ -13,6 +13,11 @@ STAGES = ("queue", "inference", "total")  # waiting to be batched; the batch's r
 LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES = 1, 3_600_000_000, 3
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 RECENT_S = 10.0  # the recent percentiles cover the last 5 to 10 s
+# A Prometheus histogram of each request's total time (seconds), for what percentiles cannot
+# give: a share of requests over an SLO, summed across replicas and over any range (the alert
+# rules' burn rate: configs/alerts.yml). Buckets: Prometheus's defaults, with finer ones below.
+DURATION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_DURATION_EDGES_US = np.array([b * 1e6 for b in DURATION_BUCKETS_S])
 
 
 class LatencyMonitor:
@@ -28,6 +33,9 @@ class LatencyMonitor:
         # per (model, version): batches by size, power-of-two buckets
         self.batch_rows: dict[tuple[str, str], np.ndarray] = {}
         self.batch_rows_sum: dict[tuple[str, str], int] = {}
+        # per (model, version, role): requests by bucket (the last: above every bound), and the sum in µs
+        self.durations: dict[tuple[str, str, str], np.ndarray] = {}
+        self.durations_sum_us: dict[tuple[str, str, str], int] = {}
 
     def histogram(self, model: str, version: str, role: str, stage: str) -> HdrHistogram:
         key = (model, version, role, stage)
@@ -54,6 +62,16 @@ class LatencyMonitor:
             pair = self._recent[key] = [HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES),
                                         HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)]
         pair[1].record_values(microseconds)
+
+    def record_durations(self, model: str, version: str, role: str, total_us: np.ndarray) -> None:
+        """Each request's total time into the duration histogram (on the monitor thread)."""
+        key = (model, version, role)
+        counts = self.durations.get(key)
+        if counts is None:
+            counts = self.durations[key] = np.zeros(len(DURATION_BUCKETS_S) + 1, dtype=np.int64)
+        # a request of exactly a bound belongs to it (Prometheus's le): side="left"
+        counts += np.bincount(np.searchsorted(_DURATION_EDGES_US, total_us, side="left"), minlength=len(counts))
+        self.durations_sum_us[key] = self.durations_sum_us.get(key, 0) + int(total_us.sum())
 
     def _rotate(self) -> None:
         now = time.monotonic()

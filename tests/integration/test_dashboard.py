@@ -1,5 +1,6 @@
-"""configs/grafana-dashboard.json reads only what the server really exports: every metric
-its queries name, and every label they group by, checked against a running server with
+"""configs/grafana-dashboard.json and configs/alerts.yml read only what the server really
+exports: every metric their queries name, and every label they group by or match on (besides
+the scrape's instance and job), checked against a running server with
 every part on (two workers, drift, a challenger, the scoring log, a Kafka stream, labels sent
 back to versions with a performance reference, guards that flag (with their alert), conformal
 sets, fairness, segments)."""
@@ -15,6 +16,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tritonclient.grpc as grpcclient
+import yaml
 
 from engine.harness.config import Config, model_table, route_table, server_table
 from engine.mock_kafka import MockCluster
@@ -22,6 +24,8 @@ from tests.conftest import launch
 from tests.integration.kafka_helpers import stream, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana-dashboard.json"
+ALERTS = Path(__file__).resolve().parents[2] / "configs" / "alerts.yml"
+SCRAPE_LABELS = {"instance", "job"}  # Prometheus adds them to every series it scrapes
 
 FEATURES = [f"f{i}" for i in range(32)]
 PERFORMANCE = {"task": "binary", "score": "probabilities:1", "window": 50, "every": 50,
@@ -84,10 +88,17 @@ def _groupings(query: str) -> list[tuple[list[str], set[str]]]:
     return found
 
 
-def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
+def _alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_every_query_of_the_dashboard_and_the_alerts_reads_exported_metrics(model_dir, rng):
     dashboard = json.loads(DASHBOARD.read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(queries) >= 20
+    rules = _alert_rules()
+    assert len(rules) >= 15
+    queries += [rule["expr"] for rule in rules]
     x = rng.random((400, 32), dtype=np.float32)
     x[:, 0] = rng.integers(0, 2, 400)  # the protected feature: two groups
     pq.write_table(pa.table({f"f{i}": x[:200, i] for i in range(32)}), model_dir / "ref-dashboard.parquet")
@@ -120,7 +131,7 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
                 return urllib.request.urlopen(url, timeout=5).read().decode()
 
             # drift evaluated (200 rows, window 100), shadows scored: every family has samples
-            wait_for(lambda: all(f"{name}{{" in scrape() for name in (
+            wait_for(lambda: all(f"{name}{{" in scrape() for name in ("scorewire_request_duration_seconds_bucket",
                 "scorewire_drift_pvalue", "scorewire_latency_recent_us", "scorewire_performance_alert",
                 "scorewire_performance_estimated", "scorewire_performance_difference", "scorewire_guard_rows_total",
                 "scorewire_conformal_coverage", "scorewire_fairness", "scorewire_segment_performance",
@@ -135,10 +146,19 @@ def test_every_query_of_the_dashboard_reads_exported_metrics(model_dir, rng):
             assert name in exported, f"{name} (in {query!r}) is not exported"
         for labels, names in _groupings(query):
             for name in names:
-                for label in labels:
+                for label in set(labels) - SCRAPE_LABELS:
                     assert label in exported[name], f"{name} has no label {label!r} (in {query!r})"
-        for name, label in re.findall(r"\b(scorewire_[a-z0-9_]+)\{(\w+)[=!~]", query):
-            assert label in exported[name], f"{name} has no label {label!r} (in {query!r})"
+        for name, matchers in re.findall(r"\b(scorewire_[a-z0-9_]+)\{([^}]*)\}", query):
+            for label in set(re.findall(r"(\w+)\s*[=!~]", matchers)) - SCRAPE_LABELS:
+                assert label in exported[name], f"{name} has no label {label!r} (in {query!r})"
+
+
+def test_the_alerts_annotations_name_labels_their_expression_keeps():
+    for rule in _alert_rules():
+        kept = set().union(*(labels for labels, _ in _groupings(rule["expr"]))) if " by (" in rule["expr"] else None
+        for text in rule.get("annotations", {}).values():
+            for label in re.findall(r"\$labels\.(\w+)", text):
+                assert kept is None or label in kept, f"{rule['alert']}: $labels.{label} is aggregated away"
 
 
 def test_groupings_name_the_metrics_they_apply_to():
