@@ -21,6 +21,7 @@ import engine
 from engine.codec.oip import decode_request, encode_response
 from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, clip
 from engine.frontdoor import FrontDoor
+from engine.ingress import triton
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ def _param(value) -> pb.InferParameter:
     if isinstance(value, int):
         return pb.InferParameter(int64_param=value)
     return pb.InferParameter(string_param=str(value))
-
-
-_DATA_TYPE = {name: getattr(pb, f"TYPE_{name}") for name in (
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")}
 
 
 def model_parameters(served) -> dict:
@@ -204,55 +201,11 @@ class InferenceServicer:
 
     # -- Triton's extensions ---------------------------------------------------------------
     async def model_config(self, request, context):
-        """The version's configuration as Triton describes one: what perf_analyzer reads first."""
-        served = await self._served(request, context)
-        model = served.model
-        batching = model.settings.batching
-        max_batch = min(served.limits.max_rows, 2**31 - 1)  # rows per request
-
-        def dims(shape) -> list[int]:  # Triton leaves the batch dimension out when it batches
-            return list(shape[1:])
-
-        on_gpu = model.provider == "CUDAExecutionProvider"
-        config = pb.ModelConfig(
-            name=served.name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch,
-            input=[pb.ModelInput(name=t.name, data_type=_DATA_TYPE[t.datatype], dims=dims(t.shape))
-                   for t in model.schema.inputs],
-            output=[pb.ModelOutput(name=t.name, data_type=_DATA_TYPE[t.datatype], dims=dims(t.shape))
-                    for t in model.schema.outputs],
-            instance_group=[pb.ModelInstanceGroup(
-                name=f"{served.name}_{served.version}", count=model.settings.instances,
-                kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU,
-                gpus=[0] if on_gpu else [])],
-            default_model_filename=model.path.name,
-            dynamic_batching=pb.ModelDynamicBatching(preferred_batch_size=[batching.max_batch_size],
-                                                     max_queue_delay_microseconds=batching.max_queue_delay_us),
-        )
-        return pb.ModelConfigResponse(config=config)
+        return pb.ModelConfigResponse(config=triton.model_config(await self._served(request, context)))
 
     async def model_statistics(self, request, context):
-        """Counts and cumulative times of this serving process (with several workers: of the
-        worker that answers), per version; no name: every version served."""
-        if request.name:
-            versions = [await self._served(request, context)]
-        else:
-            versions = list(self.registry.all())
-        duration = pb.StatisticDuration
-        stats = []
-        for served in versions:
-            b = served.batcher.stats
-            ok_ns = self.front.succeeded.get((served.name, served.version), (0, 0))
-            stats.append(pb.ModelStatistics(
-                name=served.name, version=served.version, last_inference=b.last_scored_ms,
-                inference_count=b.rows, execution_count=b.batches,
-                inference_stats=pb.InferStatistics(
-                    success=duration(count=ok_ns[0], ns=ok_ns[1]),
-                    fail=duration(count=self.front.failed.get(served.name, 0)),
-                    queue=duration(count=b.requests, ns=b.queue_ns),
-                    compute_input=duration(count=b.requests), compute_output=duration(count=b.requests),
-                    compute_infer=duration(count=b.requests, ns=b.infer_ns)),
-            ))
-        return pb.ModelStatisticsResponse(model_stats=stats)
+        versions = [await self._served(request, context)] if request.name else list(self.registry.all())
+        return triton.model_statistics(self.front, versions)
 
     # -- inference -----------------------------------------------------------------------
     async def _infer(self, request, deadline_ns: int | None) -> pb.ModelInferResponse:

@@ -27,6 +27,7 @@ import engine
 from engine.codec.oip_json import HEADER_LENGTH, decode_json_request, encode_json_response
 from engine.errors import MAX_MESSAGE, EngineError, ErrorCode, cannot_bind, clip
 from engine.frontdoor import FrontDoor
+from engine.ingress import triton
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class RestIngress:
                 return await self._infer(scope, receive, send, path)
             if method == "POST" and path.endswith("/feedback"):
                 return await self._feedback(receive, send, path)
+            if method == "POST" and path == "/v2/repository/index":  # Triton's repository extension
+                return await _reply(send, 200, triton.repository_index(self.registry.all()))
             status, body = self._get(path)
             if method != "GET" and status != 404:  # a path that exists, by GET
                 return await _reply(send, 405, {"error": f"{method} {clip(path)}: use GET"})
@@ -142,23 +145,29 @@ class RestIngress:
             return (200 if front.ready else 503), None
         if path == "/v2":
             return 200, {"name": "scorewire", "version": engine.__version__, "extensions": []}
+        if path == "/v2/models/stats":  # Triton's statistics extension: every version served
+            return 200, triton.as_json(triton.model_statistics(front, self.registry.all()))
         parts = path.split("/")
         if len(parts) >= 4 and parts[:3] == ["", "v2", "models"]:
             name, rest = parts[3], parts[4:]
             version = ""
             if rest[:1] == ["versions"] and len(rest) >= 2:
                 version, rest = rest[1], rest[2:]
-            if rest in ([], ["ready"]):
+            if rest in ([], ["ready"], ["config"], ["stats"]):
                 try:
                     served = self.registry.get(name, version)
                 except EngineError as exc:
                     return HTTP_STATUS[exc.code], {"error": exc.message}
                 if rest == ["ready"]:
                     return (200 if front.ready else 503), None
+                if rest == ["config"]:
+                    return 200, triton.as_json(triton.model_config(served))
+                if rest == ["stats"]:
+                    return 200, triton.as_json(triton.model_statistics(front, [served]))
                 return 200, _metadata(served)
         return 404, {"error": f"no such path: {clip(path)} (served: GET /v2, /v2/health/live|ready, "
-                            "/v2/models/NAME[/versions/V][/ready]; POST /v2/models/NAME[/versions/V]/infer, "
-                            "/v2/models/NAME/feedback)"}
+                            "/v2/models/NAME[/versions/V][/ready|/config|/stats], /v2/models/stats; "
+                            "POST /v2/models/NAME[/versions/V]/infer, /v2/models/NAME/feedback, /v2/repository/index)"}
 
     async def _feedback(self, receive, send, path: str) -> None:
         """POST /v2/models/NAME/feedback: labels for the rows of earlier requests (by request id)."""

@@ -52,6 +52,40 @@ def test_tritonclient_http_gets_what_grpc_gets(server, rng):
         h.close()
 
 
+def test_triton_config_statistics_and_repository_over_rest_equal_grpcs(server, rng):
+    g = grpcclient.InferenceServerClient(server.url)
+    h = httpclient.InferenceServerClient(server.http_url)
+    try:
+        x = rng.random((3, 32), dtype=np.float32)
+        hi = httpclient.InferInput("float_input", [3, 32], "FP32")
+        hi.set_data_from_numpy(x)
+        h.infer("gbt", [hi])
+        config = h.get_model_config("gbt")
+        expected = g.get_model_config("gbt").config
+        assert (config["name"], config["platform"], config["max_batch_size"]) == ("gbt", "onnxruntime_onnx",
+                                                                                  expected.max_batch_size)
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("float_input", "TYPE_FP32", [32])]
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [
+            ("label", "TYPE_INT64", []), ("probabilities", "TYPE_FP32", [2])]
+        assert config["instance_group"][0]["count"] == 2
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == \
+            expected.dynamic_batching.max_queue_delay_microseconds
+        stats = h.get_inference_statistics("gbt")["model_stats"]
+        assert [(s["name"], s["version"]) for s in stats] == [("gbt", "1")]
+        assert stats[0]["inference_count"] == g.get_inference_statistics("gbt").model_stats[0].inference_count >= 3
+        assert stats[0]["inference_stats"]["success"]["count"] >= 1
+        every = h.get_inference_statistics()["model_stats"]
+        assert {(s["name"], s["version"]) for s in every} >= {("mlp", "1"), ("mlp", "2"), ("gbt", "1")}
+        index = h.get_model_repository_index()
+        assert {(m["name"], m["version"], m["state"]) for m in index} >= {("mlp", "1", "READY"), ("mlp", "2", "READY"),
+                                                                         ("gbt", "1", "READY")}
+        with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+            h.get_model_config("nope")
+    finally:
+        g.close()
+        h.close()
+
+
 def test_rest_errors_are_http_statuses_with_the_message(server):
     base = f"http://{server.http_url}/v2/models"
     row = {"name": "float_input", "shape": [1, 32], "datatype": "FP32", "data": [0.5] * 32}
@@ -73,7 +107,7 @@ def test_rest_errors_are_http_statuses_with_the_message(server):
         got_status, got = _post(url, json.dumps(body).encode())
         assert (got_status, text in got["error"]) == (status, True), (url, body, got_status, got)
     # a path not served is 404 whatever the method, naming what is served; a GET path POSTed to is 405
-    status, got = _post(f"http://{server.http_url}/v2/repository/index", b"{}")
+    status, got = _post(f"http://{server.http_url}/v2/repository/nope", b"{}")
     assert status == 404 and "GET /v2" in got["error"] and "use GET" not in got["error"], got
     status, got = _post(f"{base}/mlp", b"{}")
     assert status == 405 and "use GET" in got["error"], got
