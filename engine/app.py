@@ -28,7 +28,7 @@ from engine.batching.batch import ScoredBatch
 from engine.pipeline import Pipeline
 from engine.ready import Ready, write as write_ready
 from engine.rollout import state as rollout_state
-from engine.routing.router import Route, Router, check_compatible
+from engine.routing.router import Route, Router, check_compatible, route_changes
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
 from engine.settings import RouteSettings, Settings, load_settings
@@ -378,10 +378,10 @@ class App:
                                for sh in retired))
         for served in gone:
             served.model.close()
-        self._say("reloaded: " + ", ".join(
-            [f"routes {[r.model for r in new.routes]}"]
-            + ([f"added {[s.model.label for s in added]}"] if added else [])
-            + ([f"removed {[f'{n}:{v}' for n, v in removed]}"] if removed else [])))
+        changes = (route_changes(old.routes, new.routes)
+                   + ([f"loaded {', '.join(s.model.label for s in added)}"] if added else [])
+                   + ([f"unloaded {', '.join(f'{n}:{v}' for n, v in removed)}"] if removed else []))
+        self._say("reloaded: " + ("; ".join(changes) if changes else "no model or route changed"))
 
     def _stream_down(self, stream: KafkaStream, reason: str) -> None:
         self._say(f"stream {stream.label} stopped: {reason}")

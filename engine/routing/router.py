@@ -132,3 +132,22 @@ class Router:
     def role_of(self, name: str, version: str) -> str:
         route = self.routes.get(name)
         return Role.CHAMPION if route is None else route.role_of(version)
+
+
+def route_changes(old: list[RouteSettings], new: list[RouteSettings]) -> list[str]:
+    """What a reload changes in the routes, in words: `route mlp: champion 1 -> 2`."""
+    before, after = {r.model: r for r in old}, {r.model: r for r in new}
+    changes = [f"route {m} added (champion {after[m].champion})" for m in after if m not in before]
+    changes += [f"route {m} removed (its model answers with its highest version)" for m in before if m not in after]
+    for model in (m for m in after if m in before):
+        was, now = before[model].model_dump(), after[model].model_dump()
+        fields = [f"{k} {_short(was[k])} -> {_short(now[k])}" for k in now if was[k] != now[k]]
+        if fields:
+            changes.append(f"route {model}: " + ", ".join(fields))
+    return changes
+
+
+def _short(value) -> str:
+    if isinstance(value, dict) and len(str(value)) > 60:  # a rollout's or bandit's table: say it changed
+        return "{...}"
+    return str(value) if value not in (None, [], {}) else "none"

@@ -120,11 +120,13 @@ def test_sighup_adds_and_promotes_a_challenger_without_dropping_requests(model_d
         config = tmp_path / "scorewire.toml"  # what SIGHUP reads again
         served(*two, route=route_table("mlp", "1", challengers=["2"]), log=log_table()).write(config)
         srv.proc.send_signal(signal.SIGHUP)
-        _wait_for(srv.proc, "scorewire: reloaded")
+        said = _wait_for(srv.proc, "scorewire: reloaded")
+        assert "loaded mlp:2" in said and "challengers none -> ['2']" in said, said
         time.sleep(0.5)
         served(*two, route=route_table("mlp", "2", challengers=["1"]), log=log_table()).write(config)
         srv.proc.send_signal(signal.SIGHUP)
-        _wait_for(srv.proc, "scorewire: reloaded")
+        said = _wait_for(srv.proc, "scorewire: reloaded")
+        assert "route mlp: champion 1 -> 2, challengers ['2'] -> ['1']" in said, said  # what changed, in words
         promoted_at = len(seen) + 4  # each worker may have had one request routed before the swap
         time.sleep(0.5)
         config.write_text("[[models]]\nname = 'broken'\n")  # refused, nothing changes
