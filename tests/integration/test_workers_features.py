@@ -21,7 +21,8 @@ from engine.harness.models import N_FEATURES, demo_data
 from engine.harness.server import Server
 from engine.mock_kafka import MockCluster
 from tests.conftest import launch
-from tests.integration.kafka_helpers import json_events, produce, read_all, results_by_source, stream, wait_for
+from tests.integration.kafka_helpers import (committed, end_offsets, json_events, produce, read_all,
+                                             results_by_source, stream, wait_for)
 from tests.integration.workers_helpers import base, challenged, infer, launch_workers, metric, pids, ready
 
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
@@ -126,8 +127,16 @@ def test_kafka_with_two_workers_scores_every_event_across_a_worker_restart(model
             assert ids == set(range(n)), f"{n - len(ids)} events have no result"
             wait_for(lambda: metric(server, 'scorewire_process_restarts_total{process="worker"}') == 1, 30,
                      what="the restart to be counted")
+            # SIGTERM stops both workers at once: the one that leaves the group last still
+            # commits what it delivered (the group moved on: it rejoins), so a restart would
+            # consume nothing again
+            said = server.stop_and_read()
+            assert server.proc.returncode == 0
+            assert "commit of" not in said, [line for line in said.splitlines() if "commit of" in line]
+            assert committed(cluster.bootstrap, "two-workers", "events", 8) == end_offsets(cluster.bootstrap,
+                                                                                             "events", 8)
         finally:
-            assert server.stop() == 0
+            server.stop()
 
 
 def test_challengers_run_in_their_own_process_and_their_crash_never_reaches_an_answer(model_dir, rng):

@@ -15,7 +15,7 @@ import threading
 import time
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from engine.codec.kafka import Decoded
 from engine.ingress.kafka.chunk import Chunk
@@ -25,6 +25,8 @@ CONSUME_TIMEOUT_S = 0.1
 PAUSE_AFTER_S = 1.0
 LAG_EVERY_S = 1.0
 REWIND_TRIES = 50  # a rewind a partition refuses is tried again after each poll (0.1 s), this many times
+EXIT_COMMIT_S = 10.0  # how long the last commit may rejoin a group that moved on
+GROUP_MOVED = (KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID)
 
 
 class Reader:
@@ -84,7 +86,8 @@ class Reader:
                         messages = [first] + consumer.consume(self.settings.consume_batch - 1, 0)
                 if messages:
                     self._take(messages, generation)
-            self._settle_and_commit(None)
+            self._settle(None)
+            self._commit_at_exit()
         except Exception as exc:
             log.exception("stream %s: the reader failed", stream.label)
             stream.loop.call_soon_threadsafe(stream.halt, f"the reader failed: {exc!r}")
@@ -223,16 +226,17 @@ class Reader:
             stream.room.wait(CONSUME_TIMEOUT_S)
         return 0.0  # keep serving rebalances and heartbeats while paused
 
-    def _commit(self, asynchronous: bool, only: set[int] | None = None) -> None:
+    def _commit(self, asynchronous: bool, only: set[int] | None = None, last_try: bool = True) -> int | None:
         """Commit what is ready. Synchronous (rebalance, shutdown): every settled offset of
         `only`, again, since an asynchronous commit still in flight may fail in the rebalance.
-        Exactly-once commits offsets in its transactions instead."""
+        Exactly-once commits offsets in its transactions instead. Returns the error code of a
+        failed commit (counted and logged unless another try follows), else None."""
         if self._transactional:
-            return
+            return None
         tracker = self.stream.tracker
         ready = tracker.take_ready() if asynchronous else tracker.settled_upto(only)
         if not ready:
-            return
+            return None
         topic = self.settings.input_topic
         stats = self.stream.stats
         try:
@@ -240,13 +244,33 @@ class Reader:
                                  asynchronous=asynchronous)
             stats.commits += 1
             self.committed.update(ready)
+            return None
         except KafkaException as exc:
-            stats.commit_errors += 1
-            log.warning("stream %s: commit of %s failed: %s", self.stream.label, ready, exc)
+            if last_try:
+                stats.commit_errors += 1
+                log.warning("stream %s: commit of %s failed: %s; those events will be consumed again",
+                            self.stream.label, ready, exc)
+            return exc.args[0].code()
 
-    def _settle_and_commit(self, partitions: set[int] | None) -> None:
-        """Wait for the loop to settle chunks of `partitions` (None: all), then commit what
-        they delivered, synchronously."""
+    def _commit_at_exit(self) -> None:
+        """The last commit, at shutdown. Every worker stops at once on SIGTERM: a peer leaving
+        the group first moves it to a new generation, and a commit from the one before is
+        refused (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS), which would leave the events
+        delivered since the last commit to be consumed again after the restart. So rejoin (a
+        poll runs the rebalance and its callbacks; a message it returns is not taken, so it is
+        consumed again) and commit again, for up to EXIT_COMMIT_S."""
+        deadline = time.monotonic() + EXIT_COMMIT_S
+        while True:
+            last = time.monotonic() >= deadline
+            error = self._commit(asynchronous=False, last_try=last)
+            if error not in GROUP_MOVED or last:
+                return
+            log.info("stream %s: the group moved on (a peer left); rejoining to commit what was delivered",
+                     self.stream.label)
+            self.consumer.poll(CONSUME_TIMEOUT_S)
+
+    def _settle(self, partitions: set[int] | None) -> None:
+        """Wait for the loop to settle chunks of `partitions` (None: all)."""
         stream = self.stream
         future = asyncio.run_coroutine_threadsafe(stream.settle(partitions), stream.loop)
         try:
@@ -254,6 +278,10 @@ class Reader:
         except Exception as exc:
             log.warning("stream %s: settling in-flight events failed (%r); committing what was delivered",
                         stream.label, exc)
+
+    def _settle_and_commit(self, partitions: set[int] | None) -> None:
+        """Settle chunks of `partitions` (None: all), then commit what they delivered, synchronously."""
+        self._settle(partitions)
         self._commit(asynchronous=False, only=partitions)
 
     # -- rebalance callbacks (on this thread, inside poll/consume) --------------------------------
