@@ -228,6 +228,10 @@ class Observer:
                 wanted_in, wanted_out = monitor.tensors
                 inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in wanted_in}
                 outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in wanted_out}
+            # data quality first: a reader that sees drift's rows counted
+            # (scorewire_drift_events_observed) sees their quality shares too
+            quality = self.quality.get((model, version))
+            quality_events = quality.observe(inputs) if quality is not None else []
             events = monitor.observe(inputs, outputs)
             if events and self.settings.monitoring.events_dir is not None:
                 try:
@@ -238,9 +242,7 @@ class Observer:
                 log.log(logging.WARNING if event.kind == "raise" else logging.INFO, "%s",
                         event_line(event, monitor.settings.min_effect, monitor.settings.consecutive,
                                    len(monitor.sizes) > 1))
-            quality = self.quality.get((model, version))
-            if quality is not None:
-                quality_said(quality.observe(inputs), monitor.settings.consecutive, self.settings.monitoring.events_dir)
+            quality_said(quality_events, monitor.settings.consecutive, self.settings.monitoring.events_dir)
         self._write_evaluations(force=False)
 
     def _write_evaluations(self, force: bool) -> None:
