@@ -572,7 +572,8 @@ class SegmentSettings(_Strict):
 class MonitoringSettings(_Strict):
     events_dir: ConfigPath | None = None
     """Folder (relative to the config file) for drift events as Parquet, Hive-partitioned
-    kind=drift/model=/date=. None: drift events go to the server log only."""
+    kind=drift/model=/date= (and the other kinds beside them: data quality kind=quality,
+    guards kind=guard, audit rows kind=audit, ...). None: events go to the server log only."""
 
 
 class RolloutSettings(_Strict):
