@@ -82,7 +82,7 @@ class Observer:
             monitor = DriftMonitor(model.label, ms.monitor, model.schema, reference)
             monitor.warm_up()
             monitor.keep_history = self.settings.monitoring.events_dir is not None
-            quality = QualityMonitor(monitor, reference)
+            quality = QualityMonitor(monitor, model.schema, reference)
             quality.warm_up()
             self.quality[(ms.name, ms.version)] = quality
             self.drift[(ms.name, ms.version)] = monitor

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import audit
+from engine.codec.validate import ModelSchema
 from engine.monitor.drift import DriftMonitor, MonitorConfigError
 from engine.monitor.events import TIME, publish
 from kernels.quality import QualityWindow
@@ -78,9 +79,9 @@ class QualityEvent:
 
 
 class QualityMonitor:
-    def __init__(self, drift: DriftMonitor, reference: dict[str, np.ndarray]):
-        """The input features of `drift` (a version's drift monitor), their domain from its
-        reference (the columns by name, as load_reference reads them)."""
+    def __init__(self, drift: DriftMonitor, schema: ModelSchema, reference: dict[str, np.ndarray]):
+        """The input features of `drift` (a version's drift monitor, built on `schema`), their
+        domain from its reference (the columns by name, as load_reference reads them)."""
         model, self.version = drift.model.split(":", 1)
         self.model = model
         self.settings = drift.settings
@@ -89,7 +90,7 @@ class QualityMonitor:
         self.categorical = np.array([c.categorical for c in columns], dtype=bool)
         self.tensor = columns[0].tensor
         self.size = drift.sizes[0]
-        self._dtype = next(t.dtype for t in drift._schema.inputs if t.name == self.tensor)
+        self._dtype = next(t.dtype for t in schema.inputs if t.name == self.tensor)
         lo, hi, categories = np.zeros(len(columns)), np.zeros(len(columns)), []
         for j, c in enumerate(columns):
             values = np.asarray(reference[c.name], dtype=np.float64)

@@ -44,7 +44,7 @@ def check(old: Settings, new: Settings) -> None:
                     model.warm_up(full=ms.warmup)
                 if ms.monitor is not None:  # as the observer does
                     reference = load_reference(ms.monitor.reference)
-                    QualityMonitor(DriftMonitor(model.label, ms.monitor, model.schema, reference), reference)
+                    QualityMonitor(DriftMonitor(model.label, ms.monitor, model.schema, reference), model.schema, reference)
         for rs in changed:
             champion = models[(rs.model, rs.champion)]
             for version in dict.fromkeys([*rs.challengers, *rs.split]):

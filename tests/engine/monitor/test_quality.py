@@ -30,7 +30,7 @@ def make(rng, quality=None, **overrides) -> tuple[QualityMonitor, dict]:
     options = dict(windows=[300, 1000], every=100, consecutive=2)
     settings = MonitorSettings(features=FEATURES, categorical=["c"], reference="unused.parquet", quality=quality,
                                **{**options, **overrides})
-    return QualityMonitor(DriftMonitor("m:1", settings, SCHEMA, ref), ref), ref
+    return QualityMonitor(DriftMonitor("m:1", settings, SCHEMA, ref), SCHEMA, ref), ref
 
 
 def clean(rng, rows: int) -> np.ndarray:
@@ -145,4 +145,4 @@ def test_a_reference_column_without_a_finite_value_is_a_config_error(rng):
     ref["a"] = np.full(2000, np.nan)
     settings = MonitorSettings(features=FEATURES, categorical=["c"], reference="unused.parquet", window=100)
     with pytest.raises(MonitorConfigError, match="'a' has no finite value"):
-        QualityMonitor(DriftMonitor("m:1", settings, SCHEMA, {**ref, "a": np.zeros(2000)}), ref)
+        QualityMonitor(DriftMonitor("m:1", settings, SCHEMA, {**ref, "a": np.zeros(2000)}), SCHEMA, ref)
