@@ -80,7 +80,8 @@ class QualityWindow:
         self.hi = np.ascontiguousarray(hi, dtype=np.float64)
         k = len(categories)
         if self.lo.shape != (k,) or self.hi.shape != (k,):
-            raise ValueError(f"lo and hi need one value per column ({k}), got shapes {self.lo.shape} and {self.hi.shape}")
+            raise ValueError(f"lo and hi need one value per column ({k}), got shapes {self.lo.shape} and "
+                             f"{self.hi.shape}")
         self.categorical = np.array([c is not None for c in categories], dtype=np.bool_)
         sets = [np.unique(np.rint(np.asarray(c, dtype=np.float64))) if c is not None else np.empty(0)
                 for c in categories]

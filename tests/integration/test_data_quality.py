@@ -30,8 +30,8 @@ THRESHOLDS = {"missing": 0.05, "out_of_range": 0.05, "unseen_category": 0.01}
 def scorer(path):
     """score = sigmoid(x @ w): a [N, 3] FP32 input, a [N, 1] output (NaN in, NaN out)."""
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 1], [0.5, -0.25, 0.1])
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["score"])],
-                              "scorer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["score"])]
+    graph = helper.make_graph(nodes, "scorer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
                               [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])], [w])
     return save_graph(graph, path)
 
@@ -115,7 +115,8 @@ def test_shares_alerts_and_clearing_end_to_end(tmp_path, rng, workers):
         assert by_check(families, "scorewire_data_quality_share") == want
         assert [s.value for s in families["scorewire_data_quality_window_rows"]] == [WINDOW]
         alerts = by_check(families, "scorewire_data_quality_alert")
-        assert {k for k, v in alerts.items() if v} == {("a", "out_of_range"), ("b", "missing"), ("c", "unseen_category")}
+        raised = {("a", "out_of_range"), ("b", "missing"), ("c", "unseen_category")}
+        assert {k for k, v in alerts.items() if v} == raised
         assert set(alerts) == set(want)  # every check that applies has a threshold here
 
         shown = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--target", target],
