@@ -22,6 +22,7 @@ from engine.monitor.guardwatch import GuardWatch
 from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
+from engine.monitor.quality import QualityMonitor, said as quality_said
 from engine.monitor.rule import event_line
 from engine.monitor.tap import MonitorTap
 from engine.routing.shadow import Shadow
@@ -50,6 +51,7 @@ class Observer:
         self._evaluations_written = time.monotonic()
         self.latency = LatencyMonitor()
         self.drift: dict[Key, DriftMonitor] = {}
+        self.quality: dict[Key, QualityMonitor] = {}  # data quality of the drift monitors' input features
         self.models: dict[Key, OnnxModel | ModelShape] = {}  # monitored versions and challengers (sessions: to shadow)
         self.shadows: dict[Key, tuple[Shadow, ...]] = {}  # champion -> its challengers
         self.scorelog: ScoreLog | None = None
@@ -76,14 +78,19 @@ class Observer:
         """A loaded version: its drift monitor (if it has one), and its session for shadowing."""
         self.models[(ms.name, ms.version)] = model
         if ms.monitor is not None:
-            monitor = DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+            reference = load_reference(ms.monitor.reference)
+            monitor = DriftMonitor(model.label, ms.monitor, model.schema, reference)
             monitor.warm_up()
             monitor.keep_history = self.settings.monitoring.events_dir is not None
+            quality = QualityMonitor(monitor, model.schema, reference)
+            quality.warm_up()
+            self.quality[(ms.name, ms.version)] = quality
             self.drift[(ms.name, ms.version)] = monitor
 
     def remove_model(self, key: Key) -> None:
         self.models.pop(key, None)
         self.drift.pop(key, None)
+        self.quality.pop(key, None)
 
     def _track(self, settings: Settings, event: str) -> None:
         """Every version's provenance (the ONNX file's and its settings' sha256: the scoring
@@ -197,8 +204,8 @@ class Observer:
             self.scorelog.put(batch)
 
     def _monitor(self, batches: list[ScoredBatch]) -> None:
-        """On the monitor thread: latency histograms, then drift, per model version on the
-        concatenation of the batches queued (in their order)."""
+        """On the monitor thread: latency histograms, then drift and data quality, per model
+        version on the concatenation of the batches queued (in their order)."""
         groups: dict[tuple[str, str, str], list[ScoredBatch]] = {}
         for batch in batches:
             groups.setdefault((batch.model, batch.version, batch.role), []).append(batch)
@@ -221,6 +228,10 @@ class Observer:
                 wanted_in, wanted_out = monitor.tensors
                 inputs = {k: np.concatenate([b.inputs[k] for b in group]) for k in wanted_in}
                 outputs = {k: np.concatenate([b.outputs[k] for b in group]) for k in wanted_out}
+            # data quality first: a reader that sees drift's rows counted
+            # (scorewire_drift_events_observed) sees their quality shares too
+            quality = self.quality.get((model, version))
+            quality_events = quality.observe(inputs) if quality is not None else []
             events = monitor.observe(inputs, outputs)
             if events and self.settings.monitoring.events_dir is not None:
                 try:
@@ -231,6 +242,7 @@ class Observer:
                 log.log(logging.WARNING if event.kind == "raise" else logging.INFO, "%s",
                         event_line(event, monitor.settings.min_effect, monitor.settings.consecutive,
                                    len(monitor.sizes) > 1))
+            quality_said(quality_events, monitor.settings.consecutive, self.settings.monitoring.events_dir)
         self._write_evaluations(force=False)
 
     def _write_evaluations(self, force: bool) -> None:

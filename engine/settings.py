@@ -168,6 +168,30 @@ class BatchingSettings(_Strict):
     max_rows_per_request can succeed."""
 
 
+class QualitySettings(_Strict):
+    """Data-quality alerts of the monitored input features (engine/monitor/quality.py): each
+    feature's share of missing values, of values outside the reference's [min, max] and of
+    categories the reference never had, over the monitor's smallest window of rows. A check
+    left out is shown (/metrics, `status`) but never alerts; 0 alerts on any such value."""
+
+    max_missing: float | None = Field(None, ge=0, lt=1)
+    """Alert while a feature's share of non-finite values (NaN, +-inf: they reach the monitor
+    only where the model has allow_non_finite = true) is above this."""
+    max_out_of_range: float | None = Field(None, ge=0, lt=1)
+    """Alert while a continuous feature's share of finite values outside the reference's
+    [min, max] (both ends inside) is above this."""
+    max_unseen_category: float | None = Field(None, ge=0, lt=1)
+    """Alert while a categorical feature's share of categories (integer codes, rint of the
+    value) that the reference never had is above this."""
+
+    @model_validator(mode="after")
+    def _alerts_something(self) -> "QualitySettings":
+        if self.max_missing is None and self.max_out_of_range is None and self.max_unseen_category is None:
+            raise ValueError("[models.monitor.quality] alerts on nothing: set max_missing, max_out_of_range or "
+                             "max_unseen_category (the shares are shown without it)")
+        return self
+
+
 class MonitorSettings(_Strict):
     features: list[str] | None = Field(None, min_length=1)
     """Names of the monitored input tensor's columns, in order (the tensor is [rows, len(features)]).
@@ -207,6 +231,11 @@ class MonitorSettings(_Strict):
     queue_rows: int = Field(262_144, gt=0, le=100_000_000)
     """Rows of those batches, all together (bounds the memory they hold; a batch alone is
     always taken). Past either bound, batches are dropped and counted."""
+    quality: QualitySettings | None = None
+    """Data-quality alerts per input feature (missing, out of range, unseen category); the
+    shares themselves are always in /metrics and `status`. An alert is raised after
+    `consecutive` evaluations (every `every` rows, once the smallest window is full) above a
+    threshold, and cleared after as many at or below it."""
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -228,6 +257,8 @@ class MonitorSettings(_Strict):
         if outputs:
             raise ValueError(f"categorical lists {outputs}, which are outputs: leave them out (an integer output, a "
                              "class label, is tested with chi-squared anyway; a float one with KS)")
+        if self.quality is not None and self.quality.max_unseen_category is not None and not self.categorical:
+            raise ValueError("quality.max_unseen_category needs categorical features (monitor.categorical is empty)")
         if self.features is None:  # the reference's columns: checked when it is read
             return self
         unknown = [c for c in self.categorical if c not in self.features]
@@ -541,7 +572,8 @@ class SegmentSettings(_Strict):
 class MonitoringSettings(_Strict):
     events_dir: ConfigPath | None = None
     """Folder (relative to the config file) for drift events as Parquet, Hive-partitioned
-    kind=drift/model=/date=. None: drift events go to the server log only."""
+    kind=drift/model=/date= (and the other kinds beside them: data quality kind=quality,
+    guards kind=guard, audit rows kind=audit, ...). None: events go to the server log only."""
 
 
 class RolloutSettings(_Strict):

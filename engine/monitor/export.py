@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 
 from engine.errors import cannot_bind
+from engine.monitor.quality import families as quality_families
 from engine.runtime.registry import Registry
 
 
@@ -114,6 +115,7 @@ def observer_families(observer) -> list[Family]:
     families: list[Family] = []
     family = _collector(families)
     _monitoring(observer, family)
+    quality_families(observer, family, _labels)
     observer.performance.families(family, _labels)
     observer.guards.families(family, _labels)
     return families

@@ -1,5 +1,6 @@
-"""`scorewire status`: drift per feature and latency percentiles from a server's /metrics; with
-labels, performance, rollouts and splits; guards, conformal coverage, fairness and segments."""
+"""`scorewire status`: drift and data quality per feature and latency percentiles from a server's
+/metrics; with labels, performance, rollouts and splits; guards, conformal coverage, fairness
+and segments."""
 
 from __future__ import annotations
 
@@ -163,6 +164,29 @@ def _quality(families: dict[str, list]) -> list[str]:
     return out
 
 
+def _data_quality(families: dict[str, list]) -> list[str]:
+    """Per input feature: its shares of missing, out-of-range and unseen-category values over
+    the monitor's smallest window, and which of its checks alert ("-": a check that does not
+    apply to the feature, or not alerted)."""
+    shares = _gather(families, ("scorewire_data_quality_share",), ("model", "version", "feature"),
+                     lambda _, sample: sample.labels["check"])
+    alerts = _gather(families, ("scorewire_data_quality_alert",), ("model", "version", "feature"),
+                     lambda _, sample: sample.labels["check"])
+    rows_ = _gather(families, ("scorewire_data_quality_window_rows",), ("model", "version"))
+    if not shares:
+        return []
+    table = []
+    for (m, v, f), x in shares.items():  # in the server's order: a version's features in their order
+        alert = alerts.get((m, v, f), {})
+        raised = [check for check, a in alert.items() if a]
+        table.append([m, v, f, f"{rows_.get((m, v), {}).get('scorewire_data_quality_window_rows', 0):,.0f}"]
+                     + [f"{x[check]:.4g}" if check in x else "-" for check in ("missing", "out_of_range",
+                                                                              "unseen_category")]
+                     + ["QUALITY: " + ", ".join(raised) if raised else "ok" if alert else "-"])
+    return [_table(["model", "version", "feature", "rows", "missing", "out of range", "unseen category", "alert"],
+                   table)]
+
+
 def _segments(families: dict[str, list]) -> list[str]:
     """Per segment: rows scored, score drift (KS D against the reference's rows of the segment)
     and, per role, the realized performance of its rows in the version's labelled window."""
@@ -271,6 +295,7 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         out.append(_table(["model", "version", "feature", "window", "statistic", "p-value", "effect", "alert"], rows))
     else:
         out.append("no drift monitors configured")
+    out += _data_quality(families)
     out += _performance(families)
     out += _rollouts(families)
     out += _splits(families)

@@ -23,6 +23,7 @@ log = logging.getLogger("scorewire")
 def check(old: Settings, new: Settings) -> None:
     """Raise what the reload from `old` to `new` would fail on."""
     from engine.monitor.drift import DriftMonitor, load_reference
+    from engine.monitor.quality import QualityMonitor
     from engine.routing.router import check_compatible
     from engine.runtime.session import ModelLoadError, OnnxModel
 
@@ -42,7 +43,8 @@ def check(old: Settings, new: Settings) -> None:
                 if ms.warmup or model.io_binding is not None:
                     model.warm_up(full=ms.warmup)
                 if ms.monitor is not None:  # as the observer does
-                    DriftMonitor(model.label, ms.monitor, model.schema, load_reference(ms.monitor.reference))
+                    reference = load_reference(ms.monitor.reference)
+                    QualityMonitor(DriftMonitor(model.label, ms.monitor, model.schema, reference), model.schema, reference)
         for rs in changed:
             champion = models[(rs.model, rs.champion)]
             for version in dict.fromkeys([*rs.challengers, *rs.split]):

@@ -131,7 +131,7 @@ def test_example_config_documents_every_key():
     from engine.settings import (AuthSettings, BanditSettings, BatchingSettings, ConformalSettings, FairnessSettings, GuardSettings, FeedbackSettings, ModelSettings,
                                  SegmentSettings,
                                  MonitoringSettings, MonitorSettings, PerformanceSettings, RolloutSettings,
-                                 RouteSettings, ServerSettings, StreamSettings, TlsSettings)
+                                 QualitySettings, RouteSettings, ServerSettings, StreamSettings, TlsSettings)
 
     text = (Path(__file__).resolve().parents[2] / "configs" / "example.toml").read_text()
     tables = {"batching": "[models.batching]", "monitor": "[models.monitor]", "performance": "[models.performance]",
@@ -139,9 +139,10 @@ def test_example_config_documents_every_key():
               "auth": "[server.auth]", "kafka": "[streams.kafka]", "consumer": "[streams.consumer]",
               "producer": "[streams.producer]"}
     tables["segments"] = "[models.segments]"
+    tables["quality"] = "[models.monitor.quality]"
     for model in (ServerSettings, ModelSettings, BatchingSettings, MonitorSettings, PerformanceSettings,
                   FairnessSettings, ConformalSettings, GuardSettings, RouteSettings, RolloutSettings, MonitoringSettings, StreamSettings,
-                  FeedbackSettings, BanditSettings, TlsSettings, AuthSettings, SegmentSettings):
+                  FeedbackSettings, BanditSettings, TlsSettings, AuthSettings, SegmentSettings, QualitySettings):
         for name in model.model_fields:
             if name in tables:  # optional tables may be shown commented out, so that the file runs
                 assert tables[name] in text, f"configs/example.toml does not show {tables[name]}"

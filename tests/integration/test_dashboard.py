@@ -3,7 +3,7 @@ exports: every metric their queries name, and every label they group by or match
 the scrape's instance and job), checked against a running server with
 every part on (two workers, drift, a challenger, the scoring log, a Kafka stream, labels sent
 back to versions with a performance reference, guards that flag (with their alert), conformal
-sets, fairness, segments)."""
+sets, fairness, segments, data quality with an alert)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ CONFIG = Config(
     server_table(workers=2),
     [model_table("mlp", "models/mlp.onnx", version="1", performance=PERFORMANCE,
                  monitor={"reference": "ref-dashboard.parquet", "window": 100, "every": 50, "features": FEATURES,
-                          "categorical": ["f0"]},
+                          "categorical": ["f0"], "quality": {"max_out_of_range": 0.5}},
                  guards={"input_domain": "reference", "min_confidence": 0.9, "action": "flag", "alert_share": 0.5},
                  conformal={"alpha": 0.1}, fairness={"protected": "f0", "privileged": 1, "window": 100},
                  segments={"columns": ["f0", "f1"], "bins": {"f1": [0, 0.5, 1]}}),
@@ -135,7 +135,7 @@ def test_every_query_of_the_dashboard_and_the_alerts_reads_exported_metrics(mode
                 "scorewire_drift_pvalue", "scorewire_latency_recent_us", "scorewire_performance_alert",
                 "scorewire_performance_estimated", "scorewire_performance_difference", "scorewire_guard_rows_total",
                 "scorewire_conformal_coverage", "scorewire_fairness", "scorewire_segment_performance",
-                "scorewire_guard_share")), 20,
+                "scorewire_guard_share", "scorewire_data_quality_share")), 20,
                 what="an evaluation, recent latency, performance alerts evaluated, estimates, the paired difference, "
                      "guarded rows, coverage and fairness")
             exported = _exported(scrape())
