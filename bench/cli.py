@@ -250,10 +250,8 @@ def _sweep(args) -> int:
     bar.close()
     command = "python -m bench " + " ".join(shlex.quote(a) for a in args.argv)
     paths = write_sweep(result, Path(args.out), command)
-    for line in result.headline:
-        print(line)
-    if result.interrupted:
-        print("(interrupted: from the levels that finished)")
+    for i, line in enumerate(result.headline):
+        print(line + (" (interrupted)" if result.interrupted and i == 0 else ""))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 130 if result.interrupted else 0
 

@@ -49,8 +49,11 @@ def limit(entry: dict) -> dict:
 
 def saturation(levels: list[dict]) -> dict | None:
     """The first level (by offered rate) where offered load stopped turning into answers
-    (under 95% answered) or the server's CPU reached its cores; None when none did."""
+    (under 95% answered) or the server's CPU reached its cores; None when none did. A level
+    Ctrl-C interrupted does not count."""
     for lv in sorted(levels, key=lambda lv: lv["offered_rps"]):
+        if lv.get("interrupted"):  # Ctrl-C cut it short: it says nothing of the server
+            continue
         short = lv["achieved_rps"] < 0.95 * lv["offered_rps"]
         if short or lv.get("limit", {}).get("kind") == "server":
             return {"offered_rps": lv["offered_rps"], "achieved_rps": lv["achieved_rps"],

@@ -131,6 +131,7 @@ class ServerWatch:
             self.workers = None
         self._edges: list[proctree.Snapshot] = []
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
 
     def _scrape(self) -> dict | None:
         if not self.metrics:
@@ -145,7 +146,7 @@ class ServerWatch:
         """Sample at the measured window's edges (epoch seconds), on a thread of its own."""
         def sample() -> None:
             for edge in (t0, t1):
-                time.sleep(max(0.0, edge - time.time()))
+                self._done.wait(max(0.0, edge - time.time()))  # a run cut short (Ctrl-C) ends it now
                 self._edges.append(proctree.snapshot(self.root, time.monotonic()))
 
         self._thread = threading.Thread(target=sample, daemon=True)
@@ -156,8 +157,9 @@ class ServerWatch:
         the parts that could be measured (with `*_unavailable` saying why for the rest)."""
         out: dict = {}
         if self._thread is not None:
+            self._done.set()
             self._thread.join(timeout=5)
-        if len(self._edges) == 2:
+        if len(self._edges) == 2 and self._edges[1].at - self._edges[0].at >= 0.1:  # not a run that never ran
             cpu = proctree.between(*self._edges)
             if self.root is None:
                 for key in ("cores", "busiest_main_thread", "busiest_pid", "processes"):
