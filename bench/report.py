@@ -146,6 +146,9 @@ def plot_sweep(data: dict, path: Path) -> None:
     if data.get("server_best_rps"):
         ax.axvline(data["server_best_rps"], color="gray", linestyle=":", linewidth=1,
                    label=f"highest rate meeting the SLO by the server's own latency: {data['server_best_rps']:,.0f}/s")
+    if data.get("saturation"):
+        ax.axvline(data["saturation"]["offered_rps"], color="orange", linestyle="-.", linewidth=1,
+                   label=f"saturation: {data['saturation']['offered_rps']:,.0f}/s offered")
     own = [lv.get("server_us", {}).get("total", {}).get("p99") for lv in levels]
     if any(own):
         ax.plot(x, [v / 1000 if v else float("nan") for v in own], marker="s", linestyle="--", color="gray",

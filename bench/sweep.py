@@ -10,8 +10,9 @@ when the same objectives hold on the server's own recent percentiles (the ones i
 p50, p90, p99, p99.9) and it kept up. The two differ when the client sets the tail: on a
 machine shared with the generator the client's p99 failed 10 ms at 844/s while the server's
 own was 1.1-1.6 ms. So the rate grows by `factor` from `start` while either passes (up to
-`max_rate`); below `start` it halves (down to `min_rate`) while one has never passed; then
-`refine` bisection steps narrow each between its last pass and its first failure. Answers:
+`max_rate`); first, when one fails at `start`, the rate halves below it (down to `min_rate`)
+until it passes; last, `refine` bisection steps narrow each between its last pass and its
+first failure. Answers:
 the highest rate passing at the client (`best_rps`), at the server (`server_best_rps`), the
 saturation point and, per level, what limited it (bench/limits.py).
 
@@ -187,15 +188,16 @@ def sweep(load: Load, slo: str, start: float, max_rate: float, factor: float = 1
             if progress is not None:
                 progress({"generator_ceiling_rps": result.generator_ceiling_rps})
         start = min(start, max_rate)
-        rate = start
-        while any(level(rate)) and rate < max_rate:  # up while the client or the server passes
-            rate = min(rate * factor, max_rate)  # the last level is max_rate itself
+        level(start)
         floor = min_rate if min_rate is not None else start / 16
-        for k in (0, 1):  # below start while one has never passed (and the server was judged)
-            rate = start
+        for k in (0, 1):  # below start while one has not passed (and the server was judged); first, so
+            rate = start  # that no overloaded level runs just before (the server's percentiles lag 5-10 s)
             while highest(k) is None and verdicts[start][k] is not None and rate / 2 >= floor:
                 rate /= 2
                 level(rate)
+        rate = start
+        while any(level(rate)) and rate < max_rate:  # up while the client or the server passes
+            rate = min(rate * factor, max_rate)  # the last level is max_rate itself
         for k in (0, 1):
             for _ in range(refine):
                 lo = highest(k)
