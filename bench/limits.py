@@ -76,6 +76,8 @@ def headline(data: dict) -> list[str]:
         lines.append(f"server capacity: its own latency met {data.get('server_slo') or slo} up to "
                      f"{server_best:,.0f} requests/s offered" if server_best else
                      f"server capacity: its own latency met {data.get('server_slo') or slo} at no level tried")
+    else:
+        lines.append("server capacity: not measured (--metrics, the server's metrics port, gives its own latency)")
     sat = data.get("saturation")
     top = max(levels, key=lambda lv: lv["achieved_rps"], default=None)
     if sat:

@@ -49,6 +49,9 @@ def test_the_headline_names_the_servers_capacity_and_when_the_client_was_the_lim
     assert lines[2] == "saturation: at 1,687/s offered, 1,200/s answered (client why)"
     assert lines[3] == "from 750/s the client, not the server, was the limit: client why"
     assert len(lines) == 4  # levels of 11 s: the server's recent percentiles are each level's own
+    for lv in levels:
+        lv["server_passed"] = None  # no --metrics
+    assert headline(data)[1].startswith("server capacity: not measured (--metrics")
 
 
 def test_the_server_saturates_when_its_cpu_reaches_its_cores_even_while_it_keeps_up():
