@@ -41,7 +41,10 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true", help="ModelStreamInfer (one stream per process)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
     p.add_argument("--metrics", help="HOST:PORT of a scorewire server's metrics port: its own recent "
-                   "queue/inference/total percentiles beside the client's (each sweep level)")
+                   "queue/inference/total percentiles beside the client's, each worker's share of the requests, "
+                   "its CPU (its process tree, where it runs on this machine), at least one connection per worker")
+    p.add_argument("--server-pid", type=int, help="the server's top process, for its CPU (its whole tree): "
+                   "default: the parent of the processes its /metrics names (scorewire_process_pid)")
     p.add_argument("--data", help="rows to replay: Parquet (its numeric columns, e.g. the drift reference) or NPZ; "
                    "default: random normal rows, which a monitored server sees as drift")
 
@@ -120,20 +123,35 @@ def _with_progress(seconds: float, label: str, work):
     return box["result"]
 
 
+def _connections(args, watch) -> None:
+    """At least one connection per worker: fewer leave a worker idle (the kernel gives each
+    connection to one worker), and the run would measure part of the server."""
+    if watch.workers and args.connections < watch.workers:
+        print(f"note: {watch.workers} workers serve {args.target}: {watch.workers} connections instead of "
+              f"--connections {args.connections}", file=sys.stderr)
+        args.connections = watch.workers
+
+
 def _grpc(args) -> int:
+    from bench.limits import limit
     from bench.loadgen import run
-    from bench.report import run_markdown, write_json
+    from bench.report import run_markdown, side_lines, write_json
+    from bench.serverwatch import ServerWatch
+    from bench.sweep import tail_notes
 
+    watch = ServerWatch(args.metrics, args.model, args.server_pid)
+    _connections(args, watch)
     load = _load(args, rate=args.rate, closed_loop=args.closed_loop, concurrency=args.concurrency)
-    result = _with_progress(args.duration + args.warmup + 2, "load", lambda: run(load))
-    from bench.sweep import server_percentiles, tail_notes
-
-    server = server_percentiles(args.metrics, args.model) if args.metrics else {}
-    print(run_markdown(result, server))
-    for note in tail_notes({"latency_us": result.latency_us, "lag_us": result.lag_us, "server_us": server}):
+    result = _with_progress(args.duration + args.warmup + 2, "load", lambda: run(load, window=watch.window))
+    entry = {**result.as_dict(), **watch.finish()}
+    entry["limit"] = limit(entry)
+    print(run_markdown(result, entry.get("server_us", {})))
+    for line in side_lines(entry):
+        print(line)
+    for note in tail_notes(entry):
         print(f"note: {note}")
     if args.json:
-        write_json(Path(args.json), result.as_dict())
+        write_json(Path(args.json), entry)
         print(f"wrote {args.json}")
     return 130 if result.interrupted else 0
 
@@ -199,10 +217,14 @@ def _sweep(args) -> int:
     _need("matplotlib")
     tqdm = _tqdm()
 
-    from bench.report import write_sweep
+    from bench.report import side_lines, write_sweep
     from bench.sweep import parse_slo, sweep
 
     parse_slo(args.slo)  # fail fast on a typo
+    if args.metrics:
+        from bench.serverwatch import ServerWatch
+
+        _connections(args, ServerWatch(args.metrics, args.model, args.server_pid))
     load = _load(args)
     bar = tqdm(desc="sweep", unit=" level", file=sys.stderr, disable=not _tty())
 
@@ -214,17 +236,22 @@ def _sweep(args) -> int:
         server = entry.get("server_us", {}).get("total", {}).get("p99")
         bar.write(f"{entry['offered_rps']:>10,.0f}/s offered: p99 {entry['latency_us'].get('p99', 0) / 1000:.2f} ms"
                   + (f" (server total p99 {server / 1000:.2f} ms)" if server else "")
-                  + f", {'pass' if entry['passed'] else 'FAIL'} ({entry['verdict']})", file=sys.stderr)
+                  + f", {'pass' if entry['passed'] else 'FAIL'} ({entry['verdict']})"
+                  + ("" if entry.get("server_passed") is None else
+                     f"; at the server {'pass' if entry['server_passed'] else 'FAIL'} ({entry['server_verdict']})"),
+                  file=sys.stderr)
+        for line in side_lines(entry):
+            bar.write(f"{'':>12}{line}", file=sys.stderr)
         for note in entry.get("notes", []):
             bar.write(f"{'':>12}note: {note}", file=sys.stderr)
 
     result = sweep(load, args.slo, args.start, args.max_rate, args.factor, args.refine, not args.no_ceiling,
-                   progress, args.metrics)
+                   progress, args.metrics, args.server_pid, args.min_rate)
     bar.close()
     command = "python -m bench " + " ".join(shlex.quote(a) for a in args.argv)
     paths = write_sweep(result, Path(args.out), command)
-    best = f"{result.best_rps:,.0f} requests/s" if result.best_rps else "none"
-    print(f"highest rate meeting {args.slo}: {best}{' (interrupted)' if result.interrupted else ''}")
+    for i, line in enumerate(result.headline):
+        print(line + (" (interrupted)" if result.interrupted and i == 0 else ""))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 130 if result.interrupted else 0
 
@@ -266,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--start", type=float, default=500.0, help="first offered rate")
     s.add_argument("--max-rate", type=float, default=100_000.0, help="highest offered rate tried")
     s.add_argument("--factor", type=float, default=1.5, help="rate growth per level")
-    s.add_argument("--refine", type=int, default=3, help="bisection steps after the first failure")
+    s.add_argument("--refine", type=int, default=3, help="bisection steps after the first failure (at the "
+                   "client, and again by the server's own latency)")
+    s.add_argument("--min-rate", type=float, help="halving below --start stops here, when no level met the SLO "
+                   "(default: --start / 16)")
     s.add_argument("--no-ceiling", action="store_true", help="skip measuring the generator's own ceiling")
     s.add_argument("--out", default="sweep", help="report path without suffix (.json, .md, .png are written)")
     s.set_defaults(func=_sweep)

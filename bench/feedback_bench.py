@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.grpc_bench import run_load
-from bench.onoff import BASE, cpu_s, parse_args, tree
+from bench.onoff import BASE, parse_args
+from bench.proctree import cpu_s, tree
 from bench.servers import prepare_demo, serve
 from engine.harness.config import Config, model_table, server_table
 

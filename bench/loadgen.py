@@ -68,6 +68,9 @@ class Result:
     latency_us: dict = field(default_factory=dict)  # percentile -> microseconds, plus max and mean
     lag_us: dict = field(default_factory=dict)  # schedule lag (open loop): the generator's own delay
     client_cpu: float = 0.0  # the busiest load process's CPU time over the measured window, in cores
+    client_cpu_total: float = 0.0  # all load processes together, in cores
+    client_loop_cpu: float = 0.0  # the busiest process's event-loop thread, in cores: 1.0 is the client's limit
+    window: tuple = ()  # the measured window, epoch seconds (from, to)
     histogram: str = ""  # HdrHistogram encoding of the latencies, for merging and re-analysis
     interrupted: bool = False
 
@@ -165,13 +168,14 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
     measure_from = t0 + load.warmup_s
     end = measure_from + load.duration_s
 
-    cpu: dict[str, tuple[float, float]] = {}
+    cpu: dict[str, tuple[float, float, float]] = {}
 
     async def watch_cpu() -> None:  # this process's CPU time over the measured window: is the client the limit?
+        # thread_time: the event loop's own thread, which saturates at one core (gRPC's threads do not count)
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
-        cpu["from"] = (time.monotonic(), time.process_time())
+        cpu["from"] = (time.monotonic(), time.process_time(), time.thread_time())
         await asyncio.sleep(max(0.0, end - time.monotonic()))
-        cpu["to"] = (time.monotonic(), time.process_time())
+        cpu["to"] = (time.monotonic(), time.process_time(), time.thread_time())
 
     watcher = asyncio.get_running_loop().create_task(watch_cpu())
 
@@ -238,8 +242,10 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
         for client in clients:
             await client.close()
     if "from" in cpu:
-        (w0, c0), (w1, c1) = cpu["from"], cpu.get("to", (time.monotonic(), time.process_time()))
+        (w0, c0, l0), (w1, c1, l1) = cpu["from"], cpu.get("to", (time.monotonic(), time.process_time(),
+                                                                  time.thread_time()))
         counts["cpu"] = (c1 - c0) / max(w1 - w0, 1e-9)
+        counts["loop_cpu"] = (l1 - l0) / max(w1 - w0, 1e-9)
     return {"latency": latency.encode(), "lag": lag.encode(), "errors": errors, "interrupted": stopping.is_set(),
             **counts}
 
@@ -316,8 +322,10 @@ def server_name(url: str) -> str:
         client.close()
 
 
-def run(load: Load) -> Result:
-    """Run one load level; returns merged percentiles (microseconds) and counts."""
+def run(load: Load, window=None) -> Result:
+    """Run one load level; returns merged percentiles (microseconds) and counts. `window(t0,
+    t1)`, where given, is told the measured window (epoch seconds) before the load starts: what
+    watches the server (bench/serverwatch.py) samples it there."""
     spec = input_spec(load.url, load.model)
     if load.data is not None:  # a file that does not fit stops here, not in every worker
         distinct = len(_rows(spec[1], spec[2], load.rows, 1, 0, load.data, spec[0], spec[3])) * load.rows
@@ -329,6 +337,9 @@ def run(load: Load) -> Result:
     context = mp.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 1.0 + 0.3 * load.procs  # time for the workers to start and connect
+    measured = (start_at + load.warmup_s, start_at + load.warmup_s + load.duration_s)
+    if window is not None:
+        window(*measured)
     procs = [context.Process(target=_worker_entry, args=(load, k, start_at, spec, queue), daemon=True)
              for k in range(load.procs)]
     for p in procs:
@@ -358,7 +369,7 @@ def run(load: Load) -> Result:
         raise RuntimeError(f"load worker failed: {failed[0]}")
     latency, lag = histogram(), histogram()
     result = Result(load=asdict(load), server=server_name(load.url), interrupted=interrupted or any(
-        p.get("interrupted") for p in parts))
+        p.get("interrupted") for p in parts), window=tuple(round(t, 3) for t in measured))
     for part in parts:
         if "latency" not in part:
             continue
@@ -367,6 +378,8 @@ def run(load: Load) -> Result:
         result.requests += part["requests"]
         result.ok += part["ok"]
         result.client_cpu = round(max(result.client_cpu, part.get("cpu", 0.0)), 3)
+        result.client_cpu_total = round(result.client_cpu_total + part.get("cpu", 0.0), 3)
+        result.client_loop_cpu = round(max(result.client_loop_cpu, part.get("loop_cpu", 0.0)), 3)
         for code, count in part["errors"].items():
             result.errors[code] = result.errors.get(code, 0) + count
     measured_s = load.duration_s

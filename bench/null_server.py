@@ -9,6 +9,8 @@ can beat it with the same client, so it is the ceiling printed next to scorewire
     python -m bench.null_server [--port N]     # prints "null server on 127.0.0.1:PORT"
     python -m bench.null_server --stall-after-s 2 --stall-s 1   # freezes once, for the
                                                   # coordinated-omission test
+    python -m bench.null_server --service-ms 20   # answers one at a time, 20 ms each: a server
+                                                  # of known capacity (50/s), for the sweep's tests
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def canned_response() -> bytes:
 
 
 async def serve(port: int, stall_after_s: float | None = None, stall_s: float = 1.0,
-                input_spec: str = "float_input:FP32:-1,32", outputs: str = "") -> None:
+                input_spec: str = "float_input:FP32:-1,32", outputs: str = "", service_s: float = 0.0) -> None:
     answer = canned_response()
     input_name, input_type, input_shape = input_spec.rsplit(":", 2)
     first = []
@@ -45,6 +47,8 @@ async def serve(port: int, stall_after_s: float | None = None, stall_s: float = 
             elif len(first) == 1 and now - first[0] >= stall_after_s:
                 first.append(now)
                 time.sleep(stall_s)  # the whole server freezes once: nothing is answered meanwhile
+        if service_s:
+            time.sleep(service_s)  # the whole server waits: one answer at a time
         return answer
 
     async def metadata(request, context):
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--input", default="float_input:FP32:-1,32", help="the input its ModelMetadata names, "
                         "NAME:DATATYPE:SHAPE (a real model's, so that the same rows can be sent to it)")
     parser.add_argument("--outputs", default="", help="more output names its ModelMetadata lists (comma-separated)")
+    parser.add_argument("--service-ms", type=float, default=0.0, help="each answer takes this long, one at a "
+                        "time (the whole server waits): its capacity is 1000/ms requests/s")
     args = parser.parse_args()
     try:
         import uvloop  # the same event loop scorewire uses, for a like-for-like ceiling
@@ -92,7 +98,7 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    asyncio.run(serve(args.port, args.stall_after_s, args.stall_s, args.input, args.outputs))
+    asyncio.run(serve(args.port, args.stall_after_s, args.stall_s, args.input, args.outputs, args.service_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,13 @@ two running servers in shorter turns instead (`interleave`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bench.grpc_bench import TurnLoad, run_load
+from bench.proctree import cpu_s, tree
 from bench.servers import serve
 from engine.harness.config import Config, model_table, server_table
 
@@ -40,32 +40,6 @@ def parse_args(description: str, argv=None, extra=None):
     parser.add_argument("--json", type=Path)
     parser.add_argument("--check", action="store_true", help="exit 1 when the bound in bench/bounds.json is missed")
     return parser.parse_args(argv)
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc): every process of a server."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (Linux /proc)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def alternate(configs: Callable[[int], dict[str, Path]], rounds: int, duration_s: float, label: str,

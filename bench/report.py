@@ -54,6 +54,8 @@ def sweep_markdown(data: dict, png_name: str) -> str:
     best = data["best_rps"]
     lines.append(f"**Highest offered rate meeting the SLO: {best:,.0f} requests/s**" if best else
                  "**No level met the SLO.**")
+    if data.get("headline"):
+        lines += [""] + [f"- {line}" for line in data["headline"]]
     ceiling = data.get("generator_ceiling_rps")
     if ceiling:
         lines.append("")
@@ -96,8 +98,30 @@ def sweep_markdown(data: dict, png_name: str) -> str:
                   "(`scorewire_latency_recent_us`), read right after it."]
     if notes:
         lines += ["", "What else set the tail:", ""] + notes
+    lines += _limits_table(levels)
     lines += ["", f"![latency percentiles against offered load]({png_name})", ""]
     return "\n".join(lines)
+
+
+def _limits_table(levels: list[dict]) -> list[str]:
+    """Per level: the verdict by the server's own latency, CPU in cores over the measured
+    window (server tree, client, machine), what limited it, each worker's share."""
+    if not any(lv.get("limit") for lv in levels):
+        return []
+    lines = ["", "What limited each level (CPU in cores over the measured window; the server's is its whole "
+             "process tree, the client's event loop saturates at 1):", "",
+             "| offered/s | at the server | server CPU | client CPU (event loop) | machine busy | limit | "
+             "each worker's share |", "|---" * 7 + "|"]
+    for lv in levels:
+        cpu = lv.get("cpu") or {}
+        server = "-" if lv.get("server_passed") is None else \
+            f"{'pass' if lv['server_passed'] else 'FAIL'}: {lv['server_verdict']}"
+        server_cpu = f"{cpu['cores']:.2f} of {cpu['server_cores']}" if "cores" in cpu else "-"
+        machine = f"{cpu['machine_busy_cores']:.2f} of {cpu['machine_cores']}" if cpu else "-"
+        lines.append(f"| {lv['offered_rps']:,.0f} | {server} | {server_cpu} | {lv.get('client_cpu_total', 0):.2f} "
+                     f"({lv.get('client_loop_cpu', 0):.2f}) | {machine} | {lv.get('limit', {}).get('why', '-')} | "
+                     f"{shares_text(lv['workers']) if lv.get('workers') else '-'} |")
+    return lines
 
 
 def plot_sweep(data: dict, path: Path) -> None:
@@ -119,6 +143,12 @@ def plot_sweep(data: dict, path: Path) -> None:
     if data["best_rps"]:
         ax.axvline(data["best_rps"], color="green", linestyle=":", linewidth=1,
                    label=f"highest rate meeting the SLO: {data['best_rps']:,.0f}/s")
+    if data.get("server_best_rps"):
+        ax.axvline(data["server_best_rps"], color="gray", linestyle=":", linewidth=1,
+                   label=f"highest rate meeting the SLO by the server's own latency: {data['server_best_rps']:,.0f}/s")
+    if data.get("saturation"):
+        ax.axvline(data["saturation"]["offered_rps"], color="orange", linestyle="-.", linewidth=1,
+                   label=f"saturation: {data['saturation']['offered_rps']:,.0f}/s offered")
     own = [lv.get("server_us", {}).get("total", {}).get("p99") for lv in levels]
     if any(own):
         ax.plot(x, [v / 1000 if v else float("nan") for v in own], marker="s", linestyle="--", color="gray",
@@ -149,6 +179,40 @@ def percentile_label(name: str, samples: int) -> str:
         if samples * (1 - q) < 1:
             return f"{name} (~max: {samples:,} samples)"
     return name
+
+
+def shares_text(workers: dict) -> str:
+    """"worker 0 51% (1,020), worker 1 49% (980)": each worker's share of the requests."""
+    return ", ".join(f"worker {w} {v['share']:.0%} ({v['requests']:,})" for w, v in workers.items())
+
+
+def cpu_text(entry: dict) -> str:
+    """The level's CPU in cores: the server's tree, the client's processes, the machine."""
+    cpu = entry.get("cpu") or {}
+    parts = []
+    if "cores" in cpu:
+        parts.append(f"server {cpu['cores']:.2f} of its {cpu['server_cores']} cores ({cpu['processes']} processes, "
+                     f"busiest main thread {cpu['busiest_main_thread']:.2f})")
+    elif entry.get("cpu_unavailable"):
+        parts.append(f"server not measured ({entry['cpu_unavailable']})")
+    parts.append(f"client {entry.get('client_cpu_total', 0):.2f} (busiest event loop "
+                 f"{entry.get('client_loop_cpu', 0):.2f})")
+    if cpu:
+        parts.append(f"machine {cpu['machine_busy_cores']:.2f} of {cpu['machine_cores']} busy")
+    return ", ".join(parts)
+
+
+def side_lines(entry: dict) -> list[str]:
+    """What the server did and what limited the level, for a terminal."""
+    lines = [f"CPU cores over the measured window: {cpu_text(entry)}"]
+    if entry.get("limit"):
+        lines.append(f"limit: {entry['limit']['why']}")
+    if entry.get("workers"):
+        lines.append(f"each worker's share (scorewire_worker_requests_total over the run): "
+                     f"{shares_text(entry['workers'])}")
+    if entry.get("server_unavailable"):
+        lines.append(f"server metrics: {entry['server_unavailable']}")
+    return lines
 
 
 def run_markdown(result, server: dict | None = None) -> str:

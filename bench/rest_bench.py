@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.onoff import cpu_s, tree
+from bench.proctree import cpu_s, tree
 from bench.servers import prepare_demo, serve, stop
 from bench.workers_bench import server_config, start_mlserver
 

@@ -39,10 +39,10 @@ def test_short_sweep_writes_json_markdown_and_png(server, tmp_path):
 def test_slo_that_cannot_be_met_reports_no_answer(server, tmp_path):
     out = tmp_path / "impossible"
     bench_main(["sweep", "--target", server.url, "--model", "mlp", "--slo", "p50<1us", "--start", "50",
-                "--duration", "0.5", "--warmup", "0.2", "--no-ceiling", "--out", str(out)])
+                "--min-rate", "25", "--duration", "0.5", "--warmup", "0.2", "--no-ceiling", "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
-    assert data["best_rps"] is None and len(data["levels"]) == 1
-    assert data["levels"][0]["verdict"].startswith("p50 = ")
+    assert data["best_rps"] is None and [lv["offered_rps"] for lv in data["levels"]] == [50, 25]  # halved, then gave up
+    assert all(lv["verdict"].startswith("p50 = ") for lv in data["levels"])
     assert "No level met the SLO" in out.with_suffix(".md").read_text()
 
 
