@@ -14,7 +14,42 @@ scorewire: score ONNX models over the Open Inference Protocol (KServe v2 gRPC), 
 batching. Any OIP client (e.g. tritonclient.grpc) works unchanged."""
 
 
+class _StdoutOrStderr:
+    """A server's stdout that may close under it (`scorewire serve | head`, a log shipper
+    that exits): the line that finds the pipe gone, and every line after it, go to stderr
+    instead, and the server goes on serving (a failed print once broke its start-up and left
+    it unready). fd 1 then points at /dev/null, so that nothing else writing there fails."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:
+            return self._to_stderr(text)
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            self._to_stderr("")
+
+    def _to_stderr(self, text: str) -> int:
+        if self._out is not sys.stderr:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+            self._out = sys.stderr
+            sys.stderr.write("scorewire: stdout was closed; its lines go to stderr from now on\n")
+        return self._out.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._out, name)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    sys.stdout = _StdoutOrStderr(sys.stdout)
     if args.ready_file is None:
         return _serve_settings(args)
     from engine.ready import remove

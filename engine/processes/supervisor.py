@@ -376,6 +376,14 @@ class Supervisor:
         return 0
 
     def close(self) -> None:
+        """After run(), however it ended: a child still running (the supervisor failed, not a
+        drain) is killed, so that the server does not outlive its supervisor half alive, unready
+        and deaf to SIGTERM (multiprocessing's exit would wait for it forever)."""
+        for child in list(self.children.values()):
+            if child.process.is_alive():
+                log.error("%s still runs as the supervisor exits; killing it", self._name(child.slot))
+                child.process.kill()
+                child.process.join(5.0)
         signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()

@@ -353,3 +353,33 @@ def test_two_connections_move_until_both_workers_serve_and_no_call_fails(model_d
         assert min(per_worker) > 0.15 * sum(per_worker), f"one worker did most of the work: {per_worker}"
     finally:
         assert server.stop() == 0
+
+
+def test_a_server_whose_stdout_closes_serves_on_and_stops_on_sigterm(model_dir, tmp_path):
+    """`scorewire serve | head -1`: the pipe closes after the first line. The server's next
+    line once raised in the supervisor, which left its workers half started, never ready, and
+    the whole server deaf to SIGTERM."""
+    import subprocess
+
+    from engine.ready import read
+
+    config = base(2).write(model_dir / "stdout-closes.toml")
+    ready_file, stderr = tmp_path / "ready.json", tmp_path / "stderr.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--config", str(config),
+                             "--ready-file", str(ready_file)],
+                            stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True)
+    try:
+        assert proc.stdout.readline().startswith("scorewire: ")
+        proc.stdout.close()  # the reader goes away
+        wait_for(lambda: read(ready_file) is not None or proc.poll() is not None, 90, what="ready")
+        assert proc.poll() is None, "the server exited"
+        assert infer(f"127.0.0.1:{read(ready_file).grpc_port}", np.full((2, N_FEATURES), 0.5, np.float32)).shape == (2, 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        said = stderr.read_text()
+        assert "stdout was closed; its lines go to stderr from now on" in said
+        assert "scorewire: stopped" in said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
