@@ -96,3 +96,6 @@ class ScoredBatch:
     bounds: tuple[int, ...] = ()  # member row offsets, as Batch.bounds
     origins: tuple[Origin | None, ...] = ()  # per member
     wall_ns: int = 0  # time.time_ns() when the batch was scored
+    # the position of its first row among its version's rows this observer run took in
+    # (Observer.put stamps it; -1 before): the key by which a drift window is found in the log
+    seq: int = -1
