@@ -65,7 +65,9 @@ def drift_section(evaluations: pa.Table | None, raises: pa.Table | None, log: pa
                                                                       else len(order)))
         features = (fired + [f for f in order if f not in fired])[:MAX_FEATURES]
         out.append(f"<h3>{html.escape(model)}:{html.escape(version)}: {len(fired)} feature(s) alerted, "
-                   f"{len(raised)} raise(s); {len(set(ev.column('events_observed').to_pylist()))} evaluations</h3>")
+                   f"{len(raised)} raise(s); {len(set(ev.column('events_observed').to_pylist()))} evaluations"
+                   + (f" (the first {MAX_FEATURES} of {len(order)} columns shown)" if len(order) > MAX_FEATURES else "")
+                   + "</h3>")
         for feature in features:
             f_ev = ev.filter(pc.equal(ev.column("feature"), feature)).sort_by("events_observed")
             marks = [] if rv is None else rv.filter(pc.equal(rv.column("feature"), feature)).sort_by(

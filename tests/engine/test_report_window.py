@@ -28,10 +28,12 @@ from tests.engine.monitor.test_drift import FEATURES, SCHEMA, stream
 WINDOW = 1_000
 
 
-def serve(tmp_path, run: str, x: np.ndarray, reference: np.ndarray, batch: int = 200) -> tuple[DriftMonitor, list]:
+def serve(tmp_path, run: str, x: np.ndarray, reference: np.ndarray, batch: int = 200,
+          correction: str = "bonferroni") -> tuple[DriftMonitor, list]:
     """One observer run: x scored in batches, each stamped, logged and observed."""
     settings = MonitorSettings(features=FEATURES, categorical=["f7"], reference=str(tmp_path / "ref.npz"),
-                               window=WINDOW, every=250, alpha=0.001, min_effect=0.05, consecutive=1)
+                               window=WINDOW, every=250, alpha=0.001, min_effect=0.05, consecutive=1,
+                               correction=correction)
     monitor = DriftMonitor("m:1", settings, SCHEMA, {n: reference[:, i] for i, n in enumerate(FEATURES)})
     monitor.keep_history = True
     log = ScoreLog(ScoreLogSettings(dir=tmp_path / "log", max_file_age_s=3600), {("m", "x"): FEATURES})
@@ -89,3 +91,27 @@ def test_a_window_that_cannot_be_placed_is_said_so(tmp_path, rng):
     assert "does not name its window&#x27;s rows" in page and "the report cannot place the window" in page
     assert "the scoring log holds none of the window&#x27;s 1,000 rows (observer run run-gone)" in page
     assert "KS D of the rows drawn" not in page
+
+
+def test_under_bh_the_p_value_needed_is_each_evaluations(tmp_path, rng):
+    """With Benjamini-Hochberg no statistic is fixed: each evaluation's `level` is the largest
+    k/m alpha that its k-th smallest p-value reaches (a plain reading of BH, on the p-values
+    written beside it), and the page draws the p-values against it."""
+    reference = stream(rng, 5_000)
+    np.savez(tmp_path / "ref.npz", **{n: reference[:, i] for i, n in enumerate(FEATURES)})
+    _, events = serve(tmp_path, "run-bh", stream(rng, 4_000, shift_from=1_000, shifted=(2, 5), shift=0.5), reference,
+                      correction="bh")
+    assert any(e.kind == "raise" for e in events)
+    evaluations = read_folder(tmp_path / "events", "evaluation")
+    assert np.isnan(evaluations.column("threshold").to_numpy(zero_copy_only=False)).all()
+    at = evaluations.column("events_observed").to_numpy()
+    for e in np.unique(at):
+        mine = evaluations.filter(pc.equal(evaluations.column("events_observed"), int(e)))
+        p = np.nan_to_num(mine.column("pvalue").to_numpy(zero_copy_only=False), nan=1.0)
+        m, level = len(p), 0.001 / len(p)
+        for k, pk in enumerate(sorted(p), start=1):
+            if pk <= 0.001 * k / m:
+                level = 0.001 * k / m
+        assert mine.column("level").to_pylist() == [pytest.approx(level)] * m
+    page = section(tmp_path)
+    assert "KS D of the rows drawn (SciPy)" in page and "<h4 class='alerted'>f2: alert raised</h4>" in page
