@@ -10,7 +10,6 @@ answer: full queues drop and count.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -194,7 +193,7 @@ class Observer:
         with self._seq_lock:
             seq = self._seq.get(key, 0)
             self._seq[key] = seq + batch.rows
-        return dataclasses.replace(batch, seq=seq)
+        return batch.stamped(seq)
 
     def put_labels(self, labels: Labels) -> None:
         """Labels sent back (any thread; never blocks)."""

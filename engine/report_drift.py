@@ -144,10 +144,9 @@ def _window_rows(raise_row: dict, logged: pa.Table | None) -> tuple[pa.Table | N
         return None, "the scoring log has no run/seq columns (written before they were): cannot place the window"
     mine = logged.filter(pc.equal(logged.column("run"), run))
     seq = mine.column("seq").to_numpy()
-    parts = []
-    for a, b in zip(starts, stops):
-        at = np.flatnonzero((seq >= a) & (seq < b))
-        parts.append(at[np.argsort(seq[at], kind="stable")])
+    order = np.argsort(seq, kind="stable")
+    ordered = seq[order]
+    parts = [order[np.searchsorted(ordered, a):np.searchsorted(ordered, b)] for a, b in zip(starts, stops)]
     take = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     wanted = sum(b - a for a, b in zip(starts, stops))
     if len(take) == 0:

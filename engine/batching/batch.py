@@ -99,3 +99,8 @@ class ScoredBatch:
     # the position of its first row among its version's rows this observer run took in
     # (Observer.put stamps it; -1 before): the key by which a drift window is found in the log
     seq: int = -1
+
+    def stamped(self, seq: int) -> ScoredBatch:
+        """This batch with `seq` (built field by field: dataclasses.replace costs ~25 us)."""
+        return ScoredBatch(self.model, self.version, self.role, self.inputs, self.outputs, self.queue_us,
+                           self.total_us, self.inference_us, self.rows, self.bounds, self.origins, self.wall_ns, seq)
