@@ -89,7 +89,8 @@ def comparison_section(report: dict) -> str:
         rows = []
         for name, o in ch["outputs"].items():
             d = o.get("abs_diff", {})
-            rows.append([name, _fmt(o["agreement"]), *(_fmt(d[k]) if k in d else "-" for k in ("p50", "p90", "p99", "max"))])
+            rows.append([name, _fmt(o["agreement"]), *(_fmt(d[k]) if k in d else "-"
+                                                        for k in ("p50", "p90", "p99", "max"))])
         out.append(table(["output", "agreement", "|diff| p50", "p90", "p99", "max"], rows))
         if ch.get("labelled"):
             out += _labelled(ch["labelled"])

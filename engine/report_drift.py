@@ -60,7 +60,8 @@ def drift_section(evaluations: pa.Table | None, raises: pa.Table | None, log: pa
         by_stat = ev.group_by("feature").aggregate([("statistic", "max")]).sort_by([("statistic_max", "descending")])
         order = by_stat.column("feature").to_pylist()
         # alerted first: predictions (the drift reached the answers) before inputs, each by its largest statistic
-        outputs = {f for f in order if logged is not None and (log_column(f, logged.column_names) or "").startswith("out_")}
+        names = [] if logged is None else logged.column_names
+        outputs = {f for f in order if (log_column(f, names) or "").startswith("out_")}
         fired = sorted({r["feature"] for r in raised}, key=lambda f: (f not in outputs, order.index(f) if f in order
                                                                       else len(order)))
         features = (fired + [f for f in order if f not in fired])[:MAX_FEATURES]
@@ -193,7 +194,8 @@ def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None
     fig, axes = figure(7, 3)
     if test == "ks":
         if reference is not None:
-            shown = f"; KS D of the rows drawn (SciPy): {stats.ks_2samp(current, reference, method='asymp').statistic:.4g}"
+            d = stats.ks_2samp(current, reference, method="asymp").statistic
+            shown = f"; KS D of the rows drawn (SciPy): {d:.4g}"
         for values, label in ((reference, "reference"), (current, f"window ({len(current):,} rows)")):
             if values is None or not len(values):
                 continue

@@ -33,7 +33,8 @@ def _read(folder):
     return ds.dataset(folder, partitioning="hive").to_table()
 
 
-def test_the_window_drawn_is_the_one_the_monitor_raised_on(model_dir, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # the observer in the server's process, or its own fed by rings
+def test_the_window_drawn_is_the_one_the_monitor_raised_on(model_dir, tmp_path, workers):
     x, _ = demo_data(30_000, seed=5)
     reference, pool = x[:3_000], x[3_000:]
     session = ort.InferenceSession(str(model_dir / "models" / "mlp.onnx"), providers=["CPUExecutionProvider"])
@@ -47,12 +48,13 @@ def test_the_window_drawn_is_the_one_the_monitor_raised_on(model_dir, tmp_path):
     tail = 16_000 + np.argsort(-p_pool[16_000:], kind="stable")[:600]
     live = np.concatenate([pool[:8_000], pool[tail], pool[8_000:16_000]])
     config = Config(
-        server_table(workers=1),
+        server_table(workers=workers),
         [model_table("mlp", "models/mlp.onnx", monitor={
             "reference": "ref-window.parquet", "features": FEATURES, "outputs": ["probabilities:1"],
             "window": WINDOW, "every": EVERY, "consecutive": 1})],
-        scorelog={"dir": "window-log", "max_file_age_s": 1}, monitoring={"events_dir": "window-events"})
-    server = launch(model_dir, config, "window.toml")
+        scorelog={"dir": f"window-log-{workers}", "max_file_age_s": 1},
+        monitoring={"events_dir": f"window-events-{workers}"})
+    server = launch(model_dir, config, f"window-{workers}.toml")
     try:
         c = grpcclient.InferenceServerClient(server.url)
         for i in range(0, len(live), BATCH):  # one after another: scored (and observed) in this order
@@ -62,20 +64,21 @@ def test_the_window_drawn_is_the_one_the_monitor_raised_on(model_dir, tmp_path):
         c.close()
     finally:
         assert server.stop() == 0
-    log = _read(model_dir / "window-log")
+    log_dir, events_dir = model_dir / f"window-log-{workers}", model_dir / f"window-events-{workers}"
+    log = _read(log_dir)
     assert log.num_rows == len(live)
     sent = pc.add(pc.cast(pc.utf8_slice_codeunits(log.column("request_id"), 1), pa.int64()),
                   pc.cast(log.column("row"), pa.int64()))  # request w{i}'s row j was sent (i + j)-th
     order = np.argsort(sent.to_numpy())  # the log's rows in the order sent
     served = log.column("out_probabilities_1").to_numpy()[order]
-    raises = [r for r in _read(model_dir / "window-events" / "kind=drift").to_pylist() if r["event"] == "raise"]
+    raises = [r for r in _read(events_dir / "kind=drift").to_pylist() if r["event"] == "raise"]
     by_feature = {}
     for r in sorted(raises, key=lambda r: r["events_observed"]):
         by_feature.setdefault(r["feature"], r)
     assert "probabilities:1" in by_feature and len(by_feature) > 1, sorted(by_feature)
     out = tmp_path / "window.html"
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "report", "--log", str(model_dir / "window-log"),
-                           "--events", str(model_dir / "window-events"), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "report", "--log", str(log_dir),
+                           "--events", str(events_dir), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     page = out.read_text()
@@ -105,5 +108,5 @@ def test_the_window_drawn_is_the_one_the_monitor_raised_on(model_dir, tmp_path):
     assert any(f == "probabilities:1" for f, *_ in checked) and len(checked) >= 2, checked
     assert all(behind > 0 for _, _, behind, _, _ in checked), checked  # the monitor ran behind the log
     for feature, end, behind, d, stale in checked:
-        REPORT.append(f"report window {feature}: raised at row {end:,}, monitor {behind:,} rows behind the log; "
-                      f"KS D of the rows tested {d:.4f} (drawn), of the rows logged by then {stale:.4f}")
+        REPORT.append(f"report window, {workers} worker(s), {feature}: raised at row {end:,}, monitor {behind:,} rows "
+                      f"behind the log; KS D of the rows tested {d:.4f} (drawn), of those logged by then {stale:.4f}")
