@@ -11,7 +11,9 @@ answer: full queues drop and count.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -62,6 +64,13 @@ class Observer:
         self.performance.drift_alerts = self._drift_alerts
         self.guards = GuardWatch(settings)  # the guards' alert (its counts: set by the observer's owner)
         monitors = [m.monitor for m in settings.models if m.monitor]
+        # Every batch is stamped with its place in its version's rows (ScoredBatch.seq) before
+        # the monitor and the log get it: they drop, gather and reorder independently, and a
+        # drift event names the rows its window held by (run, seq), which the log stores per
+        # row. `run` tells this observer's rows from a previous one's (a restart counts from 0).
+        self.run = uuid.uuid4().hex[:16]
+        self._seq: dict[Key, int] = {}
+        self._seq_lock = threading.Lock()  # put (serving or ring thread) and the challengers' threads
         self.tap = MonitorTap(self._monitor, max([m.queue_batches for m in monitors] or [16_384]),
                               max_rows=max([m.queue_rows for m in monitors] or [262_144]))
 
@@ -124,6 +133,7 @@ class Observer:
     def open_scorelog(self) -> None:
         if self.settings.scorelog is not None:
             self.scorelog = ScoreLog(self.settings.scorelog, self.feature_names())
+            self.scorelog.run = self.run
             self._announce(f"scoring log in {self.settings.scorelog.dir}")
         self._track(self.settings, "load")
 
@@ -167,6 +177,7 @@ class Observer:
     def put(self, batch: ScoredBatch, receipt: Receipt | None = None) -> None:
         """A batch the serving path scored. Never blocks. `receipt` (a ring record's) is done
         once the log has committed the batch's rows or given them up (at once without a log)."""
+        batch = self._stamp(batch)
         self.tap.put(batch)
         self.performance.put(batch)
         if self.scorelog is not None:
@@ -175,6 +186,14 @@ class Observer:
             receipt.done = True
         if self.shadows:
             self.offer_shadows(batch)
+
+    def _stamp(self, batch: ScoredBatch) -> ScoredBatch:
+        """The batch with its first row's place among its version's rows this run."""
+        key = (batch.model, batch.version)
+        with self._seq_lock:
+            seq = self._seq.get(key, 0)
+            self._seq[key] = seq + batch.rows
+        return batch.stamped(seq)
 
     def put_labels(self, labels: Labels) -> None:
         """Labels sent back (any thread; never blocks)."""
@@ -198,6 +217,7 @@ class Observer:
         if self._shadow_results is not None:
             self._shadow_results(batch)
             return
+        batch = self._stamp(batch)
         self.tap.put(batch)
         self.performance.put(batch)
         if self.scorelog is not None:
@@ -232,10 +252,10 @@ class Observer:
             # (scorewire_drift_events_observed) sees their quality shares too
             quality = self.quality.get((model, version))
             quality_events = quality.observe(inputs) if quality is not None else []
-            events = monitor.observe(inputs, outputs)
+            events = monitor.observe(inputs, outputs, [(b.seq, b.rows) for b in group])
             if events and self.settings.monitoring.events_dir is not None:
                 try:
-                    write_events(self.settings.monitoring.events_dir, events)
+                    write_events(self.settings.monitoring.events_dir, events, self.run)
                 except OSError:
                     log.exception("could not write drift events to %s", self.settings.monitoring.events_dir)
             for event in events:  # a raise is a warning; a clear is news, said with its reason

@@ -1,14 +1,16 @@
 """`scorewire report`: one self-contained HTML page (PNG plots inline) from the scoring log
 and the drift events folder -- what drifted and when, what the window looked like against
 the reference when an alert was raised, performance, guards, conformal coverage and fairness,
-latency over time per version, and the champion / challenger comparison.
+latency over time per version, and the champion / challenger comparison (as tables:
+engine/report_compare.py).
 
     scorewire report --log DIR [--events DIR] [--model NAME] [--labels FILE] --out report.html
 
 Drift plots need `[monitoring] events_dir` (the per-evaluation statistics are written there
-as kind=evaluation, beside the raises and clears, kind=drift); the window at a raise is taken
-from the scoring log (the version's last `window` rows up to the raise), so it needs the
-inputs logged under the feature names (`[models.monitor] features`, or the reference's).
+as kind=evaluation, beside the raises and clears, kind=drift); the window at a raise is the
+rows the monitor tested, found in the scoring log by the rows the raise names
+(engine/report_drift.py), so it needs the inputs logged under the feature names
+(`[models.monitor] features`, or the reference's).
 Performance over time (realized and estimated per version, and its alerts) comes from the
 same folder (kind=performance_history, kind=performance), written by versions with
 `[models.performance]`. Guards, conformal sets and fairness (engine/report_quality.py): the
@@ -29,12 +31,10 @@ import pyarrow.dataset as ds
 
 from engine.errors import UsageError
 from engine.performance.alert import QUALITY_FIGURES
-from engine.plotting import discard, figure as _figure, png as _png, time_axis as _time_axis
+from engine.plotting import binned, discard, figure as _figure, png as _png, time_axis as _time_axis
+from engine.report_compare import comparison_section
+from engine.report_drift import drift_section
 from engine.report_quality import conformal_section, fairness_section, guards_section
-
-MAX_FEATURES = 8  # drift plots per model version: the features that raised, else the highest statistics
-MAX_RAISES = 3  # distribution plots per feature
-
 
 def _read(folder: Path, kind: str | None = None) -> pa.Table | None:
     root = folder / f"kind={kind}" if kind else folder
@@ -65,7 +65,8 @@ read_folder = _read  # (engine/audit.py reads the log and the events folders ali
 
 
 def latency_section(log: pa.Table) -> str:
-    """Total and inference p50/p99 per version and role over time (about 60 bins)."""
+    """Total and inference p99 per version and role over time (60 bins; a bin without
+    traffic breaks the line)."""
     out = ["<h2>Latency over time</h2>"]
     t = log.column("time").cast(pa.int64()).to_numpy()  # microseconds (see _read)
     if len(t) == 0:
@@ -77,19 +78,14 @@ def latency_section(log: pa.Table) -> str:
         mask = pc.and_(pc.equal(log.column("version"), version), pc.equal(log.column("role"), role))
         part = log.filter(mask)
         tt = part.column("time").cast(pa.int64()).to_numpy()
+        color = None
         for stage, style in (("total_us", "-"), ("inference_us", ":")):
-            values = part.column(stage).to_numpy()
-            bins = np.digitize(tt, edges) - 1
-            xs, p99 = [], []
-            for b in np.unique(bins):
-                v = values[bins == b]
-                xs.append(edges[b])
-                p99.append(np.percentile(v, 99) / 1000)
-            axes.plot(np.array(xs).astype("datetime64[us]"), p99, style, marker=".",
-                      label=f"{version} ({role}) {stage[:-3]} p99")
+            xs, p99 = binned(tt, edges, part.column(stage).to_numpy(), lambda v: np.percentile(v, 99) / 1000)
+            line, = axes.plot(xs, p99, style, marker=".", color=color, label=f"{version} ({role}) {stage[:-3]} p99")
+            color = line.get_color()
     axes.set_ylabel("ms")
     axes.set_yscale("log")
-    axes.set_title("p99 latency per version and role (total: queue or shadow wait + inference)")
+    axes.set_title("p99 latency per version and role (total: queue or shadow wait + inference; gaps: no traffic)")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     axes.grid(alpha=0.3)
     axes.set_xlabel("time (UTC)")
@@ -148,118 +144,8 @@ def performance_section(events_dir: Path, model: str) -> str:
     return "\n".join(out)
 
 
-def drift_section(events_dir: Path, log: pa.Table | None, model: str) -> str:
-    evaluations = _read(events_dir, "evaluation")
-    raises = _read(events_dir, "drift")
-    if evaluations is None:
-        return (f"<h2>Drift</h2><p>No drift evaluations under {html.escape(str(events_dir))} "
-                "(kind=evaluation): is the model monitored, with [monitoring] events_dir set?</p>")
-    evaluations = evaluations.filter(pc.equal(evaluations.column("model"), model))
-    if raises is not None:
-        raises = raises.filter(pc.equal(raises.column("model"), model))
-    out = ["<h2>Drift</h2>"]
-    references: dict[str, dict | Exception] = {}  # path -> columns (or why not), read once
-    for version in sorted(set(evaluations.column("version").to_pylist())):
-        ev = evaluations.filter(pc.equal(evaluations.column("version"), version))
-        # the version's logged rows in time order, once for every window shown
-        logged = None if log is None else log.filter(pc.equal(log.column("version"), version)).sort_by("time")
-        rv = raises.filter(pc.equal(raises.column("version"), version)) if raises is not None else None
-        fired = sorted(set(rv.column("feature").to_pylist())) if rv is not None and rv.num_rows else []
-        by_stat = ev.group_by("feature").aggregate([("statistic", "max")]).sort_by([("statistic_max", "descending")])
-        features = (fired + [f for f in by_stat.column("feature").to_pylist() if f not in fired])[:MAX_FEATURES]
-        n_raises = 0 if rv is None else int(pc.sum(pc.equal(rv.column("event"), "raise")).as_py() or 0)
-        out.append(f"<h3>{html.escape(model)}:{html.escape(version)}: {len(fired)} feature(s) alerted, "
-                   f"{n_raises} raise(s); {len(set(ev.column('events_observed').to_pylist()))} evaluations</h3>")
-        for feature in features:
-            f_ev = ev.filter(pc.equal(ev.column("feature"), feature)).sort_by("events_observed")
-            fig, axes = _figure()
-            # by rows observed: evaluations are exact event counts (a busy monitor evaluates several
-            # at once, which a time axis would pile up)
-            sizes = f_ev.column("window").to_numpy()
-            for size in np.unique(sizes):  # one line per window
-                axes.plot(f_ev.column("events_observed").to_numpy()[sizes == size],
-                          f_ev.column("statistic").to_numpy(zero_copy_only=False)[sizes == size], marker=".", lw=1,
-                          label=f"window {size:,}")
-            if len(np.unique(sizes)) > 1:
-                axes.legend(loc="upper left", fontsize=8)
-            test = f_ev.column("test")[0].as_py()
-            marks = []
-            if rv is not None:
-                f_rv = rv.filter(pc.equal(rv.column("feature"), feature)).sort_by("events_observed")
-                for row in f_rv.to_pylist():
-                    color = "red" if row["event"] == "raise" else "green"
-                    axes.axvline(row["events_observed"], color=color, ls="--", lw=1)
-                    marks.append(row)
-            axes.set_title(f"{feature}: {'KS D' if test == 'ks' else 'chi-squared'} at each evaluation "
-                           "(red: alert raised, green: cleared)")
-            axes.set_ylabel("KS D" if test == "ks" else "chi-squared")
-            axes.set_xlabel("rows observed by the monitor")
-            axes.grid(alpha=0.3)
-            out.append(f"<h4>{html.escape(feature)}</h4>" + _png(fig))
-            for row in [m for m in marks if m["event"] == "raise"][:MAX_RAISES]:
-                out.append(_window_plot(row, f_ev, logged, feature, references))
-    return "\n".join(out)
-
-
-def _window_plot(raise_row: dict, evaluations: pa.Table, logged: pa.Table | None, feature: str,
-                 references: dict) -> str:
-    """The window at the raise (the version's last `window` logged rows up to it, `window`
-    the size of the raise's lead window; `logged`:
-    the version's rows in time order) against the reference: ECDFs for KS, category shares for
-    chi-squared. `references` caches the reference files by path."""
-    from engine.monitor.drift import load_reference
-
-    first = evaluations.slice(0, 1).to_pylist()[0]
-    # the raise's window (the one that fired with the smallest p-value)
-    window, test, reference_path = int(raise_row.get("window") or first["window"]), first["test"], first["reference"]
-    column = f"in_{feature}"
-    when = f"at {raise_row['time']:%Y-%m-%d %H:%M:%S} UTC (event {raise_row['events_observed']:,})"
-    if logged is None or column not in logged.column_names:
-        return f"<p>{html.escape(feature)} raised {when}; the scoring log has no {column} column to show the window.</p>"
-    rows = logged.filter(pc.less_equal(logged.column("time"), pa.scalar(raise_row["time"], logged.schema.field("time").type)))
-    current = rows.column(column).to_numpy(zero_copy_only=False)[-window:]
-    if reference_path not in references:
-        try:
-            references[reference_path] = load_reference(Path(reference_path))
-        except Exception as exc:  # moved or unreadable: say so, show the window alone
-            references[reference_path] = exc
-    columns = references[reference_path]
-    if isinstance(columns, Exception) or feature not in columns:
-        reference = None
-        why = columns if isinstance(columns, Exception) else f"no column {feature}"
-        note = f" (reference {reference_path} unreadable: {why})"
-    else:
-        reference = np.asarray(columns[feature], dtype=np.float64)
-        note = ""
-    fig, axes = _figure(7, 3)
-    if test == "ks":
-        for values, label in ((reference, "reference"), (current, f"window ({len(current):,} rows)")):
-            if values is None or not len(values):
-                continue
-            xs = np.sort(values)
-            axes.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=label)
-        axes.set_ylabel("share of rows <= x")
-    else:
-        groups = [(reference, "reference"), (current, f"window ({len(current):,} rows)")]
-        codes = sorted(set(np.concatenate([np.rint(v).astype(np.int64) for v, _ in groups if v is not None])))
-        width = 0.4
-        for i, (values, label) in enumerate(groups):
-            if values is None or not len(values):
-                continue
-            counts = np.array([np.mean(np.rint(values).astype(np.int64) == c) for c in codes])
-            axes.bar(np.arange(len(codes)) + i * width, counts, width=width, label=label)
-        axes.set_xticks(np.arange(len(codes)) + width / 2, [str(c) for c in codes])
-        axes.set_ylabel("share of rows")
-    axes.set_title(f"{feature}: the window of {window:,} vs the reference when the alert was raised")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    stat = (f"statistic {raise_row['statistic']:.4g}, p-value {raise_row['pvalue']:.3g}, "
-            f"effect {raise_row['effect']:.4g}")
-    return f"<p>Raised {html.escape(when)}: {stat}{html.escape(note)}</p>" + _png(fig)
-
-
 def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Path | None) -> str:
-    from engine.scorelog.compare import compare, render
+    from engine.scorelog.compare import compare
     from engine.scorelog.labelled import LogError, still_written
 
     try:
@@ -286,7 +172,8 @@ def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Pat
                         f"<th>first (UTC)</th><th>last (UTC)</th></tr>{rows}</table>")
         history = None
         if events_dir is not None:
-            sections.append(drift_section(events_dir, part, name))
+            sections.append(drift_section(_read(events_dir, "evaluation"), _read(events_dir, "drift"), part, name,
+                                          events_dir))
             sections.append(performance_section(events_dir, name))
             history = _read(events_dir, "performance_history")
             history = None if history is None else history.filter(pc.equal(history.column("model"), name))
@@ -295,13 +182,15 @@ def build(log_dir: Path, events_dir: Path | None, model: str | None, labels: Pat
         sections.append(fairness_section(history))
         sections.append(latency_section(part))
         try:
-            comparison = render(compare(log_dir, name, labels))
+            comparison = comparison_section(compare(log_dir, name, labels))
         except LogError as exc:
-            comparison = f"(no comparison: {exc})"
-        sections.append(f"<h2>Champion and challengers</h2><pre>{html.escape(comparison)}</pre>")
+            comparison = f"<p>No comparison: {html.escape(str(exc))}</p>"
+        sections.append(f"<h2>Champion and challengers</h2>{comparison}")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}img{max-width:100%}")
+             "td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:bold;padding:4px 0}"
+             "table{margin:0.5em 0 1em}img{max-width:100%}h4.alerted{color:#c00}h4.quiet{color:#777}"
+             ".verdict{background:#f6f6f6;padding:0.5em 1em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>scorewire report</title>"
             f"<style>{style}</style></head><body><p>scorewire report, {started}: log {html.escape(str(log_dir))}"
             + (f", events {html.escape(str(events_dir))}" if events_dir else "") + "</p>"

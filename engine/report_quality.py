@@ -20,21 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.plotting import discard, figure, png, time_axis
+from engine.plotting import binned as _binned, discard, figure, png, time_axis
 
 GUARD_COLUMNS = ("guard", "out_scorewire_guard", "out_scorewire_guard_0")  # the log's guard bits, first found
 GUARD_BITS = ((1, "input_domain", "--"), (2, "confidence", ":"), (4, "interval", "-."))  # engine/guards.py's bits
 BINS = 60  # time bins of a plot from the log
 FOUR_FIFTHS = (0.8, 1.25)  # the default dir_band
-
-
-def _binned(t_us: np.ndarray, edges: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bin starts as datetime64[us], mean of `values` per bin) for the bins that have rows."""
-    bins = np.clip(np.digitize(t_us, edges) - 1, 0, len(edges) - 2)
-    count = np.bincount(bins, minlength=len(edges) - 1)
-    total = np.bincount(bins, weights=values.astype(np.float64), minlength=len(edges) - 1)
-    has = count > 0
-    return edges[:-1][has].astype("datetime64[us]"), total[has] / count[has]
 
 
 def _edges(log: pa.Table) -> np.ndarray:

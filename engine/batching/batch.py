@@ -96,3 +96,11 @@ class ScoredBatch:
     bounds: tuple[int, ...] = ()  # member row offsets, as Batch.bounds
     origins: tuple[Origin | None, ...] = ()  # per member
     wall_ns: int = 0  # time.time_ns() when the batch was scored
+    # the position of its first row among its version's rows this observer run took in
+    # (Observer.put stamps it; -1 before): the key by which a drift window is found in the log
+    seq: int = -1
+
+    def stamped(self, seq: int) -> ScoredBatch:
+        """This batch with `seq` (built field by field: dataclasses.replace costs ~25 us)."""
+        return ScoredBatch(self.model, self.version, self.role, self.inputs, self.outputs, self.queue_us,
+                           self.total_us, self.inference_us, self.rows, self.bounds, self.origins, self.wall_ns, seq)

@@ -30,6 +30,7 @@ their p-values when first read (ColumnState.pvalues).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,9 @@ import numpy as np
 
 from engine.codec.validate import ModelSchema
 from engine.errors import UserFacing
-from engine.monitor.rule import ColumnState, DriftEvent, chi2_critical, corrected_significance, effect_h
+from engine.monitor.rowmap import RowMap
+from engine.monitor.rule import (ColumnState, DriftEvent, chi2_critical, corrected_significance, effect_h,
+                                 needed_level)
 from engine.settings import MonitorSettings
 from kernels import KSColumns, SlidingChi2, SlidingKS
 from kernels.pvalues import chi2_sf
@@ -142,6 +145,15 @@ class DriftMonitor:
                     kernel = column.kernel
                     self._threshold[i, j] = kernel.critical_h(level, size) if s.correction == "bh" else max(
                         kernel.critical_h(level, size), effect_h(s.min_effect, size, kernel.m))
+        # what a full window's statistic had to reach to fire (KS D, chi-squared; the report
+        # draws it): Bonferroni's is fixed; BH's depends on the other p-values (NaN: its
+        # p-value bound is each evaluation's `level`)
+        self.needed = np.full(self._threshold.shape, np.nan)
+        if s.correction == "bonferroni":
+            for i, column in enumerate(self.columns):
+                for j, size in enumerate(self.sizes):
+                    self.needed[i, j] = (chi2_critical(level, column.kernel[j].k) if column.categorical
+                                         else self._threshold[i, j] / (size * column.kernel.m))
         self._sizes = np.array(self.sizes, dtype=np.int64)
         self._watching = False  # any column with an alert or a streak
         self.state = {c.name: ColumnState(self.sizes, None if c.categorical else c.kernel.pvalue_at)
@@ -151,7 +163,8 @@ class DriftMonitor:
         self._since = 0
         # every evaluation, for [monitoring] events_dir (kind=evaluation): taken by take_history()
         self.keep_history = False
-        self._history: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._history: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, float]] = []
+        self.rows = RowMap()  # which logged rows (ScoredBatch.seq) the windows hold
 
     def _columns(self, schema: ModelSchema) -> list[Column]:
         s = self.settings
@@ -213,10 +226,10 @@ class DriftMonitor:
         """Evaluations kept since the last take_history()."""
         return len(self._history)
 
-    def take_history(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    def take_history(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, float]]:
         """The evaluations since the last call: (time ns, events observed, statistics, p-values,
-        effects), each [columns, windows] in the order of `columns` and `sizes` (NaN: a
-        window not yet full)."""
+        effects, the p-value a window needed), each array [columns, windows] in the order of
+        `columns` and `sizes` (NaN: a window not yet full)."""
         history, self._history = self._history, []
         return history
 
@@ -236,8 +249,11 @@ class DriftMonitor:
         """Whether the largest window is full."""
         return self.window_rows == self.sizes[-1]
 
-    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[DriftEvent]:
+    def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                seqs: Sequence[tuple[int, int]] | None = None) -> list[DriftEvent]:
         """Update every column with a scored batch; evaluate at each `every` boundary.
+        `seqs`: (ScoredBatch.seq, rows) of the batches concatenated, in order: each event
+        then names its window's rows in the scoring log.
 
         The batch is cut into pieces ending at the boundaries. The continuous columns take
         all pieces in one KSColumns call (each column's window state comes into cache once
@@ -246,6 +262,7 @@ class DriftMonitor:
         are then evaluated across columns and windows, exactly as if all had moved in step."""
         first = self.columns[0]
         rows = len((outputs if first.from_output else inputs)[first.tensor])
+        self.rows.add(self.events, seqs, rows)
         every, smallest = self.settings.every, self.sizes[0]
         ends, marks, since, end = [], [], self._since, 0  # pieces, each ending at a boundary or the batch's end
         while end < rows:
@@ -315,6 +332,7 @@ class DriftMonitor:
             events.extend(self._evaluate(h[:, :, b], chi2[:, :, b], psi[:, :, b], length[:, :, b], full[:, :, b],
                                          candidate[:, :, b], exact[b], events_so_far))
         self.events += rows  # last: a reader that sees the rows counted sees their evaluations too
+        self.rows.forget_before(self.events - self.sizes[-1])
         return events
 
     def _evaluate(self, h: np.ndarray, chi2: np.ndarray, psi: np.ndarray, length: np.ndarray, full: np.ndarray,
@@ -350,7 +368,8 @@ class DriftMonitor:
             effect[cat] = np.where(full[cat], psi[cat], np.nan)
         fired = significant & (effect >= s.min_effect)
         if self.keep_history:
-            self._history.append((time.time_ns(), events_so_far, statistic.copy(), pvalue.copy(), effect.copy()))
+            self._history.append((time.time_ns(), events_so_far, statistic.copy(), pvalue.copy(), effect.copy(),
+                                  needed_level(tested.ravel(), s.alpha, s.correction)))
         events = []
         for i, column in enumerate(self.columns):
             st = self.state[column.name]
@@ -375,7 +394,8 @@ class DriftMonitor:
                     "raise" if st.alert else "clear", self.model, column.name, float(st.statistics[lead]),
                     float(st.pvalues[lead]), float(st.effects[lead]), events_so_far, self.sizes[lead],
                     tuple(self.sizes[j] for j in which), tuple(float(statistic[i, j]) for j in which),
-                    tuple(float(pvalue[i, j]) for j in which)))
+                    tuple(float(pvalue[i, j]) for j in which),
+                    self.rows.ranges(events_so_far, self.sizes[lead])))
         self._watching = any(self._watched(i) for i in range(len(self.columns)))
         return events
 

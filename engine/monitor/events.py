@@ -44,6 +44,11 @@ SCHEMA = pa.schema([
     ("windows_fired", pa.list_(pa.int64())),  # the windows that fired (a raise), with theirs:
     ("window_statistics", pa.list_(pa.float64())),
     ("window_pvalues", pa.list_(pa.float64())),
+    # the lead window's rows in the scoring log: those of observer run `run` whose seq is in
+    # [seq_from[i], seq_to[i]) for some i (engine/monitor/rowmap.py); empty: not known
+    ("run", pa.string()),
+    ("seq_from", pa.list_(pa.int64())),
+    ("seq_to", pa.list_(pa.int64())),
 ])
 _sequence = itertools.count()
 
@@ -59,6 +64,8 @@ EVALUATION_SCHEMA = pa.schema([
     ("events_observed", pa.int64()),
     ("window", pa.int64()),
     ("reference", pa.string()),
+    ("threshold", pa.float64()),  # the statistic a full window needed to fire (NaN: BH, see level)
+    ("level", pa.float64()),  # the p-value a window needed at this evaluation (after the correction)
 ])
 
 
@@ -97,6 +104,8 @@ def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
         "events_observed": np.repeat(np.array([h[1] for h in history], dtype=np.int64), n),
         "window": np.tile(np.array(sizes, dtype=np.int64), len(history) * len(columns)),
         "reference": [str(monitor.settings.reference)] * len(times),
+        "threshold": np.tile(monitor.needed.ravel(), len(history)),
+        "level": np.repeat(np.array([h[5] for h in history], dtype=np.float64), n),
     }, schema=EVALUATION_SCHEMA)
     for day in sorted(set(days.tolist())):
         at = days == day
@@ -104,7 +113,8 @@ def write_evaluations(directory: Path, monitor, history: list) -> list[Path]:
     return written
 
 
-def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
+def write_events(directory: Path, events: list[DriftEvent], run: str | None = None) -> list[Path]:
+    """`run`: the observer run whose stamps the events' rows are (Observer.run)."""
     written = []
     groups: dict[tuple[str, str], list[DriftEvent]] = {}
     for e in events:
@@ -124,6 +134,9 @@ def write_events(directory: Path, events: list[DriftEvent]) -> list[Path]:
             "windows_fired": [list(e.windows) for e in group],
             "window_statistics": [list(e.statistics) for e in group],
             "window_pvalues": [list(e.pvalues) for e in group],
+            "run": [run if e.rows else None for e in group],
+            "seq_from": [[a for a, _ in e.rows] for e in group],
+            "seq_to": [[b for _, b in e.rows] for e in group],
         }, schema=SCHEMA)
         written.append(publish(directory, "drift", model, group[0].time_ns, table))
     return written

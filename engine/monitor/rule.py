@@ -83,6 +83,9 @@ class DriftEvent:
     windows: tuple[int, ...] = ()  # those that fired (none for a clear)
     statistics: tuple[float, ...] = ()  # theirs, in the same order
     pvalues: tuple[float, ...] = ()
+    # the lead window's rows as the observer stamped them (ScoredBatch.seq): [start, stop)
+    # ranges, in the order observed; empty when unknown (batches not stamped)
+    rows: tuple[tuple[int, int], ...] = ()
     time_ns: int = field(default_factory=time.time_ns)
 
 
@@ -115,6 +118,18 @@ def corrected_significance(pvalues: np.ndarray, alpha: float, method: str) -> np
     if passed.size:
         significant[order[: passed[-1] + 1]] = True
     return significant
+
+
+def needed_level(pvalues: np.ndarray, alpha: float, method: str) -> float:
+    """The p-value a test had to reach to be significant among these (corrected_significance):
+    Bonferroni's alpha / tests; BH's the largest of its passing bounds, or (none passing)
+    alpha / tests, what a lone test would need."""
+    k = len(pvalues)
+    if method == "bonferroni":
+        return alpha / k
+    bounds = alpha * np.arange(1, k + 1) / k
+    passed = np.flatnonzero(np.sort(pvalues, kind="stable") <= bounds)
+    return float(bounds[passed[-1]]) if passed.size else alpha / k
 
 
 def effect_h(min_effect: float, window: int, m: int) -> int:

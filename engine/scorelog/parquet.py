@@ -123,6 +123,7 @@ class ScoreLog:
         self.root.mkdir(parents=True, exist_ok=True)
         self.feature_names = feature_names or {}
         self.provenance: dict[tuple[str, str], tuple[str, str]] = {}  # (model, version) -> (model, config sha256)
+        self.run: str | None = None  # the observer run whose stamps (ScoredBatch.seq) the rows carry
         self._stats = ScoreLogStats()
         self._compression = None if settings.compression == "none" else settings.compression
         self._seq = itertools.count()
@@ -223,9 +224,9 @@ class ScoreLog:
             provenance = self.provenance.get((model, _version), (None, None))
             try:
                 try:
-                    converted = [to_table(group, names, provenance)]
+                    converted = [to_table(group, names, provenance, self.run)]
                 except ValueError:  # shapes differ between batches (dynamic trailing dims): one by one
-                    converted = [to_table([b], names, provenance) for b in group]
+                    converted = [to_table([b], names, provenance, self.run) for b in group]
             except Exception:
                 self._stats.rows_failed += sum(b.rows for b in group)
                 log.exception("scoring log: cannot convert %d batches of %s:%s", len(group), model, _version)

@@ -4,7 +4,10 @@ Columns: time (UTC, when the batch was scored), request_id, row (index inside th
 routing_key, version, model_sha256 (of the ONNX file that answered) and config_sha256 (of
 that version's effective settings; engine/audit.py), routing (default | sticky | random |
 pinned | shadow), one column per input
-feature (in_*) and per output column (out_*), queue_us, inference_us, total_us. The writer
+feature (in_*) and per output column (out_*), queue_us, inference_us, total_us; and, for
+batches the observer stamped, run and seq: the row's place among its version's rows that
+observer run took in -- a drift event names its window's rows by them (engine/observer.py),
+as neither time nor the monitor's own count can (the monitor lags, drops and restarts). The writer
 (engine/scorelog/parquet.py) calls `to_table` on its own thread, never on the request path.
 """
 
@@ -72,7 +75,7 @@ def _joined(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def to_table(batches: list[ScoredBatch], feature_names: dict[str, list[str]],
-             provenance: tuple[str | None, str | None] = (None, None)) -> tuple[pa.Table, list]:
+             provenance: tuple[str | None, str | None] = (None, None), run: str | None = None) -> tuple[pa.Table, list]:
     """Log rows of batches of one model version (in order), and which rows have which role
     (the members of one batch may differ: routed and pinned requests share a version's batches)."""
     members = [len(b.bounds) - 1 if b.bounds else 1 for b in batches]
@@ -113,6 +116,9 @@ def to_table(batches: list[ScoredBatch], feature_names: dict[str, list[str]],
         ("inference_us", pa.array(inference[member_of_row])),
         ("total_us", pa.array(_joined([np.asarray(b.total_us, dtype=np.int64) for b in batches])[member_of_row])),
     ]
+    if run is not None and all(b.seq >= 0 for b in batches):
+        seq = np.concatenate([np.arange(b.seq, b.seq + b.rows, dtype=np.int64) for b in batches])
+        columns += [("run", pa.repeat(pa.scalar(run, pa.string()), n)), ("seq", pa.array(seq))]
     return pa.table(dict(columns)), _row_roles(roles, member_of_row)
 
 
