@@ -133,6 +133,10 @@ def tail_notes(entry: dict) -> list[str]:
     if p99 and lag and lag > 0.25 * p99:
         notes.append(f"the generator's own schedule lag (p99 {lag / 1000:.2f} ms) is {lag / p99:.0%} of the p99: "
                      "the client set part of the tail (more --procs, or the generator on other cores)")
+    if entry.get("errors", {}).get("StatusCode.UNAVAILABLE"):
+        notes.append("UNAVAILABLE answers with the server up are streams it refused: more calls in flight on one "
+                     "connection than [server] max_concurrent_streams (1024), which a client sending faster than "
+                     "it is answered soon reaches (never scored; safe to retry; more --connections spread them)")
     server = entry.get("server_us", {}).get("total", {}).get("p99")
     if p99 and server and p99 > 3 * server:
         notes.append(f"the server's own total p99 was {server / 1000:.2f} ms of the client's {p99 / 1000:.2f} ms: "
