@@ -49,15 +49,19 @@ from bench.servers import prepare_demo
 RESULTS = Path(__file__).parent / "results" / "peers-bench.json"
 FULL_DURATION_S, FULL_PASSES = 10.0, 3  # below either, the report calls itself a short functional run
 GRPC_PROCS = 2
+SETTLE_S = 3.0
 
 
-def limit(server_cores: float, client_cores: float, top_process_cores: float, busy: float) -> str:
+def limit(server_cores: float, client_cores: float, top_process_cores: float, busy: float,
+          other_cores: float = 0.0) -> str:
     """What held the figure back, from where the CPU went: the machine's cores when it was busy
-    (named after the side that used more of them), one process's core when a single process of
-    the server ran flat out with cores to spare (a Python event loop or the GIL), else waiting
-    (batching delays, round trips: more concurrency would raise it)."""
+    (named after whoever used most of them: the server, the client, or other processes on a
+    shared machine), one process's core when a single process of the server ran flat out with
+    cores to spare (a Python event loop or the GIL), else waiting (batching delays, round trips:
+    more concurrency would raise it)."""
     if busy >= 0.9:
-        return "CPU: server" if server_cores >= client_cores else "CPU: client"
+        top = max((server_cores, "server"), (client_cores, "client"), (other_cores, "other processes"))
+        return f"CPU: {top[1]}"
     if top_process_cores >= 0.9:
         return "one server process (1 core)"
     return f"not CPU ({busy:.0%} busy: waits)"
@@ -99,7 +103,8 @@ def measure(run: Running, protocol: str, rows: int, concurrency: int, duration_s
         "server_cores": server_s / wall, "client_cores": client_s / wall,
         "top_process_cores": max(used.values(), default=0.0) / wall, "machine_busy": busy,
         **proctree.memory(pid)})
-    out["limit"] = limit(out["server_cores"], out["client_cores"], out["top_process_cores"], busy)
+    out["other_cores"] = max(0.0, busy * (os.cpu_count() or 1) - out["server_cores"] - out["client_cores"])
+    out["limit"] = limit(out["server_cores"], out["client_cores"], out["top_process_cores"], busy, out["other_cores"])
     if out["errors"]:
         out["limit"] += f"; {out['errors']} errors"
     return out
@@ -120,6 +125,8 @@ def serve_and_measure(peer: str, args, work: Path, x: np.ndarray, expected: np.n
     result = {"status": "ok", "reason": "", "settings": run.settings, "cells": []}
     try:
         check(run, x, expected)
+        # settle: lazily started workers, replicas and JIT paths come up before any cell's warm-up
+        wrk.run(*wrk_cmd, run.rest_url, body(run.style, x[:1]), 8, SETTLE_S)
         time.sleep(1.0)
         result["idle"] = proctree.memory(run.proc.pid)
         protocols = [p for p in args.protocols if p == "rest" or peer in OIP_PEERS]

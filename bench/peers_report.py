@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 
 METRICS = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request", "server_cores", "client_cores",
-           "machine_busy", "rss_mib", "pss_mib", "processes")
+           "other_cores", "machine_busy", "rss_mib", "pss_mib", "processes")
 
 
 def _median(values: list[float]) -> float | None:
@@ -76,7 +76,8 @@ def markdown(summary: dict, args, command: str, short: bool) -> str:
               f"each pass), medians shown. gRPC: tritonclient.grpc.aio, closed loop in 2 processes; REST: wrk "
               f"(closed loop, compiled). Clients and servers share the machine's cores. Server CPU: utime + stime "
               f"of the server's whole process tree over the load, per request. \"x sw\": the ratio to scorewire's "
-              f"median in the same run (requests/s: higher is better; CPU: lower is better).", ""]
+              f"median in the same run (requests/s: higher is better; CPU: lower is better). Other cores: the "
+              f"machine's busy cores less the server's and the client's (other work on a shared machine).", ""]
     lines += ["| server | status | settings | processes | RSS idle MiB | PSS idle MiB | RSS peak MiB | "
               "PSS peak MiB |", "|---|---|---|---|---|---|---|---|"]
     for peer, s in summary["peers"].items():
@@ -93,17 +94,18 @@ def markdown(summary: dict, args, command: str, short: bool) -> str:
         protocol = key.split()[0]
         lines += ["", f"## {protocol.upper()}, {key.split(' ', 1)[1].replace('c=', 'concurrency ')}", "",
                   "| server | requests/s | x sw | p50 ms | p99 ms | server CPU us/req | x sw | server cores | "
-                  "client cores | machine busy | PSS MiB | limited by |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "client cores | other cores | machine busy | PSS MiB | limited by |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for peer, s in summary["peers"].items():
             e = by_peer.get(peer)
             if e is None:
                 why = s["status"] if s["status"] != "ok" else "not this protocol" if protocol == "grpc" else "error"
-                lines.append(f"| {peer} | {why} | | | | | | | | | | |")
+                lines.append(f"| {peer} | {why} | | | | | | | | | | | |")
                 continue
             lines.append(f"| {peer} | {_f(e['requests_per_s'], ',.0f')} | {_f(e.get('rps_vs_scorewire'), '.2f')} | "
                          f"{_f(e['p50_ms'], '.2f')} | {_f(e['p99_ms'], '.2f')} | "
                          f"{_f(e['server_cpu_us_per_request'], ',.0f')} | {_f(e.get('cpu_vs_scorewire'), '.2f')} | "
-                         f"{_f(e['server_cores'], '.2f')} | {_f(e['client_cores'], '.2f')} | "
+                         f"{_f(e['server_cores'], '.2f')} | {_f(e['client_cores'], '.2f')} | {_f(e['other_cores'], '.2f')} | "
                          f"{_f(e['machine_busy'], '.0%')} | {_f(e['pss_mib'], ',.0f')} | {e['limit']} |")
     return "\n".join(lines) + "\n"
 

@@ -87,6 +87,7 @@ def test_the_limit_is_named_from_where_the_cpu_went():
     assert limit(1.2, 0.7, 0.6, 0.97) == "CPU: server"
     assert limit(0.5, 1.4, 0.4, 0.95) == "CPU: client"
     assert limit(1.0, 0.2, 0.98, 0.6) == "one server process (1 core)"
+    assert limit(0.3, 0.2, 0.3, 0.95, 1.4) == "CPU: other processes"
     assert limit(0.3, 0.1, 0.3, 0.2).startswith("not CPU")
 
 
