@@ -148,7 +148,7 @@ def check(run: Running, x: np.ndarray, expected: np.ndarray, timeout_s: float = 
     last = ""
     while True:
         if run.proc.poll() is not None:
-            raise RuntimeError(f"exited with {run.proc.returncode} before answering: {last}{_tail(run.log)}")
+            raise RuntimeError(f"exited with {run.proc.returncode} before answering: {last}{tail(run.log)}")
         try:
             got = _post(run, x)
             break
@@ -157,12 +157,12 @@ def check(run: Running, x: np.ndarray, expected: np.ndarray, timeout_s: float = 
                 raise RuntimeError(f"HTTP {exc.code}: {exc.read()[:300]!r}") from None
             last = f"HTTP {exc.code}; "
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no correct answer within {timeout_s:g} s: {last}{_tail(run.log)}") from None
+                raise RuntimeError(f"no correct answer within {timeout_s:g} s: {last}{tail(run.log)}") from None
             time.sleep(1.0)
         except (urllib.error.URLError, ConnectionError, OSError, ValueError, KeyError) as exc:
             last = f"{type(exc).__name__}: {str(exc)[:200]}; "
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no correct answer within {timeout_s:g} s: {last}{_tail(run.log)}") from None
+                raise RuntimeError(f"no correct answer within {timeout_s:g} s: {last}{tail(run.log)}") from None
             time.sleep(1.0)
     _same("REST, all rows", got, expected)
     _same("REST, one row", _post(run, x[:1]), expected[:1])
@@ -193,7 +193,8 @@ def _same(what: str, got: np.ndarray, expected: np.ndarray) -> None:
         raise RuntimeError(f"wrong answer ({what}): differs from onnxruntime's by {diff}")
 
 
-def _tail(log: Path | None, lines: int = 3) -> str:
+def tail(log: Path | None, lines: int = 3) -> str:
+    """The last non-empty lines of a peer's log, joined: the reason it gave, where it gave one."""
     if log is None or not log.exists():
         return ""
     text = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]

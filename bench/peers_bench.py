@@ -42,7 +42,7 @@ from bench import proctree, wrk
 from bench.grpc_bench import run_load
 from bench.peer_envs import CACHE, ensure
 from bench.peer_envs import wrk as find_wrk
-from bench.peer_servers import ALL_PEERS, OIP_PEERS, VENV_PEERS, Running, body, check, start, stop
+from bench.peer_servers import ALL_PEERS, OIP_PEERS, VENV_PEERS, Running, body, check, start, stop, tail
 from bench.report import write_json
 from bench.servers import prepare_demo
 
@@ -134,6 +134,8 @@ def serve_and_measure(peer: str, args, work: Path, x: np.ndarray, expected: np.n
             for rows in args.rows:
                 for c in args.concurrency:
                     cell = {"protocol": protocol, "rows": rows, "concurrency": c}
+                    if run.proc.poll() is not None:
+                        raise RuntimeError(f"exited with {run.proc.returncode} under load: {tail(run.log)}")
                     try:
                         cell.update(measure(run, protocol, rows, c, args.duration, x, wrk_cmd))
                     except Exception as exc:  # a cell that breaks is reported, the others still run
@@ -141,7 +143,7 @@ def serve_and_measure(peer: str, args, work: Path, x: np.ndarray, expected: np.n
                     result["cells"].append(cell)
                     _print(peer, cell)
     except RuntimeError as exc:
-        result.update(status="check failed", reason=str(exc)[:500])
+        result.update(status="check failed" if not result["cells"] else "died", reason=str(exc)[:500])
     finally:
         stop(run)
     return result

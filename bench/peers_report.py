@@ -26,13 +26,14 @@ def summarize(passes: list[dict], args) -> dict:
     cells: dict[str, dict[str, dict]] = {}
     for peer in args.peers:
         runs = [p[peer] for p in passes if peer in p]
-        ok = [r for r in runs if r["status"] == "ok"]
+        passed = [r for r in runs if r["status"] == "ok"]
+        ok = [r for r in runs if r["cells"]]  # measured: passed, or died under load after some cells
         failed = [r for r in runs if r["status"] != "ok"]
         every = [c for r in ok for c in r["cells"] if "error" not in c]
         peers[peer] = {
-            "status": "ok" if ok else failed[0]["status"],
+            "status": "ok" if passed else failed[0]["status"],
             "reason": "; ".join(dict.fromkeys(f"{r['status']}: {r['reason']}" for r in failed)),
-            "passes_ok": len(ok), "passes": len(runs),
+            "passes_ok": len(passed), "passes": len(runs),
             "settings": ok[0]["settings"] if ok else "",
             "idle_rss_mib": _median([r["idle"]["rss_mib"] for r in ok if "idle" in r]),
             "idle_pss_mib": _median([r["idle"]["pss_mib"] for r in ok if "idle" in r]),
