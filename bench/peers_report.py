@@ -106,7 +106,8 @@ def markdown(summary: dict, args, command: str, short: bool) -> str:
             lines.append(f"| {peer} | {_f(e['requests_per_s'], ',.0f')} | {_f(e.get('rps_vs_scorewire'), '.2f')} | "
                          f"{_f(e['p50_ms'], '.2f')} | {_f(e['p99_ms'], '.2f')} | "
                          f"{_f(e['server_cpu_us_per_request'], ',.0f')} | {_f(e.get('cpu_vs_scorewire'), '.2f')} | "
-                         f"{_f(e['server_cores'], '.2f')} | {_f(e['client_cores'], '.2f')} | {_f(e['other_cores'], '.2f')} | "
+                         f"{_f(e['server_cores'], '.2f')} | {_f(e['client_cores'], '.2f')} | "
+                         f"{_f(e['other_cores'], '.2f')} | "
                          f"{_f(e['machine_busy'], '.0%')} | {_f(e['pss_mib'], ',.0f')} | {e['limit']} |")
     return "\n".join(lines) + "\n"
 

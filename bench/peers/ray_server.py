@@ -54,8 +54,8 @@ if __name__ == "__main__":
     p.add_argument("--delay-us", type=int, default=2000)
     args = p.parse_args()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port}, logging_config={"log_level": "WARNING",
-                                                                                             "enable_access_log": False})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
     serve.run(deployment(args), name="mlp", route_prefix="/predict")
     print("ready", flush=True)
     stop = threading.Event()

@@ -21,7 +21,8 @@ from bench.peers_bench import limit
 from bench.peers_report import markdown, summarize
 
 LINE = ('WRKJSON {"requests": 5000, "duration_us": 2000000, "bytes": 1, "connect": 0, "read": 1, "write": 0, '
-        '"status": 2, "timeout": 0, "p50_us": 1500, "p90_us": 2500, "p99_us": 9000, "max_us": 12000, "mean_us": 1600.5}')
+        '"status": 2, "timeout": 0, "p50_us": 1500, "p90_us": 2500, "p99_us": 9000, "max_us": 12000, '
+        '"mean_us": 1600.5}')
 
 
 def test_wrk_summary_is_parsed_from_the_scripts_line():
