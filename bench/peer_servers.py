@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.onoff import tree
 from bench.peer_envs import Env
+from bench.proctree import tree
 from bench.workers_bench import free_port, start_mlserver
 
 PEERS_DIR = Path(__file__).parent / "peers"

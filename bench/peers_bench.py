@@ -40,6 +40,7 @@ import numpy as np
 
 from bench import proctree, wrk
 from bench.grpc_bench import run_load
+from bench.limits import limit
 from bench.peer_envs import CACHE, ensure
 from bench.peer_envs import wrk as find_wrk
 from bench.peer_servers import ALL_PEERS, OIP_PEERS, VENV_PEERS, Running, body, check, start, stop, tail
@@ -52,19 +53,15 @@ GRPC_PROCS = 2
 SETTLE_S = 3.0
 
 
-def limit(server_cores: float, client_cores: float, top_process_cores: float, busy: float,
-          other_cores: float = 0.0) -> str:
-    """What held the figure back, from where the CPU went: the machine's cores when it was busy
-    (named after whoever used most of them: the server, the client, or other processes on a
-    shared machine), one process's core when a single process of the server ran flat out with
-    cores to spare (a Python event loop or the GIL), else waiting (batching delays, round trips:
-    more concurrency would raise it)."""
-    if busy >= 0.9:
-        top = max((server_cores, "server"), (client_cores, "client"), (other_cores, "other processes"))
-        return f"CPU: {top[1]}"
-    if top_process_cores >= 0.9:
-        return "one server process (1 core)"
-    return f"not CPU ({busy:.0%} busy: waits)"
+def limit_of(cpu: dict, client_cores: float, client_loops: int) -> dict:
+    """bench/limits.py's verdict on a cell ({"kind", "why"}), and when the machine was the limit,
+    whose use was largest: on a shared machine that is often neither server nor client."""
+    verdict = limit({"cpu": cpu, "client_loop_cpu": client_cores / client_loops, "client_cpu_total": client_cores})
+    if verdict["kind"] == "machine":
+        other = max(0.0, cpu["machine_busy_cores"] - cpu["cores"] - client_cores)
+        top = max((cpu["cores"], "server"), (client_cores, "client"), (other, "other processes"))[1]
+        verdict["kind"] = f"machine: {top}"
+    return verdict
 
 
 def measure(run: Running, protocol: str, rows: int, concurrency: int, duration_s: float, x: np.ndarray,
@@ -75,38 +72,34 @@ def measure(run: Running, protocol: str, rows: int, concurrency: int, duration_s
     if protocol == "rest":
         payload = body(run.style, x[:rows])
         wrk.run(*wrk_cmd, run.rest_url, payload, concurrency, warmup)
-        before, busy0 = proctree.cpu_by_pid(pid), proctree.machine_busy()
-        t0 = time.monotonic()
+        a = proctree.snapshot(pid, time.monotonic())
         r = wrk.run(*wrk_cmd, run.rest_url, payload, concurrency, duration_s)
-        wall = time.monotonic() - t0
-        after, busy1 = proctree.cpu_by_pid(pid), proctree.machine_busy()
-        used = proctree.cpu_used(before, after)
-        requests, client_s = r["requests"], r["client_cpu_s"]
-        busy = (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1])
+        b = proctree.snapshot(pid, time.monotonic())
+        requests, client_s, loops = r["requests"], r["client_cpu_s"], min(wrk.THREADS, concurrency)
         out = {"requests_per_s": r["requests_per_s"], "p50_ms": r["p50_us"] / 1e3, "p99_ms": r["p99_us"] / 1e3,
                "errors": r["errors"]}
     else:
         # the clients' processes start, import and warm up before their measured window, which
-        # ends when they do: the readings are taken throughout and cut to that window afterwards
+        # ends when they do: snapshots are taken throughout and cut to that window afterwards
         with proctree.Sampler(pid) as sampler:
             r = run_load(run.grpc, "mlp", concurrency, GRPC_PROCS, rows, warmup, duration_s, pool=4096)
             t1 = time.monotonic()
-        w = sampler.window(t1 - duration_s - 0.1, t1)
-        used, wall, client_s, busy = w["server"], w["wall_s"], w["client_s"], w["busy"]
-        requests = r["requests"]
+        a, b, client_s = sampler.window(t1 - duration_s - 0.1, t1)
+        requests, loops = r["requests"], min(GRPC_PROCS, concurrency)
         out = {"requests_per_s": r["requests_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": 0}
-    run.pids_seen |= set(used)
-    server_s = sum(used.values())
-    wall = max(wall, 1e-9)
+    run.pids_seen |= set(b.tree_s)
+    wall = max(b.at - a.at, 1e-9)
+    cpu = {**proctree.between(a, b), "server_cores": proctree.cores(pid)}
+    client_cores = client_s / wall
+    verdict = limit_of(cpu, client_cores, loops)
     out.update({
-        "server_cpu_us_per_request": server_s / requests * 1e6 if requests else None,
-        "server_cores": server_s / wall, "client_cores": client_s / wall,
-        "top_process_cores": max(used.values(), default=0.0) / wall, "machine_busy": busy,
+        "server_cpu_us_per_request": cpu["cores"] * wall / requests * 1e6 if requests else None,
+        "server_cores": cpu["cores"], "client_cores": client_cores,
+        "other_cores": max(0.0, cpu["machine_busy_cores"] - cpu["cores"] - client_cores),
+        "busiest_main_thread": cpu["busiest_main_thread"],
+        "machine_busy": cpu["machine_busy_cores"] / max(1, cpu["machine_cores"]),
+        "limit": verdict["kind"] + (f"; {out['errors']} errors" if out["errors"] else ""), "limit_why": verdict["why"],
         **proctree.memory(pid)})
-    out["other_cores"] = max(0.0, busy * (os.cpu_count() or 1) - out["server_cores"] - out["client_cores"])
-    out["limit"] = limit(out["server_cores"], out["client_cores"], out["top_process_cores"], busy, out["other_cores"])
-    if out["errors"]:
-        out["limit"] += f"; {out['errors']} errors"
     return out
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 MARK = "WRKJSON "
+THREADS = 2  # wrk's event loops (at most one per connection)
 
 _DONE = r"""
 done = function(summary, latency, requests)
@@ -54,7 +55,7 @@ def parse(stdout: str) -> dict:
 
 
 def run(binary: str, env: dict[str, str], url: str, body: bytes, connections: int, duration_s: float,
-        threads: int = 2, timeout_s: float = 10.0) -> dict:
+        threads: int = THREADS, timeout_s: float = 10.0) -> dict:
     """One wrk run: `connections` connections over `threads` threads for `duration_s` (whole
     seconds, at least 1: wrk takes no fractions). The summary (see `parse`) plus `client_cpu_s`,
     wrk's own user + system CPU."""

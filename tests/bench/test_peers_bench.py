@@ -17,7 +17,7 @@ import pytest
 
 from bench import proctree, wrk
 from bench.peer_servers import body, probabilities
-from bench.peers_bench import limit
+from bench.peers_bench import limit_of
 from bench.peers_report import markdown, summarize
 
 LINE = ('WRKJSON {"requests": 5000, "duration_us": 2000000, "bytes": 1, "connect": 0, "read": 1, "write": 0, '
@@ -57,7 +57,8 @@ def test_the_tree_counts_a_childs_cpu_and_memory():
         before = proctree.cpu_by_pid(parent.pid)
         m = proctree.memory(parent.pid)
         time.sleep(0.5)
-        used = proctree.cpu_used(before, proctree.cpu_by_pid(parent.pid))
+        after = proctree.cpu_by_pid(parent.pid)
+        used = {pid: s - before.get(pid, 0.0) for pid, s in after.items()}
     finally:
         for pid in proctree.cpu_by_pid(parent.pid):
             if pid != parent.pid:
@@ -84,12 +85,16 @@ def test_each_rest_body_carries_the_rows_exactly(style):
     assert np.array_equal(probabilities(style, json.dumps(answer).encode(), 3), p)
 
 
-def test_the_limit_is_named_from_where_the_cpu_went():
-    assert limit(1.2, 0.7, 0.6, 0.97) == "CPU: server"
-    assert limit(0.5, 1.4, 0.4, 0.95) == "CPU: client"
-    assert limit(1.0, 0.2, 0.98, 0.6) == "one server process (1 core)"
-    assert limit(0.3, 0.2, 0.3, 0.95, 1.4) == "CPU: other processes"
-    assert limit(0.3, 0.1, 0.3, 0.2).startswith("not CPU")
+def test_the_limit_is_bench_limits_verdict_with_the_machines_biggest_user():
+    def cpu(cores, thread, busy):
+        return {"cores": cores, "server_cores": 2, "busiest_main_thread": thread, "busiest_pid": 7,
+                "machine_busy_cores": busy, "machine_cores": 2}
+
+    assert limit_of(cpu(1.9, 0.9, 2.0), 0.1, 2)["kind"] == "server"
+    assert limit_of(cpu(1.0, 0.95, 1.2), 0.1, 2)["kind"] == "server"  # one main thread at a core
+    assert limit_of(cpu(0.3, 0.2, 1.9), 0.2, 2)["kind"] == "machine: other processes"
+    assert limit_of(cpu(0.3, 0.2, 1.95), 1.5, 2)["kind"] == "machine: client"
+    assert limit_of(cpu(0.3, 0.2, 0.5), 0.1, 2)["kind"] == "neither"
 
 
 def test_a_failed_peer_keeps_its_row_and_reason():
