@@ -111,3 +111,88 @@ def between(a: Snapshot, b: Snapshot) -> dict:
             "busiest_pid": busiest[1], "processes": len(b.threads_s),
             "machine_busy_cores": round((b.machine_busy_s - a.machine_busy_s) / wall, 3),
             "machine_cores": round(all_cores) or os.cpu_count() or 1}
+
+
+# -- memory, and CPU per process over a window known only afterwards (bench/peers_bench.py) --
+def cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds (all threads) of every live process of the tree under `root`."""
+    out = {}
+    for pid in tree(root):
+        fields = _stat(f"/proc/{pid}/stat")
+        if fields is not None:
+            out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def parse_rollup(text: str) -> dict[str, int]:
+    """smaps_rollup's "Rss:" and "Pss:" lines, in kB."""
+    out = {"rss_kb": 0, "pss_kb": 0}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[f"{key.lower()}_kb"] = int(rest.split()[0])
+    return out
+
+
+def memory(root: int) -> dict[str, float]:
+    """RSS and PSS of the tree under `root`, summed, in MiB, and how many processes it has. RSS
+    counts a shared page once per process (a tree of forks looks bigger than it is); PSS divides
+    each shared page among the processes mapping it: what the tree costs the machine."""
+    rss = pss = n = 0
+    for pid in tree(root):
+        try:
+            m = parse_rollup(Path(f"/proc/{pid}/smaps_rollup").read_text())
+        except OSError:  # gone, or a kernel without smaps_rollup
+            continue
+        rss, pss, n = rss + m["rss_kb"], pss + m["pss_kb"], n + 1
+    return {"rss_mib": rss / 1024, "pss_mib": pss / 1024, "processes": n}
+
+
+class Sampler:
+    """Snapshots of a server's tree (and the CPU of this process's other descendants: the load's
+    clients) taken every `every_s` by a thread while a load runs. For a load whose measured window
+    is known only afterwards (tritonclient's worker processes start, import and warm up before
+    they measure), `window(t0, t1)` gives what each used between two monotonic times, so neither
+    the clients' start-up nor the warm-up is counted."""
+
+    def __init__(self, server_root: int, every_s: float = 0.2):
+        import threading
+
+        self.server_root, self.every_s = server_root, every_s
+        self.samples: list[tuple[Snapshot, dict[int, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self) -> None:
+        import time
+
+        server = snapshot(self.server_root, time.monotonic())
+        me = os.getpid()
+        clients = {p: s for p, s in cpu_by_pid(me).items() if p != me and p not in server.tree_s}
+        self.samples.append((server, clients))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._read()
+
+    def __enter__(self) -> "Sampler":
+        self._read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def window(self, t0: float, t1: float) -> tuple[Snapshot, Snapshot, float]:
+        """The first and last snapshots at or inside [t0, t1], and the clients' CPU seconds
+        between them (a client's last reading in the window less its first, zero if born inside:
+        one that exits just before t1 still counts)."""
+        inside = [s for s in self.samples if t0 <= s[0].at <= t1] or self.samples[-1:]
+        first = inside[0][1]
+        used: dict[int, float] = {}
+        for _, clients in inside:
+            for pid, s in clients.items():
+                used[pid] = s - first.get(pid, 0.0)
+        return inside[0][0], inside[-1][0], sum(used.values())

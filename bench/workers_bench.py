@@ -90,7 +90,7 @@ def start_mlserver(mlserver: str, work: Path) -> tuple[subprocess.Popen, str]:
     model = folder / "mlp"
     model.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(__file__).parent / "mlserver_onnx" / "runtime.py", model / "runtime.py")
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     (folder / "settings.json").write_text(json.dumps({
         "parallel_workers": 0, "http_port": ports[0], "grpc_port": ports[1], "metrics_port": ports[2],
         "debug": False, "host": "127.0.0.1"}))
@@ -119,7 +119,8 @@ def start_mlserver(mlserver: str, work: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("mlserver did not become ready")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback, for a server that cannot be told to pick its own."""
     import socket
 
     with socket.socket() as s:
