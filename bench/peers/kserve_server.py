@@ -12,18 +12,12 @@ Run by bench/peers_bench.py in KServe's own venv:
     python bench/peers/kserve_server.py --model mlp.onnx --http-port P --grpc-port Q --workers 2
 """
 
-import argparse
 import sys
 
+import peer_args  # bench/peers/peer_args.py: this script's folder is on its path
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-batch", type=int, help="(no batcher in KServe: unused)")
-    p.add_argument("--delay-us", type=int, help="(no batcher in KServe: unused)")
-    ARGS = p.parse_args()
+    ARGS = peer_args.parse(__doc__, grpc=True, batcher=False)
     # kserve parses the command line at import: leave it only its own flag for the per-request
     # latency log line, off (a tuned deployment's setting; scorewire logs no line per request)
     sys.argv = [sys.argv[0], "--enable_latency_logging", "false"]

@@ -10,11 +10,12 @@ Run by bench/peers_bench.py with the python of LitServe's own venv:
     python bench/peers/litserve_server.py --model mlp.onnx --http-port P --workers 2 --max-batch 64 --delay-us 2000
 """
 
-import argparse
 
 import litserve as ls
 import numpy as np
 import onnxruntime as ort
+
+import peer_args  # bench/peers/peer_args.py: this script's folder is on its path
 
 
 class OnnxApi(ls.LitAPI):
@@ -49,13 +50,7 @@ class OnnxApi(ls.LitAPI):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--delay-us", type=int, default=2000)
-    args = p.parse_args()
+    args = peer_args.parse(__doc__, grpc=False)
     api = OnnxApi(args.model, max_batch_size=args.max_batch, batch_timeout=args.delay_us / 1e6)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers)
     server.run(host="127.0.0.1", port=args.http_port, log_level="warning", generate_client_file=False)

@@ -9,7 +9,6 @@ Run by bench/peers_bench.py in PyTriton's own venv:
         --max-batch 64 --delay-us 2000
 """
 
-import argparse
 import socket
 
 import numpy as np
@@ -17,6 +16,8 @@ import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
+
+import peer_args  # bench/peers/peer_args.py: this script's folder is on its path
 
 
 def infer_function(path: str):
@@ -40,14 +41,7 @@ def free_port() -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--delay-us", type=int, default=2000)
-    args = p.parse_args()
+    args = peer_args.parse(__doc__, grpc=True)
     config = TritonConfig(http_address="127.0.0.1", http_port=args.http_port, grpc_address="127.0.0.1",
                           grpc_port=args.grpc_port, metrics_port=free_port(), allow_gpu_metrics=False)
     with Triton(config=config) as triton:

@@ -11,7 +11,6 @@ Run by bench/peers_bench.py in Ray's own venv:
     python bench/peers/ray_server.py --model mlp.onnx --http-port P --workers 2 --max-batch 64 --delay-us 2000
 """
 
-import argparse
 import signal
 import threading
 
@@ -19,6 +18,8 @@ import numpy as np
 import ray
 from ray import serve
 from starlette.requests import Request
+
+import peer_args  # bench/peers/peer_args.py: this script's folder is on its path
 
 
 def deployment(args):
@@ -46,13 +47,7 @@ def deployment(args):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--delay-us", type=int, default=2000)
-    args = p.parse_args()
+    args = peer_args.parse(__doc__, grpc=False)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
