@@ -14,7 +14,6 @@ from typing import Protocol
 
 from engine.batching.batch import ScoredBatch
 from engine.monitor.export import MetricsServer, observer_families, text
-from engine.observer import Observer
 from engine.settings import ModelSettings, RouteSettings, ServerSettings, Settings
 
 
@@ -72,6 +71,8 @@ class LocalSink:
     shares_ports = False
 
     def __init__(self, settings: Settings):
+        from engine.observer import Observer  # here: a worker of several never watches (memory)
+
         self.observer = Observer(settings, announce)
         self.put = self.observer.put
         self.put_labels = self.observer.put_labels
