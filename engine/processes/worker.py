@@ -21,7 +21,6 @@ from engine.processes.board import Board, Counts
 from engine.processes.control import Control
 from engine.processes.messages import Kind, Message
 from engine.processes.specs import WorkerSpec
-from engine.settings import Settings
 
 log = logging.getLogger("scorewire")
 
