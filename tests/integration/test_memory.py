@@ -56,8 +56,9 @@ def test_each_process_reports_its_memory_and_workers_load_nothing_of_the_watchin
         # /metrics: RSS and PSS of each process by role and slot, read by the observer every few seconds
         expected = {("supervisor", ""): server.proc.pid, ("worker", "0"): workers[0], ("worker", "1"): workers[1],
                     ("observer", "2"): observer}
-        m = wait_for(lambda: (v := server.metrics()).get('scorewire_process_pss_bytes{process="supervisor",slot=""}')
-                     and v, 15, what="the memory gauges")
+        gauges = [f'scorewire_process_pss_bytes{{process="{p}",slot="{s}"}}' for p, s in expected]
+        m = wait_for(lambda: all(g in (v := server.metrics()) for g in gauges) and v, 15,
+                     what="the memory gauges of every process (read every 5 s)")
         for (process, slot), pid in expected.items():
             labels = f'{{process="{process}",slot="{slot}"}}'
             rss, pss = m[f"scorewire_process_rss_bytes{labels}"], m[f"scorewire_process_pss_bytes{labels}"]
