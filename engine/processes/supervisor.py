@@ -47,6 +47,7 @@ from engine.processes import probe as probe_proc
 from engine.processes.board import Board
 from engine.processes.control import PID, RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
+from engine.processes.reserve import challenger_rings, needs_challengers, reserve_port
 from engine.processes.specs import ChallengersSpec, ObserverSpec, WorkerSpec, launch
 from engine.ready import Ready, write as write_ready
 from engine.settings import Settings, SettingsError, load_settings
@@ -241,7 +242,7 @@ class Supervisor:
         first_challengers = self.challenger_rings is None and needs_challengers(adopted)
         if first_challengers:
             try:
-                self.challenger_rings = _challenger_rings(adopted.ring_bytes())
+                self.challenger_rings = challenger_rings(adopted.ring_bytes())
             except SharedMemoryFull as exc:
                 _say(f"reload failed, nothing changed: the challengers' rings: {exc.strerror}")
                 return
@@ -412,52 +413,13 @@ class Supervisor:
         self._wake_w.close()
 
 
-def needs_challengers(settings: Settings) -> bool:
-    """Whether the server runs a challengers process: a route has challengers, or a rollout
-    that keeps its old champion as one once promoted (a promotion needs no reload)."""
-    return any(r.challengers or (r.rollout is not None and r.rollout.after_promotion == "challenger")
-               for r in settings.routes)
-
-
-def _challenger_rings(size: int) -> tuple[Ring, Ring]:
-    to = Ring.create(size, "the ring to the challengers")
-    try:
-        return to, Ring.create(size, "the ring from the challengers")
-    except SharedMemoryFull:
-        to.close()
-        raise
-
-
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to the gRPC port with SO_REUSEPORT and never listening: it keeps the
-    port for the workers (each binds it with SO_REUSEPORT; the kernel spreads connections over
-    the listening ones). The port is first bound without SO_REUSEPORT, so a port another
-    server holds is refused here instead of shared with it. Both set SO_REUSEADDR, as gRPC's own
-    sockets do: connections of an earlier server still in TIME_WAIT on the port must not keep a
-    new one from starting."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    address = (host.strip("[]"), port)
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind(address)
-        port = probe.getsockname()[1]
-    finally:
-        probe.close()
-    keeper = socket.socket(family, socket.SOCK_STREAM)
-    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    keeper.bind((address[0], port))
-    return keeper
-
-
 def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str,
               ready_file: Path | None = None) -> int:
     server = settings.server
     keepers = []
     for what, key, port in (("gRPC", "grpc_port", server.grpc_port), ("HTTP", "http_port", server.http_port)):
         try:
-            keepers.append(_reserve_port(server.host, port))
+            keepers.append(reserve_port(server.host, port))
         except OSError as exc:
             print(f"scorewire: {cannot_bind(what, server.host, port, key, exc)}", file=sys.stderr)
             for keeper in keepers:
@@ -468,7 +430,7 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         for i in range(workers):
             made.append(Ring.create(settings.ring_bytes(), f"worker {i}'s ring"))
         if needs_challengers(settings):
-            made += _challenger_rings(settings.ring_bytes())
+            made += challenger_rings(settings.ring_bytes())
         made.append(Control.create(workers))
         made.append(Board.create(workers + 2))
     except SharedMemoryFull as exc:
@@ -479,9 +441,9 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
             keeper.close()
         return 2
     rings, control, board = made[:workers], made[-2], made[-1]
-    challenger_rings = (made[workers], made[workers + 1]) if len(made) == workers + 4 else None
+    shadowing = (made[workers], made[workers + 1]) if len(made) == workers + 4 else None  # the challengers' rings
     supervisor = Supervisor(settings, config_path, workers, log_level,
-                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control,
+                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, shadowing, control,
                             board, ready_file)
     try:
         return supervisor.run()
@@ -491,6 +453,6 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
             keeper.close()
         for segment in made:
             segment.close()
-        if supervisor.challenger_rings is not None and challenger_rings is None:  # made by a reload
+        if supervisor.challenger_rings is not None and shadowing is None:  # made by a reload
             for ring in supervisor.challenger_rings:
                 ring.close()
