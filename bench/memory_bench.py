@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.onoff import tree
+from bench.proctree import tree
 from bench.servers import prepare_demo, stop
 from engine.harness.config import Config, model_table, server_table
 from engine.harness.server import start_server
