@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -17,8 +18,6 @@ from grpc_health.v1 import health_pb2
 from engine.batching.batcher import Batcher
 from engine.errors import UsageError
 from engine.codec.validate import Limits
-from engine.ingress.kafka import KafkaStream
-from engine.ingress.kafka.feedback import FeedbackReader
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
 from engine.frontdoor import FrontDoor
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
@@ -33,6 +32,10 @@ from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
 from engine.settings import RouteSettings, Settings, load_settings
 from engine.sink import LocalSink, Sink
+
+if TYPE_CHECKING:  # imported where a config has streams: Kafka's client and the JSON kernel (Numba)
+    from engine.ingress.kafka import KafkaStream  # cost a process 40 MiB it need not pay without them
+    from engine.ingress.kafka.feedback import FeedbackReader
 
 log = logging.getLogger("scorewire")
 
@@ -246,6 +249,8 @@ class App:
         self._say(f"HTTP listening on {server_settings.host}:{self.http_port}")
         if self.metrics_port:
             self._say(f"metrics on http://{server_settings.metrics_bind}:{self.metrics_port}/metrics")
+        if self.settings.streams:
+            from engine.ingress.kafka import KafkaStream
         for stream_settings in self.settings.streams:
             served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
             stream = KafkaStream(stream_settings, self.front, served, member=self.sink.member)
@@ -256,6 +261,8 @@ class App:
             await self.health.set(stream.health_name, _serving(stream.up and stream.brokers_reachable))
             self._say(f"stream {stream.label} consuming as group {stream_settings.group_id!r} "
                       f"from {stream_settings.bootstrap_servers}")
+        if self.settings.feedback:
+            from engine.ingress.kafka.feedback import FeedbackReader
         for feedback_settings in self.settings.feedback:
             reader = FeedbackReader(feedback_settings, self.front)
             reader.start(asyncio.get_running_loop())

@@ -31,7 +31,7 @@ from engine.batching.batcher import RowOutcome
 from engine.codec.oip import DecodedRequest
 from engine.errors import EngineError, ErrorCode, clip
 from engine.performance.feedback import parse
-from engine.performance.join import Labels
+from engine.performance.labels import Labels
 from engine.pipeline import Pipeline
 from engine.runtime.registry import Served
 

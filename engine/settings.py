@@ -103,11 +103,15 @@ class ServerSettings(_Strict):
     observer, runs drift, latency, the scoring log, the challengers and /metrics for all,
     and the process `serve` starts supervises them. "auto": the CPU cores this process may
     use. 1: one process does everything (no observer process)."""
-    handoff_ring_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=1 << 34)
+    handoff_ring_bytes: int | None = Field(None, ge=1024 * 1024, le=1 << 34)
     """With several workers: the shared-memory ring each worker hands its scored batches
     (inputs, outputs, timings) to the observer through. When the observer falls this far
     behind, batches are dropped and counted (scorewire_handoff_dropped_*), never waited for.
-    The rings live in /dev/shm, which must have room for all of them."""
+    The rings live in /dev/shm, which must have room for all of them, and are reserved whole at
+    start (a pod's memory limit is charged for them). Unset: sized by what holds records, 32 MiB
+    with a [scorelog] (a record stays until the log has committed its rows, every 0.5 s) and
+    8 MiB without (a record is freed once the observer has handed it on, within ~60 ms: 8 MiB
+    is about a second of 64-row batches of 32 features at full speed)."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On SIGTERM: the whole drain. Requests already sent are answered (drain_grace_s, then new
     calls get UNAVAILABLE while those in flight finish); challengers and the monitor get what
@@ -122,8 +126,8 @@ class ServerSettings(_Strict):
     resolving symlinks); a config pointing elsewhere is refused."""
     @field_validator("handoff_ring_bytes")
     @classmethod
-    def _whole_words(cls, value: int) -> int:
-        if value % 8:
+    def _whole_words(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
             raise ValueError(f"must be a multiple of 8 (records are 8-byte aligned), e.g. {value - value % 8}")
         return value
 
@@ -861,6 +865,14 @@ class Settings(_Strict):
     no version gets the highest version)."""
     scorelog: ScoreLogSettings | None = None
     """The Parquet scoring log (None: no log)."""
+
+    def ring_bytes(self) -> int:
+        """The size of each hand-off ring: [server] handoff_ring_bytes, or (unset) what holds
+        the records a ring keeps: 32 MiB when they wait for the scoring log's commits, 8 MiB
+        when they wait only for the observer's next pass."""
+        if self.server.handoff_ring_bytes is not None:
+            return self.server.handoff_ring_bytes
+        return (32 if self.scorelog is not None else 8) * 1024 * 1024
 
     @model_validator(mode="after")
     def _unique_versions(self) -> "Settings":

@@ -10,11 +10,12 @@ observer process serves /metrics. The App calls the same methods either way.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Protocol
 
 from engine.batching.batch import ScoredBatch
 from engine.monitor.export import MetricsServer, observer_families, text
-from engine.observer import Observer
+from engine.processes import memory
 from engine.settings import ModelSettings, RouteSettings, ServerSettings, Settings
 
 
@@ -72,11 +73,15 @@ class LocalSink:
     shares_ports = False
 
     def __init__(self, settings: Settings):
+        from engine.observer import Observer  # here: a worker of several never watches (memory)
+
         self.observer = Observer(settings, announce)
         self.put = self.observer.put
         self.put_labels = self.observer.put_labels
         self.say = announce
         self.metrics: MetricsServer | None = None
+        pid = os.getpid()  # the whole server: its memory as the workers' supervisor reports theirs
+        self.memory = memory.Gauges(pid, lambda: {pid: ("server", "")})
 
     def ports(self, server: ServerSettings) -> tuple[int, int]:
         return server.grpc_port, server.http_port
@@ -103,7 +108,8 @@ class LocalSink:
         self.observer.reloaded(settings)
 
     def families(self) -> list:
-        return observer_families(self.observer)
+        self.memory.refresh()  # (at most every memory.READ_S: a scrape, not a request, pays it)
+        return observer_families(self.observer) + self.memory.families()
 
     async def start(self, app) -> int:
         server = app.settings.server

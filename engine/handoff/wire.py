@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from engine.batching.batch import Origin, ScoredBatch
-from engine.performance.join import Labels
+from engine.performance.labels import Labels
 
 _U32 = struct.Struct("<I")
 _PAD = bytes(8)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine.errors import cannot_bind
-from engine.monitor.quality import families as quality_families
-from engine.runtime.registry import Registry
+
+if TYPE_CHECKING:  # a worker's board imports this module: no onnxruntime for a name
+    from engine.runtime.registry import Registry
 
 
 def _labels(**labels: str) -> str:
@@ -112,6 +114,8 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
 
 def observer_families(observer) -> list[Family]:
     """What the watching side keeps: drift, latency, batch sizes, challengers, the log."""
+    from engine.monitor.quality import families as quality_families  # the watching side's: not a worker's
+
     families: list[Family] = []
     family = _collector(families)
     _monitoring(observer, family)

@@ -1,6 +1,6 @@
 """`scorewire status`: drift and data quality per feature and latency percentiles from a server's
 /metrics; with labels, performance, rollouts and splits; guards, conformal coverage, fairness
-and segments."""
+and segments; the memory of each process."""
 
 from __future__ import annotations
 
@@ -266,6 +266,22 @@ def _rollouts(families: dict[str, list]) -> list[str]:
                     "difference (always-valid)", "why"], table)]
 
 
+def _memory(families: dict[str, list]) -> list[str]:
+    """RSS and PSS of each process of the server (a server of several workers: the observer
+    reads them every few seconds), and the server's total PSS: what it costs the machine."""
+    mib = 1 << 20
+    usage = _gather(families, ("scorewire_process_rss_bytes", "scorewire_process_pss_bytes"), ("process", "slot"))
+    if not usage:
+        return []
+    order = {"supervisor": 0, "observer": 2, "challengers": 3, "other": 4}
+    keys = sorted(usage, key=lambda k: (order.get(k[0], 1), int(k[1]) if k[1].isdigit() else 0))
+    rows = [[p if p != "worker" else f"worker {slot}", f"{usage[(p, slot)].get('scorewire_process_rss_bytes', 0) / mib:.1f}",
+             f"{usage[(p, slot)].get('scorewire_process_pss_bytes', 0) / mib:.1f}"] for p, slot in keys]
+    total = sum(v.get("scorewire_process_pss_bytes", 0) for v in usage.values())
+    rows.append([f"all {len(keys)}", "-", f"{total / mib:.1f}"])
+    return [_table(["process", "RSS MiB", "PSS MiB"], rows)]
+
+
 def status(target: str, timeout_s: float = 5.0) -> str:
     families = scrape(target, timeout_s)
     drift = _gather(families, ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect",
@@ -323,4 +339,5 @@ def status(target: str, timeout_s: float = 5.0) -> str:
         out.append(_table(["model", "version", "role", "stage"] + [f"p{float(q) * 100:g} ms" for q in quantiles], rows))
     else:
         out.append("no latency recorded yet")
+    out += _memory(families)
     return "\n\n".join(out)

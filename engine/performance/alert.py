@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.stats import t as student_t
 
 from engine.errors import UserFacing
 from engine.performance.metrics import LOWER_IS_BETTER, PER_ROW, per_row, realized
@@ -158,6 +157,9 @@ class Alerting:
             return 0.0 if (m1 > m2 if greater else m1 < m2) else 1.0
         t = (m1 - m2) / np.sqrt(a + b)
         df = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1))
+        # imported here: scipy.stats costs a process 45 MiB, and only a performance alert needs it
+        from scipy.stats import t as student_t
+
         return float(student_t.sf(t, df) if greater else student_t.cdf(t, df))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from engine.errors import MAX_ECHO, clip
-from engine.performance.join import Labels
+from engine.performance.labels import Labels
 
 MAX_ID = 1024  # characters of a request id
 MAX_LABELS = 1_000_000  # labels in one object

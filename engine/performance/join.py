@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -42,6 +41,7 @@ from engine.performance.alert import Alerting, PerformanceEvent, load_reference,
 from engine.performance.estimate import Calibration, estimate
 from engine.performance.conformal import for_version
 from engine.performance.fairness import Fairness
+from engine.performance.labels import Labels
 from engine.performance.metrics import METRICS, per_row, realized
 from engine.performance.pending import DROPPED, JOINED, LABELS, WAITING, Pending
 from engine.performance import segments as segmenting
@@ -54,24 +54,6 @@ log = logging.getLogger("scorewire")
 OUTCOMES = ("joined", "duplicate", "unmatched", "invalid", "evicted")
 SNAPSHOT_EVERY_S = 10.0  # performance snapshots for `scorewire report` (events_dir, kind=performance_history)
 WRITE_EVERY_S = 60.0  # ... written this often (and at close)
-
-
-@dataclass(frozen=True, slots=True)
-class Labels:
-    """Labels sent back for one model: per request id, one label per row of that request."""
-
-    model: str
-    ids: tuple[str, ...]
-    counts: np.ndarray  # labels per id
-    values: np.ndarray  # float64: every id's labels, one id after the other
-
-    @property
-    def rows(self) -> int:
-        return len(self.values)
-
-    def each(self):
-        ends = np.cumsum(self.counts)
-        return zip(self.ids, np.split(self.values, ends[:-1]))
 
 
 class Window:

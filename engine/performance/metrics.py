@@ -12,7 +12,6 @@ sklearn clips them (eps of float64).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 METRICS = {
     "binary": ("accuracy", "log_loss", "brier", "auc"),
@@ -29,6 +28,8 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # here: SciPy costs a process 45 MiB, and most never rank
+
     ranks = rankdata(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
@@ -27,6 +26,7 @@ from engine.monitor.export import shadow_families
 from engine.observer import Observer
 from engine.processes import child
 from engine.processes.board import Board, Counts
+from engine.processes.specs import ChallengersSpec
 from engine.rollout import state as rollout_state
 from engine.runtime.session import OnnxModel, WarmupError
 from engine.settings import Settings
@@ -147,18 +147,6 @@ async def _run(settings: Settings, slot: int, inbound: Ring, outbound: Ring, boa
     await asyncio.get_running_loop().run_in_executor(None, host.observer.close_shadows,
                                                      lambda: deadline - time.monotonic())
     host.publish()
-
-
-@dataclass(frozen=True)
-class ChallengersSpec:
-    """What the supervisor starts the challengers process with (shared memory by name)."""
-
-    settings: Settings
-    slot: int
-    inbound: str  # the observer's forwarded batches
-    outbound: str  # the shadow results, back to the observer
-    board: str
-    log_level: str
 
 
 def main(spec: ChallengersSpec, conn: Connection) -> None:

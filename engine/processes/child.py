@@ -108,10 +108,14 @@ class Signals:
 class Orders:
     """What the supervisor sends on the pipe: RELOAD (a settings snapshot) runs
     `reload(settings)` (a coroutine function; it raises, or returns why, when the reload
-    failed and changed nothing), one reload at a time, and answers RELOADED (None or why)."""
+    failed and changed nothing), one reload at a time, and answers RELOADED (None or why).
+    Other kinds go to `handlers` (called on the loop, in the order they came: before a
+    RELOAD sent after them starts)."""
 
-    def __init__(self, name: str, conn: Connection, reload: Callable[[Settings], Awaitable[str | None]]):
+    def __init__(self, name: str, conn: Connection, reload: Callable[[Settings], Awaitable[str | None]],
+                 handlers: dict[Kind, Callable[[object], None]] | None = None):
         self.name, self.conn, self.reload = name, conn, reload
+        self.handlers = handlers or {}
         self.loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -127,6 +131,8 @@ class Orders:
             task = self.loop.create_task(self._reload(message.value))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif message.kind in self.handlers:
+            self.handlers[message.kind](message.value)
 
     async def _reload(self, snapshot: bytes) -> None:
         async with self._lock:

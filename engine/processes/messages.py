@@ -19,6 +19,8 @@ class Kind(StrEnum):
     PROBED = "probed"  # reload check -> supervisor: None, or why the reload cannot be made (str)
     RELOAD = "reload"  # supervisor -> child: the settings to run (a Settings snapshot, bytes)
     RELOADED = "reloaded"  # child -> supervisor: None, or why its reload failed (str)
+    CHALLENGERS = "challengers"  # supervisor -> observer: the rings (to, from) of a challengers process started
+    # by a reload (a server without challengers has neither the process nor its rings)
 
 
 @dataclass(frozen=True, slots=True)

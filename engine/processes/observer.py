@@ -25,9 +25,9 @@ import asyncio
 import bisect
 import collections
 import logging
+import os
 import re
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from engine.handoff.ring import Receipt, Ring, unlink_shm
@@ -35,10 +35,11 @@ from engine.handoff.wire import decode
 from engine.monitor.export import MetricsServer, merge, observer_families, text
 from engine.observer import Observer
 from engine.performance.join import Labels
-from engine.processes import child
+from engine.processes import child, memory
 from engine.processes.board import CARRIED, Board, Counts
 from engine.processes.control import RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
+from engine.processes.specs import ObserverSpec
 from engine.rollout import state as rollout_state
 from engine.runtime.session import ModelShape
 from engine.settings import Settings
@@ -88,6 +89,22 @@ class Watch:
         self._held: list = []  # (stamp, ring, end, batch or None, record) read, not handed on (see poll)
         self._last_stamp: dict[str, int] = {}  # per ring: the stamp of the last record read
         self._receipts: dict[str, collections.deque] = {}  # per ring: records handed on, in order, not released
+        self.memory = memory.Gauges(os.getppid(), self._named)  # every process's RSS and PSS, for /metrics
+
+    def _named(self) -> dict[int, tuple[str, str]]:
+        """pid -> (process, slot) of the supervisor and the processes in its table."""
+        control = self.control
+        named = {self.memory.root: ("supervisor", "")}
+        for slot, pid in enumerate(control.pids(range(control.workers + 2))):
+            if pid:
+                named[pid] = ("worker" if slot < control.workers else "observer" if slot == control.observer
+                              else "challengers", str(slot))
+        return named
+
+    def attach_challengers(self, to_challengers: Ring, from_challengers: Ring) -> None:
+        """A reload gave the server its first challengers: the supervisor made their rings (and
+        starts their process); batches are forwarded from now on."""
+        self.to_challengers, self.from_challengers = to_challengers, from_challengers
 
     def _worker_samples(self, family: str):
         """(labels by name, value) of each sample of a family, over the workers (as each last
@@ -240,7 +257,8 @@ class Watch:
     def families(self) -> list:
         """The server's metric families: every process's, each as it last wrote them."""
         board, control = self.board, self.control
-        others = [board.read(slot) for slot in [*range(control.workers), control.challengers]]
+        slots = [*range(control.workers), *([control.challengers] if self.to_challengers is not None else [])]
+        others = [board.read(slot) for slot in slots]
         return merge([*others, self.own_families()]) + self._process_families()
 
     def own_families(self) -> list:
@@ -257,21 +275,25 @@ class Watch:
     def _process_families(self) -> list:
         table = self.control.table
         n = self.control.workers
+        challengers = self.to_challengers is not None
         worker_label = [f'{{worker="{i}"}}' for i in range(n)]
         return [
             ["scorewire_workers", "gauge", "Serving processes configured.", [["", n]]],
             ["scorewire_workers_up", "gauge", "Serving processes running and ready.",
              [["", self.control.workers_up()]]],
-            ["scorewire_process_up", "gauge", "1 while the observer or the challengers process runs and is ready.",
-             [['{process="observer"}', int(table[n, UP])], ['{process="challengers"}', int(table[n + 1, UP])]]],
+            ["scorewire_process_up", "gauge",
+             "1 while the observer or the challengers process runs and is ready (the challengers process runs "
+             "only when a route has challengers).",
+             [['{process="observer"}', int(table[n, UP])]]
+             + ([['{process="challengers"}', int(table[n + 1, UP])]] if challengers else [])],
             ["scorewire_process_pid", "gauge", "The process id each slot runs as now (0: not started).",
              [[f'{{process="{"worker" if slot < n else "observer" if slot == n else "challengers"}",slot="{slot}"}}',
-               pid] for slot, pid in enumerate(self.control.pids(range(n + 2)))]],
+               pid] for slot, pid in enumerate(self.control.pids(range(n + 2 if challengers else n + 1)))]],
             ["scorewire_process_restarts_total", "counter",
              "Processes the supervisor started again after they died (the server log says why).",
              [['{process="worker"}', int(table[:n, RESTARTS].sum())],
-              ['{process="observer"}', int(table[n, RESTARTS])],
-              ['{process="challengers"}', int(table[n + 1, RESTARTS])]]],
+              ['{process="observer"}', int(table[n, RESTARTS])]]
+             + ([['{process="challengers"}', int(table[n + 1, RESTARTS])]] if challengers else [])],
             ["scorewire_handoff_dropped_batches_total", "counter",
              "Scored batches a worker dropped because its ring to the observer was full (the observer fell "
              "behind: they are missing from drift, latency, the scoring log and the challengers).",
@@ -289,11 +311,13 @@ class Watch:
             ["scorewire_metrics_too_large_total", "counter",
              "Times a process's metrics did not fit its slot of the board (logged; the last that fit are shown).",
              [["", self.board.too_large]]],
+            *self.memory.families(),
         ]
 
 
-async def _observe(settings: Settings, rings: list[Ring], control: Control, board: Board,
-                   conn: Connection, metrics_port: int, to_challengers: Ring, from_challengers: Ring) -> None:
+async def _observe(settings: Settings, rings: list[Ring], control: Control, board: Board, conn: Connection,
+                   metrics_port: int, to_challengers: Ring | None, from_challengers: Ring | None,
+                   attached: list[Ring]) -> None:
     loop = asyncio.get_running_loop()
     say = child.say_to(conn)
     watch = Watch(settings, rings, control, board, say, to_challengers, from_challengers)
@@ -302,7 +326,12 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
     port = await metrics.start()
     conn.send(Message(Kind.METRICS, port))
     signals = child.Signals()
-    orders = child.Orders("observer", conn, child.off_loop(watch.reload))
+    def challengers_started(names: tuple[str, str]) -> None:
+        rings = tuple(Ring.attach(name) for name in names)
+        attached.extend(rings)
+        watch.attach_challengers(*rings)
+
+    orders = child.Orders("observer", conn, child.off_loop(watch.reload), {Kind.CHALLENGERS: challengers_started})
     child.ready(conn)
     next_publish, next_follow = [0.0], [0.0]
 
@@ -310,6 +339,7 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
         if time.monotonic() >= next_follow[0]:
             next_follow[0] = time.monotonic() + rollout_state.ROLLOUT_POLL_S
             watch.follow_rollouts()
+        watch.memory.refresh()  # every memory.READ_S
         if time.monotonic() >= next_publish[0]:
             watch.observer.guards.check()  # a version whose every row is refused has no batch to check on
             watch.publish()
@@ -331,29 +361,18 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
     await metrics.stop()
 
 
-@dataclass(frozen=True)
-class ObserverSpec:
-    """What the supervisor starts an observer process with (shared memory by name)."""
-
-    settings: Settings
-    rings: tuple[str, ...]  # the workers'
-    control: str
-    board: str
-    metrics_port: int
-    log_level: str
-    to_challengers: str
-    from_challengers: str
-
-
 def main(spec: ObserverSpec, conn: Connection) -> None:
     """The observer process (multiprocessing's spawn target)."""
     rings = [Ring.attach(name) for name in spec.rings]
-    to_challengers, from_challengers = Ring.attach(spec.to_challengers), Ring.attach(spec.from_challengers)
+    attached: list[Ring] = []  # the rings to and from the challengers, when the server has that process
+    if spec.to_challengers is not None:
+        attached += [Ring.attach(spec.to_challengers), Ring.attach(spec.from_challengers)]
+    to_challengers, from_challengers = attached if attached else (None, None)
     control = Control.attach(spec.control)
     board = Board.attach(spec.board)
 
     def cleanup() -> None:
-        segments = (*rings, to_challengers, from_challengers, control, board)
+        segments = (*rings, *attached, control, board)
         if child.orphaned():  # the supervisor would have removed them
             for segment in segments:
                 unlink_shm(segment._shm)
@@ -362,4 +381,4 @@ def main(spec: ObserverSpec, conn: Connection) -> None:
 
     child.run("observer", spec.log_level, conn,
               lambda: _observe(spec.settings, rings, control, board, conn, spec.metrics_port, to_challengers,
-                               from_challengers), cleanup)
+                               from_challengers, attached), cleanup)

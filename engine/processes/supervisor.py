@@ -3,7 +3,12 @@
 It reserves the gRPC port, creates the shared memory (a ring per worker, two between the
 observer and the challengers, the control table), starts the observer, the challengers
 process and the workers (multiprocessing's spawn: fresh interpreters, nothing inherited but
-what is passed), and says `ready` once every one of them is. Then it
+what is passed), and says `ready` once every one of them is. The challengers process and its
+two rings exist only while a route has challengers (or a rollout that keeps its old champion
+as one): a server without them would pay a whole Python process with onnxruntime for nothing
+(about 100 MiB). A reload that brings the first challengers makes their rings and starts the
+process (engine/processes/messages.py's CHALLENGERS tells the observer). The supervisor
+imports none of what its children run (engine/processes/specs.py). Then it
 watches: a child that dies is started again after a backoff (logged; counted in /metrics as
 scorewire_process_restarts_total), and while it is down the others say not-ready.
 
@@ -38,13 +43,12 @@ from pathlib import Path
 
 from engine.errors import cannot_bind
 from engine.handoff.ring import Ring, SharedMemoryFull
-from engine.processes import challengers as challengers_proc
-from engine.processes import observer as observer_proc
 from engine.processes import probe as probe_proc
-from engine.processes import worker as worker_proc
 from engine.processes.board import Board
 from engine.processes.control import PID, RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
+from engine.processes.reserve import challenger_rings, needs_challengers, reserve_port
+from engine.processes.specs import ChallengersSpec, ObserverSpec, WorkerSpec, launch
 from engine.ready import Ready, write as write_ready
 from engine.settings import Settings, SettingsError, load_settings
 
@@ -73,7 +77,7 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings, config_path: Path | None, workers: int, log_level: str,
-                 ports: tuple[int, int], rings: list[Ring], challenger_rings: tuple[Ring, Ring], control: Control,
+                 ports: tuple[int, int], rings: list[Ring], challenger_rings: tuple[Ring, Ring] | None, control: Control,
                  board: Board, ready_file: Path | None = None):
         self.settings = settings
         self.ready_file = ready_file  # written once every process is ready (engine/ready.py)
@@ -82,7 +86,7 @@ class Supervisor:
         self.log_level = log_level
         self.port, self.http_port = ports  # gRPC, HTTP
         self.rings = rings
-        self.challenger_rings = challenger_rings  # observer -> challengers, challengers -> observer
+        self.challenger_rings = challenger_rings  # observer -> challengers, challengers -> observer; None: no process
         self.control = control
         self.board = board
         self.observer_slot = workers
@@ -107,21 +111,21 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         ours, theirs = self.ctx.Pipe()  # lines and failures come back, reloads go out
-        to_challengers, from_challengers = (r.name for r in self.challenger_rings)
+        to_challengers, from_challengers = ((None, None) if self.challenger_rings is None
+                                            else (r.name for r in self.challenger_rings))
         if slot == self.observer_slot:
-            target = observer_proc.main
-            spec = observer_proc.ObserverSpec(self.settings, tuple(r.name for r in self.rings), self.control.name,
-                                              self.board.name, self.metrics_port, self.log_level, to_challengers,
-                                              from_challengers)
+            module = "engine.processes.observer"
+            spec = ObserverSpec(self.settings, tuple(r.name for r in self.rings), self.control.name, self.board.name,
+                                self.metrics_port, self.log_level, to_challengers, from_challengers)
         elif slot == self.challengers_slot:
-            target = challengers_proc.main
-            spec = challengers_proc.ChallengersSpec(self.settings, slot, to_challengers, from_challengers,
-                                                    self.board.name, self.log_level)
+            module = "engine.processes.challengers"
+            spec = ChallengersSpec(self.settings, slot, to_challengers, from_challengers, self.board.name,
+                                   self.log_level)
         else:
-            target = worker_proc.main
-            spec = worker_proc.WorkerSpec(slot, self.settings, (self.port, self.http_port), self.rings[slot].name,
-                                          self.control.name, self.board.name, self.log_level)
-        process = self.ctx.Process(target=target, args=(spec, theirs), name=f"scorewire-{self._name(slot).replace(' ', '-')}")
+            module = "engine.processes.worker"
+            spec = WorkerSpec(slot, self.settings, (self.port, self.http_port), self.rings[slot].name,
+                              self.control.name, self.board.name, self.log_level)
+        process = self.ctx.Process(target=launch, args=(module, spec, theirs), name=f"scorewire-{self._name(slot).replace(' ', '-')}")
         process.start()
         theirs.close()
         self.control.table[slot, PID] = process.pid
@@ -182,8 +186,13 @@ class Supervisor:
         log.error("%s (pid %d) stopped with %s after %.1f s; starting it again in %.1f s",
                   self._name(child.slot), child.process.pid, how, ran, delay)
 
+    @property
+    def _slots(self) -> int:
+        """Processes the server runs: the workers, the observer, and the challengers if any."""
+        return self.workers + (1 if self.challenger_rings is None else 2)
+
     def _all_ready(self) -> bool:
-        return len(self.children) == self.workers + 2 and all(c.ready for c in self.children.values())
+        return len(self.children) == self._slots and all(c.ready for c in self.children.values())
 
     # -- signals ----------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -230,6 +239,16 @@ class Supervisor:
         if problem is not None:
             _say(f"reload failed, nothing changed: {problem}")
             return
+        first_challengers = self.challenger_rings is None and needs_challengers(adopted)
+        if first_challengers:
+            try:
+                self.challenger_rings = challenger_rings(adopted.ring_bytes())
+            except SharedMemoryFull as exc:
+                _say(f"reload failed, nothing changed: the challengers' rings: {exc.strerror}")
+                return
+            observer = self.children.get(self.observer_slot)
+            if observer is not None:  # (one not running now starts with the rings)
+                observer.conn.send(Message(Kind.CHALLENGERS, tuple(r.name for r in self.challenger_rings)))
         self.settings = adopted  # processes started from now on run it too
         snapshot = adopted.snapshot()
         for child in self.children.values():
@@ -237,6 +256,8 @@ class Supervisor:
                 child.conn.send(Message(Kind.RELOAD, snapshot))
             except OSError:  # it is exiting; it starts again with the new settings
                 pass
+        if first_challengers:
+            self._start(self.challengers_slot)
 
     # -- the loop ---------------------------------------------------------------------------
     def _step(self, timeout: float) -> None:
@@ -272,16 +293,18 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         # The observer first: its metrics port is the server's, and it must be reading the
         # rings before the workers fill them.
-        self._start(self.observer_slot)
-        self._start(self.challengers_slot)
-        if not self._wait_ready([self.observer_slot, self.challengers_slot]):
+        watchers = [self.observer_slot] + ([self.challengers_slot] if self.challenger_rings is not None else [])
+        for slot in watchers:
+            self._start(slot)
+        if not self._wait_ready(watchers):
             return self._abort()
         for slot in range(self.workers):
             self._start(slot)
         if not self._wait_ready(list(range(self.workers))):
             return self._abort()
         host = self.settings.server.host
-        _say(f"{self.workers} workers on the gRPC port, 1 observer, 1 challengers process (pids "
+        others = "1 observer, 1 challengers process" if self.challenger_rings is not None else "1 observer"
+        _say(f"{self.workers} workers on the gRPC port, {others} (pids "
              f"{', '.join(str(c.process.pid) for c in sorted(self.children.values(), key=lambda c: c.slot))})")
         _say(f"gRPC listening on {host}:{self.port}")
         _say(f"HTTP listening on {host}:{self.http_port}")
@@ -363,8 +386,9 @@ class Supervisor:
         self._wait_gone(workers, timeout)
         # the observer reads what the workers left and forwards the challengers their share
         deadline = time.monotonic() + timeout
+        read_by_observer = [*self.rings, *(self.challenger_rings or ())[:1]]
         while (self.observer_slot in self.children and time.monotonic() < deadline
-               and any(r.used for r in (*self.rings, self.challenger_rings[0]))):
+               and any(r.used for r in read_by_observer)):
             self._step(0.05)
         if self.challengers_slot in self.children:
             self.children[self.challengers_slot].process.terminate()
@@ -389,36 +413,13 @@ class Supervisor:
         self._wake_w.close()
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to the gRPC port with SO_REUSEPORT and never listening: it keeps the
-    port for the workers (each binds it with SO_REUSEPORT; the kernel spreads connections over
-    the listening ones). The port is first bound without SO_REUSEPORT, so a port another
-    server holds is refused here instead of shared with it. Both set SO_REUSEADDR, as gRPC's own
-    sockets do: connections of an earlier server still in TIME_WAIT on the port must not keep a
-    new one from starting."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    address = (host.strip("[]"), port)
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind(address)
-        port = probe.getsockname()[1]
-    finally:
-        probe.close()
-    keeper = socket.socket(family, socket.SOCK_STREAM)
-    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    keeper.bind((address[0], port))
-    return keeper
-
-
 def supervise(settings: Settings, config_path: Path | None, workers: int, log_level: str,
               ready_file: Path | None = None) -> int:
     server = settings.server
     keepers = []
     for what, key, port in (("gRPC", "grpc_port", server.grpc_port), ("HTTP", "http_port", server.http_port)):
         try:
-            keepers.append(_reserve_port(server.host, port))
+            keepers.append(reserve_port(server.host, port))
         except OSError as exc:
             print(f"scorewire: {cannot_bind(what, server.host, port, key, exc)}", file=sys.stderr)
             for keeper in keepers:
@@ -427,9 +428,9 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
     made: list = []  # every segment, reserved whole now: none can run out of room later (SIGBUS)
     try:
         for i in range(workers):
-            made.append(Ring.create(server.handoff_ring_bytes, f"worker {i}'s ring"))
-        for what in ("the ring to the challengers", "the ring from the challengers"):
-            made.append(Ring.create(server.handoff_ring_bytes, what))
+            made.append(Ring.create(settings.ring_bytes(), f"worker {i}'s ring"))
+        if needs_challengers(settings):
+            made += challenger_rings(settings.ring_bytes())
         made.append(Control.create(workers))
         made.append(Board.create(workers + 2))
     except SharedMemoryFull as exc:
@@ -439,9 +440,10 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
         for keeper in keepers:
             keeper.close()
         return 2
-    rings, challenger_rings, control, board = made[:workers], (made[workers], made[workers + 1]), made[-2], made[-1]
+    rings, control, board = made[:workers], made[-2], made[-1]
+    shadowing = (made[workers], made[workers + 1]) if len(made) == workers + 4 else None  # the challengers' rings
     supervisor = Supervisor(settings, config_path, workers, log_level,
-                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, challenger_rings, control,
+                            (keepers[0].getsockname()[1], keepers[1].getsockname()[1]), rings, shadowing, control,
                             board, ready_file)
     try:
         return supervisor.run()
@@ -451,3 +453,6 @@ def supervise(settings: Settings, config_path: Path | None, workers: int, log_le
             keeper.close()
         for segment in made:
             segment.close()
+        if supervisor.challenger_rings is not None and shadowing is None:  # made by a reload
+            for ring in supervisor.challenger_rings:
+                ring.close()

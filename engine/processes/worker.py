@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from engine.batching.batch import ScoredBatch
@@ -21,7 +20,7 @@ from engine.processes import child
 from engine.processes.board import Board, Counts
 from engine.processes.control import Control
 from engine.processes.messages import Kind, Message
-from engine.settings import Settings
+from engine.processes.specs import WorkerSpec
 
 log = logging.getLogger("scorewire")
 
@@ -123,19 +122,6 @@ class Link:
     async def finish(self, app, until, log_flush_s: float) -> None:
         """Drain: the last counters, after the last batch."""
         self.publish(app)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What the supervisor starts a worker process with (shared memory by name)."""
-
-    slot: int
-    settings: Settings
-    ports: tuple[int, int]  # gRPC, HTTP
-    ring: str
-    control: str
-    board: str
-    log_level: str
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:

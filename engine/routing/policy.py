@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.keyhash import hash_keys, unit_interval
-
 
 class Split:
     def __init__(self, weights: dict[str, float], seed: int | None = None):
@@ -23,6 +21,11 @@ class Split:
         self._upper = np.cumsum(self.shares)
         self._upper[-1] = 1.0
         self._rng = np.random.default_rng(seed)
+        # The hash is a Numba kernel: imported by the first split, so that a worker without
+        # one never loads Numba and LLVM (about 60 MiB of a process).
+        from kernels.keyhash import hash_keys, unit_interval
+
+        self._points = lambda keys: unit_interval(hash_keys(keys))
 
     def _arms(self, points: np.ndarray) -> np.ndarray:
         return np.searchsorted(self._upper, points, side="right").clip(0, len(self.versions) - 1)
@@ -32,14 +35,14 @@ class Split:
         if key is None or key == "" or key == b"":
             return self.versions[int(self._arms(self._rng.random(1))[0])], False
         raw = key.encode() if isinstance(key, str) else key
-        return self.versions[int(self._arms(unit_interval(hash_keys([raw])))[0])], True
+        return self.versions[int(self._arms(self._points([raw]))[0])], True
 
     def arms(self, keys: list[bytes | None]) -> tuple[np.ndarray, np.ndarray | None]:
         """Index into `versions` of each key's arm, and which rows had no key and drew their
         arm at random (None when every row had one)."""
         missing = np.fromiter((k is None or k == b"" for k in keys), dtype=bool, count=len(keys))
         if missing.any():
-            points = unit_interval(hash_keys([b"" if k is None else k for k in keys]))
+            points = self._points([b"" if k is None else k for k in keys])
             points[missing] = self._rng.random(int(missing.sum()))
             return self._arms(points), missing
-        return self._arms(unit_interval(hash_keys(keys))), None
+        return self._arms(self._points(keys)), None

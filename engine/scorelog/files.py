@@ -27,10 +27,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pyarrow is imported where a file is written: a worker publishes rollout
+    import pyarrow as pa  # state through this module, and never a Parquet file
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def write_parquet(final: Path, write: Callable[[Path], None], rows: int) -> None
     """`write(tmp)` writes the file under a hidden temporary name beside `final`; it is
     published only once its footer reads back with `rows` rows. On any failure (a full disk)
     the temporary file is removed and the error raised: nothing half written stays."""
+    import pyarrow.parquet as pq
+
     tmp = final.with_name(f".{final.name}.tmp")
     try:
         write(tmp)
@@ -92,6 +96,9 @@ def parquet_options(schema: pa.Schema, compression: str | None) -> dict:
 def publish_stream(stream: Path, length: int, rows: int, compression: str | None) -> None:
     """The committed part of a stream (its first `length` bytes, `rows` rows) as a Parquet
     file beside it (see write_parquet); the stream itself stays (the caller removes it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     with pa.memory_map(str(stream)) as source:
         reader = pa.ipc.open_stream(source.read_buffer(length))
         table = reader.read_all()

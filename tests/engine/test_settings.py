@@ -253,3 +253,14 @@ def test_pairs_are_toml_arrays(tmp_path):
 
     with pytest.raises(ValidationError):
         GuardSettings.model_validate({"interval": ["0", 100]})
+
+
+def test_hand_off_rings_are_sized_by_what_they_hold_unless_set(tmp_path):
+    """Records wait in a ring for the scoring log's commits: 32 MiB with a log, 8 without."""
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD)
+    assert load_settings(config).ring_bytes() == 8 << 20
+    config.write_text(GOOD + '[scorelog]\ndir = "log"\n')
+    assert load_settings(config).ring_bytes() == 32 << 20
+    config.write_text(GOOD.replace("grpc_port = 0", "grpc_port = 0\nhandoff_ring_bytes = 2097152"))
+    assert load_settings(config).ring_bytes() == 2 << 20

@@ -51,10 +51,12 @@ def ready(url: str) -> bool | None:
 
 
 def pids(server: Server) -> tuple[list[int], int]:
-    """(worker pids by slot, observer pid), from the supervisor's start-up line."""
+    """(worker pids by slot, observer pid), from the supervisor's start-up line (pids by
+    slot: the workers, the observer, the challengers process if any)."""
     line = next(s for s in server.startup if "workers on the gRPC port" in s)
+    workers = int(re.search(r"(\d+) workers on", line).group(1))
     numbers = [int(n) for n in re.search(r"pids ([\d, ]+)", line).group(1).split(", ")]
-    return numbers[:-2], numbers[-2]
+    return numbers[:workers], numbers[workers]
 
 
 def launch_workers(directory: Path, config: Config, name: str) -> Server:

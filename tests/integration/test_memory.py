@@ -1,0 +1,78 @@
+"""What each process of a server of several workers costs: each reported in /metrics and
+`scorewire status`, workers that never load what only watching needs (Numba, LLVM, pyarrow,
+SciPy), and no challengers process where no route has challengers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine.harness.models import N_FEATURES
+from engine.monitor.status import status
+from tests.integration.kafka_helpers import wait_for
+from tests.integration.workers_helpers import base, infer, launch_workers, pids
+
+# Shared objects of what a worker must not load, as their paths in /proc/PID/maps name them
+WATCHING_ONLY = {"llvmlite": "/llvmlite/", "numba": "/numba/", "pyarrow": "/pyarrow/", "scipy": "/scipy/"}
+
+
+def _mapped(pid: int) -> set[str]:
+    """Which of WATCHING_ONLY the process has mapped (its shared objects: what costs memory)."""
+    paths = {line.split(maxsplit=5)[5] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+             if len(line.split(maxsplit=5)) == 6}
+    return {name for name, part in WATCHING_ONLY.items() if any(part in p for p in paths)}
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_each_process_reports_its_memory_and_workers_load_nothing_of_the_watching(model_dir, rng):
+    server = launch_workers(model_dir, base(2), "memory.toml")
+    try:
+        workers, observer = pids(server)
+        x = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
+        for i in range(30):  # served: sessions run, batches went through the rings to the observer
+            infer(server.url, x[i % 64:i % 64 + 1 + i])
+        # no route has challengers: no challengers process (the supervisor's children are the
+        # workers, the observer and multiprocessing's resource tracker)
+        assert any(line.endswith(f"1 observer (pids {', '.join(map(str, [*workers, observer]))})")
+                   for line in server.startup), server.startup
+        others = _children(server.proc.pid) - {*workers, observer}
+        assert len(others) == 1 and "resource_tracker" in _cmdline(others.pop())
+        # workers map none of Numba, LLVM, pyarrow or SciPy; the observer (its latency
+        # histograms are Numba kernels) maps Numba and LLVM: the check sees them where they are
+        for pid in workers:
+            assert _mapped(pid) == set(), f"worker {pid} maps {_mapped(pid)}"
+        assert {"llvmlite", "numba"} <= _mapped(observer)
+        # /metrics: RSS and PSS of each process by role and slot, read by the observer every few seconds
+        expected = {("supervisor", ""): server.proc.pid, ("worker", "0"): workers[0], ("worker", "1"): workers[1],
+                    ("observer", "2"): observer}
+        gauges = [f'scorewire_process_pss_bytes{{process="{p}",slot="{s}"}}' for p, s in expected]
+        m = wait_for(lambda: all(g in (v := server.metrics()) for g in gauges) and v, 15,
+                     what="the memory gauges of every process (read every 5 s)")
+        for (process, slot), pid in expected.items():
+            labels = f'{{process="{process}",slot="{slot}"}}'
+            rss, pss = m[f"scorewire_process_rss_bytes{labels}"], m[f"scorewire_process_pss_bytes{labels}"]
+            assert 0 < pss <= rss < 1 << 30, (process, rss, pss)
+            assert (1 << 20) < rss  # a Python process is more than a MiB
+        assert not any('process="challengers"' in k for k in m if k.startswith("scorewire_process_"))
+        # a worker's PSS is below the observer's: what the worker left out is real memory
+        worker_pss = m['scorewire_process_pss_bytes{process="worker",slot="0"}']
+        assert worker_pss < m['scorewire_process_pss_bytes{process="observer",slot="2"}']
+        # status shows the same, one line per process and the total
+        shown = status(f"127.0.0.1:{server.metrics_port}")
+        table = shown[shown.index("process  "):].splitlines()
+        rows = {line.split("  ")[0].strip(): line.split() for line in table[2:]}
+        assert {"supervisor", "worker 0", "worker 1", "observer"} <= set(rows), table
+        assert "all" in "".join(rows), table
+    finally:
+        assert server.stop() == 0
