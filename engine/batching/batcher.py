@@ -122,7 +122,10 @@ class Batcher:
         self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns(), origin, each_row))
         before = self._queued_rows
         self._queued_rows += rows
-        if len(self._queue) == 1 or before < self.max_batch_size <= self._queued_rows:  # first, or now full
+        # The loop cares about the first request and a batch becoming full, and then only when an
+        # instance is free: while all are busy, the batch that finishes wakes it.
+        if self._running < self.max_in_flight and (len(self._queue) == 1 or before < self.max_batch_size
+                                                    <= self._queued_rows):
             self._wake()
         return future
 
