@@ -167,8 +167,8 @@ class BatchingSettings(_Strict):
     dispatch: Literal["free_slot", "idle", "delay"] = "free_slot"
     """When a batch goes. Batches never run more at once than the model's `instances`; while
     every instance is busy, waiting requests join the next batch, which goes when one frees
-    (or, full, at once if one is free). The choice is what a request does when an instance is
-    free. "free_slot": it goes at once, with whatever is queued (Triton's dynamic batcher with
+    (a full batch goes as soon as one is free, whatever the choice). The choice is what a
+    request does when an instance is free. "free_slot": it goes at once, with whatever is queued (Triton's dynamic batcher with
     max_queue_delay 0): nobody waits for company that may not come, and batches grow by
     themselves when the model is busy. "idle": it goes at once when no batch is running; while
     some run (instances > 1) it waits up to max_queue_delay_us for company first, which buys
