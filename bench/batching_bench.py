@@ -19,7 +19,7 @@ Load: closed loop, the same clients as `bench.grpc_bench` (tritonclient.grpc.aio
 same cores as the servers. Each (transport, callers) cell runs every server in turn, R rounds,
 the order rotated each round so that the machine's drift hits all alike. Reported: mean
 requests/s, each batching server's ratio to off, p99 and the CPU of the server's processes per
-request.
+request, and the mean rows per batch.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,36 +58,49 @@ def configs(instances: int, idle: bool) -> dict[str, Config]:
     return out
 
 
+BATCHES, ROWS = 'scorewire_batches_total{model="mlp",version="1"}', 'scorewire_rows_total{model="mlp",version="1"}'
+
+
 def measure(transport: str, server, callers: int, warmup_s: float, duration_s: float) -> dict:
-    """One closed-loop run of `callers` one-row callers against `server`."""
+    """One closed-loop run of `callers` one-row callers against `server`; with the mean rows
+    per batch over it (the workers' counters reach /metrics every 0.25 s: a few batches of
+    the run before or after may count in it)."""
     pids = tree(server.proc.pid)
     procs = 1 if callers == 1 else 2
+    counts = server.metrics()
     if transport == "rest":
         url = f"http://{server.http_url}/v2/models/mlp/infer"
         r = run_rest(url, pids, duration_s, procs=procs, callers=callers // procs, warmup_s=warmup_s)
-        return {k: r[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
-    before = cpu_s(pids)
-    r = run_load(server.url, "mlp", callers, procs, 1, warmup_s, duration_s, pool=131_072)
-    used = cpu_s(pids) - before  # over warm-up + measured load, at about the same rate
-    cpu = used / (r["requests_per_s"] * (duration_s + warmup_s)) * 1e6
-    return {"requests_per_s": r["requests_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-            "server_cpu_us_per_request": cpu}
+        out = {k: r[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
+    else:
+        before = cpu_s(pids)
+        r = run_load(server.url, "mlp", callers, procs, 1, warmup_s, duration_s, pool=131_072)
+        used = cpu_s(pids) - before  # over warm-up + measured load, at about the same rate
+        out = {"requests_per_s": r["requests_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+               "server_cpu_us_per_request": used / (r["requests_per_s"] * (duration_s + warmup_s)) * 1e6}
+    time.sleep(0.3)
+    after = server.metrics()
+    batches = after.get(BATCHES, 0) - counts.get(BATCHES, 0)
+    out["rows_per_batch"] = (after.get(ROWS, 0) - counts.get(ROWS, 0)) / batches if batches else float("nan")
+    return out
 
 
 def table(results: dict, names: list[str]) -> str:
     """Markdown: a row per (transport, callers), requests/s and ratio to off per server."""
     head = "| transport | callers | " + " | ".join(f"{n} req/s" for n in names) + " | " + " | ".join(
         f"{n} / off" for n in names[1:]) + " | p99 ms (" + ", ".join(names) + ") | server CPU us/req (" + \
-        ", ".join(names) + ") |"
+        ", ".join(names) + ") | rows/batch (" + ", ".join(names) + ") |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (transport, callers), runs in results.items():
         mean = {n: float(np.mean([r["requests_per_s"] for r in runs[n]])) for n in names}
         p99 = {n: float(np.median([r["p99_ms"] for r in runs[n]])) for n in names}
         cpu = {n: float(np.median([r["server_cpu_us_per_request"] for r in runs[n]])) for n in names}
+        size = {n: float(np.median([r["rows_per_batch"] for r in runs[n]])) for n in names}
         lines.append(f"| {transport} | {callers} | " + " | ".join(f"{mean[n]:,.0f}" for n in names) + " | "
                      + " | ".join(f"{mean[n] / mean['off']:.2f}x" for n in names[1:]) + " | "
                      + ", ".join(f"{p99[n]:.2f}" for n in names) + " | "
-                     + ", ".join(f"{cpu[n]:.0f}" for n in names) + " |")
+                     + ", ".join(f"{cpu[n]:.0f}" for n in names) + " | "
+                     + ", ".join(f"{size[n]:.1f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         m = measure(transport, servers[name], callers, args.warmup, args.duration)
                         cell[name].append(m)
                         print(f"{transport} c{callers} {name:9}: {m['requests_per_s']:8,.0f} req/s  "
-                              f"p99 {m['p99_ms']:6.2f} ms  server CPU {m['server_cpu_us_per_request']:5.0f} us/req",
+                              f"p99 {m['p99_ms']:6.2f} ms  server CPU {m['server_cpu_us_per_request']:5.0f} us/req  "
+                              f"{m['rows_per_batch']:5.1f} rows/batch",
                               file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
