@@ -63,14 +63,15 @@ def _client(url: str, callers: int, warmup_s: float, duration_s: float, seed: in
     conn.send(uvloop.run(main()))
 
 
-def run(url: str, pids: list[int], duration_s: float, procs: int = 2, callers: int = 4) -> dict:
+def run(url: str, pids: list[int], duration_s: float, procs: int = 2, callers: int = 4,
+        warmup_s: float = WARMUP_S) -> dict:
     ctx = mp.get_context("spawn")
     pipes, workers = [], []
     before = cpu_s(pids)
     client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for i in range(procs):
         parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_client, args=(url, callers, WARMUP_S, duration_s, 100 + i, child))
+        p = ctx.Process(target=_client, args=(url, callers, warmup_s, duration_s, 100 + i, child))
         p.start()
         pipes.append(parent)
         workers.append(p)
@@ -79,11 +80,11 @@ def run(url: str, pids: list[int], duration_s: float, procs: int = 2, callers: i
         p.join()
     used = cpu_s(pids) - before
     client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    requests = len(latencies) * (duration_s + WARMUP_S) / duration_s  # the warm-up ran at about the same rate
+    requests = len(latencies) * (duration_s + warmup_s) / duration_s  # the warm-up ran at about the same rate
     client = client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime
     return {"requests_per_s": len(latencies) / duration_s, "p50_ms": float(np.percentile(latencies, 50) * 1e3),
             "p99_ms": float(np.percentile(latencies, 99) * 1e3), "server_cpu_us_per_request": used / requests * 1e6,
-            "client_cores": client / (duration_s + WARMUP_S)}
+            "client_cores": client / (duration_s + warmup_s)}
 
 
 def main(argv: list[str] | None = None) -> int:

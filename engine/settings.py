@@ -164,8 +164,22 @@ class BatchingSettings(_Strict):
     max_batch_size: int = Field(64, gt=0, le=1_000_000)
     """A batch closes when it holds this many rows. Requests count by their rows; a request
     is never split, and one larger than this runs as a batch of its own."""
+    dispatch: Literal["free_slot", "idle", "delay"] = "free_slot"
+    """When a batch goes. Batches never run more at once than the model's `instances`; while
+    every instance is busy, waiting requests join the next batch, which goes when one frees
+    (a full batch goes as soon as one is free, whatever the choice). The choice is what a
+    request does when an instance is free. "free_slot": it goes at once, with whatever is queued (Triton's dynamic batcher with
+    max_queue_delay 0): nobody waits for company that may not come, and batches grow by
+    themselves when the model is busy. "idle": it goes at once when no batch is running; while
+    some run (instances > 1) it waits up to max_queue_delay_us for company first, which buys
+    bigger batches under moderate load at the price of that wait. "delay": the first request
+    of a batch always waits up to max_queue_delay_us unless the batch fills (Triton's batcher
+    with a delay, and scorewire's before): the biggest batches, and a wait on every lone
+    request, idle model or not."""
     max_queue_delay_us: int = Field(500, ge=0, le=10_000_000)
-    """Longest time the first request of a batch waits for others (microseconds)."""
+    """Longest time the first request of a batch waits for others while an instance is free
+    (microseconds): with dispatch = "delay" always, with "idle" while some batch runs; unused
+    with "free_slot"."""
     queue_capacity: int = Field(4096, gt=0, le=100_000_000)
     """Rows waiting to be batched. A request that would exceed it gets RESOURCE_EXHAUSTED, unless
     the queue is empty: then it is taken (and runs alone), so any request within

@@ -56,10 +56,11 @@ SERVER_CONFIG = Config(server_table(workers=1, max_message_bytes=1048576), [
     model_table("identity", "models/identity.onnx", allow_non_finite=True, io_binding="on",
           batching={"max_batch_size": 128, "max_queue_delay_us": 1000}),
     # long: concurrent requests share one batch
-    model_table("gather", "models/gather.onnx", batching={"max_batch_size": 64, "max_queue_delay_us": 300000}),
+    model_table("gather", "models/gather.onnx", batching={"max_batch_size": 64, "max_queue_delay_us": 300000,
+                                                          "dispatch": "delay"}),
     # requests wait 1.5 s: deadlines and overflow are observable
     model_table("slow", "models/mlp.onnx", batching={"max_batch_size": 1000, "max_queue_delay_us": 1500000,
-                                                "queue_capacity": 8}),
+                                                "queue_capacity": 8, "dispatch": "delay"}),
 ])
 
 

@@ -1,8 +1,14 @@
 """The dynamic batcher: one per model version, on the event loop.
 
-Triton's model. A request waits at most `max_queue_delay_us` for others; a batch closes at
-`max_batch_size` rows (requests count by rows and are never split). At most `max_in_flight`
-batches run at once; while all are busy, waiting requests keep joining the next batch.
+A batch closes at `max_batch_size` rows (requests count by rows and are never split). At most
+`max_in_flight` batches run at once (the model's instances); while all are busy, waiting
+requests keep joining the next batch, which goes when one finishes. When an instance is free,
+`dispatch` says whether a request waits for company: "free_slot" never (Triton's batcher with
+no delay: at low load a lone request costs no wait, at high load batches grow by themselves,
+because the model is busy while they fill); "idle" only while some batch runs, up to
+`max_queue_delay_us`; "delay" always up to `max_queue_delay_us` (Triton's batcher with a delay).
+Waiting when nothing else is queued or running cannot make a batch bigger: it only adds the
+delay to every request (one-row requests at 8 callers lost half their throughput to it).
 The queue is bounded in rows: past `queue_capacity` the caller gets RESOURCE_EXHAUSTED, except
 that a request larger than the queue (but within max_rows_per_request) is taken when the queue
 is empty, and runs alone.
@@ -78,9 +84,11 @@ class Batcher:
         self._on_scored = on_scored  # must not block: monitoring takes it off the request path
         self.max_batch_size = settings.max_batch_size
         self.delay_ns = settings.max_queue_delay_us * 1000
+        self.dispatch = settings.dispatch
         self.capacity = settings.queue_capacity
         self._run = run
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self._running = 0  # batches dispatched and not finished (at most max_in_flight)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._in_flight: set[asyncio.Task] = set()
@@ -112,8 +120,12 @@ class Batcher:
             )
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(inputs, rows, future, deadline_ns, time.monotonic_ns(), origin, each_row))
+        before = self._queued_rows
         self._queued_rows += rows
-        if len(self._queue) == 1 or self._queued_rows >= self.max_batch_size:
+        # The loop cares about the first request and a batch becoming full, and then only when an
+        # instance is free: while all are busy, the batch that finishes wakes it.
+        if self._running < self.max_in_flight and (len(self._queue) == 1 or before < self.max_batch_size
+                                                    <= self._queued_rows):
             self._wake()
         return future
 
@@ -143,7 +155,18 @@ class Batcher:
             if handle is not None:
                 handle.cancel()
 
+    def _close_at(self) -> int | None:
+        """When the next batch goes if nothing fills it (monotonic ns), an instance being
+        free; None: now."""
+        if self._closing or self._queued_rows >= self.max_batch_size or self.dispatch == "free_slot":
+            return None
+        if self.dispatch == "idle" and self._running == 0:
+            return None
+        return self._queue[0].enqueued_ns + self.delay_ns
+
     async def _loop(self) -> None:
+        """Woken by the first request queued, by a batch becoming full, by a batch finishing
+        and by close(); goes to sleep until one of them (or the delay's end) otherwise."""
         try:
             while True:
                 if not self._queue:
@@ -151,17 +174,19 @@ class Batcher:
                         return
                     await self._wait(None)
                     continue
-                close_at = self._queue[0].enqueued_ns + self.delay_ns
-                while self._queued_rows < self.max_batch_size and not self._closing:
+                if self._running >= self.max_in_flight:  # every instance busy: the batch grows
+                    await self._wait(None)
+                    continue
+                close_at = self._close_at()
+                if close_at is not None:
                     remaining = close_at - time.monotonic_ns()
-                    if remaining <= 0:
-                        break
-                    await self._wait(remaining)
-                await self._slots.acquire()
+                    if remaining > 0:
+                        await self._wait(remaining)
+                        continue
                 members = self._take()
                 if not members:
-                    self._slots.release()
                     continue
+                self._running += 1
                 task = asyncio.get_running_loop().create_task(self._run_batch(members))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -220,7 +245,8 @@ class Batcher:
             for item in members:
                 _set_exception(item.future, exc, self.label)
         finally:
-            self._slots.release()
+            self._running -= 1
+            self._wake()
 
     async def _failed_alone(self, item: _Pending, exc: Exception) -> None:
         """A member that made the model fail on its own: its error, or, `each_row`, each of

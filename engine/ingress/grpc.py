@@ -89,6 +89,7 @@ def model_parameters(served) -> dict:
         "execution_provider": model.provider,
         "instances": model.settings.instances,
         "max_batch_size": batching.max_batch_size,
+        "dispatch": batching.dispatch,
         "max_queue_delay_us": batching.max_queue_delay_us,
         "max_rows_per_request": served.limits.max_rows,
         "execution": "inline" if model.inline else "threads",

@@ -37,8 +37,10 @@ def model_config(served) -> pb.ModelConfig:
             kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU,
             gpus=[0] if on_gpu else [])],
         default_model_filename=model.path.name,
-        dynamic_batching=pb.ModelDynamicBatching(preferred_batch_size=[batching.max_batch_size],
-                                                 max_queue_delay_microseconds=batching.max_queue_delay_us),
+        # Triton's delay 0 is "free_slot": a batch goes when an instance is free
+        dynamic_batching=pb.ModelDynamicBatching(
+            preferred_batch_size=[batching.max_batch_size],
+            max_queue_delay_microseconds=0 if batching.dispatch == "free_slot" else batching.max_queue_delay_us),
     )
 
 

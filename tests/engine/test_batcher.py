@@ -58,8 +58,9 @@ class Recorder:
             self.running -= 1
 
 
-def make(run, max_batch_size=8, delay_us=20_000, capacity=1000, in_flight=1) -> Batcher:
-    settings = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=delay_us, queue_capacity=capacity)
+def make(run, max_batch_size=8, delay_us=20_000, capacity=1000, in_flight=1, dispatch="free_slot") -> Batcher:
+    settings = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=delay_us, queue_capacity=capacity,
+                                dispatch=dispatch)
     batcher = Batcher("m:1", settings, run, max_in_flight=in_flight)
     batcher.start()
     return batcher
@@ -101,9 +102,9 @@ def test_a_request_larger_than_max_batch_size_runs_alone():
     assert run.sizes == [10] and out["y"].shape == (10, 1)
 
 
-def test_first_request_waits_at_most_the_queue_delay():
+def test_with_dispatch_delay_the_first_request_waits_at_most_the_queue_delay():
     async def main():
-        batcher = make(Recorder(), max_batch_size=100, delay_us=50_000)
+        batcher = make(Recorder(), max_batch_size=100, delay_us=50_000, dispatch="delay")
         start = time.monotonic()
         await batcher.submit(rows(0, 1), 1)
         waited = time.monotonic() - start
@@ -114,9 +115,104 @@ def test_first_request_waits_at_most_the_queue_delay():
     assert 0.045 <= waited < 0.5
 
 
+@pytest.mark.parametrize("dispatch", ["free_slot", "idle"])
+def test_a_lone_request_on_an_idle_model_goes_at_once_whatever_the_queue_delay(dispatch):
+    """Nothing else queued and nothing running: waiting could not grow the batch, only delay
+    the answer. With a 1 s delay the answer comes long before it."""
+    async def main():
+        run = Recorder()
+        batcher = make(run, max_batch_size=64, delay_us=1_000_000, dispatch=dispatch)
+        start = time.monotonic()
+        out = await batcher.submit(rows(3, 1), 1)
+        waited = time.monotonic() - start
+        await batcher.close()
+        return out, waited, run.sizes
+
+    out, waited, sizes = asyncio.run(main())
+    assert out["y"][0, 0] == 30 and sizes == [1]
+    assert waited < 0.5
+
+
+def test_requests_arriving_while_the_model_is_busy_fill_the_next_batch():
+    """The first request goes alone at once; the 50 that arrive one by one while it holds the
+    only instance wait for it (not for the 1 s delay) and go together when it finishes."""
+    async def main():
+        run = Recorder(delay_s=0.2)
+        batcher = make(run, max_batch_size=64, delay_us=1_000_000)
+        start = time.monotonic()
+        futures = [batcher.submit(rows(0, 1), 1)]
+        for i in range(1, 51):
+            await asyncio.sleep(0.001)  # they come one at a time, as callers do
+            futures.append(batcher.submit(rows(i, 1), 1))
+        results = await asyncio.gather(*futures)
+        took = time.monotonic() - start
+        await batcher.close()
+        return results, run.sizes, took
+
+    results, sizes, took = asyncio.run(main())
+    assert [int(r["y"][0, 0]) for r in results] == [10 * i for i in range(51)]
+    assert sizes[0] == 1 and sum(sizes) == 51
+    assert len(sizes) <= 3 and max(sizes) >= 25  # grown while the model was busy
+    assert took < 1.0  # nobody waited for the 1 s delay
+
+
+def test_a_batch_that_fills_while_every_instance_is_busy_waits_for_one_then_more_are_taken():
+    """max_batch_size still caps a batch that grew while the model was busy: the rest wait."""
+    async def main():
+        run = Recorder(delay_s=0.05)
+        batcher = make(run, max_batch_size=4, delay_us=1_000_000)
+        first = batcher.submit(rows(0, 1), 1)
+        await asyncio.sleep(0.01)  # running
+        rest = [batcher.submit(rows(i, 1), 1) for i in range(1, 11)]
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+        return run.sizes
+
+    assert asyncio.run(main()) == [1, 4, 4, 2]
+
+
+@pytest.mark.parametrize("dispatch, expected", [("free_slot", [1, 1, 1]), ("idle", [1, 2])])
+def test_with_two_instances_idle_waits_for_company_while_a_batch_runs_free_slot_does_not(dispatch, expected):
+    """A runs on one instance; B and C come 20 ms apart. "free_slot": B takes the free instance
+    alone at once and C waits for one. "idle": B, a batch running, waits (up to the delay) for
+    company, and goes with C."""
+    async def main():
+        run = Recorder(delay_s=0.3)
+        batcher = make(run, max_batch_size=64, delay_us=100_000, in_flight=2, dispatch=dispatch)
+        a = batcher.submit(rows(0, 1), 1)
+        await asyncio.sleep(0.01)
+        b = batcher.submit(rows(1, 1), 1)
+        await asyncio.sleep(0.02)
+        c = batcher.submit(rows(2, 1), 1)
+        await asyncio.gather(a, b, c)
+        await batcher.close()
+        return run.sizes
+
+    assert asyncio.run(main()) == expected
+
+
+def test_with_dispatch_idle_a_waiting_batch_goes_when_the_model_becomes_idle():
+    """"idle" waits for company only while something runs: when the running batch ends, the
+    waiting one goes then, not at the end of its (here 5 s) delay."""
+    async def main():
+        run = Recorder(delay_s=0.05)
+        batcher = make(run, max_batch_size=64, delay_us=5_000_000, in_flight=2, dispatch="idle")
+        start = time.monotonic()
+        a = batcher.submit(rows(0, 1), 1)
+        await asyncio.sleep(0.01)
+        b = batcher.submit(rows(1, 1), 1)
+        await asyncio.gather(a, b)
+        took = time.monotonic() - start
+        await batcher.close()
+        return run.sizes, took
+
+    sizes, took = asyncio.run(main())
+    assert sizes == [1, 1] and took < 2.0
+
+
 def test_full_batch_closes_without_waiting_for_the_delay():
     async def main():
-        batcher = make(Recorder(), max_batch_size=4, delay_us=5_000_000)
+        batcher = make(Recorder(), max_batch_size=4, delay_us=5_000_000, dispatch="delay")
         start = time.monotonic()
         futures = [batcher.submit(rows(i, 1), 1) for i in range(4)]
         await asyncio.gather(*futures)
@@ -163,7 +259,7 @@ def test_a_request_larger_than_the_queue_is_taken_alone_when_the_queue_is_empty(
 def test_expired_deadline_is_not_scored():
     async def main():
         run = Recorder()
-        batcher = make(run, max_batch_size=100, delay_us=30_000)
+        batcher = make(run, max_batch_size=100, delay_us=30_000, dispatch="delay")  # the batch waits 30 ms
         expired = batcher.submit(rows(0, 3), 3, deadline_ns=time.monotonic_ns() + 1_000_000)
         alive = batcher.submit(rows(3, 2), 2, deadline_ns=time.monotonic_ns() + 10_000_000_000)
         with pytest.raises(EngineError) as info:
@@ -254,7 +350,7 @@ def test_close_scores_what_is_queued_then_refuses():
 
 def test_pending_requests_fail_if_the_batcher_dies():
     async def main():
-        batcher = make(Recorder(), max_batch_size=100, delay_us=5_000_000)
+        batcher = make(Recorder(), max_batch_size=100, delay_us=5_000_000, dispatch="delay")
         pending = batcher.submit(rows(0, 1), 1)
         await asyncio.sleep(0.01)
         batcher._task.cancel()

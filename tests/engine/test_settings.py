@@ -24,6 +24,7 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path):
     assert model.path == (tmp_path / "models" / "mlp.onnx").resolve()
     assert model.batching.max_batch_size == 32
     assert model.batching.queue_capacity == 4096  # default
+    assert model.batching.dispatch == "free_slot"  # default: nobody waits for company while an instance is free
     assert settings.server.grpc_port == 0
 
 
@@ -39,6 +40,8 @@ def test_good_config_resolves_paths_against_its_folder(tmp_path):
         (lambda t: t.replace("grpc_port = 0", "grpc_port = 0\nworkers = 2.0"), "server.workers"),
         (lambda t: t.replace("max_batch_size = 32", "max_batch_size = 32.0"), "batching.max_batch_size: Input should be a valid integer"),
         (lambda t: t.replace("grpc_port = 0", 'grpc_port = 0\ndrain_timeout_s = "30"'), "server.drain_timeout_s: Input should be a valid number"),
+        (lambda t: t.replace("max_batch_size = 32", 'max_batch_size = 32\ndispatch = "timer"'),
+         "models[0] (name='mlp').batching.dispatch: Input should be 'free_slot', 'idle' or 'delay'"),
         (lambda t: t.replace("max_batch_size = 32", "max_batch_size = 0"),
          "models[0] (name='mlp').batching.max_batch_size: Input should be greater than 0"),
         (lambda t: t.replace("grpc_port = 0", "grpc_port = 70000"), "server.grpc_port: Input should be less than"),

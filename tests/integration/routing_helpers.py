@@ -16,10 +16,11 @@ from engine.harness.server import Server
 SERVER = server_table(workers=1, drain_timeout_s=5)
 
 
-def mlp(version: str, path: str, warmup: bool = True, max_queue_delay_us: int = 2000) -> Table:
-    """A version of the model 'mlp'."""
-    return model_table("mlp", path, version=version, warmup=warmup, warmup_timeout_s=1.0,
-                       batching={"max_batch_size": 64, "max_queue_delay_us": max_queue_delay_us})
+def mlp(version: str, path: str, warmup: bool = True, held_us: int | None = None) -> Table:
+    """A version of the model 'mlp'; `held_us`: every request waits that long in the queue."""
+    batching = {"max_batch_size": 64} if held_us is None else {
+        "max_batch_size": 64, "max_queue_delay_us": held_us, "dispatch": "delay"}
+    return model_table("mlp", path, version=version, warmup=warmup, warmup_timeout_s=1.0, batching=batching)
 
 
 def served(*versions: Table, route: Table | None = None, log: Table | None = None) -> Config:

@@ -167,7 +167,7 @@ def mlp_config(batching: dict, server_keys: dict | None = None, **model_keys) ->
 
 
 # requests are in flight for ~1 s
-SIGTERM_CONFIG = mlp_config({"max_batch_size": 1000, "max_queue_delay_us": 1000000})
+SIGTERM_CONFIG = mlp_config({"max_batch_size": 1000, "max_queue_delay_us": 1000000, "dispatch": "delay"})
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir):
@@ -305,7 +305,8 @@ def test_a_stream_whose_responses_are_not_read_stops_being_read(model_dir):
 
 
 # requests stay in flight for 1.5 s
-INFLIGHT_CONFIG = mlp_config({"max_batch_size": 100000, "max_queue_delay_us": 1500000, "queue_capacity": 1000000},
+INFLIGHT_CONFIG = mlp_config({"max_batch_size": 100000, "max_queue_delay_us": 1500000, "queue_capacity": 1000000,
+                              "dispatch": "delay"},
                              {"max_message_bytes": 4194304, "max_inflight_bytes": 6291456},
                              max_rows_per_request=100000)
 

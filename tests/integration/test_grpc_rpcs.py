@@ -78,6 +78,7 @@ def test_model_metadata_reports_the_provider_and_binding_in_use(server):
     assert gbt.parameters["execution_provider"].string_param == used
     assert gbt.parameters["instances"].int64_param == 2
     assert gbt.parameters["max_batch_size"].int64_param == 64
+    assert gbt.parameters["dispatch"].string_param == "free_slot"  # the default
     assert gbt.parameters["io_binding"].string_param == ("cuda" if on_cuda else "off")  # "auto": on CUDA only
     assert identity.parameters["io_binding"].string_param == ("cuda" if on_cuda else "cpu")  # "on"
     assert identity.parameters["io_binding_staging"].string_param == ("pageable" if on_cuda else "none")

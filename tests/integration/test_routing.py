@@ -95,7 +95,7 @@ def test_the_drain_with_a_challenger_hung_for_longer_ends_within_drain_timeout_s
     Before, it waited for gRPC, then the challenger its own full drain_timeout_s."""
     shutil.copy(model_dir / "models" / "mlp.onnx", tmp_path / "mlp.onnx")
     hanging_classifier(tmp_path / "hanging.onnx")
-    config = served(mlp("1", "mlp.onnx", max_queue_delay_us=3000000), mlp("4", "hanging.onnx", False),
+    config = served(mlp("1", "mlp.onnx", held_us=3000000), mlp("4", "hanging.onnx", False),
                     route=route_table("mlp", "1", challengers=["4"], shadow_timeout_s=60))
     srv = launch(tmp_path, config)
     client = grpcclient.InferenceServerClient(srv.url)

@@ -23,6 +23,17 @@ def test_model_config_describes_the_model_as_triton_would(server):
         "label": ("TYPE_INT64", []), "probabilities": ("TYPE_FP32", ["2"])}
     assert config["instance_group"][0]["count"] == 2 and config["instance_group"][0]["kind"] == "KIND_CPU"
     assert config["dynamic_batching"]["preferred_batch_size"] == [64]
+    # dispatch = "free_slot": no wait for company when an instance is free, Triton's delay 0
+    assert int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) == 0
+
+
+def test_model_config_reports_the_queue_delay_of_a_model_that_waits(server):
+    c = grpcclient.InferenceServerClient(server.url)
+    try:
+        config = c.get_model_config("slow", as_json=True)["config"]  # dispatch = "delay", 1.5 s
+    finally:
+        c.close()
+    assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 1_500_000
 
 
 def test_model_statistics_count_requests_rows_and_time(server, rng):
