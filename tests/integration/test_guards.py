@@ -47,7 +47,8 @@ def config(guards: dict, **extra) -> Config:
     monitor = {"features": FEATURES, "reference": "ref-guards.parquet"}
     return Config(server_table(workers=2, drain_timeout_s=20),
                   [model_table("mlp", "models/mlp.onnx", monitor=monitor, guards=guards,
-                               batching={"max_batch_size": 64, "max_queue_delay_us": 20_000},
+                               # "delay": concurrent requests wait 20 ms for company, so a refused row has batch-mates
+                               batching={"max_batch_size": 64, "max_queue_delay_us": 20_000, "dispatch": "delay"},
                                performance={"task": "binary", "score": "probabilities:1"})], **extra)
 
 
