@@ -53,7 +53,9 @@ class FrontDoor:
         self.active = 0  # inference requests being answered
         self.last_arrival_ns = 0  # monotonic time the last one arrived
         self.succeeded: dict[tuple[str, str], tuple[int, int]] = {}  # (name, version) -> (requests, total ns)
-        self.failed: dict[str, int] = {}  # model name (as asked) -> failed requests
+        # (model, version) -> failed requests: the version asked for, else the one that answers
+        # a request naming none (a split's arm is not known when a request fails before routing)
+        self.failed: dict[tuple[str, str], int] = {}
 
     # -- admission -----------------------------------------------------------------------------
     def too_large(self, size: int) -> EngineError | None:
@@ -120,9 +122,13 @@ class FrontDoor:
             served, outputs = await self.pipeline.submit(
                 decoded.model_name, decoded.model_version, decoded.inputs, decoded.requested_outputs, deadline_ns,
                 request_id, None if routing_key is None else str(routing_key))
-        except EngineError:
-            if decoded.model_name in self.registry:  # served names only: the dict stays bounded
-                self.failed[decoded.model_name] = self.failed.get(decoded.model_name, 0) + 1
+        except EngineError as exc:
+            try:  # served names and versions only: the dict stays bounded
+                failed = self.pipeline.router.answering(decoded.model_name, decoded.model_version)
+            except EngineError:
+                raise exc from None
+            key = (failed.name, failed.version)
+            self.failed[key] = self.failed.get(key, 0) + 1
             raise
         key = (served.name, served.version)
         count, ns = self.succeeded.get(key, (0, 0))

@@ -171,7 +171,7 @@ class InferenceServicer:
 
     async def model_ready(self, request, context):
         try:
-            self.registry.get(request.name, request.version)
+            self.front.pipeline.router.answering(request.name, request.version)
         except EngineError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.front.ready)
@@ -182,7 +182,7 @@ class InferenceServicer:
     async def _served(self, request, context):
         """The version a metadata-like request names; NOT_FOUND (with the message) otherwise."""
         try:
-            return self.registry.get(request.name, request.version)
+            return self.front.pipeline.router.answering(request.name, request.version)
         except EngineError as exc:
             await context.abort(STATUS[exc.code], exc.message)
 

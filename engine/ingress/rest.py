@@ -155,7 +155,7 @@ class RestIngress:
                 version, rest = rest[1], rest[2:]
             if rest in ([], ["ready"], ["config"], ["stats"]):
                 try:
-                    served = self.registry.get(name, version)
+                    served = front.pipeline.router.answering(name, version)
                 except EngineError as exc:
                     return HTTP_STATUS[exc.code], {"error": exc.message}
                 if rest == ["ready"]:

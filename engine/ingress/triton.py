@@ -57,7 +57,7 @@ def model_statistics(front, versions) -> pb.ModelStatisticsResponse:
             inference_count=b.rows, execution_count=b.batches,
             inference_stats=pb.InferStatistics(
                 success=duration(count=ok_ns[0], ns=ok_ns[1]),
-                fail=duration(count=front.failed.get(served.name, 0)),
+                fail=duration(count=front.failed.get((served.name, served.version), 0)),
                 queue=duration(count=b.requests, ns=b.queue_ns),
                 compute_input=duration(count=b.requests), compute_output=duration(count=b.requests),
                 compute_infer=duration(count=b.requests, ns=b.infer_ns)),

@@ -85,6 +85,15 @@ class Router:
     def install(self, routes: dict[str, Route]) -> None:
         self.routes = routes
 
+    def answering(self, name: str, version: str = "") -> Served:
+        """The version a metadata, config, ready or statistics request describes: the named
+        one, else the one that answers a request naming none (the route's champion; a model
+        without a route: its highest version). NOT_FOUND as Registry.get."""
+        route = self.routes.get(name)
+        if version or route is None:
+            return self.registry.get(name, version)
+        return self.registry.get(name, route.settings.champion)
+
     def resolve(self, name: str, version: str, key: str | None) -> tuple[Served, Role, Routing]:
         """(served version, role, routing decision) for one request."""
         route = self.routes.get(name)

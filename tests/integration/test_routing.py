@@ -242,6 +242,18 @@ def test_compare_right_after_traffic_says_when_the_files_appear(model_dir, tmp_p
         x, _ = demo_data(200, seed=3)
         assert not [r for r in send_all(srv.url, [(x[i:i + 4], f"r{i}", None) for i in range(0, 200, 4)])
                     if isinstance(r, Exception)]
+        # naming no version, metadata, config and statistics describe the champion that answers
+        # (not the highest version, a challenger here); a bad request counts against it alone
+        client = grpcclient.InferenceServerClient(srv.url)
+        bad = grpcclient.InferInput("float_input", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        with pytest.raises(Exception, match="INVALID_ARGUMENT|shape"):
+            client.infer("mlp", [bad])
+        assert client.get_model_metadata("mlp").versions == ["1"]
+        assert client.get_model_config("mlp").config.default_model_filename == "mlp.onnx"
+        fails = {s.version: s.inference_stats.fail.count for s in client.get_inference_statistics("").model_stats}
+        assert fails == {"1": 1, "2": 0}, fails
+        client.close()
         log = tmp_path / "log"
         deadline = time.monotonic() + 30  # the observer starts the files a tick after the rows
         while not list(log.glob("**/.part-*.arrows")) and time.monotonic() < deadline:
