@@ -79,3 +79,6 @@ def test_a_first_level_over_capacity_halves_until_one_meets_the_slo(tmp_path):
     assert rates[:2] == [400, 200] and not any(lv["passed"] for lv in data["levels"][:2])
     assert rates == [400 / 2 ** i for i in range(len(rates))], "halved from --start"
     assert data["best_rps"] is not None and 25 <= data["best_rps"] <= 100 and data["best_rps"] == rates[-1]
+    # what was answered is counted over the time the answers took, not the offered rate's window
+    for lv in data["levels"][:2]:
+        assert lv["achieved_rps"] <= 1.3 * 100, lv  # 10 ms each: no more than 100/s, whatever was offered
