@@ -81,6 +81,7 @@ def story(log_dir: Path, events_dir: Path | None, request_id: str, labels: Path 
     audit = read_folder(Path(events_dir), "audit") if events_dir else None
     rollouts = read_folder(Path(events_dir), "rollout") if events_dir else None
     lines = [f"request {request_id}: {len(rows)} rows logged"]
+    own: dict[tuple[str, str], set[str]] = {}  # (model, version) -> its input and output columns
     for r in sorted(rows, key=lambda r: (r["time"], r.get("role") or "", r["row"])):
         lines.append(f"\n{r['time']:%Y-%m-%d %H:%M:%S.%f} UTC  model {r['model']} version {r['version']} "
                      f"({r.get('role')}, routing {r.get('routing')}), row {r['row']}")
@@ -99,8 +100,11 @@ def story(log_dir: Path, events_dir: Path | None, request_id: str, labels: Path 
                 e = max(before, key=lambda e: e["time"])
                 lines.append(f"  rollout then: {e['state']}, step {e['step'] + 1}, candidate {e['candidate']} at "
                              f"{e['weight']:g}% ({e['reason']})")
-        inputs = {k[3:]: v for k, v in r.items() if k.startswith("in_")}
-        outputs = {k[4:]: v for k, v in r.items() if k.startswith("out_")}
+        key = (r["model"], r["version"])
+        if key not in own:
+            own[key] = _own_columns(log, *key)
+        inputs = _values(r, own[key], "in_")
+        outputs = _values(r, own[key], "out_")
         lines.append(f"  inputs  {_short(inputs)}")
         lines.append(f"  outputs {_short(outputs)}")
     if labels is not None:
@@ -111,6 +115,25 @@ def story(log_dir: Path, events_dir: Path | None, request_id: str, labels: Path 
         lines.append("\nlabel: " + (", ".join(f"row {x['row']}: {x['label']:g}" for x in found) if found
                                    else f"none for this id in {labels}"))
     return "\n".join(lines)
+
+
+def _own_columns(log, model: str, version: str) -> set[str]:
+    """The input and output columns of one model's version: those with a value in some row of
+    it. The log's files are read as one table, so every row has every model's columns, null
+    where they are another model's (or another version's, when its inputs differ)."""
+    import pyarrow.compute as pc
+
+    names = [n for n in log.column_names if n.startswith(("in_", "out_"))]
+    mine = log.select(names + ["model", "version"])
+    mine = mine.filter(pc.and_(pc.equal(mine.column("model"), model), pc.equal(mine.column("version"), version)))
+    return {n for n in names if mine.column(n).null_count < mine.num_rows}
+
+
+def _values(row: dict, own: set[str], prefix: str) -> dict:
+    """The row's values of its own columns under `prefix`, in the log's order, the ones it
+    holds first (a null one is still shown, after them)."""
+    values = [(k[len(prefix):], v) for k, v in row.items() if k.startswith(prefix) and k in own]
+    return dict(sorted(values, key=lambda kv: kv[1] is None))
 
 
 def _short(values: dict, limit: int = 8) -> str:

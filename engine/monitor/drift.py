@@ -10,10 +10,10 @@ the reference never saw fall in its "other" bin).
 
 Every `every` events, once the smallest window is full, all columns x windows are tested
 together: alpha is corrected over all of them (Bonferroni, family-wise; or
-Benjamini-Hochberg), windows not yet full count in the correction but are not tested. A
-window fires when it is significant AND its effect size (KS D, or PSI) reaches
-`min_effect` -- on large windows tiny shifts are "significant"; a column drifts when any of
-its windows fires. Hysteresis: an alert is raised after `consecutive` drifting evaluations
+Benjamini-Hochberg), windows not yet full count in the correction but are not tested: they
+have no statistic, p-value or effect until they are full. A window fires when it is
+significant AND its effect size (KS D, or PSI) reaches `min_effect` -- on large windows tiny
+shifts are "significant"; a column drifts when any of its windows fires. Hysteresis: an alert is raised after `consecutive` drifting evaluations
 in a row and cleared after as many clean ones; each raise and clear is a DriftEvent that
 names the windows that fired, with each one's statistic and p-value.
 
@@ -344,12 +344,14 @@ class DriftMonitor:
         self.evaluations += 1
         ks, cat = self._continuous, self._categorical
         statistic, pvalue, effect = np.full(h.shape, np.nan), np.full(h.shape, np.nan), np.full(h.shape, np.nan)
+        # a window not yet full is not evaluated: no statistic (nor p-value, nor effect), though
+        # the kernels may have computed one (a value would read as an evaluation's)
         if ks:
             m = np.array([self.columns[i].kernel.m for i in ks])[:, None]
-            statistic[ks] = np.where(h[ks] >= 0, h[ks] / np.maximum(length[ks] * m, 1), np.nan)
+            statistic[ks] = np.where(full[ks] & (h[ks] >= 0), h[ks] / np.maximum(length[ks] * m, 1), np.nan)
             effect[ks] = statistic[ks]
         if cat:
-            statistic[cat] = np.where(length[cat] > 0, chi2[cat], np.nan)
+            statistic[cat] = np.where(full[cat], chi2[cat], np.nan)
         watched = np.array([self._watched(i) for i in range(len(self.columns))])
         known = full & ~np.isnan(statistic)
         wanted = known & (candidate | watched[:, None] | self.keep_history)  # p-values computed now

@@ -130,41 +130,7 @@ def _monitoring(app, family) -> None:  # app: the Observer
 
     from engine.monitor.latency import DURATION_BUCKETS_S, QUANTILES
 
-    # labelled by version too: a challenger may be monitored beside its champion
-    # Statistic, p-value and effect only once evaluated: a p-value of 1 before the first
-    # evaluation would read as a clean one to an alert rule.
-    # Per window (label `window`, its size): NaN values -- a window not yet full, or one
-    # whose value was not computed at its last evaluation (see engine.monitor.drift) -- are
-    # left out.
-    drift = [(name, version, m, c) for (name, version), m in app.drift.items() for c in m.columns]
-    for metric, attr, help_text in (
-        ("scorewire_drift_statistic", "statistics", "Drift statistic (KS D or chi-squared) per column and window, "
-         "as last computed; absent until the first evaluation."),
-        ("scorewire_drift_pvalue", "pvalues", "Drift p-value per column and window (before correction), as last "
-         "computed; absent until the first evaluation."),
-        ("scorewire_drift_effect", "effects", "Effect size per column and window (KS D or PSI), as last computed; "
-         "absent until the first evaluation."),
-        ("scorewire_drift_window_fired", "fired", "1 when the window was significant with effect >= min_effect at "
-         "the last evaluation (a column drifts when any of its windows fires)."),
-    ):
-        family(metric, "gauge", help_text,
-               [(_labels(model=name, version=version, feature=c.name, window=str(size)), float(value))
-                for name, version, m, c in drift if m.evaluations
-                for size, value in zip(m.sizes, getattr(m.state[c.name], attr)) if value == value])
-    family("scorewire_drift_alert", "gauge", "1 while a drift alert is raised for the column.",
-           [(_labels(model=name, version=version, feature=c.name), float(m.state[c.name].alert))
-            for name, version, m, c in drift])
-    family("scorewire_drift_evaluations_total", "counter", "Drift evaluations so far (the first once the smallest "
-           "window is full).", [(_labels(model=name, version=version), m.evaluations)
-                                for (name, version), m in app.drift.items()])
-    family("scorewire_drift_window_rows", "gauge", "Rows in each drift window now (it holds its size).",
-           [(_labels(model=name, version=version, window=str(size)), rows) for (name, version), m in app.drift.items()
-            for size, rows in zip(m.sizes, m.window_lengths)])
-    family("scorewire_drift_window_size", "gauge", "Each drift window's size in rows (monitor.window or windows).",
-           [(_labels(model=name, version=version, window=str(size)), size) for (name, version), m in app.drift.items()
-            for size in m.sizes])
-    family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
-           [(_labels(model=name, version=version), m.events) for (name, version), m in app.drift.items()])
+    _drift(app.drift, family)
     samples = []
     for (model, version, role, stage), h in app.latency.items():
         if h.total_count:
@@ -208,6 +174,51 @@ def _monitoring(app, family) -> None:  # app: the Observer
            "Scored batches the monitor skipped because its queue was full.", [("", app.tap.dropped)])
     _shadows(app, family)
     _scorelog(app, family)
+
+
+def drift_families(monitors: dict) -> list[Family]:
+    """The drift monitors' families alone: monitors, (model, version) -> DriftMonitor."""
+    families: list[Family] = []
+    _drift(monitors, _collector(families))
+    return families
+
+
+def _drift(monitors: dict, family) -> None:
+    # labelled by version too: a challenger may be monitored beside its champion
+    # Statistic, p-value and effect only once evaluated: a p-value of 1 before the first
+    # evaluation would read as a clean one to an alert rule.
+    # Per window (label `window`, its size): NaN values -- a window not yet full, or one
+    # whose value was not computed at its last evaluation (see engine.monitor.drift) -- are
+    # left out.
+    drift = [(name, version, m, c) for (name, version), m in monitors.items() for c in m.columns]
+    for metric, attr, help_text in (
+        ("scorewire_drift_statistic", "statistics", "Drift statistic (KS D or chi-squared) per column and window, "
+         "as last computed; absent until the first evaluation."),
+        ("scorewire_drift_pvalue", "pvalues", "Drift p-value per column and window (before correction), as last "
+         "computed; absent until the first evaluation."),
+        ("scorewire_drift_effect", "effects", "Effect size per column and window (KS D or PSI), as last computed; "
+         "absent until the first evaluation."),
+        ("scorewire_drift_window_fired", "fired", "1 when the window was significant with effect >= min_effect at "
+         "the last evaluation (a column drifts when any of its windows fires)."),
+    ):
+        family(metric, "gauge", help_text,
+               [(_labels(model=name, version=version, feature=c.name, window=str(size)), float(value))
+                for name, version, m, c in drift if m.evaluations
+                for size, value in zip(m.sizes, getattr(m.state[c.name], attr)) if value == value])
+    family("scorewire_drift_alert", "gauge", "1 while a drift alert is raised for the column.",
+           [(_labels(model=name, version=version, feature=c.name), float(m.state[c.name].alert))
+            for name, version, m, c in drift])
+    family("scorewire_drift_evaluations_total", "counter", "Drift evaluations so far (the first once the smallest "
+           "window is full).", [(_labels(model=name, version=version), m.evaluations)
+                                for (name, version), m in monitors.items()])
+    family("scorewire_drift_window_rows", "gauge", "Rows in each drift window now (it holds its size).",
+           [(_labels(model=name, version=version, window=str(size)), rows) for (name, version), m in monitors.items()
+            for size, rows in zip(m.sizes, m.window_lengths)])
+    family("scorewire_drift_window_size", "gauge", "Each drift window's size in rows (monitor.window or windows).",
+           [(_labels(model=name, version=version, window=str(size)), size) for (name, version), m in monitors.items()
+            for size in m.sizes])
+    family("scorewire_drift_events_observed_total", "counter", "Rows seen by the drift monitor.",
+           [(_labels(model=name, version=version), m.events) for (name, version), m in monitors.items()])
 
 
 def shadow_families(observer) -> list[Family]:

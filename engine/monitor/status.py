@@ -300,10 +300,12 @@ def status(target: str, timeout_s: float = 5.0) -> str:
                 v, seen = drift.get((m, v_, f, w), {}), windows.get((m, v_, w), {})
                 if "pvalue" not in v:  # not evaluated yet (or not computed at the last evaluation)
                     fill = f"{seen.get('scorewire_drift_window_rows', 0):,.0f}/{int(w):,}"
-                    state = (f"not evaluated yet (window {fill})" if seen.get("scorewire_drift_window_rows", 0) < int(w)
-                             else "evaluated (below its threshold)")
-                    rows.append([m, v_, f, f"{int(w):,}", f"{v['statistic']:.4g}" if "statistic" in v else "-", "-",
-                                 "-", state if alert == "ok" else f"{alert}; window {state}"])
+                    filling = seen.get("scorewire_drift_window_rows", 0) < int(w)
+                    state = f"not evaluated yet (window {fill})" if filling else "evaluated (below its threshold)"
+                    # a window not evaluated yet has no statistic (nor p-value, nor effect)
+                    statistic = f"{v['statistic']:.4g}" if "statistic" in v and not filling else "-"
+                    rows.append([m, v_, f, f"{int(w):,}", statistic, "-", "-",
+                                 state if alert == "ok" else f"{alert}; window {state}"])
                     continue
                 fired = ", window fired" if v.get("fired") else ""
                 rows.append([m, v_, f, f"{int(w):,}", f"{v['statistic']:.4g}", f"{v['pvalue']:.3g}",

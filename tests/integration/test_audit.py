@@ -62,3 +62,42 @@ def test_one_answer_is_traced_to_its_artifact_across_a_reload(model_dir, rng):
     missing = subprocess.run([sys.executable, "-m", "engine.cli", "audit", "--log", str(model_dir / "audit-log"),
                               "--id", "never-sent"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no row of request 'never-sent'" in missing.stderr
+
+
+def test_an_answer_shows_its_own_models_inputs_when_the_log_holds_two_models(tmp_path):
+    """The log's files are read as one table (every model's columns): a cancer answer must list
+    c0.. with their values, not the wine model's w0.. (null in its row) nor its third
+    probability."""
+    import time
+
+    from engine.batching.batch import Origin, ScoredBatch
+    from engine.scorelog.parquet import ScoreLog
+    from engine.settings import ScoreLogSettings
+
+    def scored(model: str, width: int, classes: int, request_id: str) -> ScoredBatch:
+        x = (np.arange(2 * width, dtype=np.float32).reshape(2, width) + 1) / 4
+        p = np.full((2, classes), 1 / classes, dtype=np.float32)
+        return ScoredBatch(model, "1", "champion", {"x": x}, {"probabilities": p}, np.zeros(1, np.int64),
+                           np.zeros(1, np.int64), 5, 2, (0, 2), (Origin("champion", "default", request_id, None),),
+                           time.time_ns())
+
+    log = ScoreLog(ScoreLogSettings(dir=tmp_path / "log"),
+                   {("cancer", "x"): [f"c{i}" for i in range(30)], ("wine", "x"): [f"w{i}" for i in range(13)]})
+    log.put(scored("cancer", 30, 2, "a-cancer"))
+    log.put(scored("wine", 13, 3, "a-wine"))
+    log.close()
+
+    def audit(request_id: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "engine.cli", "audit", "--log", str(tmp_path / "log"),
+                               "--id", request_id], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cancer, wine = audit("a-cancer"), audit("a-wine")
+    assert "inputs  c0=0.25, c1=0.5, c2=0.75, c3=1," in cancer
+    assert "(22 more)" in cancer  # 30 inputs, 8 shown
+    assert "w0" not in cancer and "None" not in cancer and "probabilities_2" not in cancer
+    assert "outputs probabilities_0=0.5, probabilities_1=0.5\n" in cancer + "\n"
+    assert "inputs  w0=0.25, w1=0.5," in wine and "(5 more)" in wine
+    assert "c0" not in wine and "None" not in wine
+    assert "probabilities_2=0.333333" in wine

@@ -376,6 +376,34 @@ def test_window_settings_and_what_a_multi_window_state_says(rng):
     feed(monitor, _mixed(rng, 1_000))
     assert monitor.window_lengths == [500, 1_000] and monitor.evaluations == 3
     st = monitor.state["f0"]
-    # the first evaluation computes every value: the full window has a p-value, the filling one not
-    assert not np.isnan(st.statistics).any() and not np.isnan(st.pvalues[0]) and np.isnan(st.pvalues[1])
+    # the first evaluation computes every value: the full window has its statistic and p-value,
+    # the filling one (not evaluated yet) neither
+    assert not np.isnan(st.statistics[0]) and not np.isnan(st.pvalues[0])
+    assert np.isnan(st.statistics[1]) and np.isnan(st.pvalues[1]) and np.isnan(st.effects[1])
     assert st.lead == 0 and st.pvalue == st.pvalues[0]
+
+
+def test_a_window_not_evaluated_yet_has_no_statistic_in_metrics_or_status(rng, monkeypatch):
+    """Windows of 500 and 1,000 after 750 rows: the 500 window was evaluated, the 1,000 one
+    never was (it is not full), so /metrics has no statistic, p-value or effect of it (a value
+    would read as an evaluation's) and `status` shows "-" where they would be."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from engine.monitor import status as status_module
+    from engine.monitor.export import drift_families, text
+
+    monitor = _detector(rng, windows=[500, 1_000], every=250)
+    feed(monitor, _mixed(rng, 750))
+    assert monitor.window_lengths == [500, 750] and monitor.evaluations == 2
+    exposition = text(drift_families({("m", "1"): monitor}))
+    families = {f.name: f.samples for f in text_string_to_metric_families(exposition)}
+    for name in ("scorewire_drift_statistic", "scorewire_drift_pvalue", "scorewire_drift_effect"):
+        windows = {(s.labels["feature"], s.labels["window"]) for s in families[name]}
+        assert windows == {(f, "500") for f in FEATURES}, name
+    monkeypatch.setattr(status_module, "scrape", lambda target, timeout_s=5.0: families)
+    rows = [line.split() for line in status_module.status("unused:0").splitlines() if line.startswith("m ")]
+    unevaluated = [r for r in rows if r[3] == "1,000"]
+    assert len(unevaluated) == len(FEATURES)
+    assert all(r[4:7] == ["-", "-", "-"] and " ".join(r[7:]) == "not evaluated yet (window 750/1,000)"
+               for r in unevaluated), unevaluated
+    assert all(r[4] != "-" and r[5] != "-" for r in rows if r[3] == "500")
