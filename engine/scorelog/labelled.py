@@ -7,8 +7,9 @@ the out_ columns a task scores, named as [models.performance] score names them (
 its label, by (request_id, row), as the live join matches them (engine/performance/join.py):
 
 - a row scored from Kafka (its request_id the event's source, `topic/partition/offset`; one
-  row per event) is joined by its source id, or by its message key (the log's routing_key)
-  when no label names its source. An event labelled live by its JSON "id" cannot be joined
+  row per event, logged as row 0: a log written before that holds its place in the piece of
+  the consumed batch instead, read as 0 here) is joined by its source id (row 0), or by its
+  message key (the log's routing_key) when no label names its source. An event labelled live by its JSON "id" cannot be joined
   here: the log keeps the source and the key, not the "id" (unless the id is the key).
 - a label by message key joins every event of that key in the log (live: those within
   label_ttl_s of it).

@@ -1,6 +1,7 @@
 """Scored batches -> Arrow tables of log rows: one row per scored row.
 
-Columns: time (UTC, when the batch was scored), request_id, row (index inside the request),
+Columns: time (UTC, when the batch was scored), request_id, row (index inside the request:
+0 for a Kafka event, a request of one row whose id is its source),
 routing_key, version, model_sha256 (of the ONNX file that answered) and config_sha256 (of
 that version's effective settings; engine/audit.py), routing (default | sticky | random |
 pinned | shadow), one column per input
@@ -70,6 +71,18 @@ def _member_column(origins, counts: np.ndarray, member_of_row: np.ndarray) -> tu
     return pa.concat_arrays(id_parts), pa.concat_arrays(key_parts)
 
 
+def _rows(origins, bounds: np.ndarray, member_of_row: np.ndarray) -> np.ndarray:
+    """Each row's index inside its request (int32): a request's rows count from 0; a Kafka
+    piece's rows are each an event of one row (engine/codec/kafka.py), its own request
+    (request_id its source), so row 0 -- not its place in the piece of the consumed batch."""
+    n = len(member_of_row)
+    rows = np.arange(n, dtype=np.int64) - bounds[:-1][member_of_row]
+    kafka = np.fromiter((o is not None and o.topic is not None for o in origins), dtype=bool, count=len(origins))
+    if kafka.any():
+        rows[kafka[member_of_row]] = 0
+    return rows.astype(np.int32)
+
+
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
@@ -100,7 +113,7 @@ def to_table(batches: list[ScoredBatch], feature_names: dict[str, list[str]],
     columns: list[tuple[str, pa.Array]] = [
         ("time", pa.array(per_member[member_of_row], type=pa.timestamp("us", tz="UTC"))),
         ("request_id", request_id),
-        ("row", pa.array((np.arange(n, dtype=np.int64) - bounds[:-1][member_of_row]).astype(np.int32))),
+        ("row", pa.array(_rows(origins, bounds, member_of_row))),
         ("routing_key", routing_key),
         ("version", pa.repeat(pa.scalar(first.version, pa.string()), n)),
         ("model_sha256", pa.repeat(pa.scalar(provenance[0], pa.string()), n)),

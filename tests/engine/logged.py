@@ -20,7 +20,7 @@ class Row:
     version: str
     role: str
     request_id: str
-    row: int  # as logged: inside the request, or inside the piece of a Kafka chunk
+    row: int  # as logged: inside the request (0 for a Kafka event, a request of one row)
     key: str | None
     outputs: dict  # output name -> this row's value (a number or a vector)
 
@@ -53,7 +53,7 @@ class LogBuilder:
                         for a, b in zip(bounds[:-1], bounds[1:]))
         self._batch(version, role, bounds, origins, outputs)
         for i, (offset, key) in enumerate(zip(offsets, keys)):
-            self.rows.append(Row(version, role, source_id(topic, 0, offset), i % piece, key,
+            self.rows.append(Row(version, role, source_id(topic, 0, offset), 0, key,  # an event: row 0 of its own
                                  {name: v[i] for name, v in outputs.items()}))
 
     def _batch(self, version: str, role: str, bounds: tuple, origins: tuple, outputs: dict[str, np.ndarray]) -> None:

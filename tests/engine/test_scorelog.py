@@ -72,6 +72,24 @@ def test_roles_and_dates_go_to_their_partitions(tmp_path):
     assert arm["routing_key"] == ["k1", "k1"] and arm["routing"] == ["sticky", "sticky"]
 
 
+
+def test_a_kafka_event_is_row_0_of_its_own_request_in_a_batch_it_shares():
+    """A batch of a 3-row request and two Kafka pieces (2 and 3 events): the request's rows
+    count 0..2, each event is row 0 of its source, not its place in the piece."""
+    from engine.scorelog.table import to_table
+
+    def piece(offsets):
+        return Origin("champion", "default", topic="events", partitions=np.full(len(offsets), 4, np.int32),
+                      offsets=np.asarray(offsets, np.int64), keys=[b"k%d" % o for o in offsets])
+
+    shared = batch(8, 3)
+    shared = ScoredBatch(**{**{f: getattr(shared, f) for f in shared.__slots__}, "bounds": (0, 3, 5, 8),
+                            "origins": (Origin("champion", "default", "r0", None), piece([7, 8]), piece([9, 10, 11]))})
+    table, _ = to_table([shared, batch(2, 1)], {})
+    got = table.select(["request_id", "row"]).to_pydict()
+    assert got["request_id"] == ["r0"] * 3 + [f"events/4/{o}" for o in range(7, 12)] + ["r0"] * 2
+    assert got["row"] == [0, 1, 2, 0, 0, 0, 0, 0, 0, 1]
+
 def test_a_full_queue_drops_and_counts_never_more_than_offered(tmp_path):
     log = ScoreLog(ScoreLogSettings(dir=tmp_path, queue_rows=64, when_full="drop"))
     offered = 0

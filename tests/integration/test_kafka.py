@@ -292,3 +292,60 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
     answered = [(key, routing) for role, _, _, key, routing in rows if role != "challenger"]
     assert len(answered) == len(x)
     assert all(routing == ("random" if key is None else "sticky") for key, routing in answered)
+
+
+def test_the_scoring_log_gives_each_event_row_0_and_evaluate_joins_its_labels(cluster, model_dir, tmp_path, rng,
+                                                                            capsys):
+    """Each event is a one-row request of its own (its request_id the event's source): the log
+    gives it row 0, the champion's and the shadowing challenger's alike, not its place in the
+    piece of the consumed batch it was scored in; so `scorewire evaluate` joins labels keyed
+    (source, 0), and labels keyed by the log's own (request_id, row)."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine import cli
+
+    for name in ("mlp", "gbt"):
+        shutil.copy(model_dir / "models" / f"{name}.onnx", tmp_path / f"{name}.onnx")
+    config = Config(server_table(workers=1),
+                    [model_table("mlp", path, version=v, batching={"max_batch_size": 128})
+                     for v, path in (("1", "mlp.onnx"), ("2", "gbt.onnx"))],
+                    routes=[route_table("mlp", "1", challengers=["2"])], scorelog={"dir": "log"},
+                    streams=[stream(cluster.bootstrap, group="rows")])
+    n = 100
+    produce(cluster.bootstrap, "events", json_events(rng.normal(size=(n, 32)).astype(np.float32)))
+    worker = launch(tmp_path, config)  # the events wait in the topic: consumed in batches of many
+    try:
+        results = [orjson.loads(m.value()) for m in read_all(cluster.bootstrap, "scores", n)]
+    finally:
+        assert worker.stop() == 0  # publishes the log's files
+    sources = sorted(r["source"] for r in results)
+    assert len(set(sources)) == n
+    log = pq.read_table(tmp_path / "log").to_pydict()
+    for role in ("champion", "challenger"):
+        rows = [(rid, row) for rid, row, r in zip(log["request_id"], log["row"], log["role"]) if r == role]
+        assert sorted(rid for rid, _ in rows) == sources, role  # one row per event
+        wrong = sorted({row for _, row in rows} - {0})
+        assert not wrong, f"{role}: events logged as rows {wrong[:5]}..., not row 0 of their own request"
+
+    labels_path = tmp_path / "labels.parquet"
+
+    def evaluate(labels: list[tuple[str, int]]) -> dict:
+        pq.write_table(pa.table({"request_id": [rid for rid, _ in labels],
+                                 "row": pa.array([row for _, row in labels], pa.int32()),
+                                 "label": [i % 2 for i in range(len(labels))]}), labels_path)
+        code = cli.main(["--log-level", "WARNING", "evaluate", "--log", str(tmp_path / "log"), "--model", "mlp",
+                         "--labels", str(labels_path), "--task", "binary", "--score", "probabilities:1", "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return json.loads(out)
+
+    for labels in ([(rid, 0) for rid in sources],  # as a new user writes them: the event's id, row 0
+                   sorted(set(zip(log["request_id"], log["row"])))):  # the log's own keys
+        report = evaluate(labels)
+        assert (report["labels"], report["unmatched"], report["by_key"]) == (n, 0, 0)
+        assert {(v["role"], v["rows"], v["labelled"]) for v in report["versions"]} == \
+            {("champion", n, n), ("challenger", n, n)}
