@@ -95,8 +95,10 @@ def start(peer: str, env: Env | None, work: Path, workers: int, max_batch: int, 
         config = Config(server_table(workers=workers), [model_table(
             "mlp", "models/mlp.onnx", batching={"max_batch_size": max_batch, "max_queue_delay_us": delay_us})])
         served = serve(config.write(work / "scorewire-peers.toml"))
+        # scorewire's default dispatch ("free_slot"): a batch goes when the model is free, so the
+        # delay applies only to "idle"/"delay" (README, "Batching")
         return Running(peer, served.proc, f"http://{served.http_url}/v2/models/mlp/infer", served.url, "oip",
-                       f"workers={workers}, {batched}")
+                       f"workers={workers}, batching {max_batch} rows, dispatch free_slot (the default)")
     if peer == "floor":
         proc, log = _spawn(peer, [py, str(PEERS_DIR / "floor_server.py"), *common, "--grpc-port", str(grpc)], work)
         return Running(peer, proc, f"http://127.0.0.1:{http}/v2/models/mlp/infer", f"127.0.0.1:{grpc}", "oip",

@@ -252,8 +252,9 @@ class App:
         if self.settings.streams:
             from engine.ingress.kafka import KafkaStream
         for stream_settings in self.settings.streams:
-            served, _, _ = self.router.resolve(stream_settings.model, stream_settings.version, None)
-            stream = KafkaStream(stream_settings, self.front, served, member=self.sink.member)
+            model, version = stream_settings.model, stream_settings.version
+            stream = KafkaStream(stream_settings, self.front, self.router.answering(model, version),
+                                 member=self.sink.member, split=self.router.split_of(model, version) is not None)
             stream.on_down = self._stream_down
             stream.on_reachable = self._stream_reachable
             await stream.start()

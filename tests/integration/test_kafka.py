@@ -271,6 +271,8 @@ def test_a_split_stream_keeps_keys_on_their_arm_and_challengers_shadow_it(cluste
     finally:
         assert worker.stop() == 0
     assert len(results) == len(x)
+    # its start line names no one version: the split decides
+    assert any("stream events->scores (mlp, split by its route) consuming" in line for line in worker.startup)
     arms: dict[bytes, set] = {}
     for key, r in results:
         arms.setdefault(key, set()).add(r["version"])

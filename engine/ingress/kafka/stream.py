@@ -41,7 +41,11 @@ class StreamStats:
 
 
 class KafkaStream:
-    def __init__(self, settings: StreamSettings, front: FrontDoor, served: Served, member: int = 0):
+    def __init__(self, settings: StreamSettings, front: FrontDoor, served: Served, member: int = 0,
+                 split: bool = False):
+        """`served`: the version a row goes to naming none (the route's champion); `split`: the
+        route splits the stream's rows between versions (by message key), so no one version
+        names it."""
         self.settings = settings
         self.exactly_once = settings.semantics == "exactly_once"
         # the worker's number: the last part of its transactional.id (exactly_once)
@@ -49,7 +53,8 @@ class KafkaStream:
         self.front = front
         self.model = served.name
         self.name = f"{settings.input_topic}->{settings.output_topic}"
-        self.label = f"{self.name} ({served.model.label})"
+        self.label = f"{self.name} ({served.name}, split by its route)" if split else \
+            f"{self.name} ({served.model.label})"
         self.health_name = f"scorewire.stream/{self.name}"  # in grpc.health.v1: NOT_SERVING once stopped
         self.lag: dict[int, int] = {}  # assigned partition -> high watermark - committed (the reader replaces it)
         self.input_partitions: int | None = None  # the input topic's partitions (0: it does not exist; None: unknown)
