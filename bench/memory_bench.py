@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.proctree import tree
+from engine.processes.memory import rollup, tree
 from bench.servers import prepare_demo, stop
 from engine.harness.config import Config, model_table, server_table
 from engine.harness.server import start_server
@@ -54,17 +54,6 @@ def configs(workers: int) -> dict[str, Config]:
                                       [model_table("mlp", "models/mlp.onnx", batching=batching, monitor=monitor)],
                                       scorelog={"dir": "log"}),
     }
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """The kernel's per-process totals, in bytes (Rss, Pss, Pss_Anon, Pss_File, Pss_Shmem, ...)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out
 
 
 def roles(metrics: dict[str, float], supervisor: int) -> dict[int, str]:
@@ -133,7 +122,7 @@ def measure(config: Config, directory: Path, requests: int, batches: int, settle
         processes = []
         for pid in pids:
             try:
-                m = smaps_rollup(pid)
+                m = rollup(pid)
             except OSError:
                 continue
             role = named.get(pid) or ("resource tracker" if "resource_tracker" in cmdline(pid) else f"pid {pid}")

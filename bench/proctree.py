@@ -9,6 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.processes import memory as memory_rollup  # smaps_rollup, read as the server reads it
+from engine.processes.memory import tree
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -18,20 +21,6 @@ def _stat(path: str) -> list[str] | None:
         return Path(path).read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):  # gone
         return None
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc): every process of a server."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return out
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -126,12 +115,8 @@ def cpu_by_pid(root: int) -> dict[int, float]:
 
 def parse_rollup(text: str) -> dict[str, int]:
     """smaps_rollup's "Rss:" and "Pss:" lines, in kB."""
-    out = {"rss_kb": 0, "pss_kb": 0}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Rss", "Pss"):
-            out[f"{key.lower()}_kb"] = int(rest.split()[0])
-    return out
+    m = memory_rollup.parse_rollup(text)
+    return {"rss_kb": m.get("Rss", 0) // 1024, "pss_kb": m.get("Pss", 0) // 1024}
 
 
 def memory(root: int) -> dict[str, float]:
@@ -140,12 +125,10 @@ def memory(root: int) -> dict[str, float]:
     each shared page among the processes mapping it: what the tree costs the machine."""
     rss = pss = n = 0
     for pid in tree(root):
-        try:
-            m = parse_rollup(Path(f"/proc/{pid}/smaps_rollup").read_text())
-        except OSError:  # gone, or a kernel without smaps_rollup
-            continue
-        rss, pss, n = rss + m["rss_kb"], pss + m["pss_kb"], n + 1
-    return {"rss_mib": rss / 1024, "pss_mib": pss / 1024, "processes": n}
+        got = memory_rollup.usage(pid)  # None: gone, or a kernel without smaps_rollup
+        if got is not None:
+            rss, pss, n = rss + got[0], pss + got[1], n + 1
+    return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20, "processes": n}
 
 
 class Sampler:

@@ -18,19 +18,29 @@ from pathlib import Path
 READ_S = 5.0
 
 
+def parse_rollup(text: str) -> dict[str, int]:
+    """smaps_rollup's totals ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", ...), in bytes."""
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """The process's smaps_rollup totals, in bytes; OSError when it is gone or cannot be read."""
+    return parse_rollup(Path(f"/proc/{pid}/smaps_rollup").read_text())
+
+
 def usage(pid: int) -> tuple[int, int] | None:
     """(RSS, PSS) in bytes of a running process; None when it is gone or cannot be read."""
-    rss = pss = None
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Rss:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith(b"Pss:"):
-                    pss = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        m = rollup(pid)
+    except OSError:
         return None
-    return None if rss is None or pss is None else (rss, pss)
+    return (m["Rss"], m["Pss"]) if "Rss" in m and "Pss" in m else None
 
 
 def children(pid: int) -> list[int]:
@@ -41,6 +51,16 @@ def children(pid: int) -> list[int]:
             out += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             pass
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
     return out
 
 
