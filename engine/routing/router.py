@@ -101,10 +101,8 @@ class Router:
             served = self.registry.get(name, version)
             role = Role.CHAMPION if route is None or route.settings.champion == version else Role.DIRECT
             return served, role, Routing.PINNED
-        if route is None:
-            return self.registry.get(name, ""), Role.CHAMPION, Routing.DEFAULT
-        if route.split is None:
-            return self.registry.get(name, route.settings.champion), Role.CHAMPION, Routing.DEFAULT
+        if route is None or route.split is None:
+            return self.answering(name), Role.CHAMPION, Routing.DEFAULT
         chosen, sticky = route.split.pick(key)
         return self.registry.get(name, chosen), route.role_of(chosen), Routing.STICKY if sticky else Routing.RANDOM
 
