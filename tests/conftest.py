@@ -65,15 +65,16 @@ SERVER_CONFIG = Config(server_table(workers=1, max_message_bytes=1048576), [
 
 
 def launch(directory: Path, config: Config | str, name: str = "scorewire.toml", wrapper: tuple[str, ...] = (),
-           env: dict[str, str] | None = None) -> Server:
-    """`config` written to `directory`/`name` and served (log level: $SCOREWIRE_TEST_LOG_LEVEL)."""
+           env: dict[str, str] | None = None, log_level: str | None = None) -> Server:
+    """`config` written to `directory`/`name` and served (log level: `log_level`, else
+    $SCOREWIRE_TEST_LOG_LEVEL, else WARNING)."""
     path = directory / name
     if isinstance(config, Config):
         config.write(path)
     else:
         path.write_text(config)
-    return start_server(path, log_level=os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING"), wrapper=wrapper,
-                        env=env)
+    level = log_level or os.environ.get("SCOREWIRE_TEST_LOG_LEVEL", "WARNING")
+    return start_server(path, log_level=level, wrapper=wrapper, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -35,9 +35,10 @@ WORKER = Config(server_table(workers=1), [model_table("mlp", "models/mlp.onnx",
                                                       batching={"max_batch_size": 128, "max_queue_delay_us": 1000})])
 
 
-def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", **stream_keys) -> Server:
+def start_worker(directory: Path, bootstrap: str, name: str = "worker.toml", log_level: str | None = None,
+                 **stream_keys) -> Server:
     """One process serving the mlp with one stream (`stream_keys`: stream()'s)."""
-    return launch(directory, WORKER.add(streams=[stream(bootstrap, **stream_keys)]), name)
+    return launch(directory, WORKER.add(streams=[stream(bootstrap, **stream_keys)]), name, log_level=log_level)
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
@@ -128,6 +129,22 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
     finally:
         consumer.close()
+
+
+def open_transactions(bootstrap: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """Partition -> (last stable offset, high watermark) where they differ: records behind an open
+    (or hanging) transaction, which a read_committed consumer cannot read past."""
+    from confluent_kafka import IsolationLevel
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ends = {}
+    for isolation in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+        futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)},
+                                     isolation_level=isolation, request_timeout=10)
+        ends[isolation] = {tp.partition: f.result().offset for tp, f in futures.items()}
+    stable, high = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
+    return {p: (stable[p], high[p]) for p in range(partitions) if stable[p] != high[p]}
 
 
 def input_sources(bootstrap: str, topic: str, expected: int) -> dict[str, bytes]:

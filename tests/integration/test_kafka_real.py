@@ -25,6 +25,7 @@ from tests.conftest import REPORT
 from tests.integration.kafka_helpers import (
     committed,
     json_events,
+    open_transactions,
     produce,
     produce_over,
     read_all,
@@ -84,7 +85,9 @@ def stream_of(x: np.ndarray) -> tuple[list, set[bytes]]:
 
 def worker(model_dir, t: Topics, semantics: str, name: str = "worker.toml", transactional_id: str = ""):
     # Small chunks and a small in-flight bound: many transactions, so a kill lands inside one.
-    return start_worker(model_dir, t.bootstrap, name=name, group=t.group, topic=t.events, output=t.scores,
+    # INFO: what a failure shows of the worker (assignments, pauses, the producer's restarts)
+    return start_worker(model_dir, t.bootstrap, name=name, log_level="INFO", group=t.group, topic=t.events,
+                        output=t.scores,
                         dlq=t.dlq, linger_ms=5, semantics=semantics, transactional_id=transactional_id,
                         consume_batch=500, max_in_flight=2000, message_timeout_ms=15000,
                         # A transaction the successor's init_transactions does not abort is aborted by
@@ -92,7 +95,8 @@ def worker(model_dir, t: Topics, semantics: str, name: str = "worker.toml", tran
                         producer={"transaction.timeout.ms": 15000})
 
 
-def check_delivery(t: Topics, semantics: str, n: int, bad_keys: set[bytes], what: str) -> None:
+def check_delivery(t: Topics, semantics: str, n: int, bad_keys: set[bytes], what: str, w=None,
+                   broker: KafkaBroker | None = None) -> None:
     """Every good input's result and every malformed input's dead letter: exactly once for
     exactly_once, at least once (duplicates reported) for at_least_once."""
     results = read_all(t.bootstrap, t.scores, n, timeout_s=120, linger_s=2.0)
@@ -100,6 +104,14 @@ def check_delivery(t: Topics, semantics: str, n: int, bad_keys: set[bytes], what
     docs = [orjson.loads(m.value()) for m in results]
     counts = np.bincount([r["id"] for r in docs], minlength=n)
     dead_keys = [m.key() for m in dead]
+    if counts.min() == 0:
+        print(f"output partitions behind an open transaction (last stable offset, high watermark): "
+              f"{open_transactions(t.bootstrap, t.scores, PARTITIONS)}")
+        if w is not None:
+            print({k: v for k, v in w.metrics().items() if "scorewire_stream_" in k})
+        if broker is not None:
+            print("\n".join(line for line in broker.log_tail(200_000).splitlines()
+                            if "ransaction" in line or "TxnCoordinator" in line or "ERROR" in line)[-8000:])
     assert counts.min() >= 1, f"{int((counts == 0).sum())} inputs have no result"
     assert set(dead_keys) == bad_keys, f"{len(bad_keys - set(dead_keys))} malformed inputs have no dead letter"
     duplicates = int(counts.sum() - n) + len(dead_keys) - len(bad_keys)
@@ -151,7 +163,7 @@ def test_the_broker_killed_mid_stream_then_restarted(broker, topics, model_dir, 
         time.sleep(2.0)
         broker.start()
         produce(topics.bootstrap, topics.events, messages[half:])
-        check_delivery(topics, semantics, n, bad_keys, "broker SIGKILL")
+        check_delivery(topics, semantics, n, bad_keys, "broker SIGKILL", w, broker)
         assert w.metrics()[topics.metric("scorewire_stream_up")] == 1
     finally:
         assert w.stop() == 0
