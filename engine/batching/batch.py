@@ -41,7 +41,9 @@ class Batch(NamedTuple):
                     f"output '{name}' has shape {list(array.shape)}; expected {self.rows} rows first"
                 )
         b = self.bounds
-        return [{name: array[b[i] : b[i + 1]] for name, array in outputs.items()} for i in range(self.members)]
+        if len(b) == 2:  # one member: all of it
+            return [outputs]
+        return [{name: array[b[i] : b[i + 1]] for name, array in outputs.items()} for i in range(len(b) - 1)]
 
 
 @dataclass(frozen=True, slots=True)

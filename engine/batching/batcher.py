@@ -187,6 +187,9 @@ class Batcher:
                 if not members:
                     continue
                 self._running += 1
+                if self.max_in_flight == 1:  # nothing else could run meanwhile: no task of its own
+                    await self._run_batch(members)
+                    continue
                 task = asyncio.get_running_loop().create_task(self._run_batch(members))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -241,9 +244,11 @@ class Batcher:
                 return
             for item, part in zip(members, parts):
                 _answer(item, part)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too (run by the loop itself, it is cancelled with it)
             for item in members:
                 _set_exception(item.future, exc, self.label)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._running -= 1
             self._wake()
@@ -285,12 +290,13 @@ class Batcher:
         stats.batches += 1
         stats.requests += len(members)
         stats.rows += batch.rows
-        enqueued = np.fromiter((m.enqueued_ns for m in members), dtype=np.int64, count=len(members))
-        stats.queue_ns += int(start * len(members) - enqueued.sum())
+        enqueued = [m.enqueued_ns for m in members]  # Python ints: a numpy sum of a few costs more
+        stats.queue_ns += start * len(members) - sum(enqueued)
         stats.infer_ns += (end - start) * len(members)
         stats.last_scored_ms = time.time_ns() // 1_000_000
         if self._on_scored is not None:
-            self._on_scored(batch, outputs, enqueued, start, end, tuple(m.origin for m in members))
+            self._on_scored(batch, outputs, np.array(enqueued, dtype=np.int64), start, end,
+                            tuple(m.origin for m in members))
         return parts
 
     def _fail_all(self, exc: BaseException) -> None:

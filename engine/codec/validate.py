@@ -6,7 +6,8 @@ model's fixed dimensions. A failure is an EngineError(INVALID_ARGUMENT) naming t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,14 +30,12 @@ class TensorSpec:
 class ModelSchema:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    input_names: tuple[str, ...] = field(init=False, repr=False, compare=False)  # read per request
+    output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_names", tuple(t.name for t in self.inputs))
+        object.__setattr__(self, "output_names", tuple(t.name for t in self.outputs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +88,9 @@ def validate_inputs(schema: ModelSchema, inputs: dict[str, np.ndarray], limits: 
                 f"input '{spec.name}' has {n} rows but '{schema.inputs[0].name}' has {rows}; "
                 "all inputs need the same first dimension"
             )
-        if not limits.allow_non_finite and spec.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        # a finite sum means every value is finite (an overflowing sum is checked value by value)
+        if (not limits.allow_non_finite and spec.dtype.kind == "f" and array.size
+                and not math.isfinite(np.add.reduce(array, axis=None)) and not np.isfinite(array).all()):
             bad = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
             raise _invalid(
                 f"input '{spec.name}': non-finite value {array.reshape(-1)[bad]} at flat index {bad} "

@@ -34,16 +34,26 @@ def _version_key(version: str):
 class Registry:
     def __init__(self) -> None:
         self._by_name: dict[str, dict[str, Served]] = {}
+        self._highest: dict[str, Served] = {}  # what a request naming no version gets, kept at hand
 
     def add(self, served: Served) -> None:
         self._by_name.setdefault(served.name, {})[served.version] = served
+        self._rank(served.name)
 
     def remove(self, name: str, version: str) -> Served:
         versions = self._by_name[name]
         served = versions.pop(version)
         if not versions:
             del self._by_name[name]
+        self._rank(name)
         return served
+
+    def _rank(self, name: str) -> None:
+        versions = self._by_name.get(name)
+        if versions:
+            self._highest[name] = versions[self.versions(name)[-1]]
+        else:
+            self._highest.pop(name, None)
 
     def all(self) -> list[Served]:
         return [s for versions in self._by_name.values() for s in versions.values()]
@@ -61,7 +71,7 @@ class Registry:
             known = ", ".join(sorted(self._by_name)) or "none"
             raise EngineError(ErrorCode.NOT_FOUND, f"unknown model '{clip(name)}' (served: {known})")
         if not version:
-            return versions[self.versions(name)[-1]]
+            return self._highest[name]
         served = versions.get(version)
         if served is None:
             raise EngineError(

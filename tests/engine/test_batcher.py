@@ -428,3 +428,23 @@ def test_a_mailbox_put_with_wait_s_waits_for_room_but_parks_on_an_event_loop():
     items, _ = box.take()
     assert items == ["b", "c"]
     assert (box.refused, box.refused_rows, box.accepted_rows) == (1, 2, 9)
+
+
+def test_a_batch_the_loop_runs_itself_answers_its_requests_when_the_batcher_is_cancelled():
+    """With one instance the batcher's loop runs each batch itself (no task of its own): a
+    batcher cancelled mid-run still fails the batch's requests instead of leaving them
+    waiting forever, and the requests still queued too."""
+
+    async def main():
+        run = Recorder(delay_s=0.5)
+        batcher = make(run, max_batch_size=2)
+        running = [batcher.submit(rows(0, 2), 2)]
+        await asyncio.sleep(0.05)  # the first batch runs
+        queued = batcher.submit(rows(2, 1), 1)
+        batcher._task.cancel()
+        for future in [*running, queued]:
+            with pytest.raises(EngineError) as err:
+                await asyncio.wait_for(future, 2)
+            assert err.value.code is ErrorCode.INTERNAL
+
+    asyncio.run(main())
