@@ -94,7 +94,7 @@ def in_process(model: Path, reference: Path, labelled: Path, repeats: int = 2000
 
     ms = ModelSettings(name="mlp", path=model, monitor={**MONITOR, "reference": reference},
                        performance={**PERFORMANCE, "reference": labelled}, guards=GUARDS, conformal=CONFORMAL)
-    guards, conformal = guards_for(ms, "float_input"), conformal_for(ms)
+    guards, conformal = guards_for(ms, "float_input", np.dtype(np.float32)), conformal_for(ms)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.codec.validate import TensorSpec
 from engine.errors import EngineError, ErrorCode
+from engine.monitor.domain import reference_domain
 from engine.settings import ModelSettings
 
 INPUT_DOMAIN, CONFIDENCE, INTERVAL = 1, 2, 4
@@ -22,7 +23,10 @@ OUTPUT = "scorewire_guard"
 
 
 class Guards:
-    def __init__(self, ms: ModelSettings, input_name: str, reference: dict[str, np.ndarray] | None):
+    def __init__(self, ms: ModelSettings, input_name: str, reference: dict[str, np.ndarray] | None,
+                 dtype: np.dtype = np.dtype(np.float64)):
+        """`dtype`: the guarded input's, to which the reference's range is rounded (as data
+        quality reads it: engine/monitor/domain.py)."""
         g = ms.guards
         self.label = f"{ms.name}:{ms.version}"
         self.action, self.fallback_version = g.action, g.fallback_version
@@ -35,15 +39,11 @@ class Guards:
         self.codes: dict[int, np.ndarray] = {}  # column -> the categorical codes the reference has
         categorical = set(ms.monitor.categorical) if ms.monitor is not None else set()
         if g.input_domain == "reference" and reference is not None:
-            for j, name in enumerate(features):
-                values = np.asarray(reference[name], np.float64)
-                values = values[np.isfinite(values)]
-                if name in categorical:
-                    self.codes[j] = np.unique(values)
-                elif len(values):
-                    low, high = float(values.min()), float(values.max())
-                    pad = g.margin * (high - low)
-                    self.lo[j], self.hi[j] = low - pad, high + pad
+            lo, hi, codes, _ = reference_domain(reference, features, [f in categorical for f in features], dtype)
+            ranged = np.isfinite(lo)  # continuous, with finite values: a margin of its range on each side
+            pad = g.margin * (hi[ranged] - lo[ranged])
+            self.lo[ranged], self.hi[ranged] = lo[ranged] - pad, hi[ranged] + pad
+            self.codes = {j: c for j, c in enumerate(codes) if c is not None}
         for name, (low, high) in g.bounds.items():
             j = features.index(name)
             self.lo[j], self.hi[j] = low, high
@@ -133,7 +133,8 @@ class Guards:
             raise self.refuse(self.why(inputs, outputs, bits))
 
 
-def for_version(ms: ModelSettings, input_name: str) -> Guards | None:
+def for_version(ms: ModelSettings, input_name: str, dtype: np.dtype = np.dtype(np.float64)) -> Guards | None:
+    """The guards of a version whose first input is `input_name`; `dtype`: the guarded input's."""
     if ms.guards is None:
         return None
     reference = None
@@ -144,7 +145,7 @@ def for_version(ms: ModelSettings, input_name: str) -> Guards | None:
         missing = [f for f in ms.monitor.features if f not in reference]
         if missing:
             raise ValueError(f"guards.input_domain: the reference has no column {missing[:5]}")
-    return Guards(ms, input_name, reference)
+    return Guards(ms, input_name, reference, dtype)
 
 
 __all__ = ["CONFIDENCE", "Guards", "INPUT_DOMAIN", "INTERVAL", "NAMES", "OUTPUT", "for_version"]

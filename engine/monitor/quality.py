@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from engine import audit
 from engine.codec.validate import ModelSchema
+from engine.monitor.domain import reference_domain
 from engine.monitor.drift import DriftMonitor, MonitorConfigError
 from engine.monitor.events import TIME, publish
 from kernels.quality import QualityWindow
@@ -91,20 +92,10 @@ class QualityMonitor:
         self.tensor = columns[0].tensor
         self.size = drift.sizes[0]
         self._dtype = next(t.dtype for t in schema.inputs if t.name == self.tensor)
-        lo, hi, categories = np.zeros(len(columns)), np.zeros(len(columns)), []
-        for j, c in enumerate(columns):
-            values = np.asarray(reference[c.name], dtype=np.float64)
-            finite = values[np.isfinite(values)]
-            if not len(finite):
-                raise MonitorConfigError(f"model {drift.model}: reference column '{c.name}' has no finite value: "
-                                         "its range (data quality) cannot be read from it")
-            categories.append(finite if c.categorical else None)
-            if not c.categorical:
-                lo[j], hi[j] = finite.min(), finite.max()
-        if self._dtype.kind == "f" and self._dtype.itemsize < 8:
-            # as the reference's rows would arrive in the input's precision: a training value at
-            # the reference's min, sent as FP32, is float32(min), which must stay inside
-            lo, hi = lo.astype(self._dtype).astype(np.float64), hi.astype(self._dtype).astype(np.float64)
+        lo, hi, categories, empty = reference_domain(reference, self.features, list(self.categorical), self._dtype)
+        if empty:
+            raise MonitorConfigError(f"model {drift.model}: reference column '{empty[0]}' has no finite value: "
+                                     "its range (data quality) cannot be read from it")
         self.lo, self.hi = lo, hi
         self.window = QualityWindow(self.size, lo, hi, categories)
         # per feature and check: its threshold, NaN where it is not alerted (or does not apply)
