@@ -177,7 +177,8 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=self.front.ready)
 
     async def server_metadata(self, request, context):
-        return pb.ServerMetadataResponse(name="scorewire", version=engine.__version__, extensions=[])
+        return pb.ServerMetadataResponse(name="scorewire", version=engine.__version__,
+                                         extensions=triton.EXTENSIONS)
 
     async def _served(self, request, context):
         """The version a metadata-like request names; NOT_FOUND (with the message) otherwise."""

@@ -144,7 +144,7 @@ class RestIngress:
         if path == "/v2/health/ready":
             return (200 if front.ready else 503), None
         if path == "/v2":
-            return 200, {"name": "scorewire", "version": engine.__version__, "extensions": []}
+            return 200, {"name": "scorewire", "version": engine.__version__, "extensions": list(triton.EXTENSIONS)}
         if path == "/v2/models/stats":  # Triton's statistics extension: every version served
             return 200, triton.as_json(triton.model_statistics(front, self.registry.all()))
         parts = path.split("/")

@@ -10,6 +10,10 @@ from google.protobuf.json_format import MessageToDict
 
 from engine.ingress._pb import open_inference_grpc_pb2 as pb
 
+# ServerMetadata's extensions, in Triton's names: those served whole (binary_tensor_data over
+# REST). Not "model_repository": of it only the index is served (no load or unload).
+EXTENSIONS = ("model_configuration", "statistics", "parameters", "binary_tensor_data")
+
 _DATA_TYPE = {name: getattr(pb, f"TYPE_{name}") for name in (
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")}
 _WIDE_INTS = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,

@@ -44,6 +44,8 @@ def test_server_live_ready_and_metadata(client):
     meta = client.get_server_metadata()
     assert meta.name == "scorewire"
     assert meta.version
+    # Triton's extensions served whole: ModelConfig, ModelStatistics, request parameters, REST binary data
+    assert list(meta.extensions) == ["model_configuration", "statistics", "parameters", "binary_tensor_data"]
 
 
 @pytest.mark.parametrize("name", DEMO)

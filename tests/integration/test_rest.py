@@ -47,6 +47,7 @@ def test_tritonclient_http_gets_what_grpc_gets(server, rng):
         assert meta["versions"] == ["2"] and meta["inputs"] == [{"name": "float_input", "datatype": "FP32",
                                                                    "shape": [-1, 32]}]
         assert h.get_server_metadata()["name"] == "scorewire"
+        assert h.get_server_metadata()["extensions"] == ["model_configuration", "statistics", "parameters", "binary_tensor_data"]
     finally:
         g.close()
         h.close()
