@@ -199,13 +199,49 @@ def _performance(http: str, metrics: str, late: list, labelled_rows: int) -> Non
 DRIFTED = (3, 10)  # the features the demo's drift step shifts
 
 
+def _monitor_caught_up(metrics: str) -> tuple[float, dict, dict]:
+    """Once the monitor of 'mlp' has seen every row version 1 scored (it works off the request
+    path, a second behind at most; 30 s at most): (rows it saw, per feature its alert, per
+    feature and window its statistic and p-value)."""
+    from engine.monitor.status import scrape
+
+    deadline = time.monotonic() + 30
+    while True:
+        families = scrape(metrics)
+        scored = sum(s.value for s in families["scorewire_rows"]
+                     if s.name == "scorewire_rows_total" and s.labels == {"model": "mlp", "version": "1"})
+        seen = sum(s.value for s in families["scorewire_drift_events_observed"] if s.labels["model"] == "mlp")
+        if seen >= scored or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    drift, windows = {}, {}
+    for sample in families["scorewire_drift_alert"]:
+        if sample.labels["model"] == "mlp":
+            drift[sample.labels["feature"]] = sample.value
+    for name in ("statistic", "pvalue"):
+        for sample in families[f"scorewire_drift_{name}"]:
+            if sample.labels["model"] == "mlp":
+                windows.setdefault(sample.labels["feature"], {}).setdefault(int(sample.labels["window"]), {})[name] = \
+                    sample.value
+    return seen, drift, windows
+
+
+def _drift_cleared(metrics: str) -> None:
+    """After the Kafka step's rows of the training distribution: the drift alerts' state."""
+    _, drift, _ = _monitor_caught_up(metrics)
+    alerting = sorted((f for f, alert in drift.items() if alert), key=lambda f: int(f[1:]))
+    if alerting:
+        print(f"  drift: still raised on {', '.join(alerting)} after those events")
+    else:
+        print(f"  drift: the alerts on f{DRIFTED[0]} and f{DRIFTED[1]} cleared once the events (the training "
+              "distribution) filled the windows (the clears are in the events file)")
+
+
 def _drift(url: str, metrics: str) -> None:
     """The held-out rows twice over with features f3 and f10 moved by +2: the monitor on
     'mlp' (32 features, windows 1,000 and 2,000, every 250) raises alerts on those two and no others.
     Waits until the monitor has seen every row 'mlp' scored, then prints its table."""
     import tritonclient.grpc as grpcclient
-
-    from engine.monitor.status import scrape
 
     _, (held_out, _) = demo_split()
     x = np.concatenate([held_out] * 2)
@@ -216,24 +252,7 @@ def _drift(url: str, metrics: str) -> None:
         inp.set_data_from_numpy(x[k:k + 50])
         client.infer("mlp", [inp])
     client.close()
-    deadline = time.monotonic() + 30
-    while True:  # the monitor works off the request path, a second behind at most
-        families = scrape(metrics)
-        scored = sum(s.value for s in families["scorewire_rows"]
-                     if s.name == "scorewire_rows_total" and s.labels == {"model": "mlp", "version": "1"})
-        seen = sum(s.value for s in families["scorewire_drift_events_observed"] if s.labels["model"] == "mlp")
-        if seen >= scored or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    drift, windows = {}, {}  # per feature: alert; per feature and window: statistic, p-value
-    for sample in families["scorewire_drift_alert"]:
-        if sample.labels["model"] == "mlp":
-            drift[sample.labels["feature"]] = sample.value
-    for name in ("statistic", "pvalue"):
-        for sample in families[f"scorewire_drift_{name}"]:
-            if sample.labels["model"] == "mlp":
-                windows.setdefault(sample.labels["feature"], {}).setdefault(int(sample.labels["window"]), {})[name] = \
-                    sample.value
+    seen, drift, windows = _monitor_caught_up(metrics)
     alerting = sorted((f for f, alert in drift.items() if alert), key=lambda f: int(f[1:]))
     print(f"\ndrift: sent {len(x):,} rows to 'mlp' with f{DRIFTED[0]} and f{DRIFTED[1]} moved by +2; its monitor "
           f"(32 features vs the training rows, windows 1,000 and 2,000, every 250) saw {seen:,.0f} rows")
@@ -318,6 +337,7 @@ def run(directory: Path, prepare_only: bool) -> int:
         labels, late = _labelled(served.url, served.http_url, directory)
         _drift(served.url, f"{served.host}:{served.metrics_port}")
         _kafka(cluster.bootstrap)
+        _drift_cleared(f"{served.host}:{served.metrics_port}")
         _performance(served.http_url, f"{served.host}:{served.metrics_port}", late,
                      HELD_OUT_ROWS - REFERENCE_ROWS.stop)
     finally:
