@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from scipy import stats
 
 from engine.monitor.drift import load_reference
+from engine.observer import EVALUATIONS_EVERY_S
 from engine.plotting import figure, png
 
 MAX_FEATURES = 8  # drift plots per model version: the features that raised, else the highest statistics
@@ -69,6 +70,11 @@ def drift_section(evaluations: pa.Table | None, raises: pa.Table | None, log: pa
                    f"{len(raised)} raise(s); {len(set(ev.column('events_observed').to_pylist()))} evaluations"
                    + (f" (the first {MAX_FEATURES} of {len(order)} columns shown)" if len(order) > MAX_FEATURES else "")
                    + "</h3>")
+        last = pc.max(ev.column("time")).as_py()
+        out.append(f"<p class='note'>The curves end at the last evaluation written, at "
+                   f"{int(pc.max(ev.column('events_observed')).as_py()):,} rows observed "
+                   f"({last:%Y-%m-%d %H:%M:%S} UTC): a running server writes its evaluations every "
+                   f"{EVALUATIONS_EVERY_S:.0f} s and when it stops, so the last minute's may not be here yet.</p>")
         for feature in features:
             f_ev = ev.filter(pc.equal(ev.column("feature"), feature)).sort_by("events_observed")
             marks = [] if rv is None else rv.filter(pc.equal(rv.column("feature"), feature)).sort_by(

@@ -67,6 +67,8 @@ def test_report_shows_the_drift_the_server_saw(model_dir, tmp_path):
     assert "<h1>Model mlp</h1>" in page and "<h2>Drift</h2>" in page and "<h2>Latency over time</h2>" in page
     assert re.search(r"mlp:1: 1 feature\(s\) alerted, 1 raise\(s\); 10 evaluations", page), page[:3000]
     assert "<h4 class='alerted'>f7: alert raised</h4>" in page and "Raised at " in page
+    # where the curves end, said: the last evaluation written (a running server writes them once a minute)
+    assert "The curves end at the last evaluation written, at 1,200 rows observed" in page
     assert "<h3>Challenger 2</h3>" in page and "<pre>" not in page  # the comparison: tables, not a text block
     images = re.findall(r'src="data:image/png;base64,', page)
     assert len(images) >= 1 + 1 + 8  # the raise's window, latency, a plot per feature shown
