@@ -101,6 +101,11 @@ class Supervisor:
         self.failures: list[str] = []  # why children failed to start
         self.hup = False
         self.probe: tuple[multiprocessing.Process, Connection, Settings] | None = None  # a reload being tried
+        # A reload sent: the processes that have not answered it yet, and the "reloaded" line
+        # held until they all have (said earlier, a client could still reach a worker on the
+        # old config after reading it)
+        self.reloading: set[int] = set()
+        self.held: list[str] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -150,24 +155,39 @@ class Supervisor:
                 pass
             elif self.stopping and not self.started:  # a start that failed: its reason alone is said
                 log.debug("%s: %s", self._name(child.slot), value)
+            elif self.reloading and value.startswith("reloaded"):
+                if child.slot == 0:  # one line for all: worker 0's, once every process reloaded
+                    self.held.append(value)
             elif child.slot in (0, self.observer_slot, self.challengers_slot):
                 _say(value)
             else:
                 log.info("%s: %s", self._name(child.slot), value)
         elif kind is Kind.METRICS:
             self.metrics_port = value
-        elif kind is Kind.RELOADED and value is not None and not self.stopping:
-            # the probe passed, this process did not: restarted, it runs what its peers run
-            log.error("%s failed a reload the others made (%s); restarting it", self._name(child.slot), value)
-            child.process.terminate()
+        elif kind is Kind.RELOADED:
+            if value is not None and not self.stopping:
+                # the probe passed, this process did not: restarted, it runs what its peers run
+                log.error("%s failed a reload the others made (%s); restarting it", self._name(child.slot), value)
+                child.process.terminate()
+            self._answered_reload(child.slot)
         elif kind is Kind.FAILED:
             child.failed = value
             if self.started:  # while starting, the reason is printed once, as the start-up's failure
                 log.error("%s: %s", self._name(child.slot), value)
         return True
 
+    def _answered_reload(self, slot: int) -> None:
+        """`slot` reloaded (or failed to, and restarts on the new config, or is gone): once
+        every process has, the held "reloaded" line is said."""
+        self.reloading.discard(slot)
+        if not self.reloading:
+            for line in self.held:
+                _say(line)
+            self.held = []
+
     def _exited(self, child: Child) -> None:
         child.process.join()
+        self._answered_reload(child.slot)  # restarted, it starts on the settings of the last reload
         self.control.table[child.slot, UP] = 0
         code = child.process.exitcode
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
@@ -254,6 +274,7 @@ class Supervisor:
         for child in self.children.values():
             try:
                 child.conn.send(Message(Kind.RELOAD, snapshot))
+                self.reloading.add(child.slot)
             except OSError:  # it is exiting; it starts again with the new settings
                 pass
         if first_challengers:
