@@ -101,10 +101,10 @@ class Supervisor:
         self.failures: list[str] = []  # why children failed to start
         self.hup = False
         self.probe: tuple[multiprocessing.Process, Connection, Settings] | None = None  # a reload being tried
-        # A reload sent: the processes that have not answered it yet, and the "reloaded" line
-        # held until they all have (said earlier, a client could still reach a worker on the
-        # old config after reading it)
-        self.reloading: set[int] = set()
+        # Reloads sent: per process, those it has not answered yet; and the "reloaded" lines held
+        # until every process has answered every one (said earlier, a client could still reach
+        # a worker on the old config after reading it)
+        self.reloading: dict[int, int] = {}
         self.held: list[str] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -169,17 +169,22 @@ class Supervisor:
                 # the probe passed, this process did not: restarted, it runs what its peers run
                 log.error("%s failed a reload the others made (%s); restarting it", self._name(child.slot), value)
                 child.process.terminate()
-            self._answered_reload(child.slot)
+            self._answered_reload(child.slot, 1)
         elif kind is Kind.FAILED:
             child.failed = value
             if self.started:  # while starting, the reason is printed once, as the start-up's failure
                 log.error("%s: %s", self._name(child.slot), value)
         return True
 
-    def _answered_reload(self, slot: int) -> None:
-        """`slot` reloaded (or failed to, and restarts on the new config, or is gone): once
-        every process has, the held "reloaded" line is said."""
-        self.reloading.discard(slot)
+    def _answered_reload(self, slot: int, reloads: int | None = None) -> None:
+        """`slot` answered `reloads` reloads (None: all; it is gone, and restarts on the
+        settings of the last): once every process has answered every one, the held
+        "reloaded" lines are said."""
+        left = 0 if reloads is None else self.reloading.get(slot, 0) - reloads
+        if left > 0:
+            self.reloading[slot] = left
+        else:
+            self.reloading.pop(slot, None)
         if not self.reloading:
             for line in self.held:
                 _say(line)
@@ -274,7 +279,7 @@ class Supervisor:
         for child in self.children.values():
             try:
                 child.conn.send(Message(Kind.RELOAD, snapshot))
-                self.reloading.add(child.slot)
+                self.reloading[child.slot] = self.reloading.get(child.slot, 0) + 1
             except OSError:  # it is exiting; it starts again with the new settings
                 pass
         if first_challengers:

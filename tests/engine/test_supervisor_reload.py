@@ -26,7 +26,7 @@ def supervisor_with(slots: int) -> tuple[Supervisor, dict[int, multiprocessing.c
         ends[slot] = theirs
     sup.workers, sup.observer_slot, sup.challengers_slot = slots - 1, slots - 1, slots
     sup.stopping, sup.started = False, True
-    sup.reloading, sup.held = set(sup.children), []  # a reload was just sent to every child
+    sup.reloading, sup.held = dict.fromkeys(sup.children, 1), []  # a reload was just sent to every child
     return sup, ends
 
 
@@ -55,3 +55,17 @@ def test_a_process_that_failed_the_reload_is_restarted_and_the_line_still_comes(
         assert sup._message(sup.children[slot])
     assert sup.children[1].process.terminated  # restarted: it starts on the new settings
     assert capsys.readouterr().out == "scorewire: reloaded: loaded mlp:2\n"
+
+
+def test_two_reloads_in_a_row_are_said_once_both_are_made_everywhere(capsys):
+    sup, ends = supervisor_with(2)
+    sup.reloading = {0: 2, 1: 2}  # two SIGHUPs: each process has two reloads to make
+    for slot, kind, value in [(0, Kind.SAY, "reloaded: loaded mlp:2"), (0, Kind.RELOADED, None),
+                              (1, Kind.RELOADED, None), (0, Kind.SAY, "reloaded: loaded mlp:3"),
+                              (0, Kind.RELOADED, None)]:
+        ends[slot].send(Message(kind, value))
+        assert sup._message(sup.children[slot])
+    assert capsys.readouterr().out == ""  # the observer (slot 1) has not made the second one yet
+    ends[1].send(Message(Kind.RELOADED, None))
+    assert sup._message(sup.children[1])
+    assert capsys.readouterr().out == "scorewire: reloaded: loaded mlp:2\nscorewire: reloaded: loaded mlp:3\n"
