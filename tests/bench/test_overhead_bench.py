@@ -17,4 +17,5 @@ def test_it_measures_scorewires_path_above_the_floors_work(capsys):
         assert floor > 0 and ours > 0
         # ours does all the floor does and more (validation, batcher, the hand-off record)
         assert ours > floor, table
-        assert abs(float(ratio) - ours / floor) < 0.01 and abs(float(above) - (ours - floor)) < 0.11
+        # the printed figures are rounded (0.1 us, 0.01x): the ratio of the rounded ones may differ by ~0.015
+        assert abs(float(ratio) - ours / floor) < 0.03 and abs(float(above) - (ours - floor)) < 0.11
