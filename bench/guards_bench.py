@@ -88,13 +88,15 @@ def in_process(model: Path, reference: Path, labelled: Path, repeats: int = 2000
     bits + the conformal set on its outputs (what the "on" server adds to each batch)."""
     import onnxruntime as ort
 
+    from engine.codec.validate import TensorSpec
     from engine.guards import for_version as guards_for
     from engine.performance.conformal import for_version as conformal_for
     from engine.settings import ModelSettings
 
     ms = ModelSettings(name="mlp", path=model, monitor={**MONITOR, "reference": reference},
                        performance={**PERFORMANCE, "reference": labelled}, guards=GUARDS, conformal=CONFORMAL)
-    guards, conformal = guards_for(ms, "float_input", np.dtype(np.float32)), conformal_for(ms)
+    guards = guards_for(ms, (TensorSpec("float_input", "FP32", np.dtype(np.float32), (-1, len(FEATURES))),))
+    conformal = conformal_for(ms)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])

@@ -10,6 +10,8 @@ batch-mates are answered as usual); with "flag" every answer gets the output `sc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from engine.codec.validate import TensorSpec
@@ -23,14 +25,15 @@ OUTPUT = "scorewire_guard"
 
 
 class Guards:
-    def __init__(self, ms: ModelSettings, input_name: str, reference: dict[str, np.ndarray] | None,
-                 dtype: np.dtype = np.dtype(np.float64)):
-        """`dtype`: the guarded input's, to which the reference's range is rounded (as data
-        quality reads it: engine/monitor/domain.py)."""
+    def __init__(self, ms: ModelSettings, inputs: Sequence[TensorSpec], reference: dict[str, np.ndarray] | None):
+        """`inputs`: the model's. The guarded one is monitor.input, else the first; the
+        reference's range is rounded to its dtype (as data quality reads it:
+        engine/monitor/domain.py)."""
         g = ms.guards
         self.label = f"{ms.name}:{ms.version}"
         self.action, self.fallback_version = g.action, g.fallback_version
-        self.input = ms.monitor.input or input_name if ms.monitor is not None else input_name
+        self.input = ms.monitor.input or inputs[0].name if ms.monitor is not None else inputs[0].name
+        dtype = next((t.dtype for t in inputs if t.name == self.input), inputs[0].dtype)
         features = list(ms.monitor.features) if ms.monitor is not None and ms.monitor.features else []
         self.features = features
         k = len(features)
@@ -133,8 +136,8 @@ class Guards:
             raise self.refuse(self.why(inputs, outputs, bits))
 
 
-def for_version(ms: ModelSettings, input_name: str, dtype: np.dtype = np.dtype(np.float64)) -> Guards | None:
-    """The guards of a version whose first input is `input_name`; `dtype`: the guarded input's."""
+def for_version(ms: ModelSettings, inputs: Sequence[TensorSpec]) -> Guards | None:
+    """The guards of a version whose model takes `inputs`."""
     if ms.guards is None:
         return None
     reference = None
@@ -145,7 +148,7 @@ def for_version(ms: ModelSettings, input_name: str, dtype: np.dtype = np.dtype(n
         missing = [f for f in ms.monitor.features if f not in reference]
         if missing:
             raise ValueError(f"guards.input_domain: the reference has no column {missing[:5]}")
-    return Guards(ms, input_name, reference, dtype)
+    return Guards(ms, inputs, reference)
 
 
 __all__ = ["CONFIDENCE", "Guards", "INPUT_DOMAIN", "INTERVAL", "NAMES", "OUTPUT", "for_version"]

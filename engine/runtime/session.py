@@ -347,10 +347,7 @@ class OnnxModel:
         from engine.guards import for_version
 
         try:
-            first = self.schema.inputs[0]
-            guarded = settings.monitor.input if settings.monitor is not None and settings.monitor.input else first.name
-            dtype = next((t.dtype for t in self.schema.inputs if t.name == guarded), first.dtype)
-            guards = for_version(settings, first.name, dtype)
+            guards = for_version(settings, self.schema.inputs)
         except ValueError as exc:
             raise ModelLoadError(f"{self.label}: guards: {exc}") from None
         if guards is not None and guards.action in ("flag", "fallback"):  # fallback: the pipeline adds it

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.codec.validate import TensorSpec
 from engine.guards import INPUT_DOMAIN, for_version
 from engine.monitor.domain import reference_domain
 from engine.settings import ModelSettings
 
 FEATURES = ["f0", "f1", "f2"]
+
+
+def inputs(dtype) -> tuple[TensorSpec, ...]:
+    """The model's inputs: one, "x", of `dtype`."""
+    return (TensorSpec("x", "FP32" if dtype == np.float32 else "FP64", np.dtype(dtype), (-1, len(FEATURES))),)
 
 
 def settings(tmp_path, reference: dict[str, np.ndarray], margin: float) -> ModelSettings:
@@ -27,7 +33,7 @@ def test_the_references_own_rows_sent_as_fp32_are_inside_a_guard_with_no_margin(
     lo64 = np.array([reference["f0"].min(), reference["f1"].min()])
     assert (lo64.astype(np.float32).astype(np.float64) != lo64).all()  # the extremes are not FP32 values
     ms = settings(tmp_path, reference, margin=0.0)
-    guards = for_version(ms, "x", np.dtype(np.float32))
+    guards = for_version(ms, inputs(np.float32))
     rows = np.stack([reference[f] for f in FEATURES], axis=1).astype(np.float32)
     assert not guards.input_bits({"x": rows}).any()
     # the domain is the shared one
@@ -48,7 +54,7 @@ def test_the_references_own_rows_sent_as_fp32_are_inside_a_guard_with_no_margin(
 
 def test_a_margin_widens_the_range_by_its_share_on_each_side(tmp_path, rng):
     reference = {"f0": np.array([0.0, 10.0]), "f1": np.array([-1.0, 1.0]), "f2": np.array([1.0, 2.0])}
-    guards = for_version(settings(tmp_path, reference, margin=0.1), "x", np.dtype(np.float64))
+    guards = for_version(settings(tmp_path, reference, margin=0.1), inputs(np.float64))
     np.testing.assert_array_equal(guards.lo[:2], [-1.0, -1.2])
     np.testing.assert_array_equal(guards.hi[:2], [11.0, 1.2])
     assert guards.input_bits({"x": np.array([[10.9, 1.19, 1.0], [11.1, 0.0, 2.0]])}).tolist() == [0, INPUT_DOMAIN]
