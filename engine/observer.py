@@ -22,7 +22,7 @@ from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Receipt
 from engine.monitor.guardwatch import GuardWatch
 from engine.monitor.drift import DriftMonitor, load_reference
-from engine.monitor.events import write_evaluations, write_events
+from engine.monitor.events import EVALUATIONS_EVERY_S, write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
 from engine.monitor.quality import QualityMonitor, said as quality_said
 from engine.monitor.rule import event_line
@@ -37,7 +37,6 @@ from engine.settings import ModelSettings, RouteSettings, Settings
 
 log = logging.getLogger("scorewire")
 
-EVALUATIONS_EVERY_S = 60.0  # drift evaluations reach events_dir this late at most (and at shutdown)
 
 Key = tuple[str, str]  # (model name, version)
 

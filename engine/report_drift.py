@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from scipy import stats
 
 from engine.monitor.drift import load_reference
-from engine.observer import EVALUATIONS_EVERY_S
+from engine.monitor.events import EVALUATIONS_EVERY_S
 from engine.plotting import figure, png
 
 MAX_FEATURES = 8  # drift plots per model version: the features that raised, else the highest statistics

@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 from engine.monitor.drift import DriftEvent
 from engine.scorelog.files import write_parquet
 
+EVALUATIONS_EVERY_S = 60.0  # drift evaluations reach events_dir this late at most (and at shutdown)
+
 TIME = pa.timestamp("us", tz="UTC")  # microseconds: what Python's datetime holds (to_pylist() needs no pandas)
 SCHEMA = pa.schema([
     ("time", TIME),
