@@ -58,30 +58,23 @@ def _app(config: Path):
 
 
 async def _measure(app, data: bytes, requests: int, rounds: int) -> tuple[list[float], list[float]]:
-    from engine.ingress._pb import open_inference_grpc_pb2 as pb
+    from bench.peers.floor_server import answer, pb
     from engine.ingress.grpc import InferenceServicer
 
     for served in app.registry.all():
         served.batcher.start()
     servicer = InferenceServicer(app.front, 16)
     session = next(iter(app.registry.all())).model.sessions[0]
-    names = [o.name for o in session.get_outputs()]
-    datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+    name, names = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
 
     async def ours(n: int) -> None:
         for _ in range(n):
             held = servicer._parse_infer(data)
             (await servicer._infer(held, None)).SerializeToString()
 
-    def floor(n: int) -> None:  # bench/peers/floor_server.py's handler
+    def floor(n: int) -> None:  # bench/peers/floor_server.py's handler, as its server runs it
         for _ in range(n):
-            request = pb.ModelInferRequest.FromString(data)
-            x = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(list(request.inputs[0].shape))
-            response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-            for name, value in zip(names, session.run(names, {"float_input": x})):
-                response.outputs.add(name=name, datatype=datatypes[value.dtype], shape=value.shape)
-                response.raw_output_contents.append(value.tobytes())
-            response.SerializeToString()
+            answer(session, name, names, pb.ModelInferRequest.FromString(data)).SerializeToString()
 
     await ours(requests // 10)  # warm-up
     floor(requests // 10)

@@ -19,7 +19,6 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import orjson
-from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 
 DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float64): "FP64",
@@ -33,19 +32,27 @@ def session(path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def answer(s: ort.InferenceSession, name: str, outputs: list[str], request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """One ModelInfer, the floor's whole work: the raw input viewed, session.run, raw outputs
+    (bench/overhead_bench.py times it beside scorewire's path)."""
+    shape = list(request.inputs[0].shape)
+    x = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(shape)
+    response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    for out, value in zip(outputs, s.run(outputs, {name: x})):
+        response.outputs.add(name=out, datatype=DTYPES[value.dtype], shape=value.shape)
+        response.raw_output_contents.append(value.tobytes())
+    return response
+
+
 async def main(args) -> None:
+    from aiohttp import web
+
     s = session(args.model)
     name = s.get_inputs()[0].name
     outputs = [o.name for o in s.get_outputs()]
 
     async def infer(request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        shape = list(request.inputs[0].shape)
-        x = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(shape)
-        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-        for out, value in zip(outputs, s.run(outputs, {name: x})):
-            response.outputs.add(name=out, datatype=DTYPES[value.dtype], shape=value.shape)
-            response.raw_output_contents.append(value.tobytes())
-        return response
+        return answer(s, name, outputs, request)
 
     async def ready(request, context):
         return pb.ModelReadyResponse(ready=True)
@@ -66,9 +73,9 @@ async def main(args) -> None:
         body = orjson.loads(await request.read())
         tensor = body["inputs"][0]
         x = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
-        answer = [{"name": out, "datatype": DTYPES[value.dtype], "shape": list(value.shape),
+        tensors = [{"name": out, "datatype": DTYPES[value.dtype], "shape": list(value.shape),
                    "data": value.ravel().tolist()} for out, value in zip(outputs, s.run(outputs, {name: x}))]
-        return web.Response(body=orjson.dumps({"model_name": request.match_info["model"], "outputs": answer}),
+        return web.Response(body=orjson.dumps({"model_name": request.match_info["model"], "outputs": tensors}),
                             content_type="application/json")
 
     app = web.Application()
