@@ -113,12 +113,6 @@ def cpu_by_pid(root: int) -> dict[int, float]:
     return out
 
 
-def parse_rollup(text: str) -> dict[str, int]:
-    """smaps_rollup's "Rss:" and "Pss:" lines, in kB."""
-    m = memory_rollup.parse_rollup(text)
-    return {"rss_kb": m.get("Rss", 0) // 1024, "pss_kb": m.get("Pss", 0) // 1024}
-
-
 def memory(root: int) -> dict[str, float]:
     """RSS and PSS of the tree under `root`, summed, in MiB, and how many processes it has. RSS
     counts a shared page once per process (a tree of forks looks bigger than it is); PSS divides

@@ -19,6 +19,7 @@ from bench import proctree, wrk
 from bench.peer_servers import body, probabilities
 from bench.peers_bench import limit_of
 from bench.peers_report import markdown, summarize
+from engine.processes import memory
 
 LINE = ('WRKJSON {"requests": 5000, "duration_us": 2000000, "bytes": 1, "connect": 0, "read": 1, "write": 0, '
         '"status": 2, "timeout": 0, "p50_us": 1500, "p90_us": 2500, "p99_us": 9000, "max_us": 12000, '
@@ -42,7 +43,7 @@ def test_the_lua_long_bracket_outlasts_the_body():
 
 def test_rollup_lines_are_read_in_kb():
     text = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  2048 kB\nPss:  1024 kB\nPss_Anon: 10 kB\n"
-    assert proctree.parse_rollup(text) == {"rss_kb": 2048, "pss_kb": 1024}
+    assert memory.parse_rollup(text) == {"Rss": 2048 * 1024, "Pss": 1024 * 1024, "Pss_Anon": 10 * 1024}
 
 
 def test_the_tree_counts_a_childs_cpu_and_memory():
