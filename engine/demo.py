@@ -226,10 +226,15 @@ def _monitor_caught_up(metrics: str) -> tuple[float, dict, dict]:
     return seen, drift, windows
 
 
+def _alerting(drift: dict) -> list[str]:
+    """The features whose drift alert is raised, in feature order."""
+    return sorted((f for f, alert in drift.items() if alert), key=lambda f: int(f[1:]))
+
+
 def _drift_cleared(metrics: str) -> None:
     """After the Kafka step's rows of the training distribution: the drift alerts' state."""
     _, drift, _ = _monitor_caught_up(metrics)
-    alerting = sorted((f for f, alert in drift.items() if alert), key=lambda f: int(f[1:]))
+    alerting = _alerting(drift)
     if alerting:
         print(f"  drift: still raised on {', '.join(alerting)} after those events")
     else:
@@ -253,7 +258,7 @@ def _drift(url: str, metrics: str) -> None:
         client.infer("mlp", [inp])
     client.close()
     seen, drift, windows = _monitor_caught_up(metrics)
-    alerting = sorted((f for f, alert in drift.items() if alert), key=lambda f: int(f[1:]))
+    alerting = _alerting(drift)
     print(f"\ndrift: sent {len(x):,} rows to 'mlp' with f{DRIFTED[0]} and f{DRIFTED[1]} moved by +2; its monitor "
           f"(32 features vs the training rows, windows 1,000 and 2,000, every 250) saw {seen:,.0f} rows")
     for f in alerting:
