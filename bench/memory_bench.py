@@ -110,10 +110,13 @@ def shm_bytes(pids: list[int]) -> int:
 
 def measure(config: Config, directory: Path, requests: int, batches: int, settle_s: float,
             tree_path: str | None = None) -> dict:
-    """The server of `config` (from the checkout at `tree_path`, when given: its PYTHONPATH)."""
+    """The server of `config`, from the checkout at `tree_path` (default: this one) as its
+    PYTHONPATH. It runs in `directory`: Python puts the working folder first on a process's
+    path (the workers' too), so a server started from inside another checkout would run that
+    checkout's code whatever PYTHONPATH says."""
     path = config.write(directory / "memory.toml")
-    env = None if tree_path is None else {**os.environ, "PYTHONPATH": tree_path}
-    server = start_server(path, log_level="WARNING", env=env)
+    env = {**os.environ, "PYTHONPATH": tree_path or str(Path(__file__).resolve().parents[1])}
+    server = start_server(path, log_level="WARNING", env=env, cwd=directory)
     try:
         load(server.http_url, requests, batches, np.random.default_rng(0))
         time.sleep(settle_s)

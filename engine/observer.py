@@ -6,6 +6,10 @@ With `workers = 1` it runs inside the serving process; with several workers it r
 observer process, fed from the workers' shared-memory rings (engine/processes/observer.py).
 Either way the serving path only calls `put`, and nothing behind it can slow or fail an
 answer: full queues drop and count.
+
+The drift and quality monitors, the scoring log and the challengers are imported when a
+model first needs them: Numba (the drift kernels), pyarrow's Parquet writer and ONNX Runtime
+cost a process tens of MiB each, which a server that does not use them need not carry.
 """
 
 from __future__ import annotations
@@ -15,25 +19,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.batching.batch import ScoredBatch
 from engine.handoff.ring import Receipt
 from engine.monitor.guardwatch import GuardWatch
-from engine.monitor.drift import DriftMonitor, load_reference
 from engine.monitor.events import EVALUATIONS_EVERY_S, write_evaluations, write_events
 from engine.monitor.latency import LatencyMonitor
-from engine.monitor.quality import QualityMonitor, said as quality_said
 from engine.monitor.rule import event_line
 from engine.monitor.tap import MonitorTap
-from engine.routing.shadow import Shadow
 from engine import audit
 from engine.errors import UserFacing
 from engine.performance.join import Labels, PerformanceMonitor
-from engine.runtime.session import ModelShape, OnnxModel
-from engine.scorelog.parquet import ScoreLog
 from engine.settings import ModelSettings, RouteSettings, Settings
+
+if TYPE_CHECKING:
+    from engine.monitor.drift import DriftMonitor
+    from engine.monitor.quality import QualityMonitor
+    from engine.routing.shadow import Shadow
+    from engine.runtime.session import ModelShape, OnnxModel
+    from engine.scorelog.parquet import ScoreLog
 
 log = logging.getLogger("scorewire")
 
@@ -86,6 +93,9 @@ class Observer:
         """A loaded version: its drift monitor (if it has one), and its session for shadowing."""
         self.models[(ms.name, ms.version)] = model
         if ms.monitor is not None:
+            from engine.monitor.drift import DriftMonitor, load_reference
+            from engine.monitor.quality import QualityMonitor
+
             reference = load_reference(ms.monitor.reference)
             monitor = DriftMonitor(model.label, ms.monitor, model.schema, reference)
             monitor.warm_up()
@@ -131,6 +141,8 @@ class Observer:
 
     def open_scorelog(self) -> None:
         if self.settings.scorelog is not None:
+            from engine.scorelog.parquet import ScoreLog
+
             self.scorelog = ScoreLog(self.settings.scorelog, self.feature_names())
             self.scorelog.run = self.run
             self._announce(f"scoring log in {self.settings.scorelog.dir}")
@@ -150,6 +162,8 @@ class Observer:
         """Start the challengers of `routes` (those loaded); returns the running ones no longer
         used, for the caller to close once the new ones are in place. A challenger that did
         not change keeps running."""
+        from engine.routing.shadow import Shadow
+
         current = {(sh.name, champion[1], sh.version): sh for champion, group in self.shadows.items() for sh in group}
         shadows, retired = {}, []
         for rs in routes:
@@ -241,6 +255,8 @@ class Observer:
             monitor = self.drift.get((model, version))
             if monitor is None:
                 continue
+            from engine.monitor.quality import said as quality_said  # loaded with the first drift monitor
+
             if len(group) == 1:
                 inputs, outputs = group[0].inputs, group[0].outputs
             else:  # only the tensors the monitor reads

@@ -4,18 +4,56 @@ no module calls numba.njit itself).
 cache=True writes compiled code next to the sources (__pycache__), so only the first run
 on a machine pays compilation; nogil=True lets callers run kernels on threads. fastmath
 stays off: the statistics must equal SciPy's to 1e-12, and NaN handling must be exact.
+
+Numba is imported when a kernel is first called, not when its module is imported: Numba and
+its LLVM cost a process ~60 MiB on import and ~130 MiB once kernels run, and a process that
+imports a module with a kernel (the label join's id table, the drift rule) without running
+one (no label join, no drift monitor configured) need not carry them. On the first call of
+any kernel, every kernel of every loaded `kernels` module becomes Numba's dispatcher in its
+module, so compiled code that calls another kernel finds a dispatcher where it looks.
 """
 
 from __future__ import annotations
 
-import numba
+import functools
+import sys
 
 OPTIONS = {"cache": True, "nogil": True, "fastmath": False}
 
 
+class Kernel:
+    """A kernel not yet compiled: calls go to its Numba dispatcher, made on the first."""
+
+    def __init__(self, function, options: dict):
+        functools.update_wrapper(self, function)
+        self.function, self.options = function, options
+        self.dispatcher = None
+
+    def __call__(self, *args, **kwargs):
+        if self.dispatcher is None:
+            _materialize()
+        return self.dispatcher(*args, **kwargs)
+
+    def compile(self):
+        if self.dispatcher is None:
+            import numba
+
+            self.dispatcher = numba.njit(**self.options)(self.function)
+        return self.dispatcher
+
+
+def _materialize() -> None:
+    for name, module in list(sys.modules.items()):
+        if name == "kernels" or name.startswith("kernels."):
+            for attribute, value in list(vars(module).items()):
+                if isinstance(value, Kernel):
+                    setattr(module, attribute, value.compile())
+
+
 def jit(function=None, **overrides):
-    """numba.njit with the project's options (overrides only where a kernel documents why)."""
+    """numba.njit with the project's options (overrides only where a kernel documents why),
+    compiled on first call."""
     options = {**OPTIONS, **overrides}
     if function is None:
-        return lambda f: numba.njit(**options)(f)
-    return numba.njit(**options)(function)
+        return lambda f: Kernel(f, options)
+    return Kernel(function, options)

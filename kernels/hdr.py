@@ -1,4 +1,9 @@
-"""HdrHistogram: HdrHistogram's fixed bucket layout, recording whole arrays in one jitted call.
+"""HdrHistogram: HdrHistogram's fixed bucket layout, recording whole arrays with numpy.
+
+Not a Numba kernel: every server records its latencies here, and a process that loads Numba
+pays ~60 MiB for it and its LLVM (~130 MiB once kernels run), which a server that does not
+monitor drift need not carry. Short arrays (a batch of one request) are recorded with
+Python's ints, longer ones with a few numpy calls per array.
 
 Layout, percentile, mean, min/max and the V2 compressed encoding are HdrHistogram's (as the
 `hdrhistogram` package implements them), so histograms interoperate both ways:
@@ -17,179 +22,109 @@ import zlib
 
 import numpy as np
 
-from kernels._jit import jit
 
 V2_ENCODING_COOKIE = 0x1C849303 | 0x10
 V2_COMPRESSION_COOKIE = 0x1C849304 | 0x10
 _PAYLOAD_HEADER = struct.Struct(">IIIIqqd")  # cookie, payload_len, normalizing offset, sigfigs, lowest, highest, ratio
 _EXTERNAL_HEADER = struct.Struct(">II")  # cookie, length of the zlib part
 
-# state slots
-TOTAL, MIN, MAX, OUT_OF_RANGE = 0, 1, 2, 3
 _NO_MIN = np.iinfo(np.int64).max
+_FEW = 8  # up to this many values, record in Python (a latency batch is often one request)
+_CORRECTED_CHUNK = 1 << 20  # corrected values made at once
 
 
-@jit
-def _bit_length(v):
-    if v <= 0:
-        return 0
-    e = math.frexp(float(v))[1]
-    # float(v) may round up to the next power of two for large v: correct it
-    if e > 0 and (np.int64(1) << np.int64(e - 1)) > v:
-        e -= 1
-    elif e < 63 and (np.int64(1) << np.int64(e)) <= v:
-        e += 1
-    return e
+def _bit_length(v: np.ndarray) -> np.ndarray:
+    """int.bit_length of each positive int64. float64(v) rounds monotonically, so its exponent
+    is the bit length or one more (when v rounds up to the next power of two)."""
+    e = np.minimum(np.frexp(v.astype(np.float64))[1].astype(np.int64), 63)
+    return e - ((np.int64(1) << (e - 1)) > v)
 
 
-@jit
-def _index_of(value, unit_magnitude, sub_bucket_half_count_magnitude, sub_bucket_half_count, sub_bucket_mask):
-    bucket_index = _bit_length(value | sub_bucket_mask) - unit_magnitude - (sub_bucket_half_count_magnitude + 1)
-    sub_bucket_index = value >> (bucket_index + unit_magnitude)
-    return ((bucket_index + 1) << sub_bucket_half_count_magnitude) + (sub_bucket_index - sub_bucket_half_count)
+def _index_of(values: np.ndarray, unit_magnitude, half_mag, half_count, mask) -> np.ndarray:
+    bucket_index = _bit_length(values | mask) - unit_magnitude - (half_mag + 1)
+    sub_bucket_index = values >> (bucket_index + unit_magnitude)
+    return ((bucket_index + 1) << half_mag) + (sub_bucket_index - half_count)
 
 
-@jit
-def _record(counts, state, values, unit_magnitude, half_mag, half_count, mask, expected_interval):
-    n = counts.shape[0]
-    for i in range(values.shape[0]):
-        value = values[i]
-        while True:
-            if value < 0:
-                state[OUT_OF_RANGE] += 1
-                break
-            index = _index_of(value, unit_magnitude, half_mag, half_count, mask)
-            if index < 0 or index >= n:
-                state[OUT_OF_RANGE] += 1
-                break
-            counts[index] += 1
-            state[TOTAL] += 1
-            if value < state[MIN]:
-                state[MIN] = value
-            if value > state[MAX]:
-                state[MAX] = value
-            # coordinated-omission correction: also record the samples that a stalled
-            # measurement loop would have taken every expected_interval
-            if expected_interval <= 0 or value <= expected_interval:
-                break
-            value -= expected_interval
-
-
-@jit
-def _value_from_index(index, unit_magnitude, half_mag, half_count):
+def _value_from_index(index: np.ndarray, unit_magnitude, half_mag, half_count) -> np.ndarray:
     bucket_index = (index >> half_mag) - 1
     sub_bucket_index = (index & (half_count - 1)) + half_count
-    if bucket_index < 0:
-        sub_bucket_index -= half_count
-        bucket_index = 0
+    first = bucket_index < 0
+    sub_bucket_index = np.where(first, sub_bucket_index - half_count, sub_bucket_index)
+    bucket_index = np.maximum(bucket_index, 0)
     return sub_bucket_index << (bucket_index + unit_magnitude)
 
 
-@jit
-def _range_size(value, unit_magnitude, half_mag, sub_bucket_count, mask):
-    bucket_index = _bit_length(value | mask) - unit_magnitude - (half_mag + 1)
-    sub_bucket_index = value >> (bucket_index + unit_magnitude)
-    if sub_bucket_index >= sub_bucket_count:
-        bucket_index += 1
+def _lowest_equivalent(values: np.ndarray, unit_magnitude, half_mag, mask) -> np.ndarray:
+    shift = _bit_length(values | mask) - (half_mag + 1)  # bucket index + unit magnitude
+    return (values >> shift) << shift
+
+
+def _range_size(values: np.ndarray, unit_magnitude, half_mag, sub_bucket_count, mask) -> np.ndarray:
+    bucket_index = _bit_length(values | mask) - unit_magnitude - (half_mag + 1)
+    sub_bucket_index = values >> (bucket_index + unit_magnitude)
+    bucket_index = bucket_index + (sub_bucket_index >= sub_bucket_count)
     return np.int64(1) << (unit_magnitude + bucket_index)
 
 
-@jit
-def _lowest_equivalent(value, unit_magnitude, half_mag, mask):
-    bucket_index = _bit_length(value | mask) - unit_magnitude - (half_mag + 1)
-    sub_bucket_index = value >> (bucket_index + unit_magnitude)
-    return sub_bucket_index << (bucket_index + unit_magnitude)
+_BOUNDS: dict[tuple, tuple[np.ndarray, int | None]] = {}  # per layout, shared by its histograms
 
 
-@jit
-def _percentiles(counts, targets, unit_magnitude, half_mag, half_count, sub_bucket_count, mask, want_lowest, out):
-    """One pass over the counts for ascending target counts; out[i] gets the value."""
-    total = 0
-    t = 0
-    n_targets = targets.shape[0]
-    for index in range(counts.shape[0]):
-        total += counts[index]
-        while t < n_targets and total >= targets[t]:
-            value = _value_from_index(index, unit_magnitude, half_mag, half_count)
-            if want_lowest[t]:
-                out[t] = _lowest_equivalent(value, unit_magnitude, half_mag, mask)
-            else:
-                out[t] = _lowest_equivalent(value, unit_magnitude, half_mag, mask) + _range_size(
-                    value, unit_magnitude, half_mag, sub_bucket_count, mask) - 1
-            t += 1
-        if t == n_targets:
-            return
+def _bounds(layout: tuple, unit_magnitude, half_mag, half_count) -> tuple[np.ndarray, int | None]:
+    """Each counter's lowest value (ascending: a value's counter is found by searchsorted),
+    and the first value beyond the last counter (None: every int64 value >= 0 has one)."""
+    bounds = _BOUNDS.get(layout)
+    if bounds is None:
+        n = layout[-1]
+        lower = _value_from_index(np.arange(n, dtype=np.int64), unit_magnitude, half_mag, half_count)
+        bucket_index = max((n >> half_mag) - 1, 0)  # the counter after the last, in Python's ints
+        beyond = ((n & (half_count - 1)) + half_count) << (bucket_index + unit_magnitude)
+        bounds = _BOUNDS[layout] = (lower, beyond if beyond <= np.iinfo(np.int64).max else None)
+    return bounds
 
 
-@jit
-def _mean(counts, unit_magnitude, half_mag, half_count, sub_bucket_count, mask):
-    total = 0.0
-    n = 0
-    for index in range(counts.shape[0]):
-        c = counts[index]
-        if c:
-            value = _value_from_index(index, unit_magnitude, half_mag, half_count)
-            median = _lowest_equivalent(value, unit_magnitude, half_mag, mask) + (
-                _range_size(value, unit_magnitude, half_mag, sub_bucket_count, mask) >> 1)
-            total += c * float(median)
-            n += c
-    return total / n if n else 0.0
+def _zigzag_leb128(counts: np.ndarray, limit: int) -> bytes:
+    """HdrHistogram V2 counts encoding of counts[:limit]: ZigZag LEB128 varints (9 bytes at
+    most, the ninth taking 8 bits), a run of k > 1 zero counts written as -k, a lone zero as 0."""
+    head = counts[:limit]
+    nonzero = np.flatnonzero(head)
+    gaps = np.diff(nonzero, prepend=-1) - 1  # zero counts before each non-zero one
+    trailing = limit - (int(nonzero[-1]) + 1 if len(nonzero) else 0)
+    tokens = np.empty(len(nonzero) + int(np.count_nonzero(gaps)) + (trailing > 0), dtype=np.int64)
+    if trailing:
+        tokens[-1] = 0 if trailing == 1 else -trailing
+    at = np.arange(len(nonzero)) + np.cumsum(gaps > 0)  # where each count goes
+    tokens[at] = head[nonzero]
+    gap_at = at[gaps > 0] - 1
+    gap = gaps[gaps > 0]
+    tokens[gap_at] = np.where(gap == 1, 0, -gap)
+    v = ((tokens << 1) ^ (tokens >> 63)).view(np.uint64)
+    shifted = v[:, None] >> (np.arange(9, dtype=np.uint64) * np.uint64(7))  # [token, byte]
+    length = 1 + (shifted[:, :8] >= 128).sum(axis=1)  # the first byte < 128 ends it, or the ninth
+    data = np.where(np.arange(9) < (length - 1)[:, None], (shifted & np.uint64(0x7F)) | np.uint64(0x80),
+                    shifted & np.uint64(0xFF)).astype(np.uint8)
+    return data[np.arange(9) < length[:, None]].tobytes()
 
 
-@jit
-def _zigzag_leb128(counts, limit, out):
-    """HdrHistogram V2 counts encoding: ZigZag LEB128 varints (9 bytes at most), a run of
-    k > 1 zero counts written as -k. Returns the number of bytes written."""
-    pos = 0
-    i = 0
-    while i < limit:
-        count = counts[i]
-        i += 1
-        if count == 0:
-            zeros = 1
-            while i < limit and counts[i] == 0:
-                zeros += 1
-                i += 1
-            if zeros > 1:
-                count = -zeros
-        v = np.uint64((count << 1) ^ (count >> 63))
-        for _ in range(8):
-            if v < 128:
-                break
-            out[pos] = np.uint8((v & np.uint64(0x7F)) | np.uint64(0x80))
-            pos += 1
-            v >>= np.uint64(7)
-        out[pos] = np.uint8(v & np.uint64(0xFF))
-        pos += 1
-    return pos
-
-
-@jit
-def _unzigzag_leb128(data, counts):
+def _unzigzag_leb128(data: bytes, counts: np.ndarray) -> tuple[int, int, int]:
     """Decode V2 varints into counts; returns (total, min index, max index) or raises."""
-    pos = 0
-    index = 0
-    n = counts.shape[0]
-    total = 0
-    lo = -1
-    hi = -1
-    end = data.shape[0]
+    pos, index, total, lo, hi = 0, 0, 0, -1, -1
+    n, end = counts.shape[0], len(data)
     while pos < end:
-        v = np.uint64(0)
-        shift = np.uint64(0)
+        v, shift = 0, 0
         for k in range(9):
             if pos >= end:
                 raise ValueError("truncated varint in the HdrHistogram payload")
-            b = np.uint64(data[pos])
+            b = data[pos]
             pos += 1
             if k == 8:
                 v |= b << shift
                 break
-            v |= (b & np.uint64(0x7F)) << shift
+            v |= (b & 0x7F) << shift
             if b < 128:
                 break
-            shift += np.uint64(7)
-        count = np.int64(v >> np.uint64(1)) ^ -np.int64(v & np.uint64(1))
+            shift += 7
+        count = (v >> 1) ^ -(v & 1)
         if count < 0:
             index += -count
         else:
@@ -238,7 +173,8 @@ class HdrHistogram:
             buckets += 1
         self.bucket_count = buckets
         self.counts = np.zeros((buckets + 1) * self.half_count, dtype=np.int64)
-        self._state = np.array([0, _NO_MIN, 0, 0], dtype=np.int64)
+        self._total, self._min, self._max, self._out_of_range = 0, _NO_MIN, 0, 0
+        self._lower, self._beyond = _bounds(self._layout(), self.unit_magnitude, self.half_magnitude, self.half_count)
 
     # -- recording -------------------------------------------------------------------------
     def _values(self, values) -> np.ndarray:
@@ -257,9 +193,8 @@ class HdrHistogram:
         return np.ascontiguousarray(array, dtype=np.int64)
 
     def record_values(self, values) -> None:
-        """Record every value of an integer array (one jitted call)."""
-        _record(self.counts, self._state, self._values(values), self.unit_magnitude, self.half_magnitude,
-                self.half_count, self.mask, 0)
+        """Record every value of an integer array."""
+        self._record(self._values(values))
 
     def record_corrected_values(self, values, expected_interval: int) -> None:
         """Record values measured by a loop expected to take one sample every
@@ -267,8 +202,71 @@ class HdrHistogram:
         (HdrHistogram's coordinated-omission correction)."""
         if expected_interval < 0:
             raise ValueError("expected_interval must be >= 0")
-        _record(self.counts, self._state, self._values(values), self.unit_magnitude, self.half_magnitude,
-                self.half_count, self.mask, int(expected_interval))
+        values, interval = self._values(values), int(expected_interval)
+        if interval == 0:
+            self._record(values)
+            return
+        index = _index_of(np.maximum(values, 0), self.unit_magnitude, self.half_magnitude, self.half_count, self.mask)
+        kept = (values >= 0) & (index < len(self.counts))
+        self._out_of_range += len(values) - int(np.count_nonzero(kept))  # once per value, as HdrHistogram
+        values = values[kept]
+        # v > interval: v, v - interval, ... down to the last positive one, ceil(v / interval) values
+        reps = np.where(values > interval, -(-values // interval), 1)
+        ends = np.cumsum(reps)
+        start = 0
+        while start < len(values):
+            base = int(ends[start - 1]) if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + _CORRECTED_CHUNK, side="right")))
+            if reps[start] > _CORRECTED_CHUNK:  # one value too far above the interval for one array
+                step = interval * _CORRECTED_CHUNK
+                for top in range(int(values[start]), 0, -step):
+                    self._record(np.arange(top, max(top - step, 0), -interval, dtype=np.int64))
+                start += 1
+                continue
+            r = reps[start:stop]
+            offsets = np.arange(int(r.sum()), dtype=np.int64) - np.repeat(ends[start:stop] - r - base, r)
+            self._record(np.repeat(values[start:stop], r) - interval * offsets)
+            start = stop
+
+    def _record(self, values: np.ndarray) -> None:
+        counts, n = self.counts, len(self.counts)
+        if len(values) <= _FEW:  # Python's ints: less per call than a few numpy calls
+            mask, unit, half_mag, half_count = self.mask, self.unit_magnitude, self.half_magnitude, self.half_count
+            for v in values.tolist():
+                if v < 0:
+                    self._out_of_range += 1
+                    continue
+                bucket = (v | mask).bit_length() - unit - (half_mag + 1)
+                index = ((bucket + 1) << half_mag) + ((v >> (bucket + unit)) - half_count)
+                if index >= n:
+                    self._out_of_range += 1
+                    continue
+                counts[index] += 1
+                self._total += 1
+                if v < self._min:
+                    self._min = v
+                if v > self._max:
+                    self._max = v
+            return
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or (self._beyond is not None and hi >= self._beyond):
+            kept = values >= 0
+            if self._beyond is not None:
+                kept &= values < self._beyond
+            recorded = int(np.count_nonzero(kept))
+            self._out_of_range += len(values) - recorded
+            if recorded == 0:
+                return
+            values = values[kept]
+            lo, hi = int(values.min()), int(values.max())
+        recorded = len(values)
+        index = np.searchsorted(self._lower, values, side="right") - 1  # the bucket's lowest value <= v
+        if recorded > n // 8:
+            counts += np.bincount(index, minlength=n)
+        else:
+            np.add.at(counts, index, 1)
+        self._total += recorded
+        self._min, self._max = min(self._min, lo), max(self._max, hi)
 
     def _layout(self) -> tuple:
         return (self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, len(self.counts))
@@ -277,39 +275,42 @@ class HdrHistogram:
         """Add another histogram's counts into this one."""
         if other._layout() == self._layout():
             self.counts += other.counts
-            self._state[TOTAL] += other._state[TOTAL]
-            self._state[MIN] = min(self._state[MIN], other._state[MIN])
-            self._state[MAX] = max(self._state[MAX], other._state[MAX])
-            self._state[OUT_OF_RANGE] += other._state[OUT_OF_RANGE]
+            self._total += other._total
+            self._min = min(self._min, other._min)
+            self._max = max(self._max, other._max)
+            self._out_of_range += other._out_of_range
             return
         nonzero = np.flatnonzero(other.counts)
-        values = np.array([other._value_from_index(i) for i in nonzero], dtype=np.int64)
+        values = _value_from_index(nonzero, other.unit_magnitude, other.half_magnitude, other.half_count)
         self.record_values(np.repeat(values, other.counts[nonzero]))
-        self._state[OUT_OF_RANGE] += other._state[OUT_OF_RANGE]
+        self._out_of_range += other._out_of_range
 
     def reset(self) -> None:
         self.counts[:] = 0
-        self._state[:] = (0, _NO_MIN, 0, 0)
+        self._total, self._min, self._max, self._out_of_range = 0, _NO_MIN, 0, 0
 
     # -- queries ---------------------------------------------------------------------------
     @property
     def total_count(self) -> int:
-        return int(self._state[TOTAL])
+        return self._total
 
     @property
     def out_of_range(self) -> int:
         """Values not recorded because they were negative or beyond the last bucket."""
-        return int(self._state[OUT_OF_RANGE])
+        return self._out_of_range
 
     def _value_from_index(self, index: int) -> int:
-        return int(_value_from_index(index, self.unit_magnitude, self.half_magnitude, self.half_count))
+        return int(_value_from_index(np.int64(index), self.unit_magnitude, self.half_magnitude, self.half_count))
 
     def lowest_equivalent(self, value: int) -> int:
-        return int(_lowest_equivalent(int(value), self.unit_magnitude, self.half_magnitude, self.mask))
+        return int(_lowest_equivalent(np.int64(value), self.unit_magnitude, self.half_magnitude, self.mask))
+
+    def _highest_equivalent(self, values: np.ndarray) -> np.ndarray:
+        return _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask) + (_range_size(
+            values, self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask) - 1)
 
     def highest_equivalent(self, value: int) -> int:
-        return self.lowest_equivalent(value) + int(
-            _range_size(int(value), self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask)) - 1
+        return int(self._highest_equivalent(np.int64(value)))
 
     def percentiles(self, percentiles) -> np.ndarray:
         """Values at several percentiles (0-100) in one pass, in the order asked. As in
@@ -323,41 +324,45 @@ class HdrHistogram:
             return out
         # target count per percentile, exactly as HdrHistogram computes it
         targets = np.array([max(int((min(x, 100.0) * total / 100) + 0.5), 1) for x in p], dtype=np.int64)
-        order = np.argsort(targets, kind="stable")
-        sorted_out = np.zeros_like(out)
-        _percentiles(self.counts, targets[order], self.unit_magnitude, self.half_magnitude, self.half_count,
-                     self.sub_bucket_count, self.mask, (p[order] == 0), sorted_out)
-        out[order] = sorted_out
-        return out
+        # the first bucket whose running count reaches each target
+        index = np.searchsorted(np.cumsum(self.counts), targets, side="left")
+        values = _value_from_index(index, self.unit_magnitude, self.half_magnitude, self.half_count)
+        return np.where(p == 0, _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask),
+                        self._highest_equivalent(values))
 
     def value_at_percentile(self, percentile: float) -> int:
         return int(self.percentiles([percentile])[0])
 
     def mean(self) -> float:
         """Mean of the bucket midpoints, weighted by count (HdrHistogram's definition)."""
-        return float(_mean(self.counts, self.unit_magnitude, self.half_magnitude, self.half_count,
-                           self.sub_bucket_count, self.mask))
+        nonzero = np.flatnonzero(self.counts)
+        if len(nonzero) == 0:
+            return 0.0
+        values = _value_from_index(nonzero, self.unit_magnitude, self.half_magnitude, self.half_count)
+        medians = _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask) + (
+            _range_size(values, self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask) >> 1)
+        counts = self.counts[nonzero]
+        return float(np.dot(counts.astype(np.float64), medians.astype(np.float64)) / counts.sum())
 
     def max(self) -> int:
-        return 0 if self._state[MAX] == 0 else self.highest_equivalent(int(self._state[MAX]))
+        return 0 if self._max == 0 else self.highest_equivalent(self._max)
 
     def min(self) -> int:
         if self.total_count == 0 or self.counts[0] > 0:
             return 0
-        return self.lowest_equivalent(int(self._state[MIN]))
+        return self.lowest_equivalent(self._min)
 
     # -- encoding --------------------------------------------------------------------------
     def encode(self) -> bytes:
         """HdrHistogram's V2 compressed encoding, base64-wrapped (as `hdrh` encode())."""
         limit = 0
         if self.total_count:
-            limit = int(_index_of(int(self._state[MAX]), self.unit_magnitude, self.half_magnitude,
+            limit = int(_index_of(np.int64(self._max), self.unit_magnitude, self.half_magnitude,
                                   self.half_count, self.mask)) + 1
-        buffer = np.empty(limit * 9 + 9, dtype=np.uint8)
-        used = _zigzag_leb128(self.counts, limit, buffer)
-        header = _PAYLOAD_HEADER.pack(V2_ENCODING_COOKIE, used, 0, self.significant_figures,
+        payload = _zigzag_leb128(self.counts, limit)
+        header = _PAYLOAD_HEADER.pack(V2_ENCODING_COOKIE, len(payload), 0, self.significant_figures,
                                       self.lowest, self.highest, 1.0)
-        compressed = zlib.compress(header + buffer[:used].tobytes())
+        compressed = zlib.compress(header + payload)
         return base64.b64encode(_EXTERNAL_HEADER.pack(V2_COMPRESSION_COOKIE, len(compressed)) + compressed)
 
     @classmethod
@@ -380,13 +385,15 @@ class HdrHistogram:
         if offset != 0:
             raise ValueError("HdrHistogram payloads with a normalizing index offset are not supported")
         histogram = cls(lowest, highest, sigfigs)
-        data = np.frombuffer(payload, dtype=np.uint8, count=used, offset=_PAYLOAD_HEADER.size)
+        data = payload[_PAYLOAD_HEADER.size:_PAYLOAD_HEADER.size + used]
+        if len(data) < used:
+            raise ValueError("HdrHistogram payload is shorter than its header says")
         total, lo, hi = _unzigzag_leb128(data, histogram.counts)
         if total:
-            histogram._state[TOTAL] = total
-            histogram._state[MIN] = histogram._value_from_index(lo)
+            histogram._total = total
+            histogram._min = histogram._value_from_index(lo)
             # The encoding keeps counts per bucket only: like the reference decoder, take the
             # top of the highest non-empty bucket (a histogram of only 0s in a bucket wider
             # than 1 decodes with that bucket's top as its max).
-            histogram._state[MAX] = histogram.highest_equivalent(histogram._value_from_index(hi))
+            histogram._max = histogram.highest_equivalent(histogram._value_from_index(hi))
         return histogram

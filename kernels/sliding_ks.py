@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba.typed import List
 
 from kernels._jit import jit
 from kernels.ks import MAX_EXACT_N, _clean, pvalue_block
@@ -261,6 +260,8 @@ class KSColumns:
         if len({k.windows for k in kernels}) != 1:
             raise ValueError(f"KSColumns needs the same window sizes in every column, got "
                              f"{sorted({k.windows for k in kernels})}")
+        from numba.typed import List  # Numba on first use (_jit.py)
+
         self.kernels = list(kernels)
         self.windows = kernels[0].windows
         self._lists = tuple(List([getattr(k, name) for k in kernels])

@@ -66,9 +66,11 @@ class Server:
 
 
 def start_server(config: Path, *, log_level: str = "INFO", timeout_s: float = 120.0,
-                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Server:
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> Server:
     """Start `scorewire serve --config CONFIG` (run by `wrapper`, a command that execs its
-    arguments, when given; stderr is this process's) and return it once it is ready.
+    arguments, when given; stderr is this process's; in `cwd`, else this one's) and return it
+    once it is ready.
     RuntimeError when it exits first or is not ready within `timeout_s` (then it is killed)."""
     config = Path(config)
     folder = Path(tempfile.mkdtemp(prefix="scorewire-ready-"))
@@ -76,7 +78,8 @@ def start_server(config: Path, *, log_level: str = "INFO", timeout_s: float = 12
     proc = subprocess.Popen(
         [*wrapper, sys.executable, "-m", "engine.cli", "--log-level", log_level, "serve", "--config", str(config),
          "--ready-file", str(ready_file)],
-        stdout=subprocess.PIPE, text=True, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, text=True, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        cwd=cwd)
     try:
         ready, startup = _wait_ready(proc, ready_file, timeout_s)
     except BaseException:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.monitor.drift import DriftEvent
+from engine.monitor.rule import DriftEvent
 from engine.scorelog.files import write_parquet
 
 EVALUATIONS_EVERY_S = 60.0  # drift evaluations reach events_dir this late at most (and at shutdown)

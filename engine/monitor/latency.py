@@ -21,14 +21,16 @@ _DURATION_EDGES_US = np.array([b * 1e6 for b in DURATION_BUCKETS_S])
 
 
 class LatencyMonitor:
-    """Since start, and recent: each key also has two half-window histograms, the current one
-    and the one before; every RECENT_S / 2 the older is cleared and becomes the current. The
-    recent percentiles (both together) are what a load test reads level by level."""
+    """Recent, and since start. Each key has its past and two half-window histograms, the one
+    before and the current; every RECENT_S / 2 the one before joins the past, the current
+    becomes the one before and a new one the current. The recent percentiles (both halves) are
+    what a load test reads level by level; since start is all three. A batch's values are
+    recorded once, into the current half, on the monitor thread; readers (the metrics side)
+    take a key's three parts in one read, so a rotation never counts a value twice."""
 
     def __init__(self, recent_s: float = RECENT_S) -> None:
-        self._histograms: dict[tuple[str, str, str, str], HdrHistogram] = {}
+        self._parts: dict[tuple[str, str, str, str], tuple[HdrHistogram, HdrHistogram, HdrHistogram]] = {}
         self.recent_s = recent_s
-        self._recent: dict[tuple[str, str, str, str], list[HdrHistogram]] = {}  # [older, current]
         self._rotated = time.monotonic()
         # per (model, version): batches by size, power-of-two buckets
         self.batch_rows: dict[tuple[str, str], np.ndarray] = {}
@@ -38,30 +40,26 @@ class LatencyMonitor:
         self.durations_sum_us: dict[tuple[str, str, str], int] = {}
 
     def histogram(self, model: str, version: str, role: str, stage: str) -> HdrHistogram:
-        key = (model, version, role, stage)
-        h = self._histograms.get(key)
-        if h is None:
-            h = self._histograms[key] = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
-        return h
+        """Everything recorded for a key since start (a new histogram)."""
+        return _merged(self._parts.get((model, version, role, stage), ()))
 
     @staticmethod
     def warm_up() -> None:
-        """Load the histogram kernels (Numba's cache) now rather than on the first scored batch."""
-        h = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+        """Run the histograms' paths once now rather than on the first scored batch."""
+        h = _histogram()
         h.record_values(np.array([1, 10, 100], dtype=np.int64))
+        h.record_values(np.arange(1, 100, dtype=np.int64))
         h.percentiles(np.array([50.0]))
         h.mean()
 
     def record(self, model: str, version: str, role: str, stage: str, microseconds: np.ndarray) -> None:
         """On the monitor thread (the only writer)."""
         key = (model, version, role, stage)
-        self.histogram(*key).record_values(microseconds)
         self._rotate()
-        pair = self._recent.get(key)
-        if pair is None:
-            pair = self._recent[key] = [HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES),
-                                        HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)]
-        pair[1].record_values(microseconds)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._parts[key] = (_histogram(), _histogram(), _histogram())
+        parts[2].record_values(microseconds)
 
     def record_durations(self, model: str, version: str, role: str, total_us: np.ndarray) -> None:
         """Each request's total time into the duration histogram (on the monitor thread)."""
@@ -79,11 +77,9 @@ class LatencyMonitor:
         if now - self._rotated < half:
             return
         idle = now - self._rotated >= self.recent_s  # nothing recorded for a whole window: both are old
-        for pair in self._recent.values():
-            pair[0].reset()
-            if idle:
-                pair[1].reset()
-            pair[0], pair[1] = pair[1], pair[0]
+        for key, (past, before, current) in list(self._parts.items()):
+            self._parts[key] = ((_merged((past, before, current)), _histogram(), _histogram()) if idle
+                                else (_merged((past, before)), current, _histogram()))
         self._rotated = now
 
     def recent(self) -> list[tuple[tuple[str, str, str, str], np.ndarray]]:
@@ -93,10 +89,8 @@ class LatencyMonitor:
         if time.monotonic() - self._rotated >= self.recent_s:  # nothing recorded since: nothing recent
             return []
         out = []
-        for key, (older, current) in sorted(self._recent.items()):
-            merged = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
-            merged.merge(older)
-            merged.merge(current)
+        for key, (_, before, current) in sorted(self._parts.items()):
+            merged = _merged((before, current))
             if merged.total_count:
                 out.append((key, merged.percentiles(np.array([q * 100 for q in QUANTILES]))))
         return out
@@ -109,5 +103,17 @@ class LatencyMonitor:
         counts[min(int(rows - 1).bit_length(), 31)] += 1  # bucket b holds sizes (2^(b-1), 2^b]
         self.batch_rows_sum[key] = self.batch_rows_sum.get(key, 0) + int(rows)
 
-    def items(self):
-        return sorted(self._histograms.items())
+    def items(self) -> list[tuple[tuple[str, str, str, str], HdrHistogram]]:
+        """(key, its histogram since start) for every key, sorted."""
+        return [(key, _merged(parts)) for key, parts in sorted(self._parts.items())]
+
+
+def _histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+
+
+def _merged(parts) -> HdrHistogram:
+    merged = _histogram()
+    for part in parts:
+        merged.merge(part)
+    return merged

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.pvalues import chi2_sf
 
 
 @dataclass
@@ -146,6 +145,8 @@ def effect_h(min_effect: float, window: int, m: int) -> int:
 def chi2_critical(level: float, df: int) -> float:
     """The smallest chi-squared statistic with p-value <= level (df degrees of freedom), by
     bisection on the survival function (to float precision)."""
+    from kernels.pvalues import chi2_sf  # Numba: loaded by a drift monitor, not by every importer of its rule
+
     lo, hi = 0.0, 1.0
     while chi2_sf(hi, df) > level:
         lo, hi = hi, hi * 2

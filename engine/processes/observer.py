@@ -41,7 +41,6 @@ from engine.processes.control import RESTARTS, UP, Control
 from engine.processes.messages import Kind, Message
 from engine.processes.specs import ObserverSpec
 from engine.rollout import state as rollout_state
-from engine.runtime.session import ModelShape
 from engine.settings import Settings
 
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')  # name="value" in a sample's labels
@@ -141,6 +140,8 @@ class Watch:
         return {(m.name, m.version): m for m in settings.models if m.monitor is not None}
 
     def _load(self, ms) -> None:
+        from engine.runtime.session import ModelShape  # ONNX Runtime: only where a version is monitored
+
         self.observer.add_model(ms, ModelShape(ms))
 
     def _forwarding(self) -> None:

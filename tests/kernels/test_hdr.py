@@ -112,3 +112,36 @@ def test_bad_calls_say_how_to_fix():
         h.percentiles([np.nan])
     with pytest.raises(ValueError, match="cookie"):
         HdrHistogram.decode(__import__("base64").b64encode(b"\0" * 16))
+
+
+@given(layouts, st.lists(st.one_of(st.integers(-5, 2**45), st.integers(2**62 - 5, 2**63 - 1)), min_size=1, max_size=60))
+@settings(max_examples=80, deadline=None)
+def test_one_at_a_time_equals_all_at_once(layout, vals):
+    """Short arrays are recorded with Python's ints, long ones with numpy: the same counts,
+    extremes and out-of-range counts either way, up to 2**63 - 1."""
+    one, whole = HdrHistogram(*layout), HdrHistogram(*layout)
+    for _ in range(17):
+        for v in vals:
+            one.record_values(np.array([v], dtype=np.int64))
+    whole.record_values(np.array(vals * 17, dtype=np.int64))  # > 16 values: numpy's path
+    assert np.array_equal(one.counts, whole.counts)
+    assert (one.total_count, one.out_of_range, one.min(), one.max()) == (
+        whole.total_count, whole.out_of_range, whole.min(), whole.max())
+
+
+def test_correction_far_above_the_interval_is_made_in_pieces(monkeypatch):
+    """A value far above the interval makes more corrected values than one array holds: they
+    are recorded piece by piece, the same as the reference's one by one."""
+    import kernels.hdr
+
+    monkeypatch.setattr(kernels.hdr, "_CORRECTED_CHUNK", 64)
+    vals = [5, 10_000, 0, 3, 999_999, 20, 10**12]  # 10**12: beyond the layout, counted once
+    ours, ref = HdrHistogram(1, 10**9, 3), Reference(1, 10**9, 3)
+    ours.record_corrected_values(np.array(vals, dtype=np.int64), 7)
+    for v in vals:
+        ref.record_corrected_value(v, 7)
+    assert ours.total_count == ref.get_total_count() == 1 + 1429 + 1 + 1 + 142_857 + 3
+    assert ours.out_of_range == 1
+    table = ref.get_percentile_to_value_dict(PERCENTILES)
+    assert ours.percentiles(PERCENTILES).tolist() == [table.get(p, 0) for p in PERCENTILES]
+    assert Reference.decode(ours.encode()).get_total_count() == ours.total_count

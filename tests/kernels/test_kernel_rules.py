@@ -6,9 +6,10 @@ import ast
 from pathlib import Path
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
-# standard-library modules the kernels use (importlib: the package loads its names when first used)
+# standard-library modules the kernels use (importlib: the package loads its names when first used;
+# functools and sys: _jit.py compiles kernels when first called)
 ALLOWED = {"numpy", "numba", "kernels", "math", "base64", "struct", "zlib", "__future__", "typing", "dataclasses",
-           "importlib"}
+           "importlib", "functools", "sys"}
 
 
 def test_kernels_import_only_numpy_numba_and_the_standard_library():
@@ -31,3 +32,26 @@ def test_no_kernel_sets_its_own_numba_options():
             continue
         text = path.read_text()
         assert "njit" not in text and "numba.jit" not in text and "@numba" not in text, path.name
+
+
+def test_numba_is_loaded_by_the_first_kernel_run_not_by_an_import():
+    """A process that imports kernel modules (the label join's table, the Kafka codec, the
+    drift rule) without running a kernel does not pay for Numba; the first kernel run
+    compiles it and the kernels it calls in other modules."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import importlib, pathlib, sys\n"
+        "for p in sorted(pathlib.Path('kernels').glob('*.py')):\n"
+        "    importlib.import_module('kernels.' + p.stem if p.stem != '__init__' else 'kernels')\n"
+        "import engine.observer, engine.codec.kafka, engine.performance.join\n"
+        "print('numba' in sys.modules, 'llvmlite' in sys.modules)\n"
+        "import numpy as np\n"
+        "from kernels import SlidingKS, ks_2samp\n"
+        "s = SlidingKS(np.arange(50.0), [10, 20]); s.update(np.arange(30.0) / 3)\n"  # sliding_ks -> ks_window, ks
+        "print('numba' in sys.modules, round(s.pvalue(10), 12) == round(ks_2samp(np.arange(20, 30.0) / 3, np.arange(50.0))[1], 12))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=KERNELS.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True", "True"]
