@@ -5,26 +5,35 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from engine.settings import ModelSettings
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 CHUNK = 1 << 20
 
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
-    ("event", pa.string()),  # load | reload | unload | rollout
-    ("version", pa.string()),
-    ("model_sha256", pa.string()),
-    ("config_sha256", pa.string()),
-    ("path", pa.string()),
-    ("detail", pa.string()),  # what changed, or the rollout's state and reason
-])
+
+@functools.cache
+def schema() -> pa.Schema:
+    """The audit trail's columns (pyarrow: imported with the first row written)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("event", pa.string()),  # load | reload | unload | rollout
+        ("version", pa.string()),
+        ("model_sha256", pa.string()),
+        ("config_sha256", pa.string()),
+        ("path", pa.string()),
+        ("detail", pa.string()),  # what changed, or the rollout's state and reason
+    ])
 
 
 def file_sha256(path: Path) -> str:
@@ -49,12 +58,14 @@ def provenance(ms: ModelSettings) -> tuple[str | None, str]:
 
 
 def write(directory: Path, model: str, rows: list[dict]) -> Path:
-    """Append audit rows (keys as SCHEMA, time in ns) for one model: one events file."""
+    """Append audit rows (keys: schema()'s names, time in ns) for one model: one events file."""
+    import pyarrow as pa
+
     from engine.monitor.events import publish
 
     now = time.time_ns()
-    table = pa.table({name: [r.get(name, now if name == "time" else None) for r in rows] for name in SCHEMA.names},
-                     schema=SCHEMA)
+    table = pa.table({name: [r.get(name, now if name == "time" else None) for r in rows] for name in schema().names},
+                     schema=schema())
     return publish(directory, "audit", model, now, table)
 
 

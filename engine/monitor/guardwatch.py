@@ -15,17 +15,19 @@ An alert writes an event (events_dir, kind=guard), an audit row and a log line, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Callable
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Callable
 
 from engine import audit
 from engine.guards import NAMES
 from engine.monitor.events import publish
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("scorewire")
 
@@ -36,15 +38,21 @@ CHECK_EVERY_S = 0.2
 # (model, version, guard, action) -> rows, summed over the workers (as each last published)
 Counts = Callable[[], dict[tuple[str, str, str, str], int]]
 
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
-    ("version", pa.string()),
-    ("guard", pa.string()),
-    ("state", pa.string()),  # raised | cleared
-    ("share", pa.float64()),
-    ("alert_share", pa.float64()),
-    ("rows", pa.int64()),  # the stretch the share is over
-])
+
+@functools.cache
+def schema() -> pa.Schema:
+    """The guards' alert events' columns (pyarrow: imported with the first event written)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("version", pa.string()),
+        ("guard", pa.string()),
+        ("state", pa.string()),  # raised | cleared
+        ("share", pa.float64()),
+        ("alert_share", pa.float64()),
+        ("rows", pa.int64()),  # the stretch the share is over
+    ])
 
 
 class GuardWatch:
@@ -130,10 +138,12 @@ class GuardWatch:
         if self.events_dir is None:
             return
         now = time.time_ns()
+        import pyarrow as pa
+
         try:
             publish(self.events_dir, "guard", model, now, pa.table({
                 "time": pa.array([now], pa.timestamp("ns", tz="UTC")), "version": [version], "guard": [guard],
-                "state": [state], "share": [share], "alert_share": [limit], "rows": [rows]}, schema=SCHEMA))
+                "state": [state], "share": [share], "alert_share": [limit], "rows": [rows]}, schema=schema()))
             audit.write(self.events_dir, model, [{
                 "event": "guard_alert", "version": version,
                 "detail": f"{state}: guard {guard} on {share:.3g} of the last {rows} rows (alert_share {limit:g})"}])

@@ -23,36 +23,46 @@ event (events_dir, kind=quality), an audit row, and `scorewire_data_quality_aler
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from engine import audit
 from engine.codec.validate import ModelSchema
 from engine.monitor.domain import reference_domain
 from engine.monitor.drift import DriftMonitor, MonitorConfigError
-from engine.monitor.events import TIME, publish
+from engine.monitor.events import publish, time_type
 from kernels.quality import QualityWindow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("scorewire")
 
 CHECKS = ("missing", "out_of_range", "unseen_category")  # the kernel's counts' columns, in order
 
-SCHEMA = pa.schema([
-    ("time", TIME),
-    ("event", pa.string()),  # raise | clear
-    ("version", pa.string()),
-    ("feature", pa.string()),
-    ("check", pa.string()),  # missing | out_of_range | unseen_category
-    ("share", pa.float64()),  # over the window, at the evaluation that decided
-    ("threshold", pa.float64()),
-    ("window", pa.int64()),
-    ("events_observed", pa.int64()),
-])
+
+@functools.cache
+def schema() -> pa.Schema:
+    """The data-quality events' columns (pyarrow: imported with the first event written)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("time", time_type()),
+        ("event", pa.string()),  # raise | clear
+        ("version", pa.string()),
+        ("feature", pa.string()),
+        ("check", pa.string()),  # missing | out_of_range | unseen_category
+        ("share", pa.float64()),  # over the window, at the evaluation that decided
+        ("threshold", pa.float64()),
+        ("window", pa.int64()),
+        ("events_observed", pa.int64()),
+    ])
 
 
 @dataclass(frozen=True)
@@ -164,15 +174,17 @@ def said(events: list[QualityEvent], consecutive: int, events_dir: Path | None) 
         log.log(logging.WARNING if e.kind == "raise" else logging.INFO, "%s", e.line(consecutive))
     if events_dir is None or not events:
         return
+    import pyarrow as pa
+
     try:
         for model in sorted({e.model for e in events}):
             group = [e for e in events if e.model == model]
             publish(events_dir, "quality", model, group[0].time_ns, pa.table({
-                "time": pa.array([e.time_ns // 1000 for e in group], TIME),
+                "time": pa.array([e.time_ns // 1000 for e in group], time_type()),
                 "event": [e.kind for e in group], "version": [e.version for e in group],
                 "feature": [e.feature for e in group], "check": [e.check for e in group],
                 "share": [e.share for e in group], "threshold": [e.threshold for e in group],
-                "window": [e.window for e in group], "events_observed": [e.events for e in group]}, schema=SCHEMA))
+                "window": [e.window for e in group], "events_observed": [e.events for e in group]}, schema=schema()))
             audit.write(events_dir, model, [{
                 "event": "quality_alert", "version": e.version,
                 "detail": f"{'raised' if e.kind == 'raise' else 'cleared'}: feature {e.feature} check {e.check} "

@@ -21,16 +21,19 @@ kind=performance) and a log line. AUC has no per-row value: it is shown, not ale
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.errors import UserFacing
 from engine.performance.metrics import LOWER_IS_BETTER, PER_ROW, per_row, realized
 from engine.monitor.events import publish
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class BadReference(ValueError, UserFacing):
@@ -47,6 +50,9 @@ class Reference:
 
 def load_reference(path: Path, task: str, score: str) -> Reference:
     """The reference's labels and scores (see the module's docstring)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     where = f"performance reference {path}"
     try:
         table = pq.read_table(path)
@@ -163,22 +169,29 @@ class Alerting:
         return float(student_t.sf(t, df) if greater else student_t.cdf(t, df))
 
 
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
-    ("event", pa.string()),  # raise | clear
-    ("version", pa.string()),
-    ("role", pa.string()),
-    ("metric", pa.string()),
-    ("value", pa.float64()),
-    ("baseline", pa.float64()),
-    ("pvalue", pa.float64()),
-    ("rows", pa.int64()),
-])
+@functools.cache
+def schema() -> pa.Schema:
+    """The performance events' columns (pyarrow: imported with the first event written)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("event", pa.string()),  # raise | clear
+        ("version", pa.string()),
+        ("role", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("baseline", pa.float64()),
+        ("pvalue", pa.float64()),
+        ("rows", pa.int64()),
+    ])
 
 
 def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
     """EVENTS_DIR/kind=performance/model=NAME/date=YYYY-MM-DD/part-*.parquet, published as the
     drift events are (engine/monitor/events.py)."""
+    import pyarrow as pa
+
     groups: dict[tuple[str, str], list[PerformanceEvent]] = {}
     for e in events:
         day = dt.datetime.fromtimestamp(e.time_ns / 1e9, dt.timezone.utc).date().isoformat()
@@ -191,20 +204,25 @@ def write_events(directory: Path, events: list[PerformanceEvent]) -> list[Path]:
             "role": [e.role for e in group], "metric": [e.metric for e in group],
             "value": [e.value for e in group], "baseline": [e.baseline for e in group],
             "pvalue": [e.pvalue for e in group], "rows": [e.rows for e in group],
-        }, schema=SCHEMA)
+        }, schema=schema())
         written.append(publish(directory, "performance", model, group[0].time_ns, table))
     return written
 
 
-HISTORY_SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
-    ("version", pa.string()),
-    ("role", pa.string()),
-    ("metric", pa.string()),  # a performance metric, or one of QUALITY_FIGURES (its value in realized)
-    ("realized", pa.float64()),  # over the last `window` labelled rows (NaN: none yet)
-    ("labelled", pa.int64()),  # rows in that window
-    ("estimated", pa.float64()),  # CBPE over the last `window` scored rows (NaN: no estimate)
-])
+@functools.cache
+def history_schema() -> pa.Schema:
+    """The performance snapshots' columns."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("version", pa.string()),
+        ("role", pa.string()),
+        ("metric", pa.string()),  # a performance metric, or one of QUALITY_FIGURES (its value in realized)
+        ("realized", pa.float64()),  # over the last `window` labelled rows (NaN: none yet)
+        ("labelled", pa.int64()),  # rows in that window
+        ("estimated", pa.float64()),  # CBPE over the last `window` scored rows (NaN: no estimate)
+    ])
 
 
 # beside the metrics in the snapshots (join.py's _snapshot_quality); `labelled` holds the labelled
@@ -217,13 +235,15 @@ def write_history(directory: Path, model: str, history: list[tuple]) -> list[Pat
     """Snapshots of a model's performance, (time_ns, version, role, metric, realized, labelled,
     estimated) rows, as EVENTS_DIR/kind=performance_history/model=NAME/date=YYYY-MM-DD/part-*.parquet
     (`scorewire report` plots them)."""
+    import pyarrow as pa
+
     by_day: dict[str, list[tuple]] = {}
     for row in history:
         day = dt.datetime.fromtimestamp(row[0] / 1e9, dt.timezone.utc).date().isoformat()
         by_day.setdefault(day, []).append(row)
     written = []
     for rows in by_day.values():
-        table = pa.table(dict(zip(HISTORY_SCHEMA.names, map(list, zip(*rows))))).cast(HISTORY_SCHEMA)
+        table = pa.table(dict(zip(history_schema().names, map(list, zip(*rows))))).cast(history_schema())
         written.append(publish(directory, "performance_history", model, rows[0][0], table))
     return written
 

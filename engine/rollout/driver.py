@@ -8,13 +8,13 @@ rollout changes writes the state file the workers route by (state.py), an event
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pyarrow as pa
 
 from engine.performance.metrics import per_row
 from engine.rollout import state as saved_state
@@ -22,6 +22,9 @@ from engine.rollout.decide import Decision, Plan, Rollout, State
 from engine import audit
 from engine.monitor.events import publish
 from engine.settings import PerformanceSettings, RouteSettings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("scorewire")
 
@@ -195,25 +198,32 @@ class Driver:
                     for name, value in (("estimate", est), ("lower", lower), ("upper", upper))])
 
 
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("ns", tz="UTC")),
-    ("state", pa.string()),
-    ("step", pa.int64()),  # 1 is the first
-    ("weight", pa.float64()),
-    ("champion", pa.string()),
-    ("candidate", pa.string()),
-    ("metric", pa.string()),
-    ("difference", pa.float64()),  # candidate - champion ("worse is higher" units), and its bounds
-    ("lower", pa.float64()),
-    ("upper", pa.float64()),
-    ("candidate_rows", pa.int64()),
-    ("champion_rows", pa.int64()),
-    ("reason", pa.string()),
-])
+@functools.cache
+def schema() -> pa.Schema:
+    """The rollout decisions' columns (pyarrow: imported with the first decision written)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("state", pa.string()),
+        ("step", pa.int64()),  # 1 is the first
+        ("weight", pa.float64()),
+        ("champion", pa.string()),
+        ("candidate", pa.string()),
+        ("metric", pa.string()),
+        ("difference", pa.float64()),  # candidate - champion ("worse is higher" units), and its bounds
+        ("lower", pa.float64()),
+        ("upper", pa.float64()),
+        ("candidate_rows", pa.int64()),
+        ("champion_rows", pa.int64()),
+        ("reason", pa.string()),
+    ])
 
 
 def write_event(directory: Path, driver: Driver, decision: Decision) -> Path:
     """EVENTS_DIR/kind=rollout/model=NAME/date=YYYY-MM-DD/part-*.parquet."""
+    import pyarrow as pa
+
     now = time.time_ns()
     d = decision.difference or (float("nan"),) * 3
     table = pa.table({
@@ -222,7 +232,7 @@ def write_event(directory: Path, driver: Driver, decision: Decision) -> Path:
         "candidate": [driver.candidate], "metric": [driver.metric], "difference": [d[0]], "lower": [d[1]],
         "upper": [d[2]], "candidate_rows": [driver.rows["candidate"]], "champion_rows": [driver.rows["champion"]],
         "reason": [decision.reason],
-    }, schema=SCHEMA)
+    }, schema=schema())
     return publish(directory, "rollout", driver.model, now, table)
 
 
