@@ -55,7 +55,7 @@ def load_reference(path: Path, task: str, score: str) -> Reference:
 
     where = f"performance reference {path}"
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()  # not read_table: see engine/monitor/drift.py load_reference
     except (OSError, pa.ArrowInvalid) as exc:
         raise BadReference(f"{where}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
     names = table.column_names
