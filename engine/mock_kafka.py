@@ -54,6 +54,7 @@ def _library() -> ctypes.CDLL:
 
 
 PRODUCE = 0  # Kafka protocol ApiKey of Produce requests
+OFFSET_FETCH = 9  # ... of OffsetFetch requests (a consumer group's committed offsets)
 
 
 class MockCluster:

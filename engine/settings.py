@@ -810,6 +810,9 @@ class StreamSettings(_Strict):
     settle_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On rebalance or shutdown: how long in-flight events may take to settle before the
     worker commits only what was delivered and lets go."""
+    stalled_after_s: float = Field(30.0, gt=0, le=3600)
+    """A partition assigned this long with events waiting and none consumed is reported
+    stalled (a warning naming why, and scorewire_stream_stalled_partitions)."""
     semantics: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """"at_least_once": offsets are committed once their results are acknowledged; a crash
     can produce a result twice (same source id). "exactly_once": results, dead letters and the

@@ -307,6 +307,10 @@ def _streams(streams, family) -> None:
            [(_labels(stream=st.name, model=st.model), st.in_flight) for st in streams])
     family("scorewire_stream_assigned_partitions", "gauge", "Input partitions assigned to this worker.",
            [(_labels(stream=st.name, model=st.model), len(st.lag)) for st in streams])
+    family("scorewire_stream_stalled_partitions", "gauge", "Input partitions assigned for streams[].stalled_after_s "
+           "with events waiting and none consumed: the consumer has no position to fetch from (the server log says "
+           "why); 0 once they are consumed.",
+           [(_labels(stream=st.name, model=st.model), len(st.stalled)) for st in streams])
     family("scorewire_stream_lag_events", "gauge",
            "Per input partition: the broker's high watermark minus this worker's committed offset "
            "(events not yet settled, in flight included; refreshed every second).",

@@ -321,14 +321,16 @@ def status(target: str, timeout_s: float = 5.0) -> str:
     out += _segments(families)
     streams = _gather(families, ("scorewire_stream_up", "scorewire_stream_brokers_reachable",
                                  "scorewire_stream_input_missing", "scorewire_stream_in_flight",
-                                 "scorewire_stream_consumed", "scorewire_stream_lag_events"), ("stream", "model"))
+                                 "scorewire_stream_consumed", "scorewire_stream_lag_events",
+                                 "scorewire_stream_stalled_partitions"), ("stream", "model"))
     if streams:
         rows = []
         for (stream, model), v in sorted(streams.items()):
             state = ("stopped (see the server log)" if not v.get("scorewire_stream_up", 1) else
                      "no broker reachable (see the server log)" if not v.get("scorewire_stream_brokers_reachable", 1)
                      else "waiting for its input topic (it does not exist)" if v.get("scorewire_stream_input_missing")
-                     else "consuming")
+                     else f"{v['scorewire_stream_stalled_partitions']:.0f} partitions stalled (see the server log)"
+                     if v.get("scorewire_stream_stalled_partitions") else "consuming")
             rows.append([stream, model, state, f"{v.get('scorewire_stream_consumed', 0):,.0f}",
                          f"{v.get('scorewire_stream_in_flight', 0):,.0f}", f"{v.get('scorewire_stream_lag_events', 0):,.0f}"])
         out.append(_table(["stream", "model", "state", "consumed", "in flight", "lag"], rows))

@@ -12,6 +12,7 @@ import orjson
 
 from engine.harness.config import Config
 from engine.mock_kafka import MockCluster
+from engine.monitor.status import status
 from tests.integration.kafka_helpers import (
     PARTITIONS,
     committed,
@@ -87,6 +88,34 @@ def test_a_fatal_producer_error_restarts_the_producer_and_loses_nothing(cluster,
         assert worker.stop() == 0
 
 
+def test_partitions_with_no_position_to_fetch_from_are_reported_stalled(cluster, model_dir, rng):
+    """The group's committed offsets unreadable after the worker is assigned its partitions
+    (UNSTABLE_OFFSET_COMMIT: what a read_committed consumer gets while a transaction holds them
+    open): it consumes nothing. Its partitions are reported stalled, with the events waiting as
+    their lag (it read 0), and consumed once the offsets can be read; nothing is lost."""
+    from confluent_kafka import KafkaError
+
+    from engine.mock_kafka import OFFSET_FETCH
+
+    n = 400
+    produce(cluster.bootstrap, "events", json_events(rng.normal(size=(n, 32)).astype(np.float32)))
+    cluster.fail_requests(OFFSET_FETCH, [KafkaError.UNSTABLE_OFFSET_COMMIT] * 25)  # ~15 s of retries
+    worker = start_worker(model_dir, cluster.bootstrap, stalled_after_s=2)
+    stalled = "scorewire_stream_stalled_partitions" + LABELS
+    try:
+        m = wait_for(lambda: (v := worker.metrics())[stalled] > 0 and v, 30, what="partitions reported stalled")
+        assert m["scorewire_stream_consumed_total" + LABELS] == 0
+        waiting = sum(v for k, v in m.items() if k.startswith("scorewire_stream_lag_events"))
+        assert 0 < waiting <= n
+        assert "partitions stalled (see the server log)" in status(f"127.0.0.1:{worker.metrics_port}")
+        wait_for(lambda: (v := worker.metrics())[stalled] == 0 and v["scorewire_stream_consumed_total" + LABELS] == n,
+                 60, what="the stalled partitions consumed")
+        results = read_all(cluster.bootstrap, "scores", n)
+        assert {orjson.loads(r.value())["id"] for r in results} == set(range(n))
+    finally:
+        assert worker.stop() == 0
+
+
 def test_a_dead_letter_topic_that_refuses_records_stops_the_stream_visibly(cluster, model_dir, rng):
     """Nowhere left to put a bad event: the stream stops, says why, reports itself down (health
     and gauge) and commits nothing past the event; the server goes on answering gRPC."""
@@ -121,8 +150,6 @@ def test_missing_topics_are_found_at_start_and_a_missing_output_stops_the_stream
     yet: the stream says it waits for it, until it exists."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from engine.monitor.status import status
 
     with MockCluster() as c:
         c.create_topic("events", 4)

@@ -24,6 +24,7 @@ from engine.ingress.kafka.delivery import log
 CONSUME_TIMEOUT_S = 0.1
 PAUSE_AFTER_S = 1.0
 LAG_EVERY_S = 1.0
+STALL_CHECK_TIMEOUT_S = 2.0  # each broker question of a stall check (committed offsets, watermarks)
 REWIND_TRIES = 50  # a rewind a partition refuses is tried again after each poll (0.1 s), this many times
 EXIT_COMMIT_S = 10.0  # how long the last commit may rejoin a group that moved on
 GROUP_MOVED = (KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID)
@@ -36,6 +37,8 @@ class Reader:
         self.consumer = Consumer(consumer_conf)
         self.committed: dict[int, int] = {}  # partition -> last offset this worker committed
         self._lag_at = 0.0
+        self._assigned_at: dict[int, float] = {}  # partition -> when it was assigned (monotonic)
+        self._stall_checked: dict[int, float] = {}  # partition -> its last stall check
         self._paused = False
         self._generation = 0  # the generation the reader last rewound to
         self._rewind_tries = 0  # rewinds a partition refused since the last one that went through
@@ -118,16 +121,67 @@ class Reader:
             if found is not None:
                 stream.input_partitions = found
                 log.warning("stream %s: the input topic %r exists now", stream.label, self.settings.input_topic)
-        lag = {}
+        lag, unpositioned = {}, []
         try:
             for tp in consumer.position(consumer.assignment()):
+                if tp.offset < 0:  # nothing consumed since it was assigned
+                    unpositioned.append(tp)
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
                 done = self.committed.get(tp.partition, tp.offset)
                 lag[tp.partition] = max(0, high - done) if high >= 0 and done >= 0 else 0
         except KafkaException as exc:
             log.debug("stream %s: lag not updated: %s", stream.label, exc)
             return
-        stream.lag = lag
+        stalled = self._stalls(unpositioned, now)
+        stream.lag = {**lag, **stalled}
+
+    def _stalls(self, unpositioned: list[TopicPartition], now: float) -> dict[int, int]:
+        """The stalled partitions and their events waiting: assigned stalled_after_s ago or more,
+        nothing consumed since, and events between the group's committed offset (or the
+        start) and the high watermark. Each is asked about (the broker, STALL_CHECK_TIMEOUT_S
+        each question) once per stalled_after_s; said once when it stalls, and when it
+        consumes again. Measured against Apache Kafka: after a broker was killed mid-transaction
+        an exactly-once stream was assigned every partition and consumed nothing for minutes,
+        its lag reading 0."""
+        stream, consumer, after = self.stream, self.consumer, self.settings.stalled_after_s
+        waiting = {tp.partition for tp in unpositioned}
+        moving = stream.stalled - waiting
+        if moving:
+            stream.stalled -= moving
+            log.info("stream %s: stalled partitions %s are consumed again", stream.label, sorted(moving))
+        due = [tp for tp in unpositioned if now - self._assigned_at.get(tp.partition, now) >= after
+               and now - self._stall_checked.get(tp.partition, -after) >= after]
+        if not due:
+            return {p: n for p, n in stream.lag.items() if p in stream.stalled}
+        for tp in due:
+            self._stall_checked[tp.partition] = now
+        try:
+            committed = {tp.partition: tp.offset for tp in consumer.committed(due, timeout=STALL_CHECK_TIMEOUT_S)}
+            reading = "works"
+        except KafkaException as exc:
+            committed, reading = {}, f"fails ({stream.redact(str(exc.args[0]))})"
+        found = {}
+        for tp in due:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=STALL_CHECK_TIMEOUT_S, cached=False)
+            except KafkaException:
+                continue  # no broker to ask (scorewire_stream_brokers_reachable says so)
+            start = committed.get(tp.partition, -1)
+            start = start if start >= 0 else low  # auto.offset.reset = earliest
+            if high > start:
+                found[tp.partition] = high - start
+            else:
+                stream.stalled.discard(tp.partition)  # nothing waits: idle, not stalled
+        new = sorted(set(found) - stream.stalled)
+        stream.stalled |= set(found)
+        if new:
+            log.warning("stream %s: partitions %s have %d events waiting and none was consumed in the %.0f s since "
+                        "they were assigned: the consumer has no position to fetch from. Reading the group's "
+                        "committed offsets %s. A transaction the brokers still hold open on the group's offsets "
+                        "keeps them from a read_committed consumer (exactly-once); the brokers' transaction tools "
+                        "(kafka-transactions.sh) list and abort it", stream.label, new,
+                        sum(found[p] for p in new), now - min(self._assigned_at.get(p, now) for p in new), reading)
+        return {p: n for p, n in {**stream.lag, **found}.items() if p in stream.stalled}
 
     def _rewind(self) -> bool:
         """After a fatal producer error (or an aborted transaction): consume every assigned
@@ -297,6 +351,10 @@ class Reader:
             consumer.resume(consumer.assignment() + list(partitions))
             self._paused = False
         self._lag_at = 0.0
+        now = time.monotonic()
+        for tp in partitions:
+            self._assigned_at[tp.partition] = now
+            self._stall_checked.pop(tp.partition, None)
         if partitions:
             log.info("stream %s: assigned partitions %s", self.stream.label, sorted(p.partition for p in partitions))
 
@@ -314,6 +372,9 @@ class Reader:
         self.stream.tracker.let_go(partitions)
         for p in partitions:
             self.committed.pop(p, None)
+            self._assigned_at.pop(p, None)
+            self._stall_checked.pop(p, None)
+        self.stream.stalled -= partitions
         self.stream.lag = {p: n for p, n in self.stream.lag.items() if p not in partitions}
         self._lag_at = 0.0
 

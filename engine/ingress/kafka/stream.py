@@ -57,6 +57,7 @@ class KafkaStream:
             f"{self.name} ({served.model.label})"
         self.health_name = f"scorewire.stream/{self.name}"  # in grpc.health.v1: NOT_SERVING once stopped
         self.lag: dict[int, int] = {}  # assigned partition -> high watermark - committed (the reader replaces it)
+        self.stalled: set[int] = set()  # assigned partitions with events waiting and no fetch position (the reader's)
         self.input_partitions: int | None = None  # the input topic's partitions (0: it does not exist; None: unknown)
         self.codec = StreamCodec(served.model.schema, settings.format, settings.max_message_bytes,
                                  served.limits.allow_non_finite)
