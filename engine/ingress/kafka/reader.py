@@ -149,8 +149,9 @@ class Reader:
         if moving:
             stream.stalled -= moving
             log.info("stream %s: stalled partitions %s are consumed again", stream.label, sorted(moving))
-        due = [tp for tp in unpositioned if now - self._assigned_at.get(tp.partition, now) >= after
-               and now - self._stall_checked.get(tp.partition, -after) >= after]
+        due = [] if self._paused else [  # paused (flow control): waiting on purpose
+            tp for tp in unpositioned if now - self._assigned_at.get(tp.partition, now) >= after
+            and now - self._stall_checked.get(tp.partition, -after) >= after]
         if not due:
             return {p: n for p, n in stream.lag.items() if p in stream.stalled}
         for tp in due:
