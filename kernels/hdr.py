@@ -272,13 +272,16 @@ class HdrHistogram:
         return (self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, len(self.counts))
 
     def merge(self, other: "HdrHistogram") -> None:
-        """Add another histogram's counts into this one."""
+        """Add another histogram's counts into this one. `other` may be recorded into meanwhile
+        (on another thread): its totals are read before its counts, never counting more than they
+        hold."""
         if other._layout() == self._layout():
+            total, lo, hi, out = other._total, other._min, other._max, other._out_of_range
             self.counts += other.counts
-            self._total += other._total
-            self._min = min(self._min, other._min)
-            self._max = max(self._max, other._max)
-            self._out_of_range += other._out_of_range
+            self._total += total
+            self._min = min(self._min, lo)
+            self._max = max(self._max, hi)
+            self._out_of_range += out
             return
         nonzero = np.flatnonzero(other.counts)
         values = _value_from_index(nonzero, other.unit_magnitude, other.half_magnitude, other.half_count)
@@ -319,13 +322,16 @@ class HdrHistogram:
         if np.isnan(p).any() or (p < 0).any():
             raise ValueError("percentiles must be numbers in [0, 100]")
         out = np.zeros(p.shape[0], dtype=np.int64)
-        total = self.total_count
-        if total == 0 or p.size == 0:
+        if self.total_count == 0 or p.size == 0:
+            return out
+        running = np.cumsum(self.counts)
+        total = int(running[-1])  # = total_count, unless a merge raced a recording: the counts decide
+        if total == 0:
             return out
         # target count per percentile, exactly as HdrHistogram computes it
         targets = np.array([max(int((min(x, 100.0) * total / 100) + 0.5), 1) for x in p], dtype=np.int64)
-        # the first bucket whose running count reaches each target
-        index = np.searchsorted(np.cumsum(self.counts), targets, side="left")
+        # the first bucket whose running count reaches each target (at most the last non-empty one)
+        index = np.minimum(np.searchsorted(running, targets, side="left"), np.searchsorted(running, total, side="left"))
         values = _value_from_index(index, self.unit_magnitude, self.half_magnitude, self.half_count)
         return np.where(p == 0, _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask),
                         self._highest_equivalent(values))

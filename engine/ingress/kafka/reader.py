@@ -35,6 +35,8 @@ class Reader:
         self.stream = stream
         self.settings = stream.settings
         self.consumer = Consumer(consumer_conf)
+        # where a partition with no committed offset starts (librdkafka's names for the end)
+        self._from_end = str(consumer_conf.get("auto.offset.reset", "earliest")).lower() in ("latest", "largest", "end")
         self.committed: dict[int, int] = {}  # partition -> last offset this worker committed
         self._lag_at = 0.0
         self._assigned_at: dict[int, float] = {}  # partition -> when it was assigned (monotonic)
@@ -135,12 +137,19 @@ class Reader:
         stalled = self._stalls(unpositioned, now)
         stream.lag = {**lag, **stalled}
 
+    def _stall_clock(self, partitions: set[int]) -> None:
+        """Nothing consumed from `partitions` is expected yet: assigned, sought or resumed now."""
+        now = time.monotonic()
+        for p in partitions:
+            self._assigned_at[p] = now
+            self._stall_checked.pop(p, None)
+
     def _stalls(self, unpositioned: list[TopicPartition], now: float) -> dict[int, int]:
-        """The stalled partitions and their events waiting: assigned stalled_after_s ago or more,
-        nothing consumed since, and events between the group's committed offset (or the
-        start) and the high watermark. Each is asked about (the broker, STALL_CHECK_TIMEOUT_S
-        each question) once per stalled_after_s; said once when it stalls, and when it
-        consumes again. Measured against Apache Kafka: after a broker was killed mid-transaction
+        """The stalled partitions and their events waiting: assigned (or sought, or resumed)
+        stalled_after_s ago or more, not paused, nothing consumed since, and events between the
+        group's committed offset (or where auto.offset.reset starts) and the high watermark. Each
+        is asked about (the broker, STALL_CHECK_TIMEOUT_S each question) once per
+        stalled_after_s; said once when it stalls, and when it consumes again. Measured against Apache Kafka: after a broker was killed mid-transaction
         an exactly-once stream was assigned every partition and consumed nothing for minutes,
         its lag reading 0."""
         stream, consumer, after = self.stream, self.consumer, self.settings.stalled_after_s
@@ -168,7 +177,9 @@ class Reader:
             except KafkaException:
                 continue  # no broker to ask (scorewire_stream_brokers_reachable says so)
             start = committed.get(tp.partition, -1)
-            start = start if start >= 0 else low  # auto.offset.reset = earliest
+            if start < 0:  # no committed offset: where auto.offset.reset starts it
+                start = high if self._from_end else low
+            start = max(start, low)  # records retention removed are not waiting
             if high > start:
                 found[tp.partition] = high - start
             else:
@@ -176,8 +187,8 @@ class Reader:
         new = sorted(set(found) - stream.stalled)
         stream.stalled |= set(found)
         if new:
-            log.warning("stream %s: partitions %s have %d events waiting and none was consumed in the %.0f s since "
-                        "they were assigned: the consumer has no position to fetch from. Reading the group's "
+            log.warning("stream %s: partitions %s have %d events waiting and none was consumed for %.0f s (since "
+                        "they were assigned, sought or resumed): the consumer has no position to fetch from. Reading the group's "
                         "committed offsets %s. A transaction the brokers still hold open on the group's offsets "
                         "keeps them from a read_committed consumer (exactly-once); the brokers' transaction tools "
                         "(kafka-transactions.sh) list and abort it", stream.label, new,
@@ -203,6 +214,7 @@ class Reader:
             offset = settled.get(tp.partition, committed.get(tp.partition, -1))
             try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, offset if offset >= 0 else OFFSET_BEGINNING))
+                self._stall_clock({tp.partition})  # a seek forgets the position: not a stall
             except KafkaException as exc:
                 refused.append((tp.partition, exc.args[0]))
         if refused and self._rewind_tries < REWIND_TRIES:
@@ -274,6 +286,7 @@ class Reader:
         if stream.in_flight <= limit // 2:
             consumer.resume(consumer.assignment())
             self._paused = False
+            self._stall_clock({tp.partition for tp in consumer.assignment()})  # paused time is not a stall
             log.info("stream %s: partitions resumed", stream.label)
             return CONSUME_TIMEOUT_S
         stream.room.clear()
@@ -352,10 +365,7 @@ class Reader:
             consumer.resume(consumer.assignment() + list(partitions))
             self._paused = False
         self._lag_at = 0.0
-        now = time.monotonic()
-        for tp in partitions:
-            self._assigned_at[tp.partition] = now
-            self._stall_checked.pop(tp.partition, None)
+        self._stall_clock({tp.partition for tp in partitions})
         if partitions:
             log.info("stream %s: assigned partitions %s", self.stream.label, sorted(p.partition for p in partitions))
 
