@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 
 OPTIONS = {"cache": True, "nogil": True, "fastmath": False}
 
@@ -27,7 +28,8 @@ class Kernel:
     def __init__(self, function, options: dict):
         functools.update_wrapper(self, function)
         self.function, self.options = function, options
-        self.dispatcher = None
+        self.dispatcher = None  # set once every loaded kernel module holds dispatchers
+        self._made = None
 
     def __call__(self, *args, **kwargs):
         if self.dispatcher is None:
@@ -35,19 +37,27 @@ class Kernel:
         return self.dispatcher(*args, **kwargs)
 
     def compile(self):
-        if self.dispatcher is None:
+        if self._made is None:
             import numba
 
-            self.dispatcher = numba.njit(**self.options)(self.function)
-        return self.dispatcher
+            self._made = numba.njit(**self.options)(self.function)
+        return self._made
+
+
+_lock = threading.Lock()
 
 
 def _materialize() -> None:
-    for name, module in list(sys.modules.items()):
-        if name == "kernels" or name.startswith("kernels."):
-            for attribute, value in list(vars(module).items()):
-                if isinstance(value, Kernel):
-                    setattr(module, attribute, value.compile())
+    """Every kernel of every loaded kernels module becomes its dispatcher in its module; only
+    then do the kernels hand calls on (another thread's first call waits for the lock)."""
+    with _lock:
+        made = [(module, attribute, value, value.compile())
+                for name, module in list(sys.modules.items()) if name == "kernels" or name.startswith("kernels.")
+                for attribute, value in list(vars(module).items()) if isinstance(value, Kernel)]
+        for module, attribute, _, dispatcher in made:
+            setattr(module, attribute, dispatcher)
+        for _, _, kernel, dispatcher in made:
+            kernel.dispatcher = dispatcher
 
 
 def jit(function=None, **overrides):
