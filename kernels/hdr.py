@@ -22,7 +22,6 @@ import zlib
 
 import numpy as np
 
-
 V2_ENCODING_COOKIE = 0x1C849303 | 0x10
 V2_COMPRESSION_COOKIE = 0x1C849304 | 0x10
 _PAYLOAD_HEADER = struct.Struct(">IIIIqqd")  # cookie, payload_len, normalizing offset, sigfigs, lowest, highest, ratio
@@ -38,12 +37,6 @@ def _bit_length(v: np.ndarray) -> np.ndarray:
     is the bit length or one more (when v rounds up to the next power of two)."""
     e = np.minimum(np.frexp(v.astype(np.float64))[1].astype(np.int64), 63)
     return e - ((np.int64(1) << (e - 1)) > v)
-
-
-def _index_of(values: np.ndarray, unit_magnitude, half_mag, half_count, mask) -> np.ndarray:
-    bucket_index = _bit_length(values | mask) - unit_magnitude - (half_mag + 1)
-    sub_bucket_index = values >> (bucket_index + unit_magnitude)
-    return ((bucket_index + 1) << half_mag) + (sub_bucket_index - half_count)
 
 
 def _value_from_index(index: np.ndarray, unit_magnitude, half_mag, half_count) -> np.ndarray:
@@ -206,8 +199,7 @@ class HdrHistogram:
         if interval == 0:
             self._record(values)
             return
-        index = _index_of(np.maximum(values, 0), self.unit_magnitude, self.half_magnitude, self.half_count, self.mask)
-        kept = (values >= 0) & (index < len(self.counts))
+        kept = self._in_range(values)
         self._out_of_range += len(values) - int(np.count_nonzero(kept))  # once per value, as HdrHistogram
         values = values[kept]
         # v > interval: v, v - interval, ... down to the last positive one, ceil(v / interval) values
@@ -250,9 +242,7 @@ class HdrHistogram:
             return
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or (self._beyond is not None and hi >= self._beyond):
-            kept = values >= 0
-            if self._beyond is not None:
-                kept &= values < self._beyond
+            kept = self._in_range(values)
             recorded = int(np.count_nonzero(kept))
             self._out_of_range += len(values) - recorded
             if recorded == 0:
@@ -260,13 +250,24 @@ class HdrHistogram:
             values = values[kept]
             lo, hi = int(values.min()), int(values.max())
         recorded = len(values)
-        index = np.searchsorted(self._lower, values, side="right") - 1  # the bucket's lowest value <= v
+        index = self._index(values)
         if recorded > n // 8:
             counts += np.bincount(index, minlength=n)
         else:
             np.add.at(counts, index, 1)
         self._total += recorded
         self._min, self._max = min(self._min, lo), max(self._max, hi)
+
+    def _in_range(self, values: np.ndarray) -> np.ndarray:
+        """Which values have a counter (the others are counted out of range)."""
+        kept = values >= 0
+        if self._beyond is not None:
+            kept &= values < self._beyond
+        return kept
+
+    def _index(self, values):
+        """The counter of each value in range: the last whose lowest value is <= it."""
+        return np.searchsorted(self._lower, values, side="right") - 1
 
     def _layout(self) -> tuple:
         return (self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, len(self.counts))
@@ -284,7 +285,7 @@ class HdrHistogram:
             self._out_of_range += out
             return
         nonzero = np.flatnonzero(other.counts)
-        values = _value_from_index(nonzero, other.unit_magnitude, other.half_magnitude, other.half_count)
+        values = other._lower[nonzero]
         self.record_values(np.repeat(values, other.counts[nonzero]))
         self._out_of_range += other._out_of_range
 
@@ -303,7 +304,7 @@ class HdrHistogram:
         return self._out_of_range
 
     def _value_from_index(self, index: int) -> int:
-        return int(_value_from_index(np.int64(index), self.unit_magnitude, self.half_magnitude, self.half_count))
+        return int(self._lower[index])
 
     def lowest_equivalent(self, value: int) -> int:
         return int(_lowest_equivalent(np.int64(value), self.unit_magnitude, self.half_magnitude, self.mask))
@@ -332,7 +333,7 @@ class HdrHistogram:
         targets = np.array([max(int((min(x, 100.0) * total / 100) + 0.5), 1) for x in p], dtype=np.int64)
         # the first bucket whose running count reaches each target (at most the last non-empty one)
         index = np.minimum(np.searchsorted(running, targets, side="left"), np.searchsorted(running, total, side="left"))
-        values = _value_from_index(index, self.unit_magnitude, self.half_magnitude, self.half_count)
+        values = self._lower[index]
         return np.where(p == 0, _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask),
                         self._highest_equivalent(values))
 
@@ -344,7 +345,7 @@ class HdrHistogram:
         nonzero = np.flatnonzero(self.counts)
         if len(nonzero) == 0:
             return 0.0
-        values = _value_from_index(nonzero, self.unit_magnitude, self.half_magnitude, self.half_count)
+        values = self._lower[nonzero]
         medians = _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask) + (
             _range_size(values, self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask) >> 1)
         counts = self.counts[nonzero]
@@ -363,8 +364,7 @@ class HdrHistogram:
         """HdrHistogram's V2 compressed encoding, base64-wrapped (as `hdrh` encode())."""
         limit = 0
         if self.total_count:
-            limit = int(_index_of(np.int64(self._max), self.unit_magnitude, self.half_magnitude,
-                                  self.half_count, self.mask)) + 1
+            limit = int(self._index(self._max)) + 1
         payload = _zigzag_leb128(self.counts, limit)
         header = _PAYLOAD_HEADER.pack(V2_ENCODING_COOKIE, len(payload), 0, self.significant_figures,
                                       self.lowest, self.highest, 1.0)
