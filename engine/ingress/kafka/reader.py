@@ -149,10 +149,10 @@ class Reader:
         stalled_after_s ago or more, not paused, nothing consumed since, and events between the
         group's committed offset (or where auto.offset.reset starts) and the high watermark. Each
         is asked about (the broker, STALL_CHECK_TIMEOUT_S each question) once per
-        stalled_after_s; said once when it stalls, and when it consumes again. Measured against Apache Kafka: after a broker was killed mid-transaction
-        an exactly-once stream was assigned every partition and consumed nothing for minutes,
-        its lag reading 0."""
-        stream, consumer, after = self.stream, self.consumer, self.settings.stalled_after_s
+        stalled_after_s; said once when it stalls, and when it consumes again. Measured against
+        Apache Kafka: after a broker was killed mid-transaction an exactly-once stream was
+        assigned every partition and consumed nothing for minutes, its lag reading 0."""
+        stream, after = self.stream, self.settings.stalled_after_s
         waiting = {tp.partition for tp in unpositioned}
         moving = stream.stalled - waiting
         if moving:
@@ -161,8 +161,13 @@ class Reader:
         due = [] if self._paused else [  # paused (flow control): waiting on purpose
             tp for tp in unpositioned if now - self._assigned_at.get(tp.partition, now) >= after
             and now - self._stall_checked.get(tp.partition, -after) >= after]
-        if not due:
-            return {p: n for p, n in stream.lag.items() if p in stream.stalled}
+        found = self._waiting(due, now) if due else {}
+        return {p: n for p, n in {**stream.lag, **found}.items() if p in stream.stalled}
+
+    def _waiting(self, due: list[TopicPartition], now: float) -> dict[int, int]:
+        """Ask the brokers which of `due` have events waiting (how many); the stalled set and
+        the warning follow."""
+        stream, consumer = self.stream, self.consumer
         for tp in due:
             self._stall_checked[tp.partition] = now
         try:
@@ -187,13 +192,14 @@ class Reader:
         new = sorted(set(found) - stream.stalled)
         stream.stalled |= set(found)
         if new:
-            log.warning("stream %s: partitions %s have %d events waiting and none was consumed for %.0f s (since "
-                        "they were assigned, sought or resumed): the consumer has no position to fetch from. Reading the group's "
-                        "committed offsets %s. A transaction the brokers still hold open on the group's offsets "
-                        "keeps them from a read_committed consumer (exactly-once); the brokers' transaction tools "
-                        "(kafka-transactions.sh) list and abort it", stream.label, new,
-                        sum(found[p] for p in new), now - min(self._assigned_at.get(p, now) for p in new), reading)
-        return {p: n for p, n in {**stream.lag, **found}.items() if p in stream.stalled}
+            log.warning("stream %s: partitions %s have %d events waiting and none was consumed for %.0f s "
+                        "(since they were assigned, sought or resumed): the consumer has no position to fetch "
+                        "from. Reading the group's committed offsets %s. A transaction the brokers still hold "
+                        "open on the group's offsets keeps them from a read_committed consumer (exactly-once); "
+                        "the brokers' transaction tools (kafka-transactions.sh) list and abort it", stream.label,
+                        new, sum(found[p] for p in new), now - min(self._assigned_at.get(p, now) for p in new),
+                        reading)
+        return found
 
     def _rewind(self) -> bool:
         """After a fatal producer error (or an aborted transaction): consume every assigned
