@@ -64,8 +64,9 @@ def write(directory: Path, model: str, rows: list[dict]) -> Path:
     from engine.monitor.events import publish
 
     now = time.time_ns()
-    table = pa.table({name: [r.get(name, now if name == "time" else None) for r in rows] for name in schema().names},
-                     schema=schema())
+    columns = schema()
+    table = pa.table({name: [r.get(name, now if name == "time" else None) for r in rows] for name in columns.names},
+                     schema=columns)
     return publish(directory, "audit", model, now, table)
 
 
