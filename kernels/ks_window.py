@@ -57,7 +57,7 @@ def _place(values, start, end, slots, uniq, k, bstart, lo, hi, scale, steps):
             continue
         else:
             pos = np.searchsorted(uniq[:k], v)
-        slots[t - start] = 2 * pos + (uniq[pos] == v)
+        slots[t - start] = 2 * pos + ((pos < k) & (uniq[pos] == v))  # past the last: a gap (+inf pads uniq)
 
 
 @jit
@@ -291,33 +291,57 @@ def _query_h(state, w, bcount, bref, ref_slot, m, pending, sums, maxp, minp, siz
 
 
 @jit
+def _part(flat, at, c):
+    """Column c's part of a flat state array: flat[at[c]:at[c + 1]]."""
+    return flat[at[c]:at[c + 1]]
+
+
+@jit
+def _rows(flat, at, c, rows):
+    """Column c's part of a flat state array, as [rows, width] (a view)."""
+    part = flat[at[c]:at[c + 1]]
+    return part.reshape((rows, part.shape[0] // rows))
+
+
+@jit
 def _advance_columns(values, ends, boundary, exact, thresholds, scratch, uniqs, ks, bstarts, bounds, steps, rings,
                      shareds, sizes, wstates, ws, bcounts, brefs, pendings, ref_slots, sums, maxps, minps, tree_sizes,
-                     ms, out_h, out_n):
+                     ms, at, out_h, out_n):
     """Column by column, slide each column's windows over its row of `values` in pieces
     ending at `ends`; after each piece with `boundary` set, note every window's length and
     statistic (times n*m) in out_n / out_h [column, window, boundary] -- exactly where
     `exact` is set for the boundary, the window is not full, or its statistic reaches
     thresholds[column, window]; elsewhere -1 (below the threshold: a test in O(K/64)).
-    A column's state comes into cache once per call rather than once per piece."""
+    A column's state comes into cache once per call rather than once per piece.
+
+    Each state array (uniqs ... minps) holds every column's, one after another: column c's
+    is flat[at[i, c]:at[i, c + 1]], i its place in that list (the 2-D ones [windows, width])."""
+    windows = sizes.shape[0]
     for c in range(values.shape[0]):
         row = values[c]
+        uniq, bstart, ring, shared = _part(uniqs, at[0], c), _part(bstarts, at[1], c), _part(rings, at[2], c), \
+            _part(shareds, at[3], c)
+        wstate, w, bcount = _rows(wstates, at[4], c, windows), _rows(ws, at[5], c, windows), \
+            _rows(bcounts, at[6], c, windows)
+        bref, pending, ref_slot = _part(brefs, at[7], c), _rows(pendings, at[8], c, windows), \
+            _part(ref_slots, at[9], c)
+        tree_sums, maxp, minp = _rows(sums, at[10], c, windows), _rows(maxps, at[11], c, windows), \
+            _rows(minps, at[12], c, windows)
         start = 0
         b = 0
         for p in range(ends.shape[0]):
             end = ends[p]
-            _slide(row, start, end, scratch, uniqs[c], ks[c], bstarts[c], bounds[c, 0], bounds[c, 1], bounds[c, 2],
-                   steps[c], rings[c], shareds[c], sizes, wstates[c], ws[c], bcounts[c], pendings[c], ms[c])
+            _slide(row, start, end, scratch, uniq, ks[c], bstart, bounds[c, 0], bounds[c, 1], bounds[c, 2],
+                   steps[c], ring, shared, sizes, wstate, w, bcount, pending, ms[c])
             start = end
             if boundary[p]:
-                for j in range(sizes.shape[0]):
-                    state = wstates[c][j]
+                for j in range(windows):
+                    state = wstate[j]
                     out_n[c, j, b] = state[0]
                     if (exact[b] or state[0] < sizes[j]
-                            or _reaches(ws[c][j], bcounts[c][j], brefs[c], ms[c], sizes[j], thresholds[c, j])):
-                        out_h[c, j, b] = _query_h(state, ws[c][j], bcounts[c][j], brefs[c], ref_slots[c], ms[c],
-                                                  pendings[c][j], sums[c][j], maxps[c][j], minps[c][j],
-                                                  tree_sizes[c], sizes[j])
+                            or _reaches(w[j], bcount[j], bref, ms[c], sizes[j], thresholds[c, j])):
+                        out_h[c, j, b] = _query_h(state, w[j], bcount[j], bref, ref_slot, ms[c], pending[j],
+                                                  tree_sums[j], maxp[j], minp[j], tree_sizes[c], sizes[j])
                     else:
                         out_h[c, j, b] = -1
                 b += 1

@@ -250,6 +250,36 @@ def test_ks_columns_bad_calls(rng):
         KSColumns([])
     with pytest.raises(ValueError, match="dtype"):  # int32 weights next to int64 ones
         KSColumns([SlidingKS(rng.normal(size=50), 10), SlidingKS(rng.normal(size=50_000), 50_000)])
+    shared = SlidingKS(rng.normal(size=50), 10)  # its state lives in one KSColumns' arrays
+    with pytest.raises(ValueError, match="one KSColumns only"):
+        KSColumns([shared, shared])
+    KSColumns([shared])
+    with pytest.raises(ValueError, match="one KSColumns only"):
+        KSColumns([shared])
+
+
+def test_infinity_beyond_a_finite_reference_stays_in_its_column():
+    """+inf where the reference has none lands in the gap after its largest value (the
+    search pads the reference with +inf; taken for a reference value, it was written one
+    slot past the column's weights, into the next column's state). Each column equals
+    SciPy, and the columns' own SlidingKS views agree."""
+    from kernels import KSColumns
+
+    references = [np.array([0.0]), np.array([0.0, 1.0, 2.0]), np.array([-np.inf, 0.5, np.inf])]
+    kernels = [SlidingKS(r, 4) for r in references]
+    columns = KSColumns(kernels)
+    data = np.array([[np.inf, 0.0, np.inf, np.inf, 0.0, np.inf],
+                     [0.0, 3.0, np.inf, 1.0, np.inf, 2.0],
+                     [np.inf, 0.5, -np.inf, np.inf, 0.7, 0.5]])
+    seen = columns.advance(data, np.array([3, 6]), np.array([True, True]))
+    for b, end in enumerate((3, 6)):
+        for c, reference in enumerate(references):
+            window = data[c, max(0, end - 4):end]
+            assert seen.statistic[c, 0, b] == pytest.approx(scipy.stats.ks_2samp(window, reference).statistic,
+                                                            rel=1e-12, abs=1e-15)
+    for c, kernel in enumerate(kernels):
+        assert kernel.statistic == seen.statistic[c, 0, -1]
+        assert kernel.n == 4
 
 
 def test_gather_columns_copies_chosen_columns_into_block_rows(rng):
