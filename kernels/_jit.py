@@ -6,7 +6,7 @@ on a machine pays compilation; nogil=True lets callers run kernels on threads. f
 stays off: the statistics must equal SciPy's to 1e-12, and NaN handling must be exact.
 
 Numba is imported when a kernel is first called, not when its module is imported: Numba and
-its LLVM cost a process ~60 MiB on import and ~130 MiB once kernels run, and a process that
+its LLVM cost a process ~60 MiB on import and ~110 MiB once kernels run, and a process that
 imports a module with a kernel (the label join's id table, the drift rule) without running
 one (no label join, no drift monitor configured) need not carry them. On the first call of
 any kernel, every kernel of every loaded `kernels` module becomes Numba's dispatcher in its
@@ -38,10 +38,35 @@ class Kernel:
 
     def compile(self):
         if self._made is None:
-            import numba
-
-            self._made = numba.njit(**self.options)(self.function)
+            self._made = _numba().njit(**self.options)(self.function)
         return self._made
+
+
+class _NoLinalg:
+    """An import finder that refuses scipy.linalg (while Numba is imported)."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "scipy.linalg" or name.startswith("scipy.linalg."):
+            raise ModuleNotFoundError(f"{name}: not while Numba is imported", name=name)
+        return None
+
+
+def _numba():
+    """Numba, imported without its probe for BLAS: on import, numba.np.arraymath imports
+    SciPy's linear algebra (~16 MiB measured, more of it shared libraries) only to choose how
+    np.correlate and np.convolve take inner products, which no kernel calls. Refused, the
+    probe answers no BLAS; a kernel calling np.dot would still load it when compiled."""
+    if "numba.np.arraymath" not in sys.modules and "scipy.linalg" not in sys.modules:
+        finder = _NoLinalg()
+        sys.meta_path.insert(0, finder)
+        try:
+            import numba.np.arraymath  # noqa: F401
+        finally:
+            sys.meta_path.remove(finder)
+    import numba
+
+    return numba
 
 
 _lock = threading.Lock()
