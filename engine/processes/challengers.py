@@ -160,4 +160,5 @@ def main(spec: ChallengersSpec, conn: Connection) -> None:
         board.close()
 
     child.run("challengers", spec.log_level, conn,
-              lambda: _run(spec.settings, spec.slot, inbound, outbound, board, conn), cleanup)
+              lambda: _run(spec.settings, spec.slot, inbound, outbound, board, conn), cleanup,
+              off_the_request_path=True)

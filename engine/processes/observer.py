@@ -382,4 +382,4 @@ def main(spec: ObserverSpec, conn: Connection) -> None:
 
     child.run("observer", spec.log_level, conn,
               lambda: _observe(spec.settings, rings, control, board, conn, spec.metrics_port, to_challengers,
-                               from_challengers, attached), cleanup)
+                               from_challengers, attached), cleanup, off_the_request_path=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.harness.config import Config, model_table, server_table
 from engine.harness.models import N_FEATURES
 from engine.monitor.status import status
 from tests.integration.kafka_helpers import wait_for
@@ -84,5 +85,35 @@ def test_each_process_reports_its_memory_and_workers_load_nothing_of_the_watchin
         rows = {line.split("  ")[0].strip(): line.split() for line in table[2:]}
         assert {"supervisor", "worker 0", "worker 1", "observer"} <= set(rows), table
         assert "all" in "".join(rows), table
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_watching_observer_leaves_out_pandas_and_scipys_linear_algebra(model_dir, rng):
+    """With drift and the scoring log on, the observer maps Numba and pyarrow, which it uses,
+    but not pandas (pyarrow would import it to ask whether an array is one of pandas') nor
+    SciPy's linear algebra and its OpenBLAS (Numba would import them to probe for BLAS):
+    ~60 MiB of the observer between them (bench/memory_bench.py)."""
+    import pandas  # noqa: F401  installed here (nannyml's): the check below is not vacuous
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reference = {f"f{i}": rng.normal(size=500) for i in range(N_FEATURES)}
+    pq.write_table(pa.table(reference), model_dir / "ref-memory.parquet")
+    monitor = {"features": list(reference), "reference": "ref-memory.parquet", "window": 100, "every": 50}
+    config = Config(server_table(workers=2), [model_table("mlp", "models/mlp.onnx", monitor=monitor)],
+                    scorelog={"dir": "memory-log"})
+    server = launch_workers(model_dir, config, "memory-watching.toml")
+    try:
+        _, observer = pids(server)
+        x = rng.normal(size=(64, N_FEATURES)).astype(np.float32)
+        for i in range(8):
+            infer(server.url, x)
+        wait_for(lambda: server.metrics().get('scorewire_drift_events_observed_total{model="mlp",version="1"}', 0)
+                 >= 8 * 64, 15, what="the drift monitor saw every row")
+        paths = _files(observer)
+        assert any("/numba/" in p or "/llvmlite/" in p for p in paths) and any("/pyarrow/" in p for p in paths)
+        assert not [p for p in paths if "/pandas/" in p]
+        assert not [p for p in paths if "/scipy/linalg/" in p or "/scipy.libs/" in p]  # (numpy has an OpenBLAS of its own)
     finally:
         assert server.stop() == 0
