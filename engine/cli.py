@@ -77,9 +77,11 @@ def _serve_settings(args: argparse.Namespace) -> int:
         from engine.processes.supervisor import supervise
 
         return supervise(settings, args.config, workers, args.log_level, args.ready_file)
+    from engine.processes.child import fast_event_loop, lean
+
+    lean()  # before the server's imports, as in each process of a supervised server
     from engine.app import serve
     from engine.errors import startup_error
-    from engine.processes.child import fast_event_loop
 
     try:
         fast_event_loop()

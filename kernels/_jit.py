@@ -43,11 +43,14 @@ class Kernel:
 
 
 class _NoLinalg:
-    """An import finder that refuses scipy.linalg (while Numba is imported)."""
+    """An import finder that refuses scipy.linalg to the thread importing Numba (another
+    thread's import of scipy.stats meanwhile goes through)."""
 
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name == "scipy.linalg" or name.startswith("scipy.linalg."):
+    def __init__(self):
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name, path=None, target=None):
+        if (name == "scipy.linalg" or name.startswith("scipy.linalg.")) and threading.get_ident() == self.thread:
             raise ModuleNotFoundError(f"{name}: not while Numba is imported", name=name)
         return None
 

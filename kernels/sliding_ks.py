@@ -140,7 +140,7 @@ class SlidingKS:
         self._scratch = np.empty(BLOCK_VALUES, dtype=np.int32)
         self._critical: dict[tuple[float, int], int] = {}
         self._h_now: list[int | None] = [None] * windows
-        self._columns = None  # the KSColumns whose flat arrays hold this one's state, if any
+        self._taken = False  # whether a KSColumns' flat arrays hold this one's state (no reference: no cycle)
         for alpha in alphas:
             for size in self.windows:
                 self.critical_statistic(alpha, size)
@@ -264,7 +264,7 @@ class KSColumns:
         if len({k.windows for k in kernels}) != 1:
             raise ValueError(f"KSColumns needs the same window sizes in every column, got "
                              f"{sorted({k.windows for k in kernels})}")
-        if any(k._columns is not None for k in kernels) or len({id(k) for k in kernels}) != len(kernels):
+        if any(k._taken for k in kernels) or len({id(k) for k in kernels}) != len(kernels):
             raise ValueError("a SlidingKS can be advanced by one KSColumns only")
         self.kernels = list(kernels)
         self.windows = kernels[0].windows
@@ -285,7 +285,7 @@ class KSColumns:
                 setattr(kernel, name, part)
             self._flat.append(flat)
         for kernel in kernels:
-            kernel._columns = self
+            kernel._taken = True
         self._ks = np.array([k._k for k in kernels], dtype=np.int64)
         self._bounds = np.array([(k._lo, k._hi, k._scale) for k in kernels], dtype=np.float64)
         self._steps = np.array([k._steps for k in kernels], dtype=np.int64)

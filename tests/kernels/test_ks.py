@@ -261,8 +261,8 @@ def test_ks_columns_bad_calls(rng):
 def test_infinity_beyond_a_finite_reference_stays_in_its_column():
     """+inf where the reference has none lands in the gap after its largest value (the
     search pads the reference with +inf; taken for a reference value, it was written one
-    slot past the column's weights, into the next column's state). Each column equals
-    SciPy, and the columns' own SlidingKS views agree."""
+    slot past the column's weights: out of bounds, in the flat layout the next column's
+    state). Each column equals SciPy, and the columns' own SlidingKS views agree."""
     from kernels import KSColumns
 
     references = [np.array([0.0]), np.array([0.0, 1.0, 2.0]), np.array([-np.inf, 0.5, np.inf])]
