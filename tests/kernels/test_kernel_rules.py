@@ -55,3 +55,33 @@ def test_numba_is_loaded_by_the_first_kernel_run_not_by_an_import():
     out = subprocess.run([sys.executable, "-c", probe], cwd=KERNELS.parent, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False", "True", "True"]
+
+
+def test_numba_comes_without_scipys_linear_algebra_and_refuses_it_to_no_other_thread():
+    """Numba's import probes for BLAS by importing scipy.linalg (~16 MiB): the first kernel
+    run imports Numba without it. Another thread importing scipy.stats (which needs
+    scipy.linalg) while Numba loads is not refused."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, threading, time\n"
+        "import numpy as np\n"
+        "from kernels import ks_2samp\n"
+        "done = []\n"
+        "def other():\n"
+        "    time.sleep(0.05)\n"
+        "    from scipy.stats import binomtest\n"
+        "    done.append(bool(binomtest(3, 10).pvalue > 0))\n"
+        "t = threading.Thread(target=other); t.start()\n"
+        "ks_2samp(np.arange(20.0), np.arange(5.0, 30.0))\n"  # the first kernel run: Numba loads
+        "t.join()\n"
+        "print(done)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=KERNELS.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[True]"]
+    alone = subprocess.run([sys.executable, "-c", "import sys, numpy as np\nfrom kernels import ks_2samp\n"
+                            "ks_2samp(np.arange(20.0), np.arange(5.0, 30.0))\nprint('scipy.linalg' in sys.modules)"],
+                           cwd=KERNELS.parent, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and alone.stdout.split() == ["False"], alone.stderr
