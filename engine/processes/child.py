@@ -94,8 +94,8 @@ def give_back_freed_memory(threshold: int = 1 << 20) -> None:
     at the top of a heap. By default that threshold follows the largest block freed (up to
     64 MiB), and the observer, after the drift monitor's and the log's temporaries, kept
     ~50 MiB it no longer used (bench/memory_bench.py --batches 6000, drift and the log on:
-    anonymous memory 164 -> 115 MiB, the same CPU). Not for workers: a fixed threshold also
-    fixes the one above which malloc maps a block of its own (128 KiB), and every larger
+    its anonymous memory 168 -> 114 MiB, the same CPU). Not for workers: a fixed threshold
+    also fixes the one above which malloc maps a block of its own (128 KiB), and every larger
     batch would be mapped and unmapped on the request path. No-op without glibc."""
     try:
         ctypes.CDLL(None).mallopt(_M_TRIM_THRESHOLD, threshold)
