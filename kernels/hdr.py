@@ -309,9 +309,12 @@ class HdrHistogram:
     def lowest_equivalent(self, value: int) -> int:
         return int(_lowest_equivalent(np.int64(value), self.unit_magnitude, self.half_magnitude, self.mask))
 
+    def _range_size(self, values: np.ndarray) -> np.ndarray:
+        return _range_size(values, self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask)
+
     def _highest_equivalent(self, values: np.ndarray) -> np.ndarray:
-        return _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask) + (_range_size(
-            values, self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask) - 1)
+        return _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask) + (
+            self._range_size(values) - 1)
 
     def highest_equivalent(self, value: int) -> int:
         return int(self._highest_equivalent(np.int64(value)))
@@ -333,9 +336,8 @@ class HdrHistogram:
         targets = np.array([max(int((min(x, 100.0) * total / 100) + 0.5), 1) for x in p], dtype=np.int64)
         # the first bucket whose running count reaches each target (at most the last non-empty one)
         index = np.minimum(np.searchsorted(running, targets, side="left"), np.searchsorted(running, total, side="left"))
-        values = self._lower[index]
-        return np.where(p == 0, _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask),
-                        self._highest_equivalent(values))
+        values = self._lower[index]  # each counter's lowest value: its own lowest equivalent
+        return np.where(p == 0, values, values + (self._range_size(values) - 1))
 
     def value_at_percentile(self, percentile: float) -> int:
         return int(self.percentiles([percentile])[0])
@@ -345,9 +347,8 @@ class HdrHistogram:
         nonzero = np.flatnonzero(self.counts)
         if len(nonzero) == 0:
             return 0.0
-        values = self._lower[nonzero]
-        medians = _lowest_equivalent(values, self.unit_magnitude, self.half_magnitude, self.mask) + (
-            _range_size(values, self.unit_magnitude, self.half_magnitude, self.sub_bucket_count, self.mask) >> 1)
+        values = self._lower[nonzero]  # each counter's lowest value
+        medians = values + (self._range_size(values) >> 1)
         counts = self.counts[nonzero]
         return float(np.dot(counts.astype(np.float64), medians.astype(np.float64)) / counts.sum())
 
