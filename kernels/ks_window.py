@@ -299,7 +299,7 @@ def _part(flat, at, c):
 @jit
 def _rows(flat, at, c, rows):
     """Column c's part of a flat state array, as [rows, width] (a view)."""
-    part = flat[at[c]:at[c + 1]]
+    part = _part(flat, at, c)
     return part.reshape((rows, part.shape[0] // rows))
 
 
