@@ -88,22 +88,24 @@ class Driver:
     # -- once a tick ---------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> Decision | None:
         now = time.monotonic() if now is None else now
-        decision = None
+        decision = given = None
         if now - self._guarded >= GUARD_EVERY_S:
             self._guarded = now
-            decision = self._operator() or self.rollout.guard(self._error_rate(), self._p99_ratio(), self._drifted(),
-                                                              self._estimated_drop())
+            given = saved_state.read_command(self.route)
+            decision = self._operator(given) or self.rollout.guard(self._error_rate(), self._p99_ratio(),
+                                                                   self._drifted(), self._estimated_drop())
         step = self.rollout.step
         decision = decision or self.rollout.decide()
         if decision is not None:
             if decision.step != step:
                 self._step_requests = None
             self._save(decision.reason, decision)
+        if given is not None:  # only now: `scorewire rollout` reads the state once the command is gone
+            saved_state.done_command(self.route)
         return decision
 
-    def _operator(self) -> Decision | None:
+    def _operator(self, given: tuple[str, str] | None) -> Decision | None:
         """A command `scorewire rollout` left: pause, resume or abort."""
-        given = saved_state.take_command(self.route)
         r = self.rollout
         if given is None or r.state in (State.PROMOTED, State.ROLLED_BACK):
             return None

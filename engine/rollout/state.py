@@ -150,16 +150,23 @@ def command_file(route: RouteSettings) -> Path:
     return path.with_name(path.name + ".command")
 
 
-def take_command(route: RouteSettings) -> tuple[str, str] | None:
-    """The operator's command waiting, if any, and who gave it (removed: taken once)."""
-    path = command_file(route)
+def read_command(route: RouteSettings) -> tuple[str, str] | None:
+    """The operator's command waiting, if any (its file parsed), and who gave it. It stays
+    until done_command(): `scorewire rollout` reads the state once the command is gone, so
+    the state must say what the command did first."""
     try:
-        data = json.loads(path.read_text())
-        command, by = data.get("command"), str(data.get("by") or "unknown")
-        path.unlink()
+        data = json.loads(command_file(route).read_text())
+        return str(data.get("command")), str(data.get("by") or "unknown")
     except (OSError, ValueError, AttributeError):
         return None
-    return (command, by) if command in COMMANDS else None
+
+
+def done_command(route: RouteSettings) -> None:
+    """The command read is carried out (its state written) or refused: remove it."""
+    try:
+        command_file(route).unlink()
+    except OSError:
+        pass
 
 
 def give_command(route: RouteSettings, command: str) -> None:
@@ -176,4 +183,4 @@ def give_command(route: RouteSettings, command: str) -> None:
 
 
 __all__ = ["COMMANDS", "ROLLOUT_POLL_S", "Follower", "Saved", "effective", "effective_routes", "first", "give_command",
-           "read", "read_split", "take_command", "unloaded", "write", "write_split"]
+           "done_command", "read", "read_command", "read_split", "unloaded", "write", "write_split"]

@@ -125,3 +125,24 @@ def test_drift_only_the_candidate_raised_and_an_estimated_drop_roll_back():
     assert decision.state is State.ROLLED_BACK and "probabilities:1" in decision.reason
     decision = Rollout(plan).guard(estimated_drop=0.08)
     assert decision.state is State.ROLLED_BACK and "estimated accuracy" in decision.reason
+
+
+def test_a_command_is_removed_only_once_the_state_says_what_it_did(tmp_path, monkeypatch):
+    """`scorewire rollout` reads the state as soon as its command file is gone: the state must
+    be written first (a resume that read the old "paused" failed an integration test)."""
+    from engine.rollout import state
+    from engine.rollout.driver import Driver
+    from engine.settings import PerformanceSettings, RouteSettings
+
+    route = RouteSettings(model="m", champion="1", rollout={"candidate": "2", "state_file": str(tmp_path / "s.json")})
+    driver = Driver(route, {v: PerformanceSettings(task="binary", score="p:1") for v in ("1", "2")}, None)
+    written, write = [], state.write
+    monkeypatch.setattr(state, "write", lambda r, saved: (written.append((saved.state, state.command_file(r).exists())),
+                                                         write(r, saved)))
+    for when, command, after in ((10.0, "pause", "paused"), (20.0, "resume", "running"), (30.0, "resume", "running")):
+        state.give_command(route, command)
+        driver.tick(now=when)
+        assert state.read(route).state == after and not state.command_file(route).exists()
+    # each state was written while its command still waited; the resume of a running rollout
+    # wrote nothing, and its command is gone all the same (the CLI stops waiting)
+    assert written == [("paused", True), ("running", True)]
