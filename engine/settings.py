@@ -110,8 +110,9 @@ class ServerSettings(_Strict):
     The rings live in /dev/shm, which must have room for all of them, and are reserved whole at
     start (a pod's memory limit is charged for them). Unset: sized by what holds records, 32 MiB
     with a [scorelog] (a record stays until the log has committed its rows, every 0.5 s) and
-    8 MiB without (a record is freed once the observer has handed it on, within ~60 ms: 8 MiB
-    is about a second of 64-row batches of 32 features at full speed)."""
+    8 MiB without (a record is freed once the observer has handed it on, within ~60 ms, or
+    ~160 ms for the first after an idle spell: 8 MiB is about a second of 64-row batches of 32
+    features at full speed)."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On SIGTERM: the whole drain. Requests already sent are answered (drain_grace_s, then new
     calls get UNAVAILABLE while those in flight finish); challengers and the monitor get what

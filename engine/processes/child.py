@@ -210,14 +210,23 @@ def off_loop(work: Callable[[Settings], None]) -> Callable[[Settings], Awaitable
 
 
 async def poll_until(stop: asyncio.Event, poll: Callable[[], int], tick_s: float,
-                     every_tick: Callable[[], None] | None = None) -> None:
+                     every_tick: Callable[[], None] | None = None, idle_tick_s: float | None = None,
+                     waiting: Callable[[], bool] | None = None) -> None:
     """A pass every tick until `stop`, then passes until one finds nothing. Every tick, not as
     soon as a record lands: one-row requests make one-record batches, and a pass costs about
-    the same for one record as for a hundred."""
+    the same for one record as for a hundred. With `idle_tick_s`, a pass that finds nothing
+    (and leaves nothing `waiting`) doubles the wait before the next, up to `idle_tick_s`, and
+    the first that finds something brings it back to `tick_s`: an idle server wakes a few
+    times a second rather than a hundred (each wake-up cost this process about 0.25 ms of CPU
+    on the dev machine's VM)."""
+    wait = tick_s
     while not stop.is_set():
         if every_tick is not None:
             every_tick()
-        poll()
-        await asyncio.sleep(tick_s)
+        if poll() or idle_tick_s is None or (waiting is not None and waiting()):
+            wait = tick_s
+        else:
+            wait = min(idle_tick_s, wait * 2)
+        await asyncio.sleep(wait)
     while poll():
         pass

@@ -48,6 +48,7 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')  # name="value" in a sample's l
 log = logging.getLogger("scorewire")
 
 TICK_S = 0.01  # between passes over the rings
+IDLE_TICK_S = 0.1  # ...growing to this while passes find nothing (the first records then wait <= 0.1 s more)
 # A record is handed on once it is this old: every record stamped before it has been put in
 # its ring by then (a put follows its stamp by microseconds; 50 ms covers a descheduled worker)
 HOLD_NS = 50_000_000
@@ -240,6 +241,11 @@ class Watch:
         self.release()
         return len(ready)
 
+    @property
+    def waiting(self) -> bool:
+        """Records read and held back for a later pass (see poll)."""
+        return bool(self._held)
+
     def release(self) -> None:
         """Free the ring space of every record the log is done with (in ring order)."""
         for ring in self._sources:
@@ -347,7 +353,8 @@ async def _observe(settings: Settings, rings: list[Ring], control: Control, boar
             next_publish[0] = time.monotonic() + PUBLISH_S
 
     # The supervisor stops the observer after the workers: what is in the rings is all there is.
-    await child.poll_until(signals.stop, watch.poll, TICK_S, publish_now_and_then)
+    await child.poll_until(signals.stop, watch.poll, TICK_S, publish_now_and_then, IDLE_TICK_S,
+                           lambda: watch.waiting)
     if child.orphaned():  # the supervisor died, and every process got SIGTERM: the workers drain meanwhile
         deadline = time.monotonic() + settings.server.drain_timeout_s + ORPHAN_MARGIN_S
         while time.monotonic() < deadline and any(_alive(pid) for pid in control.pids(range(control.workers))):

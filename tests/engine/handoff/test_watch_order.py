@@ -91,3 +91,39 @@ def test_a_ring_keeps_each_record_until_the_log_is_done_with_it(rings):
         fresh.close()
     finally:
         again.close()
+
+
+def test_an_idle_observer_passes_less_often_and_is_back_at_full_pace_with_the_first_record(rings, monkeypatch):
+    """poll_until's waits between passes: doubled by every pass that finds nothing (up to the
+    idle tick), back to the tick with the first record found, and kept at the tick while a
+    record read is held back (too recent to hand on)."""
+    import asyncio
+
+    from engine.processes import child
+    from engine.processes.observer import IDLE_TICK_S, TICK_S
+
+    a, _ = rings
+    watch = _watch(rings)
+    waits: list[float] = []
+    stop = asyncio.Event()
+    script = iter([None, None, None, None, None, "old", None, "new", None, None])
+
+    def poll() -> int:
+        step = next(script, "stop")
+        if step == "stop":
+            stop.set()
+        elif step is not None:  # a record put now ("new": too recent to hand on) or 1 s ago
+            _put(a, step, time.monotonic_ns() - (0 if step == "new" else 1_000_000_000))
+        return watch.poll()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(child.asyncio, "sleep", sleep)
+    asyncio.run(child.poll_until(stop, poll, TICK_S, None, IDLE_TICK_S, lambda: watch.waiting))
+    t, idle = TICK_S, IDLE_TICK_S
+    assert waits == [2 * t, 4 * t, 8 * t, idle, idle,  # nothing found: ever longer, to the idle tick
+                     t,  # "old" handed on: back to the tick
+                     2 * t,
+                     t, t, t, t]  # "new" held back (never old enough here): the tick, to the end
+    assert watch.observer.seen[:1] == ["old"]
