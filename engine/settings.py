@@ -111,7 +111,7 @@ class ServerSettings(_Strict):
     start (a pod's memory limit is charged for them). Unset: sized by what holds records, 32 MiB
     with a [scorelog] (a record stays until the log has committed its rows, every 0.5 s) and
     8 MiB without (a record is freed once the observer has handed it on, within ~60 ms, or
-    ~160 ms for the first after an idle spell: 8 MiB is about a second of 64-row batches of 32
+    ~0.1 s for the first after an idle spell: 8 MiB is about a second of 64-row batches of 32
     features at full speed)."""
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     """On SIGTERM: the whole drain. Requests already sent are answered (drain_grace_s, then new

@@ -110,7 +110,7 @@ def _frame(header: dict, arrays: _Arrays) -> list:
     return [_U32.pack(len(head)), head, _PAD[:pad], *arrays.parts]
 
 
-_DTYPES: dict[str, np.dtype] = {}  # a header's dtype strings, parsed once each
+_DTYPES: dict[str, np.dtype] = {}  # a header's dtype strings, parsed once each (the first 64 seen)
 
 
 def _array(record: bytes, base: int, ref) -> np.ndarray:
@@ -118,7 +118,9 @@ def _array(record: bytes, base: int, ref) -> np.ndarray:
     dtype, shape, at = ref
     dt = _DTYPES.get(dtype)
     if dt is None:
-        dt = _DTYPES[dtype] = np.dtype(dtype)
+        dt = np.dtype(dtype)
+        if len(_DTYPES) < 64:  # workers write a few numeric dtypes; whatever else a ring holds is not kept
+            _DTYPES[dtype] = dt
     if len(shape) == 1:
         return np.frombuffer(record, dt, shape[0], base + at)
     return np.frombuffer(record, dt, math.prod(shape), base + at).reshape(shape)
@@ -149,9 +151,10 @@ def _decode_origin(record: bytes, base: int, o: dict | None) -> Origin | None:
 
 def decode(record: bytes) -> tuple[int, ScoredBatch | Labels | None]:
     """(stamp_ns, what the record holds): a scored batch (its arrays are read-only views of
-    `record`) or labels; (0, None) for a record this wire version does not read. About 10 us
-    for a one-row batch (module-level helpers and parsed dtypes kept: it was 25 us with a
-    closure per array kind and np.dtype per array)."""
+    `record`) or labels; (0, None) for a record this wire version does not read. Module-level
+    helpers and each dtype parsed once: 0.70x the time of the closures it replaced on a one-row
+    record (interleaved A/B on the dev machine), 0.83x on a 256-row Kafka one.
+    """
     (n,) = _U32.unpack_from(record, 0)
     header = orjson.loads(record[4:4 + n])
     kind = header.get("kind")

@@ -35,6 +35,7 @@ log = logging.getLogger("scorewire")
 
 STATS_INTERVAL_S = 0.25
 TICK_S = 0.01  # between passes over the inbound ring
+IDLE_TICK_S = 0.1  # ...growing to this while passes find nothing
 
 
 class Challengers:
@@ -141,7 +142,7 @@ async def _run(settings: Settings, slot: int, inbound: Ring, outbound: Ring, boa
             next_stats[0] = time.monotonic() + STATS_INTERVAL_S
 
     # The supervisor stops this process once the observer forwarded the workers' last batches.
-    await child.poll_until(signals.stop, host.poll, TICK_S, stats_now_and_then)
+    await child.poll_until(signals.stop, host.poll, TICK_S, stats_now_and_then, IDLE_TICK_S)
     await orders.done()
     deadline = time.monotonic() + settings.server.drain_timeout_s
     await asyncio.get_running_loop().run_in_executor(None, host.observer.close_shadows,

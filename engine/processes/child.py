@@ -209,6 +209,17 @@ def off_loop(work: Callable[[Settings], None]) -> Callable[[Settings], Awaitable
     return run
 
 
+async def _pause(stop: asyncio.Event, seconds: float, tick_s: float) -> None:
+    """Sleep `seconds`; a wait longer than the tick (an idle one) ends early when `stop` is set."""
+    if seconds <= tick_s:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
 async def poll_until(stop: asyncio.Event, poll: Callable[[], int], tick_s: float,
                      every_tick: Callable[[], None] | None = None, idle_tick_s: float | None = None,
                      waiting: Callable[[], bool] | None = None) -> None:
@@ -227,6 +238,6 @@ async def poll_until(stop: asyncio.Event, poll: Callable[[], int], tick_s: float
             wait = tick_s
         else:
             wait = min(idle_tick_s, wait * 2)
-        await asyncio.sleep(wait)
+        await _pause(stop, wait, tick_s)
     while poll():
         pass

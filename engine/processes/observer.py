@@ -48,7 +48,7 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')  # name="value" in a sample's l
 log = logging.getLogger("scorewire")
 
 TICK_S = 0.01  # between passes over the rings
-IDLE_TICK_S = 0.1  # ...growing to this while passes find nothing (the first records then wait <= 0.1 s more)
+IDLE_TICK_S = 0.1  # ...growing to this while passes find nothing (a first record then waits up to 0.1 s)
 # A record is handed on once it is this old: every record stamped before it has been put in
 # its ring by then (a put follows its stamp by microseconds; 50 ms covers a descheduled worker)
 HOLD_NS = 50_000_000

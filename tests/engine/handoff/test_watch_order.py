@@ -112,18 +112,34 @@ def test_an_idle_observer_passes_less_often_and_is_back_at_full_pace_with_the_fi
         step = next(script, "stop")
         if step == "stop":
             stop.set()
-        elif step is not None:  # a record put now ("new": too recent to hand on) or 1 s ago
-            _put(a, step, time.monotonic_ns() - (0 if step == "new" else 1_000_000_000))
+        elif step is not None:  # a record stamped 1 s ago ("old"), or 10 s ahead ("new": held back to the end)
+            _put(a, step, time.monotonic_ns() + (10 if step == "new" else -1) * 1_000_000_000)
         return watch.poll()
 
-    async def sleep(seconds: float) -> None:
+    async def pause(stop, seconds: float, tick_s: float) -> None:
         waits.append(seconds)
 
-    monkeypatch.setattr(child.asyncio, "sleep", sleep)
+    monkeypatch.setattr(child, "_pause", pause)
     asyncio.run(child.poll_until(stop, poll, TICK_S, None, IDLE_TICK_S, lambda: watch.waiting))
     t, idle = TICK_S, IDLE_TICK_S
     assert waits == [2 * t, 4 * t, 8 * t, idle, idle,  # nothing found: ever longer, to the idle tick
                      t,  # "old" handed on: back to the tick
                      2 * t,
-                     t, t, t, t]  # "new" held back (never old enough here): the tick, to the end
-    assert watch.observer.seen[:1] == ["old"]
+                     t, t, t, t]  # "new" held back: the tick, to the end
+    assert watch.observer.seen == ["old"]
+
+
+def test_an_idle_wait_ends_when_the_process_is_told_to_stop():
+    """A wait longer than the tick (idle) ends as soon as `stop` is set (SIGTERM), not after it."""
+    import asyncio
+
+    from engine.processes import child
+
+    async def main() -> float:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        start = time.monotonic()
+        await child._pause(stop, 10.0, 0.01)
+        return time.monotonic() - start
+
+    assert asyncio.run(main()) < 5
