@@ -6,6 +6,7 @@ memory, where their RSS counts shared libraries and shared memory once per proce
 
     python -m bench.memory_bench [--workers 2] [--requests 2000] [--batches 50] [--json FILE] [--md FILE]
                                  [--baseline-tree PATH]   # another checkout's server, measured in the same run
+                                 [--idle-s 10]   # and each process's CPU while idle, over that long
 
 Each server is started, sent `--requests` one-row REST requests and `--batches` of 64 rows
 (so the sessions, the rings and the monitor have run; a server that has served is the one a
@@ -16,6 +17,8 @@ both ends), left 3 s, then every process of its tree is read from
 multiprocessing's resource tracker. /dev/shm segments (the rings, the board, the control
 table) are reported apart: posix_fallocate reserves them whole, so a cgroup (a pod) is
 charged for them from the start, whether or not a process has touched their pages.
+With `--idle-s`, each process's CPU (utime + stime, all threads) is then read over that many
+seconds with nothing sent: what an idle server costs, as a share of one core.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.processes.memory import rollup, tree
+from bench.proctree import cpu_by_pid
 from bench.servers import prepare_demo, stop
 from engine.harness.config import Config, model_table, server_table
 from engine.harness.server import start_server
@@ -109,7 +113,7 @@ def shm_bytes(pids: list[int]) -> int:
 
 
 def measure(config: Config, directory: Path, requests: int, batches: int, settle_s: float,
-            tree_path: str | None = None) -> dict:
+            tree_path: str | None = None, idle_s: float = 0.0) -> dict:
     """The server of `config`, from the checkout at `tree_path` (default: this one) as its
     PYTHONPATH. It runs in `directory`: Python puts the working folder first on a process's
     path (the workers' too), so a server started from inside another checkout would run that
@@ -135,15 +139,25 @@ def measure(config: Config, directory: Path, requests: int, batches: int, settle
         order = ["supervisor", "resource tracker", "observer", "challengers"]
         processes.sort(key=lambda p: (order.index(p["process"]) if p["process"] in order else len(order), p["process"]))
         shm = shm_bytes(pids)
+        if idle_s > 0:
+            before = cpu_by_pid(server.proc.pid)
+            time.sleep(idle_s)
+            after = cpu_by_pid(server.proc.pid)
+            for p in processes:  # a process that ended meanwhile counts as idle as it was
+                p["idle_cpu_pct"] = 100 * (after.get(p["pid"], 0.0) - before.get(p["pid"], 0.0)) / idle_s
     finally:
         stop(server.proc)
-    return {"processes": processes, "rss": sum(p["rss"] for p in processes),
-            "pss": sum(p["pss"] for p in processes), "shm_reserved": shm}
+    out = {"processes": processes, "rss": sum(p["rss"] for p in processes),
+           "pss": sum(p["pss"] for p in processes), "shm_reserved": shm}
+    if idle_s > 0:
+        out["idle_cpu_pct"] = sum(p["idle_cpu_pct"] for p in processes)
+    return out
 
 
 def _total(r: dict) -> str:
+    idle = f", idle CPU {r['idle_cpu_pct']:.1f}% of a core" if "idle_cpu_pct" in r else ""
     return f"{len(r['processes'])} processes, RSS {r['rss'] / MIB:.0f} MiB, PSS {r['pss'] / MIB:.0f} MiB, " \
-           f"/dev/shm {r['shm_reserved'] / MIB:.0f} MiB"
+           f"/dev/shm {r['shm_reserved'] / MIB:.0f} MiB{idle}"
 
 
 def markdown(results: dict, argv: str) -> str:
@@ -157,19 +171,24 @@ def markdown(results: dict, argv: str) -> str:
         lines += ["| server | " + " | ".join(results) + " | PSS ratio |", "|---" * (len(results) + 2) + "|"]
         for name in names:
             cells = [f"PSS {r[name]['pss'] / MIB:.0f} (RSS {r[name]['rss'] / MIB:.0f}, /dev/shm "
-                     f"{r[name]['shm_reserved'] / MIB:.0f})" for r in results.values()]
+                     f"{r[name]['shm_reserved'] / MIB:.0f}" + (f", idle CPU {r[name]['idle_cpu_pct']:.1f}%"
+                                                               if "idle_cpu_pct" in r[name] else "") + ")"
+                     for r in results.values()]
             first, last = (r[name]["pss"] for r in (results[next(iter(results))], results[list(results)[-1]]))
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {last / first:.2f} |")
         lines.append("")
     for label, runs in results.items():
         for name, r in runs.items():
-            lines += [f"## {label}: {name}", "", "| process | RSS | PSS | PSS anon | PSS file | PSS shmem |",
-                      "|---|---|---|---|---|---|"]
+            idle = "idle_cpu_pct" in r
+            lines += [f"## {label}: {name}", "", "| process | RSS | PSS | PSS anon | PSS file | PSS shmem |"
+                      + (" idle CPU % |" if idle else ""), "|---|---|---|---|---|---|" + ("---|" if idle else "")]
             for p in r["processes"]:
                 lines.append(f"| {p['process']} | {p['rss'] / MIB:.1f} | {p['pss'] / MIB:.1f} | "
-                             f"{p['pss_anon'] / MIB:.1f} | {p['pss_file'] / MIB:.1f} | {p['pss_shmem'] / MIB:.1f} |")
+                             f"{p['pss_anon'] / MIB:.1f} | {p['pss_file'] / MIB:.1f} | {p['pss_shmem'] / MIB:.1f} |"
+                             + (f" {p['idle_cpu_pct']:.1f} |" if idle else ""))
             lines += [f"| **all {len(r['processes'])} processes** | **{r['rss'] / MIB:.1f}** | **{r['pss'] / MIB:.1f}** "
-                      "| | | |", "", f"/dev/shm segments: {r['shm_reserved'] / MIB:.1f} MiB", ""]
+                      "| | | |" + (f" **{r['idle_cpu_pct']:.1f}** |" if idle else ""), "",
+                      f"/dev/shm segments: {r['shm_reserved'] / MIB:.1f} MiB", ""]
     return "\n".join(lines)
 
 
@@ -182,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     parser.add_argument("--baseline-tree", help="a checkout of scorewire to measure first (its PYTHONPATH)")
+    parser.add_argument("--idle-s", type=float, default=0.0,
+                        help="then read each process's CPU over this many idle seconds (0: not)")
     args = parser.parse_args(argv)
     trees = ([("baseline", args.baseline_tree)] if args.baseline_tree else []) + [("this tree", None)]
     results: dict[str, dict] = {}
@@ -191,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, config in configs(args.workers).items():  # the trees in turns, server by server
             for label, path in trees:
                 results.setdefault(label, {})[name] = measure(config, directory, args.requests, args.batches,
-                                                              args.settle, path)
+                                                              args.settle, path, args.idle_s)
     for label, runs in results.items():
         for name, r in runs.items():
             print(f"{label}, {name}: {_total(r)}")
             for p in r["processes"]:
+                idle = f"  idle CPU {p['idle_cpu_pct']:4.1f}%" if "idle_cpu_pct" in p else ""
                 print(f"  {p['process']:<17} RSS {p['rss'] / MIB:6.1f}  PSS {p['pss'] / MIB:6.1f}  (anon "
-                      f"{p['pss_anon'] / MIB:5.1f}, file {p['pss_file'] / MIB:5.1f}, shmem {p['pss_shmem'] / MIB:5.1f})")
+                      f"{p['pss_anon'] / MIB:5.1f}, file {p['pss_file'] / MIB:5.1f}, shmem {p['pss_shmem'] / MIB:5.1f})"
+                      f"{idle}")
     command = "python -m bench.memory_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.json:
         args.json.write_text(json.dumps({"command": command, "results": results}, indent=1))
