@@ -113,13 +113,16 @@ def shm_bytes(pids: list[int]) -> int:
 
 
 def measure(config: Config, directory: Path, requests: int, batches: int, settle_s: float,
-            tree_path: str | None = None, idle_s: float = 0.0) -> dict:
+            tree_path: str | None = None, idle_s: float = 0.0, cold_numba: bool = False) -> dict:
     """The server of `config`, from the checkout at `tree_path` (default: this one) as its
     PYTHONPATH. It runs in `directory`: Python puts the working folder first on a process's
     path (the workers' too), so a server started from inside another checkout would run that
-    checkout's code whatever PYTHONPATH says."""
+    checkout's code whatever PYTHONPATH says. `cold_numba`: the server starts on an empty Numba
+    cache of its own (a fresh container), so its kernels compile."""
     path = config.write(directory / "memory.toml")
     env = {**os.environ, "PYTHONPATH": tree_path or str(Path(__file__).resolve().parents[1])}
+    if cold_numba:
+        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-", dir=directory)
     server = start_server(path, log_level="WARNING", env=env, cwd=directory)
     try:
         load(server.http_url, requests, batches, np.random.default_rng(0))
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-tree", help="a checkout of scorewire to measure first (its PYTHONPATH)")
     parser.add_argument("--idle-s", type=float, default=0.0,
                         help="then read each process's CPU over this many idle seconds (0: not)")
+    parser.add_argument("--cold-numba", action="store_true",
+                        help="start each server on an empty Numba cache of its own, as a fresh container would")
     args = parser.parse_args(argv)
     trees = ([("baseline", args.baseline_tree)] if args.baseline_tree else []) + [("this tree", None)]
     results: dict[str, dict] = {}
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, config in configs(args.workers).items():  # the trees in turns, server by server
             for label, path in trees:
                 results.setdefault(label, {})[name] = measure(config, directory, args.requests, args.batches,
-                                                              args.settle, path, args.idle_s)
+                                                              args.settle, path, args.idle_s,
+                                                              args.cold_numba)
     for label, runs in results.items():
         for name, r in runs.items():
             print(f"{label}, {name}: {_total(r)}")

@@ -11,15 +11,21 @@ imports a module with a kernel (the label join's id table, the drift rule) witho
 one (no label join, no drift monitor configured) need not carry them. On the first call of
 any kernel, every kernel of every loaded `kernels` module becomes Numba's dispatcher in its
 module, so compiled code that calls another kernel finds a dispatcher where it looks.
+
+A signature not in the cache is compiled by a helper process (`_compile.py`: compiling leaves
+~120 MiB in the process that compiles) and loaded from the cache it wrote; COMPILE_ELSEWHERE
+off (or SCOREWIRE_COMPILE_ELSEWHERE=0) compiles in the process, as Numba does.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 
 OPTIONS = {"cache": True, "nogil": True, "fastmath": False}
+COMPILE_ELSEWHERE = os.environ.get("SCOREWIRE_COMPILE_ELSEWHERE", "1") != "0"
 
 
 class Kernel:
@@ -82,10 +88,26 @@ def _materialize() -> None:
         made = [(module, attribute, value, value.compile())
                 for name, module in list(sys.modules.items()) if name == "kernels" or name.startswith("kernels.")
                 for attribute, value in list(vars(module).items()) if isinstance(value, Kernel)]
+        if COMPILE_ELSEWHERE and OPTIONS["cache"]:
+            from kernels._compile import CompiledElsewhere
+
+            for module, attribute, kernel, dispatcher in made:
+                cache = getattr(dispatcher, "_cache", None)  # none where NUMBA_DISABLE_JIT=1
+                if kernel.options.get("cache") and cache is not None and not isinstance(cache, CompiledElsewhere):
+                    dispatcher._cache = CompiledElsewhere(cache, module.__name__, attribute)
         for module, attribute, _, dispatcher in made:
             setattr(module, attribute, dispatcher)
         for _, _, kernel, dispatcher in made:
             kernel.dispatcher = dispatcher
+
+
+def dispatcher(kernel):
+    """The Numba dispatcher of a kernel (a `Kernel`, or what its module holds once compiled)."""
+    if isinstance(kernel, Kernel):
+        if kernel.dispatcher is None:
+            _materialize()
+        return kernel.dispatcher
+    return kernel
 
 
 def jit(function=None, **overrides):

@@ -153,6 +153,11 @@ class HdrHistogram:
         single_unit = 2 * math.pow(10, significant_figures)
         count_magnitude = int(math.ceil(math.log(single_unit) / math.log(2)))
         self.half_magnitude = count_magnitude - 1 if count_magnitude > 1 else 0
+        if self.unit_magnitude + self.half_magnitude > 61:  # as HdrHistogram's Java: the layout needs 63 bits
+            raise ValueError(
+                f"lowest {lowest} with {significant_figures} significant figures needs more than 63 bits: "
+                f"make lowest at most {2 ** (61 - self.half_magnitude)} or ask for fewer significant figures"
+            )
         self.sub_bucket_count = 2 ** (self.half_magnitude + 1)
         self.half_count = self.sub_bucket_count // 2
         self.mask = (self.sub_bucket_count - 1) << self.unit_magnitude

@@ -108,6 +108,9 @@ def test_bad_calls_say_how_to_fix():
         HdrHistogram(1, 1000, 6)
     with pytest.raises(ValueError, match="highest must be"):
         HdrHistogram(10, 15, 2)
+    with pytest.raises(ValueError, match=f"make lowest at most {2**57}"):  # Java refuses it too: 59 + 4 bits > 61
+        HdrHistogram(2**59, 2**62, 1)
+    assert HdrHistogram(2**57, 2**62, 1).unit_magnitude == 57  # what it suggests, it takes
     with pytest.raises(ValueError, match="percentiles"):
         h.percentiles([np.nan])
     with pytest.raises(ValueError, match="cookie"):

@@ -169,6 +169,7 @@ def test_splice_rows_builds_each_row_from_pieces_spans_and_integers():
         splice_rows([b"", b""], [SLOT_SPAN], text, np.array([[[0, 99]]], dtype=np.int64), np.zeros((1, 1), np.int64))
 
 
+@settings(deadline=None)  # the first example loads (or compiles) the kernel
 @given(st.lists(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=4),
                 min_size=1, max_size=30))
 def test_element_spans_find_the_rows_orjson_wrote(rows):

@@ -1,0 +1,77 @@
+"""A process whose kernels are not in Numba's cache has a helper process compile them, and
+loads them from the cache: it ends as small as a process that found them there, with the same
+answers; when the helper cannot compile, the process compiles them itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# a few kernels (Kolmogorov-Smirnov, chi-squared, HDR histogram) and the kernels they call
+PROBE = r"""
+import numpy as np
+from kernels import HdrHistogram, SlidingChi2, ks_2samp
+rng = np.random.default_rng(3)
+c = SlidingChi2(rng.integers(0, 6, 200), 60); c.update(rng.integers(0, 8, 150))
+h = HdrHistogram(1, 10**6, 3); h.record_values(rng.integers(0, 10**7, 500))
+print(json.dumps({"ks": ks_2samp(rng.normal(size=40), rng.normal(0.3, size=55)), "chi2": [c.statistic, c.pvalue(), c.psi()],
+                  "hdr": [h.percentiles([50, 99, 100]).tolist(), h.mean(), h.encode().decode()]}))
+"""
+# after the kernels ran: what the process compiled itself, what the helper did, its memory
+REPORT = r"""
+import os, time
+import numba.core.registry
+from kernels import _compile
+here = sum(sum(d.stats.cache_misses.values()) for name, m in list(sys.modules.items()) if name.startswith("kernels")
+           for d in vars(m).values() if isinstance(d, numba.core.registry.CPUDispatcher))
+helper = _compile.helper.proc
+if helper is not None:
+    _compile.helper.proc.wait(timeout=30)  # it leaves once idle
+anon = [int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("Pss_Anon:")][0] * 1024
+print(json.dumps({"here": here, "elsewhere": _compile.helper.compiled, "helper_exit": None if helper is None else helper.returncode,
+                  "anon": anon}))
+"""
+
+
+def run(cache: Path, before: str = "", **env) -> tuple[dict, dict]:
+    """The kernels' probe in a new process on `cache` (NUMBA_CACHE_DIR): its answers, and how
+    its kernels were compiled."""
+    code = "import sys, json\n" + before + PROBE + REPORT
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache), **env})
+    assert out.returncode == 0, out.stderr
+    answers, how = (json.loads(line) for line in out.stdout.splitlines()[-2:])
+    return answers, how
+
+
+SHORT_IDLE = "from kernels import _compile; _compile.IDLE_S = 0.5\n"
+
+
+def test_a_cold_process_has_its_kernels_compiled_by_a_helper_and_stays_as_small_as_a_warm_one(tmp_path):
+    cold, cold_how = run(tmp_path / "helper", SHORT_IDLE)
+    assert cold_how["here"] == 0 and cold_how["elsewhere"] >= 3  # every kernel it ran came from the cache
+    assert cold_how["helper_exit"] == 0  # the helper left on its own once idle
+    assert list((tmp_path / "helper").rglob("*.nbi"))
+
+    warm, warm_how = run(tmp_path / "helper", SHORT_IDLE)  # the same cache, now full
+    assert warm_how["here"] == 0 and warm_how["elsewhere"] == 0 and warm_how["helper_exit"] is None
+
+    inline, inline_how = run(tmp_path / "inline", SCOREWIRE_COMPILE_ELSEWHERE="0")  # as Numba does by itself
+    assert inline_how["here"] >= 3 and inline_how["elsewhere"] == 0
+    assert cold == warm == inline
+    mib = 2**20
+    # compiling keeps LLVM's memory in the process that compiled: not in this one
+    assert cold_how["anon"] <= warm_how["anon"] + 4 * mib, (cold_how, warm_how)
+    assert inline_how["anon"] >= warm_how["anon"] + 20 * mib, (inline_how, warm_how)
+
+
+def test_a_helper_that_cannot_compile_leaves_the_process_to_compile_its_kernels_itself(tmp_path):
+    broken = "from kernels import _compile; _compile.helper.command = [sys.executable, '-c', 'import sys; sys.exit(3)']\n"
+    answers, how = run(tmp_path / "cache", broken)
+    assert how["here"] >= 3 and how["elsewhere"] == 0
+    warm, _ = run(tmp_path / "cache")
+    assert answers == warm
