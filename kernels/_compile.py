@@ -10,16 +10,17 @@ started on the first miss) to compile it; the helper writes the cache and the pr
 the compiled code from it.
 
 The helper exits after IDLE_S without a request, or when the process that started it closes
-its pipe. If the helper cannot compile (it died, the cache cannot be written, the types do not
-pickle), the process compiles the kernel itself, as Numba would have: slower to start or
-bigger, never wrong.
+its pipe. Requests are JSON (nothing here unpickles): the signature's types described as
+`describe` does (arrays, numbers, typed lists, tuples: what the kernels take). If the helper
+cannot compile (it died, the cache cannot be written, a type it cannot describe), the process
+compiles the kernel itself, as Numba would have: slower to start or bigger, never wrong.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
-import pickle
 import select
 import struct
 import subprocess
@@ -28,6 +29,43 @@ import threading
 
 IDLE_S = 5.0
 _LENGTH = struct.Struct("<Q")
+
+
+def describe(t):
+    """A Numba type as JSON-able lists, or TypeError for a kind the kernels do not take."""
+    from numba.core import types
+
+    if isinstance(t, types.Array):
+        return ["array", describe(t.dtype), t.ndim, t.layout, t.mutable, t.aligned]
+    if isinstance(t, (types.Boolean, types.Integer, types.Float, types.Complex)) and not isinstance(t, types.Literal):
+        return ["number", str(t)]
+    if isinstance(t, types.ListType):
+        return ["list", describe(t.item_type)]
+    if isinstance(t, types.UniTuple):
+        return ["unituple", describe(t.dtype), t.count]
+    if isinstance(t, types.Tuple):
+        return ["tuple", [describe(x) for x in t.types]]
+    raise TypeError(f"not described: {t!r}")
+
+
+def rebuild(d):
+    """The Numba type `describe` described."""
+    import numpy as np
+    from numba.core import types
+    from numba.np.numpy_support import from_dtype
+
+    kind = d[0]
+    if kind == "array":
+        return types.Array(rebuild(d[1]), d[2], d[3], readonly=not d[4], aligned=d[5])
+    if kind == "number":
+        return from_dtype(np.dtype(d[1]))
+    if kind == "list":
+        return types.ListType(rebuild(d[1]))
+    if kind == "unituple":
+        return types.UniTuple(rebuild(d[1]), d[2])
+    if kind == "tuple":
+        return types.Tuple([rebuild(x) for x in d[1]])
+    raise ValueError(f"unknown type description {d!r}")
 
 
 def _send(fd: int, payload: bytes) -> None:
@@ -75,8 +113,8 @@ class Helper:
     def compile(self, module: str, attribute: str, signature) -> bool:
         """Whether the helper compiled `module.attribute` for `signature` into the cache."""
         try:
-            payload = pickle.dumps((module, attribute, signature), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - a type that does not pickle: compiled here
+            payload = json.dumps([module, attribute, [describe(t) for t in signature]]).encode()
+        except TypeError:  # a type not described: compiled here
             return False
         with self.lock:
             for _ in range(2):  # a helper that exited on its idle timeout just now: once more, with a new one
@@ -142,10 +180,11 @@ def main(idle_s: float) -> int:
         if not ready:
             return 0
         try:
-            module, attribute, signature = pickle.loads(_receive(requests))
+            module, attribute, described = json.loads(_receive(requests))
         except EOFError:
             return 0
         try:
+            signature = tuple(rebuild(d) for d in described)
             kernel = getattr(importlib.import_module(module), attribute)
             _jit.dispatcher(kernel).compile(signature)
             reply = b"ok"
