@@ -17,17 +17,33 @@ SEED = int(os.environ.get("SCOREWIRE_TEST_SEED", "20261123"))
 
 
 # Lines a test wants in the run's summary (e.g. the duplicates an at-least-once stream produced).
+# They travel in the test's report (user_properties), so a run spread over processes
+# (pytest-xdist) shows them too: the summary prints what the reports brought.
 REPORT: list[str] = []
+MEASURED = "what the tests measured"
+_reported = [0]  # REPORT's lines already put in a report
+_summary: list[str] = []
 
 
 def pytest_report_header(config):
     return f"scorewire test seed: {SEED} (set SCOREWIRE_TEST_SEED to replay another)"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    new, _reported[0] = REPORT[_reported[0]:], len(REPORT)
+    outcome.get_result().user_properties.extend((MEASURED, line) for line in new)
+
+
+def pytest_runtest_logreport(report):
+    _summary.extend(value for key, value in report.user_properties if key == MEASURED)
+
+
 def pytest_terminal_summary(terminalreporter):
-    if REPORT:
-        terminalreporter.section("what the tests measured")
-        for line in REPORT:
+    if _summary:
+        terminalreporter.section(MEASURED)
+        for line in _summary:
             terminalreporter.write_line(line)
 
 

@@ -198,7 +198,7 @@ DRAIN_CONFIG = mlp_config({"max_batch_size": 64, "max_queue_delay_us": 2000, "qu
 
 
 def test_sigterm_answers_every_request_already_sent(model_dir):
-    """2,000 requests in flight, SIGTERM 0.3 s later: each is answered (OK), or refused as
+    """2,000 requests in flight, SIGTERM 0.3 s after the last was made: each is answered (OK), or refused as
     UNAVAILABLE if it reached the server after the drain's quiet phase; none is CANCELLED (not
     by the drain, and not by gRPC's own limit on calls waiting to be picked up), and the drain
     ends within drain_timeout_s."""
@@ -222,7 +222,10 @@ def test_sigterm_answers_every_request_already_sent(model_dir):
                                 request_serializer=pb.ModelInferRequest.SerializeToString,
                                 response_deserializer=pb.ModelInferResponse.FromString) for ch in channels]
 
+        started = [0]
+
         async def one(k: int) -> str:
+            started[0] += 1
             try:
                 await calls[k % len(calls)](request, timeout=30)
                 return "OK"
@@ -230,7 +233,9 @@ def test_sigterm_answers_every_request_already_sent(model_dir):
                 return exc.code().name
 
         tasks = [asyncio.ensure_future(one(k)) for k in range(2000)]
-        await asyncio.sleep(0.3)
+        while started[0] < len(tasks):  # every call made (a busy machine makes 2,000 slowly)...
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # ...and sent: a call still being sent as the listeners close may end CANCELLED
         srv.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         codes = Counter(await asyncio.gather(*tasks))
