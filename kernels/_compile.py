@@ -2,9 +2,8 @@
 compiling costs.
 
 Numba compiles through LLVM, and a process that has compiled keeps the compiler's memory: the
-observer with drift and the scoring log measured 357 MiB of PSS after starting on an empty
-Numba cache, against 228 MiB when every kernel came from the cache (`python -m
-bench.memory_bench` with a fresh NUMBA_CACHE_DIR, then again). So when a kernel's signature is
+observer with drift and the scoring log measured 354 MiB of PSS after starting on an empty
+Numba cache, against 225 MiB with the helper (`python -m bench.memory_bench --cold-numba`). So when a kernel's signature is
 not in the cache, the process asks a helper (`python -m kernels._compile`, one per process,
 started on the first miss) to compile it; the helper writes the cache and the process loads
 the compiled code from it.
@@ -12,8 +11,9 @@ the compiled code from it.
 The helper exits after IDLE_S without a request, or when the process that started it closes
 its pipe. Requests are JSON (nothing here unpickles): the signature's types described as
 `describe` does (arrays, numbers, typed lists, tuples: what the kernels take). If the helper
-cannot compile (it died, the cache cannot be written, a type it cannot describe), the process
-compiles the kernel itself, as Numba would have: slower to start or bigger, never wrong.
+cannot compile (it cannot start, it died, it took longer than ANSWER_S, the cache cannot be
+written, a type it cannot describe), the process compiles the kernel itself, as Numba would
+have: slower to start or bigger, never wrong. Each helper start costs ~0.5 s (Numba's import).
 """
 
 from __future__ import annotations
@@ -22,12 +22,20 @@ import importlib
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: helpers there do not lock the cache against each other
+    fcntl = None
 
 IDLE_S = 5.0
+ANSWER_S = 600.0  # the longest a compile may take in the helper before the process compiles it itself
 _LENGTH = struct.Struct("<Q")
 
 
@@ -74,9 +82,13 @@ def _send(fd: int, payload: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def _read(fd: int, n: int) -> bytes:
+def _read(fd: int, n: int, deadline: float | None = None) -> bytes:
     parts, left = [], n
     while left:
+        if deadline is not None:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError("no answer in time")
         part = os.read(fd, left)
         if not part:
             raise EOFError("the pipe closed")
@@ -85,33 +97,43 @@ def _read(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _receive(fd: int) -> bytes:
-    (n,) = _LENGTH.unpack(_read(fd, _LENGTH.size))
-    return _read(fd, n)
+def _receive(fd: int, deadline: float | None = None) -> bytes:
+    (n,) = _LENGTH.unpack(_read(fd, _LENGTH.size, deadline))
+    return _read(fd, n, deadline)
 
 
 class Helper:
     """The helper process of this process: started on the first request, started again when
-    it has exited since."""
+    it has exited since (its idle timeout). One that fails before answering once (it cannot
+    start, it dies) or takes longer than ANSWER_S is given up for good: the process compiles
+    its kernels itself from then on."""
 
     def __init__(self, command: list[str] | None = None):
         self.command = command
         self.proc: subprocess.Popen | None = None
         self.lock = threading.Lock()
-        self.compiled = 0  # signatures the helper compiled (or found compiled) for this process
+        self.answered = False  # a helper of this process has answered once
+        self.given_up = False
+        self.compiled = 0  # signatures the helper compiled that this process then loaded from the cache
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             self.close()
-            # the helper imports `kernels` as this process does, whatever put it on the path
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            # the helper finds `kernels` where this process did; nothing else of this process's
+            # path goes first (a program's own types.py beside it would break Python's start)
+            package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)}
             command = self.command or [sys.executable, "-m", "kernels._compile", repr(IDLE_S)]
-            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         bufsize=0, env=env, close_fds=True)
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
+                                    close_fds=True)
+            threading.Thread(target=proc.wait, name="kernels-helper-reaper", daemon=True).start()  # no zombie
+            self.proc = proc
         return self.proc
 
     def compile(self, module: str, attribute: str, signature) -> bool:
         """Whether the helper compiled `module.attribute` for `signature` into the cache."""
+        if self.given_up:
+            return False
         try:
             payload = json.dumps([module, attribute, [describe(t) for t in signature]]).encode()
         except TypeError:  # a type not described: compiled here
@@ -121,14 +143,15 @@ class Helper:
                 try:
                     proc = self._start()
                     _send(proc.stdin.fileno(), payload)
-                    reply = _receive(proc.stdout.fileno())
-                except (OSError, EOFError):
+                    reply = _receive(proc.stdout.fileno(), time.monotonic() + ANSWER_S)
+                except (OSError, EOFError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
                     self.close()
+                    if not self.answered or isinstance(exc, TimeoutError):
+                        self.given_up = True
+                        return False
                     continue
-                if reply == b"ok":
-                    self.compiled += 1
-                    return True
-                return False
+                self.answered = True
+                return reply == b"ok"
             return False
 
     def close(self) -> None:
@@ -160,6 +183,7 @@ class CompiledElsewhere:
         found = self.cache.load_overload(signature, target_context)
         if found is None and helper.compile(self.module, self.attribute, signature):
             found = self.cache.load_overload(signature, target_context)
+            helper.compiled += found is not None  # else compiled here after all (code Numba does not cache)
         return found
 
     def __getattr__(self, name):
@@ -168,10 +192,14 @@ class CompiledElsewhere:
 
 def main(idle_s: float) -> int:
     """The helper: compiles what it is asked into the cache, one request at a time, until its
-    requests end or none comes for `idle_s`."""
+    requests end or none comes for `idle_s`. Helpers of several processes compile one at a
+    time (a lock file in the cache's folder): Numba's index of a kernel's signatures is read,
+    changed and written without a lock, and two writers at once could lose an entry; the
+    second then finds what the first wrote."""
     from kernels import _jit
 
     _jit.COMPILE_ELSEWHERE = False  # this is the elsewhere
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the process that started it
     replies = os.dup(1)
     os.dup2(2, 1)  # anything printed goes to stderr, not into the replies
     requests = sys.stdin.fileno()
@@ -185,12 +213,35 @@ def main(idle_s: float) -> int:
             return 0
         try:
             signature = tuple(rebuild(d) for d in described)
-            kernel = getattr(importlib.import_module(module), attribute)
-            _jit.dispatcher(kernel).compile(signature)
+            dispatcher = _jit.dispatcher(getattr(importlib.import_module(module), attribute))
+            with _locked(dispatcher._cache.cache_path):
+                dispatcher.compile(signature)
             reply = b"ok"
         except Exception as e:  # noqa: BLE001 - told to the process, which compiles it itself
             reply = f"{type(e).__name__}: {e}".encode()
-        _send(replies, reply)
+        try:
+            _send(replies, reply)
+        except OSError:  # the process is gone; what was compiled is in the cache
+            return 0
+
+
+class _locked:
+    """An exclusive lock on `folder`/.scorewire-compile.lock, where fcntl exists."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, ".scorewire-compile.lock")
+        self.fd: int | None = None
+
+    def __enter__(self):
+        if fcntl is not None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # the lock goes with it
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,8 @@ def run(cache: Path, before: str = "", **env) -> tuple[dict, dict]:
     its kernels were compiled."""
     code = "import sys, json\n" + before + PROBE + HOW
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache), **env})
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(cache), "SCOREWIRE_COMPILE_ELSEWHERE": "1",
+                              "NUMBA_DISABLE_JIT": "0", **env})
     assert out.returncode == 0, out.stderr
     answers, how = (json.loads(line) for line in out.stdout.splitlines()[-2:])
     return answers, how
@@ -64,11 +66,16 @@ def test_a_cold_process_has_its_kernels_compiled_by_a_helper_and_stays_as_small_
     assert cold_how["anon"] <= warm_how["anon"] + 4 * 2**20, (cold_how, warm_how)
 
 
-def test_a_helper_that_cannot_compile_leaves_the_process_to_compile_its_kernels_itself(tmp_path):
-    """As Numba does by itself: same answers, and the process keeps what compiling cost."""
-    broken = "from kernels import _compile; _compile.helper.command = [sys.executable, '-c', 'import sys; sys.exit(3)']\n"
-    answers, how = run(tmp_path / "cache", broken)
+def test_a_helper_that_does_not_answer_leaves_the_process_to_compile_its_kernels_itself(tmp_path):
+    """As Numba does by itself: same answers, and the process keeps what compiling cost. A
+    helper that hangs is given up after ANSWER_S (and killed), once: not tried again per kernel."""
+    hangs = ("from kernels import _compile; _compile.ANSWER_S = 1; _compile.IDLE_S = 0.5\n"
+             "_compile.helper.command = [sys.executable, '-c', 'import time; time.sleep(120)']\n")
+    began = time.monotonic()
+    answers, how = run(tmp_path / "cache", hangs)
+    assert time.monotonic() - began < 90  # not the helper's 120 s of silence
     assert how["here"] >= 3 and how["elsewhere"] == 0
+    assert how["helper_exit"] is None  # given up and killed (proc dropped), not left running
     warm, warm_how = run(tmp_path / "cache")
     assert answers == warm and warm_how["here"] == 0
     assert how["anon"] >= warm_how["anon"] + 20 * 2**20, (how, warm_how)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 # standard-library modules the kernels use (importlib: the package loads its names when first used;
-# functools, sys and threading: _jit.py compiles kernels when first called; os, json, select and
-# subprocess: _compile.py has a helper process compile them)
+# functools, sys and threading: _jit.py compiles kernels when first called; os, json, select,
+# signal, time, fcntl and subprocess: _compile.py has a helper process compile them)
 ALLOWED = {"numpy", "numba", "kernels", "math", "base64", "struct", "zlib", "__future__", "typing", "dataclasses",
-           "importlib", "functools", "sys", "threading", "os", "json", "select", "subprocess"}
+           "importlib", "functools", "sys", "threading", "os", "json", "select", "subprocess", "signal", "time",
+           "fcntl"}
 
 
 def test_kernels_import_only_numpy_numba_and_the_standard_library():

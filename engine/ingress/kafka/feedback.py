@@ -3,7 +3,7 @@
 Each message is what POST /v2/models/NAME/feedback takes: one {"id", "labels"} object or an
 array of them. A batch of messages goes to the event loop, through the front door (the same
 checks and counts as REST: a bad object is refused alone, counted), and its offsets are
-committed once the loop took it: at least once (a label read again after a crash is counted
+committed (synchronously) once the loop took it: at least once (a label read again after a crash is counted
 a duplicate by the join, never joined twice).
 """
 
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from engine.ingress.kafka.client_log import ClientLog, Redactor
 from engine.ingress.kafka.config import reveal
@@ -68,7 +68,7 @@ class FeedbackReader:
                     log.warning("%s: %d messages not handed on; they are read again after a restart",
                                 self.label, len(values))
                     return
-                consumer.commit(asynchronous=True)
+                self._commit(consumer)
         except Exception:
             log.exception("%s: the reader failed", self.label)
         finally:
@@ -76,6 +76,21 @@ class FeedbackReader:
                 consumer.close()
             except Exception:
                 log.exception("%s: closing the consumer failed", self.label)
+
+    def _commit(self, consumer: Consumer) -> None:
+        """Synchronous, before the next consume(): a rebalance (a worker joining or leaving)
+        happens inside consume(), so what was handed on is committed before its partition can
+        move, and the next owner does not read it again (an asynchronous commit still in flight
+        then left it to be read twice, counted duplicates). A commit refused (the group
+        rebalancing meanwhile) leaves those labels to be read again: said, and counted
+        duplicates by the join."""
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
+                return  # nothing new to commit
+            log.warning("%s: committing what was read failed (%s); its labels may be read again "
+                        "(counted duplicates, never joined twice)", self.label, exc.args[0] if exc.args else exc)
 
     async def _hand_on(self, values: list[bytes]) -> None:
         for value in values:
