@@ -95,7 +95,7 @@ class App:
     def families(self) -> list:
         """This process's metric families (the serving path's, and the observer's if here)."""
         return (serving_families(self.registry, self.requests_by_code, self.streams, self.front.labels_refused,
-                                 self.pipeline.failures)
+                                 self.pipeline.failures, self.feedback)
                 + self.sink.families())
 
     def _build_routes(self, routes: list[RouteSettings]) -> dict[str, Route]:

@@ -72,7 +72,7 @@ def merge(sources: list[list[Family]]) -> list[Family]:
 
 def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str], int], streams=(),
                      labels_refused: dict[str, int] | None = None,
-                     failures: dict[tuple[str, str], int] | None = None) -> list[Family]:
+                     failures: dict[tuple[str, str], int] | None = None, feedback=()) -> list[Family]:
     """What a serving process counts: requests, batches, queues, Kafka streams."""
     families: list[Family] = []
     family = _collector(families)
@@ -108,6 +108,9 @@ def serving_families(registry: Registry, requests_by_code: dict[tuple[str, str],
     family("scorewire_feedback_refused_total", "counter", "Label objects refused at the door (400: not an id "
            "with a list of labels of the model's task); the good objects of the same body are taken.",
            [(_labels(model=m), n) for m, n in sorted((labels_refused or {}).items())])
+    family("scorewire_feedback_commits_refused_total", "counter", "Commits of a [[feedback]] topic's offsets the "
+           "group refused (it was rebalancing): the labels they covered are read again, counted duplicates.",
+           [(_labels(model=r.settings.model, topic=r.settings.topic), r.commits_refused) for r in feedback])
     _streams(streams, family)
     return families
 

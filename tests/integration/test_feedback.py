@@ -181,12 +181,17 @@ def test_labels_from_a_kafka_topic_join_like_those_over_rest(model_dir, rng):
             champion = '{model="mlp",version="1",role="champion"}'
             wait_for(lambda: server.metrics().get("scorewire_performance_rows" + champion) == len(x), 30,
                      what="every label from the topic joined")
-            wait_for(lambda: server.metrics().get('scorewire_feedback_labels_total{model="mlp",outcome="duplicate"}')
-                     == 1, 10, what="the label sent twice counted")
-            wait_for(lambda: server.metrics().get('scorewire_feedback_refused_total{model="mlp"}') == 1, 10,
-                     what="the poison message counted (a worker's counters reach /metrics within a second)")
+            duplicate = 'scorewire_feedback_labels_total{model="mlp",outcome="duplicate"}'
+            refused = 'scorewire_feedback_refused_total{model="mlp"}'
+            wait_for(lambda: (m := server.metrics()).get(duplicate, 0) >= 1 and m.get(refused, 0) >= 1, 10,
+                     what="the label sent twice and the poison message counted")
+            time.sleep(1.5)  # a worker's counters reach /metrics within a second
             m = server.metrics()
             assert m['scorewire_feedback_labels_total{model="mlp",outcome="joined"}'] == len(x)
+            if m.get('scorewire_feedback_commits_refused_total{model="mlp",topic="labels"}', 0) == 0:
+                assert (m[duplicate], m[refused]) == (1, 1)
+            else:  # the group rebalanced as the second reader joined late (a busy machine): some were read again
+                assert m[duplicate] >= 1 and m[refused] >= 1
             got = m['scorewire_performance{model="mlp",version="1",role="champion",metric="log_loss"}']
             assert got == pytest.approx(log_loss(truth, p.astype(np.float64)), rel=1e-6)
         finally:

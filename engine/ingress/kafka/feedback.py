@@ -32,6 +32,7 @@ class FeedbackReader:
         self.label = f"feedback {settings.topic} ({settings.model})"
         self.messages = 0
         self.refused = 0
+        self.commits_refused = 0  # commits the group refused (rebalancing): what they covered is read again
         self._said = 0  # refusals logged (the first few; the rest are counted only)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,13 +83,15 @@ class FeedbackReader:
         happens inside consume(), so what was handed on is committed before its partition can
         move, and the next owner does not read it again (an asynchronous commit still in flight
         then left it to be read twice, counted duplicates). A commit refused (the group
-        rebalancing meanwhile) leaves those labels to be read again: said, and counted
-        duplicates by the join."""
+        rebalancing meanwhile) leaves those labels to be read again: said, counted
+        (scorewire_feedback_commits_refused_total), and their labels counted duplicates by the
+        join."""
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as exc:
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError._NO_OFFSET:
                 return  # nothing new to commit
+            self.commits_refused += 1
             log.warning("%s: committing what was read failed (%s); its labels may be read again "
                         "(counted duplicates, never joined twice)", self.label, exc.args[0] if exc.args else exc)
 
