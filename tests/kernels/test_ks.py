@@ -292,6 +292,11 @@ def test_gather_columns_copies_chosen_columns_into_block_rows(rng):
     assert np.all(block[1] == -1.0)
     gather_columns(np.arange(1400).reshape(700, 2), [1], block, [1])  # integers are cast
     assert np.array_equal(block[1], np.arange(1, 1400, 2, dtype=np.float64))
+    half = matrix.astype(np.float16)  # a model with FP16 inputs: Numba has no float16, the values are kept
+    gather_columns(half, [8, 0, 3], block, [2, 0, 3])
+    assert np.array_equal(block[[2, 0, 3]], half[:, [8, 0, 3]].T.astype(np.float64))
+    gather_columns(matrix > 0, [5], block, [1])
+    assert np.array_equal(block[1], (matrix[:, 5] > 0).astype(np.float64))
     with pytest.raises(ValueError, match="pair up"):
         gather_columns(matrix, [9], block, [0])
     with pytest.raises(ValueError, match="float64"):

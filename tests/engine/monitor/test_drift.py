@@ -177,14 +177,32 @@ def test_warm_up_compiles_the_kernels_and_leaves_the_windows_alone(rng):
     from kernels.ks_window import _advance_columns
     from kernels.sliding_ks import _gather_columns
 
+    from kernels._jit import dispatcher  # imported before any kernel ran, they are not dispatchers yet
+
     monitor = make(rng)
     monitor.warm_up()
-    assert _advance_columns.signatures
-    assert any(str(sig[0]).startswith("array(float32") for sig in _gather_columns.signatures)
+    assert dispatcher(_advance_columns).signatures
+    assert any(str(sig[0]).startswith("array(float32") for sig in dispatcher(_gather_columns).signatures)
     assert monitor.events == 0 and monitor.evaluations == 0
     assert monitor.window_lengths == [0]
     events = feed(monitor, stream(rng, 12_000))  # and it monitors as before
     assert monitor.events == 12_000 and monitor.evaluations == 3 and not events
+
+
+def test_a_model_with_fp16_inputs_is_monitored_as_its_values_widened(rng):
+    """Numba has no float16: the monitor of an FP16 model warms up and raises the same events
+    as one fed the same values as float32."""
+    half_schema = ModelSchema(inputs=(TensorSpec("x", "FP16", np.dtype("<f2"), (-1, 8)),), outputs=SCHEMA.outputs)
+    reference = {name: column for name, column in zip(FEATURES, stream(rng, 10_000).astype(np.float16).T)}
+    settings = MonitorSettings(features=FEATURES, categorical=["f7"], reference="unused.parquet", window=10_000,
+                               every=1_000, alpha=0.001, min_effect=0.05, consecutive=2)
+    half, single = DriftMonitor("m:1", settings, half_schema, reference), DriftMonitor("m:1", settings, SCHEMA, reference)
+    half.warm_up()
+    x = stream(rng, 40_000, shift_from=20_000).astype(np.float16)
+    got, expected = feed(half, x), feed(single, x.astype(np.float32))
+    assert {e.feature for e in got if e.kind == "raise"} == {"f2", "f5"}
+    assert [(e.kind, e.feature, e.events, e.statistic, e.pvalue) for e in got] == \
+        [(e.kind, e.feature, e.events, e.statistic, e.pvalue) for e in expected]
 
 
 def test_features_default_to_the_reference_columns_less_the_outputs(rng):
