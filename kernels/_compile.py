@@ -3,7 +3,8 @@ compiling costs.
 
 Numba compiles through LLVM, and a process that has compiled keeps the compiler's memory: the
 observer with drift and the scoring log measured 354 MiB of PSS after starting on an empty
-Numba cache, against 225 MiB with the helper (`python -m bench.memory_bench --cold-numba`). So when a kernel's signature is
+Numba cache, against 225 MiB with the helper (`python -m bench.memory_bench --cold-numba
+--settle 10`). So when a kernel's signature is
 not in the cache, the process asks a helper (`python -m kernels._compile`, one per process,
 started on the first miss) to compile it; the helper writes the cache and the process loads
 the compiled code from it.
