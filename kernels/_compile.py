@@ -173,6 +173,14 @@ class Helper:
 helper = Helper()
 
 
+def done() -> None:
+    """Let this process's helper go now, rather than IDLE_S after its last compile: for a
+    process whose kernels are all loaded (the observer once warm), so that its memory is back
+    before the server says ready. A kernel met later starts a new one."""
+    with helper.lock:
+        helper.close()
+
+
 class CompiledElsewhere:
     """A Numba dispatcher's cache that, on a miss, has the helper compile the signature and
     loads what it wrote (Numba's Dispatcher.compile asks its cache before compiling)."""

@@ -156,9 +156,12 @@ class Watch:
             self._forwarding()
 
     def load(self) -> None:
+        from kernels import _compile
+
         self.observer.warm_up()
         for ms in self._wanted(self.settings).values():
             self._load(ms)
+        _compile.done()  # the kernels' compile helper of a cold start (~230 MiB) goes before ready, not 5 s on
         self.rollouts = rollout_state.Follower(self.settings.routes)
         self._forwarding()
         self.observer.open_scorelog()
