@@ -24,6 +24,8 @@ import os
 import sys
 import threading
 
+import numpy as np
+
 OPTIONS = {"cache": True, "nogil": True, "fastmath": False}
 COMPILE_ELSEWHERE = os.environ.get("SCOREWIRE_COMPILE_ELSEWHERE", "1") != "0"
 
@@ -99,6 +101,16 @@ def _materialize() -> None:
             setattr(module, attribute, dispatcher)
         for _, _, kernel, dispatcher in made:
             kernel.dispatcher = dispatcher
+
+
+def numba_readable(array):
+    """`array` as a kernel takes it: a bool array viewed as uint8 (no copy), a float16 one
+    widened to float32 (exactly, a copy: Numba has no float16); any other as it is."""
+    if array.dtype == np.bool_:
+        return array.view(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
 
 
 def dispatcher(kernel):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._jit import jit
+from kernels._jit import jit, numba_readable
 
 MISSING, OUT_OF_RANGE, UNSEEN = 1, 2, 4
 CHECKS = 3  # counts' columns: missing, out of range, unseen category
@@ -119,10 +119,7 @@ class QualityWindow:
             raise ValueError(f"x must be [rows, {self.columns}], got shape {x.shape}")
         if x.dtype.kind not in "fiub":
             raise TypeError(f"x must be numeric, got {x.dtype}")
-        if x.dtype == np.bool_:
-            x = x.view(np.uint8)
-        elif x.dtype == np.float16:  # numba has no float16
-            x = x.astype(np.float32)
+        x = numba_readable(x)
         ends = np.array([len(x)] if ends is None else ends, dtype=np.int64)
         if ends.ndim != 1 or (ends.size and (ends.min() < 1 or ends.max() > len(x) or (np.diff(ends) < 0).any())):
             raise ValueError(f"ends must be ascending row counts in 1..{len(x)}, got {ends}")

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from kernels._jit import jit
+from kernels._jit import jit, numba_readable
 from kernels.ks import MAX_EXACT_N, _clean, pvalue_block
 from kernels.ks_window import SLOT_SHIFT, _advance_columns, _query_h, _reaches, _slide
 
@@ -45,11 +45,7 @@ def gather_columns(matrix: np.ndarray, columns, out: np.ndarray, rows) -> None:
     if columns.shape != rows.shape or (columns.size and (columns.min() < 0 or columns.max() >= matrix.shape[1]
                                                          or rows.min() < 0 or rows.max() >= out.shape[0])):
         raise ValueError("columns and rows must pair up and lie inside the matrix and the block")
-    if matrix.dtype == np.bool_:
-        matrix = matrix.view(np.uint8)
-    elif matrix.dtype == np.float16:  # numba has no float16: widened (exactly), a copy
-        matrix = matrix.astype(np.float32)
-    _gather_columns(matrix, columns, out, rows)
+    _gather_columns(numba_readable(matrix), columns, out, rows)
 
 
 def _numeric_vector(values) -> np.ndarray:
