@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from engine.codec.validate import Limits
 from engine.ingress.auth import HEALTH_METHODS, TokenAuth, load_tokens, server_credentials
 from engine.frontdoor import FrontDoor
 from engine.ingress.grpc import InferenceServicer, add_health, build_health, set_health
+from engine.ingress.http2 import Server as Http2Server, ssl_context as http2_ssl_context
 from engine.ingress.rest import RestIngress
 from engine.monitor.export import serving_families
 from engine.batching.batch import ScoredBatch
@@ -30,7 +32,7 @@ from engine.rollout import state as rollout_state
 from engine.routing.router import Route, Router, check_compatible, route_changes
 from engine.runtime.registry import Registry, Served
 from engine.runtime.session import ModelLoadError, OnnxModel, WarmupError
-from engine.settings import RouteSettings, Settings, load_settings
+from engine.settings import RouteSettings, Settings, SettingsError, load_settings
 from engine.sink import LocalSink, Sink
 
 if TYPE_CHECKING:  # imported where a config has streams: Kafka's client and the JSON kernel (Numba)
@@ -69,7 +71,7 @@ class App:
         server = settings.server
         self.front = FrontDoor(self.pipeline, server.max_message_bytes, server.max_inflight_bytes, count=self._count,
                                put_labels=self.sink.put_labels)
-        self.server: grpc.aio.Server | None = None
+        self.server: Http2Server | grpc.aio.Server | None = None
         self.health = None
         self.grpc_port = 0
         self.metrics_port = 0
@@ -189,32 +191,15 @@ class App:
         _tune_gc()
         for served in self.registry.all():
             served.batcher.start()
-        limit = server_settings.max_message_bytes
         interceptors = []
         auth = server_settings.auth
         if auth is not None:
             interceptors.append(TokenAuth(load_tokens(auth), HEALTH_METHODS if auth.open_health else frozenset(),
                                           on_denied=self._count_unauthenticated))
-        credentials = server_credentials(server_settings.tls) if server_settings.tls is not None else None
-        self.server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                # Twice the limit: requests in between are read only to be refused with a
-                # message naming the limit (INVALID_ARGUMENT); beyond it the transport refuses.
-                ("grpc.max_receive_message_length", min(2 * limit, 2**31 - 1)),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.max_concurrent_streams", server_settings.max_concurrent_streams),
-                # Calls the transport accepted but the event loop has not picked up yet. gRPC's
-                # defaults (1,000, then random early drops up to 3,000) cancel bursts of requests
-                # silently, before scorewire sees them; admission is the batchers' job (their
-                # bounded queues answer RESOURCE_EXHAUSTED), so only a hard bound stays here.
-                ("grpc.server.max_pending_requests", server_settings.max_pending_calls),
-                ("grpc.server.max_pending_requests_hard_limit", server_settings.max_pending_calls),
-                # Workers share the port: the kernel spreads connections over them.
-                ("grpc.so_reuseport", int(self.sink.shares_ports)),
-                *_moving_connections(server_settings.max_connection_age_s, self.sink.shares_ports),
-            ]
-        )
+        if server_settings.grpc_transport == "scorewire":
+            self.server = self._own_transport(interceptors)
+        else:
+            self.server = self._grpcio_transport(interceptors)
         servicer = InferenceServicer(self.front, server_settings.stream_max_in_flight)
         self.server.add_generic_rpc_handlers((servicer.handler(),))
         self.health = build_health()
@@ -222,8 +207,8 @@ class App:
         port, http_port = self.sink.ports(server_settings)
         address = f"{server_settings.host}:{port}"
         try:
-            if credentials is not None:
-                self.grpc_port = self.server.add_secure_port(address, credentials)
+            if server_settings.tls is not None:
+                self.grpc_port = self.server.add_secure_port(address, self._credentials())
             else:
                 self.grpc_port = self.server.add_insecure_port(address)
         except RuntimeError:  # grpc.aio: "Failed to bind to address"
@@ -245,6 +230,8 @@ class App:
         tls = server_settings.tls
         self._say("gRPC security: " + ("plaintext" if tls is None else "mTLS" if tls.client_ca_file else "TLS")
                   + (", bearer tokens" if auth is not None else ""))
+        self._say("gRPC transport: " + ("scorewire's own HTTP/2" if server_settings.grpc_transport == "scorewire"
+                                        else "grpcio (gRPC's C core)"))
         self._say(f"gRPC listening on {server_settings.host}:{self.grpc_port}")
         self._say(f"HTTP listening on {server_settings.host}:{self.http_port}")
         if self.metrics_port:
@@ -273,6 +260,44 @@ class App:
         self._followed = rollout_state.Follower(self.settings.routes)  # a reload may add a rollout: always on
         self._follower = asyncio.get_running_loop().create_task(self._follow_rollouts())
         self.sink.ready()
+
+    def _own_transport(self, interceptors) -> Http2Server:
+        server = self.settings.server
+        return Http2Server(interceptors, max_receive_message_length=min(2 * server.max_message_bytes, 2**31 - 1),
+                           max_concurrent_streams=server.max_concurrent_streams, reuse_port=self.sink.shares_ports,
+                           max_connection_age_s=server.max_connection_age_s if self.sink.shares_ports else 0.0)
+
+    def _grpcio_transport(self, interceptors) -> grpc.aio.Server:
+        server_settings = self.settings.server
+        limit = server_settings.max_message_bytes
+        return grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                # Twice the limit: requests in between are read only to be refused with a
+                # message naming the limit (INVALID_ARGUMENT); beyond it the transport refuses.
+                ("grpc.max_receive_message_length", min(2 * limit, 2**31 - 1)),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_concurrent_streams", server_settings.max_concurrent_streams),
+                # Calls the transport accepted but the event loop has not picked up yet. gRPC's
+                # defaults (1,000, then random early drops up to 3,000) cancel bursts of requests
+                # silently, before scorewire sees them; admission is the batchers' job (their
+                # bounded queues answer RESOURCE_EXHAUSTED), so only a hard bound stays here.
+                ("grpc.server.max_pending_requests", server_settings.max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", server_settings.max_pending_calls),
+                # Workers share the port: the kernel spreads connections over them.
+                ("grpc.so_reuseport", int(self.sink.shares_ports)),
+                *_moving_connections(server_settings.max_connection_age_s, self.sink.shares_ports),
+            ]
+        )
+
+    def _credentials(self):
+        tls = self.settings.server.tls
+        if self.settings.server.grpc_transport == "grpcio":
+            return server_credentials(tls)
+        try:
+            return http2_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"server.tls: cannot load the certificate, key or client CA: {exc}") from None
 
     def _rollout_said(self, route: RouteSettings) -> str:
         saved = self._rollouts_seen.get(route.model)

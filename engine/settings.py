@@ -64,6 +64,10 @@ class ServerSettings(_Strict):
     """Address the gRPC server binds to. Tests and the demo use 127.0.0.1."""
     grpc_port: int = Field(8001, ge=0, le=65535)
     """gRPC port. 0 picks a free port; the chosen one is printed on startup."""
+    grpc_transport: Literal["scorewire", "grpcio"] = "scorewire"
+    """What speaks gRPC: "scorewire", its own HTTP/2 on the event loop (engine/ingress/http2/,
+    about half the server CPU per call of grpcio's), or "grpcio", gRPC's C core through grpc.aio.
+    Both serve the same methods, health, TLS and tokens; `max_pending_calls` is grpcio's only."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (0: a free port, printed on startup)."""
     metrics_host: str | None = None
@@ -83,8 +87,10 @@ class ServerSettings(_Strict):
     pass it is RESOURCE_EXHAUSTED before it is parsed (one request alone is always taken):
     many large requests cannot add up past it, whatever each one's max_message_bytes."""
     max_pending_calls: int = Field(100_000, gt=0, le=10_000_000)
-    """Calls accepted by the transport and not yet picked up by the server (a burst waits
-    there). Past it, gRPC itself refuses calls; the batchers' queues bound the work."""
+    """grpc_transport = "grpcio": calls accepted by the transport and not yet picked up by the
+    server (a burst waits there). Past it, gRPC itself refuses calls; the batchers' queues bound
+    the work. scorewire's transport picks up every call as it arrives (max_concurrent_streams
+    per connection)."""
     stream_max_in_flight: int = Field(256, gt=0, le=65536)
     """Requests of one ModelStreamInfer stream read and not yet answered on the wire; at the
     bound the stream reads no further messages (a client that stops reading its responses

@@ -34,11 +34,12 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def tls_server(model_dir, pki, mtls: bool, auth: bool, name: str) -> Server:
+def tls_server(model_dir, pki, mtls: bool, auth: bool, name: str, transport: str = "scorewire") -> Server:
     (model_dir / "tokens.txt").write_text(TOKENS)
     tls = {"cert_file": pki["server.pem"], "key_file": pki["server.key"],
            "client_ca_file": pki["ca.pem"] if mtls else None}
-    return launch(model_dir, config(tls=tls, auth={"tokens_file": "tokens.txt"} if auth else None), name)
+    return launch(model_dir, config(tls=tls, auth={"tokens_file": "tokens.txt"} if auth else None,
+                                    grpc_transport=transport), f"{transport}-{name}")
 
 
 def client(url: str, pki, cert: str | None = None) -> g.InferenceServerClient:
@@ -55,9 +56,9 @@ def infer(c: g.InferenceServerClient, token: str | None = None):
     return c.infer("mlp", [x], headers=headers).as_numpy("probabilities")
 
 
-@pytest.fixture(scope="module")
-def tls_auth_server(model_dir, pki):
-    server = tls_server(model_dir, pki, mtls=False, auth=True, name="tls-auth.toml")
+@pytest.fixture(scope="module", params=["scorewire", "grpcio"])  # both gRPC transports
+def tls_auth_server(model_dir, pki, request):
+    server = tls_server(model_dir, pki, mtls=False, auth=True, name="tls-auth.toml", transport=request.param)
     yield server
     server.stop()
 
@@ -97,8 +98,9 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(tls_auth_server):
     assert info.value.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
-def test_mtls_rejects_clients_without_a_certificate_from_the_ca(model_dir, pki):
-    server = tls_server(model_dir, pki, mtls=True, auth=False, name="mtls.toml")
+@pytest.mark.parametrize("transport", ["scorewire", "grpcio"])
+def test_mtls_rejects_clients_without_a_certificate_from_the_ca(model_dir, pki, transport):
+    server = tls_server(model_dir, pki, mtls=True, auth=False, name="mtls.toml", transport=transport)
     try:
         good = client(server.url, pki, cert="client")
         assert infer(good).shape == (2, 2)
