@@ -202,7 +202,11 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
             finished(scheduled, str(status or type(exc).__name__))
 
     try:
-        if load.closed_loop:
+        if load.closed_loop and load.stream:
+            callers = max(1, load.concurrency // procs + (share < load.concurrency % procs))
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+            await _closed_loop_stream(load, callers, clients[0], inputs, end, stopping, finished)
+        elif load.closed_loop:
             callers = max(1, load.concurrency // procs + (share < load.concurrency % procs))
 
             async def caller(k: int) -> None:
@@ -260,6 +264,34 @@ def _schedule(load: Load, share: int, t0: float) -> list[float]:
     n = int(rate * (load.warmup_s + load.duration_s))
     rng = np.random.default_rng(load.seed * 7919 + share)
     return (t0 + arrival_offsets(rate, n, load.arrival, rng)).tolist()
+
+
+async def _closed_loop_stream(load, callers, client, inputs, end, stopping, finished):
+    """Closed loop over one ModelStreamInfer stream per process: `callers` requests in flight on
+    it, the next one sent as an answer comes back."""
+    slots = asyncio.Semaphore(callers)
+    sent: dict[str, float] = {}
+
+    async def requests():
+        i = 0
+        while time.monotonic() < end and not stopping.is_set():
+            await slots.acquire()
+            rid = str(i)
+            sent[rid] = time.monotonic()
+            yield {"model_name": load.model, "inputs": inputs[i % len(inputs)], "request_id": rid}
+            i += 1
+
+    async for result, error in client.stream_infer(inputs_iterator=requests(), stream_timeout=load.duration_s * 4
+                                                   + load.warmup_s + load.timeout_s):
+        rid = result.get_response().id if error is None else None
+        scheduled = sent.pop(rid, None) if rid is not None else None
+        slots.release()
+        if error is not None:
+            finished(time.monotonic(), str(getattr(error, "status", lambda: None)() or "stream_error"))
+        elif scheduled is not None:
+            finished(scheduled, None)
+        if not sent and time.monotonic() >= end:
+            break
 
 
 async def _open_loop_stream(load, share, client, inputs, t0, measure_from, end, latency, lag, errors, counts):

@@ -30,8 +30,9 @@ from bench.proctree import tree
 from bench.workers_bench import free_port, start_mlserver
 
 PEERS_DIR = Path(__file__).parent / "peers"
-OIP_PEERS = ("scorewire", "floor", "mlserver", "kserve", "pytriton")  # speak OIP over gRPC and REST
-ALL_PEERS = ("scorewire", "floor", "mlserver", "kserve", "pytriton", "bentoml", "litserve", "ray")
+# speak OIP over gRPC and REST; scorewire-grpcio: scorewire with grpc_transport = "grpcio"
+OIP_PEERS = ("scorewire", "scorewire-grpcio", "floor", "mlserver", "kserve", "pytriton")
+ALL_PEERS = ("scorewire", "scorewire-grpcio", "floor", "mlserver", "kserve", "pytriton", "bentoml", "litserve", "ray")
 VENV_PEERS = ("mlserver", "kserve", "pytriton", "bentoml", "litserve", "ray")
 START_TIMEOUT_S = 240.0
 
@@ -88,17 +89,19 @@ def start(peer: str, env: Env | None, work: Path, workers: int, max_batch: int, 
     common = ["--model", model, "--http-port", str(http)]
     batching = ["--workers", str(workers), "--max-batch", str(max_batch), "--delay-us", str(delay_us)]
     batched = f"batching {max_batch} rows / {delay_us} us"
-    if peer == "scorewire":
+    if peer in ("scorewire", "scorewire-grpcio"):
         from bench.servers import serve
         from engine.harness.config import Config, model_table, server_table
 
-        config = Config(server_table(workers=workers), [model_table(
+        transport = "grpcio" if peer == "scorewire-grpcio" else "scorewire"
+        config = Config(server_table(workers=workers, grpc_transport=transport), [model_table(
             "mlp", "models/mlp.onnx", batching={"max_batch_size": max_batch, "max_queue_delay_us": delay_us})])
-        served = serve(config.write(work / "scorewire-peers.toml"))
+        served = serve(config.write(work / f"{peer}-peers.toml"))
         # scorewire's default dispatch ("free_slot"): a batch goes when the model is free, so the
         # delay applies only to "idle"/"delay" (README, "Batching")
         return Running(peer, served.proc, f"http://{served.http_url}/v2/models/mlp/infer", served.url, "oip",
-                       f"workers={workers}, batching {max_batch} rows, dispatch free_slot (the default)")
+                       f"workers={workers}, batching {max_batch} rows, dispatch free_slot (the default), "
+                       f"gRPC transport {transport}")
     if peer == "floor":
         proc, log = _spawn(peer, [py, str(PEERS_DIR / "floor_server.py"), *common, "--grpc-port", str(grpc)], work)
         return Running(peer, proc, f"http://127.0.0.1:{http}/v2/models/mlp/infer", f"127.0.0.1:{grpc}", "oip",

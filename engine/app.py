@@ -265,7 +265,8 @@ class App:
         server = self.settings.server
         return Http2Server(interceptors, max_receive_message_length=min(2 * server.max_message_bytes, 2**31 - 1),
                            max_concurrent_streams=server.max_concurrent_streams, reuse_port=self.sink.shares_ports,
-                           max_connection_age_s=server.max_connection_age_s if self.sink.shares_ports else 0.0)
+                           max_connection_age_s=server.max_connection_age_s if self.sink.shares_ports else 0.0,
+                           max_buffered_bytes=server.max_inflight_bytes)
 
     def _grpcio_transport(self, interceptors) -> grpc.aio.Server:
         server_settings = self.settings.server

@@ -216,6 +216,8 @@ class RawClient:
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.h2.initiate_connection()
         self.flush()
+        seen = set()  # the server's SETTINGS and its connection window, before anything is sent
+        self.events(lambda e: seen.add(type(e)) or {h2.events.RemoteSettingsChanged, h2.events.WindowUpdated} <= seen)
 
     def flush(self):
         self.sock.sendall(self.h2.data_to_send())
@@ -281,3 +283,40 @@ def test_a_connection_that_is_not_http2_is_closed_with_a_reason(running):
     assert b"HTTP/2" in data  # the GOAWAY's debug data says why
     with _channel(r.port) as channel:
         assert _say(channel, b"ok") == b"ok"
+
+
+def test_requests_coming_in_slowly_cannot_hold_more_than_the_budget(running):
+    r = running(max_buffered_bytes=1_000_000)
+    client = RawClient(r.port)
+    first = client.h2.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/Say"), (":authority", "x"),
+               ("content-type", "application/grpc")]
+    client.h2.send_headers(first, headers)
+    client.h2.send_data(first, b"\x00" + (900_000).to_bytes(4, "big") + b"a" * 600_000)  # not all of it yet
+    second = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(second, headers)
+    client.h2.send_data(second, b"\x00" + (900_000).to_bytes(4, "big") + b"b" * 600_000)
+    client.flush()
+    events = client.events(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == second)
+    trailers = [dict(e.headers) for e in events if isinstance(e, (h2.events.TrailersReceived,
+                                                                  h2.events.ResponseReceived)) and e.stream_id == second]
+    assert trailers[-1][b"grpc-status"] == b"8"  # RESOURCE_EXHAUSTED
+    assert b"max_inflight_bytes" in trailers[-1][b"grpc-message"]
+    client.h2.send_data(first, b"a" * 300_000, end_stream=True)  # the first one finishes and is answered
+    client.flush()
+    events = client.events(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
+    body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == first)
+    assert body[5:] == b"a" * 900_000
+    assert r.server.calls.buffered == 0
+
+
+def test_metadata_past_the_header_list_limit_is_refused_and_the_connection_lives(running):
+    r = running()
+    client = RawClient(r.port)
+    big = client.call(b"x", extra=[(f"x-{i}", "v" * 1000) for i in range(20)])  # ~20 KiB > 16 KiB
+    events = client.events(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == big)
+    refused = [dict(e.headers) for e in events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == big]
+    assert refused[0][b"grpc-status"] == b"8"
+    fine = client.call(b"after")
+    events = client.events(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == fine)
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))[5:] == b"after"

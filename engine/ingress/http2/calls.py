@@ -59,7 +59,7 @@ class Call:
     """One call, and its handler's context."""
 
     __slots__ = ("conn", "stream", "handler", "path", "headers", "deadline", "encoding", "body", "inbox",
-                 "waiter", "task", "timer", "code_", "details_", "ended", "calls")
+                 "waiter", "task", "timer", "code_", "details_", "ended", "calls", "held")
 
     def __init__(self, calls, conn: Connection, stream: Stream, handler, path: str, headers, encoding: bytes | None):
         self.calls, self.conn, self.stream, self.handler = calls, conn, stream, handler
@@ -71,6 +71,7 @@ class Call:
         self.task = self.timer = None
         self.code_ = self.details_ = None
         self.ended = False
+        self.held = 0  # request bytes buffered, counted in calls.buffered
 
     # -- grpc.aio.ServicerContext ----------------------------------------------------------
     def time_remaining(self) -> float | None:
@@ -144,6 +145,7 @@ class Call:
         if self.ended:
             return
         self.ended = True
+        self.calls.release(self)
         if self.timer is not None:
             self.timer.cancel()
         block = trailers(code, details) if code is not grpc.StatusCode.OK or details else OK_TRAILERS
@@ -154,11 +156,32 @@ class Call:
 class Calls:
     """Every connection's calls: the server's handlers, interceptors and limits."""
 
-    def __init__(self, lookup, interceptors=(), max_receive: int = 4 << 20):
+    def __init__(self, lookup, interceptors=(), max_receive: int = 4 << 20, max_buffered: int = 1 << 30):
         self.lookup = lookup  # path -> grpc.RpcMethodHandler | None
         self.interceptors = tuple(interceptors)
         self.max_receive = max_receive
+        self.max_buffered = max_buffered
+        self.buffered = 0  # bytes of requests still coming in, every connection's
         self._seen: dict = {}
+
+    def hold(self, call: Call, size: int) -> bool:
+        """Count `size` more bytes of a request coming in; False (and the call refused) past
+        max_buffered, unless nothing else is held: many large requests sent slowly at once
+        cannot add up past it, as the front door's max_inflight_bytes bounds parsed ones."""
+        if self.buffered and self.buffered + size > self.max_buffered:
+            call.end(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     f"requests coming in hold {self.buffered} bytes; {size} more would pass "
+                     f"server.max_inflight_bytes = {self.max_buffered}; retry later")
+            if call.task is not None:
+                call.task.cancel()
+            return False
+        self.buffered += size
+        call.held += size
+        return True
+
+    def release(self, call: Call) -> None:
+        self.buffered -= call.held
+        call.held = 0
 
     def _read_headers(self, headers) -> tuple:
         """(path, handler, grpc-timeout, grpc-encoding, refusal) of a header block, kept by block."""
@@ -206,8 +229,10 @@ class Calls:
         return seen
 
     # -- from the connection -----------------------------------------------------------------
-    def start(self, conn: Connection, stream: Stream, headers) -> None:
+    def start(self, conn: Connection, stream: Stream, headers, too_large: str | None = None) -> None:
         path, handler, seconds, encoding, refusal = self._read_headers(headers)
+        if too_large is not None:
+            refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED, f"the call's metadata is too large: {too_large}")
         call = Call(self, conn, stream, handler, path, headers, encoding)
         stream.call = call
         if refusal is not None:
@@ -229,6 +254,12 @@ class Calls:
             return
         if call.inbox is not None:
             self._messages(call, payload, end)
+            return
+        if end and call.body is None:  # the whole request in one frame: handed on at once
+            call.body = payload
+            call.task = call.conn.loop.create_task(self._run(call))
+            return
+        if payload and not self.hold(call, len(payload)):
             return
         body = call.body
         if body is None:
@@ -257,6 +288,7 @@ class Calls:
         if call is None:
             return
         call.ended = True
+        self.release(call)
         if call.timer is not None:
             call.timer.cancel()
         if call.task is not None:
@@ -271,6 +303,8 @@ class Calls:
             call.wake()
 
     def _messages(self, call: Call, payload: bytes, end: bool) -> None:
+        if payload and not self.hold(call, len(payload)):
+            return
         body = call.body
         body += payload
         while len(body) >= 5:
@@ -289,6 +323,8 @@ class Calls:
                 call.task.cancel()
                 return
             del body[:5 + size]
+            self.buffered -= 5 + size
+            call.held -= 5 + size
             call.inbox.append(message)
         if end and body:
             call.end(grpc.StatusCode.INTERNAL, f"the stream ended inside a message ({len(body)} bytes of it)")
@@ -318,10 +354,14 @@ class Calls:
         if len(body) < 5:
             raise _Refusal(grpc.StatusCode.INTERNAL, "the call ended without a request message")
         size = int.from_bytes(body[1:5], "big")
+        if size > self.max_receive:
+            raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"Received message larger than max ({size} vs. {self.max_receive})")
         if len(body) != 5 + size:
             raise _Refusal(grpc.StatusCode.INTERNAL, "a unary call carried more or less than one message "
                                                      f"({len(body)} bytes, the first message {size})")
         call.body = None
+        self.release(call)
         return self._payload(call, body[0], bytes(body[5:]) if type(body) is not bytes else body[5:])
 
     # -- the handler -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import struct
 
-from engine.ingress.http2.hpack import Decoder, HpackError
+from engine.ingress.http2.hpack import Decoder, HeadersTooLarge, HpackError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Connection(asyncio.Protocol):
         self.calls = server.calls  # engine.ingress.http2.calls.Calls
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
-        self.decoder = Decoder()
+        self.decoder = Decoder(max_list=MAX_HEADER_LIST)
         self.buffer = bytearray()
         self.need = 0  # bytes the buffered frame needs in all: no parse before they are in
         self.preface = True
@@ -97,8 +97,25 @@ class Connection(asyncio.Protocol):
         self.goaway_last = MAX_WINDOW
         self.peer = None
         self.max_streams = server.max_concurrent_streams
+        self.pending: list[bytes] = []  # frames written in this turn of the loop: sent together
 
     # -- the transport -------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        """Frames go out once per turn of the event loop, together: the answers of one batch
+        leave in one send, not one each."""
+        if not self.pending:
+            self.loop.call_soon(self._send)
+        self.pending.append(data)
+
+    def _send(self) -> None:
+        if self.pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.pending) if len(self.pending) > 1 else self.pending[0])
+        self.pending.clear()
+
+    def _close(self) -> None:
+        self._send()
+        self.transport.close()
+
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
@@ -197,7 +214,7 @@ class Connection(asyncio.Protocol):
             payload = _unpad(payload)
         self.owed += size
         if self.owed >= CONNECTION_WINDOW // 4:
-            self.transport.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.owed)))
+            self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.owed)))
             self.owed = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
@@ -215,7 +232,7 @@ class Connection(asyncio.Protocol):
     def grant(self, stream: Stream) -> None:
         """Give the client back what it sent on `stream` (the gRPC layer says when)."""
         if stream.owed and not stream.closed and not stream.remote_closed:
-            self.transport.write(frame(WINDOW_UPDATE, 0, stream.id, _U32.pack(stream.owed)))
+            self._write(frame(WINDOW_UPDATE, 0, stream.id, _U32.pack(stream.owed)))
         stream.owed = 0
 
     def _headers(self, stream_id: int, flags: int, payload: bytes) -> None:
@@ -244,10 +261,13 @@ class Connection(asyncio.Protocol):
             self._header_block(stream_id, self.block_flags, block)
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        too_large = None
         try:
             headers = self.decoder.decode(block)  # always: the table must follow every block
         except HpackError as exc:
             raise ConnectionError_(COMPRESSION_ERROR, str(exc)) from None
+        except HeadersTooLarge as exc:
+            headers, too_large = (), str(exc)
         end = bool(flags & END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client
@@ -266,12 +286,12 @@ class Connection(asyncio.Protocol):
         if stream_id > self.goaway_last:
             return  # after the final GOAWAY: never processed, the client retries it elsewhere
         if len(self.streams) >= self.max_streams:
-            self.transport.write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
+            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
             return
         stream = Stream(stream_id, self.peer_stream_window)
         stream.remote_closed = end
         self.streams[stream_id] = stream
-        self.calls.start(self, stream, headers)
+        self.calls.start(self, stream, headers, too_large)
         if stream.closed and stream.remote_closed:
             self._forget(stream)
 
@@ -295,7 +315,7 @@ class Connection(asyncio.Protocol):
                 if not 16384 <= value <= 2**24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, f"a max frame size of {value}")
                 self.peer_frame = value
-        self.transport.write(frame(SETTINGS, ACK, 0))
+        self._write(frame(SETTINGS, ACK, 0))
         for stream in list(self.streams.values()):
             if stream.out or stream.trailers is not None:
                 self._flush(stream)
@@ -328,7 +348,7 @@ class Connection(asyncio.Protocol):
         if stream_id or len(payload) != 8:
             raise ConnectionError_(PROTOCOL_ERROR if stream_id else FRAME_SIZE_ERROR, "a malformed PING")
         if not flags & ACK:
-            self.transport.write(frame(PING, ACK, 0, payload))
+            self._write(frame(PING, ACK, 0, payload))
         elif payload == GOAWAY_PING and self.going_away == 1:
             self._final_goaway()
 
@@ -348,7 +368,7 @@ class Connection(asyncio.Protocol):
             stream.send_window -= n
             self.send_window -= n
             sid = stream.id
-            self.transport.write(b"".join((
+            self._write(b"".join((
                 _FRAME.pack(len(headers) >> 8, len(headers) & 0xFF, HEADERS, END_HEADERS, sid), headers,
                 _FRAME.pack(n >> 8, n & 0xFF, DATA, 0, sid), message,
                 _FRAME.pack(len(trailers) >> 8, len(trailers) & 0xFF, HEADERS, END_HEADERS | END_STREAM, sid),
@@ -362,7 +382,7 @@ class Connection(asyncio.Protocol):
 
     def send_headers(self, stream: Stream, headers: bytes) -> None:
         stream.headers_sent = True
-        self.transport.write(frame(HEADERS, END_HEADERS, stream.id, headers))
+        self._write(frame(HEADERS, END_HEADERS, stream.id, headers))
 
     async def send(self, stream: Stream, message: bytes) -> None:
         """One more message on a stream; returns once it is on its way."""
@@ -392,7 +412,7 @@ class Connection(asyncio.Protocol):
                 if self.send_window <= 0:
                     self.blocked.add(stream)
                 return
-            self.transport.write(frame(DATA, 0, stream.id, bytes(out[:size])))
+            self._write(frame(DATA, 0, stream.id, bytes(out[:size])))
             del out[:size]
             stream.send_window -= size
             self.send_window -= size
@@ -401,19 +421,19 @@ class Connection(asyncio.Protocol):
                 waiter.set_result(None)
         stream.waiters.clear()
         if stream.trailers is not None and not stream.closed:
-            self.transport.write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
             self._closed_local(stream)
 
     def _closed_local(self, stream: Stream) -> None:
         stream.closed = True
         if not stream.remote_closed:  # answered before the client finished sending: it may stop
-            self.transport.write(frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR)))
             stream.remote_closed = True
         self._forget(stream)
 
     def reset(self, stream: Stream, code: int = CANCEL) -> None:
         if not stream.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame(RST_STREAM, 0, stream.id, _U32.pack(code)))
+            self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(code)))
         self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
@@ -425,7 +445,7 @@ class Connection(asyncio.Protocol):
         stream.waiters.clear()
         self.blocked.discard(stream)
         if self.streams.pop(stream.id, None) is not None and self.going_away == 2 and not self.streams:
-            self.transport.close()
+            self._close()
 
     # -- leaving -------------------------------------------------------------------------
     def go_away(self) -> None:
@@ -435,7 +455,7 @@ class Connection(asyncio.Protocol):
         if self.going_away or self.transport is None or self.transport.is_closing():
             return
         self.going_away = 1
-        self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(MAX_WINDOW) + _U32.pack(NO_ERROR))
+        self._write(frame(GOAWAY, 0, 0, _U32.pack(MAX_WINDOW) + _U32.pack(NO_ERROR))
                              + frame(PING, 0, 0, GOAWAY_PING))
         self.loop.call_later(1.0, self._final_goaway)  # a client that never answers the PING
 
@@ -444,16 +464,16 @@ class Connection(asyncio.Protocol):
             return
         self.going_away = 2
         self.goaway_last = self.last_stream
-        self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream) + _U32.pack(NO_ERROR)))
+        self._write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream) + _U32.pack(NO_ERROR)))
         if not self.streams:
-            self.transport.close()
+            self._close()
 
     def _fail(self, code: int, message: str) -> None:
         log.info("gRPC connection from %s closed: %s", self.peer, message)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream) + _U32.pack(code)
+            self._write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream) + _U32.pack(code)
                                        + message.encode()[:256]))
-            self.transport.close()
+            self._close()
 
 
 def _unpad(payload: bytes) -> bytes:

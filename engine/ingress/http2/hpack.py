@@ -43,8 +43,14 @@ class HpackError(Exception):
     two tables no longer agree."""
 
 
+class HeadersTooLarge(Exception):
+    """A header list over the server's MAX_HEADER_LIST_SIZE (name + value + 32 per field, as
+    RFC 9113 counts it): the call is refused; the table still took the block."""
+
+
 class Decoder:
-    def __init__(self, table_size: int = 4096):
+    def __init__(self, table_size: int = 4096, max_list: int = 16 << 10):
+        self.max_list = max_list
         self.limit = table_size  # what the server's SETTINGS_HEADER_TABLE_SIZE allows
         self.max_size = table_size  # the client's current choice (a size update), <= limit
         self.size = 0
@@ -71,19 +77,21 @@ class Decoder:
     def _decode(self, block: bytes) -> tuple:
         out = []
         i, n = 0, len(block)
+        listed = 0  # RFC 9113's size of the list: name + value + 32 per field
+        fields = 0
         while i < n:
             first = block[i]
             if first & 0x80:  # indexed field
                 index, i = _integer(block, i, 0x7F)
-                out.append(self._entry(index))
+                field = self._entry(index)
             elif first & 0x40:  # literal, added to the table
                 index, i = _integer(block, i, 0x3F)
                 name, i = (self._entry(index)[0], i) if index else _string(block, i)
                 value, i = _string(block, i)
                 self._add(name, value)
-                out.append((name, value))
+                field = (name, value)
             elif first & 0x20:  # table size update
-                if out:
+                if fields:
                     raise HpackError("a table size update after a header field")
                 size, i = _integer(block, i, 0x1F)
                 if size > self.limit:
@@ -91,11 +99,18 @@ class Decoder:
                 self.max_size = size
                 self._evict(0)
                 self.generation += 1
+                continue
             else:  # literal, not added (0000) or never added (0001)
                 index, i = _integer(block, i, 0x0F)
                 name, i = (self._entry(index)[0], i) if index else _string(block, i)
                 value, i = _string(block, i)
-                out.append((name, value))
+                field = (name, value)
+            fields += 1
+            listed += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+            if listed <= self.max_list:  # past it nothing is kept (a few bytes can name a large
+                out.append(field)  # entry many times over), but the block is read to its end for the table
+        if listed > self.max_list:
+            raise HeadersTooLarge(f"a header list of {listed} bytes, over the {self.max_list} allowed")
         return tuple(out)
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:

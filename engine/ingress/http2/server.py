@@ -19,8 +19,9 @@ from engine.ingress.http2.connection import Connection
 
 class Server:
     def __init__(self, interceptors=(), max_receive_message_length: int = 4 << 20,
-                 max_concurrent_streams: int = 1024, reuse_port: bool = False, max_connection_age_s: float = 0.0):
-        self.calls = Calls(self._lookup, interceptors, max_receive_message_length)
+                 max_concurrent_streams: int = 1024, reuse_port: bool = False, max_connection_age_s: float = 0.0,
+                 max_buffered_bytes: int = 1 << 30):
+        self.calls = Calls(self._lookup, interceptors, max_receive_message_length, max_buffered_bytes)
         self.max_concurrent_streams = max_concurrent_streams
         self.reuse_port = reuse_port
         self.max_connection_age_s = max_connection_age_s
@@ -127,7 +128,7 @@ class Server:
             if grace:
                 conn.go_away()
             else:
-                conn.transport.close()
+                conn._close()
         if self.connections and grace:
             try:
                 await asyncio.wait_for(self._all_closed.wait(), grace)
