@@ -10,6 +10,7 @@ import asyncio
 import socket
 import threading
 import time
+import zlib
 
 import grpc
 import h2.config
@@ -18,7 +19,9 @@ import h2.events
 import h2.settings
 import pytest
 
+from engine.ingress.auth import TokenAuth
 from engine.ingress.http2 import Server
+from engine.ingress.http2 import frames as f
 
 SERVICE = "test.Echo"
 
@@ -53,11 +56,16 @@ class Echo:
         async for request in requests:
             yield request
 
+    async def hold(self, requests, context):  # reads nothing
+        await asyncio.sleep(30)
+        yield b""
+
     def handler(self):
         raw = dict(request_deserializer=None, response_serializer=None)
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Say": grpc.unary_unary_rpc_method_handler(self.say, **raw),
             "Chat": grpc.stream_stream_rpc_method_handler(self.chat, **raw),
+            "Hold": grpc.stream_stream_rpc_method_handler(self.hold, **raw),
         })
 
 
@@ -123,8 +131,11 @@ def test_calls_in_parallel_over_one_connection_past_max_concurrent_streams(runni
 
 
 def test_status_codes_and_messages_reach_the_client(running):
-    r = running(max_receive_message_length=1000)
+    r = running(max_receive_message_length=10_000)
     with _channel(r.port) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            _say(channel, ("abort:" + "long " * 300).encode())
+        assert len(err.value.details()) == 1024 and err.value.details().endswith("...")
         with pytest.raises(grpc.RpcError) as err:
             _say(channel, "abort:100% sure: ünïcode\nand a newline".encode())
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -133,7 +144,7 @@ def test_status_codes_and_messages_reach_the_client(running):
             _say(channel, b"raise")
         assert err.value.code() == grpc.StatusCode.UNKNOWN and "a bug" in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
-            _say(channel, b"y" * 1001)
+            _say(channel, b"y" * 10_001)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         with pytest.raises(grpc.RpcError) as err:
             channel.unary_unary("/test.Echo/Nope")(b"")
@@ -320,3 +331,156 @@ def test_metadata_past_the_header_list_limit_is_refused_and_the_connection_lives
     fine = client.call(b"after")
     events = client.events(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == fine)
     assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))[5:] == b"after"
+
+
+# -- what a client must not be able to do -------------------------------------------------
+def _read_frames(sock, until, limit_s=5.0):
+    """Frames (type, flags, stream, payload) the server sends, until `until(frame)` or it closes."""
+    got, data = [], b""
+    sock.settimeout(limit_s)
+    while True:
+        while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+            n = int.from_bytes(data[:3], "big")
+            item = (data[3], data[4], int.from_bytes(data[5:9], "big") & f.MAX_WINDOW, data[9:9 + n])
+            data = data[9 + n:]
+            got.append(item)
+            if until(item):
+                return got
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return got
+        data += chunk
+
+
+def _raw_call(port, path=f"/{SERVICE}/Say", extra=()):
+    """A socket past the preface and SETTINGS, with HEADERS (no END_STREAM) sent on stream 1."""
+    import hpack
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", path),
+                                    (":authority", "x"), ("content-type", "application/grpc"), *extra])
+    sock.sendall(f.PREFACE + f.frame(f.SETTINGS, 0, 0) + f.frame(f.HEADERS, f.END_HEADERS, 1, block))
+    return sock
+
+
+def test_data_past_the_streams_window_resets_it_and_the_connection_lives(running):
+    r = running()
+    with _raw_call(r.port, path=f"/{SERVICE}/Hold") as sock:  # a handler that reads nothing: no credit back
+        message = b"\x00" + (10_000 - 5).to_bytes(4, "big") + b"m" * (10_000 - 5)
+        sock.sendall(b"".join(f.frame(f.DATA, 0, 1, message) for _ in range(f.STREAM_WINDOW // 10_000 + 2))
+                     + f.frame(f.PING, 0, 0, b"stillok?"))
+        got = _read_frames(sock, lambda fr: fr[0] == f.PING and fr[1] & f.ACK)
+    assert (f.RST_STREAM, 0, 1, f.U32.pack(f.FLOW_CONTROL_ERROR)) in got
+    assert not [fr for fr in got if fr[0] == f.WINDOW_UPDATE and fr[2] == 1]
+    assert r.server.calls.buffered == 0
+
+
+def test_a_streaming_handler_that_does_not_read_stops_its_client(running):
+    r = running()
+    client = RawClient(r.port)
+    sid = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/Hold"),
+                                 (":authority", "x"), ("content-type", "application/grpc")])
+    message = b"\x00" + (10_000).to_bytes(4, "big") + b"m" * 10_000
+    sent = 0
+    for _ in range(3):  # send what the windows allow, give the server time to give credit back
+        while client.h2.local_flow_control_window(sid) >= len(message):
+            client.h2.send_data(sid, message)
+            sent += len(message)
+        client.flush()
+        time.sleep(0.3)
+        client.sock.settimeout(0.2)
+        try:
+            client.h2.receive_data(client.sock.recv(1 << 16))
+        except socket.timeout:
+            pass
+    assert sent < f.STREAM_WINDOW + 100_000  # no credit came back: the client stopped
+    assert r.server.calls.buffered <= f.STREAM_WINDOW + 100_000
+
+
+def test_a_client_that_sends_and_never_reads_is_not_read_either(running):
+    r = running()
+    with _raw_call(r.port) as sock:
+        sock.settimeout(3)
+        pings = f.frame(f.PING, 0, 0, b"12345678") * 20_000
+        sent = 0
+        try:
+            for _ in range(200):  # 68 MB of PINGs, whose answers nobody reads
+                sock.sendall(pings)
+                sent += len(pings)
+        except socket.timeout:
+            pass
+        assert sent < 200 * len(pings)  # the server stopped reading
+
+        async def buffered():
+            return max(c.transport.get_write_buffer_size() for c in r.server.connections)
+
+        assert r.run(buffered()) < 8 << 20
+
+
+def test_a_header_block_too_large_closes_the_connection(running):
+    r = running()
+    with _raw_call(r.port) as sock:
+        sock.sendall(f.frame(f.HEADERS, f.END_HEADERS, 3, b"\xbe" * (f.MAX_HEADER_BLOCK + 1)))
+        got = _read_frames(sock, lambda fr: fr[0] == f.GOAWAY)
+    assert got[-1][0] == f.GOAWAY and f.U32.unpack(got[-1][3][4:8])[0] == f.ENHANCE_YOUR_CALM
+
+
+def test_headers_again_on_a_stream_whose_request_is_over_reset_it(running):
+    r = running()
+    with _raw_call(r.port) as sock:
+        sock.sendall(f.frame(f.DATA, f.END_STREAM, 1, b"\x00" + (9).to_bytes(4, "big") + b"sleep:0.5"))
+        assert r.echo.started.wait(5)
+        sock.sendall(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, b"\x83"))
+        got = _read_frames(sock, lambda fr: fr[0] == f.RST_STREAM)
+    assert got[-1] == (f.RST_STREAM, 0, 1, f.U32.pack(f.STREAM_CLOSED))
+    deadline = time.monotonic() + 5
+    while r.echo.cancelled < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.echo.cancelled == 1  # the call's handler does not run on
+
+
+def test_many_streams_reset_by_their_client_close_its_connection(running):
+    r = running()
+    client = RawClient(r.port)
+    for _ in range(f.RESETS_ALLOWED + 10):
+        sid = client.call(b"sleep:5")
+        client.h2.reset_stream(sid)
+    client.flush()
+    events = client.events(lambda e: isinstance(e, h2.events.ConnectionTerminated))
+    assert events[-1].error_code == f.ENHANCE_YOUR_CALM
+
+
+def test_an_unauthenticated_call_is_refused_before_its_request_is_read(running):
+    r = running(interceptors=[TokenAuth([b"sesame"], frozenset())])
+    with _raw_call(r.port) as sock:
+        sock.sendall(f.frame(f.DATA, 0, 1, b"\x00" + (500_000).to_bytes(4, "big") + b"x" * 100_000))
+        got = _read_frames(sock, lambda fr: fr[0] == f.HEADERS and fr[1] & f.END_STREAM)
+        assert b"grpc-status" in got[-1][3]  # answered with only a part of the request sent
+    assert r.server.calls.buffered == 0
+    with _channel(r.port) as channel:
+        assert _say(channel, b"hi", metadata=[("authorization", "Bearer sesame")]) == b"hi"
+        with pytest.raises(grpc.RpcError) as err:
+            _say(channel, b"hi")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_compressed_message_past_the_limit_once_inflated_is_refused(running):
+    r = running(max_receive_message_length=1_000_000)
+    with _channel(r.port) as channel:
+        with pytest.raises(grpc.RpcError) as err:  # 2 MB of zeros: a few KB on the wire
+            _say(channel, b"\0" * 2_000_000, compression=grpc.Compression.Gzip)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _say(channel, b"\0" * 900_000, compression=grpc.Compression.Gzip) == b"\0" * 900_000
+    assert len(zlib.compress(b"\0" * 2_000_000)) < 10_000
+
+
+def test_a_client_that_said_goaway_first_does_not_hold_up_the_stop(running):
+    r = running()
+    client = RawClient(r.port)
+    client.h2.close_connection()
+    client.flush()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    r.run(r.server.stop(3.0))
+    assert time.monotonic() - t0 < 2.0

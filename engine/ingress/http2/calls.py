@@ -1,49 +1,28 @@
-"""gRPC calls (the gRPC over HTTP/2 protocol) on scorewire's own HTTP/2 connections: a call's
-headers, its length-prefixed messages (gzip and deflate taken), its deadline (`grpc-timeout`),
-its handler and its status in the trailers.
+"""gRPC calls (the gRPC over HTTP/2 protocol) on scorewire's own HTTP/2 connections: what a
+call's headers ask for (`:path`, `grpc-timeout`, `grpc-encoding`), its request as it comes in,
+its handler, and its answer.
 
 Handlers are grpcio's `RpcMethodHandler`s and interceptors grpcio's `ServerInterceptor`s, so
 the servicers written for grpc.aio (engine/ingress/grpc.py, grpc_health, auth.py's TokenAuth)
-run unchanged. A call is the handler's context too: it has the part of
-`grpc.aio.ServicerContext` they use (abort, time_remaining, write, invocation_metadata, ...).
+run unchanged; a call is its handler's context (call.py). With interceptors (bearer tokens),
+a call is checked when its headers arrive, before its request is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import zlib
 from collections import deque
-from urllib.parse import quote
 
 import grpc
 
-from engine.ingress.http2.connection import STREAM_WINDOW, Connection, Stream
-from engine.ingress.http2.hpack import CONTENT_TYPE_GRPC, STATUS_200, literal
+from engine.ingress.http2.call import GRANT, OK_TRAILERS, RESPONSE_HEADERS, WBITS, Call, Refusal, metadata
+from engine.ingress.http2.connection import Connection, Stream
 
 log = logging.getLogger(__name__)
 
-GRANT = STREAM_WINDOW // 4  # credit goes back in pieces at least this large
-RESPONSE_HEADERS = STATUS_200 + CONTENT_TYPE_GRPC + literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
 _TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
-_WBITS = {b"gzip": 31, b"deflate": 15}
-_SEEN = 256  # header blocks whose meaning is kept (a client repeats a few)
-
-
-def trailers(code: grpc.StatusCode, details: str | None = None) -> bytes:
-    block = literal(b"grpc-status", str(code.value[0]).encode())
-    if details:  # percent-encoded, as the gRPC protocol says
-        block += literal(b"grpc-message", quote(details, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())
-    return block
-
-
-OK_TRAILERS = trailers(grpc.StatusCode.OK)
-
-
-class _Refusal(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str):
-        self.code, self.details = code, details
+_SEEN = 64  # header lists whose meaning is kept (a client repeats a few)
 
 
 class _Details:
@@ -51,106 +30,8 @@ class _Details:
 
     __slots__ = ("method", "invocation_metadata")
 
-    def __init__(self, method: str, metadata):
-        self.method, self.invocation_metadata = method, metadata
-
-
-class Call:
-    """One call, and its handler's context."""
-
-    __slots__ = ("conn", "stream", "handler", "path", "headers", "deadline", "encoding", "body", "inbox",
-                 "waiter", "task", "timer", "code_", "details_", "ended", "calls", "held")
-
-    def __init__(self, calls, conn: Connection, stream: Stream, handler, path: str, headers, encoding: bytes | None):
-        self.calls, self.conn, self.stream, self.handler = calls, conn, stream, handler
-        self.path, self.headers, self.encoding = path, headers, encoding
-        self.deadline = None
-        self.body = None  # bytes, then a bytearray if the request comes in pieces
-        self.inbox: deque | None = None  # a streaming request's messages not yet taken
-        self.waiter: asyncio.Future | None = None
-        self.task = self.timer = None
-        self.code_ = self.details_ = None
-        self.ended = False
-        self.held = 0  # request bytes buffered, counted in calls.buffered
-
-    # -- grpc.aio.ServicerContext ----------------------------------------------------------
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - self.conn.loop.time())
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
-        self.code_, self.details_ = code, details
-        raise grpc.aio.AbortError(f"aborted with {code}")
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code_ = code
-
-    def set_details(self, details: str) -> None:
-        self.details_ = details
-
-    def code(self):
-        return self.code_
-
-    def details(self):
-        return self.details_
-
-    def invocation_metadata(self) -> tuple:
-        return _metadata(self.headers)
-
-    def peer(self) -> str:
-        host, port = (self.conn.peer or ("", 0))[:2]
-        return f"ipv6:[{host}]:{port}" if ":" in str(host) else f"ipv4:{host}:{port}"
-
-    def cancelled(self) -> bool:
-        return self.stream.closed and not self.ended
-
-    def done(self) -> bool:
-        return self.stream.closed
-
-    async def write(self, message) -> None:
-        await self.send(message)
-
-    async def read(self):
-        return await self.__anext__()
-
-    # -- messages ----------------------------------------------------------------------------
-    async def send(self, message) -> None:
-        serialize = self.handler.response_serializer
-        payload = serialize(message) if serialize is not None else message
-        stream = self.stream
-        if not stream.headers_sent and not stream.closed:
-            self.conn.send_headers(stream, RESPONSE_HEADERS)
-        await self.conn.send(stream, b"\x00" + len(payload).to_bytes(4, "big") + payload)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        while not self.inbox:
-            if self.stream.remote_closed or self.stream.closed:
-                raise StopAsyncIteration
-            self.waiter = self.conn.loop.create_future()
-            await self.waiter
-        message = self.inbox.popleft()
-        if len(self.inbox) <= 1 and self.stream.owed >= GRANT:
-            self.conn.grant(self.stream)
-        parse = self.handler.request_deserializer
-        return parse(message) if parse is not None else message
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def end(self, code: grpc.StatusCode, details: str | None = None) -> None:
-        """The status; with no message sent before it, the headers too (Trailers-Only)."""
-        if self.ended:
-            return
-        self.ended = True
-        self.calls.release(self)
-        if self.timer is not None:
-            self.timer.cancel()
-        block = trailers(code, details) if code is not grpc.StatusCode.OK or details else OK_TRAILERS
-        stream = self.stream
-        self.conn.finish(stream, block if stream.headers_sent else STATUS_200 + CONTENT_TYPE_GRPC + block)
+    def __init__(self, method: str, metadata_):
+        self.method, self.invocation_metadata = method, metadata_
 
 
 class Calls:
@@ -161,9 +42,10 @@ class Calls:
         self.interceptors = tuple(interceptors)
         self.max_receive = max_receive
         self.max_buffered = max_buffered
-        self.buffered = 0  # bytes of requests still coming in, every connection's
+        self.buffered = 0  # bytes of requests coming in or waiting for their handler, every connection's
         self._seen: dict = {}
 
+    # -- request bytes held --------------------------------------------------------------------
     def hold(self, call: Call, size: int) -> bool:
         """Count `size` more bytes of a request coming in; False (and the call refused) past
         max_buffered, unless nothing else is held: many large requests sent slowly at once
@@ -179,12 +61,17 @@ class Calls:
         call.held += size
         return True
 
+    def taken(self, call: Call, size: int) -> None:
+        self.buffered -= size
+        call.held -= size
+
     def release(self, call: Call) -> None:
         self.buffered -= call.held
         call.held = 0
 
+    # -- from the connection -----------------------------------------------------------------
     def _read_headers(self, headers) -> tuple:
-        """(path, handler, grpc-timeout, grpc-encoding, refusal) of a header block, kept by block."""
+        """(path, handler, grpc-timeout, grpc-encoding, refusal) of a header list, kept by list."""
         seen = self._seen.get(headers)
         if seen is not None:
             return seen
@@ -207,28 +94,27 @@ class Calls:
             refusal = (grpc.StatusCode.UNIMPLEMENTED, f"gRPC needs POST, not {method!r}")
         elif ctype is None or not ctype.startswith(b"application/grpc"):
             refusal = (grpc.StatusCode.UNIMPLEMENTED, f"not a gRPC call (content-type {ctype!r})")
-        elif handler is None:
-            refusal = (grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path_s}")
-        elif encoding is not None and encoding != b"identity" and encoding not in _WBITS:
-            refusal = (grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode('latin-1')!r} is not "
+        elif handler is None and not self.interceptors:
+            refusal = (grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path_s[:200]}")
+        elif encoding is not None and encoding != b"identity" and encoding not in WBITS:
+            refusal = (grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding[:50].decode('latin-1')!r} is not "
                                                       "supported (identity, gzip, deflate are)")
         if encoding == b"identity":
             encoding = None
         seconds = None
         if timeout is not None:
             try:
-                seconds = int(timeout[:-1]) * _TIMEOUT_UNITS[timeout[-1]]
                 if not timeout[:-1].isdigit() or len(timeout) > 9:
                     raise ValueError
+                seconds = int(timeout[:-1]) * _TIMEOUT_UNITS[timeout[-1]]
             except (ValueError, KeyError, IndexError):
-                refusal = refusal or (grpc.StatusCode.INTERNAL, f"a malformed grpc-timeout {timeout!r}")
+                refusal = refusal or (grpc.StatusCode.INTERNAL, f"a malformed grpc-timeout {timeout[:20]!r}")
         seen = (path_s, handler, seconds, encoding, refusal)
         if len(self._seen) >= _SEEN:
             self._seen.clear()
         self._seen[headers] = seen
         return seen
 
-    # -- from the connection -----------------------------------------------------------------
     def start(self, conn: Connection, stream: Stream, headers, too_large: str | None = None) -> None:
         path, handler, seconds, encoding, refusal = self._read_headers(headers)
         if too_large is not None:
@@ -241,11 +127,11 @@ class Calls:
         if seconds is not None:
             call.deadline = conn.loop.time() + seconds
             call.timer = conn.loop.call_at(call.deadline, self._expire, call)
-        if handler.request_streaming:
+        if handler is not None and handler.request_streaming:
             call.inbox = deque()
             call.body = bytearray()
-            call.task = conn.loop.create_task(self._run(call))
-        elif stream.remote_closed:
+        # with interceptors, checked now, before any of the request is taken
+        if self.interceptors or call.inbox is not None or stream.remote_closed:
             call.task = conn.loop.create_task(self._run(call))
 
     def data(self, stream: Stream, payload: bytes, end: bool) -> None:
@@ -257,7 +143,7 @@ class Calls:
             return
         if end and call.body is None:  # the whole request in one frame: handed on at once
             call.body = payload
-            call.task = call.conn.loop.create_task(self._run(call))
+            self._request_in(call)
             return
         if payload and not self.hold(call, len(payload)):
             return
@@ -278,16 +164,22 @@ class Calls:
                 call.end(grpc.StatusCode.INTERNAL, "a unary call carried more than one message")
                 return
         if end:
-            call.task = call.conn.loop.create_task(self._run(call))
+            self._request_in(call)
         elif stream.owed >= GRANT:
             call.conn.grant(stream)
+
+    def _request_in(self, call: Call) -> None:
+        if call.task is None:
+            call.task = call.conn.loop.create_task(self._run(call))
+        else:  # its interceptors ran first: it waits for the request
+            call.wake()
 
     def reset(self, stream: Stream) -> None:
         """The client reset the stream, or the connection is gone."""
         call = stream.call
         if call is None:
             return
-        call.ended = True
+        call.ended = call.reset = True
         self.release(call)
         if call.timer is not None:
             call.timer.cancel()
@@ -303,29 +195,25 @@ class Calls:
             call.wake()
 
     def _messages(self, call: Call, payload: bytes, end: bool) -> None:
+        """A streaming request's bytes: whole messages to its inbox, as sent; they stay counted
+        in `buffered` until the handler takes them."""
         if payload and not self.hold(call, len(payload)):
             return
         body = call.body
         body += payload
-        while len(body) >= 5:
-            size = int.from_bytes(body[1:5], "big")
+        at = 0
+        while len(body) - at >= 5:
+            size = int.from_bytes(body[at + 1:at + 5], "big")
             if size > self.max_receive:
                 call.end(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"Received message larger than max ({size} vs. {self.max_receive})")
                 call.task.cancel()
                 return
-            if len(body) < 5 + size:
+            if len(body) - at < 5 + size:
                 break
-            try:
-                message = self._payload(call, body[0], bytes(body[5:5 + size]))
-            except _Refusal as exc:
-                call.end(exc.code, exc.details)
-                call.task.cancel()
-                return
-            del body[:5 + size]
-            self.buffered -= 5 + size
-            call.held -= 5 + size
-            call.inbox.append(message)
+            call.inbox.append((body[at], bytes(body[at + 5:at + 5 + size])))
+            at += 5 + size
+        del body[:at]
         if end and body:
             call.end(grpc.StatusCode.INTERNAL, f"the stream ended inside a message ({len(body)} bytes of it)")
             call.task.cancel()
@@ -334,52 +222,49 @@ class Calls:
             call.conn.grant(call.stream)
         call.wake()
 
-    def _payload(self, call: Call, flag: int, data: bytes) -> bytes:
-        if not flag:
-            return data
-        if call.encoding is None:
-            raise _Refusal(grpc.StatusCode.INTERNAL, "a compressed message on a call with no grpc-encoding")
-        inflate = zlib.decompressobj(_WBITS[call.encoding])
-        try:
-            data = inflate.decompress(data, self.max_receive + 1)
-        except zlib.error as exc:
-            raise _Refusal(grpc.StatusCode.INTERNAL, f"a message that does not decompress ({exc})") from None
-        if len(data) > self.max_receive or inflate.unconsumed_tail:
-            raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"Received message larger than max (over {self.max_receive} decompressed)")
-        return data
-
-    def _unary_request(self, call: Call):
+    async def _unary_request(self, call: Call):
+        while not call.stream.remote_closed:  # its interceptors ran before the request was in
+            call.waiter = call.conn.loop.create_future()
+            await call.waiter
         body = call.body or b""
         if len(body) < 5:
-            raise _Refusal(grpc.StatusCode.INTERNAL, "the call ended without a request message")
+            raise Refusal(grpc.StatusCode.INTERNAL, "the call ended without a request message")
         size = int.from_bytes(body[1:5], "big")
         if size > self.max_receive:
-            raise _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"Received message larger than max ({size} vs. {self.max_receive})")
+            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"Received message larger than max ({size} vs. {self.max_receive})")
         if len(body) != 5 + size:
-            raise _Refusal(grpc.StatusCode.INTERNAL, "a unary call carried more or less than one message "
-                                                     f"({len(body)} bytes, the first message {size})")
+            raise Refusal(grpc.StatusCode.INTERNAL, "a unary call carried more or less than one message "
+                                                    f"({len(body)} bytes, the first message {size})")
         call.body = None
         self.release(call)
-        return self._payload(call, body[0], bytes(body[5:]) if type(body) is not bytes else body[5:])
+        message = bytes(body[5:]) if type(body) is not bytes else body[5:]
+        return await call.payload(body[0], message) if body[0] else message
 
     # -- the handler -------------------------------------------------------------------------
     async def _run(self, call: Call) -> None:
         handler = call.handler
         try:
             if self.interceptors:
-                handler = call.handler = await self._intercepted(call)
-            if handler.request_streaming:
+                found, handler = handler, await self._intercepted(call)
+                call.handler = handler
+                if handler is not found and handler.request_deserializer is None:
+                    # put in the method's place by an interceptor (auth.py's refusal): it answers
+                    # at once, without the request, which is not read
+                    call.body = None
+                    self.release(call)
+                    request = None
+                elif handler.request_streaming:
+                    if call.inbox is None:
+                        call.inbox, call.body = deque(), bytearray(call.body or b"")
+                        self._messages(call, b"", call.stream.remote_closed)
+                    request = call
+                else:
+                    request = await self._request(call, handler)
+            elif handler.request_streaming:
                 request = call
             else:
-                message = self._unary_request(call)
-                parse = handler.request_deserializer
-                try:
-                    request = parse(message) if parse is not None else message
-                except Exception:
-                    log.exception("gRPC: a request did not deserialize (%s)", call.path)
-                    raise _Refusal(grpc.StatusCode.INTERNAL, "Exception deserializing request!") from None
+                request = await self._request(call, handler)
             if not handler.response_streaming:
                 fn = handler.unary_unary if not handler.request_streaming else handler.stream_unary
                 response = await fn(request, call)
@@ -406,7 +291,7 @@ class Calls:
             call.end(call.code_ or grpc.StatusCode.OK, call.details_)
         except grpc.aio.AbortError:
             call.end(call.code_ or grpc.StatusCode.UNKNOWN, call.details_)
-        except _Refusal as exc:
+        except Refusal as exc:
             call.end(exc.code, exc.details)
         except asyncio.CancelledError:
             pass  # reset by the client, or past its deadline (answered by the timer)
@@ -414,8 +299,17 @@ class Calls:
             log.exception("gRPC: %s failed", call.path)
             call.end(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
 
+    async def _request(self, call: Call, handler):
+        message = await self._unary_request(call)
+        parse = handler.request_deserializer
+        try:
+            return parse(message) if parse is not None else message
+        except Exception:
+            log.exception("gRPC: a request did not deserialize (%s)", call.path)
+            raise Refusal(grpc.StatusCode.INTERNAL, "Exception deserializing request!") from None
+
     async def _intercepted(self, call: Call):
-        details = _Details(call.path, _metadata(call.headers))
+        details = _Details(call.path, metadata(call.headers))
 
         async def found(details_):
             return self.lookup(details_.method)
@@ -425,7 +319,7 @@ class Calls:
             continuation = _chained(interceptor, continuation)
         handler = await continuation(details)
         if handler is None:
-            raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {call.path}")
+            raise Refusal(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {call.path[:200]}")
         return handler
 
 
@@ -434,19 +328,3 @@ def _chained(interceptor, continuation):
         return await interceptor.intercept_service(continuation, details)
 
     return next_
-
-
-def _metadata(headers) -> tuple:
-    """The call's metadata as grpc.aio gives it: str keys, str values (bytes for `-bin` keys),
-    no pseudo-headers and none of the transport's own."""
-    out = []
-    for name, value in headers:
-        if name[:1] == b":" or name in (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding",
-                                        b"grpc-accept-encoding"):
-            continue
-        key = name.decode("latin-1")
-        if key.endswith("-bin"):
-            out.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
-        else:
-            out.append((key, value.decode("latin-1")))
-    return tuple(out)

@@ -1,69 +1,49 @@
 """One HTTP/2 connection (RFC 9113) on the event loop: frames in, frames out, flow control,
 SETTINGS, PING and GOAWAY. What a stream carries is the gRPC layer's (calls.py): it is told of
-a stream's headers and data, and answers through `respond`, `send_message` and `finish`.
+a stream's headers and data, and answers through `respond`, `send` and `finish`.
 
-Flow control: the server grants each stream STREAM_WINDOW bytes and the connection
-CONNECTION_WINDOW, and gives back what it has read. A streaming call's credit is held back
-while its handler has more than one message waiting (a handler that stops reading stops its
-client); every other stream's, and the connection's, goes back as it is read. Sending, a
-stream waits for the client's windows; a handler sending on a stream waits until its message
-is on the way (flow control and the socket's buffer).
+Flow control, both ways. The server grants each stream STREAM_WINDOW bytes and the connection
+CONNECTION_WINDOW, gives back what it has read, and refuses DATA past what it granted. A
+streaming call's credit is held back while its handler has more than one message waiting (a
+handler that stops reading stops its client). Sending, a stream waits for the client's
+windows; a handler sending on a stream waits until its message is on its way; and while the
+socket's buffer is full the server reads nothing more from that client.
+
+Frames written in one turn of the event loop leave together, in one send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 
+from engine.ingress.http2.frames import (
+    ACK, CANCEL, COMPRESSION_ERROR, CONNECTION_WINDOW, CONTINUATION, DATA, END_HEADERS, END_STREAM,
+    ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME, FRAME_SIZE_ERROR, GOAWAY, HEADERS, MAX_HEADER_BLOCK,
+    MAX_HEADER_LIST, MAX_WINDOW, NO_ERROR, PADDED, PING, PREFACE, PREFACE_TIMEOUT_S, PRIORITY, PRIORITY_FLAG,
+    PROTOCOL_ERROR, PUSH_PROMISE, RECEIVE_FRAME_SIZE, REFUSED_STREAM, RESETS_ALLOWED, RST_STREAM, S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE, SETTING, SETTINGS,
+    STREAM_CLOSED, STREAM_WINDOW, U32, WINDOW_UPDATE, ConnectionError_, frame, header_frames, unpad,
+)
 from engine.ingress.http2.hpack import Decoder, HeadersTooLarge, HpackError
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE = 1, 2, 3, 4
-S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 5, 6
-
-MAX_WINDOW = 2**31 - 1
-STREAM_WINDOW = 1 << 20
-CONNECTION_WINDOW = 1 << 24
-RECEIVE_FRAME_SIZE = 1 << 20  # the largest frame the server takes (fewer frames for large requests)
-MAX_HEADER_LIST = 16 << 10
 GOAWAY_PING = b"scorewir"  # the PING that closes the first GOAWAY's window (RFC 9113 6.8)
-
-_FRAME = struct.Struct(">HBBBI")  # a 24-bit length as 16 + 8 bits, type, flags, stream id
-_HEADER = struct.Struct(">HBBBI")
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return _FRAME.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
-
-
-class ConnectionError_(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class Stream:
     """A stream's state on both sides; `call` belongs to the gRPC layer."""
 
-    __slots__ = ("id", "send_window", "out", "trailers", "headers_sent", "remote_closed", "closed",
+    __slots__ = ("id", "credit", "recv_left", "out", "trailers", "headers_sent", "remote_closed", "closed",
                  "owed", "call", "waiters")
 
-    def __init__(self, stream_id: int, send_window: int):
+    def __init__(self, stream_id: int):
         self.id = stream_id
-        self.send_window = send_window
+        self.credit = 0  # its send window less the client's initial window (which SETTINGS may change)
+        self.recv_left = STREAM_WINDOW  # what the client may still send on it
         self.out = bytearray()  # DATA bytes waiting for window
-        self.trailers: bytes | None = None  # the last HEADERS block, sent once `out` is
+        self.trailers: bytes | None = None  # the last header block, sent once `out` is
         self.headers_sent = False
         self.remote_closed = False
         self.closed = False
@@ -84,25 +64,27 @@ class Connection(asyncio.Protocol):
         self.preface = True
         self.streams: dict[int, Stream] = {}
         self.last_stream = 0  # the highest stream id the client opened
+        self.opened = self.resets = 0  # streams the client opened, and reset itself
         self.send_window = 65535
         self.peer_stream_window = 65535
         self.peer_frame = 16384
+        self.recv_left = CONNECTION_WINDOW  # what the client may still send on the connection
         self.owed = 0  # connection-level bytes read, not yet given back
-        self.blocked: set[Stream] = set()  # streams waiting for the connection's window
-        self.paused: asyncio.Future | None = None  # the transport's buffer is full
-        self.headers_of: int = 0  # a header block being continued (CONTINUATION)
+        self.waiting: set[Stream] = set()  # streams with bytes waiting for a window
+        self.paused: asyncio.Future | None = None  # the socket's buffer is full
+        self.headers_of = 0  # a header block being continued (CONTINUATION)
         self.block = bytearray()
         self.block_flags = 0
         self.going_away = 0  # 1: the first GOAWAY is out (PING sent); 2: the final one
+        self.peer_left = False  # the client sent GOAWAY
         self.goaway_last = MAX_WINDOW
         self.peer = None
         self.max_streams = server.max_concurrent_streams
-        self.pending: list[bytes] = []  # frames written in this turn of the loop: sent together
+        self.pending: list[bytes] = []  # frames written in this turn of the loop
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- the transport -------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        """Frames go out once per turn of the event loop, together: the answers of one batch
-        leave in one send, not one each."""
         if not self.pending:
             self.loop.call_soon(self._send)
         self.pending.append(data)
@@ -119,15 +101,21 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
-        settings = b"".join(_SETTING.pack(k, v) for k, v in (
+        settings = b"".join(SETTING.pack(k, v) for k, v in (
             (S_MAX_CONCURRENT_STREAMS, self.max_streams), (S_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
             (S_MAX_FRAME_SIZE, RECEIVE_FRAME_SIZE), (S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST),
             (S_ENABLE_PUSH, 0)))
-        transport.write(frame(SETTINGS, 0, 0, settings)
-                        + frame(WINDOW_UPDATE, 0, 0, _U32.pack(CONNECTION_WINDOW - 65535)))
+        self._write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, U32.pack(CONNECTION_WINDOW - 65535)))
+        self.timer = self.loop.call_later(PREFACE_TIMEOUT_S, self._no_preface)
         self.server.opened(self)
 
+    def _no_preface(self) -> None:
+        if self.preface and self.transport is not None:
+            self._fail(PROTOCOL_ERROR, f"no HTTP/2 preface within {PREFACE_TIMEOUT_S:g} s")
+
     def connection_lost(self, exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         for stream in list(self.streams.values()):
             self._forget(stream)
             self.calls.reset(stream)
@@ -136,12 +124,17 @@ class Connection(asyncio.Protocol):
         self.server.closed(self)
 
     def pause_writing(self) -> None:
+        """The socket's buffer is full: read nothing more from this client until it drains
+        (a client that sends and never reads cannot make the server buffer its answers)."""
         if self.paused is None or self.paused.done():
             self.paused = self.loop.create_future()
+        self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         if self.paused is not None and not self.paused.done():
             self.paused.set_result(None)
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.buffer:
@@ -172,7 +165,7 @@ class Connection(asyncio.Protocol):
             self.preface = False
             i = len(PREFACE)
         while n - i >= 9:
-            high, low, kind, flags, stream_id = _HEADER.unpack_from(data, i)
+            high, low, kind, flags, stream_id = FRAME.unpack_from(data, i)
             length = (high << 8) | low
             if length > RECEIVE_FRAME_SIZE:
                 raise ConnectionError_(FRAME_SIZE_ERROR, f"a frame of {length} bytes, over {RECEIVE_FRAME_SIZE}")
@@ -199,10 +192,15 @@ class Connection(asyncio.Protocol):
             elif kind == RST_STREAM:
                 self._rst(stream_id, payload)
             elif kind == GOAWAY:
-                self.going_away = max(self.going_away, 1)  # the client leaves: no new streams from it
+                if stream_id:
+                    raise ConnectionError_(PROTOCOL_ERROR, "GOAWAY on a stream")
+                self.peer_left = True  # the client opens no new streams here
+            elif kind == PRIORITY:
+                if length != 5:
+                    raise ConnectionError_(FRAME_SIZE_ERROR, "a PRIORITY frame not of 5 bytes")
             elif kind == PUSH_PROMISE:
                 raise ConnectionError_(PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
-            # PRIORITY and unknown types are ignored (RFC 9113 4.1, 5.3.2)
+            # unknown types are ignored (RFC 9113 4.1)
         return i
 
     # -- frames in -----------------------------------------------------------------------
@@ -210,17 +208,26 @@ class Connection(asyncio.Protocol):
         size = len(payload)  # padding included: flow control counts the whole payload
         if stream_id == 0:
             raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
+        self.recv_left -= size
+        if self.recv_left < 0:
+            raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA past the connection's window")
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         self.owed += size
         if self.owed >= CONNECTION_WINDOW // 4:
-            self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.owed)))
+            self._write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.owed)))
+            self.recv_left += self.owed
             self.owed = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
-            if stream_id > self.last_stream:
+            if stream_id > self.last_stream or not stream_id & 1:
                 raise ConnectionError_(PROTOCOL_ERROR, f"DATA on stream {stream_id}, never opened")
             return  # a stream already answered or reset: its data is dropped
+        stream.recv_left -= size
+        if stream.recv_left < 0:
+            self.reset(stream, FLOW_CONTROL_ERROR)
+            self.calls.reset(stream)
+            return
         stream.owed += size
         end = bool(flags & END_STREAM)
         if end:
@@ -232,14 +239,17 @@ class Connection(asyncio.Protocol):
     def grant(self, stream: Stream) -> None:
         """Give the client back what it sent on `stream` (the gRPC layer says when)."""
         if stream.owed and not stream.closed and not stream.remote_closed:
-            self._write(frame(WINDOW_UPDATE, 0, stream.id, _U32.pack(stream.owed)))
+            self._write(frame(WINDOW_UPDATE, 0, stream.id, U32.pack(stream.owed)))
+            stream.recv_left += stream.owed
         stream.owed = 0
 
     def _headers(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on stream 0")
+        if len(payload) > MAX_HEADER_BLOCK:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, f"a header block over {MAX_HEADER_BLOCK} bytes")
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         if flags & PRIORITY_FLAG:
             payload = payload[5:]
         if flags & END_HEADERS:
@@ -252,8 +262,8 @@ class Connection(asyncio.Protocol):
         if stream_id != self.headers_of or not stream_id:
             raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION not after a HEADERS frame of its stream")
         self.block += payload
-        if len(self.block) > 4 * MAX_HEADER_LIST:
-            raise ConnectionError_(PROTOCOL_ERROR, f"a header block over {4 * MAX_HEADER_LIST} bytes")
+        if len(self.block) > MAX_HEADER_BLOCK:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, f"a header block over {MAX_HEADER_BLOCK} bytes")
         if flags & END_HEADERS:
             self.headers_of = 0
             block = bytes(self.block)
@@ -271,6 +281,10 @@ class Connection(asyncio.Protocol):
         end = bool(flags & END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client
+            if stream.remote_closed:  # its request was over: a stream error (RFC 9113 5.1)
+                self.reset(stream, STREAM_CLOSED)
+                self.calls.reset(stream)
+                return
             if not end:
                 raise ConnectionError_(PROTOCOL_ERROR, f"a second HEADERS on stream {stream_id} without END_STREAM")
             stream.remote_closed = True
@@ -286,9 +300,10 @@ class Connection(asyncio.Protocol):
         if stream_id > self.goaway_last:
             return  # after the final GOAWAY: never processed, the client retries it elsewhere
         if len(self.streams) >= self.max_streams:
-            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
+            self._write(frame(RST_STREAM, 0, stream_id, U32.pack(REFUSED_STREAM)))
             return
-        stream = Stream(stream_id, self.peer_stream_window)
+        self.opened += 1
+        stream = Stream(stream_id)
         stream.remote_closed = end
         self.streams[stream_id] = stream
         self.calls.start(self, stream, headers, too_large)
@@ -299,46 +314,48 @@ class Connection(asyncio.Protocol):
         if stream_id:
             raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
+            if payload:
+                raise ConnectionError_(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
             return
         if len(payload) % 6:
             raise ConnectionError_(FRAME_SIZE_ERROR, "a SETTINGS frame not a multiple of 6 bytes")
+        wider = False
         for at in range(0, len(payload), 6):
-            key, value = _SETTING.unpack_from(payload, at)
+            key, value = SETTING.unpack_from(payload, at)
             if key == S_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionError_(FLOW_CONTROL_ERROR, f"an initial window of {value}")
-                delta = value - self.peer_stream_window
-                self.peer_stream_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
+                wider = value > self.peer_stream_window
+                self.peer_stream_window = value  # every stream's window moves with it (Stream.credit)
             elif key == S_MAX_FRAME_SIZE:
                 if not 16384 <= value <= 2**24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, f"a max frame size of {value}")
                 self.peer_frame = value
         self._write(frame(SETTINGS, ACK, 0))
-        for stream in list(self.streams.values()):
-            if stream.out or stream.trailers is not None:
+        if wider:
+            for stream in list(self.waiting):
                 self._flush(stream)
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ConnectionError_(FRAME_SIZE_ERROR, "a WINDOW_UPDATE not of 4 bytes")
-        increment = _U32.unpack(payload)[0] & MAX_WINDOW
+        increment = U32.unpack(payload)[0] & MAX_WINDOW
         if stream_id == 0:
             if not increment:
                 raise ConnectionError_(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0 on the connection")
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
                 raise ConnectionError_(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1")
-            for stream in list(self.blocked):
-                self.blocked.discard(stream)
+            for stream in list(self.waiting):
                 self._flush(stream)
             return
+        if stream_id > self.last_stream:
+            raise ConnectionError_(PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream_id}, never opened")
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        stream.send_window += increment
-        if not increment or stream.send_window > MAX_WINDOW:
+        stream.credit += increment
+        if not increment or self.peer_stream_window + stream.credit > MAX_WINDOW:
             self.reset(stream, FLOW_CONTROL_ERROR if increment else PROTOCOL_ERROR)
             self.calls.reset(stream)
             return
@@ -353,8 +370,15 @@ class Connection(asyncio.Protocol):
             self._final_goaway()
 
     def _rst(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "an RST_STREAM not of 4 bytes")
+        if stream_id == 0 or stream_id > self.last_stream:
+            raise ConnectionError_(PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, never opened")
         stream = self.streams.get(stream_id)
         if stream is not None:
+            self.resets += 1
+            if self.resets > RESETS_ALLOWED and self.resets * 2 > self.opened:
+                raise ConnectionError_(ENHANCE_YOUR_CALM, f"{self.resets} of {self.opened} streams reset by the client")
             self._forget(stream)
             self.calls.reset(stream)
 
@@ -364,14 +388,15 @@ class Connection(asyncio.Protocol):
         n = len(message)
         if stream.closed:
             return
-        if not stream.out and n <= stream.send_window and n <= self.send_window and n <= self.peer_frame:
-            stream.send_window -= n
+        if not stream.out and n <= self.peer_stream_window + stream.credit and n <= self.send_window \
+                and n <= self.peer_frame and len(trailers) <= self.peer_frame:
+            stream.credit -= n
             self.send_window -= n
             sid = stream.id
             self._write(b"".join((
-                _FRAME.pack(len(headers) >> 8, len(headers) & 0xFF, HEADERS, END_HEADERS, sid), headers,
-                _FRAME.pack(n >> 8, n & 0xFF, DATA, 0, sid), message,
-                _FRAME.pack(len(trailers) >> 8, len(trailers) & 0xFF, HEADERS, END_HEADERS | END_STREAM, sid),
+                FRAME.pack(len(headers) >> 8, len(headers) & 0xFF, HEADERS, END_HEADERS, sid), headers,
+                FRAME.pack(n >> 8, n & 0xFF, DATA, 0, sid), message,
+                FRAME.pack(len(trailers) >> 8, len(trailers) & 0xFF, HEADERS, END_HEADERS | END_STREAM, sid),
                 trailers)))
             self._closed_local(stream)
             return
@@ -382,7 +407,7 @@ class Connection(asyncio.Protocol):
 
     def send_headers(self, stream: Stream, headers: bytes) -> None:
         stream.headers_sent = True
-        self._write(frame(HEADERS, END_HEADERS, stream.id, headers))
+        self._write(header_frames(stream.id, headers, 0, self.peer_frame))
 
     async def send(self, stream: Stream, message: bytes) -> None:
         """One more message on a stream; returns once it is on its way."""
@@ -398,7 +423,7 @@ class Connection(asyncio.Protocol):
             await self.paused
 
     def finish(self, stream: Stream, trailers: bytes) -> None:
-        """The last HEADERS (END_STREAM): now, or after what waits for window."""
+        """The last header block (END_STREAM): now, or after what waits for window."""
         if stream.closed or stream.trailers is not None:
             return
         stream.trailers = trailers
@@ -407,33 +432,33 @@ class Connection(asyncio.Protocol):
     def _flush(self, stream: Stream) -> None:
         out = stream.out
         while out:
-            size = min(len(out), stream.send_window, self.send_window, self.peer_frame)
+            size = min(len(out), self.peer_stream_window + stream.credit, self.send_window, self.peer_frame)
             if size <= 0:
-                if self.send_window <= 0:
-                    self.blocked.add(stream)
+                self.waiting.add(stream)
                 return
             self._write(frame(DATA, 0, stream.id, bytes(out[:size])))
             del out[:size]
-            stream.send_window -= size
+            stream.credit -= size
             self.send_window -= size
+        self.waiting.discard(stream)
         for waiter in stream.waiters:
             if not waiter.done():
                 waiter.set_result(None)
         stream.waiters.clear()
         if stream.trailers is not None and not stream.closed:
-            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
+            self._write(header_frames(stream.id, stream.trailers, END_STREAM, self.peer_frame))
             self._closed_local(stream)
 
     def _closed_local(self, stream: Stream) -> None:
         stream.closed = True
         if not stream.remote_closed:  # answered before the client finished sending: it may stop
-            self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
             stream.remote_closed = True
         self._forget(stream)
 
     def reset(self, stream: Stream, code: int = CANCEL) -> None:
         if not stream.closed and self.transport is not None and not self.transport.is_closing():
-            self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(code)))
+            self._write(frame(RST_STREAM, 0, stream.id, U32.pack(code)))
         self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
@@ -443,7 +468,7 @@ class Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(asyncio.CancelledError())
         stream.waiters.clear()
-        self.blocked.discard(stream)
+        self.waiting.discard(stream)
         if self.streams.pop(stream.id, None) is not None and self.going_away == 2 and not self.streams:
             self._close()
 
@@ -455,8 +480,7 @@ class Connection(asyncio.Protocol):
         if self.going_away or self.transport is None or self.transport.is_closing():
             return
         self.going_away = 1
-        self._write(frame(GOAWAY, 0, 0, _U32.pack(MAX_WINDOW) + _U32.pack(NO_ERROR))
-                             + frame(PING, 0, 0, GOAWAY_PING))
+        self._write(frame(GOAWAY, 0, 0, U32.pack(MAX_WINDOW) + U32.pack(NO_ERROR)) + frame(PING, 0, 0, GOAWAY_PING))
         self.loop.call_later(1.0, self._final_goaway)  # a client that never answers the PING
 
     def _final_goaway(self) -> None:
@@ -464,19 +488,12 @@ class Connection(asyncio.Protocol):
             return
         self.going_away = 2
         self.goaway_last = self.last_stream
-        self._write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream) + _U32.pack(NO_ERROR)))
+        self._write(frame(GOAWAY, 0, 0, U32.pack(self.last_stream) + U32.pack(NO_ERROR)))
         if not self.streams:
             self._close()
 
     def _fail(self, code: int, message: str) -> None:
         log.info("gRPC connection from %s closed: %s", self.peer, message)
         if self.transport is not None and not self.transport.is_closing():
-            self._write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream) + _U32.pack(code)
-                                       + message.encode()[:256]))
+            self._write(frame(GOAWAY, 0, 0, U32.pack(self.last_stream) + U32.pack(code) + message.encode()[:256]))
             self._close()
-
-
-def _unpad(payload: bytes) -> bytes:
-    if not payload or payload[0] >= len(payload):
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than its frame")
-    return payload[1:len(payload) - payload[0]]

@@ -36,6 +36,7 @@ STATIC = (None, *((n.encode(), v.encode()) for n, v in (
 _STATIC_LEN = len(STATIC) - 1
 _ENTRY_OVERHEAD = 32  # RFC 7541 4.1
 _REMEMBERED = 64  # repeated blocks kept; a client sends few distinct ones
+_REMEMBERED_BYTES = 1024  # and those are short (a remembered block holds its headers' bytes)
 
 
 class HpackError(Exception):
@@ -68,7 +69,8 @@ class Decoder:
             headers = self._decode(block)
         except (IndexError, HPACKDecodingError) as exc:
             raise HpackError(f"a header block does not decode ({exc})") from None
-        if generation == self.generation:  # the block left the table alone: it means the same until it changes
+        if generation == self.generation and len(block) <= _REMEMBERED_BYTES:  # the block left the table
+            # alone: it means the same until the table changes
             if len(self._seen) >= _REMEMBERED:
                 self._seen.clear()
             self._seen[block] = (generation, headers)
@@ -107,6 +109,8 @@ class Decoder:
                 field = (name, value)
             fields += 1
             listed += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+            if listed > 4 * self.max_list:  # a block made to cost time: the connection goes
+                raise HpackError(f"a header list past {4 * self.max_list} bytes")
             if listed <= self.max_list:  # past it nothing is kept (a few bytes can name a large
                 out.append(field)  # entry many times over), but the block is read to its end for the table
         if listed > self.max_list:
