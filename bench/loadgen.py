@@ -205,7 +205,7 @@ async def _run_worker(load: Load, share: int, start_at: float, spec) -> dict:
         if load.closed_loop and load.stream:
             callers = max(1, load.concurrency // procs + (share < load.concurrency % procs))
             await asyncio.sleep(max(0.0, t0 - time.monotonic()))
-            await _closed_loop_stream(load, callers, clients[0], inputs, end, stopping, finished)
+            await _closed_loop_stream(load, callers, clients[0], inputs, end, stopping, finished, errors)
         elif load.closed_loop:
             callers = max(1, load.concurrency // procs + (share < load.concurrency % procs))
 
@@ -266,7 +266,7 @@ def _schedule(load: Load, share: int, t0: float) -> list[float]:
     return (t0 + arrival_offsets(rate, n, load.arrival, rng)).tolist()
 
 
-async def _closed_loop_stream(load, callers, client, inputs, end, stopping, finished):
+async def _closed_loop_stream(load, callers, client, inputs, end, stopping, finished, errors):
     """Closed loop over one ModelStreamInfer stream per process: `callers` requests in flight on
     it, the next one sent as an answer comes back."""
     slots = asyncio.Semaphore(callers)
@@ -281,17 +281,21 @@ async def _closed_loop_stream(load, callers, client, inputs, end, stopping, fini
             yield {"model_name": load.model, "inputs": inputs[i % len(inputs)], "request_id": rid}
             i += 1
 
-    async for result, error in client.stream_infer(inputs_iterator=requests(), stream_timeout=load.duration_s * 4
-                                                   + load.warmup_s + load.timeout_s):
-        rid = result.get_response().id if error is None else None
-        scheduled = sent.pop(rid, None) if rid is not None else None
-        slots.release()
-        if error is not None:
-            finished(time.monotonic(), str(getattr(error, "status", lambda: None)() or "stream_error"))
-        elif scheduled is not None:
-            finished(scheduled, None)
-        if not sent and time.monotonic() >= end:
-            break
+    try:
+        async for result, error in client.stream_infer(inputs_iterator=requests(), stream_timeout=load.duration_s * 4
+                                                       + load.warmup_s + load.timeout_s):
+            rid = result.get_response().id if error is None else None
+            scheduled = sent.pop(rid, None) if rid is not None else None
+            slots.release()
+            if error is not None:
+                finished(time.monotonic(), str(getattr(error, "status", lambda: None)() or "stream_error"))
+            elif scheduled is not None:
+                finished(scheduled, None)
+            if not sent and time.monotonic() >= end:
+                break
+    except Exception as exc:  # the stream itself failed (warm-up or not): what it had in flight is lost
+        key = f"stream failed: {getattr(exc, 'code', lambda: None)() or type(exc).__name__}"
+        errors[key] = errors.get(key, 0) + max(1, len(sent))
 
 
 async def _open_loop_stream(load, share, client, inputs, t0, measure_from, end, latency, lag, errors, counts):

@@ -64,6 +64,21 @@ def test_open_loop_shows_a_one_second_stall_that_closed_loop_hides():
     assert closed_loop["p99.9"] < 100_000
 
 
+def test_a_closed_loop_with_stream_sends_over_modelstreaminfer(server):
+    """The null server answers unary ModelInfer only: a closed loop that made unary calls
+    (as `--closed-loop --stream` did before) would be answered there."""
+    proc, url = start_null_server()
+    try:
+        on_null = run(Load(url=url, model="null", duration_s=1, warmup_s=0.2, closed_loop=True, stream=True,
+                           concurrency=4, connections=1))
+    finally:
+        stop(proc)
+    assert on_null.ok == 0 and sum(on_null.errors.values()) >= 1
+    on_scorewire = run(Load(url=server.url, model="mlp", duration_s=1, warmup_s=0.2, closed_loop=True, stream=True,
+                            concurrency=4, connections=1))
+    assert on_scorewire.ok > 100 and not on_scorewire.errors
+
+
 def test_grpc_command_prints_and_writes_a_run(server, tmp_path, capsys):
     out = tmp_path / "run.json"
     assert bench_main(["grpc", "--target", server.url, "--model", "mlp", "--rate", "200", "--duration", "1",
