@@ -157,7 +157,7 @@ class InferenceServicer:
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.model_stream_infer,
                 request_deserializer=self._parse_infer,
-                response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+                response_serializer=_serialized,
             ),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
@@ -255,7 +255,7 @@ class InferenceServicer:
                                   if parsed else ("", "", ""))
             try:
                 response = await self._infer(request, None)
-                done.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                done.put_nowait(_stream_answer(response.SerializeToString()))
             except Exception as exc:
                 message = exc.message if isinstance(exc, EngineError) else clip(f"internal error: {exc}", MAX_MESSAGE)
                 code = exc.code.name if isinstance(exc, EngineError) else "INTERNAL"
@@ -291,6 +291,22 @@ class InferenceServicer:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+
+
+def _stream_answer(response: bytes) -> bytes:
+    """A ModelStreamInferResponse holding `response` (a serialized ModelInferResponse) as its
+    infer_response (field 2), written as protobuf would, without copying the message into a
+    wrapper first."""
+    n, size = len(response), bytearray()
+    while n >= 0x80:
+        size.append((n & 0x7F) | 0x80)
+        n >>= 7
+    size.append(n)
+    return b"\x12" + bytes(size) + response
+
+
+def _serialized(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def build_health() -> health.aio.HealthServicer:

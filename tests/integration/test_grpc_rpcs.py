@@ -238,3 +238,14 @@ def test_metrics_count_requests(server, client):
     assert after['scorewire_requests_total{model="gbt",code="OK"}'] == before + 3
     info = [k for k in after if k.startswith('scorewire_model_info{model="gbt",version="1",provider=')]
     assert len(info) == 1 and after[info[0]] == 1
+
+
+def test_a_streams_answer_is_the_bytes_protobuf_writes():
+    from engine.ingress._pb import open_inference_grpc_pb2 as pb
+    from engine.ingress.grpc import _stream_answer
+
+    for size in (0, 1, 126, 127, 128, 300, 16_383, 16_384, 70_000):  # the length's varint: 1, 2 and 3 bytes
+        response = pb.ModelInferResponse(id="x" * size, model_name="m", model_version="1")
+        written = _stream_answer(response.SerializeToString())
+        assert written == pb.ModelStreamInferResponse(infer_response=response).SerializeToString()
+        assert pb.ModelStreamInferResponse.FromString(written).infer_response == response
