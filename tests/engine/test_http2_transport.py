@@ -104,6 +104,14 @@ def running():
         r.stop()
 
 
+def _cancelled_once(r: Running, wait_s: float = 5.0) -> bool:
+    """Whether the echo's one sleeping handler was cancelled (within `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while r.echo.cancelled < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return r.echo.cancelled == 1
+
+
 def _channel(port, **options):
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=list(options.items()))
 
@@ -168,10 +176,7 @@ def test_a_deadline_ends_the_call_and_cancels_its_handler(running):
             _say(channel, b"sleep:10", timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - t0 < 3
-        deadline = time.monotonic() + 5
-        while r.echo.cancelled < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert r.echo.cancelled == 1
+        assert _cancelled_once(r)
 
 
 def test_a_client_that_cancels_cancels_the_handler(running):
@@ -180,10 +185,7 @@ def test_a_client_that_cancels_cancels_the_handler(running):
         future = channel.unary_unary(f"/{SERVICE}/Say").future(b"sleep:10")
         assert r.echo.started.wait(5)
         future.cancel()
-        deadline = time.monotonic() + 5
-        while r.echo.cancelled < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert r.echo.cancelled == 1
+        assert _cancelled_once(r)
 
 
 def test_a_bidirectional_stream_echoes_every_message_in_order(running):
@@ -434,10 +436,7 @@ def test_headers_again_on_a_stream_whose_request_is_over_reset_it(running):
         sock.sendall(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, b"\x83"))
         got = _read_frames(sock, lambda fr: fr[0] == f.RST_STREAM)
     assert got[-1] == (f.RST_STREAM, 0, 1, f.U32.pack(f.STREAM_CLOSED))
-    deadline = time.monotonic() + 5
-    while r.echo.cancelled < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert r.echo.cancelled == 1  # the call's handler does not run on
+    assert _cancelled_once(r)  # the call's handler does not run on
 
 
 def test_many_streams_reset_by_their_client_close_its_connection(running):
