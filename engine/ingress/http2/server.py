@@ -3,7 +3,7 @@ part of grpc.aio.Server's interface the App uses, so either serves the same serv
 
 Why: grpc.aio runs each call through gRPC's C core, its completion queue and a thread hop;
 for a one-row request that costs more than the model and all of scorewire's own work
-(bench/results/grpc-native.md). Here a call is a few frames parsed in Python and one task.
+(bench/results/peers-bench.md). Here a call is a few frames parsed in Python and one task.
 """
 
 from __future__ import annotations
